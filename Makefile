@@ -1,0 +1,33 @@
+# `make test` and `make bench` set everything up on a fresh machine (venv, torch, build) and then run.
+# Environment knobs: VKERNELS_CUDA=auto|0|1 (build CUDA sources), TORCH_CUDA_ARCH_LIST, MAX_JOBS, PYTHON.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.14.1
+SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
+
+.PHONY: test bench build info clean
+
+test: $(VENV)/.built
+	$(PY) -m pytest tests -q
+
+bench: $(VENV)/.built
+	$(PY) -m benchmarks
+
+info: $(VENV)/.built
+	$(PY) -m vkernels info
+
+build: $(VENV)/.built
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-timeout hypothesis ninja pybind11 matplotlib
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf build *.egg-info vkernels/_C*.so

@@ -1,0 +1,172 @@
+"""bias_act: bias + activation + gain + clamp in one pass (StyleGAN2/3's `bias_act`, same arguments and results).
+
+Registration: the schema lives in csrc/ops/bias_act.cpp; this file adds fake (meta) kernels, autograd (first and
+second order), the Triton variant of the op, and the public function that picks an implementation.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from vkernels import _backend
+from vkernels.reference.bias_act import ACTIVATIONS
+from vkernels.reference.bias_act import bias_act as _reference
+
+__all__ = ["bias_act"]
+
+_INFO = _backend.register_op("bias_act")
+# Activations with a nonzero second derivative (the rest need no order-2 kernel in double backward).
+_HAS_2ND = {"tanh", "sigmoid", "elu", "selu", "softplus", "swish"}
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
+             alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
+             impl: str = "auto") -> torch.Tensor:
+    r"""Fused bias + activation + gain + clamp: y = clamp(act(x + b) * gain, -clamp, clamp).
+
+    Args:
+        x: input tensor, any shape, float16/bfloat16/float32/float64, any strides (dense layouts such as
+            channels_last are kept; other strides are read through a copy).
+        b: optional bias of shape [x.shape[dim]], same dtype and device as x, broadcast along `dim`.
+        dim: the dimension of x that b runs along (negative counts from the end). Only used when b is given.
+        act: "linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus" or "swish".
+        alpha: slope for "lrelu" (default 0.2); ignored by other activations.
+        gain: output scale; default sqrt(2) for relu, lrelu and swish, 1 otherwise (StyleGAN's convention).
+        clamp: clamp the output to [-clamp, clamp]; None (default) disables it. Clamped elements get zero grad.
+        impl: "auto" | "cpu" | "cuda" | "triton" | "reference"; see `vkernels.resolve_impl`.
+
+    Returns:
+        A tensor of x's shape, dtype and layout. Differentiable twice w.r.t. x and b (R1 penalties).
+        Backward keeps y (not x) alive, as StyleGAN does, unless act is swish, lrelu with alpha < 0, or clamp is
+        set (then it keeps x, so the clamp mask is exact even where rounding lands a value on +-clamp).
+    """
+    _check(x, b, dim, act, alpha, gain, clamp)
+    _, def_alpha, def_gain = ACTIVATIONS[act]
+    alpha = float(def_alpha if alpha is None else alpha)
+    gain = float(def_gain if gain is None else gain)
+    clamp = None if clamp is None else float(clamp)
+    impl = _backend.resolve_impl("bias_act", x, impl)
+    if impl == "reference":
+        return _reference(x, b, dim, act, alpha, gain, clamp)
+    op = torch.ops.vkernels.bias_act_triton if impl == "triton" else torch.ops.vkernels.bias_act
+    return op(x, b, dim, act, alpha, gain, clamp)
+
+
+def _check(x, b, dim, act, alpha, gain, clamp):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"bias_act: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
+    for name, val in (("alpha", alpha), ("gain", gain)):
+        if val is not None and (not isinstance(val, numbers.Real) or not math.isfinite(val)):
+            raise ValueError(f"bias_act: {name} must be a finite number or None, got {val!r}")
+    if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
+        raise ValueError(f"bias_act: clamp must be None or a number >= 0, got {clamp!r}")
+    if b is None:
+        return
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"bias_act: b must be a torch.Tensor or None, got {type(b).__name__}")
+    if not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"bias_act: dim must be an int in [{-x.ndim}, {x.ndim - 1}] for x of shape "
+                         f"{tuple(x.shape)}, got {dim!r}")
+    if b.ndim != 1 or b.shape[0] != x.shape[dim]:
+        raise ValueError(f"bias_act: b must have shape ({x.shape[dim]},) to match x.shape[{dim}], got "
+                         f"{tuple(b.shape)}")
+    if b.dtype != x.dtype:
+        raise TypeError(f"bias_act: b.dtype ({b.dtype}) must equal x.dtype ({x.dtype})")
+    if b.device != x.device:
+        raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}")
+
+
+def _ref_is_y(act: str, alpha: float, gain: float, clamp: float | None) -> bool:
+    # The derivative is a function of the output y for these; saving y lets x be freed (StyleGAN's memory trick).
+    # Not with clamp: an unclamped value that rounds to exactly +-clamp would look clamped and lose its gradient,
+    # so clamped layers keep x and recompute the mask exactly.
+    return act != "swish" and gain != 0 and not (act == "lrelu" and alpha < 0) and clamp is None
+
+
+def _sum_to_bias(t: torch.Tensor, dim: int) -> torch.Tensor:
+    dims = [d for d in range(t.ndim) if d != dim % t.ndim]
+    return t.sum(dims) if dims else t  # sum(dims=[]) would reduce everything
+
+
+def _register(fwd: str, grad: str) -> None:
+    fwd_op = getattr(torch.ops.vkernels, fwd).default
+    grad_op = getattr(torch.ops.vkernels, grad).default
+
+    @torch.library.register_fake(f"vkernels::{fwd}")
+    def _fake_fwd(x, b, dim, act, alpha, gain, clamp):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(f"vkernels::{grad}")
+    def _fake_grad(g, ref, b, dim, act, alpha, gain, clamp, ref_is_y, order):
+        return torch.empty_like(ref)
+
+    def setup_fwd(ctx, inputs, output):
+        x, b, dim, act, alpha, gain, clamp = inputs
+        ctx.args = (dim, act, alpha, gain, clamp)
+        ctx.ref_is_y = _ref_is_y(act, alpha, gain, clamp)
+        ctx.save_for_backward(output if ctx.ref_is_y else x, None if ctx.ref_is_y else b)
+
+    def backward_fwd(ctx, dy):
+        ref, b = ctx.saved_tensors
+        dim = ctx.args[0]
+        dz = grad_op(dy, ref, b, *ctx.args, ctx.ref_is_y, 1)
+        db = _sum_to_bias(dz, dim) if ctx.needs_input_grad[1] else None
+        return dz if ctx.needs_input_grad[0] else None, db, None, None, None, None, None
+
+    def setup_grad(ctx, inputs, output):
+        g, ref, b, dim, act, alpha, gain, clamp, ref_is_y, order = inputs
+        ctx.args = (dim, act, alpha, gain, clamp, ref_is_y)
+        ctx.order = order
+        ctx.save_for_backward(g, ref, b)
+
+    def backward_grad(ctx, ddz):
+        if ctx.order != 1:
+            raise NotImplementedError("bias_act supports gradients up to second order")
+        g, ref, b = ctx.saved_tensors
+        dim, act, alpha, gain, clamp, ref_is_y = ctx.args
+        dg = grad_op(ddz, ref, b, *ctx.args, 1) if ctx.needs_input_grad[0] else None
+        dref = db = None
+        if act in _HAS_2ND and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            t = grad_op(ddz * g, ref, b, *ctx.args, 2)
+            dref = t if ctx.needs_input_grad[1] else None
+            db = _sum_to_bias(t, dim) if ctx.needs_input_grad[2] and not ref_is_y else None
+        return dg, dref, db, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(f"vkernels::{fwd}", backward_fwd, setup_context=setup_fwd)
+    torch.library.register_autograd(f"vkernels::{grad}", backward_grad, setup_context=setup_grad)
+
+
+def _define_triton() -> None:
+    """vkernels::bias_act_triton / bias_act_grad_triton: the C++ schemas under new names, Triton kernels behind."""
+    lib = torch.library.Library("vkernels", "FRAGMENT")
+    _LIBS.append(lib)
+    lib.define(_backend.derive_schema("bias_act", "bias_act_triton"))
+    lib.define(_backend.derive_schema("bias_act_grad", "bias_act_grad_triton"))
+
+    def fwd(x, b, dim, act, alpha, gain, clamp):
+        from vkernels.triton import bias_act as tk
+        return tk.launch(x, None, b, dim, act, alpha, gain, clamp, tk.FORWARD)
+
+    def grad(g, ref, b, dim, act, alpha, gain, clamp, ref_is_y, order):
+        from vkernels.triton import bias_act as tk
+        mode = (tk.GRAD1_Y if order == 1 else tk.GRAD2_Y) if ref_is_y else (tk.GRAD1_X if order == 1 else tk.GRAD2_X)
+        return tk.launch(ref, g, b, dim, act, alpha, gain, clamp, mode)
+
+    for key in ("CPU", "CUDA"):  # CPU only does anything under TRITON_INTERPRET=1 (resolve_impl enforces it)
+        lib.impl("bias_act_triton", fwd, key)
+        lib.impl("bias_act_grad_triton", grad, key)
+
+
+_LIBS: list = []
+if _backend._C is not None:
+    _register("bias_act", "bias_act_grad")
+    if _backend.HAS_TRITON:
+        _define_triton()
+        _register("bias_act_triton", "bias_act_grad_triton")
