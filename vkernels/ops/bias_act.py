@@ -152,10 +152,19 @@ def _define_triton() -> None:
 
     def fwd(x, b, dim, act, alpha, gain, clamp):
         from vkernels.triton import bias_act as tk
+        _check(x, b, dim, act, None, None, clamp)  # direct torch.ops calls get the public function's errors
         return tk.launch(x, None, b, dim, act, alpha, gain, clamp, tk.FORWARD)
 
     def grad(g, ref, b, dim, act, alpha, gain, clamp, ref_is_y, order):
         from vkernels.triton import bias_act as tk
+        # The checks csrc/ops/bias_act.cpp makes for the same schema (the public function never trips them).
+        if order not in (1, 2):
+            raise RuntimeError(f"bias_act_grad: order must be 1 or 2, got {order}")
+        if ref_is_y and (act == "swish" or gain == 0):
+            raise RuntimeError("bias_act_grad: ref_is_y=True needs an act other than swish and gain != 0")
+        if g.shape != ref.shape or g.dtype != ref.dtype:
+            raise RuntimeError(f"bias_act_grad: grad ({tuple(g.shape)}, {g.dtype}) must match ref "
+                               f"({tuple(ref.shape)}, {ref.dtype})")
         mode = (tk.GRAD1_Y if order == 1 else tk.GRAD2_Y) if ref_is_y else (tk.GRAD1_X if order == 1 else tk.GRAD2_X)
         return tk.launch(ref, g, b, dim, act, alpha, gain, clamp, mode)
 

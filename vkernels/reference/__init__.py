@@ -1,7 +1,10 @@
-"""Pure-PyTorch references of every op (test oracles and explicit fallbacks), one module per op."""
+"""Pure-PyTorch references of every op (test oracles and explicit fallbacks), one module per op.
+
+`vkernels.reference.<op>` is the op's function; its module (constants and helpers) is `vkernels.reference.<op>` in
+sys.modules, reached with `from vkernels.reference.<op> import ...`.
+"""
 import importlib
 import pkgutil
 
 for _m in pkgutil.iter_modules(__path__):
-    globals()[_m.name] = _mod = importlib.import_module(f"{__name__}.{_m.name}")
-    globals()[_m.name] = getattr(_mod, _m.name, _mod)  # vkernels.reference.<op> is the op's function
+    globals()[_m.name] = getattr(importlib.import_module(f"{__name__}.{_m.name}"), _m.name)

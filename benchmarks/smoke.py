@@ -1,0 +1,557 @@
+#!/usr/bin/env python3
+"""Smoke run: launch every compiled kernel of vkernels at small sizes and check each result against the reference.
+
+Made to run under compute-sanitizer (benchmarks/gpu_check.sh runs it under memcheck, racecheck and initcheck), so it
+is small and fast, calls the raw ops (torch.ops.vkernels.*) directly, and synchronizes after every launch so that an
+error is reported against the variant that caused it. The checks are loose sanity bounds (float64 reference, dtype
+tolerances); tests/ holds the strict numerics.
+
+    python benchmarks/smoke.py                        # CUDA tensors: impls cuda + triton, scope "default"
+    python benchmarks/smoke.py --scope quick          # fewer variants (for the slower sanitizer tools)
+    python benchmarks/smoke.py --device cpu           # no GPU: C++ CPU kernels + Triton through its interpreter
+    python benchmarks/smoke.py --list                 # print the variants without running them
+    python benchmarks/smoke.py --large --jobs 8       # + >2**31-element cases; 8 parallel shards (no sanitizer)
+
+Scopes: "full" runs every variant for every impl; "default" runs every variant of the C++/CUDA kernels and caps
+Triton, where every variant is a separate JIT compile (about 0.2-1 s each; ~820 distinct ones in "full"): in float32
+all acts x all modes on two layouts (strided bias; odd size + clamp) and lrelu/tanh/swish on every layout; in
+float16/bfloat16/float64 lrelu/tanh/swish x all modes on four layouts (strided bias, odd, misaligned x, misaligned
+grad). "quick" (for the slower sanitizer tools) caps both further. --jobs N runs N shards in parallel processes:
+under no sanitizer that compiles the Triton variants N at a time and fills Triton's on-disk cache for later runs.
+
+Exit status: 0 all passed; 1 a wrong result, an exception, or a kernel that was never launched; 3 stopped early by
+--max-seconds (coverage incomplete). Unwritten outputs: by default the run turns on torch's deterministic mode
+(warn_only), whose torch.utils.deterministic.fill_uninitialized_memory makes every empty()/empty_like() -- the ops'
+outputs included -- come back filled with NaN, so an element a kernel never writes fails the comparison. Pass
+--no-fill under compute-sanitizer's initcheck, which should see those reads of uninitialized memory itself.
+
+Adding an op: write `smoke_<op>(ctx)` below, a generator of Case objects (one kernel launch each), and decorate it
+with @smoke. An op registered in vkernels (vkernels._backend.OPS) without a smoke function fails the run, and so does
+any vkernels::* op with a kernel for the device (a "*_triton" op counts as the triton impl) that no case launched.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Loose sanity tolerances: |out - expect| <= TOL * (scale + |expect|), scale >= 1 set per case.
+TOL_NAMES = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-7}
+
+
+@dataclass
+class Case:
+    """One kernel launch: torch.ops.vkernels.<op>(*args) must return `expect` (float64, CPU) within tolerance."""
+    name: str
+    op: str
+    args: object  # the op's arguments: a tuple, or a function returning one (built only if the case runs)
+    expect: object  # a float64 CPU tensor, or a tuple of them for ops with several outputs
+    tol: float
+    scale: float = 1.0
+    dont_care: object = None  # bool tensor (or tuple): elements excluded from the comparison
+    like: object = None  # tensor (or tuple): each output must have its shape, dtype, device and strides
+    select: object = None  # function of the output giving the part `expect` describes (default: all of it)
+
+
+@dataclass
+class Ctx:
+    """What a smoke function may look at: where to run, which impls, how much."""
+    torch: object
+    device: str
+    impls: tuple  # e.g. ("cuda", "triton") or ("cpu", "triton")
+    scope: str  # quick | default | full
+    dtypes: tuple  # torch dtypes to cover
+    large: bool = False  # also the >2**31-element cases (64-bit indexing; several GB; never under a sanitizer)
+
+    def gen(self, *key) -> object:
+        """A CPU generator seeded from the case key: every variant draws fresh but reproducible inputs."""
+        g = self.torch.Generator()
+        g.manual_seed(zlib.crc32("/".join(map(str, key)).encode()))
+        return g
+
+
+SMOKES: dict[str, Callable[[Ctx], Iterator[Case]]] = {}
+
+
+def smoke(fn):
+    """Register smoke_<op> for the op <op>."""
+    assert fn.__name__.startswith("smoke_"), fn.__name__
+    SMOKES[fn.__name__[len("smoke_"):]] = fn
+    return fn
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bias_act
+# --------------------------------------------------------------------------------------------------------------------
+# name: (shape, dim, has_bias, placement, clamp)
+BIAS_ACT_LAYOUTS = {
+    "bias_cs": ((2, 5, 6, 7), 1, True, "contiguous", None),  # bias along a strided dim (channel stride 42)
+    "channels_last": ((2, 6, 5, 3), 1, True, "channels_last", 1.5),  # channels innermost in memory (stride 1)
+    "no_bias": ((3, 64), 1, False, "contiguous", None),  # 192 elements: whole vectors only
+    "odd": ((3, 7, 5), -1, True, "contiguous", 1.5),  # 105 elements: a tail for every vector width; negative dim
+    "misaligned": ((4, 9, 7), 1, True, "offset1", None),  # x / ref starts one element past an aligned address
+    "misaligned_g": ((4, 9, 7), 1, True, "offset1_g", 1.5),  # grads only: the incoming gradient is misaligned
+    "multiblock": ((3, 37, 129), 1, True, "contiguous", None),  # 14319 elements: several blocks/programs, a tail
+}
+# mode name: (ref_is_y, order); None = forward
+BIAS_ACT_MODES = {"fwd": None, "grad1_y": (True, 1), "grad1_x": (False, 1), "grad2_y": (True, 2),
+                  "grad2_x": (False, 2)}
+_CAPPED_ACTS = ("lrelu", "tanh", "swish")  # alpha; exp-based with a 2nd derivative and a y-ref path; x-ref only
+_CAPPED_LAYOUTS = ("bias_cs", "odd", "misaligned", "misaligned_g")
+
+
+def _bias_act_selected(scope, impl, dtype_name, act, layout):
+    if scope == "full":
+        return True
+    triton = impl == "triton"
+    capped = act in _CAPPED_ACTS
+    if scope == "default":
+        if not triton:
+            return True
+        if dtype_name == "float32":  # every act's math compiled once without and once with bias+clamp+tail
+            return layout in ("bias_cs", "odd") or capped
+        return capped and layout in _CAPPED_LAYOUTS
+    # quick
+    if not triton:
+        return dtype_name == "float32" or capped
+    if dtype_name == "float32":
+        return capped and layout in ("odd", "misaligned")
+    return act == "tanh" and layout in ("odd", "misaligned")
+
+
+def _place(t, placement, device, torch):
+    """t (CPU, contiguous) on `device` in the given memory placement."""
+    if placement == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last).to(device)  # .to keeps dense strides
+    if placement == "offset1":
+        buf = torch.zeros(t.numel() + 1, dtype=t.dtype)
+        buf[1:] = t.reshape(-1)
+        return buf.to(device)[1:].view(t.shape)  # data pointer one element past the allocation's start
+    return t.to(device)
+
+
+@smoke
+def smoke_bias_act(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.bias_act import ACTIVATIONS
+    from vkernels.reference.bias_act import bias_act as reference
+
+    ops = {"cuda": ("bias_act", "bias_act_grad"), "cpu": ("bias_act", "bias_act_grad"),
+           "triton": ("bias_act_triton", "bias_act_grad_triton")}
+    # float32 first and the impls interleaved: a run cut short (--max-seconds) has still covered both impls.
+    order = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+    for dtype in [d for d in order if d in ctx.dtypes] + [d for d in ctx.dtypes if d not in order]:
+        dn = str(dtype).replace("torch.", "")
+        tol = TOL_NAMES[dn]
+        for impl in ctx.impls:
+            fwd_op, grad_op = ops[impl]
+            for layout, (shape, dim, has_bias, placement, clamp) in BIAS_ACT_LAYOUTS.items():
+                for act, (_, def_alpha, def_gain) in ACTIVATIONS.items():
+                    if not _bias_act_selected(ctx.scope, impl, dn, act, layout):
+                        continue
+                    alpha, gain = float(def_alpha), float(def_gain)
+                    g = ctx.gen("bias_act", impl, dn, layout, act)
+                    # Inputs in the tested dtype; their exact float64 values feed the reference.
+                    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+                    C = shape[dim]
+                    b = (torch.randn((C,), generator=g, dtype=torch.float64)).to(dtype) if has_bias else None
+                    bshape = [C if i == dim % len(shape) else 1 for i in range(len(shape))]
+                    b64 = b.double().reshape(bshape) if has_bias else 0.0
+                    # Keep z = x + b away from the kinks at 0 (relu/lrelu/elu/selu): a rounding there must not
+                    # flip the side a kernel takes, which would be a false failure.
+                    z = x.double() + b64
+                    x = torch.where(z.abs() < 0.05, (x.double() + 0.25).to(dtype), x)
+                    x64 = x.double()
+                    bb = None if b is None else b.double()
+                    dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+                    dy64 = dy.double()
+                    # Reference forward, and f'(z), f''(z) by autograd through the reference (gain 1, no clamp).
+                    y64 = reference(x64, bb, dim, act, alpha, gain, clamp)
+                    xr = x64.clone().requires_grad_()
+                    f = reference(xr, bb, dim, act, alpha, 1.0, None)
+                    (f1,) = torch.autograd.grad(f.sum(), xr, create_graph=True)
+                    f2 = None
+                    if f1.requires_grad:
+                        (f2,) = torch.autograd.grad(f1.sum(), xr, allow_unused=True)
+                    f1 = f1.detach()
+                    f2 = torch.zeros_like(f1) if f2 is None else f2.detach()
+                    pre = f.detach() * gain
+                    yq = y64.to(dtype)  # the y a y-ref backward reads (forward output in the tested dtype)
+                    yq64 = yq.double()
+                    one = torch.ones_like(x64, dtype=torch.bool)
+                    mask_y = yq64.abs() < clamp if clamp is not None else one
+                    mask_x = pre.abs() < clamp if clamp is not None else one
+                    band = (pre.abs() - clamp).abs() < 1e-3 * clamp if clamp is not None else ~one
+                    ratio = torch.where(f1 != 0, f2 / torch.where(f1 != 0, f1, 1.0), 0.0)  # d f'(ya) / d ya
+                    expects = {
+                        "fwd": (y64, None),
+                        "grad1_y": (torch.where(mask_y, dy64 * gain * f1, 0.0), None),
+                        "grad2_y": (torch.where(mask_y, dy64 * ratio, 0.0), None),
+                        "grad1_x": (torch.where(mask_x, dy64 * gain * f1, 0.0), band),
+                        "grad2_x": (torch.where(mask_x, dy64 * gain * f2, 0.0), band),
+                    }
+                    x_place = {"offset1": "offset1", "offset1_g": "contiguous"}.get(placement, placement)
+                    g_place = {"offset1": "contiguous", "offset1_g": "offset1"}.get(placement, placement)
+                    xd = _place(x, x_place, ctx.device, torch)
+                    yd = _place(yq, x_place, ctx.device, torch)
+                    gd = _place(dy, g_place, ctx.device, torch)
+                    bd = None if b is None else b.to(ctx.device)
+                    scale = max(1.0, float(dy64.abs().max()) * abs(gain))
+                    for mode, spec in BIAS_ACT_MODES.items():
+                        expect, dont_care = expects[mode]
+                        name = f"bias_act/{impl}/{dn}/{layout}/{act}/{mode}"
+                        if spec is None:
+                            if placement == "offset1_g":
+                                continue  # same forward launch as bias_cs
+                            yield Case(name, fwd_op, (xd, bd, dim, act, alpha, gain, clamp), expect, tol,
+                                       max(1.0, float(expect.abs().max())), None, xd)
+                            continue
+                        ref_is_y, order = spec
+                        if ref_is_y and act == "swish":
+                            continue  # swish's derivative is not a function of its output (the op refuses it)
+                        ref = yd if ref_is_y else xd
+                        yield Case(name, grad_op, (gd, ref, bd, dim, act, alpha, gain, clamp, ref_is_y, order),
+                                   expect, tol, scale, dont_care, ref)
+    if ctx.large and ctx.device == "cuda":
+        yield from _bias_act_large(ctx, ops, reference)
+
+
+def _bias_act_large(ctx, ops, reference):
+    """> 2**31 elements (bfloat16, 4.3 GB per tensor): the 64-bit index paths (CUDA int64 indexing, Triton INT64).
+    Only the first and last 3 rows are checked (the rest is NaN-filled or garbage); tensors are made at run time."""
+    torch = ctx.torch
+    C, dt, dn = 37, torch.bfloat16, "bfloat16"
+    rows = 2**31 // C + 2
+    alpha, gain = 0.2, 2**0.5
+    for impl in ctx.impls:
+        fwd_op, grad_op = ops[impl]
+        g = ctx.gen("bias_act", impl, dn, "large")
+        ends = (torch.randn((6, C), generator=g, dtype=torch.float64) * 2).to(dt)  # rows 0-2 and the last 3
+        ends = torch.where((ends.double()).abs() < 0.05, torch.full_like(ends, 0.5), ends)  # away from the kink
+        b = torch.zeros((C,), dtype=dt)  # zero bias: z = x keeps the rows above away from the kink too
+        dy = torch.randn((6, C), generator=g, dtype=torch.float64).to(dt)
+        x64 = ends.double().requires_grad_()
+        y64 = reference(x64, b.double(), 1, "lrelu", alpha, gain, None)
+        (d64,) = torch.autograd.grad(y64, x64, dy.double())
+        y64 = y64.detach()
+
+        def make(with_g, ends=ends, dy=dy, b=b):
+            x = torch.empty((rows, C), dtype=dt, device=ctx.device)
+            x[:3], x[-3:] = ends[:3].to(ctx.device), ends[3:].to(ctx.device)
+            bd = b.to(ctx.device)
+            if not with_g:
+                return (x, bd, 1, "lrelu", alpha, gain, None)
+            gd = torch.empty_like(x)
+            gd[:3], gd[-3:] = dy[:3].to(ctx.device), dy[3:].to(ctx.device)
+            return (gd, x, bd, 1, "lrelu", alpha, gain, None, False, 1)
+
+        def ends_of(out):
+            assert out.numel() > 2**31 and out.is_contiguous(), (out.shape, out.stride())
+            return torch.cat([out[:3], out[-3:]])
+
+        tol = TOL_NAMES[dn]
+        yield Case(f"bias_act/{impl}/{dn}/large/lrelu/fwd", fwd_op, lambda m=make: m(False), y64, tol,
+                   max(1.0, float(y64.abs().max())), select=ends_of)
+        yield Case(f"bias_act/{impl}/{dn}/large/lrelu/grad1_x", grad_op, lambda m=make: m(True), d64, tol,
+                   max(1.0, float(dy.double().abs().max()) * gain), select=ends_of)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# runner
+# --------------------------------------------------------------------------------------------------------------------
+def _as_tuple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _check(torch, case: Case, out) -> str | None:
+    """None if out matches, else a one-line reason."""
+    if case.select is not None:
+        out = case.select(out)
+    outs, exps = _as_tuple(out), _as_tuple(case.expect)
+    if len(outs) != len(exps):
+        return f"{len(outs)} outputs, expected {len(exps)}"
+    likes = _as_tuple(case.like) if case.like is not None else (None,) * len(outs)
+    dcs = _as_tuple(case.dont_care) if case.dont_care is not None else (None,) * len(outs)
+    for k, (o, e, lk, dc) in enumerate(zip(outs, exps, likes, dcs)):
+        tag = f"output {k}: " if len(outs) > 1 else ""
+        if tuple(o.shape) != tuple(e.shape):
+            return f"{tag}shape {tuple(o.shape)} != {tuple(e.shape)}"
+        if lk is not None:
+            if o.dtype != lk.dtype or o.device != lk.device:
+                return f"{tag}{o.dtype} on {o.device}, expected {lk.dtype} on {lk.device}"
+            if o.numel() > 1 and o.stride() != lk.stride():
+                return f"{tag}strides {o.stride()} != input's {lk.stride()} (layout not kept)"
+        if o.numel() == 0:
+            continue
+        od = o.detach().double().cpu()
+        err = (od - e).abs()
+        allowed = case.tol * (case.scale + e.abs())
+        bad = ~(err <= allowed)  # NaN in the output counts as bad
+        if dc is not None:
+            bad &= ~dc
+        if bool(bad.any()):
+            idx = int(torch.nonzero(bad.reshape(-1))[0])
+            n = int(bad.sum())
+            return (f"{tag}{n}/{o.numel()} elements off; first at flat index {idx}: got {od.reshape(-1)[idx]:.6g}, "
+                    f"expected {e.reshape(-1)[idx]:.6g} (allowed +-{allowed.reshape(-1)[idx]:.3g}); "
+                    f"max err {float(torch.nan_to_num(err, nan=float('inf')).max()):.3g}")
+    return None
+
+
+def _is_fatal_device_error(e: BaseException) -> bool:
+    msg = str(e)
+    return type(e).__name__ == "AcceleratorError" or "CUDA error" in msg or "illegal memory access" in msg \
+        or "unspecified launch failure" in msg
+
+
+def _required_ops(torch, device, impls):
+    """vkernels::* ops with a kernel for this device that the selected impls must launch."""
+    key = "CUDA" if device == "cuda" else "CPU"
+    try:
+        names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("vkernels::")]
+    except AttributeError:  # not in this torch: skip the coverage check rather than fail
+        return None
+    req = set()
+    for n in names:
+        op = n.split("::", 1)[1]
+        impl = "triton" if op.endswith("_triton") else ("cuda" if device == "cuda" else "cpu")
+        if impl in impls and torch._C._dispatch_has_kernel_for_dispatch_key(n, key):
+            req.add(op)
+    return req
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                    help="cuda (default when a GPU is visible) or cpu (C++ CPU kernels + Triton interpreter)")
+    ap.add_argument("--impls", default=None, help="comma list: cuda,triton (cuda device) / cpu,triton (cpu device)")
+    ap.add_argument("--scope", choices=("quick", "default", "full"), default="default")
+    ap.add_argument("--ops", default=None, help="comma list of ops (default: every registered op)")
+    ap.add_argument("--dtypes", default="float16,bfloat16,float32,float64")
+    ap.add_argument("--max-seconds", type=float, default=0.0, help="stop starting new cases after this (exit 3)")
+    ap.add_argument("--max-failures", type=int, default=25, help="stop after this many failures")
+    ap.add_argument("--large", action="store_true",
+                    help="add >2**31-element cases (CUDA only; ~13 GB of GPU memory; not under a sanitizer)")
+    ap.add_argument("--no-fill", action="store_true",
+                    help="don't NaN-fill new tensors (for initcheck, which must see uninitialized memory)")
+    ap.add_argument("--shard", default="0/1", help="k/n: run only cases k, k+n, k+2n, ... (coverage check off)")
+    ap.add_argument("--jobs", type=int, default=1, help="run --shard 0/N .. N-1/N in N parallel processes")
+    ap.add_argument("--list", action="store_true", help="print the cases (no launches) and exit")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    args = ap.parse_args(argv)
+
+    t_start = time.time()
+    if args.jobs > 1 and not args.list:
+        return _run_jobs(args.jobs, sys.argv[1:] if argv is None else list(argv), args.max_seconds)
+    shard_k, shard_n = (int(v) for v in args.shard.split("/"))
+    if not 0 <= shard_k < shard_n:
+        ap.error(f"--shard must be k/n with 0 <= k < n, got {args.shard}")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else None)
+    if device is None:
+        print("smoke: no CUDA GPU visible; pass --device cpu for the CPU / Triton-interpreter run", flush=True)
+        return 1
+    if device == "cuda" and not torch.cuda.is_available():
+        print("smoke: --device cuda but torch.cuda.is_available() is False", flush=True)
+        return 1
+    impls = tuple(s for s in (args.impls or ("cuda,triton" if device == "cuda" else "cpu,triton")).split(",") if s)
+    if device == "cpu" and "triton" in impls and os.environ.get("TRITON_INTERPRET") != "1":
+        # Must be set before vkernels defines its Triton kernels (i.e. before the import below).
+        os.environ["TRITON_INTERPRET"] = "1"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        import warnings  # the interpreter evaluates both sides of tl.where in numpy (0/0 on the discarded side)
+
+        for msg in ("invalid value encountered", "divide by zero encountered", "overflow encountered"):
+            warnings.filterwarnings("ignore", message=msg, category=RuntimeWarning)
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path.pop(0)  # run as a script: don't let benchmarks/ shadow anything
+    sys.path.insert(0, str(ROOT))  # the in-place build in this checkout, installed or not
+    import vkernels
+    from vkernels import _backend
+
+    dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(",") if d)
+    if args.large and device != "cuda":
+        print("smoke: --large applies to --device cuda only; ignored", flush=True)
+    ctx = Ctx(torch, device, impls, args.scope, dtypes, args.large)
+    wanted = sorted(_backend.OPS) if args.ops is None else [o for o in args.ops.split(",") if o]
+
+    failures: list[str] = []
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"smoke: device {device} ({gpu}), impls {','.join(impls)}, scope {args.scope}, torch {torch.__version__}"
+          f", triton {_triton_version()}, NaN-filled outputs {not args.no_fill}, PYTORCH_NO_CUDA_MEMORY_CACHING="
+          f"{os.environ.get('PYTORCH_NO_CUDA_MEMORY_CACHING', '0')}, TRITON_INTERPRET="
+          f"{os.environ.get('TRITON_INTERPRET', '0')}", flush=True)
+
+    # Every requested impl must exist for this device; a GPU check that silently skips one proves nothing.
+    for op in wanted:
+        if op not in _backend.OPS:
+            failures.append(f"{op}: not a registered vkernels op (known: {', '.join(sorted(_backend.OPS))})")
+            continue
+        avail = vkernels.available_impls(op, device)
+        for impl in impls:
+            if impl not in avail:
+                failures.append(f"{op}: impl {impl} not available for {device} tensors (available: "
+                                f"{', '.join(avail)}); see python -m vkernels info")
+        if op not in SMOKES:
+            failures.append(f"{op}: no smoke_{op}() in benchmarks/smoke.py: its kernels are never launched here")
+    impls_ok = {op: tuple(i for i in impls if op in _backend.OPS and i in vkernels.available_impls(op, device))
+                for op in wanted}
+
+    if not args.no_fill:
+        # NaN-filled empty tensors (outputs included): an element no kernel wrote fails the comparison.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        import torch.utils.deterministic
+
+        torch.utils.deterministic.fill_uninitialized_memory = True
+    launched: set[str] = set()
+    n_cases = n_ok = 0
+    n_seen = -1
+    stopped = None
+    groups: dict[tuple, list] = {}  # (op, impl, dtype) -> [cases, ok, seconds]
+    for op in wanted:
+        if op not in SMOKES or not impls_ok.get(op):
+            continue
+        sub = Ctx(torch, device, impls_ok[op], args.scope, dtypes, args.large)
+        it = SMOKES[op](sub)
+        while True:
+            if args.max_seconds and time.time() - t_start > args.max_seconds:
+                stopped = f"--max-seconds {args.max_seconds:g} reached"
+                break
+            if len(failures) >= args.max_failures:
+                stopped = f"{len(failures)} failures (--max-failures)"
+                break
+            t0 = time.time()
+            try:
+                case = next(it)
+            except StopIteration:
+                break
+            except Exception as e:  # a bug in the smoke function itself
+                failures.append(f"{op}: building cases raised {type(e).__name__}: {e}")
+                break
+            n_seen += 1
+            if n_seen % shard_n != shard_k:
+                continue
+            if args.list:
+                print(case.name)
+                continue
+            n_cases += 1
+            parts = case.name.split("/")
+            gkey = tuple(parts[:3])
+            grp = groups.setdefault(gkey, [0, 0, 0.0])
+            grp[0] += 1
+            try:
+                launched.add(case.op)
+                cargs = case.args() if callable(case.args) else case.args
+                out = getattr(torch.ops.vkernels, case.op)(*cargs)
+                del cargs  # free large inputs before the next case
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                why = _check(torch, case, out)
+                out = None  # free (large) outputs before the next case
+            except Exception as e:
+                why = f"raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                if _is_fatal_device_error(e):
+                    failures.append(f"{case.name}: {why}")
+                    stopped = "device error: the CUDA context is unusable after it"
+                    print(f"FAIL {case.name}: {why}", flush=True)
+                    break
+            grp[2] += time.time() - t0
+            if why is None:
+                n_ok += 1
+                grp[1] += 1
+                if args.verbose:
+                    print(f"ok   {case.name}", flush=True)
+            else:
+                failures.append(f"{case.name}: {why}")
+                print(f"FAIL {case.name}: {why}", flush=True)
+        if stopped:
+            break
+    if args.list:
+        return 0
+
+    for (op, impl, dn), (n, ok, secs) in groups.items():
+        print(f"  {op:<12} {impl:<7} {dn:<9} {ok:>4}/{n:<4} ok  {secs:6.1f} s", flush=True)
+
+    if stopped is None and args.ops is None and shard_n == 1:
+        req = _required_ops(torch, device, impls)
+        if req is None:
+            print("smoke: coverage check skipped (torch._C._dispatch_get_all_op_names missing)")
+        else:
+            for op in sorted(req - launched):
+                failures.append(f"vkernels::{op} has a {device} kernel but no smoke case launched it")
+
+    dt = time.time() - t_start
+    status = "FAIL" if failures else ("INCOMPLETE" if stopped else "PASS")
+    shard = f" (shard {shard_k}/{shard_n})" if shard_n > 1 else ""
+    print(f"smoke{shard}: {status}: {n_ok}/{n_cases} cases ok, {len(failures)} failures, ops launched: "
+          f"{', '.join(sorted(launched)) or 'none'}; {dt:.1f} s" + (f"; stopped early: {stopped}" if stopped else ""),
+          flush=True)
+    for f in failures[:10]:
+        print(f"  - {f}", flush=True)
+    if failures:
+        return 1
+    return 3 if stopped else 0
+
+
+def _run_jobs(jobs: int, argv: list, max_seconds: float = 0.0) -> int:
+    """Run this script as `jobs` shards in parallel; print each shard's output in order; worst exit status wins.
+    With max_seconds, shards still running 10 s past it (e.g. stuck importing on a busy machine) are stopped."""
+    import subprocess
+    import tempfile
+
+    rest, skip = [], False
+    for a in argv:  # drop --jobs N / --jobs=N / --shard from the children's arguments
+        if skip:
+            skip = False
+            continue
+        if a in ("--jobs", "--shard"):
+            skip = True
+            continue
+        if a.startswith(("--jobs=", "--shard=")):
+            continue
+        rest.append(a)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = [open(Path(tmp) / f"shard{k}.log", "w+") for k in range(jobs)]
+        procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *rest, "--shard", f"{k}/{jobs}"],
+                                  stdout=logs[k], stderr=subprocess.STDOUT, text=True) for k in range(jobs)]
+        rcs = []
+        for k, p in enumerate(procs):
+            try:
+                left = max(1.0, t0 + max_seconds + 10 - time.time()) if max_seconds else None
+                p.wait(timeout=left)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                logs[k].write("\nsmoke: shard stopped by the parent: past --max-seconds\n")
+            rcs.append(3 if p.returncode < 0 else p.returncode)  # killed: incomplete, not failed
+            logs[k].flush()
+            logs[k].seek(0)
+            print(f"--- shard {k}/{jobs}: exit {p.returncode}", flush=True)
+            print(logs[k].read().rstrip(), flush=True)
+            logs[k].close()
+    rc = 1 if any(r not in (0, 3) for r in rcs) else (3 if 3 in rcs else 0)
+    print(f"smoke: {jobs} shards, exit statuses {rcs}: {'PASS' if rc == 0 else 'FAIL' if rc == 1 else 'INCOMPLETE'}"
+          f"; {time.time() - t0:.1f} s (the coverage check runs only unsharded)", flush=True)
+    return rc
+
+
+def _triton_version():
+    try:
+        import triton
+        return triton.__version__
+    except Exception:  # noqa: BLE001 - absent or broken: report, don't fail
+        return "none"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
