@@ -101,6 +101,20 @@ def resolve_impl(op: str, x: torch.Tensor, impl: str = "auto") -> str:
     return "reference"
 
 
+def export_submodules(package: str, path, namespace: dict) -> list[str]:
+    """Import every module of `package` and copy each one's __all__ into `namespace` (no central list of ops)."""
+    import importlib
+    import pkgutil
+
+    names = []
+    for m in pkgutil.iter_modules(path):
+        mod = importlib.import_module(f"{package}.{m.name}")
+        for name in mod.__all__:
+            namespace[name] = getattr(mod, name)
+            names.append(name)
+    return names
+
+
 def derive_schema(base: str, new: str) -> str:
     """The schema of C++ op `base` under the name `new`: lets another backend share the one schema definition."""
     schema = str(getattr(torch.ops.vkernels, base).default._schema)

@@ -26,4 +26,23 @@ Problem make_grad(const at::Tensor& grad, const at::Tensor& ref, const std::opti
                   std::string_view act, double alpha, double gain, std::optional<double> clamp, bool ref_is_y,
                   int64_t order);
 
+// The op entry points each backend registers: shared checks and layout handling, then that backend's run().
+template <void (*Run)(const Problem&)>
+at::Tensor forward_op(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
+                      double alpha, double gain, std::optional<double> clamp) {
+  Problem p = make_forward(x, b, dim, std::string_view(act.data(), act.size()), alpha, gain, clamp);
+  Run(p);
+  return p.out;
+}
+
+template <void (*Run)(const Problem&)>
+at::Tensor grad_op(const at::Tensor& grad, const at::Tensor& ref, const std::optional<at::Tensor>& b, int64_t dim,
+                   c10::string_view act, double alpha, double gain, std::optional<double> clamp, bool ref_is_y,
+                   int64_t order) {
+  Problem p = make_grad(grad, ref, b, dim, std::string_view(act.data(), act.size()), alpha, gain, clamp, ref_is_y,
+                        order);
+  Run(p);
+  return p.out;
+}
+
 }  // namespace vkernels::bias_act

@@ -24,27 +24,11 @@ void run(const Problem& p) {
   }
 }
 
-at::Tensor bias_act_cuda(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
-                         double alpha, double gain, std::optional<double> clamp) {
-  Problem p = make_forward(x, b, dim, std::string_view(act.data(), act.size()), alpha, gain, clamp);
-  run(p);
-  return p.out;
-}
-
-at::Tensor bias_act_grad_cuda(const at::Tensor& grad, const at::Tensor& ref, const std::optional<at::Tensor>& b,
-                              int64_t dim, c10::string_view act, double alpha, double gain,
-                              std::optional<double> clamp, bool ref_is_y, int64_t order) {
-  Problem p = make_grad(grad, ref, b, dim, std::string_view(act.data(), act.size()), alpha, gain, clamp, ref_is_y,
-                        order);
-  run(p);
-  return p.out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(vkernels, CUDA, m) {
-  m.impl("bias_act", &bias_act_cuda);
-  m.impl("bias_act_grad", &bias_act_grad_cuda);
+  m.impl("bias_act", &forward_op<run>);
+  m.impl("bias_act_grad", &grad_op<run>);
 }
 
 }  // namespace vkernels::bias_act
