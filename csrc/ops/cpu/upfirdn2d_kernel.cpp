@@ -144,9 +144,14 @@ struct Planes {
     if (ax.s == 1 && sw == 1) {
       convert_row(src, dst + ax.lo, W);
     } else {
-      for (int64_t c = 0; c < W; ++c) {
-        const int64_t q = c + ax.lo;
-        dst[(q % ax.s) * ax.M + q / ax.s] = opmath_t(src[c * sw]);
+      // Padded index q = m*s + r holds input column q - lo: walk each de-interleaved row r without divisions.
+      const int64_t s = ax.s, lo = ax.lo;
+      for (int64_t r = 0; r < s; ++r) {
+        opmath_t* d = dst + r * ax.M;
+        const int64_t m0 = std::max<int64_t>(0, (lo - r + s - 1) / s);
+        const int64_t m1 = W - 1 + lo - r < 0 ? 0 : (W - 1 + lo - r) / s + 1;
+        const scalar_t* sp = src + (m0 * s + r - lo) * sw;
+        for (int64_t m = m0; m < m1; ++m, sp += s * sw) d[m] = opmath_t(*sp);
       }
     }
   }
