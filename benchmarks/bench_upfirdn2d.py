@@ -2,8 +2,9 @@
 
 upsample2d (2x, what the synthesis network's up layers and ToRGB skips do) and downsample2d (2x, the
 discriminator's). Polyphase cost: an upsample output needs 4x4/(2*2) = 4 MACs, a downsample output 16 MACs.
-Bytes: x read once, out written once. The third input is an output-sized tensor used only as the clone floor
-(an op returning a new tensor of out's size cannot beat allocating and writing it).
+Bytes: x read once, out written once. The clone floor is a clone of the larger of x and out: the third input is
+an output-sized tensor used only for that (upsampling cannot beat allocating and writing out; downsampling cannot
+beat reading x, and a clone of x reads it once and writes a tensor of its size).
 """
 import torch
 
@@ -54,7 +55,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             macs = 4 if kind == "up" else 16
             out.append(Case(op="upfirdn2d", size=f"{kind}-" + "x".join(map(str, shape)) + ("-cl" if channels_last else ""),
                             dtype=dtype, inputs=(x, f, floor), reference=_reference(kind), impls=impls,
-                            bytes=x.nbytes + floor.nbytes, flops=2 * macs * y_numel, bound="memory", clone_of=2,
+                            bytes=x.nbytes + floor.nbytes, flops=2 * macs * y_numel, bound="memory", clone_of=2 if kind == "up" else 0,
                             targets=_targets(device, dtype, impls)))
     return out
 
