@@ -1,0 +1,379 @@
+"""upfirdn2d: every implementation against the reference; gradients of any order; helpers and modules; opcheck;
+torch.compile; bad input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vkernels
+from vkernels.ops.upfirdn2d import _parse
+from vkernels.reference.upfirdn2d import upfirdn2d as _ref
+from conftest import DEVICES
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# Absolute slack on top of the 2x-the-reference's-error rule (flash-attention's), per dtype, relative to max |out|.
+ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def kernels(device):
+    """Compiled implementations to test on `device` (the reference is the oracle, not a subject)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return ["triton"]  # the tests are skipped; keep ids stable
+    return [i for i in vkernels.available_impls("upfirdn2d", device) if i != "reference"]
+
+
+def impl_params():
+    out = []
+    for d in DEVICES:
+        dev = d if isinstance(d, str) else d.values[0]
+        marks = () if isinstance(d, str) else d.marks
+        out += [pytest.param(dev, i, marks=marks, id=f"{dev}-{i}") for i in kernels(dev)]
+    return out
+
+
+IMPLS = impl_params()
+
+
+def reference(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
+    """The StyleGAN reference with the public function's argument forms."""
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    a = _parse(x, f, up, down, padding, flip_filter, gain)
+    return _ref(x, f, a[0:2], a[2:4], a[4:8], a[8], a[9])
+
+
+def randn(shape, dtype, device, scale=1.0):
+    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+
+
+def check_close(out, lowp_ref, oracle, dtype, what=""):
+    """|out - oracle| <= 2 |ref run in out's dtype - oracle| + atol, elementwise maximum."""
+    assert out.shape == oracle.shape and out.dtype == dtype, (out.shape, oracle.shape, out.dtype)
+    if out.numel() == 0:
+        return
+    err = (out.double().cpu() - oracle.double().cpu()).abs()
+    ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs()
+    bound = 2 * ref_err.max() + ATOL[dtype] * (1 + oracle.double().abs().max().cpu())
+    assert err.max() <= bound, f"{what} max error {err.max():.3g} > bound {bound:.3g}"
+
+
+def make_x(shape, layout, dtype, device):
+    if layout == "sliced":  # non-dense: every other column of a larger tensor
+        return randn(shape[:-1] + (shape[-1] * 2,), dtype, device)[..., ::2]
+    if layout == "transposed":  # H and W swapped in memory
+        return randn(shape[:2] + (shape[3], shape[2]), dtype, device).transpose(2, 3)
+    x = randn(shape, dtype, device)
+    return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def make_f(spec):
+    """'2d:fh,fw' random 2-D, '1d:k' random 1-D (separable), 'blur' StyleGAN2's [1,3,3,1] 2-D, None identity."""
+    if spec is None:
+        return None
+    if spec == "blur":
+        return vkernels.setup_filter([1, 3, 3, 1])
+    kind, size = spec.split(":")
+    dims = tuple(int(s) for s in size.split(","))
+    return torch.rand(dims) + 0.1 if kind == "2d" else torch.randn(dims)
+
+
+# (shape, filter, up, down, padding, flip_filter, gain, layout)
+CASES = [
+    ((2, 3, 7, 9), "blur", 2, 1, (2, 1), False, 4.0, "contiguous"),               # upsample2d-like
+    ((2, 3, 8, 10), "blur", 1, 2, 1, False, 1.0, "channels_last"),                # downsample2d-like
+    ((1, 5, 6, 5), "1d:5", 2, 1, (3, 2, 2, 3), True, 2.0, "contiguous"),          # separable, flipped
+    ((2, 4, 9, 7), "1d:4", 1, 2, (1, 2, 0, 1), False, 1.0, "channels_last"),
+    ((3, 2, 5, 6), "2d:3,2", 3, 2, (-1, 2, 3, -2), False, 1.5, "contiguous"),     # negative padding crops
+    ((2, 3, 6, 7), "2d:2,3", (2, 3), (3, 1), (0, -1, 4, 1), True, 0.7, "sliced"),
+    ((1, 2, 11, 4), "1d:3", (1, 2), (2, 1), (-2, 1, 0, -3), False, 1.0, "transposed"),
+    ((2, 6, 5, 5), "2d:4,4", 2, 2, 2, False, 1.0, "channels_last"),
+    ((2, 3, 4, 6), None, 2, 1, 0, False, 1.0, "contiguous"),                      # identity: zero insertion
+    ((1, 3, 9, 9), "2d:1,1", 1, 3, 0, False, 3.0, "contiguous"),                  # pure decimation
+    ((0, 3, 6, 6), "blur", 2, 1, (2, 1), False, 4.0, "contiguous"),               # empty batch
+    ((0, 3, 6, 6), "1d:4", 1, 2, 1, False, 1.0, "channels_last"),
+]
+
+
+def case_id(c):
+    shape, f, up, down, pad, flip, gain, layout = c
+    return f"{'x'.join(map(str, shape))}-{f}-u{up}-d{down}-p{pad}-{'flip' if flip else 'conv'}-{layout}"
+
+
+def run_case(device, impl, dtype, case, grads=True):
+    shape, fspec, up, down, pad, flip, gain, layout = case
+    x = make_x(shape, layout, dtype, device)
+    f = make_f(fspec)
+    f = None if f is None else f.to(device)
+    kw = dict(up=up, down=down, padding=pad, flip_filter=flip, gain=gain)
+    xs = x.detach().clone().requires_grad_(grads)
+    y = vkernels.upfirdn2d(xs, f, **kw, impl=impl)
+    x64 = x.detach().double().cpu().requires_grad_(grads)
+    y64 = reference(x64, None if f is None else f.cpu(), **kw)
+    xl = x.detach().clone().requires_grad_(grads)
+    yl = reference(xl, f, **kw)
+    check_close(y, yl, y64, dtype, "y")
+    if layout == "channels_last" and x.shape[1] > 1 and x.numel():
+        assert y.is_contiguous(memory_format=torch.channels_last), "channels_last is kept"
+    if not grads or x.numel() == 0:
+        return
+    dy = randn(y.shape, dtype, device)
+    (gx,) = torch.autograd.grad(y, xs, dy)
+    (gx64,) = torch.autograd.grad(y64, x64, dy.double().cpu())
+    (gxl,) = torch.autograd.grad(yl, xl, dy)
+    check_close(gx, gxl, gx64, dtype, "dx")
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference(device, impl, dtype, case):
+    run_case(device, impl, dtype, case)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_random_configs(device, impl, dtype):
+    """Fresh random shapes, filters (1-D/2-D), factors and paddings, within what gives a non-empty output."""
+    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (), generator=g))  # noqa: E731
+    for _ in range(12 if impl == "triton" else 40):
+        shape = (ri(1, 2), ri(1, 5), ri(1, 9), ri(1, 9))
+        f = torch.randn((ri(1, 6),) if ri(0, 1) else (ri(1, 5), ri(1, 5)))
+        up, down = (ri(1, 3), ri(1, 3)), (ri(1, 3), ri(1, 3))
+        pad = tuple(ri(-2, 4) for _ in range(4))
+        fw, fh = f.shape[-1], f.shape[0]
+        if shape[3] * up[0] + pad[0] + pad[1] < fw or shape[2] * up[1] + pad[2] + pad[3] < fh:
+            continue
+        layout = ["contiguous", "channels_last", "sliced"][ri(0, 2)]
+        x = make_x(shape, layout, dtype, device)
+        kw = dict(up=up, down=down, padding=pad, flip_filter=bool(ri(0, 1)), gain=1 + ri(0, 3) / 2)
+        y = vkernels.upfirdn2d(x, f.to(device), **kw, impl=impl)
+        check_close(y, reference(x, f.to(device), **kw), reference(x.double().cpu(), f, **kw), dtype,
+                    f"{shape} {tuple(f.shape)} {kw} {layout}")
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("fspec,up,down,pad", [("2d:3,4", 2, 1, (1, 2, 2, 1)), ("1d:3", 1, 2, (1, 0, 0, 1)),
+                                               ("2d:2,2", (1, 2), (3, 1), (-1, 2, 1, 0))])
+def test_gradcheck_and_gradgradcheck(device, impl, fspec, up, down, pad):
+    # The Triton interpreter costs ~10 ms a call and gradgradcheck makes hundreds: a tiny x and fast mode there.
+    interp = impl == "triton" and device == "cpu"
+    x = randn((1, 2, 3, 4) if interp else (2, 2, 5, 4), torch.float64, device).requires_grad_()
+    f = make_f(fspec).to(device)
+
+    def fn(x):
+        return vkernels.upfirdn2d(x, f, up, down, pad, flip_filter=False, gain=1.3, impl=impl)
+
+    torch.autograd.gradcheck(fn, (x,), fast_mode=interp)
+    torch.autograd.gradgradcheck(fn, (x,), fast_mode=interp)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_third_order_matches_reference(device, impl):
+    """The backward is the op itself, so every order exists; order 3 equals the reference's."""
+    f = make_f("2d:3,3").to(device)
+    x0 = randn((1, 2, 4, 5), torch.float64, device)
+    kw = dict(up=2, down=1, padding=(1, 2, 2, 0), gain=2.0)
+
+    def third(fn):
+        x = x0.clone().requires_grad_()
+        y = fn(x)
+        (g1,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.square().sum(), x, create_graph=True)
+        (g3,) = torch.autograd.grad(g2.square().sum(), x)
+        return g3
+
+    torch.testing.assert_close(third(lambda x: vkernels.upfirdn2d(x, f, **kw, impl=impl)),
+                               third(lambda x: reference(x, f, **kw)))
+
+
+def _samples(device, dtype=torch.float32):
+    x = randn((2, 3, 5, 6), dtype, device)
+    blur = vkernels.setup_filter([1, 3, 3, 1]).to(device)
+    f1 = torch.randn(5, device=device)
+    return [
+        (x, blur, 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0),
+        (x.to(memory_format=torch.channels_last), blur, 1, 1, 2, 2, 1, 1, 1, 1, False, 1.0),
+        (x[:, :, :, ::2], f1, 2, 1, 1, 1, 2, 2, 1, 1, True, 1.5),
+        (x, f1, 1, 2, 2, 1, -1, 2, 0, 3, False, 1.0),
+        (randn((0, 3, 4, 4), dtype, device), blur, 2, 2, 1, 1, 2, 1, 2, 1, False, 4.0),
+    ]
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    op = torch.ops.vkernels.upfirdn2d_triton if impl == "triton" else torch.ops.vkernels.upfirdn2d
+    for args in _samples(device):
+        x = args[0].clone().requires_grad_(args[0].numel() > 0)
+        torch.library.opcheck(op.default, (x,) + args[1:])
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_torch_compile_fullgraph(device, impl):
+    torch._dynamo.reset()
+    f = vkernels.setup_filter([1, 3, 3, 1], device=device)
+
+    def fn(x):
+        h = vkernels.upsample2d(x * 2, f, impl=impl)
+        return vkernels.downsample2d(torch.tanh(h), f, impl=impl).sum(dim=(2, 3))
+
+    x = randn((2, 3, 6, 5), torch.float32, device).requires_grad_()
+    y = torch.compile(fn, fullgraph=True, dynamic=False)(x)
+    y_eager = fn(x)
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(y_eager.sum(), x)[0])
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_helpers_known_answers(impl):
+    x = randn((2, 3, 6, 8), torch.float32, "cpu")
+    box = vkernels.setup_filter([1, 1])  # 2x2 box, normalised
+    # upsample2d with a box filter is nearest-neighbour upsampling; downsample2d with it is 2x2 average pooling.
+    torch.testing.assert_close(vkernels.upsample2d(x, box, impl=impl),
+                               x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
+    torch.testing.assert_close(vkernels.downsample2d(x, box, impl=impl), F.avg_pool2d(x, 2))
+    # filter2d keeps the size: a "same" depthwise convolution with the (flipped) filter.
+    f = torch.rand(3, 4)
+    want = F.conv2d(F.pad(x, [2, 1, 1, 1]), f.flip([0, 1])[None, None].repeat(3, 1, 1, 1), groups=3)
+    torch.testing.assert_close(vkernels.filter2d(x, f, impl=impl), want)
+    torch.testing.assert_close(vkernels.filter2d(x, None, impl=impl), x)
+    # Identity filter: upfirdn2d is zero insertion, then decimation undoes it.
+    z = vkernels.upfirdn2d(x, None, up=2, impl=impl)
+    assert z.shape == (2, 3, 12, 16) and torch.equal(z[:, :, ::2, ::2], x) and z[:, :, 1::2].abs().sum() == 0
+    torch.testing.assert_close(vkernels.upfirdn2d(z, None, down=2, impl=impl), x)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("fspec", ["blur", "1d:8", "2d:3,3"])
+def test_helpers_match_stylegan_formulas(device, impl, fspec):
+    """upsample2d/downsample2d/filter2d are upfirdn2d with StyleGAN's padding and gain formulas."""
+    x = randn((2, 3, 7, 6), torch.float32, device)
+    f = make_f(fspec).to(device)
+    fw, fh = f.shape[-1], f.shape[0]
+    pad = (1, 0, 2, 1)
+    cases = [
+        (vkernels.upsample2d(x, f, up=(2, 3), padding=pad, gain=1.5, impl=impl),
+         reference(x, f, up=(2, 3), padding=[1 + (fw + 1) // 2, (fw - 2) // 2, 2 + (fh + 2) // 2, 1 + (fh - 3) // 2],
+                   gain=1.5 * 6)),
+        (vkernels.downsample2d(x, f, down=2, padding=pad, flip_filter=True, impl=impl),
+         reference(x, f, down=2, padding=[1 + (fw - 1) // 2, (fw - 2) // 2, 2 + (fh - 1) // 2, 1 + (fh - 2) // 2],
+                   flip_filter=True)),
+        (vkernels.filter2d(x, f, padding=pad, gain=0.5, impl=impl),
+         reference(x, f, padding=[1 + fw // 2, (fw - 1) // 2, 2 + fh // 2, 1 + (fh - 1) // 2], gain=0.5)),
+    ]
+    for got, want in cases:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert vkernels.upsample2d(x, f, impl=impl).shape == (2, 3, 14, 12)
+    assert vkernels.downsample2d(x[:, :, :6], f, impl=impl).shape == (2, 3, 3, 3)
+
+
+def test_setup_filter_follows_stylegan():
+    f = vkernels.setup_filter([1, 3, 3, 1])
+    assert f.shape == (4, 4) and f.dtype == torch.float32
+    torch.testing.assert_close(f, torch.tensor([1., 3, 3, 1]).outer(torch.tensor([1., 3, 3, 1])) / 64)
+    assert vkernels.setup_filter(list(range(1, 9))).shape == (8,)  # >= 8 taps: separable by default
+    assert vkernels.setup_filter([1, 2], separable=True).shape == (2,)
+    torch.testing.assert_close(vkernels.setup_filter([1, 2, 3], normalize=False, separable=True, flip_filter=True,
+                                                     gain=4), torch.tensor([6., 4, 2]))
+    torch.testing.assert_close(vkernels.setup_filter([[1, 2], [3, 4]], normalize=False, gain=3),
+                               torch.tensor([[3., 6], [9, 12]]))
+    torch.testing.assert_close(vkernels.setup_filter(None), torch.ones(1, 1))
+    with pytest.raises(ValueError, match="f must be a scalar, 1-D or 2-D"):
+        vkernels.setup_filter(torch.ones(2, 2, 2))
+    with pytest.raises(ValueError, match="separable=True needs a 1-D f"):
+        vkernels.setup_filter(torch.ones(2, 2), separable=True)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_modules(device, impl):
+    x = randn((2, 4, 6, 6), torch.float32, device)
+    up = vkernels.nn.Upsample2d(impl=impl).to(device)
+    down = vkernels.nn.Downsample2d([1, 3, 3, 1], impl=impl).to(device)
+    blur = vkernels.nn.Filter2d(impl=impl).to(device)
+    assert [n for n, _ in up.named_buffers()] == ["filter"] and not list(up.parameters())
+    f = vkernels.setup_filter([1, 3, 3, 1], device=device)
+    torch.testing.assert_close(up(x), vkernels.upsample2d(x, f, impl="reference"))
+    torch.testing.assert_close(down(x), vkernels.downsample2d(x, f, impl="reference"))
+    torch.testing.assert_close(blur(x), vkernels.filter2d(x, vkernels.setup_filter([1, 2, 1], device=device),
+                                                          impl="reference"))
+    assert up(x).shape == (2, 4, 12, 12) and down(x).shape == (2, 4, 3, 3) and blur(x).shape == x.shape
+    xg = x.clone().requires_grad_()
+    down(up(xg)).sum().backward()
+    assert xg.grad.shape == x.shape
+    m = vkernels.nn.Upsample2d(impl=impl).to(device)
+    m.load_state_dict(up.state_dict())
+    assert "up=2" in repr(m) and "filter=(4, 4)" in repr(m)
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_names_the_argument(device):
+    x = randn((2, 3, 6, 6), torch.float32, device)
+    f = torch.ones(3, 3, device=device)
+    cases = [
+        (dict(x=x[0], f=f), ValueError, "x must be 4-D"),
+        (dict(x=x.int(), f=f), TypeError, "x must be float16"),
+        (dict(x=x.numpy() if device == "cpu" else x.cpu().numpy(), f=f), TypeError, "x must be a torch.Tensor"),
+        (dict(x=x, f=torch.ones(2, 2, 2, device=device)), ValueError, "f must be a 1-D or 2-D"),
+        (dict(x=x, f=f.double()), TypeError, "f must be float32"),
+        (dict(x=x, f=[1.0, 2.0]), TypeError, "f must be a torch.Tensor or None"),
+        (dict(x=x, f=torch.ones(0, device=device)), ValueError, "f must not be empty"),
+        (dict(x=x, f=f.clone().requires_grad_()), ValueError, "f must not require grad"),
+        (dict(x=x, f=f, up=0), ValueError, "up must be >= 1"),
+        (dict(x=x, f=f, down=(1, 0)), ValueError, "down must be >= 1"),
+        (dict(x=x, f=f, up=1.5), ValueError, "up must be an int"),
+        (dict(x=x, f=f, down=(1, 2, 3)), ValueError, "down must be an int or a pair"),
+        (dict(x=x, f=f, padding=(1, 2, 3)), ValueError, "padding must be an int, "),
+        (dict(x=x, f=f, padding=1.0), ValueError, "padding must be"),
+        (dict(x=x, f=f, padding=-3), ValueError, "output size must be >= 1"),
+        (dict(x=x, f=f, padding=(0, 0, -2, -2)), ValueError, "output size must be >= 1"),
+        (dict(x=x, f=f, gain=float("inf")), ValueError, "gain must be a finite"),
+        (dict(x=x, f=f, impl="tpu"), ValueError, "impl must be"),
+    ]
+    if device == "cpu":
+        cases.append((dict(x=x, f=f, impl="cuda"), RuntimeError, "impl='cuda' is not available"))
+    if torch.cuda.is_available():
+        other = "cpu" if device == "cuda" else "cuda"
+        cases.append((dict(x=x, f=f.to(other)), ValueError, "f is on"))
+    for kwargs, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            vkernels.upfirdn2d(**kwargs)
+
+
+def test_cpp_op_checks_its_own_arguments():
+    """Direct torch.ops calls (bypassing the Python checks) still get named errors, never a crash."""
+    x = torch.randn(2, 3, 6, 6)
+    f = torch.ones(3, 3)
+    op = torch.ops.vkernels.upfirdn2d
+
+    def call(x=x, f=f, up=(1, 1), down=(1, 1), pad=(0, 0, 0, 0)):
+        return op(x, f, *up, *down, *pad, False, 1.0)
+
+    for kwargs, msg in [
+        (dict(x=x[0]), "x must be 4-D"),
+        (dict(x=x.long()), "x must be float16"),
+        (dict(f=torch.ones(2, 2, 2)), "f must be 1-D .separable. or 2-D"),
+        (dict(f=f.double()), "f must be float32"),
+        (dict(up=(0, 1)), "up must be >= 1"),
+        (dict(down=(1, -1)), "down must be >= 1"),
+        (dict(pad=(-3, -2, 0, 0)), "output size must be >= 1"),
+    ]:
+        with pytest.raises(RuntimeError, match=msg):
+            call(**kwargs)
+
+
+def test_auto_picks_the_cpu_kernel():
+    x = torch.randn(1, 2, 4, 4)
+    assert vkernels.resolve_impl("upfirdn2d", x) == "cpu"
+
+
+def test_gain_is_stylegans():
+    """A 1-D filter is applied twice, each pass scaled by sqrt(gain): the same result as its 2-D outer product."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
+    a = vkernels.upfirdn2d(x, f, up=2, padding=2, gain=3.0)
+    b = vkernels.upfirdn2d(x, f.outer(f), up=2, padding=2, gain=3.0)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, reference(x, f, up=2, padding=2, gain=3.0), rtol=0, atol=1e-12)
