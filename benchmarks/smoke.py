@@ -264,6 +264,42 @@ def _bias_act_large(ctx, ops, reference):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# upfirdn2d
+# --------------------------------------------------------------------------------------------------------------------
+# name: (x shape (N, C, H, W), filter (1-D taps or 2-D shape), up (x, y), down (x, y), padding (x0, x1, y0, y1), layout)
+UPFIRDN2D_CASES = {
+    "up2_sep": ((2, 3, 9, 7), [1.0, 3.0, 3.0, 1.0], (2, 2), (1, 1), (2, 1, 2, 1), "contiguous"),
+    "down2_sep": ((2, 3, 10, 13), [1.0, 3.0, 3.0, 1.0], (1, 1), (2, 2), (1, 1, 1, 1), "contiguous"),
+    "full2d_crop": ((1, 5, 11, 6), (3, 4), (1, 3), (2, 1), (-1, 2, 3, -2), "contiguous"),
+    "up2_channels_last": ((2, 6, 5, 4), [1.0, 2.0, 1.0], (2, 2), (1, 1), (1, 1, 1, 1), "channels_last"),
+    "misaligned": ((1, 4, 6, 6), (2, 2), (2, 1), (1, 2), (0, 1, 1, 0), "offset1"),
+}
+
+
+@smoke
+def smoke_upfirdn2d(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.upfirdn2d import upfirdn2d as reference
+
+    ops = {"cuda": "upfirdn2d", "cpu": "upfirdn2d", "triton": "upfirdn2d_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (shape, filt, up, down, pad, placement) in UPFIRDN2D_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and name not in ("up2_sep", "full2d_crop"):
+                    continue
+                g = ctx.gen("upfirdn2d", impl, dn, name)
+                x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+                f = (torch.tensor(filt, dtype=torch.float32) if isinstance(filt, list)
+                     else torch.rand(filt, generator=g, dtype=torch.float64).float())
+                expect = reference(x.double(), f, up, down, pad, False, 1.0)
+                xd = _place(x, placement, ctx.device, torch)
+                args = (xd, f.to(ctx.device), *up, *down, *pad, False, 1.0)
+                scale = max(1.0, float(expect.abs().max()))
+                yield Case(f"upfirdn2d/{impl}/{dn}/{name}", ops[impl], args, expect, TOL_NAMES[dn], scale)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------------------------------
 def _as_tuple(v):

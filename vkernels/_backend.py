@@ -50,7 +50,7 @@ def register_op(name: str, cuda_order: tuple[str, ...] = ("cuda", "triton")) -> 
     impls = {}
     for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
         avail = [dev] if _has_kernel(name, key) else []
-        if HAS_TRITON and _C is not None and (dev == "cuda" or TRITON_INTERPRET):
+        if HAS_TRITON and has_op(name) and (dev == "cuda" or TRITON_INTERPRET):
             avail.append("triton")
         impls[dev] = tuple(avail + ["reference"])
     OPS[name] = info = OpInfo(name, tuple(cuda_order), impls)
@@ -65,8 +65,14 @@ def set_impl(impl: str = "auto") -> None:
     _forced = impl
 
 
+def has_op(op: str) -> bool:
+    """Whether the compiled library defines vkernels::<op> (a stale build may lack a newer op: then only the
+    reference runs, with the loud warning, instead of `import vkernels` failing)."""
+    return _C is not None and hasattr(torch.ops.vkernels, op)
+
+
 def _has_kernel(op: str, key: str) -> bool:
-    return _C is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"vkernels::{op}", key)
+    return has_op(op) and torch._C._dispatch_has_kernel_for_dispatch_key(f"vkernels::{op}", key)
 
 
 def available_impls(op: str, device: str | torch.device) -> list[str]:

@@ -174,7 +174,7 @@ def _define_triton() -> None:
 
 
 _LIBS: list = []
-if _backend._C is not None:
+if _backend.has_op("bias_act"):
     _register("bias_act", "bias_act_grad")
     if _backend.HAS_TRITON:
         _define_triton()

@@ -260,7 +260,7 @@ def _define_triton() -> None:
 
 
 _LIBS: list = []
-if _backend._C is not None:
+if _backend.has_op("upfirdn2d"):
     _register("upfirdn2d")
     if _backend.HAS_TRITON:
         _define_triton()
