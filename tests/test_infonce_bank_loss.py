@@ -163,6 +163,17 @@ def test_k1_with_everything_excluded(device, impl):
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
+def test_empty_batch(device, impl):
+    """N = 0: empty per-row results, sum 0, zero bank gradient (mean is NaN, as F.cross_entropy's)."""
+    q, k, bank = [t.requires_grad_() for t in make_inputs(0, 7, 5, device, torch.float32)]
+    loss, lse, rank = vkernels.infonce_bank_loss(q, k, bank, 0.1, reduction="sum", return_lse=True,
+                                                 return_rank=True, impl=impl)
+    assert loss.item() == 0 and lse.shape == (0,) and rank.shape == (0,)
+    loss.backward()
+    assert q.grad.shape == (0, 5) and (bank.grad == 0).all()
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
 def test_reductions_and_return_convention(device, impl):
     q, k, bank = make_inputs(6, 11, 8, device, torch.float32)
     rows = vkernels.infonce_bank_loss(q, k, bank, 0.1, reduction="none", impl=impl)

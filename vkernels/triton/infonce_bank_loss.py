@@ -232,7 +232,7 @@ def forward(q, k, bank, temperature, label_smoothing, exclude):
     N, D = q.shape
     K = bank.shape[0]
     bm, bn, bd = _blocks(D)
-    m_tiles, n_tiles = triton.cdiv(N, bm), triton.cdiv(K, bn)
+    m_tiles, n_tiles = max(1, triton.cdiv(N, bm)), triton.cdiv(K, bn)
     # Enough programs to fill the GPU (~4 per SM) even for small N; a few in the interpreter.
     target = 4 * torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
     splits = max(1, min(n_tiles, triton.cdiv(target, m_tiles)))
