@@ -110,11 +110,11 @@ def run_case(device, impl, dtype, temperature, smoothing=0.0, exclude=None, size
         check_close(a, b, c, dtype, name)
     # Rank: exact, except where a bank logit is within rounding of the positive's (a near-tie can go either way).
     want, logits = oracle_rank(q, k, bank, ex)
-    near = ((logits[:, 1:] - logits[:, :1]).abs() < 1e-2 * (1 if dtype == torch.float64 else 1)).sum(1)
+    # The kernels accumulate in fp32 from the same (rounded) inputs, so only logits within ~1e-5 relative can flip.
+    near = ((logits[:, 1:] - logits[:, :1]).abs() < 1e-3).sum(1)
     slack = near if dtype != torch.float64 else torch.zeros_like(near)
     assert ((rank.cpu() - want).abs() <= slack).all(), "rank"
-    if dtype in (torch.float32, torch.float64):
-        assert (rank.cpu() == want).float().mean() > 0.9
+    assert (rank.cpu() == want).float().mean() > 0.9
 
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

@@ -118,13 +118,13 @@ def _fwd_merge_kernel(pm_ptr, ps_ptr, pc_ptr, px_ptr, lpos_ptr, count_ptr, loss_
 @triton.jit
 def _weights(q, b, rows, rmask, cols, cmask, ex_ptr, E, inv_t, lse, coef, sm, acc_t: tl.constexpr,
              IEEE: tl.constexpr):
-    # w_ij = (coef_i p_ij - sm_i) / T on kept columns (0 elsewhere), p = exp(l - lse); also p_ij l_ij.
+    # w_ij = (coef_i p_ij - sm_i) / T on kept columns (0 elsewhere), p = exp(l - lse); also p_ij (l_ij - lse_i).
     x = _dot(q, tl.trans(b), IEEE).to(acc_t) * inv_t
     keep = _keep(rows, rmask, cols, cmask, ex_ptr, E)
     x = tl.where(keep, x, 0.0)
     p = tl.where(keep, tl.exp(x - lse[:, None]), 0.0)
     w = tl.where(keep, coef[:, None] * p - sm[:, None], 0.0) * inv_t
-    return w, p * x
+    return w, p * (x - lse[:, None])
 
 
 @triton.jit
@@ -289,7 +289,7 @@ def backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, excl
     qf, kf = q.to(acc), k.to(acc)
     dq = dq + wpos[:, None] * kf
     dk = wpos[:, None] * qf
-    e_sum = es + ppos * lpos
-    dt = -(inv_t[0] * (coef * e_sum - g * (lse - loss)).sum())
+    e_sum = es + ppos * (lpos - lse)  # sum_c p (l - lse): centred, see the C++ kernel
+    dt = -(inv_t[0] * (coef * e_sum + h * lse + g * loss).sum())
     # Contiguous like the C++ op's (the fake kernel promises it): dk would otherwise follow q's strides.
     return dq.to(q.dtype).contiguous(), dk.to(q.dtype).contiguous(), dbank, dt.to(temperature.dtype)

@@ -251,10 +251,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
             Vec w = (vc * pr - vsm) * vit;
             if (masked) {
               const Vec keep = raw != ninf;
-              ve = ve + Vec::blendv(zero, pr * v, keep);
+              ve = ve + Vec::blendv(zero, pr * (v - vl), keep);
               w = Vec::blendv(zero, w, keep);
             } else {
-              ve = ve + pr * v;
+              ve = ve + pr * (v - vl);
             }
             w.store(x + j);
           }
@@ -265,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
               continue;
             }
             const acc_t v = x[j] * inv_t, pr = std::exp(v - lsep[i]);
-            es += pr * v;
+            es += pr * (v - lsep[i]);
             x[j] = (cp[i] * pr - smp[i]) * inv_t;
           }
           ep[i] += es;
@@ -287,9 +287,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
   const at::Tensor wpos = (coef * ppos - sm - g * (1 - eps)) * inv_t;  // dL/dl_i0 / T
   dq.addcmul_(wpos.unsqueeze(1), kf);
   const at::Tensor dk = (wpos.unsqueeze(1) * qf).to(p.q.scalar_type());
-  esum.addcmul_(ppos, lpos);
-  // dL/dT = sum_i sum_c dL/dl_ic (-l_ic / T) = -(1/T) sum_i (coef_i E_i - g_i (lse_i - loss_i)), E_i = sum_c p l.
-  const at::Tensor dt = ((coef * esum - g * (lse - loss)).sum() * (-p.inv_t)).to(temperature.scalar_type());
+  esum.addcmul_(ppos, lpos - lse);
+  // dL/dT = -(1/T) sum_i sum_c dL/dl_ic l_ic = -(1/T) sum_i (coef_i E_i + h_i lse_i + g_i loss_i), with
+  // E_i = sum_c p_ic (l_ic - lse_i) (minus p's entropy). Centering at lse avoids the cancellation of sum_c p l
+  // against lse - loss (both ~ l_max ~ 1/T), which cost fp32 accuracy at small T.
+  const at::Tensor dt = ((coef * esum + h * lse + g * loss).sum() * (-p.inv_t)).to(temperature.scalar_type());
   return {dq.to(p.q.scalar_type()), dk, dbank, dt};
 }
 
