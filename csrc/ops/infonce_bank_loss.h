@@ -1,0 +1,27 @@
+// infonce_bank_loss: what the schema file shares with the kernels (argument checks and the normalised problem).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace vkernels::infonce_bank_loss {
+
+// One call, device-agnostic. q, k: (N, d); bank: (K, d); all of one float dtype. exclude: (N, E) int64 contiguous
+// (E may be 0), -1 = none. inv_t: 1 / temperature. count: per row, the number of candidates left after exclusion
+// (K + 1 minus the distinct valid excluded indices), as the dtype of the accumulator (fp64 for fp64, else fp32).
+struct Problem {
+  at::Tensor q, k, bank, exclude, count;
+  int64_t N = 0, K = 0, D = 0, E = 0;
+  double inv_t = 1.0, temperature = 1.0, smoothing = 0.0;
+};
+
+Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
+                     double label_smoothing, const std::optional<at::Tensor>& exclude);
+// Also checks the backward's extra inputs (per-row fp32/fp64 grad_loss, grad_lse, lse, loss of shape (N,)).
+Problem make_backward(const at::Tensor& grad_loss, const at::Tensor& grad_lse, const at::Tensor& q,
+                      const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
+                      double label_smoothing, const std::optional<at::Tensor>& exclude, const at::Tensor& lse,
+                      const at::Tensor& loss);
+
+}  // namespace vkernels::infonce_bank_loss

@@ -1,0 +1,187 @@
+"""infonce_bank_loss: MoCo / NPID's InfoNCE loss against a memory bank of negatives, without the N x K logits.
+
+Registration: the schema lives in csrc/ops/infonce_bank_loss.cpp; this file adds fake (meta) kernels, autograd, the
+Triton variant of the op, and the public function that picks an implementation.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from vkernels import _backend
+from vkernels.reference.infonce_bank_loss import infonce_bank_loss as _reference
+
+__all__ = ["infonce_bank_loss"]
+
+# No CUDA C++ kernel: the GPU path is Triton.
+_INFO = _backend.register_op("infonce_bank_loss", cuda_order=("triton",))
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def infonce_bank_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,
+                      temperature: float | torch.Tensor = 0.07, *, reduction: str = "mean",
+                      label_smoothing: float = 0.0, exclude: torch.Tensor | None = None, return_lse: bool = False,
+                      return_rank: bool = False, impl: str = "auto"):
+    r"""InfoNCE with a bank of negatives: loss_i = logsumexp_c(l_ic) - l_i0, l_i0 = q_i.k_i / T, l_ij = q_i.b_j / T.
+
+    Equals MoCo's `F.cross_entropy(torch.cat([l_pos, l_neg], 1) / T, zeros)` (He et al. 2020, Algorithm 1), computed
+    tile by tile with an online log-sum-exp: memory O(N) beyond the inputs, never N x K.
+
+    Args:
+        q: (N, d) queries, float16/bfloat16/float32/float64, any strides.
+        k: (N, d) the queries' positive keys, q's dtype and device.
+        bank: (K, d) negatives, K >= 1, q's dtype and device. Gets a gradient when it requires one.
+        temperature: T > 0, a number or a 0-dim float tensor (differentiable: a learnable temperature).
+        reduction: "mean" | "sum" | "none" (per-row (N,) losses), as in F.cross_entropy.
+        label_smoothing: eps in [0, 1], as in F.cross_entropy over the K + 1 candidates:
+            loss_i = (1 - eps)(lse_i - l_i0) + eps (lse_i - mean_c l_ic).
+        exclude: None, or int64 (N,) / (N, E) bank indices to leave out of row i's candidates (NPID's own entry);
+            -1 means none, repeats count once. Smoothing then averages over the candidates left.
+        return_lse: also return lse_i = logsumexp_c l_ic, (N,) float32 (float64 for float64 inputs).
+        return_rank: also return rank_i, (N,) int64: the number of kept bank candidates whose logit is strictly
+            larger than the positive's (0 = top-1), so top-k accuracy is `(rank < k).float().mean()` without logits.
+        impl: "auto" | "cpu" | "triton" | "reference"; see `vkernels.resolve_impl`.
+
+    Returns:
+        The loss (q's dtype; computed in fp32) when neither extra output is asked for; otherwise a tuple
+        (loss, lse, rank) holding only the ones asked for, in that order: (loss, lse), (loss, rank) or
+        (loss, lse, rank). lse is differentiable, rank is not. Gradients are first order.
+    """
+    _check(q, k, bank, temperature, reduction, label_smoothing, exclude)
+    impl = _backend.resolve_impl("infonce_bank_loss", q, impl)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.reshape(())
+    else:
+        t = torch.full((), float(temperature), dtype=acc, device=q.device)
+    if impl == "reference":
+        loss, lse, rank = _reference(q, k, bank, t, label_smoothing, exclude)
+        loss, lse = loss.to(acc), lse.to(acc)
+    else:
+        op = torch.ops.vkernels.infonce_bank_loss_triton if impl == "triton" else torch.ops.vkernels.infonce_bank_loss
+        loss, lse, rank = op(q, k, bank, t, float(label_smoothing), exclude)
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    loss = loss.to(q.dtype)
+    if not (return_lse or return_rank):
+        return loss
+    return (loss,) + ((lse,) if return_lse else ()) + ((rank,) if return_rank else ())
+
+
+def _check(q, k, bank, temperature, reduction, label_smoothing, exclude):
+    for name, t in (("q", q), ("k", k), ("bank", bank)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"infonce_bank_loss: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if q.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"infonce_bank_loss: q must be float16, bfloat16, float32 or float64, got {q.dtype}")
+    if q.ndim != 2:
+        raise ValueError(f"infonce_bank_loss: q must have shape (N, d), got {tuple(q.shape)}")
+    if k.shape != q.shape:
+        raise ValueError(f"infonce_bank_loss: k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
+    if bank.ndim != 2 or bank.shape[1] != q.shape[1]:
+        raise ValueError(f"infonce_bank_loss: bank must have shape (K, {q.shape[1]}) (d from q), got "
+                         f"{tuple(bank.shape)}")
+    if bank.shape[0] == 0:
+        raise ValueError("infonce_bank_loss: bank must not be empty (K = 0)")
+    for name, t in (("k", k), ("bank", bank)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"infonce_bank_loss: {name}.dtype ({t.dtype}) must equal q.dtype ({q.dtype})")
+        if t.device != q.device:
+            raise ValueError(f"infonce_bank_loss: {name} is on {t.device} but q is on {q.device}")
+    if isinstance(temperature, torch.Tensor):
+        if temperature.numel() != 1 or temperature.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"infonce_bank_loss: temperature must be a number or a 1-element float tensor, got "
+                             f"shape {tuple(temperature.shape)} dtype {temperature.dtype}")
+        if temperature.device != q.device:
+            raise ValueError(f"infonce_bank_loss: temperature is on {temperature.device} but q is on {q.device}")
+    elif (not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or not temperature > 0):
+        raise ValueError(f"infonce_bank_loss: temperature must be a finite number > 0, got {temperature!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"infonce_bank_loss: reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}")
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"infonce_bank_loss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if exclude is None:
+        return
+    if not isinstance(exclude, torch.Tensor) or exclude.dtype != torch.int64:
+        raise TypeError(f"infonce_bank_loss: exclude must be an int64 tensor or None, got "
+                        f"{getattr(exclude, 'dtype', type(exclude).__name__)}")
+    if exclude.ndim not in (1, 2) or exclude.shape[0] != q.shape[0]:
+        raise ValueError(f"infonce_bank_loss: exclude must have shape ({q.shape[0]},) or ({q.shape[0]}, E), got "
+                         f"{tuple(exclude.shape)}")
+    if exclude.device != q.device:
+        raise ValueError(f"infonce_bank_loss: exclude is on {exclude.device} but q is on {q.device}")
+    # The value check reads the data (a sync on GPU, a graph break when compiled): the kernels check it again.
+    if not torch.compiler.is_compiling() and exclude.numel():
+        lo, hi = int(exclude.min()), int(exclude.max())
+        if lo < -1 or hi >= bank.shape[0]:
+            raise IndexError(f"infonce_bank_loss: exclude indices must be in [-1, {bank.shape[0] - 1}] (-1 = none) "
+                             f"for a bank of K = {bank.shape[0]}, got values in [{lo}, {hi}]")
+
+
+def _register(fwd: str, bwd: str) -> None:
+    bwd_op = getattr(torch.ops.vkernels, bwd).default
+
+    @torch.library.register_fake(f"vkernels::{fwd}")
+    def _fake_fwd(q, k, bank, temperature, label_smoothing, exclude):
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        n = q.shape[0]
+        return (q.new_empty((n,), dtype=acc), q.new_empty((n,), dtype=acc), q.new_empty((n,), dtype=torch.long))
+
+    @torch.library.register_fake(f"vkernels::{bwd}")
+    def _fake_bwd(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad):
+        return (q.new_empty(q.shape), k.new_empty(k.shape),
+                bank.new_empty((bank.shape[0] if bank_grad else 0, bank.shape[1])),
+                temperature.new_empty(()))
+
+    def setup(ctx, inputs, output):
+        q, k, bank, temperature, label_smoothing, exclude = inputs
+        loss, lse, rank = output
+        ctx.mark_non_differentiable(rank)
+        ctx.label_smoothing = label_smoothing
+        ctx.save_for_backward(q, k, bank, temperature, exclude, lse, loss)
+
+    def backward(ctx, g_loss, g_lse, _g_rank):
+        q, k, bank, temperature, exclude, lse, loss = ctx.saved_tensors
+        g_loss = torch.zeros_like(loss) if g_loss is None else g_loss
+        g_lse = torch.zeros_like(lse) if g_lse is None else g_lse
+        dq, dk, dbank, dt = bwd_op(g_loss, g_lse, q, k, bank, temperature, ctx.label_smoothing, exclude, lse, loss,
+                                   ctx.needs_input_grad[2])
+        need = ctx.needs_input_grad
+        return (dq if need[0] else None, dk if need[1] else None, dbank if need[2] else None,
+                dt if need[3] else None, None, None)
+
+    torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
+
+
+def _define_triton() -> None:
+    """vkernels::infonce_bank_loss_triton / ..._backward_triton: the C++ schemas under new names, Triton behind."""
+    lib = torch.library.Library("vkernels", "FRAGMENT")
+    _LIBS.append(lib)
+    lib.define(_backend.derive_schema("infonce_bank_loss", "infonce_bank_loss_triton"))
+    lib.define(_backend.derive_schema("infonce_bank_loss_backward", "infonce_bank_loss_backward_triton"))
+
+    def fwd(q, k, bank, temperature, label_smoothing, exclude):
+        from vkernels.triton import infonce_bank_loss as tk
+        return tk.forward(q, k, bank, temperature, label_smoothing, exclude)
+
+    def bwd(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad):
+        from vkernels.triton import infonce_bank_loss as tk
+        return tk.backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss,
+                           bank_grad)
+
+    for key in ("CPU", "CUDA"):  # CPU only does anything under TRITON_INTERPRET=1 (resolve_impl enforces it)
+        lib.impl("infonce_bank_loss_triton", fwd, key)
+        lib.impl("infonce_bank_loss_backward_triton", bwd, key)
+
+
+_LIBS: list = []
+if _backend._C is not None:
+    _register("infonce_bank_loss", "infonce_bank_loss_backward")
+    if _backend.HAS_TRITON:
+        _define_triton()
+        _register("infonce_bank_loss_triton", "infonce_bank_loss_backward_triton")

@@ -1,0 +1,295 @@
+"""infonce_bank_loss in Triton: logits tile by tile with tl.dot (fp32 accumulation), online log-sum-exp, no N x K.
+
+Forward: grid (query tiles x bank splits); each program sweeps its split's bank tiles and writes per-row partials
+(max, sumexp, rank count, logit sum) to [splits, N] buffers; a second small kernel merges them in split order
+(deterministic), so small N still fills the GPU. Backward recomputes the tiles from the saved per-row lse: one kernel
+over query tiles accumulates dq = sum_j w_ij b_j (and E_i = sum_j p_ij l_ij for the temperature's gradient), one over
+bank tiles accumulates dbank_j = sum_i w_ij q_i; every output element is written by one program (no atomics).
+FLOPs: forward 2 N K d, backward 6 N K d; N K exps each. Bytes: bank read once per query tile (L2-resident at MoCo
+sizes), q, k once.
+
+Limits: d <= 256 (the d axis is one block: q and the dq accumulator live in registers). In the Triton interpreter
+(TRITON_INTERPRET=1, how CI runs this) tl.dot on bf16 multiplies raw bits (triton issue 11584), so bf16 tiles are
+cast to fp32 there; blocks are small so that CI's small shapes still cross tile and split boundaries.
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from vkernels._backend import TRITON_INTERPRET
+
+MAX_D = 256
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:  # fp32/fp64 inputs: no TF32 rounding of the logits (1e-3 relative would show at T = 0.02)
+        r = tl.dot(a, b, input_precision="ieee")
+    else:
+        r = tl.dot(a, b)
+    return r
+
+
+@triton.jit
+def _keep(rows, rmask, cols, cmask, ex_ptr, E):
+    # Valid bank columns of these rows: inside the bank and not named in the rows' exclude lists.
+    keep = rmask[:, None] & cmask[None, :]
+    for e in range(E):
+        exv = tl.load(ex_ptr + rows * E + e, mask=rmask, other=-1)
+        keep = keep & (cols[None, :] != exv[:, None])
+    return keep
+
+
+@triton.jit
+def _fwd_split_kernel(q_ptr, b_ptr, ex_ptr, lpos_ptr, invt_ptr, pm_ptr, ps_ptr, pc_ptr, px_ptr,
+                      N, K, D, E, tiles_per_split, sqn, sqd, sbk, sbd,
+                      BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CAST_F32: tl.constexpr,
+                      IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    sid = tl.program_id(1)
+    acc_t = tl.float64 if q_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < N
+    dcols = tl.arange(0, BD)
+    dmask = dcols < D
+    q = tl.load(q_ptr + rows[:, None] * sqn + dcols[None, :] * sqd, mask=rmask[:, None] & dmask[None, :], other=0.0)
+    if CAST_F32:
+        q = q.to(tl.float32)
+    inv_t = tl.load(invt_ptr).to(acc_t)
+    lpos = tl.load(lpos_ptr + rows, mask=rmask, other=0.0).to(acc_t)
+    m = tl.full([BM], float("-inf"), acc_t)
+    s = tl.zeros([BM], acc_t)
+    cnt = tl.zeros([BM], tl.int32)
+    sx = tl.zeros([BM], acc_t)
+    for t in range(0, tiles_per_split):
+        cols = (sid * tiles_per_split + t) * BN + tl.arange(0, BN)
+        cmask = cols < K
+        b = tl.load(b_ptr + cols[:, None] * sbk + dcols[None, :] * sbd, mask=cmask[:, None] & dmask[None, :],
+                    other=0.0)
+        if CAST_F32:
+            b = b.to(tl.float32)
+        x = _dot(q, tl.trans(b), IEEE).to(acc_t) * inv_t
+        keep = _keep(rows, rmask, cols, cmask, ex_ptr, E)
+        sx += tl.sum(tl.where(keep, x, 0.0), 1)
+        x = tl.where(keep, x, float("-inf"))
+        cnt += tl.sum(tl.where(x > lpos[:, None], 1, 0), 1)
+        mn = tl.maximum(m, tl.max(x, 1))
+        base = tl.where(mn == float("-inf"), 0.0, mn)  # a row with nothing kept yet: exp(-inf - 0) = 0, no NaN
+        s = s * tl.exp(m - base) + tl.sum(tl.exp(x - base[:, None]), 1)
+        m = mn
+    out = sid * N + rows
+    tl.store(pm_ptr + out, m, mask=rmask)
+    tl.store(ps_ptr + out, s, mask=rmask)
+    tl.store(pc_ptr + out, cnt, mask=rmask)
+    tl.store(px_ptr + out, sx, mask=rmask)
+
+
+@triton.jit
+def _fwd_merge_kernel(pm_ptr, ps_ptr, pc_ptr, px_ptr, lpos_ptr, count_ptr, loss_ptr, lse_ptr, rank_ptr, eps, N,
+                      SPLITS, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = rows < N
+    lpos = tl.load(lpos_ptr + rows, mask=rmask, other=0.0)
+    m = lpos  # the positive is always a candidate: start from (max, sumexp) = (l_pos, 1)
+    s = lpos * 0.0 + 1.0
+    sx = lpos
+    cnt = tl.zeros([BLOCK], tl.int64)
+    for sp in range(0, SPLITS):  # in split order: deterministic
+        mt = tl.load(pm_ptr + sp * N + rows, mask=rmask, other=float("-inf"))
+        st = tl.load(ps_ptr + sp * N + rows, mask=rmask, other=0.0)
+        mn = tl.maximum(m, mt)
+        s = s * tl.exp(m - mn) + st * tl.exp(mt - mn)
+        m = mn
+        cnt += tl.load(pc_ptr + sp * N + rows, mask=rmask, other=0).to(tl.int64)
+        sx += tl.load(px_ptr + sp * N + rows, mask=rmask, other=0.0)
+    lse = m + tl.log(s)
+    if SMOOTH:
+        count = tl.load(count_ptr + rows, mask=rmask, other=1.0)
+        loss = lse - (1.0 - eps) * lpos - eps * sx / count
+    else:
+        loss = lse - lpos
+    tl.store(lse_ptr + rows, lse, mask=rmask)
+    tl.store(loss_ptr + rows, loss, mask=rmask)
+    tl.store(rank_ptr + rows, cnt, mask=rmask)
+
+
+@triton.jit
+def _weights(q, b, rows, rmask, cols, cmask, ex_ptr, E, inv_t, lse, coef, sm, acc_t: tl.constexpr,
+             IEEE: tl.constexpr):
+    # w_ij = (coef_i p_ij - sm_i) / T on kept columns (0 elsewhere), p = exp(l - lse); also p_ij (l_ij - lse_i).
+    x = _dot(q, tl.trans(b), IEEE).to(acc_t) * inv_t
+    keep = _keep(rows, rmask, cols, cmask, ex_ptr, E)
+    x = tl.where(keep, x, 0.0)
+    p = tl.where(keep, tl.exp(x - lse[:, None]), 0.0)
+    w = tl.where(keep, coef[:, None] * p - sm[:, None], 0.0) * inv_t
+    return w, p * (x - lse[:, None])
+
+
+@triton.jit
+def _bwd_dq_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr, dq_ptr, es_ptr,
+                   N, K, D, E, sqn, sqd, sbk, sbd,
+                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CAST_F32: tl.constexpr,
+                   IEEE: tl.constexpr):
+    acc_t = tl.float64 if q_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    rmask = rows < N
+    dcols = tl.arange(0, BD)
+    dmask = dcols < D
+    q = tl.load(q_ptr + rows[:, None] * sqn + dcols[None, :] * sqd, mask=rmask[:, None] & dmask[None, :], other=0.0)
+    if CAST_F32:
+        q = q.to(tl.float32)
+    inv_t = tl.load(invt_ptr).to(acc_t)
+    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    coef = tl.load(coef_ptr + rows, mask=rmask, other=0.0)
+    sm = tl.load(sm_ptr + rows, mask=rmask, other=0.0)
+    dq = tl.zeros([BM, BD], acc_t)
+    es = tl.zeros([BM], acc_t)
+    for j0 in range(0, K, BN):
+        cols = j0 + tl.arange(0, BN)
+        cmask = cols < K
+        b = tl.load(b_ptr + cols[:, None] * sbk + dcols[None, :] * sbd, mask=cmask[:, None] & dmask[None, :],
+                    other=0.0)
+        if CAST_F32:
+            b = b.to(tl.float32)
+        w, px = _weights(q, b, rows, rmask, cols, cmask, ex_ptr, E, inv_t, lse, coef, sm, acc_t, IEEE)
+        es += tl.sum(px, 1)
+        dq += _dot(w.to(b.dtype), b, IEEE).to(acc_t)
+    tl.store(dq_ptr + rows[:, None] * D + dcols[None, :], dq, mask=rmask[:, None] & dmask[None, :])
+    tl.store(es_ptr + rows, es, mask=rmask)
+
+
+@triton.jit
+def _bwd_dbank_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr, db_ptr,
+                      N, K, D, E, sqn, sqd, sbk, sbd,
+                      BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CAST_F32: tl.constexpr,
+                      IEEE: tl.constexpr):
+    acc_t = tl.float64 if q_ptr.dtype.element_ty == tl.float64 else tl.float32
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
+    cmask = cols < K
+    dcols = tl.arange(0, BD)
+    dmask = dcols < D
+    b = tl.load(b_ptr + cols[:, None] * sbk + dcols[None, :] * sbd, mask=cmask[:, None] & dmask[None, :], other=0.0)
+    if CAST_F32:
+        b = b.to(tl.float32)
+    inv_t = tl.load(invt_ptr).to(acc_t)
+    db = tl.zeros([BN, BD], acc_t)
+    for i0 in range(0, N, BM):
+        rows = i0 + tl.arange(0, BM)
+        rmask = rows < N
+        q = tl.load(q_ptr + rows[:, None] * sqn + dcols[None, :] * sqd, mask=rmask[:, None] & dmask[None, :],
+                    other=0.0)
+        if CAST_F32:
+            q = q.to(tl.float32)
+        lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+        coef = tl.load(coef_ptr + rows, mask=rmask, other=0.0)
+        sm = tl.load(sm_ptr + rows, mask=rmask, other=0.0)
+        w, px = _weights(q, b, rows, rmask, cols, cmask, ex_ptr, E, inv_t, lse, coef, sm, acc_t, IEEE)
+        db += _dot(tl.trans(w.to(q.dtype)), q, IEEE).to(acc_t)
+    tl.store(db_ptr + cols[:, None] * D + dcols[None, :], db.to(db_ptr.dtype.element_ty),
+             mask=cmask[:, None] & dmask[None, :])
+
+
+# ------------------------------------------------------------------------------------------------------ launchers
+def _blocks(d):
+    bd = max(16, triton.next_power_of_2(d))
+    if TRITON_INTERPRET:  # small blocks: CI's small shapes still cover several tiles and splits
+        return 16, 32, bd
+    return 64, (64 if bd <= 128 else 32), bd
+
+
+def _common(q, k, bank, temperature, label_smoothing, exclude):
+    if q.shape[1] > MAX_D:
+        raise RuntimeError(f"infonce_bank_loss: the Triton kernel supports d <= {MAX_D}, got d = {q.shape[1]}")
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    N, K = q.shape[0], bank.shape[0]
+    inv_t = (1.0 / temperature.to(acc)).reshape(1)
+    lpos = (q.to(acc) * k.to(acc)).sum(1) * inv_t
+    if exclude is None:
+        ex = torch.empty((N, 0), dtype=torch.long, device=q.device)
+    else:
+        ex = (exclude.unsqueeze(1) if exclude.ndim == 1 else exclude).contiguous()
+        if ex.numel() and (bool((ex < -1).any()) or bool((ex >= K).any())):
+            raise RuntimeError(f"infonce_bank_loss: exclude holds an index out of range for a bank of K = {K} "
+                               "entries (-1 means none)")
+    # Candidates per row: K + 1 minus the distinct valid indices named.
+    srt = ex.sort(1).values
+    first = torch.ones_like(srt, dtype=torch.bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    count = (K + 1 - ((srt >= 0) & first).sum(1)).to(acc)
+    cast = TRITON_INTERPRET and q.dtype == torch.bfloat16
+    return acc, inv_t, lpos, ex, count, cast, q.dtype in (torch.float32, torch.float64)
+
+
+def _device(t):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def forward(q, k, bank, temperature, label_smoothing, exclude):
+    """(loss, lse, rank) per row, as the C++ op returns them."""
+    acc, inv_t, lpos, ex, count, cast, ieee = _common(q, k, bank, temperature, label_smoothing, exclude)
+    N, D = q.shape
+    K = bank.shape[0]
+    bm, bn, bd = _blocks(D)
+    m_tiles, n_tiles = max(1, triton.cdiv(N, bm)), triton.cdiv(K, bn)
+    # Enough programs to fill the GPU (~4 per SM) even for small N; a few in the interpreter.
+    target = 4 * torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+    splits = max(1, min(n_tiles, triton.cdiv(target, m_tiles)))
+    per = triton.cdiv(n_tiles, splits)
+    splits = triton.cdiv(n_tiles, per)
+    pm = torch.empty((splits, N), dtype=acc, device=q.device)
+    ps, px = torch.empty_like(pm), torch.empty_like(pm)
+    pc = torch.empty((splits, N), dtype=torch.int32, device=q.device)
+    loss, lse = torch.empty(N, dtype=acc, device=q.device), torch.empty(N, dtype=acc, device=q.device)
+    rank = torch.empty(N, dtype=torch.long, device=q.device)
+    if N == 0:
+        return loss, lse, rank
+    with _device(q):
+        _fwd_split_kernel[(m_tiles, splits)](
+            q, bank, ex if ex.numel() else lpos, lpos, inv_t, pm, ps, pc, px, N, K, D, ex.shape[1], per,
+            q.stride(0), q.stride(1), bank.stride(0), bank.stride(1), BM=bm, BN=bn, BD=bd, CAST_F32=cast, IEEE=ieee)
+        block = 128
+        _fwd_merge_kernel[(triton.cdiv(N, block),)](
+            pm, ps, pc, px, lpos, count, loss, lse, rank, float(label_smoothing), N, splits,
+            SMOOTH=label_smoothing > 0, BLOCK=block)
+    return loss, lse, rank
+
+
+def backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad):
+    """(dq, dk, dbank or an empty [0, d], dtemperature), as the C++ backward op returns them."""
+    acc, inv_t, lpos, ex, count, cast, ieee = _common(q, k, bank, temperature, label_smoothing, exclude)
+    N, D = q.shape
+    K = bank.shape[0]
+    bm, bn, bd = _blocks(D)
+    g, h = grad_loss.to(acc), grad_lse.to(acc)
+    lse, loss = lse.to(acc), loss.to(acc)
+    coef = (g + h).contiguous()
+    sm = (g * label_smoothing / count).contiguous()
+    dq = torch.zeros((N, D), dtype=acc, device=q.device)
+    es = torch.zeros(N, dtype=acc, device=q.device)
+    dbank = torch.empty((K if bank_grad else 0, D), dtype=bank.dtype, device=q.device)
+    if N > 0:
+        exp_ = ex if ex.numel() else lpos
+        with _device(q):
+            _bwd_dq_kernel[(triton.cdiv(N, bm),)](
+                q, bank, exp_, inv_t, lse, coef, sm, dq, es, N, K, D, ex.shape[1],
+                q.stride(0), q.stride(1), bank.stride(0), bank.stride(1), BM=bm, BN=bn, BD=bd, CAST_F32=cast,
+                IEEE=ieee)
+            if bank_grad:
+                _bwd_dbank_kernel[(triton.cdiv(K, bn),)](
+                    q, bank, exp_, inv_t, lse, coef, sm, dbank, N, K, D, ex.shape[1],
+                    q.stride(0), q.stride(1), bank.stride(0), bank.stride(1), BM=bm, BN=bn, BD=bd,
+                    CAST_F32=cast, IEEE=ieee)
+    elif bank_grad:
+        dbank.zero_()
+    # The positive's terms, O(N d), and the temperature's gradient from per-row sums (see the C++ kernel).
+    ppos = (lpos - lse).exp()
+    wpos = (coef * ppos - sm - g * (1 - label_smoothing)) * inv_t
+    qf, kf = q.to(acc), k.to(acc)
+    dq = dq + wpos[:, None] * kf
+    dk = wpos[:, None] * qf
+    e_sum = es + ppos * (lpos - lse)  # sum_c p (l - lse): centred, see the C++ kernel
+    dt = -(inv_t[0] * (coef * e_sum + h * lse + g * loss).sum())
+    # Contiguous like the C++ op's (the fake kernel promises it): dk would otherwise follow q's strides.
+    return dq.to(q.dtype).contiguous(), dk.to(q.dtype).contiguous(), dbank, dt.to(temperature.dtype)
