@@ -298,6 +298,57 @@ def smoke_upfirdn2d(ctx: Ctx) -> Iterator[Case]:
                 scale = max(1.0, float(expect.abs().max()))
                 yield Case(f"upfirdn2d/{impl}/{dn}/{name}", ops[impl], args, expect, TOL_NAMES[dn], scale)
 
+# --------------------------------------------------------------------------------------------------------------------
+# infonce_bank_loss
+# --------------------------------------------------------------------------------------------------------------------
+# name: (N, K, d, label_smoothing, with exclude)
+INFONCE_CASES = {
+    "small": (5, 37, 16, 0.0, False),
+    "tiles": (70, 300, 40, 0.1, True),  # several query tiles and bank splits, odd sizes everywhere
+}
+
+
+@smoke
+def smoke_infonce_bank_loss(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
+
+    ops = {"cuda": "infonce_bank_loss", "cpu": "infonce_bank_loss", "triton": "infonce_bank_loss_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (N, K, d, ls, with_ex) in INFONCE_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and (name != "small" or dn != "float32"):
+                    continue
+                g = ctx.gen("infonce", impl, dn, name)
+
+                def unit(*shape, g=g):
+                    return torch.nn.functional.normalize(torch.randn(shape, generator=g, dtype=torch.float64), dim=-1)
+
+                q, k, bank = unit(N, d).to(dtype), unit(N, d).to(dtype), unit(K, d).to(dtype)
+                ex = torch.randint(-1, K, (N, 2), generator=g) if with_ex else None
+                T = torch.tensor(0.07, dtype=torch.float64)
+                q64, k64, b64 = (t.double().requires_grad_() for t in (q, k, bank))
+                loss, lse, rank = reference(q64, k64, b64, T, ls, ex)
+                gl = torch.randn(N, generator=g, dtype=torch.float64)
+                dq, dk, db = torch.autograd.grad((loss * gl).sum(), [q64, k64, b64])
+                Td = T.to(dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=ctx.device)
+                args = (q.to(ctx.device), k.to(ctx.device), bank.to(ctx.device), Td, ls,
+                        None if ex is None else ex.to(ctx.device))
+                tol = TOL_NAMES[dn] * 10  # a loss summed over K+1 candidates, not one rounded element
+                yield Case(f"infonce_bank_loss/{impl}/{dn}/{name}/fwd", ops[impl], args, loss.detach(), tol,
+                           max(1.0, float(loss.abs().max())), select=lambda out: out[0])
+                bwd = ops[impl].replace("infonce_bank_loss", "infonce_bank_loss_backward")
+
+                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
+                    out_loss, out_lse, _ = fwd(*args)  # the backward reads the forward's own lse and loss
+                    return (gl.to(device=ctx.device, dtype=out_loss.dtype), torch.zeros_like(out_lse), *args,
+                            out_lse, out_loss, True)
+
+                gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
+                yield Case(f"infonce_bank_loss/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, dk, db), tol, gscale,
+                           select=lambda out: tuple(out[:3]))
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # runner

@@ -180,7 +180,7 @@ def _define_triton() -> None:
 
 
 _LIBS: list = []
-if _backend._C is not None:
+if _backend.has_op("infonce_bank_loss"):
     _register("infonce_bank_loss", "infonce_bank_loss_backward")
     if _backend.HAS_TRITON:
         _define_triton()
