@@ -10,45 +10,16 @@ import vkernels
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as reference
 from conftest import DEVICES
+from _common import check_close, impl_params
+from _common import randn as _randn
 
 ACTS = list(ACTIVATIONS)
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-# Absolute slack on top of the 2x-the-reference's-error rule (flash-attention's), per dtype.
-ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def kernels(device):
-    """Compiled implementations to test on `device` (the reference is the oracle, not a subject)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        return ["cuda", "triton"]  # the tests are skipped; keep ids stable
-    return [i for i in vkernels.available_impls("bias_act", device) if i != "reference"]
-
-
-def impl_params():
-    out = []
-    for d in DEVICES:
-        dev = d if isinstance(d, str) else d.values[0]
-        marks = () if isinstance(d, str) else d.marks
-        out += [pytest.param(dev, i, marks=marks, id=f"{dev}-{i}") for i in kernels(dev)]
-    return out
-
-
-IMPLS = impl_params()
+IMPLS = impl_params("bias_act")
 
 
 def randn(shape, dtype, device, scale=2.0):
-    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
-
-
-def check_close(out, lowp_ref, oracle, dtype, what=""):
-    """|out - oracle| <= 2 |ref run in out's dtype - oracle| + atol, elementwise maximum."""
-    assert out.shape == oracle.shape and out.dtype == dtype
-    if out.numel() == 0:
-        return
-    err = (out.double().cpu() - oracle.double().cpu()).abs()
-    ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs()
-    bound = 2 * ref_err.max() + ATOL[dtype] * (1 + oracle.double().abs().max().cpu())
-    assert err.max() <= bound, f"{what} max error {err.max():.3g} > bound {bound:.3g}"
+    return _randn(shape, dtype, device, scale)
 
 
 # (shape, dim, has_bias, memory layout)

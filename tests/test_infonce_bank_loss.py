@@ -9,30 +9,20 @@ import torch.nn.functional as F
 import vkernels
 from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
 from conftest import DEVICES
+from _common import impl_params, kernels
+from _common import check_close as _check_close
 
 OP = "infonce_bank_loss"
 # Absolute slack on top of the 2x-the-reference's-error rule (flash-attention's), per dtype, times (1 + max|oracle|).
-ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # Sizes not multiples of any block size; the Triton interpreter is slow, so its shapes are smaller.
 SIZES = {"cpu": (37, 301, 24), "triton": (19, 133, 20)}
 
 
-def kernels(device):
-    if device == "cuda" and not torch.cuda.is_available():
-        return ["triton"]  # the tests are skipped; keep ids stable
-    return [i for i in vkernels.available_impls(OP, device) if i != "reference"]
+IMPLS = impl_params(OP)
 
 
-def impl_params():
-    out = []
-    for d in DEVICES:
-        dev = d if isinstance(d, str) else d.values[0]
-        marks = () if isinstance(d, str) else d.marks
-        out += [pytest.param(dev, i, marks=marks, id=f"{dev}-{i}") for i in kernels(dev)]
-    return out
-
-
-IMPLS = impl_params()
+def check_close(out, lowp_ref, oracle, dtype, what=""):
+    return _check_close(out, lowp_ref, oracle, dtype, what, same_dtype=False)  # loss/lse are fp32 for fp16 inputs
 
 
 def features(n, d, device, dtype=torch.float64, near=None):
@@ -48,15 +38,6 @@ def make_inputs(n, kk, d, device, dtype):
     k = features(n, d, device, dtype, near=q)
     bank = features(kk, d, device, dtype)
     return q, k, bank
-
-
-def check_close(out, lowp_ref, oracle, dtype, what=""):
-    """|out - oracle| <= 2 |ref run in the low precision - oracle| + atol, elementwise maximum."""
-    assert out.shape == oracle.shape, what
-    err = (out.double().cpu() - oracle.double().cpu()).abs().max()
-    ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs().max()
-    bound = 2 * ref_err + ATOL[dtype] * (1 + oracle.double().abs().max().cpu())
-    assert err <= bound, f"{what}: max error {err:.3g} > bound {bound:.3g}"
 
 
 def oracle_rank(q, k, bank, exclude):
@@ -359,7 +340,7 @@ def test_bad_input_names_the_argument(device):
             call(args.pop("q"), args.pop("k"), args.pop("bank"), **args)
 
 
-@pytest.mark.parametrize("impl", kernels("cpu"))
+@pytest.mark.parametrize("impl", kernels(OP, "cpu"))
 def test_ops_check_their_own_arguments(impl):
     """Direct torch.ops calls (bypassing the Python checks) still get named errors, never a crash."""
     op = torch.ops.vkernels.infonce_bank_loss_triton if impl == "triton" else torch.ops.vkernels.infonce_bank_loss

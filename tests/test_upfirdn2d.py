@@ -1,6 +1,5 @@
 """upfirdn2d: every implementation against the reference; gradients of any order; helpers and modules; opcheck;
 torch.compile; bad input."""
-import math
 
 import pytest
 import torch
@@ -10,29 +9,10 @@ import vkernels
 from vkernels.ops.upfirdn2d import _parse
 from vkernels.reference.upfirdn2d import upfirdn2d as _ref
 from conftest import DEVICES
+from _common import check_close, impl_params, randn
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-# Absolute slack on top of the 2x-the-reference's-error rule (flash-attention's), per dtype, relative to max |out|.
-ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def kernels(device):
-    """Compiled implementations to test on `device` (the reference is the oracle, not a subject)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        return ["triton"]  # the tests are skipped; keep ids stable
-    return [i for i in vkernels.available_impls("upfirdn2d", device) if i != "reference"]
-
-
-def impl_params():
-    out = []
-    for d in DEVICES:
-        dev = d if isinstance(d, str) else d.values[0]
-        marks = () if isinstance(d, str) else d.marks
-        out += [pytest.param(dev, i, marks=marks, id=f"{dev}-{i}") for i in kernels(dev)]
-    return out
-
-
-IMPLS = impl_params()
+IMPLS = impl_params("upfirdn2d")
 
 
 def reference(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
@@ -41,21 +21,6 @@ def reference(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     a = _parse(x, f, up, down, padding, flip_filter, gain)
     return _ref(x, f, a[0:2], a[2:4], a[4:8], a[8], a[9])
-
-
-def randn(shape, dtype, device, scale=1.0):
-    return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
-
-
-def check_close(out, lowp_ref, oracle, dtype, what=""):
-    """|out - oracle| <= 2 |ref run in out's dtype - oracle| + atol, elementwise maximum."""
-    assert out.shape == oracle.shape and out.dtype == dtype, (out.shape, oracle.shape, out.dtype)
-    if out.numel() == 0:
-        return
-    err = (out.double().cpu() - oracle.double().cpu()).abs()
-    ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs()
-    bound = 2 * ref_err.max() + ATOL[dtype] * (1 + oracle.double().abs().max().cpu())
-    assert err.max() <= bound, f"{what} max error {err.max():.3g} > bound {bound:.3g}"
 
 
 def make_x(shape, layout, dtype, device):

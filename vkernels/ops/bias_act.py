@@ -96,7 +96,6 @@ def _sum_to_bias(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _register(fwd: str, grad: str) -> None:
-    fwd_op = getattr(torch.ops.vkernels, fwd).default
     grad_op = getattr(torch.ops.vkernels, grad).default
 
     @torch.library.register_fake(f"vkernels::{fwd}")
