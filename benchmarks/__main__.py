@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in H.evaluate_targets(case, case_rows):
                 print(f"  {line}")
             rows += case_rows
+            # Written after every case too: a run cut short (a GPU lease's time limit) still leaves its rows.
+            write([{**r, **env} for r in rows], Path(args.out))
 
     rows = [{**r, **env} for r in rows]
     out = Path(args.out)

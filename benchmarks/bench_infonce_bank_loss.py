@@ -42,10 +42,12 @@ def cases(device: str, quick: bool) -> list[Case]:
     if quick:
         sizes = [(64, 1024, 32)]
     elif device == "cuda":
-        sizes = [(256, 65536, 128), (1024, 65536, 128), (4096, 65536, 128)]
+        # The target (bf16, N=4096, K=65536) and a small N that must still fill the GPU; the full N x K grid of the
+        # issue does not fit a 15-minute GPU lease with cold torch.compile baselines.
+        sizes = [(256, 65536, 128), (4096, 65536, 128)]
     else:  # the target size (MoCo v2: K = 65536, d = 128) and a smaller one
         sizes = [(1024, 65536, 128), (256, 16384, 128)]
-    dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+    dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
     impls = vkernels_impls("infonce_bank_loss", device)
     out = []
     for n, kk, d in sizes:
