@@ -121,6 +121,19 @@ def export_submodules(package: str, path, namespace: dict) -> list[str]:
     return names
 
 
+_TRITON_LIBS: list = []  # the Library objects must stay alive for their registrations to stay
+
+
+def define_triton_variant(base: str, fn) -> None:
+    """vkernels::<base>_triton: C++ op <base>'s schema under a new name, with the Triton launcher `fn` behind it on
+    CUDA and CPU tensors (CPU runs only under TRITON_INTERPRET=1; resolve_impl enforces that)."""
+    lib = torch.library.Library("vkernels", "FRAGMENT")
+    lib.define(derive_schema(base, f"{base}_triton"))
+    for key in ("CPU", "CUDA"):
+        lib.impl(f"{base}_triton", fn, key)
+    _TRITON_LIBS.append(lib)
+
+
 def derive_schema(base: str, new: str) -> str:
     """The schema of C++ op `base` under the name `new`: lets another backend share the one schema definition."""
     schema = str(getattr(torch.ops.vkernels, base).default._schema)

@@ -144,10 +144,6 @@ def _register(fwd: str, grad: str) -> None:
 
 def _define_triton() -> None:
     """vkernels::bias_act_triton / bias_act_grad_triton: the C++ schemas under new names, Triton kernels behind."""
-    lib = torch.library.Library("vkernels", "FRAGMENT")
-    _LIBS.append(lib)
-    lib.define(_backend.derive_schema("bias_act", "bias_act_triton"))
-    lib.define(_backend.derive_schema("bias_act_grad", "bias_act_grad_triton"))
 
     def fwd(x, b, dim, act, alpha, gain, clamp):
         from vkernels.triton import bias_act as tk
@@ -167,12 +163,10 @@ def _define_triton() -> None:
         mode = (tk.GRAD1_Y if order == 1 else tk.GRAD2_Y) if ref_is_y else (tk.GRAD1_X if order == 1 else tk.GRAD2_X)
         return tk.launch(ref, g, b, dim, act, alpha, gain, clamp, mode)
 
-    for key in ("CPU", "CUDA"):  # CPU only does anything under TRITON_INTERPRET=1 (resolve_impl enforces it)
-        lib.impl("bias_act_triton", fwd, key)
-        lib.impl("bias_act_grad_triton", grad, key)
+    _backend.define_triton_variant("bias_act", fwd)
+    _backend.define_triton_variant("bias_act_grad", grad)
 
 
-_LIBS: list = []
 if _backend.has_op("bias_act"):
     _register("bias_act", "bias_act_grad")
     if _backend.HAS_TRITON:

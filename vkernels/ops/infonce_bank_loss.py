@@ -160,10 +160,6 @@ def _register(fwd: str, bwd: str) -> None:
 
 def _define_triton() -> None:
     """vkernels::infonce_bank_loss_triton / ..._backward_triton: the C++ schemas under new names, Triton behind."""
-    lib = torch.library.Library("vkernels", "FRAGMENT")
-    _LIBS.append(lib)
-    lib.define(_backend.derive_schema("infonce_bank_loss", "infonce_bank_loss_triton"))
-    lib.define(_backend.derive_schema("infonce_bank_loss_backward", "infonce_bank_loss_backward_triton"))
 
     def fwd(q, k, bank, temperature, label_smoothing, exclude):
         from vkernels.triton import infonce_bank_loss as tk
@@ -174,12 +170,10 @@ def _define_triton() -> None:
         return tk.backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss,
                            bank_grad)
 
-    for key in ("CPU", "CUDA"):  # CPU only does anything under TRITON_INTERPRET=1 (resolve_impl enforces it)
-        lib.impl("infonce_bank_loss_triton", fwd, key)
-        lib.impl("infonce_bank_loss_backward_triton", bwd, key)
+    _backend.define_triton_variant("infonce_bank_loss", fwd)
+    _backend.define_triton_variant("infonce_bank_loss_backward", bwd)
 
 
-_LIBS: list = []
 if _backend.has_op("infonce_bank_loss"):
     _register("infonce_bank_loss", "infonce_bank_loss_backward")
     if _backend.HAS_TRITON:

@@ -246,20 +246,15 @@ def _register(name: str) -> None:
 
 def _define_triton() -> None:
     """vkernels::upfirdn2d_triton: the C++ schema under a new name, Triton kernels behind."""
-    lib = torch.library.Library("vkernels", "FRAGMENT")
-    _LIBS.append(lib)
-    lib.define(_backend.derive_schema("upfirdn2d", "upfirdn2d_triton"))
 
     def fwd(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
         from vkernels.triton import upfirdn2d as tk
         return tk.launch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain,
                          _out_size(x, f, upx, upy, downx, downy, px0, px1, py0, py1), _out_format(x))
 
-    for key in ("CPU", "CUDA"):  # CPU only does anything under TRITON_INTERPRET=1 (resolve_impl enforces it)
-        lib.impl("upfirdn2d_triton", fwd, key)
+    _backend.define_triton_variant("upfirdn2d", fwd)
 
 
-_LIBS: list = []
 if _backend.has_op("upfirdn2d"):
     _register("upfirdn2d")
     if _backend.HAS_TRITON:
