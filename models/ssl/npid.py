@@ -1,0 +1,50 @@
+"""NPID (Wu et al. 2018): instance discrimination against a momentum memory bank with one row per training image.
+
+Non-parametric softmax: P(i | v) = exp(m_i . v / T) / sum_j exp(m_j . v / T) over all M memory rows. Written as
+vkernels.infonce_bank_loss(v, m_i, memory, T, exclude=i): the positive is the instance's own memory row and
+`exclude` drops that row from the bank's candidates, so it is counted once (as the positive), not twice. This is the
+full softmax over M (NPID approximated it with NCE and 4096 sampled noise rows; the fused loss makes the exact one
+cheap). After the optimizer step the rows are updated m_i <- normalize(mu m_i + (1 - mu) v_i), mu = 0.5, by
+vkernels.nn.MemoryBank(mode="momentum").
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.ssl import augment
+from models.ssl.banks import MemoryBank, bank_loss, bank_rows
+from models.ssl.data import step_generator
+from models.ssl.encoders import Encoder, ResNetSmall
+from models.ssl.knn import weighted_knn
+from models.ssl.moco import _embed
+
+
+class NPID(nn.Module):
+    def __init__(self, in_ch: int, num_instances: int, width: int = 32, dim: int = 128, temperature: float = 0.07,
+                 bank_momentum: float = 0.5, sync: str = "local"):
+        super().__init__()
+        self.temperature = temperature
+        self.encoder = Encoder(ResNetSmall(in_ch, width), nn.Linear(4 * width, dim))
+        self.memory = MemoryBank(num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync)
+
+    def trainable(self) -> nn.Module:
+        return self.encoder
+
+    def step(self, net, x, idx, seed, step, rank):
+        v = net(augment.augment_images(x, step_generator(seed, step, rank)))
+        idx = idx.to(v.device)
+        loss, r = bank_loss(v, bank_rows(self.memory, idx).to(v.dtype), self.memory, self.temperature, exclude=idx)
+        return loss, {"acc1": (r == 0).float().mean()}, v.detach()
+
+    @torch.no_grad()
+    def after_step(self, v, idx):
+        self.memory.update(idx.to(v.device), v)
+
+    @torch.no_grad()
+    def knn(self, data, k, t, chunk=256):
+        """NPID's monitor: held-out images (encoder in eval mode) against the memory bank's rows and their labels."""
+        test = _embed(self.encoder, data.x_test, chunk)
+        train = bank_rows(self.memory, torch.arange(data.x.shape[0], device=test.device)).to(test.dtype)
+        dev = test.device
+        return {"knn": weighted_knn(train, data.y.to(dev), test, data.y_test.to(dev), data.num_classes, k, t)}

@@ -1,0 +1,70 @@
+"""Cross-modal instance discrimination (Morgado et al. 2021, AVID's cross-modal variant) on paired data.
+
+Two encoders (an image CNN for modality A, a 1-D CNN for the signal modality B) and two momentum memory banks with a
+row per instance. Each modality's embedding is discriminated against the *other* modality's memory:
+    L = InfoNCE(a_i; pos mem_b[i], bank mem_b, exclude i) + InfoNCE(b_i; pos mem_a[i], bank mem_a, exclude i),
+both vkernels.infonce_bank_loss calls. After the step, mem_a[i] and mem_b[i] are updated with momentum from a_i and b_i.
+Instance identity is shared between the modalities only through the latent that generated both (models/ssl/data.py).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.ssl import augment
+from models.ssl.banks import MemoryBank, bank_loss, bank_rows
+from models.ssl.data import step_generator
+from models.ssl.encoders import Encoder, ResNetSmall
+from models.ssl.knn import weighted_knn
+from models.ssl.moco import _embed
+
+
+class TwoTower(nn.Module):
+    def __init__(self, in_ch_a: int, in_ch_b: int, width: int, dim: int):
+        super().__init__()
+        self.a = Encoder(ResNetSmall(in_ch_a, width, ndim=2), nn.Linear(4 * width, dim))
+        self.b = Encoder(ResNetSmall(in_ch_b, width, ndim=1), nn.Linear(4 * width, dim))
+
+    def forward(self, xa, xb):
+        return self.a(xa), self.b(xb)
+
+
+class CrossModal(nn.Module):
+    def __init__(self, in_ch_a: int, in_ch_b: int, num_instances: int, width: int = 32, dim: int = 128,
+                 temperature: float = 0.07, bank_momentum: float = 0.5, sync: str = "local"):
+        super().__init__()
+        self.temperature = temperature
+        self.towers = TwoTower(in_ch_a, in_ch_b, width, dim)
+        self.memory_a = MemoryBank(num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync)
+        self.memory_b = MemoryBank(num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync)
+        self.signals = None  # (M, 1, L) training signals, set by train.py (paired with the images by index)
+
+    def trainable(self) -> nn.Module:
+        return self.towers
+
+    def step(self, net, x, idx, seed, step, rank):
+        g = step_generator(seed, step, rank)
+        xa = augment.augment_images(x, g)
+        xb = augment.augment_signal(self.signals[idx].to(x.device), g)
+        a, b = net(xa, xb)
+        idx = idx.to(a.device)
+        la, ra = bank_loss(a, bank_rows(self.memory_b, idx).to(a.dtype), self.memory_b, self.temperature, exclude=idx)
+        lb, rb = bank_loss(b, bank_rows(self.memory_a, idx).to(b.dtype), self.memory_a, self.temperature, exclude=idx)
+        return la + lb, {"acc_a2b": (ra == 0).float().mean(), "acc_b2a": (rb == 0).float().mean()}, (a.detach(),
+                                                                                                       b.detach())
+
+    @torch.no_grad()
+    def after_step(self, ab, idx):
+        a, b = ab
+        self.memory_a.update(idx.to(a.device), a)
+        self.memory_b.update(idx.to(b.device), b)
+
+    @torch.no_grad()
+    def knn(self, data, k, t, chunk=256):
+        """Held-out images against memory A (within-modal) and against memory B (cross-modal retrieval)."""
+        test = _embed(self.towers.a, data.x_test, chunk)
+        dev = test.device
+        rows = torch.arange(data.x.shape[0], device=dev)
+        y, yt, c = data.y.to(dev), data.y_test.to(dev), data.num_classes
+        return {"knn": weighted_knn(bank_rows(self.memory_a, rows).to(test.dtype), y, test, yt, c, k, t),
+                "knn_cross": weighted_knn(bank_rows(self.memory_b, rows).to(test.dtype), y, test, yt, c, k, t)}
