@@ -141,6 +141,9 @@ def test_ddp_two_ranks_gloo(tmp_path):
     for method in train.METHODS:
         r0, r1 = (torch.load(tmp_path / f"{method}-{r}.pt", weights_only=False) for r in (0, 1))
         assert all(math.isfinite(l) for _, l in r0["history"] + r1["history"])
-        # DDP keeps the trained encoder identical on both ranks; sync="gather" keeps the banks identical.
-        for k, v in r0["model"].items():
-            torch.testing.assert_close(v, r1["model"][k], rtol=0, atol=0, msg=f"{method}: {k}")
+        # DDP keeps the trained parameters identical on both ranks and sync="gather" the banks. BN running
+        # statistics legitimately differ: each rank's last forward updated them from its own batch.
+        checked = [k for k in r0["model"] if "running_" not in k and "num_batches" not in k]
+        assert any(k.endswith(".memory") for k in checked), checked
+        for k in checked:
+            torch.testing.assert_close(r0["model"][k], r1["model"][k], rtol=0, atol=0, msg=f"{method}: {k}")

@@ -19,9 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vkernels.nn import InfoNCEWithBank, MemoryBank
+
 
 from models.ssl import augment
-from models.ssl.banks import MemoryBank, bank_loss, bank_rows
 from models.ssl.data import step_generator
 from models.ssl.encoders import Encoder, ResNetSmall, mlp_head
 from models.ssl.knn import weighted_knn
@@ -29,14 +30,16 @@ from models.ssl.knn import weighted_knn
 
 class MoCo(nn.Module):
     def __init__(self, in_ch: int, width: int = 32, hidden: int = 512, dim: int = 128, queue_size: int = 4096,
-                 m: float = 0.99, temperature: float = 0.2, bn_splits: int = 1, sync: str = "local"):
+                 m: float = 0.99, temperature: float = 0.2, bn_splits: int = 1, sync: str = "local", seed: int = 0):
         super().__init__()
-        self.m, self.temperature = m, temperature
+        self.m = m
         self.encoder_q = Encoder(ResNetSmall(in_ch, width, bn_splits), mlp_head(4 * width, hidden, dim))
         self.encoder_k = copy.deepcopy(self.encoder_q)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
-        self.queue = MemoryBank(queue_size, dim, mode="queue", sync=sync)
+        # The queue is the loss module's bank: criterion(q, k) reads it, criterion.update_bank(k) enqueues.
+        self.criterion = InfoNCEWithBank(temperature, bank=MemoryBank(queue_size, dim, mode="queue", sync=sync,
+                                                                      seed=seed))
 
     def trainable(self) -> nn.Module:
         return self.encoder_q
@@ -67,12 +70,12 @@ class MoCo(nn.Module):
         self._momentum_update()
         # Same permutation on every rank: the generator ignores the rank.
         k = self._shuffled_keys(im_k, step_generator(seed, step, 0, stream=1))
-        loss, rank_of_pos = bank_loss(q, k, self.queue, self.temperature)
+        loss, rank_of_pos = self.criterion(q, k, return_rank=True)
         return loss, {"acc1": (rank_of_pos == 0).float().mean()}, k
 
     @torch.no_grad()
     def after_step(self, k: torch.Tensor, idx: torch.Tensor):
-        self.queue.enqueue(k)
+        self.criterion.update_bank(k)  # staged: written before the next step's read
 
     @torch.no_grad()
     def knn(self, data, k: int, t: float, chunk: int = 256) -> dict:

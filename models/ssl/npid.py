@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vkernels.nn import InfoNCEWithBank, MemoryBank
+
 from models.ssl import augment
-from models.ssl.banks import MemoryBank, bank_loss, bank_rows
 from models.ssl.data import step_generator
 from models.ssl.encoders import Encoder, ResNetSmall
 from models.ssl.knn import weighted_knn
@@ -22,11 +23,11 @@ from models.ssl.moco import _embed
 
 class NPID(nn.Module):
     def __init__(self, in_ch: int, num_instances: int, width: int = 32, dim: int = 128, temperature: float = 0.07,
-                 bank_momentum: float = 0.5, sync: str = "local"):
+                 bank_momentum: float = 0.5, sync: str = "local", seed: int = 0):
         super().__init__()
-        self.temperature = temperature
         self.encoder = Encoder(ResNetSmall(in_ch, width), nn.Linear(4 * width, dim))
-        self.memory = MemoryBank(num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync)
+        self.criterion = InfoNCEWithBank(temperature, bank=MemoryBank(
+            num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync, seed=seed))
 
     def trainable(self) -> nn.Module:
         return self.encoder
@@ -34,17 +35,19 @@ class NPID(nn.Module):
     def step(self, net, x, idx, seed, step, rank):
         v = net(augment.augment_images(x, step_generator(seed, step, rank)))
         idx = idx.to(v.device)
-        loss, r = bank_loss(v, bank_rows(self.memory, idx).to(v.dtype), self.memory, self.temperature, exclude=idx)
+        pos = self.criterion.bank.negatives()[idx].clone()  # own memory row (a copy: the bank is written in place)
+        # index=idx: the row is the positive, so it is excluded from the negatives (counted once).
+        loss, r = self.criterion(v, pos, index=idx, return_rank=True)
         return loss, {"acc1": (r == 0).float().mean()}, v.detach()
 
     @torch.no_grad()
     def after_step(self, v, idx):
-        self.memory.update(idx.to(v.device), v)
+        self.criterion.update_bank(v, idx.to(v.device))
 
     @torch.no_grad()
     def knn(self, data, k, t, chunk=256):
         """NPID's monitor: held-out images (encoder in eval mode) against the memory bank's rows and their labels."""
         test = _embed(self.encoder, data.x_test, chunk)
-        train = bank_rows(self.memory, torch.arange(data.x.shape[0], device=test.device)).to(test.dtype)
+        train = self.criterion.bank.negatives().to(test.dtype)
         dev = test.device
         return {"knn": weighted_knn(train, data.y.to(dev), test, data.y_test.to(dev), data.num_classes, k, t)}

@@ -57,18 +57,22 @@ def build(args, data: D.SSLData, run: C.Run):
     if run.world > 1 and sync == "local":
         raise SystemExit("--bank-sync local under torchrun would give each rank its own bank, which a rank-0 "
                          "checkpoint cannot hold; use gather or sharded")
+    if args.method != "moco" and sync == "sharded":
+        raise SystemExit(f"--method {args.method}: a sharded momentum bank is not supported here (the positive is the "
+                         f"instance's own row, which may live on another rank); use --bank-sync gather")
     m = data.x.shape[0]
     if args.method == "moco":
         splits = args.bn_splits or (1 if run.world > 1 else 4)
         if args.batch_size % splits:
             raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the BN groups ({splits})")
         model = MoCo(data.x.shape[1], args.width, args.hidden, args.dim, args.queue_size, args.moco_m,
-                     args.temperature or 0.2, splits, sync)
+                     args.temperature or 0.2, splits, sync, args.seed)
     elif args.method == "npid":
-        model = NPID(data.x.shape[1], m, args.width, args.dim, args.temperature or 0.07, args.bank_momentum, sync)
+        model = NPID(data.x.shape[1], m, args.width, args.dim, args.temperature or 0.07, args.bank_momentum, sync,
+                     args.seed)
     else:
         model = CrossModal(data.x.shape[1], data.s.shape[1], m, args.width, args.dim, args.temperature or 0.07,
-                           args.bank_momentum, sync)
+                           args.bank_momentum, sync, args.seed)
         model.signals = data.s
     if args.method != "moco" and args.batch_size * run.world > m:
         raise SystemExit(f"batch {args.batch_size} x {run.world} ranks exceeds the {m} training instances: one step "
@@ -116,7 +120,7 @@ def main(argv=None) -> dict:
     def evaluate() -> dict:
         return model.knn(data, args.knn_k, args.knn_t) if run.is_main else {}
 
-    if run.is_main and run.out is not None and args.sample_every and start == 0:
+    if run.is_main and run.out is not None and start == 0:  # the augmentations, to eyeball (--sample-every unused)
         from models.ssl import augment
         x = data.x[:16]
         g = D.step_generator(args.seed, 0, 0, stream=2)

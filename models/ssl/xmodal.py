@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vkernels.nn import InfoNCEWithBank, MemoryBank
+
 from models.ssl import augment
-from models.ssl.banks import MemoryBank, bank_loss, bank_rows
 from models.ssl.data import step_generator
 from models.ssl.encoders import Encoder, ResNetSmall
 from models.ssl.knn import weighted_knn
@@ -31,12 +32,14 @@ class TwoTower(nn.Module):
 
 class CrossModal(nn.Module):
     def __init__(self, in_ch_a: int, in_ch_b: int, num_instances: int, width: int = 32, dim: int = 128,
-                 temperature: float = 0.07, bank_momentum: float = 0.5, sync: str = "local"):
+                 temperature: float = 0.07, bank_momentum: float = 0.5, sync: str = "local", seed: int = 0):
         super().__init__()
-        self.temperature = temperature
         self.towers = TwoTower(in_ch_a, in_ch_b, width, dim)
-        self.memory_a = MemoryBank(num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync)
-        self.memory_b = MemoryBank(num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync)
+        # crit_a holds memory A and scores modality-B queries against it; crit_b the reverse. Different seeds: the
+        # two banks must not start equal.
+        self.crit_a, self.crit_b = (InfoNCEWithBank(temperature, bank=MemoryBank(
+            num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync, seed=2 * seed + i))
+            for i in (0, 1))
         self.signals = None  # (M, 1, L) training signals, set by train.py (paired with the images by index)
 
     def trainable(self) -> nn.Module:
@@ -48,23 +51,24 @@ class CrossModal(nn.Module):
         xb = augment.augment_signal(self.signals[idx].to(x.device), g)
         a, b = net(xa, xb)
         idx = idx.to(a.device)
-        la, ra = bank_loss(a, bank_rows(self.memory_b, idx).to(a.dtype), self.memory_b, self.temperature, exclude=idx)
-        lb, rb = bank_loss(b, bank_rows(self.memory_a, idx).to(b.dtype), self.memory_a, self.temperature, exclude=idx)
+        pos_b = self.crit_b.bank.negatives()[idx].clone()  # b's memory of instance i: the positive for a_i
+        pos_a = self.crit_a.bank.negatives()[idx].clone()
+        la, ra = self.crit_b(a, pos_b, index=idx, return_rank=True)
+        lb, rb = self.crit_a(b, pos_a, index=idx, return_rank=True)
         return la + lb, {"acc_a2b": (ra == 0).float().mean(), "acc_b2a": (rb == 0).float().mean()}, (a.detach(),
                                                                                                        b.detach())
 
     @torch.no_grad()
     def after_step(self, ab, idx):
         a, b = ab
-        self.memory_a.update(idx.to(a.device), a)
-        self.memory_b.update(idx.to(b.device), b)
+        self.crit_a.update_bank(a, idx.to(a.device))
+        self.crit_b.update_bank(b, idx.to(b.device))
 
     @torch.no_grad()
     def knn(self, data, k, t, chunk=256):
         """Held-out images against memory A (within-modal) and against memory B (cross-modal retrieval)."""
         test = _embed(self.towers.a, data.x_test, chunk)
         dev = test.device
-        rows = torch.arange(data.x.shape[0], device=dev)
         y, yt, c = data.y.to(dev), data.y_test.to(dev), data.num_classes
-        return {"knn": weighted_knn(bank_rows(self.memory_a, rows).to(test.dtype), y, test, yt, c, k, t),
-                "knn_cross": weighted_knn(bank_rows(self.memory_b, rows).to(test.dtype), y, test, yt, c, k, t)}
+        return {"knn": weighted_knn(self.crit_a.bank.negatives().to(test.dtype), y, test, yt, c, k, t),
+                "knn_cross": weighted_knn(self.crit_b.bank.negatives().to(test.dtype), y, test, yt, c, k, t)}
