@@ -22,7 +22,7 @@ build: $(VENV)/.built
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-timeout hypothesis ninja pybind11 matplotlib
+	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-timeout hypothesis ninja pybind11 matplotlib scikit-learn scikit-image
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -2,6 +2,8 @@
 torch.compile; bad input."""
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -96,26 +98,31 @@ def test_matches_reference(device, impl, dtype, case):
     run_case(device, impl, dtype, case)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
 @pytest.mark.parametrize("device,impl", IMPLS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_random_configs(device, impl, dtype):
-    """Fresh random shapes, filters (1-D/2-D), factors and paddings, within what gives a non-empty output."""
-    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
-    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (), generator=g))  # noqa: E731
-    for _ in range(12 if impl == "triton" else 40):
-        shape = (ri(1, 2), ri(1, 5), ri(1, 9), ri(1, 9))
-        f = torch.randn((ri(1, 6),) if ri(0, 1) else (ri(1, 5), ri(1, 5)))
-        up, down = (ri(1, 3), ri(1, 3)), (ri(1, 3), ri(1, 3))
-        pad = tuple(ri(-2, 4) for _ in range(4))
-        fw, fh = f.shape[-1], f.shape[0]
-        if shape[3] * up[0] + pad[0] + pad[1] < fw or shape[2] * up[1] + pad[2] + pad[3] < fh:
-            continue
-        layout = ["contiguous", "channels_last", "sliced"][ri(0, 2)]
-        x = make_x(shape, layout, dtype, device)
-        kw = dict(up=up, down=down, padding=pad, flip_filter=bool(ri(0, 1)), gain=1 + ri(0, 3) / 2)
-        y = vkernels.upfirdn2d(x, f.to(device), **kw, impl=impl)
-        check_close(y, reference(x, f.to(device), **kw), reference(x.double().cpu(), f, **kw), dtype,
-                    f"{shape} {tuple(f.shape)} {kw} {layout}")
+def test_property_random_configs(device, impl, data):
+    """Hypothesis-drawn shapes, filters (1-D/2-D), factors, paddings (cropping too) and layouts; a failure shrinks to
+    the smallest configuration that shows it."""
+    n, c = data.draw(st.integers(1, 2), label="n"), data.draw(st.integers(1, 5), label="c")
+    h, w = data.draw(st.integers(1, 9), label="h"), data.draw(st.integers(1, 9), label="w")
+    separable = data.draw(st.booleans(), label="separable")
+    fshape = ((data.draw(st.integers(1, 6), label="ftaps"),) if separable else
+              (data.draw(st.integers(1, 5), label="fh"), data.draw(st.integers(1, 5), label="fw")))
+    up = (data.draw(st.integers(1, 3), label="upx"), data.draw(st.integers(1, 3), label="upy"))
+    down = (data.draw(st.integers(1, 3), label="downx"), data.draw(st.integers(1, 3), label="downy"))
+    pad = tuple(data.draw(st.lists(st.integers(-2, 4), min_size=4, max_size=4), label="padding"))
+    fh, fw = fshape[0], fshape[-1]
+    assume(w * up[0] + pad[0] + pad[1] >= fw and h * up[1] + pad[2] + pad[3] >= fh)  # non-empty output
+    layout = data.draw(st.sampled_from(["contiguous", "channels_last", "sliced", "transposed"]), label="layout")
+    dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16]), label="dtype")
+    kw = dict(up=up, down=down, padding=pad, flip_filter=data.draw(st.booleans(), label="flip"),
+              gain=data.draw(st.sampled_from([1.0, 1.5, 2.5]), label="gain"))
+    x = make_x((n, c, h, w), layout, dtype, device)
+    f = torch.randn(fshape)
+    y = vkernels.upfirdn2d(x, f.to(device), **kw, impl=impl)
+    check_close(y, reference(x, f.to(device), **kw), reference(x.double().cpu(), f, **kw), dtype,
+                f"{tuple(x.shape)} {fshape} {kw} {layout}")
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
