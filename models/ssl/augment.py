@@ -81,9 +81,9 @@ def _grey(y):
     return (y * w).sum(1, keepdim=True)
 
 
-def augment_images(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def augment_images(x: torch.Tensor, g: torch.Generator, crop_scale=(0.2, 1.0)) -> torch.Tensor:
     """One MoCo v2-style view (crop+flip, colour jitter, grayscale; no blur: the images here are 8-32 pixels)."""
-    return color_jitter(random_resized_crop_flip(x, g), g)
+    return color_jitter(random_resized_crop_flip(x, g, scale=crop_scale), g)
 
 
 def augment_signal(x: torch.Tensor, g: torch.Generator, crop=(0.6, 1.0), gain=(0.7, 1.3), noise=0.05) -> torch.Tensor:

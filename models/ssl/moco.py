@@ -41,6 +41,8 @@ class MoCo(nn.Module):
         self.criterion = InfoNCEWithBank(temperature, bank=MemoryBank(queue_size, dim, mode="queue", sync=sync,
                                                                       seed=seed))
 
+    crop_scale = (0.2, 1.0)  # RandomResizedCrop's area range; train.py sets it from --crop-min
+
     def trainable(self) -> nn.Module:
         return self.encoder_q
 
@@ -65,7 +67,7 @@ class MoCo(nn.Module):
     def step(self, net: nn.Module, x: torch.Tensor, idx: torch.Tensor, seed: int, step: int, rank: int):
         """Forward of one training step: (loss, metrics, k). `net` is encoder_q, DDP-wrapped under torchrun."""
         g = step_generator(seed, step, rank)
-        im_q, im_k = augment.augment_images(x, g), augment.augment_images(x, g)
+        im_q, im_k = augment.augment_images(x, g, self.crop_scale), augment.augment_images(x, g, self.crop_scale)
         q = net(im_q)
         self._momentum_update()
         # Same permutation on every rank: the generator ignores the rank.

@@ -29,11 +29,13 @@ class NPID(nn.Module):
         self.criterion = InfoNCEWithBank(temperature, bank=MemoryBank(
             num_instances, dim, mode="momentum", momentum=bank_momentum, sync=sync, seed=seed))
 
+    crop_scale = (0.2, 1.0)  # RandomResizedCrop's area range; train.py sets it from --crop-min
+
     def trainable(self) -> nn.Module:
         return self.encoder
 
     def step(self, net, x, idx, seed, step, rank):
-        v = net(augment.augment_images(x, step_generator(seed, step, rank)))
+        v = net(augment.augment_images(x, step_generator(seed, step, rank), self.crop_scale))
         idx = idx.to(v.device)
         pos = self.criterion.bank.negatives()[idx].clone()  # own memory row (a copy: the bank is written in place)
         # index=idx: the row is the positive, so it is excluded from the negatives (counted once).
