@@ -353,6 +353,49 @@ def smoke_infonce_bank_loss(ctx: Ctx) -> Iterator[Case]:
 # --------------------------------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------------------------------
+@smoke
+def smoke_infonce_bank_partial(ctx: Ctx) -> Iterator[Case]:
+    """The bank-only lse and rank (sharded banks) and its backward with the lse it returned."""
+    torch = ctx.torch
+    from vkernels.reference.infonce_bank_partial import infonce_bank_partial as reference
+
+    ops = {"cuda": "infonce_bank_partial", "cpu": "infonce_bank_partial", "triton": "infonce_bank_partial_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (N, K, d, _, with_ex) in INFONCE_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and (name != "small" or dn != "float32"):
+                    continue
+                g = ctx.gen("infonce_partial", impl, dn, name)
+
+                def unit(*shape, g=g):
+                    return torch.nn.functional.normalize(torch.randn(shape, generator=g, dtype=torch.float64), dim=-1)
+
+                q, k, bank = unit(N, d).to(dtype), unit(N, d).to(dtype), unit(K, d).to(dtype)
+                ex = torch.randint(-1, K, (N, 2), generator=g) if with_ex else None
+                T = torch.tensor(0.07, dtype=torch.float64)
+                q64, b64 = q.double().requires_grad_(), bank.double().requires_grad_()
+                lse, _ = reference(q64, k.double(), b64, T, ex)
+                gl = torch.randn(N, generator=g, dtype=torch.float64)
+                dq, db = torch.autograd.grad((lse * gl).sum(), [q64, b64])
+                Td = T.to(dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=ctx.device)
+                args = (q.to(ctx.device), k.to(ctx.device), bank.to(ctx.device), Td,
+                        None if ex is None else ex.to(ctx.device))
+                tol = TOL_NAMES[dn] * 10
+                yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/fwd", ops[impl], args, lse.detach(), tol,
+                           max(1.0, float(lse.abs().max())), select=lambda out: out[0])
+                bwd = ops[impl].replace("infonce_bank_partial", "infonce_bank_partial_backward")
+
+                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
+                    out_lse, _ = fwd(*args)
+                    q_, _, b_, t_, e_ = args
+                    return (gl.to(device=ctx.device, dtype=out_lse.dtype), q_, b_, t_, e_, out_lse, True)
+
+                gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
+                yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, db), tol, gscale,
+                           select=lambda out: tuple(out[:2]))
+
+
 def _as_tuple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,)
 

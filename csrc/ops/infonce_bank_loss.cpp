@@ -19,37 +19,36 @@ bool is_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
-void check_rows(const at::Tensor& t, const char* name, int64_t N, const at::Tensor& q) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == N, "infonce_bank_loss_backward: ", name, " must have shape [", N,
-              "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "infonce_bank_loss_backward: ", name,
+void check_rows(const at::Tensor& t, const char* name, int64_t N, const at::Tensor& q,
+                const char* op = "infonce_bank_loss_backward") {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must have shape [", N, "], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
               " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == q.device(), "infonce_bank_loss_backward: ", name, " is on ", t.device(),
-              " but q is on ", q.device());
+  TORCH_CHECK(t.device() == q.device(), op, ": ", name, " is on ", t.device(), " but q is on ", q.device());
 }
 
 }  // namespace
 
 Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
-                     double label_smoothing, const std::optional<at::Tensor>& exclude) {
-  TORCH_CHECK(is_float(q.scalar_type()), "infonce_bank_loss: q must be float16, bfloat16, float32 or float64, got ",
+                     double label_smoothing, const std::optional<at::Tensor>& exclude, const char* op) {
+  TORCH_CHECK(is_float(q.scalar_type()), op, ": q must be float16, bfloat16, float32 or float64, got ",
               q.scalar_type());
-  TORCH_CHECK(q.dim() == 2, "infonce_bank_loss: q must have shape [N, d], got ", q.sizes());
-  TORCH_CHECK(k.dim() == 2 && k.sizes() == q.sizes(), "infonce_bank_loss: k must have q's shape ", q.sizes(),
+  TORCH_CHECK(q.dim() == 2, op, ": q must have shape [N, d], got ", q.sizes());
+  TORCH_CHECK(k.dim() == 2 && k.sizes() == q.sizes(), op, ": k must have q's shape ", q.sizes(),
               ", got ", k.sizes());
-  TORCH_CHECK(bank.dim() == 2 && bank.size(1) == q.size(1), "infonce_bank_loss: bank must have shape [K, ", q.size(1),
+  TORCH_CHECK(bank.dim() == 2 && bank.size(1) == q.size(1), op, ": bank must have shape [K, ", q.size(1),
               "] (d from q), got ", bank.sizes());
-  TORCH_CHECK(bank.size(0) > 0, "infonce_bank_loss: bank must not be empty (K = 0)");
+  TORCH_CHECK(bank.size(0) > 0, op, ": bank must not be empty (K = 0)");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && bank.scalar_type() == q.scalar_type(),
-              "infonce_bank_loss: k and bank must have q's dtype ", q.scalar_type(), ", got ", k.scalar_type(),
+              op, ": k and bank must have q's dtype ", q.scalar_type(), ", got ", k.scalar_type(),
               " and ", bank.scalar_type());
-  TORCH_CHECK(k.device() == q.device() && bank.device() == q.device(), "infonce_bank_loss: q, k and bank must be on "
+  TORCH_CHECK(k.device() == q.device() && bank.device() == q.device(), op, ": q, k and bank must be on "
               "one device, got ", q.device(), ", ", k.device(), ", ", bank.device());
   TORCH_CHECK(temperature.numel() == 1 && temperature.dim() == 0 && is_float(temperature.scalar_type()),
-              "infonce_bank_loss: temperature must be a 0-dim float tensor, got shape ", temperature.sizes(),
+              op, ": temperature must be a 0-dim float tensor, got shape ", temperature.sizes(),
               " dtype ", temperature.scalar_type());
   TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
-              "infonce_bank_loss: label_smoothing must be in [0, 1], got ", label_smoothing);
+              op, ": label_smoothing must be in [0, 1], got ", label_smoothing);
   Problem p;
   p.N = q.size(0);
   p.D = q.size(1);
@@ -61,16 +60,16 @@ Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (temperature.device().is_cpu()) {  // the kernels that read it on the host (CPU); GPU kernels load it
     p.temperature = temperature.item<double>();
     TORCH_CHECK(p.temperature > 0 && std::isfinite(p.temperature),
-                "infonce_bank_loss: temperature must be a finite number > 0, got ", p.temperature);
+                op, ": temperature must be a finite number > 0, got ", p.temperature);
     p.inv_t = 1.0 / p.temperature;
   }
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   if (exclude && exclude->defined()) {
     const auto& ex = *exclude;
-    TORCH_CHECK(ex.scalar_type() == at::kLong, "infonce_bank_loss: exclude must be int64, got ", ex.scalar_type());
-    TORCH_CHECK((ex.dim() == 1 || ex.dim() == 2) && ex.size(0) == p.N, "infonce_bank_loss: exclude must have shape [",
+    TORCH_CHECK(ex.scalar_type() == at::kLong, op, ": exclude must be int64, got ", ex.scalar_type());
+    TORCH_CHECK((ex.dim() == 1 || ex.dim() == 2) && ex.size(0) == p.N, op, ": exclude must have shape [",
                 p.N, "] or [", p.N, ", E], got ", ex.sizes());
-    TORCH_CHECK(ex.device() == q.device(), "infonce_bank_loss: exclude is on ", ex.device(), " but q is on ",
+    TORCH_CHECK(ex.device() == q.device(), op, ": exclude is on ", ex.device(), " but q is on ",
                 q.device());
     p.exclude = (ex.dim() == 1 ? ex.unsqueeze(1) : ex).contiguous();
     p.E = p.exclude.size(1);
@@ -85,7 +84,7 @@ Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     for (int64_t i = 0; i < p.N; ++i) {
       seen.assign(ex + i * p.E, ex + (i + 1) * p.E);
       for (int64_t e : seen)
-        TORCH_CHECK(e >= -1 && e < p.K, "infonce_bank_loss: exclude[", i, "] holds ", e,
+        TORCH_CHECK(e >= -1 && e < p.K, op, ": exclude[", i, "] holds ", e,
                     ", out of range for a bank of K = ", p.K, " entries (-1 means none)");
       std::sort(seen.begin(), seen.end());
       const int64_t distinct = std::unique(seen.begin(), seen.end()) - seen.begin();
@@ -96,6 +95,21 @@ Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
         p.count.mutable_data_ptr<float>()[i] = float(p.K + 1 - n_ex);
     }
   }
+  return p;
+}
+
+Problem make_partial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
+                     const std::optional<at::Tensor>& exclude) {
+  return make_forward(q, k, bank, temperature, 0.0, exclude, "infonce_bank_partial");
+}
+
+Problem make_partial_backward(const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& bank,
+                              const at::Tensor& temperature, const std::optional<at::Tensor>& exclude,
+                              const at::Tensor& lse) {
+  const char* op = "infonce_bank_partial_backward";
+  Problem p = make_forward(q, q, bank, temperature, 0.0, exclude, op);
+  check_rows(grad_lse, "grad_lse", p.N, q, op);
+  check_rows(lse, "lse", p.N, q, op);
   return p;
 }
 
@@ -122,6 +136,17 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   m.def("infonce_bank_loss_backward(Tensor grad_loss, Tensor grad_lse, Tensor q, Tensor k, Tensor bank, "
         "Tensor temperature, float label_smoothing, Tensor? exclude, Tensor lse, Tensor loss, bool bank_grad) -> "
         "(Tensor grad_q, Tensor grad_k, Tensor grad_bank, Tensor grad_temperature)");
+  // The bank candidates alone, for a bank sharded across ranks: lse_i = logsumexp over the kept j of q_i.b_j / T
+  // (-inf when every entry is excluded) and rank_i = kept entries with q_i.b_j > q_i.k_i (k only sets the
+  // comparison). The caller merges the shards' (lse, rank) with the positive. Its gradient (lse w.r.t. q, bank,
+  // temperature) is infonce_bank_loss_backward's with grad_loss = 0, k = 0 and this lse.
+  m.def("infonce_bank_partial(Tensor q, Tensor k, Tensor bank, Tensor temperature, Tensor? exclude) -> "
+        "(Tensor lse, Tensor rank)");
+  // Gradients of sum_i grad_lse_i lse_i (lse: the partial's, or any per-row log-normaliser such as the merged lse of
+  // a sharded bank, where p_ij = exp(q_i.b_j / T - lse_i)) w.r.t. q, the bank (shape [0, d] unless bank_grad) and
+  // temperature, over the kept bank entries only.
+  m.def("infonce_bank_partial_backward(Tensor grad_lse, Tensor q, Tensor bank, Tensor temperature, Tensor? exclude, "
+        "Tensor lse, bool bank_grad) -> (Tensor grad_q, Tensor grad_bank, Tensor grad_temperature)");
 }
 
 }  // namespace vkernels::infonce_bank_loss

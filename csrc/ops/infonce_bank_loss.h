@@ -16,8 +16,17 @@ struct Problem {
   double inv_t = 1.0, temperature = 1.0, smoothing = 0.0;
 };
 
+// op: the name the error messages give.
 Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
-                     double label_smoothing, const std::optional<at::Tensor>& exclude);
+                     double label_smoothing, const std::optional<at::Tensor>& exclude,
+                     const char* op = "infonce_bank_loss");
+// infonce_bank_partial's checks (the forward's, messages naming that op; label smoothing 0).
+Problem make_partial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
+                     const std::optional<at::Tensor>& exclude);
+// infonce_bank_partial_backward's checks: the partial's (k = q, unused) and grad_lse, lse of shape (N,).
+Problem make_partial_backward(const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& bank,
+                              const at::Tensor& temperature, const std::optional<at::Tensor>& exclude,
+                              const at::Tensor& lse);
 // Also checks the backward's extra inputs (per-row fp32/fp64 grad_loss, grad_lse, lse, loss of shape (N,)).
 Problem make_backward(const at::Tensor& grad_loss, const at::Tensor& grad_lse, const at::Tensor& q,
                       const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,

@@ -116,8 +116,10 @@ class MemoryBank(torch.nn.Module):
         g = torch.Generator().manual_seed(int(seed))
         out = torch.empty((self.local_size, self.dim), dtype=dtype, device=device)
         lo, hi = self.offset, self.offset + self.local_size
-        for r0 in range(0, hi, _INIT_CHUNK):  # the same stream on every rank; keep this rank's rows only
-            rows = torch.randn((min(_INIT_CHUNK, hi - r0), self.dim), generator=g, dtype=torch.float32)
+        for r0 in range(0, hi, _INIT_CHUNK):
+            # The same draws on every rank (chunk shapes from the whole bank: randn's values depend on the shape);
+            # keep this rank's rows only.
+            rows = torch.randn((min(_INIT_CHUNK, self.size - r0), self.dim), generator=g, dtype=torch.float32)
             a, b = max(lo, r0), min(hi, r0 + rows.shape[0])
             if a < b:
                 out[a - lo:b - lo] = torch.nn.functional.normalize(rows[a - r0:b - r0], dim=1).to(out)
@@ -272,10 +274,167 @@ def ddp_ignore_banks(model: torch.nn.Module) -> list[str]:
 def sharded_infonce_bank_loss(q, k, shard, temperature=0.07, *, offset: int, size: int, process_group=None,
                               reduction="mean", label_smoothing=0.0, exclude=None, return_lse=False,
                               return_rank=False, impl="auto"):
-    """infonce_bank_loss of this rank's (q, k) against the bank whose rows [offset, offset + len(shard)) this rank
-    holds (the shards of all ranks, in rank order, make the bank of `size` rows). Defined below, after the partial op
-    is available."""
-    from vkernels.nn._sharded_infonce import sharded_loss
-    return sharded_loss(q, k, shard, temperature, offset=offset, size=size, process_group=process_group,
-                        reduction=reduction, label_smoothing=label_smoothing, exclude=exclude,
-                        return_lse=return_lse, return_rank=return_rank, impl=impl)
+    """`vkernels.infonce_bank_loss(q, k, bank, ...)` for this rank's (q, k), where `bank` is the concatenation, in rank
+    order, of every rank's `shard` (this rank's being rows [offset, offset + len(shard)) of `size`). Collective: every
+    rank of `process_group` must call it, with the same arguments other than the tensors.
+
+    Forward: queries and keys all-gathered; each rank's log-sum-exp of every query over its shard
+    (`vkernels.infonce_bank_partial`); the (W, N_all) partials all-gathered and merged with the positive in rank order
+    (the same bits on every rank). Backward: the per-row output gradients all-gathered; each rank's shard gradient and
+    its share of every query's gradient from the merged lse (`infonce_bank_partial_backward`); the query gradients
+    all-reduced; the positive's terms (the only source of dk) added once, by the row's own rank.
+
+    Gradients follow DDP's convention: those of the sum over ranks of each rank's loss (q, k: this rank's rows;
+    the shard: from every rank's queries; temperature: this rank's loss, so DDP's average is the mean loss's). exclude
+    holds rows of the whole bank; its width E must be the same on every rank. Ranks may hold different batch sizes.
+    """
+    from vkernels.ops.infonce_bank_loss import _check
+    _check(q, k, shard, temperature, reduction, label_smoothing, None, op="sharded_infonce_bank_loss")
+    if exclude is not None:
+        if not isinstance(exclude, torch.Tensor) or exclude.dtype != torch.int64:
+            raise TypeError("sharded_infonce_bank_loss: exclude must be an int64 tensor or None")
+        if exclude.ndim not in (1, 2) or exclude.shape[0] != q.shape[0]:
+            raise ValueError(f"sharded_infonce_bank_loss: exclude must have shape ({q.shape[0]},) or "
+                             f"({q.shape[0]}, E), got {tuple(exclude.shape)}")
+        if exclude.numel() and (int(exclude.min()) < -1 or int(exclude.max()) >= size):
+            raise IndexError(f"sharded_infonce_bank_loss: exclude indices must be in [-1, {size - 1}] (rows of the "
+                             f"whole bank, -1 = none), got values in [{int(exclude.min())}, {int(exclude.max())}]")
+        exclude = exclude.reshape(q.shape[0], -1)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.reshape(())
+    else:
+        t = torch.full((), float(temperature), dtype=acc, device=q.device)
+    loss, lse, rank = _ShardedInfoNCE.apply(q, k, shard, t, offset, size, process_group, float(label_smoothing),
+                                            exclude, impl)
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    loss = loss.to(q.dtype)
+    if not (return_lse or return_rank):
+        return loss
+    return (loss,) + ((lse,) if return_lse else ()) + ((rank,) if return_rank else ())
+
+
+def _distinct_valid(ex):
+    """Mask of the entries of each row of ex (N, E) that are >= 0 and not a repeat within the row."""
+    srt, perm = ex.sort(1)
+    first = srt >= 0
+    first[:, 1:] &= srt[:, 1:] != srt[:, :-1]
+    return torch.zeros_like(first).scatter_(1, perm, first)
+
+
+def _partial_backward(impl, coef, qa, shard, t, ex_local, lse, bank_grad):
+    """Shard's share: w_ij = coef_i exp(l_ij - lse_i) / T over kept j; (sum_j w_ij b_j, sum_i w_ij q_i)."""
+    if impl != "reference":
+        op = (torch.ops.vkernels.infonce_bank_partial_backward_triton if impl == "triton"
+              else torch.ops.vkernels.infonce_bank_partial_backward)
+        dq, dbank, _ = op(coef.to(lse.dtype), qa, shard, t, ex_local, lse, bank_grad)
+        return dq, dbank
+    acc = lse.dtype
+    logits = qa.to(acc) @ shard.to(acc).t() / t.to(acc)
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    if ex_local is not None:
+        rows = torch.arange(ex_local.shape[0], device=qa.device).unsqueeze(1).expand_as(ex_local)
+        v = ex_local >= 0
+        keep[rows[v], ex_local[v]] = False
+    w = torch.where(keep, torch.exp(logits - lse[:, None]), 0.0) * (coef[:, None] / t.to(acc))
+    return (w @ shard.to(acc)).to(qa.dtype), ((w.t() @ qa.to(acc)).to(shard.dtype) if bank_grad else None)
+
+
+class _ShardedInfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, shard, t, offset, size, group, eps, exclude, impl):
+        from vkernels.ops.infonce_bank_partial import infonce_bank_partial
+        world, me = dist.get_world_size(group), dist.get_rank(group)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        impl = _backend_impl(q, impl)
+        qa, counts = _gather_rows(q.detach().contiguous(), group, world)
+        ka, _ = _gather_rows(k.detach().contiguous(), group, world)
+        n0, n = sum(counts[:me]), counts[me]
+        kr = shard.shape[0]
+        ex_local = None
+        if exclude is not None:
+            exa, _ = _gather_rows(exclude.contiguous(), group, world)
+            loc = exa - offset
+            ex_local = torch.where((exa >= 0) & (loc >= 0) & (loc < kr), loc, -1)
+        with torch.no_grad():
+            lse_p, rank_p = infonce_bank_partial(qa, ka, shard.detach(), t.detach(), exclude=ex_local, impl=impl)
+        parts = [torch.empty_like(lse_p) for _ in range(world)]
+        dist.all_gather(parts, lse_p.contiguous(), group=group)
+        dist.all_reduce(rank_p, group=group)
+        inv_t = 1.0 / t.detach().to(acc)
+        lpos = (qa.to(acc) * ka.to(acc)).sum(1) * inv_t
+        lse = torch.logsumexp(torch.stack([lpos] + parts), 0)  # rank order: the same bits on every rank
+        count = sx = None
+        if eps > 0:  # sum of the kept logits, for label smoothing: q_i . (shard sum - excluded rows) / T, all-reduced
+            bsum = shard.detach().to(acc).sum(0)
+            kept = qa.to(acc) @ bsum
+            if ex_local is not None:
+                dv = _distinct_valid(ex_local)
+                rows_b = shard.detach().to(acc)[ex_local.clamp(min=0)] * dv.unsqueeze(-1)
+                kept = kept - (qa.to(acc).unsqueeze(1) * rows_b).sum((1, 2))
+            dist.all_reduce(kept, group=group)
+            sx = lpos + kept * inv_t
+            nex = _distinct_valid(exa).sum(1) if exclude is not None else torch.zeros_like(lpos)
+            count = (size + 1 - nex).to(acc)
+            loss = lse - (1 - eps) * lpos - eps * sx / count
+        else:
+            loss = lse - lpos
+        own = slice(n0, n0 + n)
+        ctx.save_for_backward(q, k, shard, t, qa, lse, lpos[own], count, ex_local)
+        ctx.meta = (group, world, me, own, eps, impl)
+        ctx.mark_non_differentiable(rank_p)
+        return loss[own], lse[own], rank_p[own]
+
+    @staticmethod
+    def backward(ctx, g_loss, g_lse, _g_rank):
+        q, k, shard, t, qa, lse, lpos, count, ex_local = ctx.saved_tensors
+        group, world, me, own, eps, impl = ctx.meta
+        acc = lse.dtype
+        g = torch.zeros_like(lpos) if g_loss is None else g_loss.to(acc)
+        h = torch.zeros_like(lpos) if g_lse is None else g_lse.to(acc)
+        ga, _ = _gather_rows(g.contiguous(), group, world)
+        ha, _ = _gather_rows(h.contiguous(), group, world)
+        coef = ga + ha
+        inv_t = 1.0 / t.detach().to(acc)
+        bank_grad = ctx.needs_input_grad[2]
+        dq_a, dshard = _partial_backward(impl, coef, qa, shard.detach(), t.detach(), ex_local, lse, bank_grad)
+        dq_a = dq_a.to(acc)
+        if bank_grad:
+            dshard = dshard.to(acc)
+        sm = None
+        if eps > 0:  # smoothing's uniform weight -eps g / count on every kept logit of the shard
+            sm = ga * eps / count
+            bsum = shard.detach().to(acc).sum(0)
+            ex_rows = 0
+            if ex_local is not None:
+                dv = _distinct_valid(ex_local)
+                ex_rows = (shard.detach().to(acc)[ex_local.clamp(min=0)] * dv.unsqueeze(-1)).sum(1)
+            dq_a -= (sm * inv_t)[:, None] * (bsum - ex_rows)
+            if bank_grad:
+                wq = (sm * inv_t)[:, None] * qa.to(acc)
+                dshard -= wq.sum(0)
+                if ex_local is not None:
+                    dv = _distinct_valid(ex_local)
+                    r, c = dv.nonzero(as_tuple=True)
+                    dshard.index_add_(0, ex_local[r, c], wq[r])
+        dist.all_reduce(dq_a, group=group)
+        dq = dq_a[own]
+        # The positive's terms (on the row's own rank only): dL/dl_pos = coef p_pos - (1 - eps) g - sm.
+        ppos = torch.exp(lpos - lse[own])
+        wpos = coef[own] * ppos - g * (1 - eps) - (sm[own] if sm is not None else 0)
+        wpos = wpos * inv_t
+        qf, kf = q.detach().to(acc), k.detach().to(acc)
+        dq = dq + wpos[:, None] * kf
+        dk = wpos[:, None] * qf
+        # The loss depends on T only through q / T: dL/dT = -(1/T) sum_i q_i . dL/dq_i over this rank's rows.
+        dt = -(qf * dq).sum() * inv_t if ctx.needs_input_grad[3] else None
+        return (dq.to(q.dtype), dk.to(k.dtype), dshard.to(shard.dtype) if bank_grad else None,
+                dt.to(t.dtype) if dt is not None else None, None, None, None, None, None, None)
+
+
+def _backend_impl(q, impl):
+    from vkernels import _backend
+    return _backend.resolve_impl("infonce_bank_partial", q, impl)

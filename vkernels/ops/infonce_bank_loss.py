@@ -73,53 +73,53 @@ def infonce_bank_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,
     return (loss,) + ((lse,) if return_lse else ()) + ((rank,) if return_rank else ())
 
 
-def _check(q, k, bank, temperature, reduction, label_smoothing, exclude):
+def _check(q, k, bank, temperature, reduction, label_smoothing, exclude, op="infonce_bank_loss"):
     for name, t in (("q", q), ("k", k), ("bank", bank)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"infonce_bank_loss: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if q.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"infonce_bank_loss: q must be float16, bfloat16, float32 or float64, got {q.dtype}")
+        raise TypeError(f"{op}: q must be float16, bfloat16, float32 or float64, got {q.dtype}")
     if q.ndim != 2:
-        raise ValueError(f"infonce_bank_loss: q must have shape (N, d), got {tuple(q.shape)}")
+        raise ValueError(f"{op}: q must have shape (N, d), got {tuple(q.shape)}")
     if k.shape != q.shape:
-        raise ValueError(f"infonce_bank_loss: k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
+        raise ValueError(f"{op}: k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
     if bank.ndim != 2 or bank.shape[1] != q.shape[1]:
-        raise ValueError(f"infonce_bank_loss: bank must have shape (K, {q.shape[1]}) (d from q), got "
+        raise ValueError(f"{op}: bank must have shape (K, {q.shape[1]}) (d from q), got "
                          f"{tuple(bank.shape)}")
     if bank.shape[0] == 0:
-        raise ValueError("infonce_bank_loss: bank must not be empty (K = 0)")
+        raise ValueError(f"{op}: bank must not be empty (K = 0)")
     for name, t in (("k", k), ("bank", bank)):
         if t.dtype != q.dtype:
-            raise TypeError(f"infonce_bank_loss: {name}.dtype ({t.dtype}) must equal q.dtype ({q.dtype})")
+            raise TypeError(f"{op}: {name}.dtype ({t.dtype}) must equal q.dtype ({q.dtype})")
         if t.device != q.device:
-            raise ValueError(f"infonce_bank_loss: {name} is on {t.device} but q is on {q.device}")
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or temperature.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"infonce_bank_loss: temperature must be a number or a 1-element float tensor, got "
+            raise ValueError(f"{op}: temperature must be a number or a 1-element float tensor, got "
                              f"shape {tuple(temperature.shape)} dtype {temperature.dtype}")
         if temperature.device != q.device:
-            raise ValueError(f"infonce_bank_loss: temperature is on {temperature.device} but q is on {q.device}")
+            raise ValueError(f"{op}: temperature is on {temperature.device} but q is on {q.device}")
     elif (not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or not temperature > 0):
-        raise ValueError(f"infonce_bank_loss: temperature must be a finite number > 0, got {temperature!r}")
+        raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature!r}")
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"infonce_bank_loss: reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}")
+        raise ValueError(f"{op}: reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}")
     if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"infonce_bank_loss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if exclude is None:
         return
     if not isinstance(exclude, torch.Tensor) or exclude.dtype != torch.int64:
-        raise TypeError(f"infonce_bank_loss: exclude must be an int64 tensor or None, got "
+        raise TypeError(f"{op}: exclude must be an int64 tensor or None, got "
                         f"{getattr(exclude, 'dtype', type(exclude).__name__)}")
     if exclude.ndim not in (1, 2) or exclude.shape[0] != q.shape[0]:
-        raise ValueError(f"infonce_bank_loss: exclude must have shape ({q.shape[0]},) or ({q.shape[0]}, E), got "
+        raise ValueError(f"{op}: exclude must have shape ({q.shape[0]},) or ({q.shape[0]}, E), got "
                          f"{tuple(exclude.shape)}")
     if exclude.device != q.device:
-        raise ValueError(f"infonce_bank_loss: exclude is on {exclude.device} but q is on {q.device}")
+        raise ValueError(f"{op}: exclude is on {exclude.device} but q is on {q.device}")
     # The value check reads the data (a sync on GPU, a graph break when compiled): the kernels check it again.
     if not torch.compiler.is_compiling() and exclude.numel():
         lo, hi = int(exclude.min()), int(exclude.max())
         if lo < -1 or hi >= bank.shape[0]:
-            raise IndexError(f"infonce_bank_loss: exclude indices must be in [-1, {bank.shape[0] - 1}] (-1 = none) "
+            raise IndexError(f"{op}: exclude indices must be in [-1, {bank.shape[0] - 1}] (-1 = none) "
                              f"for a bank of K = {bank.shape[0]}, got values in [{lo}, {hi}]")
 
 

@@ -88,23 +88,28 @@ def _fwd_split_kernel(q_ptr, b_ptr, ex_ptr, lpos_ptr, invt_ptr, pm_ptr, ps_ptr, 
 
 @triton.jit
 def _fwd_merge_kernel(pm_ptr, ps_ptr, pc_ptr, px_ptr, lpos_ptr, count_ptr, loss_ptr, lse_ptr, rank_ptr, eps, N,
-                      SPLITS, SMOOTH: tl.constexpr, BLOCK: tl.constexpr):
+                      SPLITS, SMOOTH: tl.constexpr, BLOCK: tl.constexpr, WITH_POS: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     rmask = rows < N
     lpos = tl.load(lpos_ptr + rows, mask=rmask, other=0.0)
-    m = lpos  # the positive is always a candidate: start from (max, sumexp) = (l_pos, 1)
-    s = lpos * 0.0 + 1.0
+    if WITH_POS:
+        m = lpos  # the positive is always a candidate: start from (max, sumexp) = (l_pos, 1)
+        s = lpos * 0.0 + 1.0
+    else:  # infonce_bank_partial: the bank alone, empty (-inf, 0) until a split has a kept entry
+        m = lpos * 0.0 + float("-inf")
+        s = lpos * 0.0
     sx = lpos
     cnt = tl.zeros([BLOCK], tl.int64)
     for sp in range(0, SPLITS):  # in split order: deterministic
         mt = tl.load(pm_ptr + sp * N + rows, mask=rmask, other=float("-inf"))
         st = tl.load(ps_ptr + sp * N + rows, mask=rmask, other=0.0)
         mn = tl.maximum(m, mt)
-        s = s * tl.exp(m - mn) + st * tl.exp(mt - mn)
+        base = tl.where(mn == float("-inf"), 0.0, mn)  # both empty: exp(-inf - 0) = 0, no NaN
+        s = s * tl.exp(m - base) + st * tl.exp(mt - base)
         m = mn
         cnt += tl.load(pc_ptr + sp * N + rows, mask=rmask, other=0).to(tl.int64)
         sx += tl.load(px_ptr + sp * N + rows, mask=rmask, other=0.0)
-    lse = m + tl.log(s)
+    lse = tl.where(s > 0, m + tl.log(s), float("-inf"))
     if SMOOTH:
         count = tl.load(count_ptr + rows, mask=rmask, other=1.0)
         loss = lse - (1.0 - eps) * lpos - eps * sx / count
@@ -226,7 +231,13 @@ def _device(t):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def forward(q, k, bank, temperature, label_smoothing, exclude):
+def partial(q, k, bank, temperature, exclude):
+    """(lse, rank) per row over the bank alone, as the C++ op infonce_bank_partial returns them."""
+    _, lse, rank = forward(q, k, bank, temperature, 0.0, exclude, with_positive=False)
+    return lse, rank
+
+
+def forward(q, k, bank, temperature, label_smoothing, exclude, with_positive=True):
     """(loss, lse, rank) per row, as the C++ op returns them."""
     acc, inv_t, lpos, ex, count, cast, ieee = _common(q, k, bank, temperature, label_smoothing, exclude)
     N, D = q.shape
@@ -252,11 +263,20 @@ def forward(q, k, bank, temperature, label_smoothing, exclude):
         block = 128
         _fwd_merge_kernel[(triton.cdiv(N, block),)](
             pm, ps, pc, px, lpos, count, loss, lse, rank, float(label_smoothing), N, splits,
-            SMOOTH=label_smoothing > 0, BLOCK=block)
+            SMOOTH=label_smoothing > 0, BLOCK=block, WITH_POS=with_positive)
     return loss, lse, rank
 
 
-def backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad):
+def partial_backward(grad_lse, q, bank, temperature, exclude, lse, bank_grad):
+    """(dq, dbank or an empty [0, d], dtemperature), as the C++ op infonce_bank_partial_backward returns them."""
+    zero = torch.zeros_like(lse)
+    dq, _, dbank, dt = backward(zero, grad_lse, q, q, bank, temperature, 0.0, exclude, lse, zero, bank_grad,
+                                with_positive=False)
+    return dq, dbank, dt
+
+
+def backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad,
+             with_positive=True):
     """(dq, dk, dbank or an empty [0, d], dtemperature), as the C++ backward op returns them."""
     acc, inv_t, lpos, ex, count, cast, ieee = _common(q, k, bank, temperature, label_smoothing, exclude)
     N, D = q.shape
@@ -283,6 +303,10 @@ def backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, excl
                     CAST_F32=cast, IEEE=ieee)
     elif bank_grad:
         dbank.zero_()
+    if not with_positive:  # the bank alone; rows with everything excluded (lse = -inf) have no gradient
+        per_row = torch.where(torch.isneginf(lse), torch.zeros_like(lse), h * (es + lse))
+        dt = -(inv_t[0] * per_row.sum())
+        return dq.to(q.dtype).contiguous(), None, dbank, dt.to(temperature.dtype)
     # The positive's terms, O(N d), and the temperature's gradient from per-row sums (see the C++ kernel).
     ppos = (lpos - lse).exp()
     wpos = (coef * ppos - sm - g * (1 - label_smoothing)) * inv_t

@@ -75,8 +75,10 @@ int64_t mask_excluded(acc_t* row, const int64_t* ex, int64_t E, int64_t j0, int6
   return hits;
 }
 
+// with_positive = false: infonce_bank_partial, the bank candidates alone (loss is then not meaningful: returned
+// undefined), for a bank sharded across ranks whose per-row partials are merged by the caller.
 template <class scalar_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Problem& p) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Problem& p, bool with_positive = true) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   using Vec = Vectorized<acc_t>;
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
@@ -173,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Problem& p) {
   const acc_t* cntp = p.count.const_data_ptr<acc_t>();
   at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      acc_t m = lp[i], s = 1, sx = lp[i];
+      acc_t m = with_positive ? lp[i] : kNegInf, s = with_positive ? 1 : 0, sx = lp[i];
       int64_t c = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const acc_t mt = pm.const_data_ptr<acc_t>()[t * N + i];
@@ -184,12 +186,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Problem& p) {
         s = s * std::exp(m - mn) + ps.const_data_ptr<acc_t>()[t * N + i] * std::exp(mt - mn);
         m = mn;
       }
-      const acc_t l = m + std::log(s);
+      const acc_t l = s > 0 ? m + std::log(s) : kNegInf;  // a partial with every entry excluded: empty, -inf
       lse.mutable_data_ptr<acc_t>()[i] = l;
       loss.mutable_data_ptr<acc_t>()[i] = smooth ? l - (1 - eps) * lp[i] - eps * sx / cntp[i] : l - lp[i];
       rank.mutable_data_ptr<int64_t>()[i] = c;
     }
   });
+  if (!with_positive) loss = at::Tensor();
   return {loss, lse, rank};
 }
 
@@ -197,7 +200,8 @@ template <class scalar_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& grad_loss,
                                                                     const at::Tensor& grad_lse, const at::Tensor& lse_,
                                                                     const at::Tensor& loss_, bool bank_grad,
-                                                                    const at::Tensor& temperature) {
+                                                                    const at::Tensor& temperature,
+                                                                    bool with_positive = true) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   using Vec = Vectorized<acc_t>;
   constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
@@ -283,6 +287,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
     dq.add_(dq_part[t]);
     esum.add_(e_part[t]);
   }
+  if (!with_positive) {
+    // infonce_bank_partial_backward: d(sum_i h_i lse_i)/dT = -(1/T) sum_i h_i sum_j p_ij l_ij = -(1/T) sum_i h_i
+    // (E_i + lse_i); a row with every entry excluded (lse = -inf) has no gradient.
+    const at::Tensor per_row = at::where(lse.isneginf(), at::zeros_like(lse), h * (esum + lse));
+    const at::Tensor dt = (per_row.sum() * (-p.inv_t)).to(temperature.scalar_type());
+    return {dq.to(p.q.scalar_type()), at::Tensor(), dbank, dt};
+  }
   const at::Tensor ppos = (lpos - lse).exp();
   const at::Tensor wpos = (coef * ppos - sm - g * (1 - eps)) * inv_t;  // dL/dl_i0 / T
   dq.addcmul_(wpos.unsqueeze(1), kf);
@@ -321,9 +332,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_bank_loss_bac
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> infonce_bank_partial_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& bank, const at::Tensor& temperature,
+                                                             const std::optional<at::Tensor>& exclude) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const Problem p = make_partial(q, k, bank, temperature, exclude);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "infonce_bank_partial_cpu",
+                                  [&] { out = forward<scalar_t>(p, /*with_positive=*/false); });
+  return {std::get<1>(out), std::get<2>(out)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> infonce_bank_partial_backward_cpu(
+    const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& bank, const at::Tensor& temperature,
+    const std::optional<at::Tensor>& exclude, const at::Tensor& lse, bool bank_grad) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const Problem p = make_partial_backward(grad_lse, q, bank, temperature, exclude, lse);
+  const at::Tensor zero = at::zeros_like(lse);
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "infonce_bank_partial_backward_cpu", [&] {
+    out = backward<scalar_t>(p, zero, grad_lse, lse, zero, bank_grad, temperature, /*with_positive=*/false);
+  });
+  return {std::get<0>(out), std::get<2>(out), std::get<3>(out)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(vkernels, CPU, m) {
+  m.impl("infonce_bank_partial_backward", &infonce_bank_partial_backward_cpu);
+  m.impl("infonce_bank_partial", &infonce_bank_partial_cpu);
   m.impl("infonce_bank_loss", &infonce_bank_loss_cpu);
   m.impl("infonce_bank_loss_backward", &infonce_bank_loss_backward_cpu);
 }
