@@ -127,19 +127,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+RUNS = [(m, "gather") for m in train.METHODS] + [("moco", "sharded")]
+
+
 def _ddp_worker(rank, world, ports, out_dir):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
-    for method, port in zip(train.METHODS, ports):
+    for (method, sync), port in zip(RUNS, ports):
         os.environ["MASTER_PORT"] = str(port)
-        rec = train.main(["--method", method, *TINY, "--steps", "2", "--bank-sync", "gather"])
-        torch.save({"history": rec["history"], "model": rec["model"]}, f"{out_dir}/{method}-{rank}.pt")
+        rec = train.main(["--method", method, *TINY, "--steps", "2", "--bank-sync", sync])
+        torch.save({"history": rec["history"], "model": rec["model"]}, f"{out_dir}/{method}-{sync}-{rank}.pt")
 
 
 def test_ddp_two_ranks_gloo(tmp_path):
-    ports = [_free_port() for _ in train.METHODS]
+    ports = [_free_port() for _ in RUNS]
     mp.start_processes(_ddp_worker, args=(2, ports, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    # A queue sharded over the 2 ranks is the gathered queue split in two: same losses (the sharded loss merges the
+    # per-shard log-sum-exps), up to summation order.
+    g0, s0 = (torch.load(tmp_path / f"moco-{sync}-0.pt", weights_only=False)["history"]
+              for sync in ("gather", "sharded"))
+    for (_, lg), (_, ls) in zip(g0, s0):
+        assert abs(lg - ls) <= 1e-5 * max(1.0, abs(lg)), (g0, s0)
     for method in train.METHODS:
-        r0, r1 = (torch.load(tmp_path / f"{method}-{r}.pt", weights_only=False) for r in (0, 1))
+        r0, r1 = (torch.load(tmp_path / f"{method}-gather-{r}.pt", weights_only=False) for r in (0, 1))
         assert all(math.isfinite(l) for _, l in r0["history"] + r1["history"])
         # DDP keeps the trained parameters identical on both ranks and sync="gather" the banks. BN running
         # statistics legitimately differ: each rank's last forward updated them from its own batch.

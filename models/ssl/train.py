@@ -98,11 +98,19 @@ def main(argv=None) -> dict:
     opt = torch.optim.SGD(model.trainable().parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     start = 0
     ckpt_path = run.out / "checkpoint.pt" if run.out is not None else None
+    # A sharded bank differs per rank: each rank writes its own shard next to rank 0's checkpoint.
+    sharded = run.world > 1 and (args.bank_sync == "sharded")
+    shard_path = run.out / f"bank-rank{run.rank}.pt" if run.out is not None else None
     if args.resume:
         if ckpt_path is None:
             raise SystemExit("--resume needs --out (the run directory holding checkpoint.pt)")
         state = C.load_checkpoint(ckpt_path, run.device)
         if state is not None:
+            if sharded:  # this rank's queue shard replaces rank 0's, which the main checkpoint holds
+                shard = C.load_checkpoint(shard_path, run.device)
+                if shard is None or shard["step"] != state["step"]:
+                    raise SystemExit(f"--resume: {shard_path} is missing or from another step than {ckpt_path}")
+                state["model"].update(shard["bank"])
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             C.set_rng_state(state["rng"])
@@ -157,6 +165,10 @@ def main(argv=None) -> dict:
             knn = evaluate()
         bar.update(done, **last, **knn)
         if ckpt_path is not None and args.ckpt_every and (done % args.ckpt_every == 0 or done == args.steps):
+            if sharded:
+                sd = model.state_dict()
+                C.save_checkpoint(shard_path, {"step": done, "bank": {k: v for k, v in sd.items()
+                                                                       if k.startswith("criterion.bank.")}})
             C.save_checkpoint(ckpt_path, {"step": done, "model": model.state_dict(), "opt": opt.state_dict(),
                                           "rng": C.rng_state(), "args": vars(args)}, run)
             run.barrier()
