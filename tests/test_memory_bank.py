@@ -262,3 +262,35 @@ def test_bad_input_names_the_argument():
         crit(unit(2, 4, dtype=torch.float64), unit(2, 4, dtype=torch.float64))
     with pytest.raises(IndexError, match="exclude"):
         crit(unit(2, 4), unit(2, 4), exclude=torch.tensor([0, 7]))
+
+
+@pytest.mark.parametrize("impl", ["cpu", "triton", "reference"])
+def test_sharded_loss_on_one_rank_matches_the_op(impl, tmp_path):
+    """World size 1 (in this process): the sharded path (partial op, merge, its own backward) on each implementation
+    equals infonce_bank_loss, with smoothing, exclusion, lse and rank."""
+    import torch.distributed as dist
+    from vkernels.nn.memory_bank import sharded_infonce_bank_loss
+
+    if impl not in vkernels.available_impls("infonce_bank_partial", "cpu"):
+        pytest.skip(f"{impl} not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        q, k, b = unit(6, 8, dtype=torch.float64), unit(6, 8, dtype=torch.float64), unit(17, 8, dtype=torch.float64)
+        ex = torch.tensor([[0, -1], [3, 3], [16, 2], [-1, -1], [5, 6], [1, 0]])
+        outs = []
+        for fn in ("sharded", "op"):
+            leaves = [t.clone().requires_grad_() for t in (q, k, b)] + [torch.tensor(0.1, dtype=torch.float64,
+                                                                                      requires_grad=True)]
+            kw = dict(reduction="none", label_smoothing=0.2, exclude=ex, return_lse=True, return_rank=True,
+                      impl=impl)
+            if fn == "sharded":
+                loss, lse, rank = sharded_infonce_bank_loss(*leaves, offset=0, size=17, **kw)
+            else:
+                loss, lse, rank = vkernels.infonce_bank_loss(*leaves, **kw)
+            w = torch.linspace(-1, 1, 6, dtype=torch.float64)
+            grads = torch.autograd.grad((loss * w).sum() + (lse * w.flip(0)).sum(), leaves)
+            outs.append((loss, lse, rank, *grads))
+        for name, a, c in zip(("loss", "lse", "rank", "dq", "dk", "dbank", "dT"), *outs):
+            torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    finally:
+        dist.destroy_process_group()

@@ -118,6 +118,17 @@ def _check_all(rank, world):
                     _close(db, db_r, f"{what} dbank")
                 else:
                     _close(db, db_r[lo:lo + n_loc], f"{what} dshard")
+            # Exclusion on some ranks only (others pass None, or a narrower list): no hang, the same loss.
+            if ex is not None:
+                mine_ex = None if rank % 2 else ex[mine][:, :1 + rank % 3 // 2]
+                full_ex = torch.cat([torch.full((BATCH, 2), -1) if r % 2 else
+                                     F.pad(ex[r * BATCH:(r + 1) * BATCH][:, :1 + r % 3 // 2],
+                                           (0, 1 - r % 3 // 2), value=-1) for r in range(world)])
+                want = vkernels.infonce_bank_loss(qf, kf, ref.negatives(), T0, reduction="none", label_smoothing=eps,
+                                                  exclude=full_ex)[mine].mean()
+                got = sharded_infonce_bank_loss(qf[mine], kf[mine], sha.negatives(), T0, offset=lo, size=SIZE,
+                                                label_smoothing=eps, exclude=mine_ex)
+                _close(got, want, f"step {step} mixed exclude")
             # Through the module: the same loss.
             crit = InfoNCEWithBank(T0, bank=sha, label_smoothing=eps)
             _close(crit(qf[mine], kf[mine], exclude=None if ex is None else ex[mine]), rows[mine].mean(),

@@ -286,7 +286,7 @@ def sharded_infonce_bank_loss(q, k, shard, temperature=0.07, *, offset: int, siz
 
     Gradients follow DDP's convention: those of the sum over ranks of each rank's loss (q, k: this rank's rows;
     the shard: from every rank's queries; temperature: this rank's loss, so DDP's average is the mean loss's). exclude
-    holds rows of the whole bank; its width E must be the same on every rank. Ranks may hold different batch sizes.
+    holds rows of the whole bank (ranks may pass different widths, or None). Ranks may hold different batch sizes.
     """
     from vkernels.ops.infonce_bank_loss import _check
     _check(q, k, shard, temperature, reduction, label_smoothing, None, op="sharded_infonce_bank_loss")
@@ -355,8 +355,16 @@ class _ShardedInfoNCE(torch.autograd.Function):
         n0, n = sum(counts[:me]), counts[me]
         kr = shard.shape[0]
         ex_local = None
-        if exclude is not None:
-            exa, _ = _gather_rows(exclude.contiguous(), group, world)
+        # Ranks may pass exclude or not, with any width: agree on the widest (one tiny all-reduce) and pad with -1, so
+        # every rank runs the same collectives (a rank skipping one would hang the others).
+        width = torch.tensor([0 if exclude is None else exclude.shape[1]], dtype=torch.long, device=q.device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX, group=group)
+        width = int(width)
+        if width:
+            ex = torch.full((q.shape[0], width), -1, dtype=torch.long, device=q.device)
+            if exclude is not None:
+                ex[:, :exclude.shape[1]] = exclude
+            exa, _ = _gather_rows(ex, group, world)
             loc = exa - offset
             ex_local = torch.where((exa >= 0) & (loc >= 0) & (loc < kr), loc, -1)
         with torch.no_grad():
@@ -377,7 +385,7 @@ class _ShardedInfoNCE(torch.autograd.Function):
                 kept = kept - (qa.to(acc).unsqueeze(1) * rows_b).sum((1, 2))
             dist.all_reduce(kept, group=group)
             sx = lpos + kept * inv_t
-            nex = _distinct_valid(exa).sum(1) if exclude is not None else torch.zeros_like(lpos)
+            nex = _distinct_valid(exa).sum(1) if width else torch.zeros_like(lpos)
             count = (size + 1 - nex).to(acc)
             loss = lse - (1 - eps) * lpos - eps * sx / count
         else:
