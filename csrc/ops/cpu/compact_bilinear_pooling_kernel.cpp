@@ -138,8 +138,14 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_out, const at
   const int64_t B = x.size(0), C1 = x.size(1), C2 = y.size(1), H = x.size(2), W = x.size(3);
   const at::Tensor X = as_matrix(x), Y = as_matrix(y);
   const at::Tensor g = grad_out.to(acc_type(x)).contiguous();
-  at::Tensor dX = at::zeros({B, C1, H * W}, X.options()), dY = at::zeros({B, C2, H * W}, X.options());
-  if (B > 0 && C1 > 0 && C2 > 0 && H * W > 0) {
+  // Every element is written by a GEMM below unless a size is 0 (then the gradients are zeros): no zero fill,
+  // which on CPU would touch the 4 B HW (C1 + C2) bytes of fresh memory twice.
+  const bool empty = B == 0 || C1 == 0 || C2 == 0 || H * W == 0;
+  auto alloc = [&](int64_t C) {
+    return empty ? at::zeros({B, C, H * W}, X.options()) : at::empty({B, C, H * W}, X.options());
+  };
+  at::Tensor dX = alloc(C1), dY = alloc(C2);
+  if (!empty) {
     const acc_t* gp = g.const_data_ptr<acc_t>();
     if (per_image(B)) {
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
