@@ -56,6 +56,21 @@ class SmallResNet(nn.Module):
         return self.layers(self.stem(x))
 
 
+class LinearBackbone(nn.Module):
+    """Two 3x3 convs with no nonlinearity: features are a linear function of the image, so their average carries
+    only the image's mean (zero on the covariance task) and only second-order heads can read the channel
+    covariance. With a ReLU backbone, average pooling can learn covariance too: E relu(w.x) = sqrt(w' S w / 2 pi)
+    for Gaussian x depends on S (see the notes), so the ResNet's gap is a strong baseline there, not a chance one."""
+
+    def __init__(self, in_channels: int = 3, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, 2 * width, 3, 1, 1), nn.Conv2d(2 * width, 4 * width, 3, 2, 1))
+        self.out_channels = 4 * width
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class _SqrtL2(nn.Module):
     """B-CNN's normalisation after a compact pooling: sign(z) sqrt(|z| + eps), then L2 per sample."""
 
@@ -97,9 +112,12 @@ def make_head(name: str, channels: int, dim: int = 2048, seed: int = 0) -> tuple
 
 class FineGrainedClassifier(nn.Module):
     def __init__(self, num_classes: int, head: str = "bilinear", backbone: nn.Module | None = None,
-                 channels: int | None = None, in_channels: int = 3, width: int = 16, dim: int = 2048, seed: int = 0):
+                 channels: int | None = None, in_channels: int = 3, width: int = 16, dim: int = 2048, seed: int = 0,
+                 backbone_kind: str = "resnet"):
         super().__init__()
-        self.backbone = backbone if backbone is not None else SmallResNet(in_channels, width)
+        if backbone is None:
+            backbone = (SmallResNet if backbone_kind == "resnet" else LinearBackbone)(in_channels, width)
+        self.backbone = backbone
         channels = channels or getattr(self.backbone, "out_channels", None)
         if channels is None:
             raise ValueError("FineGrainedClassifier: pass channels= (the backbone's output channels) for a custom "

@@ -27,6 +27,8 @@ from models.finegrained.model import HEADS, FineGrainedClassifier
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", default="gap,bilinear,isqrt", help=f"comma-separated, from {', '.join(HEADS)}")
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "linear"),
+                   help="resnet: SmallResNet; linear: two convs without nonlinearity (see model.LinearBackbone)")
     p.add_argument("--width", type=int, default=8, help="backbone width (features: 4 x width channels)")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--dim", type=int, default=1024, help="output size of the cbp / rm heads")
@@ -55,7 +57,8 @@ def accuracy(model, x, y, device, batch=256):
 def train_head(args, run, head, data):
     xtr, ytr, xte, yte, classes = data
     torch.manual_seed(args.seed)  # every head starts from the same backbone initialisation
-    model = FineGrainedClassifier(classes, head, width=args.width, dim=args.dim, seed=args.seed).to(run.device)
+    model = FineGrainedClassifier(classes, head, width=args.width, dim=args.dim, seed=args.seed,
+                                  backbone_kind=args.backbone).to(run.device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / max(1, args.steps))))
@@ -125,7 +128,7 @@ def main(argv=None):
         results[head] = rec
     if run.is_main:
         print(f"\n{'head':10s} {'test acc':>9s} {'s/iter':>8s} {'peak MiB':>9s}   data={args.data} "
-              f"impl={args.impl} steps={args.steps} chance={1 / classes:.3f}")
+              f"backbone={args.backbone} impl={args.impl} steps={args.steps} chance={1 / classes:.3f}")
         for head, r in results.items():
             peak = "n/a" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
             print(f"{head:10s} {r['test_acc']:9.3f} {r['s_per_iter']:8.4f} {peak:>9s}")
