@@ -351,9 +351,6 @@ def smoke_infonce_bank_loss(ctx: Ctx) -> Iterator[Case]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# runner
-# --------------------------------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------------------------------
 # bilinear_pooling
 # --------------------------------------------------------------------------------------------------------------------
 # name: ((B, C1, C2 or None, H, W), normalize, triu)
@@ -442,6 +439,56 @@ def smoke_isqrt_cov(ctx: Ctx) -> Iterator[Case]:
 
                 yield Case(f"isqrt_cov/{impl}/{dn}/{name}/bwd", bwd, bwd_args, grad, tol * 4,
                            max(1.0, float(grad.abs().max())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# compact_bilinear_pooling
+# --------------------------------------------------------------------------------------------------------------------
+# name: (B, C1, C2, H, W, D, channels_last)
+CBP_CASES = {
+    "small": (2, 5, 7, 3, 4, 11, False),  # odd D, C1 != C2, H != W; B below the CPU thread count
+    "batch": (9, 33, 20, 5, 3, 100, True),  # D not a power of two, channels_last, several bin blocks
+}
+
+
+@smoke
+def smoke_compact_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.compact_bilinear_pooling import tensor_sketch_per_location as definition
+
+    ops = {"cpu": "compact_bilinear_pooling", "triton": "compact_bilinear_pooling_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            if impl not in ops or (ctx.scope == "quick" and impl == "triton" and dn != "float32"):
+                continue
+            for name, (B, C1, C2, H, W, D, cl) in CBP_CASES.items():
+                g = ctx.gen("cbp", impl, dn, name)
+                x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+                y = torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+                h1, h2 = torch.randint(0, D, (C1,), generator=g), torch.randint(0, D, (C2,), generator=g)
+                s1 = (2 * torch.randint(0, 2, (C1,), generator=g) - 1).float()
+                s2 = (2 * torch.randint(0, 2, (C2,), generator=g) - 1).float()
+                x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+                out = definition(x64, y64, h1, s1, h2, s2, D)
+                gout = torch.randn(B, D, generator=g, dtype=torch.float64)
+                dx, dy = torch.autograd.grad((out * gout).sum(), [x64, y64])
+                xd, yd = x.to(ctx.device), y.to(ctx.device)
+                if cl:
+                    xd, yd = xd.to(memory_format=torch.channels_last), yd.to(memory_format=torch.channels_last)
+                hs = tuple(t.to(ctx.device) for t in (h1, s1, h2, s2))
+                tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW / D products per bin, not one rounded element
+                yield Case(f"compact_bilinear_pooling/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *hs, D),
+                           out.detach(), tol, max(1.0, float(out.abs().max())))
+                bwd = ops[impl].replace("compact_bilinear_pooling", "compact_bilinear_pooling_backward")
+                yield Case(f"compact_bilinear_pooling/{impl}/{dn}/{name}/bwd", bwd,
+                           (gout.to(device=ctx.device, dtype=dtype), xd, yd, *hs), (dx, dy), tol,
+                           max(1.0, float(dx.abs().max()), float(dy.abs().max())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# runner
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def _as_tuple(v):

@@ -1,0 +1,312 @@
+"""compact_bilinear_pooling: every implementation against an fp64 per-location Tensor Sketch computed from the
+definition (rfft / irfft per location with the same hashes and signs); gradients; odd shapes; layouts; empty
+batches; unbiasedness over random hashes; determinism; gradcheck; opcheck; torch.compile; bad input; the module."""
+import math
+
+import pytest
+import torch
+
+import vkernels
+from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as reference
+from vkernels.reference.compact_bilinear_pooling import tensor_sketch_per_location as definition
+from conftest import DEVICES
+from _common import check_close, impl_params, kernels, randn
+
+OP = "compact_bilinear_pooling"
+IMPLS = impl_params(OP)
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def hashes(c, d, device, gen=None):
+    h = torch.randint(0, d, (c,), generator=gen).to(device)
+    s = (2 * torch.randint(0, 2, (c,), generator=gen) - 1).float().to(device)
+    return h, s
+
+
+def make(B, C1, C2, H, W, D, dtype, device, layout="contiguous"):
+    x = randn((B, C1, H, W), dtype, device)
+    y = randn((B, C2, H, W), dtype, device)
+    if layout == "channels_last":
+        x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other channel of a wider tensor, and y transposed in H/W storage
+        x = torch.cat([x, x], 1)[:, ::2]
+        y = y.transpose(2, 3).contiguous().transpose(2, 3)
+        assert not (x.is_contiguous() or y.is_contiguous())
+    h1, s1 = hashes(C1, D, device)
+    h2, s2 = hashes(C2, D, device)
+    return x, y, h1, s1, h2, s2
+
+
+def run_case(device, impl, dtype, B, C1, C2, H, W, D, layout="contiguous", same=False):
+    x, y, h1, s1, h2, s2 = make(B, C1, C2, H, W, D, dtype, device, layout)
+    if same:
+        y, h2, s2 = x, h1, s1
+    xl = x.detach().clone().requires_grad_()
+    yl = xl if same else y.detach().clone().requires_grad_()
+    out = vkernels.compact_bilinear_pooling(xl, yl, h1, s1, h2, s2, D, impl=impl)
+    assert out.shape == (B, D) and out.dtype == dtype and out.device.type == device
+    g = torch.randn(B, D, dtype=torch.float64)
+    leaves = [xl] if same else [xl, yl]
+    grads = torch.autograd.grad((out.double().cpu() * g).sum(), leaves) if B else None
+    cpu = [t.cpu() for t in (h1, s1, h2, s2)]
+
+    def oracle_run(fn, prec):
+        a = x.detach().cpu().to(prec).requires_grad_()
+        b = a if same else y.detach().cpu().to(prec).requires_grad_()
+        o = fn(a, b, *cpu, D)
+        gs = torch.autograd.grad((o.double() * g).sum(), [a] if same else [a, b]) if B else None
+        return o, gs
+
+    o64, g64 = oracle_run(definition, torch.float64)
+    ol, gl = oracle_run(reference, dtype)
+    check_close(out, ol, o64, dtype, "out")
+    if B:
+        for name, a, b, c in zip(("dx", "dy"), grads, gl, g64):
+            check_close(a, b, c, dtype, name)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_definition(device, impl, dtype):
+    run_case(device, impl, dtype, 3, 12, 10, 5, 4, 23)
+
+
+# (B, C1, C2, H, W, D): C1 != C2, odd / prime / non-power-of-two D, D = 1, D > C1 C2, H != W, 1x1 maps, and B
+# both below and above the thread count (the CPU kernel's two paths).
+SHAPES = [(2, 7, 5, 3, 4, 11), (1, 3, 9, 1, 6, 1), (5, 4, 4, 2, 3, 100), (9, 16, 6, 7, 2, 37), (4, 6, 6, 1, 1, 8),
+          (17, 5, 3, 2, 2, 12)]
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_odd_shapes(device, impl, shape):
+    run_case(device, impl, torch.float32, *shape)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_layouts(device, impl, layout, dtype):
+    run_case(device, impl, dtype, 3, 8, 6, 4, 5, 19, layout=layout)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_y_is_x(device, impl):
+    run_case(device, impl, torch.float32, 3, 9, 9, 3, 2, 17, same=True)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_empty(device, impl):
+    run_case(device, impl, torch.float32, 0, 5, 4, 3, 3, 7)
+    # No locations: zero output and zero gradients.
+    x, y, h1, s1, h2, s2 = make(2, 5, 4, 0, 3, 7, torch.float32, device)
+    x.requires_grad_()
+    out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 7, impl=impl)
+    assert out.shape == (2, 7) and (out == 0).all()
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("device,impl", IMPLS + [pytest.param("cpu", "reference", id="cpu-reference")])
+def test_not_sum_pooled_is_per_location_sketch(device, impl):
+    x, y, h1, s1, h2, s2 = make(2, 6, 5, 3, 4, 13, torch.float64, device)
+    out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 13, sum_pool=False, impl=impl)
+    assert out.shape == (2, 13, 3, 4)
+    want = definition(*(t.cpu() for t in (x, y, h1, s1, h2, s2)), 13, sum_pool=False)
+    torch.testing.assert_close(out.cpu(), want)
+    # ... whose sum over locations is the pooled output.
+    torch.testing.assert_close(out.sum((2, 3)), vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 13,
+                                                                                  impl=impl))
+
+
+def test_per_location_sketch_is_the_pair_hash():
+    """The oracle itself: irfft(rfft(CS1) rfft(CS2)) equals the explicit sum over pairs with hash (h1+h2) mod D."""
+    x, y, h1, s1, h2, s2 = make(1, 4, 3, 1, 1, 5, torch.float64, "cpu")
+    want = torch.zeros(5, dtype=torch.float64)
+    for i in range(4):
+        for j in range(3):
+            want[(h1[i] + h2[j]) % 5] += s1[i] * s2[j] * x[0, i, 0, 0] * y[0, j, 0, 0]
+    torch.testing.assert_close(definition(x, y, h1, s1, h2, s2, 5)[0], want)
+
+
+@pytest.mark.parametrize("impl", kernels(OP, "cpu"))
+def test_unbiased_over_hash_draws(impl):
+    """E_h,s <TS(a(x)b), TS(c(x)e)> = <a, c><b, e>: the mean over N independent hash draws lies within 5 standard
+    errors (the sample standard deviation / sqrt(N)) of the exact value; a biased estimator (e.g. a hash that
+    drops the mod D, or signs that are not independent) misses it by far more at this N."""
+    torch.manual_seed(0)
+    C, D, N = 6, 5, 1500
+    a, b = torch.randn(C, dtype=torch.float64), torch.randn(C, dtype=torch.float64)
+    c = a + 0.5 * torch.randn(C, dtype=torch.float64)
+    e = b + 0.5 * torch.randn(C, dtype=torch.float64)
+    x = torch.stack([a, c])[:, :, None, None]
+    y = torch.stack([b, e])[:, :, None, None]
+    est = torch.empty(N, dtype=torch.float64)
+    for n in range(N):
+        h1, s1 = hashes(C, D, "cpu")
+        h2, s2 = hashes(C, D, "cpu")
+        out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, D, impl=impl)
+        est[n] = out[0] @ out[1]
+    exact = float((a @ c) * (b @ e))
+    se = float(est.std()) / math.sqrt(N)
+    assert abs(float(est.mean()) - exact) < 5 * se, (float(est.mean()), exact, se)
+    # And the estimate is not trivially exact (the test could not fail otherwise): the draws vary.
+    assert se > 1e-3 * abs(exact)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("B", [1, 9])
+def test_deterministic(device, impl, B):
+    x, y, h1, s1, h2, s2 = make(B, 33, 17, 6, 5, 29, torch.float32, device)
+    g = torch.randn(B, 29, device=device)
+    runs = []
+    for _ in range(2):
+        xl, yl = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = vkernels.compact_bilinear_pooling(xl, yl, h1, s1, h2, s2, 29, impl=impl)
+        runs.append((out, *torch.autograd.grad(out, [xl, yl], g)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("same", [False, True], ids=["x,y", "y_is_x"])
+def test_gradcheck(device, impl, same):
+    x, y, h1, s1, h2, s2 = make(2, 4, 3, 2, 3, 7, torch.float64, device)
+    if same:
+        y, h2, s2 = x, h1, s1
+    xl = x.clone().requires_grad_()
+    if same:
+        f = lambda a: vkernels.compact_bilinear_pooling(a, a, h1, s1, h2, s2, 7, impl=impl)  # noqa: E731
+        torch.autograd.gradcheck(f, [xl])
+    else:
+        f = lambda a, b: vkernels.compact_bilinear_pooling(a, b, h1, s1, h2, s2, 7, impl=impl)  # noqa: E731
+        torch.autograd.gradcheck(f, [xl, y.clone().requires_grad_()])
+
+
+def _ops(impl):
+    sfx = "_triton" if impl == "triton" else ""
+    return (getattr(torch.ops.vkernels, f"compact_bilinear_pooling{sfx}"),
+            getattr(torch.ops.vkernels, f"compact_bilinear_pooling_backward{sfx}"))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    fwd, bwd = _ops(impl)
+    for B, layout in ((3, "contiguous"), (2, "channels_last"), (0, "contiguous")):
+        x, y, h1, s1, h2, s2 = make(B, 5, 4, 3, 2, 9, torch.float32, device, layout)
+        torch.library.opcheck(fwd.default, (x.requires_grad_(), y.requires_grad_(), h1, s1, h2, s2, 9))
+        g = torch.randn(B, 9, device=device)
+        torch.library.opcheck(bwd.default, (g, x.detach(), y.detach(), h1, s1, h2, s2))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_torch_compile_fullgraph(device, impl):
+    torch._dynamo.reset()
+    x, y, h1, s1, h2, s2 = make(3, 6, 5, 3, 3, 11, torch.float32, device)
+
+    def f(x, y):
+        out = vkernels.compact_bilinear_pooling(x.relu(), y, h1, s1, h2, s2, 11, impl=impl)
+        return torch.nn.functional.normalize(out.sign() * out.abs().sqrt(), dim=1)
+
+    xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+    got = torch.compile(f, fullgraph=True, dynamic=False)(xs, ys)
+    xe, ye = x.clone().requires_grad_(), y.clone().requires_grad_()
+    want = f(xe, ye)
+    torch.testing.assert_close(got, want)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(xs.grad, xe.grad)
+    torch.testing.assert_close(ys.grad, ye.grad)
+
+
+def test_auto_is_the_cpu_kernel():
+    assert vkernels.resolve_impl(OP, torch.randn(1)) == "cpu"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_names_the_argument(device):
+    x, y, h1, s1, h2, s2 = make(2, 5, 4, 3, 3, 7, torch.float32, device)
+    call = vkernels.compact_bilinear_pooling
+    cases = [
+        (dict(h1=torch.tensor([0, 1, 7, 2, 3], device=device)), IndexError, r"h1 must hold hashes in \[0, "),
+        (dict(h2=torch.tensor([0, -1, 2, 3], device=device)), IndexError, "h2 must hold hashes"),
+        (dict(s1=torch.tensor([1., -1, 0, 1, 1], device=device)), ValueError, "s1 must hold only"),
+        (dict(s2=torch.tensor([1., 2, 1, 1], device=device)), ValueError, "s2 must hold only"),
+        (dict(h1=h1.int()), TypeError, "h1 must be int64"),
+        (dict(h1=h1[:4]), ValueError, r"h1 must have shape \(5,\)"),
+        (dict(s2=s2[:3]), ValueError, r"s2 must have shape \(4,\)"),
+        (dict(y=y[:1]), ValueError, "y must have x's batch and spatial"),
+        (dict(y=y[:, :, :2]), ValueError, "y must have x's batch and spatial"),
+        (dict(y=y.double()), TypeError, r"y.dtype"),
+        (dict(x=x.long(), y=y.long()), TypeError, "x must be float"),
+        (dict(x=x[0]), ValueError, r"x must have shape \(B, C1, H, W\)"),
+        (dict(y=y[0]), ValueError, r"y must have shape \(B, C2, H, W\)"),
+        (dict(output_dim=0), ValueError, "output_dim must be an int >= 1"),
+        (dict(output_dim=7.0), ValueError, "output_dim must be an int >= 1"),
+        (dict(impl="tpu"), ValueError, "impl must be"),
+    ]
+    if device == "cpu":
+        cases.append((dict(h1=h1.to("meta")), ValueError, "h1 is on meta"))
+    for kwargs, exc, msg in cases:
+        args = {**dict(x=x, y=y, h1=h1, s1=s1, h2=h2, s2=s2, output_dim=7), **kwargs}
+        with pytest.raises(exc, match=msg):
+            call(**args)
+
+
+@pytest.mark.parametrize("impl", kernels(OP, "cpu"))
+def test_ops_check_their_own_arguments(impl):
+    """Direct torch.ops calls (bypassing the Python checks) still get named errors, never a crash."""
+    fwd, bwd = _ops(impl)
+    x, y, h1, s1, h2, s2 = make(2, 5, 4, 3, 3, 7, torch.float32, "cpu")
+    for args, msg in [
+        ((x, y, torch.tensor([0, 1, 7, 2, 3]), s1, h2, s2, 7), "h1"),
+        ((x, y, h1, torch.tensor([1., -1, 0, 1, 1]), h2, s2, 7), "s1"),
+        ((x, y[:1], h1, s1, h2, s2, 7), "y must have x's batch"),
+        ((x, y, h1, s1, h2, s2, 0), "output_dim must be"),
+        ((x, y, h1[:3], s1, h2, s2, 7), "h1 must have shape"),
+    ]:
+        with pytest.raises(RuntimeError, match=msg):
+            fwd(*args)
+    with pytest.raises(RuntimeError, match="grad_out must have shape"):
+        bwd(torch.zeros(3, 7), x, y, h1, s1, h2, s2)
+
+
+# ---- the module -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_buffers_state_dict_and_to(device):
+    m = vkernels.nn.CompactBilinearPooling(6, 5, 31, seed=3)
+    assert m.h1.shape == (6,) and m.s2.shape == (5,) and m.h1.max() < 31
+    assert set(m.state_dict()) == {"h1", "s1", "h2", "s2"}
+    m2 = vkernels.nn.CompactBilinearPooling(6, 5, 31, seed=4)
+    m2.load_state_dict(m.state_dict())
+    assert torch.equal(m2.h1, m.h1) and torch.equal(m2.s2, m.s2)
+    assert torch.equal(vkernels.nn.CompactBilinearPooling(6, 5, 31, seed=3).h2, m.h2)  # seed reproduces
+    m = m.to(device)
+    assert m.h1.device.type == device
+    x, y = randn((2, 6, 3, 4), torch.float32, device), randn((2, 5, 3, 4), torch.float32, device)
+    want = reference(x, y, m.h1, m.s1, m.h2, m.s2, 31)
+    torch.testing.assert_close(m(x, y), want)
+    # The TensorFlow port's channels-last layout, and gdlg's (B, C) vectors (one location).
+    mh = vkernels.nn.CompactBilinearPooling(6, 5, 31, seed=3, input_layout="NHWC").to(device)
+    torch.testing.assert_close(mh(x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)), want)
+    torch.testing.assert_close(m(x[:, :, 0, 0], y[:, :, 0, 0]), reference(x[:, :, :1, :1], y[:, :, :1, :1], m.h1, m.s1,
+                                                                          m.h2, m.s2, 31))
+    mcb = vkernels.nn.CompactBilinearPooling(6, 5, 31, sum_pool=False, seed=3, input_layout="NHWC").to(device)
+    assert mcb(x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)).shape == (2, 3, 4, 31)
+
+
+def test_module_accepts_the_ports_argument_names():
+    h1, s1 = hashes(4, 9, "cpu")
+    h2, s2 = hashes(3, 9, "cpu")
+    a = vkernels.nn.CompactBilinearPooling(input1_size=4, input2_size=3, output_size=9, h1=h1, s1=s1, h2=h2, s2=s2)
+    b = vkernels.nn.CompactBilinearPooling(4, 3, 9, True, cuda=False, rand_h_1=h1.numpy(), rand_s_1=s1.numpy(),
+                                           rand_h_2=h2.tolist(), rand_s_2=s2.tolist())
+    for m in (a, b):
+        assert torch.equal(m.h1, h1) and torch.equal(m.s1, s1) and torch.equal(m.h2, h2) and torch.equal(m.s2, s2)
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(vkernels.nn.CompactBilinearPooling(4, 4, 9, seed=1)(x).shape, torch.Size([2, 9]))
+    with pytest.raises(ValueError, match="output_dim or output_size"):
+        vkernels.nn.CompactBilinearPooling(4, 3, 9, output_size=9)
+    with pytest.raises(ValueError, match="output_dim must be an int >= 1"):
+        vkernels.nn.CompactBilinearPooling(4, 3, 0)
