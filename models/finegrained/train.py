@@ -109,7 +109,7 @@ def train_head(args, run, head, data):
         stats.peak_bytes = C.measure_peak(one_step, run.device)
         model.train(training)
         model.zero_grad(set_to_none=True)
-    rec = C.report(run, f"finegrained/{head}", stats, {"test_acc": acc, "final_loss": float(loss),
+    rec = C.report(run, f"finegrained/{head}", stats, {"test_acc": acc, "final_loss": float(loss.detach()),
                                                        "steps": args.steps, "data": args.data})
     return model, rec
 
