@@ -350,9 +350,6 @@ def smoke_infonce_bank_loss(ctx: Ctx) -> Iterator[Case]:
                            select=lambda out: tuple(out[:3]))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# runner
-# --------------------------------------------------------------------------------------------------------------------
 @smoke
 def smoke_infonce_bank_partial(ctx: Ctx) -> Iterator[Case]:
     """The bank-only lse and rank (sharded banks) and its backward with the lse it returned."""
@@ -394,6 +391,97 @@ def smoke_infonce_bank_partial(ctx: Ctx) -> Iterator[Case]:
                 gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
                 yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, db), tol, gscale,
                            select=lambda out: tuple(out[:2]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bilinear_pooling
+# --------------------------------------------------------------------------------------------------------------------
+# name: ((B, C1, C2 or None, H, W), normalize, triu)
+BILINEAR_CASES = {
+    "sym_triu_sqrtl2": ((2, 6, None, 3, 5), "signed_sqrt_l2", True),
+    "xy_full_none": ((3, 5, 4, 4, 3), "none", False),
+    "xy_full_sqrtl2": ((2, 70, 9, 2, 3), "signed_sqrt_l2", False),  # rows longer than a Triton block
+}
+
+
+@smoke
+def smoke_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.bilinear_pooling import bilinear_pooling as reference
+
+    ops = {"cuda": "bilinear_pooling", "cpu": "bilinear_pooling", "triton": "bilinear_pooling_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, ((B, C1, C2, H, W), norm, triu) in BILINEAR_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and (name == "xy_full_sqrtl2" or dn != "float32"):
+                    continue
+                g = ctx.gen("bilinear_pooling", impl, dn, name)
+                x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+                y = None if C2 is None else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+                leaves = [x.double().requires_grad_()] + ([] if y is None else [y.double().requires_grad_()])
+                out = reference(leaves[0], None if y is None else leaves[1], norm, triu)
+                gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+                grads = torch.autograd.grad((out * gout).sum(), leaves)
+                xd, yd = x.to(ctx.device), None if y is None else y.to(ctx.device)
+                args = (xd, yd, norm, triu, 1e-10)
+                tol = TOL_NAMES[dn] * 4
+                yield Case(f"bilinear_pooling/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol,
+                           select=lambda o: o[0])
+                bwd = ops[impl].replace("bilinear_pooling", "bilinear_pooling_backward")
+
+                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
+                    _, z = fwd(*args)
+                    return (gout.to(device=ctx.device, dtype=dtype), *args[:2], z, *args[2:])
+
+                gscale = max(1.0, *(float(t.abs().max()) for t in grads))
+                n = len(grads)
+                yield Case(f"bilinear_pooling/{impl}/{dn}/{name}/bwd", bwd, bwd_args, tuple(grads), tol * 4, gscale,
+                           select=lambda o, n=n: tuple(o[:n]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# isqrt_cov
+# --------------------------------------------------------------------------------------------------------------------
+# name: ((B, C, H, W), iters, triu)
+ISQRT_CASES = {
+    "paper": ((2, 6, 4, 5), 5, True),
+    "one_iter_full": ((3, 5, 3, 3), 1, False),
+    "wide": ((2, 70, 3, 4), 3, True),  # rows longer than a Triton block
+}
+
+
+@smoke
+def smoke_isqrt_cov(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.isqrt_cov import isqrt_cov as reference
+
+    ops = {"cuda": "isqrt_cov", "cpu": "isqrt_cov", "triton": "isqrt_cov_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, ((B, C, H, W), iters, triu) in ISQRT_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and (name == "wide" or dn != "float32"):
+                    continue
+                g = ctx.gen("isqrt_cov", impl, dn, name)
+                x = (torch.randn(B, C, H, W, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+                leaf = x.double().requires_grad_()
+                out = reference(leaf, iters, triu)
+                gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+                grad, = torch.autograd.grad((out * gout).sum(), leaf)
+                args = (x.to(ctx.device), iters, triu)
+                tol = TOL_NAMES[dn] * 10  # several chained GEMMs
+                scale = max(1.0, float(out.abs().max()))
+                yield Case(f"isqrt_cov/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol, scale,
+                           select=lambda o: o[0])
+                bwd = ops[impl].replace("isqrt_cov", "isqrt_cov_backward")
+
+                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
+                    _, A, t = fwd(*args)
+                    return (gout.to(device=ctx.device, dtype=dtype), args[0], A, t, *args[1:])
+
+                yield Case(f"isqrt_cov/{impl}/{dn}/{name}/bwd", bwd, bwd_args, grad, tol * 4,
+                           max(1.0, float(grad.abs().max())))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -439,6 +527,11 @@ def smoke_compact_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
                 yield Case(f"compact_bilinear_pooling/{impl}/{dn}/{name}/bwd", bwd,
                            (gout.to(device=ctx.device, dtype=dtype), xd, yd, *hs), (dx, dy), tol,
                            max(1.0, float(dx.abs().max()), float(dy.abs().max())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# runner
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def _as_tuple(v):

@@ -1,0 +1,67 @@
+"""isqrt_cov cases: iSQRT-COV pooling (5 Newton-Schulz iterations, triu output) of (B, C, H, W) features.
+
+Compute-bound. Forward: covariance 2 B C^2 HW + Newton-Schulz (3 iters - 1) C x C GEMMs of 2 C^3 each. The floor
+row "<size>-gemm-floor" times those GEMMs alone (eager torch.bmm on fp32). The eager reference is MPNCOV's iteration
+in plain PyTorch (autograd keeps every iterate); vkernels keeps only A and recomputes the iterates in its backward.
+"""
+import torch
+
+import vkernels
+from benchmarks._harness import Case, vkernels_impls
+from vkernels.reference.isqrt_cov import isqrt_cov as reference
+
+ITERS = 5
+
+
+def _gemms(x):
+    B, C, H, W = x.shape
+    X = x.reshape(B, C, H * W).float()
+    A = torch.bmm(X, X.transpose(1, 2)) / (C * H * W * 100.0)
+    Y, Z = A, A
+    for _ in range(3 * ITERS - 1):
+        Y = torch.bmm(Y, Z)
+    return Y
+
+
+def _fwd_bwd(fn):
+    def f(x):
+        leaf = x.detach().requires_grad_()
+        out = fn(leaf)
+        return (out.detach(), torch.autograd.grad(out, leaf, torch.ones_like(out))[0])
+    return f
+
+
+def _ref(x):
+    return reference(x.float(), ITERS, True).to(x.dtype)
+
+
+def _impl(impl):
+    def fn(x):
+        return vkernels.isqrt_cov(x, ITERS, True, impl=impl)
+    return fn
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if quick:
+        sizes = [(4, 32, 14, 14)]
+    elif device == "cuda":
+        sizes = [(32, 256, 28, 28), (32, 512, 28, 28), (32, 2048, 14, 14)]
+    else:  # the paper's C = 256 (after its 1x1 reduction) and C = 512; C = 2048 is ~8 TFLOP, GPU only
+        sizes = [(32, 256, 28, 28), (32, 512, 28, 28)]
+    dtypes = [torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+    impls = vkernels_impls("isqrt_cov", device)
+    out = []
+    for B, C, H, W in sizes:
+        for dtype in dtypes:
+            x = torch.relu(torch.randn(B, C, H, W, device=device)).to(dtype)
+            size = f"{B}x{C}x{H}x{W}"
+            fwd_flops = 2 * B * C * C * H * W + (3 * ITERS - 1) * 2 * B * C ** 3
+            out.append(Case(op="isqrt_cov", size=f"{size}-fwd-gemm-floor", dtype=dtype, inputs=(x,),
+                            reference=_gemms, impls={}, bytes=x.nbytes, flops=fwd_flops, bound="compute"))
+            for mode in ("fwd", "fwd+bwd"):
+                wrap = _fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+                out.append(Case(
+                    op="isqrt_cov", size=f"{size}-{mode}", dtype=dtype, inputs=(x,), reference=wrap(_ref),
+                    impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls}, bytes=x.nbytes,
+                    flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute"))
+    return out

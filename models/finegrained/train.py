@@ -1,0 +1,140 @@
+"""Train and evaluate fine-grained classifiers, one run per head.
+
+    python -m models.finegrained.train --head gap,bilinear,isqrt --data covtex:0 --steps 300
+    python -m models.finegrained.train --head bilinear --data digits --out runs/fg --resume
+    torchrun --nproc_per_node 2 -m models.finegrained.train --head isqrt --data covtex:0
+    python -m models.finegrained.train --head bilinear --impl reference     # the unfused pure-PyTorch ops
+
+Each head trains from the same seed on the same data split (80/20 train/test); the run prints test accuracy,
+s/iter and peak memory per head and a final table. With --out, each head checkpoints atomically to
+<out>/<head>/checkpoint.pt (model, optimizer, step, RNG states) and --resume continues bit-exactly.
+Batches are drawn from a generator seeded by (seed, rank, step), so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from models import _common as C
+from models.finegrained.data import load
+from models.finegrained.model import HEADS, FineGrainedClassifier
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--head", default="gap,bilinear,isqrt", help=f"comma-separated, from {', '.join(HEADS)}")
+    p.add_argument("--backbone", default="resnet", choices=("resnet", "linear"),
+                   help="resnet: SmallResNet; linear: two convs without nonlinearity (see model.LinearBackbone)")
+    p.add_argument("--width", type=int, default=8, help="backbone width (features: 4 x width channels)")
+    p.add_argument("--image-size", type=int, default=16)
+    p.add_argument("--dim", type=int, default=1024, help="output size of the cbp / rm heads")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="stop (after checkpointing) once this step is reached: a time-limited job; --resume goes on")
+    p.add_argument("--eval-every", type=int, default=0, help="test accuracy every N steps (0: only at the end)")
+    C.add_common_args(p, steps=300, batch_size=64, lr=0.05, data="covtex:0", log_every=20, ckpt_every=100)
+    args = p.parse_args(argv)
+    args.heads = [h.strip() for h in args.head.split(",") if h.strip()]
+    for h in args.heads:
+        if h not in HEADS:
+            p.error(f"--head: {h!r} is not one of {', '.join(HEADS)}")
+    return args
+
+
+@torch.no_grad()
+def accuracy(model, x, y, device, batch=256):
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += (model(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum().item()
+    model.train()
+    return correct / max(1, len(x))
+
+
+def train_head(args, run, head, data):
+    xtr, ytr, xte, yte, classes = data
+    torch.manual_seed(args.seed)  # every head starts from the same backbone initialisation
+    model = FineGrainedClassifier(classes, head, width=args.width, dim=args.dim, seed=args.seed,
+                                  backbone_kind=args.backbone).to(run.device)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / max(1, args.steps))))
+    step = 0
+    ckpt = run.out / head / "checkpoint.pt" if run.out is not None else None
+    if args.resume and ckpt is not None:
+        state = C.load_checkpoint(ckpt, run.device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            step = state["step"]
+            C.set_rng_state(state["rng"])
+    net = run.ddp(model)
+    stats = C.StepStats()
+    bar = C.Progress(args.steps, start=step, desc=f"finegrained/{head}", enabled=run.is_main, every=args.log_every)
+    loss = torch.zeros(())
+    stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
+    while step < stop:
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + run.rank * 10_007 + step)
+        idx = torch.randint(0, len(xtr), (args.batch_size,), generator=g)
+        xb, yb = xtr[idx].to(run.device), ytr[idx].to(run.device)
+        stats.start(run.device)
+        loss = F.cross_entropy(net(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        stats.stop()
+        step += 1
+        extra = {}
+        if args.eval_every and step % args.eval_every == 0:
+            extra["test_acc"] = accuracy(model, xte, yte, run.device)
+        bar.update(step, loss=run.all_mean(loss.item()), **extra)
+        if ckpt is not None and (step % args.ckpt_every == 0 or step == stop):
+            C.save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                     "sched": sched.state_dict(), "step": step, "rng": C.rng_state()}, run)
+    bar.close()
+    acc = accuracy(model, xte, yte, run.device)
+
+    def one_step():  # peak memory of a forward + backward at the training batch size (no optimizer step)
+        xb = xtr[:args.batch_size].to(run.device)
+        F.cross_entropy(model(xb), ytr[:args.batch_size].to(run.device)).backward()
+
+    if run.is_main:
+        training = model.training
+        model.eval()  # no BatchNorm running-stat update in the measuring pass
+        stats.peak_bytes = C.measure_peak(one_step, run.device)
+        model.train(training)
+        model.zero_grad(set_to_none=True)
+    rec = C.report(run, f"finegrained/{head}", stats, {"test_acc": acc, "final_loss": float(loss.detach()),
+                                                       "steps": args.steps, "data": args.data})
+    return model, rec
+
+
+def main(argv=None):
+    args = parse(argv)
+    run = C.setup(args)
+    x, y, classes = load(args.data, args.image_size)
+    g = torch.Generator().manual_seed(12345)  # the same split for every head and every rank
+    perm = torch.randperm(len(x), generator=g)
+    ntr = int(0.8 * len(x))
+    data = (x[perm[:ntr]], y[perm[:ntr]], x[perm[ntr:]], y[perm[ntr:]], classes)
+    results = {}
+    for head in args.heads:
+        _, rec = train_head(args, run, head, data)
+        results[head] = rec
+    if run.is_main:
+        print(f"\n{'head':10s} {'test acc':>9s} {'s/iter':>8s} {'peak MiB':>9s}   data={args.data} "
+              f"backbone={args.backbone} impl={args.impl} steps={args.steps} chance={1 / classes:.3f}")
+        for head, r in results.items():
+            peak = "n/a" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
+            print(f"{head:10s} {r['test_acc']:9.3f} {r['s_per_iter']:8.4f} {peak:>9s}")
+    run.close()
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,227 @@
+"""bilinear_pooling on GPU: the Gram GEMM in cuBLAS (torch.bmm, fp32 output: `out_dtype=torch.float32` for fp16/bf16
+on CUDA, so the low-precision inputs are never copied), the epilogue in Triton.
+
+Forward epilogue, two kernels over (image, row) programs: (1) scale by 1/HW, gather the row (its upper-triangle part
+with triu), write z (fp32, kept for the backward) or the output directly when not normalising, and one partial sum
+of s^2 per row; (2) reduce the image's row partials (C1 values), write out = s / max(||s||, 1e-12).
+Backward: (1) per-row partials of ||s||^2 and <s, g>; (2) per row of dG (C1 x C2): the derivative of the epilogue at
+the packed positions (i, j) (and (j, i) when y is x: dG + dG^T) written densely, then cuBLAS dX = dG Y, dY = dG^T X.
+Bytes per pooled element: forward reads G (4) + writes z (4) + reads z (4) + writes out (2-4); ~8 FLOPs.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from vkernels._backend import TRITON_INTERPRET
+
+L2_EPS = 1e-12
+BLOCK = 64 if TRITON_INTERPRET else 1024
+
+
+@triton.jit
+def _signed_sqrt(z, eps):
+    s = tl.sqrt(tl.abs(z) + eps)
+    return tl.where(z > 0, s, tl.where(z < 0, -s, 0.0 * z))
+
+
+@triton.jit
+def _fwd_rows_kernel(g_ptr, z_ptr, out_ptr, ss_ptr, M, C1, C2, P, eps,
+                     TRIU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    acc_t = g_ptr.dtype.element_ty
+    inv_m = 1.0 / M.to(acc_t)
+    if TRIU:
+        j0 = i
+        off = i * C1 - (i * (i - 1)) // 2
+    else:
+        j0 = 0
+        off = i * C2
+    ss = tl.zeros([BLOCK], dtype=acc_t)
+    for jb in range(j0, C2, BLOCK):
+        j = jb + tl.arange(0, BLOCK)
+        m = j < C2
+        v = tl.load(g_ptr + (b * C1 + i) * C2 + j, mask=m, other=0.0) * inv_m
+        dst = b * P + off + (j - j0)
+        if NORMALIZE:
+            tl.store(z_ptr + dst, v, mask=m)
+            ss += tl.where(v != 0, tl.abs(v) + eps, 0.0)
+        else:
+            tl.store(out_ptr + dst, v.to(out_ptr.dtype.element_ty), mask=m)
+    if NORMALIZE:
+        tl.store(ss_ptr + b * C1 + i, tl.sum(ss, 0))
+
+
+@triton.jit
+def _image_sum(ptr, b, C1, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], dtype=ptr.dtype.element_ty)
+    for r in range(0, C1, BLOCK):
+        k = r + tl.arange(0, BLOCK)
+        acc += tl.load(ptr + b * C1 + k, mask=k < C1, other=0.0)
+    return tl.sum(acc, 0)
+
+
+@triton.jit
+def _fwd_norm_kernel(z_ptr, out_ptr, ss_ptr, C1, C2, P, eps, l2_eps, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    n = tl.sqrt(_image_sum(ss_ptr, b, C1, BLOCK))
+    inv_n = 1.0 / tl.maximum(n, l2_eps)
+    if TRIU:
+        j0 = i
+        off = i * C1 - (i * (i - 1)) // 2
+    else:
+        j0 = 0
+        off = i * C2
+    for jb in range(j0, C2, BLOCK):
+        j = jb + tl.arange(0, BLOCK)
+        m = j < C2
+        dst = b * P + off + (j - j0)
+        z = tl.load(z_ptr + dst, mask=m, other=0.0)
+        tl.store(out_ptr + dst, (_signed_sqrt(z, eps) * inv_n).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_rows_kernel(g_ptr, z_ptr, ss_ptr, dot_ptr, C1, C2, P, eps, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    acc_t = z_ptr.dtype.element_ty
+    if TRIU:
+        j0 = i
+        off = i * C1 - (i * (i - 1)) // 2
+    else:
+        j0 = 0
+        off = i * C2
+    ss = tl.zeros([BLOCK], dtype=acc_t)
+    dot = tl.zeros([BLOCK], dtype=acc_t)
+    for jb in range(j0, C2, BLOCK):
+        j = jb + tl.arange(0, BLOCK)
+        m = j < C2
+        src = b * P + off + (j - j0)
+        s = _signed_sqrt(tl.load(z_ptr + src, mask=m, other=0.0), eps)
+        g = tl.load(g_ptr + src, mask=m, other=0.0).to(acc_t)
+        ss += s * s
+        dot += s * g
+    tl.store(ss_ptr + b * C1 + i, tl.sum(ss, 0))
+    tl.store(dot_ptr + b * C1 + i, tl.sum(dot, 0))
+
+
+@triton.jit
+def _dz(g_ptr, z_ptr, src, m, a, c, inv_m, eps, NORMALIZE: tl.constexpr):
+    # d loss / d z at packed positions src, times 1/HW.
+    acc_t = z_ptr.dtype.element_ty
+    g = tl.load(g_ptr + src, mask=m, other=0.0).to(acc_t)
+    if NORMALIZE:
+        z = tl.load(z_ptr + src, mask=m, other=0.0)
+        ds = a * g - c * _signed_sqrt(z, eps)
+        # 0.5 / sqrt(|z| + eps); 0 at z == 0 exactly (torch.sign's derivative there).
+        d = tl.where(z != 0, ds * 0.5 / tl.sqrt(tl.abs(z) + eps), 0.0)
+    else:
+        d = g
+    return d * inv_m
+
+
+@triton.jit
+def _bwd_dg_kernel(g_ptr, z_ptr, ss_ptr, dot_ptr, dg_ptr, M, C1, C2, P, eps, l2_eps,
+                   TRIU: tl.constexpr, SYM: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1)
+    acc_t = dg_ptr.dtype.element_ty
+    inv_m = 1.0 / M.to(acc_t)
+    a = inv_m * 0 + 1.0
+    c = inv_m * 0
+    if NORMALIZE:
+        n = tl.sqrt(_image_sum(ss_ptr, b, C1, BLOCK))
+        dot = _image_sum(dot_ptr, b, C1, BLOCK)
+        above = n > l2_eps
+        a = tl.where(above, 1.0 / n, 1.0 / l2_eps + 0.0 * n)
+        c = tl.where(above, dot / (n * n * n), 0.0 * n)
+    for jb in range(0, C2, BLOCK):
+        j = jb + tl.arange(0, BLOCK)
+        m = j < C2
+        if TRIU:
+            lo = tl.minimum(j, i)
+            hi = tl.maximum(j, i)
+            src = b * P + lo * C1 - (lo * (lo - 1)) // 2 + (hi - lo)
+            d = _dz(g_ptr, z_ptr, src, m, a, c, inv_m, eps, NORMALIZE)
+            if SYM:
+                d = tl.where(j == i, 2 * d, d)
+            else:
+                d = tl.where(j >= i, d, 0.0)
+        else:
+            d = _dz(g_ptr, z_ptr, b * P + i * C2 + j, m, a, c, inv_m, eps, NORMALIZE)
+            if SYM:
+                d += _dz(g_ptr, z_ptr, b * P + j * C2 + i, m, a, c, inv_m, eps, NORMALIZE)
+        tl.store(dg_ptr + (b * C1 + i) * C2 + j, d, mask=m)
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _mat(t, acc):
+    B, C, H, W = t.shape
+    return t.reshape(B, C, H * W).to(acc)
+
+
+def _gram(x, y):
+    acc = _acc(x.dtype)
+    B, C1, H, W = x.shape
+    X = x.reshape(B, C1, H * W)
+    Y = X if y is None else y.reshape(B, y.shape[1], H * W)
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        return torch.bmm(X, Y.transpose(1, 2), out_dtype=torch.float32)  # fp32 accumulation and output
+    X = X.to(acc)
+    Y = X if y is None else Y.to(acc)
+    return torch.bmm(X, Y.transpose(1, 2))
+
+
+def _sizes(x, y, triu):
+    B, C1, H, W = x.shape
+    C2 = C1 if y is None else y.shape[1]
+    P = C1 * (C1 + 1) // 2 if triu else C1 * C2
+    return B, C1, C2, H * W, P
+
+
+def forward(x, y, normalize, triu, eps):
+    B, C1, C2, M, P = _sizes(x, y, triu)
+    acc = _acc(x.dtype)
+    norm = normalize == "signed_sqrt_l2"
+    out = torch.empty((B, P), dtype=x.dtype, device=x.device)
+    z = torch.empty((B, P) if norm else (0,), dtype=acc, device=x.device)
+    if B == 0:
+        return out, z
+    G = _gram(x, y).contiguous()
+    ss = torch.empty((B, C1), dtype=acc, device=x.device)
+    grid = (B, C1)
+    _fwd_rows_kernel[grid](G, z, out, ss, M, C1, C2, P, eps, TRIU=triu, NORMALIZE=norm, BLOCK=BLOCK)
+    if norm:
+        _fwd_norm_kernel[grid](z, out, ss, C1, C2, P, eps, L2_EPS, TRIU=triu, BLOCK=BLOCK)
+    return out, z
+
+
+def backward(grad_out, x, y, z, normalize, triu, eps):
+    B, C1, C2, M, P = _sizes(x, y, triu)
+    acc = _acc(x.dtype)
+    norm = normalize == "signed_sqrt_l2"
+    gy_empty = torch.empty((0,), dtype=x.dtype, device=x.device)
+    if B == 0:
+        return torch.zeros_like(x, memory_format=torch.contiguous_format), (gy_empty if y is None else
+                                                                             torch.zeros_like(y, memory_format=torch.contiguous_format))
+    g = grad_out.contiguous()
+    zc = z.contiguous() if norm else torch.empty((1,), dtype=acc, device=x.device)
+    ss = torch.empty((B, C1), dtype=acc, device=x.device)
+    dot = torch.empty((B, C1), dtype=acc, device=x.device)
+    grid = (B, C1)
+    if norm:
+        _bwd_rows_kernel[grid](g, zc, ss, dot, C1, C2, P, eps, TRIU=triu, BLOCK=BLOCK)
+    dG = torch.empty((B, C1, C2), dtype=acc, device=x.device)
+    _bwd_dg_kernel[grid](g, zc, ss, dot, dG, M, C1, C2, P, eps, L2_EPS, TRIU=triu, SYM=y is None,
+                         NORMALIZE=norm, BLOCK=BLOCK)
+    X = _mat(x, acc)
+    if y is None:
+        return torch.bmm(dG, X).view(x.shape).to(x.dtype), gy_empty
+    Y = _mat(y, acc)
+    gx = torch.bmm(dG, Y).view(x.shape).to(x.dtype)
+    gy = torch.bmm(dG.transpose(1, 2), X).view(y.shape).to(y.dtype)
+    return gx, gy
