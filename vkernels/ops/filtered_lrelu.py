@@ -17,7 +17,7 @@ import numbers
 import torch
 
 from vkernels import _backend
-from vkernels.ops import upfirdn2d as _fir
+from vkernels.ops.upfirdn2d import _is_int, _out_format, _parse_padding
 from vkernels.reference.filtered_lrelu import filtered_lrelu as _reference
 
 __all__ = ["filtered_lrelu"]
@@ -103,12 +103,12 @@ def _parse(x, fu, fd, b, up, down, padding, gain, slope, clamp):
         if b.device != x.device:
             raise ValueError(f"filtered_lrelu: b is on {b.device} but x is on {x.device}")
     for name, v in (("up", up), ("down", down)):
-        if not _fir._is_int(v):
+        if not _is_int(v):
             raise ValueError(f"filtered_lrelu: {name} must be an int, got {v!r}")
         if v < 1:
             raise ValueError(f"filtered_lrelu: {name} must be >= 1, got {v}")
     try:
-        pad = _fir._parse_padding(padding)
+        pad = _parse_padding(padding)
     except ValueError as e:
         raise ValueError(str(e).replace("upfirdn2d:", "filtered_lrelu:")) from None
     for name, v in (("gain", gain), ("slope", slope)):
@@ -133,10 +133,6 @@ def _geometry(w, h, fa, fb, up, down, pad):
         o = (mid - b_) // down + 1 if mid >= b_ else 0
         res.append((o, (o - 1) * down + b_))
     return res
-
-
-def _out_format(x):
-    return _fir._out_format(x)
 
 
 def _transpose(fa, fb, mask_w, sx, sy, up, down, pad, gain_a, gain_b, flip, z_hw, o_hw):
