@@ -140,7 +140,7 @@ def test_gradcheck_and_gradgradcheck(device, impl, fus, fds, up, down, pad, clam
     """First and second order w.r.t. x and b in fp64. The mask is piecewise constant: inputs are kept away from
     the kinks (|mid| and |act| - clamp of order 1e-3 or more are rare to cross with eps=1e-6)."""
     interp = impl == "triton" and device == "cpu"
-    x = randn((1, 2, 3, 4) if interp else (2, 2, 4, 5), torch.float64, device).requires_grad_()
+    x = randn((1, 2, 3, 4) if interp else (1, 2, 4, 4), torch.float64, device).requires_grad_()
     b = randn((2,), torch.float64, device).requires_grad_()
     fu, fd = make_f(fus, device), make_f(fds, device)
 

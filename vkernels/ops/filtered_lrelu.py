@@ -181,7 +181,10 @@ def _register(suffix: str) -> None:
         fu, fd, mask = ctx.saved_tensors
         (ow, mw), _ = _geometry(ctx.hw[0][1], ctx.hw[0][0], fu, fd, up, down, pad)
         args = _transpose(fu, fd, mw, 0, 0, up, down, pad, float(up * up), 1.0, flip, *ctx.hw)
-        dx = masked(dy, args[0], args[1], mask, *args[2:13], gain, slope, args[13])
+        if 0 in ctx.hw[0]:  # an empty input plane (the output came from padding alone): nothing to flow back to
+            dx = dy.new_zeros(dy.shape[:2] + tuple(ctx.hw[0]))
+        else:
+            dx = masked(dy, args[0], args[1], mask, *args[2:13], gain, slope, args[13])
         db = dx.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[3] else None
         return (dx if ctx.needs_input_grad[0] else None, None, None, db) + (None,) * 11
 
@@ -199,7 +202,10 @@ def _register(suffix: str) -> None:
         mask_w, sx, sy, up, down, pad, gain_a, gain_b, gain, slope, flip = ctx.args
         fa, fb, mask = ctx.saved_tensors
         a = _transpose(fa, fb, mask_w, sx, sy, up, down, pad, gain_a, gain_b, flip, *ctx.hw)
-        dz = masked(dout, a[0], a[1], mask, *a[2:13], gain, slope, a[13]) if ctx.needs_input_grad[0] else None
+        dz = None
+        if ctx.needs_input_grad[0]:
+            dz = (dout.new_zeros(dout.shape[:2] + tuple(ctx.hw[0])) if 0 in ctx.hw[0] else
+                  masked(dout, a[0], a[1], mask, *a[2:13], gain, slope, a[13]))
         return (dz,) + (None,) * 17
 
     torch.library.register_autograd("vkernels::filtered_lrelu_masked" + suffix, backward_masked,
