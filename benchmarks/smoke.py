@@ -530,6 +530,62 @@ def smoke_compact_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# filtered_lrelu
+# --------------------------------------------------------------------------------------------------------------------
+# name: (shape, fu, fd, up, down, padding, clamp, placement); a filter is 1-D taps (int) or a 2-D shape (tuple)
+FILTERED_LRELU_CASES = {
+    "sg3_up2_down2": ((2, 3, 6, 7), 6, 6, 2, 2, (5, 4, 5, 4), 0.5, "contiguous"),
+    "full2d_crop": ((1, 4, 5, 6), (3, 4), (2, 3), 2, 1, (1, -1, 2, 0), None, "contiguous"),
+    "up4_channels_last": ((2, 5, 4, 5), 5, 3, 4, 2, (2, 3, 1, 2), 1.0, "channels_last"),
+    "misaligned": ((1, 3, 6, 6), 3, 4, 1, 2, (1, 2, 2, 1), None, "offset1"),
+}
+
+
+@smoke
+def smoke_filtered_lrelu(ctx: Ctx) -> Iterator[Case]:
+    """The forward (y; the mask is checked through the gradient) and the masked op that is its gradient."""
+    torch = ctx.torch
+    from vkernels.ops.filtered_lrelu import _geometry, _transpose
+    from vkernels.reference.filtered_lrelu import filtered_lrelu as reference
+
+    sfx = {"cuda": "", "cpu": "", "triton": "_triton"}
+    gain, slope = 1.4, 0.2
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (shape, fus, fds, up, down, pad, clamp, placement) in FILTERED_LRELU_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and name != "sg3_up2_down2":
+                    continue
+                g = ctx.gen("filtered_lrelu", impl, dn, name)
+                x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+                b = torch.randn(shape[1], generator=g, dtype=torch.float64).to(dtype)
+                fu, fd = ((torch.rand(s if isinstance(s, tuple) else (s,), generator=g, dtype=torch.float64) + 0.2)
+                          .float() for s in (fus, fds))
+                xe, be = x.double().requires_grad_(), b.double().requires_grad_()
+                expect = reference(xe, fu, fd, be, up, down, pad, gain, slope, clamp, False)
+                dy = torch.randn(expect.shape, generator=g, dtype=torch.float64).to(dtype)
+                (dx,) = torch.autograd.grad(expect, xe, dy.double())
+                fwd = "filtered_lrelu" + sfx[impl]
+                args = (_place(x, placement, ctx.device, torch), fu.to(ctx.device), fd.to(ctx.device),
+                        b.to(ctx.device), up, down, *pad, gain, slope, clamp, False, True)
+                scale = max(1.0, float(expect.abs().max()))
+                yield Case(f"filtered_lrelu/{impl}/{dn}/{name}/fwd", fwd, args, expect.detach(), TOL_NAMES[dn],
+                           scale, select=lambda out: out[0])
+
+                def bwd_args(fwd_op=getattr(torch.ops.vkernels, fwd), args=args, fu=fu, fd=fd, up=up, down=down,
+                             pad=pad, dy=dy, oshape=tuple(expect.shape), shape=shape):
+                    _, mask = fwd_op(*args)
+                    (_, mw), _ = _geometry(shape[3], shape[2], fu, fd, up, down, pad)
+                    t = _transpose(fu, fd, mw, 0, 0, up, down, pad, float(up * up), 1.0, False, shape[2:],
+                                   oshape[2:])
+                    return (dy.to(ctx.device), t[0].to(ctx.device), t[1].to(ctx.device), mask, *t[2:13], gain,
+                            slope, t[13])
+
+                yield Case(f"filtered_lrelu/{impl}/{dn}/{name}/grad", "filtered_lrelu_masked" + sfx[impl], bwd_args,
+                           dx, TOL_NAMES[dn] * 4, max(1.0, float(dx.abs().max())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------------------------------
 

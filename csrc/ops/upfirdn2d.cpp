@@ -34,18 +34,13 @@ Problem make(const at::Tensor& x, const at::Tensor& f, int64_t upx, int64_t upy,
   p.outW = (upW - p.fw) / downx + 1;
   p.outH = (upH - p.fh) / downy + 1;
 
-  // Taps in correlation order. StyleGAN's reference computes f * gain ** (f.ndim / 2) on the float32 filter, then
-  // casts to x's dtype; doing the same float32 product keeps fp64 results identical to it.
-  const at::Tensor fc = f.detach().to(at::kCPU).contiguous();
-  const float* fp = fc.const_data_ptr<float>();
-  const float g = static_cast<float>(std::pow(gain, f.dim() / 2.0));
-  const int64_t n = fc.numel();
+  const std::vector<float> t = fir_taps(f, flip_filter, gain);
+  // Separable: the same 1-D taps serve both passes (fx then fy).
   if (p.separable) {
-    p.taps.resize(2 * n);
-    for (int64_t j = 0; j < n; ++j) p.taps[j] = p.taps[n + j] = fp[flip_filter ? j : n - 1 - j] * g;
+    p.taps = t;
+    p.taps.insert(p.taps.end(), t.begin(), t.end());
   } else {
-    p.taps.resize(n);
-    for (int64_t k = 0; k < n; ++k) p.taps[k] = fp[flip_filter ? k : n - 1 - k] * g;  // flips both axes
+    p.taps = t;
   }
 
   // channels_last in, channels_last out; everything else gives a contiguous output (the rule the fake kernel and
@@ -56,6 +51,18 @@ Problem make(const at::Tensor& x, const at::Tensor& f, int64_t upx, int64_t upy,
                                                     p.channels_last ? at::MemoryFormat::ChannelsLast
                                                                     : at::MemoryFormat::Contiguous));
   return p;
+}
+
+std::vector<float> fir_taps(const at::Tensor& f, bool flip_filter, double gain) {
+  // StyleGAN's reference computes f * gain ** (f.ndim / 2) on the float32 filter, then casts to x's dtype; doing the
+  // same float32 product keeps fp64 results identical to it. A full flip of a row-major array reverses it.
+  const at::Tensor fc = f.detach().to(at::kCPU).contiguous();
+  const float* fp = fc.const_data_ptr<float>();
+  const float g = static_cast<float>(std::pow(gain, f.dim() / 2.0));
+  const int64_t n = fc.numel();
+  std::vector<float> taps(n);
+  for (int64_t k = 0; k < n; ++k) taps[k] = fp[flip_filter ? k : n - 1 - k] * g;
+  return taps;
 }
 
 TORCH_LIBRARY_FRAGMENT(vkernels, m) {

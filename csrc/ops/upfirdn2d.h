@@ -31,6 +31,10 @@ struct Problem {
 Problem make(const at::Tensor& x, const at::Tensor& f, int64_t upx, int64_t upy, int64_t downx, int64_t downy,
              int64_t padx0, int64_t padx1, int64_t pady0, int64_t pady1, bool flip_filter, double gain);
 
+// Correlation taps of a float32 1-D or 2-D filter, rounded as StyleGAN's reference rounds them: in float32,
+// f * float(gain ** (f.ndim / 2)), flipped (every axis) unless flip_filter; row-major. Shared with filtered_lrelu.
+std::vector<float> fir_taps(const at::Tensor& f, bool flip_filter, double gain);
+
 // Floor division and modulo for a possibly negative numerator and a positive divisor.
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }

@@ -1,0 +1,207 @@
+"""filtered_lrelu in Triton: one fused kernel for the forward (lrelu + clamp, writing the 2-bit mask) and for the
+masked linear op (the gradient, reading the mask).
+
+Persistent programs (a fixed grid, each looping over output tiles of TOH x TOW pixels of one plane) so the mid
+(upsampled) samples of a tile live in a per-program scratch slot (L1/L2-resident; grid x ~30 KB), never as a whole
+tensor. Per tile: (1) separable fu: filter the needed input rows horizontally (zero insertion and padding by masked
+gathers) into scratch; (2) vertical up taps -> the tile's mid samples, then lrelu*gain+clamp (or the mask factors),
+into scratch, with the mask bits packed 4 per byte by a reshape + sum; (3) separable fd: horizontal down taps into
+scratch; (4) vertical down taps -> y. 2-D filters gather their taps directly instead of (1)/(3).
+FLOPs per mid sample: 2*(fuw + fuh) separable or 2*fuh*fuw 2-D (masked-out zero taps included: no polyphase yet);
+down: 2*(fdw + fdh) / down per mid sample. Bytes: x read ~once (tile halos re-read, from cache), y written once,
+mask Mh*Mw/4 bytes. Index arithmetic is kept non-negative (padding folded into positive offsets) because `//` and
+`%` on negative integers differ between Triton on GPU and the interpreter. Not yet run or timed on a GPU.
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from vkernels._backend import TRITON_INTERPRET
+
+
+@triton.jit
+def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scratch_ptr,
+                   C, H, W, OH, OW, MH, MW, n_tiles, tiles_x, tiles_y,
+                   sxn, sxc, sxh, sxw, son, soc, soh, sow,
+                   U, D, P0X, P0Y, OFFX, OFFY, mask_h, mask_w, RB, SX, SY,
+                   AW: tl.constexpr, AH: tl.constexpr, BW: tl.constexpr, BH: tl.constexpr,
+                   SEP_A: tl.constexpr, SEP_B: tl.constexpr, MASKED: tl.constexpr, WRITE: tl.constexpr,
+                   HAS_B: tl.constexpr, TOH: tl.constexpr, TOW: tl.constexpr, IRB: tl.constexpr,
+                   MTHB: tl.constexpr, MTWB: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    s1 = scratch_ptr + pid * (IRB * MTWB + MTHB * MTWB + MTHB * TOW)
+    s2 = s1 + IRB * MTWB
+    s3 = s2 + MTHB * MTWB
+    gain = tl.load(prm_ptr + 0)
+    slope = tl.load(prm_ptr + 1)
+    clamp = tl.load(prm_ptr + 2)
+    r_i = tl.arange(0, IRB)[:, None]
+    c_m = tl.arange(0, MTWB)[None, :]
+    r_m = tl.arange(0, MTHB)[:, None]
+    r_o = tl.arange(0, TOH)[:, None]
+    c_o = tl.arange(0, TOW)[None, :]
+    for t in range(pid, n_tiles, nprog):
+        tx = t % tiles_x
+        t2 = t // tiles_x
+        ty = t2 % tiles_y
+        pl = t2 // tiles_y
+        n = pl // C
+        c = pl % C
+        oy0 = ty * TOH
+        ox0 = tx * TOW
+        my0 = oy0 * D
+        mx0 = ox0 * D
+        xb = x_ptr + n * sxn + c * sxc
+        bias = 0.0
+        if HAS_B:
+            bias = tl.load(b_ptr + c).to(acc_ty)
+        mx = mx0 + c_m  # mid columns of the tile
+        my = my0 + r_m  # mid rows
+        if SEP_A:
+            # (1) input rows iy0 + r, filtered horizontally onto the tile's mid columns.
+            iy0 = (my0 - P0Y + OFFY) // U - OFFY // U
+            iy = iy0 + r_i
+            vrow = (iy >= 0) & (iy < H)
+            h = tl.zeros([IRB, MTWB], dtype=acc_ty)
+            for j in range(AW):
+                u = mx + j - P0X + OFFX
+                ix = u // U - OFFX // U
+                v = vrow & (u % U == 0) & (ix >= 0) & (ix < W)
+                xv = tl.load(xb + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
+                xv = tl.where(v, xv + bias, 0.0)
+                h += tl.load(wa_ptr + j).to(acc_ty) * xv
+            tl.store(s1 + r_i * MTWB + c_m, h)
+            tl.debug_barrier()
+            # (2) vertical up taps.
+            mid = tl.zeros([MTHB, MTWB], dtype=acc_ty)
+            for i in range(AH):
+                u = my + i - P0Y + OFFY
+                r = u // U - OFFY // U - iy0
+                v = (u % U == 0) & (r >= 0) & (r < IRB)
+                hv = tl.load(s1 + r * MTWB + c_m, mask=v & (c_m >= 0), other=0.0)
+                mid += tl.load(wa_ptr + i).to(acc_ty) * hv
+        else:
+            mid = tl.zeros([MTHB, MTWB], dtype=acc_ty)
+            for i in range(AH):
+                uy = my + i - P0Y + OFFY
+                iy = uy // U - OFFY // U
+                vy = (uy % U == 0) & (iy >= 0) & (iy < H)
+                for j in range(AW):
+                    ux = mx + j - P0X + OFFX
+                    ix = ux // U - OFFX // U
+                    v = vy & (ux % U == 0) & (ix >= 0) & (ix < W)
+                    xv = tl.load(xb + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
+                    xv = tl.where(v, xv + bias, 0.0)
+                    mid += tl.load(wa_ptr + i * AW + j).to(acc_ty) * xv
+        if MASKED:
+            row = my + SY
+            col = mx + SX
+            vm = (row >= 0) & (row < mask_h) & (col >= 0) & (col < mask_w)
+            rowc = tl.where(vm, row, 0)
+            colc = tl.where(vm, col, 0)
+            byte = tl.load(mask_ptr + (pl * mask_h + rowc) * RB + colc // 4, mask=vm, other=0).to(tl.int32)
+            code = (byte >> ((colc % 4) * 2)) & 3
+            fac = tl.where(code == 1, gain, tl.where(code == 2, gain * slope, 0.0))
+            act = mid * fac
+        else:
+            pos = mid > 0
+            act = tl.where(pos, mid, mid * slope) * gain
+            code = tl.where(pos, 1, 2)
+            clamped = (act > clamp) | (act < -clamp)
+            act = tl.where(clamped, tl.where(act > 0, clamp, -clamp), act)
+            if WRITE:
+                code = tl.where(clamped, 0, code)
+                code = tl.where((mx < MW) & (my < MH), code, 0)
+                # Bytes this tile owns: its own rows/columns of mid samples (the last tile: to the end), so no
+                # byte has two writers. mx0 is a multiple of 4 (TOW is), so bytes never straddle tiles.
+                own_y = (my < my0 + TOH * D) | (ty == tiles_y - 1)
+                shifts = (tl.arange(0, 4) * 2)[None, None, :]
+                packed = tl.sum(tl.reshape(code, [MTHB, MTWB // 4, 4]) << shifts, axis=2)
+                q = tl.arange(0, MTWB // 4)[None, :]
+                qcol = mx0 // 4 + q
+                own_x = (qcol < (mx0 + TOW * D) // 4) | (tx == tiles_x - 1)
+                wm = own_y & (my < MH) & own_x & (qcol < RB)
+                tl.store(mask_ptr + (pl * mask_h + my) * RB + qcol, packed.to(tl.uint8), mask=wm)
+        tl.store(s2 + r_m * MTWB + c_m, act)
+        tl.debug_barrier()
+        oy = oy0 + r_o
+        ox = ox0 + c_o
+        if SEP_B:
+            # (3) horizontal down taps for every mid row of the tile, (4) vertical down taps.
+            c_t = tl.arange(0, TOW)[None, :]
+            d = tl.zeros([MTHB, TOW], dtype=acc_ty)
+            for l in range(BW):
+                cc = c_t * D + l
+                d += tl.load(wb_ptr + l).to(acc_ty) * tl.load(s2 + r_m * MTWB + cc, mask=cc < MTWB, other=0.0)
+            tl.store(s3 + r_m * TOW + c_t, d)
+            tl.debug_barrier()
+            y = tl.zeros([TOH, TOW], dtype=acc_ty)
+            for k in range(BH):
+                rr = r_o * D + k
+                y += tl.load(wb_ptr + k).to(acc_ty) * tl.load(s3 + rr * TOW + c_o, mask=(rr < MTHB) & (c_o >= 0),
+                                                             other=0.0)
+        else:
+            y = tl.zeros([TOH, TOW], dtype=acc_ty)
+            for k in range(BH):
+                rr = r_o * D + k
+                for l in range(BW):
+                    cc = c_o * D + l
+                    y += tl.load(wb_ptr + k * BW + l).to(acc_ty) * tl.load(s2 + rr * MTWB + cc,
+                                                                           mask=(rr < MTHB) & (cc < MTWB), other=0.0)
+        tl.store(out_ptr + n * son + c * soc + oy * soh + ox * sow, y.to(out_ptr.dtype.element_ty),
+                 mask=(oy < OH) & (ox < OW))
+        tl.debug_barrier()
+
+
+def _taps(f, flip_filter, gain, dtype):
+    # StyleGAN's reference rounding: f * gain ** (f.ndim / 2) in float32, flipped unless flip_filter.
+    w = f.detach().to(torch.float32) * (gain ** (f.ndim / 2))
+    return (w if flip_filter else w.flip(list(range(w.ndim)))).contiguous().reshape(-1).to(dtype)
+
+
+def _p2(v):
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, clamp, flip_filter, masked,
+           write, sx, sy, mask_w, out_size, out_format, geometry):
+    """Runs the kernel; arguments already checked. geometry = ((OW, MW), (OH, MH)). Returns out."""
+    (ow, mw), (oh, mh) = geometry
+    out = torch.empty(out_size, dtype=x.dtype, device=x.device, memory_format=out_format)
+    if out.numel() == 0:
+        return out
+    big = max(out.numel(), x.numel(), mask.numel()) >= 2**31 - 2**20
+    if big:
+        raise RuntimeError("filtered_lrelu_triton: tensors past 2**31 elements are not supported by the Triton "
+                           "kernel (int32 indexing); use impl='cpu' or split the batch")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    wa, wb = _taps(fa.to(x.device), flip_filter, gain_a, acc), _taps(fb.to(x.device), flip_filter, gain_b, acc)
+    prm = torch.tensor([gain, slope, float("inf") if clamp is None else clamp], dtype=acc, device=x.device)
+    aw, ah, bw, bh = fa.shape[-1], fa.shape[0], fb.shape[-1], fb.shape[0]
+    toh = tow = 8 if TRITON_INTERPRET else 16
+    mthb, mtwb = _p2((toh - 1) * down + bh), _p2((tow - 1) * down + bw)
+    mtwb = max(mtwb, 4)
+    irb = _p2((mthb + ah - 2) // up + 2)
+    n, c = x.shape[0], x.shape[1]
+    tiles_x, tiles_y = triton.cdiv(ow, tow), triton.cdiv(oh, toh)
+    n_tiles = n * c * tiles_x * tiles_y
+    if x.is_cuda:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        grid = min(n_tiles, sms * 8)
+    else:
+        grid = min(n_tiles, 4)
+    scratch = torch.empty(grid * (irb * mtwb + mthb * mtwb + mthb * tow), dtype=acc, device=x.device)
+    offx, offy = up * (max(px0, 0) // up + 1), up * (max(py0, 0) // up + 1)
+    b_arg = b if b is not None else wa
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _flrelu_kernel[(grid,)](
+            out, x, b_arg, wa, wb, prm, mask, scratch, c, x.shape[2], x.shape[3], oh, ow, mh, mw, n_tiles, tiles_x,
+            tiles_y, *x.stride(), *out.stride(), up, down, px0, py0, offx, offy,
+            mask.shape[2] if mask.ndim == 4 else 0, mask_w, (mask_w + 3) // 4, sx, sy,
+            AW=aw, AH=ah, BW=bw, BH=bh, SEP_A=fa.ndim == 1, SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write,
+            HAS_B=b is not None, TOH=toh, TOW=tow, IRB=irb, MTHB=mthb, MTWB=mtwb, num_warps=4)
+    return out
