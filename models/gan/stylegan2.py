@@ -78,7 +78,7 @@ class SynthesisBlock(torch.nn.Module):
             x = self.conv0(x, w, noise_mode=noise_mode)
         x = self.conv1(x, w, noise_mode=noise_mode)
         if img is not None:
-            img = vkernels.upsample2d(img, self.resample_filter)
+            img = vkernels.upsample2d(img, self.resample_filter.float())
         y = self.torgb(x, w)
         img = y if img is None else img + y
         return x, img
@@ -122,10 +122,10 @@ class Conv2dLayer(torch.nn.Module):
             p0 = self.padding + (fw - self.down + 1) // 2
             p1 = self.padding + (fw - self.down) // 2
             if k == 1:
-                x = vkernels.upfirdn2d(x, self.resample_filter, down=self.down, padding=[p0, p1, p0, p1])
+                x = vkernels.upfirdn2d(x, self.resample_filter.float(), down=self.down, padding=[p0, p1, p0, p1])
                 x = F.conv2d(x, w)
             else:
-                x = vkernels.upfirdn2d(x, self.resample_filter, padding=[p0, p1, p0, p1])
+                x = vkernels.upfirdn2d(x, self.resample_filter.float(), padding=[p0, p1, p0, p1])
                 x = F.conv2d(x, w, stride=self.down)
         else:
             x = F.conv2d(x, w, padding=self.padding)

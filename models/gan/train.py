@@ -13,7 +13,7 @@ bias_act and upfirdn2d), EMA generator for samples. Writes <out>/samples_<step>.
 from __future__ import annotations
 
 import argparse
-import math
+import copy
 import sys
 
 import torch
@@ -54,8 +54,8 @@ class Trainer:
         self.G_ema = make_ema(self.G)
         # Lazy R1: Adam's betas and lr rescaled for the D steps that carry the penalty (StyleGAN2 appendix B).
         c = args.r1_every / (args.r1_every + 1)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(0, 0.99), eps=1e-8)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=args.lr * c, betas=(0, 0.99 ** c), eps=1e-8)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(0.0, 0.99), eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=args.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
         self.data, _ = C.load_images(args.data, size=args.res, channels=self.img_channels)
         self.data = self.data.to(run.device)
         self.step = 0
@@ -120,7 +120,7 @@ class Trainer:
         self.opt_D.step()
         update_ema(self.G_ema, G, a.ema_beta)
         self.step += 1
-        return {"loss_G": float(loss_G), "loss_D": float(loss_D), "r1": float(r1)}
+        return {"loss_G": loss_G.item(), "loss_D": loss_D.item(), "r1": r1.item()}
 
     def sample_grid(self, path):
         with torch.no_grad():
@@ -149,7 +149,11 @@ def train(args, run):
             C.save_checkpoint(ckpt, t.state(), run)
     bar.close()
     if stats.times:
+        # One extra step under the profiler for peak memory; the trainer is put back to its state after it, so
+        # the returned models are those of the last checkpoint.
+        saved = copy.deepcopy(t.state())
         stats.peak_bytes = C.measure_peak(lambda: t.train_step(), run.device)
+        t.load(saved)
     C.report(run, "gan/stylegan2", stats, {k: round(v, 4) for k, v in logs.items()})
     return t
 

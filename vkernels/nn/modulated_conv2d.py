@@ -65,10 +65,11 @@ class ModulatedConv2d(torch.nn.Module):
             noise = torch.randn(x.shape[0], 1, *res, device=x.device, dtype=x.dtype)
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const.to(x.dtype)
+        # .float(): module.double()/.half() casts the filter buffer too; upfirdn2d takes fp32 filters.
         act_gain = None if gain == 1 else gain * ACTIVATIONS[self.act][2]
         clamp = None if self.clamp is None else self.clamp * gain
         return modulated_conv2d(x, self.weight, s, demodulate=self.demodulate, up=self.up, padding=self.padding,
-                                resample_filter=self.resample_filter, flip_weight=self.up == 1,
+                                resample_filter=self.resample_filter.float(), flip_weight=self.up == 1,
                                 fused_modconv=fused_modconv, noise=noise,
                                 noise_strength=self.noise_strength if noise is not None else None, bias=self.bias,
                                 act=self.act, gain=act_gain, clamp=clamp, impl=self.impl)
