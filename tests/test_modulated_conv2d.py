@@ -31,6 +31,7 @@ def make(device, dtype, N=2, I=3, O=4, H=5, W=6, k=3, up=1, down=1, noise=True, 
 
 
 def run(impl, x, weight, styles, noise, ns, bias, grads=True, **kw):
+    ns = ns if noise is not None else None  # noise_strength only matters with noise
     leaves = [t.detach().clone().requires_grad_() if t is not None else None
               for t in (x, weight, styles, noise, ns, bias)]
     fn = reference if impl == "reference" else vkernels.modulated_conv2d
@@ -60,7 +61,8 @@ def compare(device, impl, dtype, grads=True, inputs=None, **kw):
     ylp, gslp = run("reference", *lp, grads=grads, **kw)
     check_close(y, ylp, y64, dtype, "y")
     if grads:
-        names = [n for n, t in zip(("x", "weight", "styles", "noise", "ns", "bias"), inputs) if t is not None]
+        used = list(inputs[:4]) + [inputs[4] if inputs[3] is not None else None, inputs[5]]
+        names = [n for n, t in zip(("x", "weight", "styles", "noise", "ns", "bias"), used) if t is not None]
         for name, a, b, c in zip(names, gs, gslp, gs64):
             dt = a.dtype
             check_close(a, b.to(dt) if b is not None else torch.zeros_like(c).to(dt), c, dt, name)
@@ -152,8 +154,9 @@ def test_opcheck(device, impl):
     for dd, nn_, bb, clamp in [(d, noise, b, None), (None, None, None, 0.5), (d, noise[:1], b, 1.0)]:
         torch.library.opcheck(eop, (y, dd, nn_, ns if nn_ is not None else None, bb, "lrelu", 0.2, math.sqrt(2),
                                     clamp))
-        torch.library.opcheck(ebop, (torch.randn_like(y), y.detach(), dd, nn_, ns if nn_ is not None else None, bb,
-                                     "lrelu", 0.2, math.sqrt(2), clamp))
+        det = [None if t is None else t.detach() for t in (dd, nn_, bb)]
+        torch.library.opcheck(ebop, (torch.randn_like(y), y.detach(), det[0], det[1],
+                                     ns if nn_ is not None else None, det[2], "lrelu", 0.2, math.sqrt(2), clamp))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -189,8 +192,18 @@ def test_module_matches_reference():
                    noise=m.noise_const, noise_strength=m.noise_strength, bias=m.bias, act="lrelu")
     torch.testing.assert_close(y, yr)
     assert "w_dim=8" in repr(m)
-    rgb = vkernels.nn.ModulatedConv2d(4, 3, 1, w_dim=8, demodulate=False, act="linear", use_noise=False)
+    rgb = vkernels.nn.ModulatedConv2d(4, 3, 1, w_dim=8, demodulate=False, act="linear", use_noise=False).double()
     assert rgb(y, w).shape == (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_second_order_raises(device, impl):
+    x, weight, styles, noise, ns, bias = make(device, torch.float64)
+    x.requires_grad_()
+    y = vkernels.modulated_conv2d(x, weight, styles, noise=noise, noise_strength=ns, bias=bias, impl=impl)
+    (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="first order"):
+        dx.sum().backward()
 
 
 def test_bad_input():

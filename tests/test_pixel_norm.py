@@ -84,6 +84,14 @@ def test_compile(device, impl):
     torch.testing.assert_close(dx.double(), dx64, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_second_order_raises(device, impl):
+    x = randn((3, 6), torch.float64, device).requires_grad_()
+    (dx,) = torch.autograd.grad(vkernels.pixel_norm(x, impl=impl).pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="first order"):
+        dx.sum().backward()
+
+
 def test_module():
     m = vkernels.nn.PixelNorm()
     x = torch.randn(4, 8)

@@ -87,6 +87,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     eop = getattr(torch.ops.vkernels, "modulated_conv2d_epilogue" + sfx)
     N = x.shape[0]
     O, I, kh, kw = weight.shape
+    fused_modconv = fused_modconv and N > 0  # a grouped conv needs groups >= 1; both paths give the empty result
     wmod, dcoefs = wop(weight, styles, demodulate, fused_modconv)
     if fused_modconv:
         y = _conv2d_resample(x.reshape(1, N * I, *x.shape[2:]), wmod.reshape(N * O, I, kh, kw).to(x.dtype), f, up,
@@ -290,7 +291,12 @@ def _register(wname: str, ename: str, ebname: str) -> None:
         out = _epi_bwd(ebop, g.contiguous(), x, d, noise, ns, b, *ctx.args, ctx.needs_input_grad[:5])
         return (*out, None, None, None, None)
 
+    def backward_eb(ctx, *grads):
+        raise RuntimeError("modulated_conv2d: gradients through the fused epilogue are first order only (its "
+                           "backward is not differentiable); use impl='reference' for higher orders")
+
     torch.library.register_autograd(f"vkernels::{wname}", backward_w, setup_context=setup_w)
+    torch.library.register_autograd(f"vkernels::{ebname}", backward_eb, setup_context=lambda ctx, inputs, output: None)
     torch.library.register_autograd(f"vkernels::{ename}", backward_e, setup_context=setup_e)
 
 

@@ -75,7 +75,12 @@ def _register(fwd: str, bwd: str) -> None:
         (x,) = ctx.saved_tensors
         return bwd_op(g, x, *ctx.args), None, None
 
+    def backward_bwd(ctx, *grads):
+        raise RuntimeError("pixel_norm: gradients through the kernels are first order only (the backward op is not "
+                           "differentiable); use impl='reference' for higher orders")
+
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
+    torch.library.register_autograd(f"vkernels::{bwd}", backward_bwd, setup_context=lambda ctx, inputs, output: None)
 
 
 def _define_triton() -> None:

@@ -42,7 +42,7 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
 
 
 def modulated_conv2d(x, weight, styles, demodulate=True, up=1, down=1, padding=0, resample_filter=None,
-                     flip_weight=True, fused_modconv=True, noise=None, noise_strength=None, bias=None, act="linear",
+                     flip_weight=True, fused_modconv=True, noise=None, noise_strength=None, bias=None, act="lrelu",
                      alpha=None, gain=None, clamp=None):
     """StyleGAN2's modulated convolution + SynthesisLayer epilogue; see vkernels.modulated_conv2d."""
     batch_size = x.shape[0]
