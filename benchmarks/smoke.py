@@ -586,6 +586,117 @@ def smoke_filtered_lrelu(ctx: Ctx) -> Iterator[Case]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# pixel_norm
+# --------------------------------------------------------------------------------------------------------------------
+# name: (shape, dim, placement)
+PIXEL_NORM_CASES = {
+    "latent": ((5, 37), 1, "contiguous"),  # the mapping network's input: C contiguous rows
+    "fmap": ((2, 7, 5, 3), 1, "contiguous"),  # normalized over a strided dim
+    "channels_last": ((2, 6, 5, 3), 1, "channels_last"),
+    "misaligned": ((3, 9, 7), -1, "offset1"),
+}
+
+
+@smoke
+def smoke_pixel_norm(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.pixel_norm import pixel_norm as reference
+
+    ops = {"cuda": "pixel_norm", "cpu": "pixel_norm", "triton": "pixel_norm_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (shape, dim, placement) in PIXEL_NORM_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and name not in ("latent", "fmap"):
+                    continue
+                g = ctx.gen("pixel_norm", impl, dn, name)
+                x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+                gr = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+                x64 = x.double().requires_grad_()
+                y64 = reference(x64, dim, 1e-8)
+                (dx64,) = torch.autograd.grad(y64, x64, gr.double())
+                xd = _place(x, placement, ctx.device, torch)
+                yield Case(f"pixel_norm/{impl}/{dn}/{name}/fwd", ops[impl], (xd, dim, 1e-8), y64.detach(),
+                           TOL_NAMES[dn], 2.0)
+                bwd = ops[impl].replace("pixel_norm", "pixel_norm_backward")
+                yield Case(f"pixel_norm/{impl}/{dn}/{name}/bwd", bwd, (_place(gr, placement, ctx.device, torch), xd,
+                                                                      dim, 1e-8), dx64, TOL_NAMES[dn] * 4,
+                           max(1.0, float(dx64.abs().max())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# modulated_conv2d (weight pass and epilogue)
+# --------------------------------------------------------------------------------------------------------------------
+@smoke
+def smoke_modulated_conv2d_weight(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    ops = {"cuda": "modulated_conv2d_weight", "cpu": "modulated_conv2d_weight",
+           "triton": "modulated_conv2d_weight_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (N, O, I, k) in {"3x3": (3, 5, 7, 3), "1x1": (2, 3, 33, 1)}.items():
+                g = ctx.gen("modconv_weight", impl, dn, name)
+                w = torch.randn(O, I, k, k, generator=g, dtype=torch.float64).to(dtype)
+                s = (torch.randn(N, I, generator=g, dtype=torch.float64) + 1).to(dtype)
+                wm = w.double()[None] * s.double()[:, None, :, None, None]
+                d = (wm.square().sum([2, 3, 4]) + 1e-8).rsqrt()
+                args = (w.to(ctx.device), s.to(ctx.device), True, True)
+                yield Case(f"modulated_conv2d_weight/{impl}/{dn}/{name}/fused", ops[impl], args,
+                           (wm * d[:, :, None, None, None], d), TOL_NAMES[dn] * 4, max(1.0, float(d.max())))
+                yield Case(f"modulated_conv2d_weight/{impl}/{dn}/{name}/dcoefs", ops[impl],
+                           (w.to(ctx.device), s.to(ctx.device), True, False), d, TOL_NAMES[dn] * 4,
+                           max(1.0, float(d.max())), select=lambda out: out[1])
+
+
+@smoke
+def smoke_modulated_conv2d_epilogue(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    import math
+    from vkernels.reference.bias_act import bias_act as ba_ref
+
+    ops = {"cuda": "modulated_conv2d_epilogue", "cpu": "modulated_conv2d_epilogue",
+           "triton": "modulated_conv2d_epilogue_triton"}
+    # name: (shape, demod, noise batch (0 = none), bias, act, clamp)
+    variants = {"full": ((2, 5, 6, 7), True, 2, True, "lrelu", 1.5), "bcast_noise": ((3, 4, 5, 5), True, 1, True,
+                "tanh", None), "plain": ((2, 3, 4, 9), False, 0, False, "linear", None)}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            for name, (shape, demod, nb, has_b, act, clamp) in variants.items():
+                if ctx.scope == "quick" and impl == "triton" and name != "full":
+                    continue
+                g = ctx.gen("modconv_epi", impl, dn, name)
+                N, O, H, W = shape
+                x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+                d = (torch.rand(N, O, generator=g, dtype=torch.float64) + 0.5).to(dtype) if demod else None
+                nz = torch.randn(nb, 1, H, W, generator=g, dtype=torch.float64).to(dtype) if nb else None
+                ns = torch.tensor(0.7, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+                b = torch.randn(O, generator=g, dtype=torch.float64).to(dtype) if has_b else None
+                gr = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+                z = x.double()
+                if d is not None:
+                    z = z * d.double()[:, :, None, None]
+                if nz is not None:
+                    z = z + nz.double() * ns.double()
+                zl = z.requires_grad_()
+                gain = math.sqrt(2) if act == "lrelu" else 1.0
+                y = ba_ref(zl, None if b is None else b.double(), 1, act, 0.2, gain, clamp)
+                (dz,) = torch.autograd.grad(y, zl, gr.double())
+                dev = [None if t is None else t.to(ctx.device) for t in (x, d, nz, ns, b)]
+                if nz is None:
+                    dev[3] = None
+                tail = (act, 0.2, gain, clamp)
+                scale = max(1.0, float(y.abs().max()))
+                yield Case(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/fwd", ops[impl], (*dev, *tail), y.detach(),
+                           TOL_NAMES[dn] * 4, scale)
+                bwd = ops[impl].replace("epilogue", "epilogue_backward")
+                yield Case(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/bwd", bwd,
+                           (gr.to(ctx.device), *dev, *tail), dz, TOL_NAMES[dn] * 4,
+                           max(1.0, float(dz.abs().max())))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""modulated_conv2d cases at StyleGAN2 256^2 layer sizes (C=512 -> 256, 32^2 -> 64^2 with up=2, and 64^2 -> 128^2).
+
+"epilogue-*": the post-convolution pass alone on the conv output (N, O, H, W): demodulation scale per (n, o),
+    noise (N, 1, H, W) * strength, bias, lrelu * sqrt(2), clamp 256 (non-fused path). Memory-bound: reads x and the
+    noise (1/O of x), writes y; ~7 FLOPs per element. Eager reference: x * d + noise * s, then bias_act.
+"layer-*": the whole layer (modulation, grouped transposed conv, FIR, epilogue), ours vs the eager reference;
+    compute-bound by the convolution (2 * N * O * I * 9 * H_in * W_in * 4 FLOPs for up=2 via conv_transpose).
+CPU sizes use a smaller batch so that the eager reference stays well under a second per call.
+"""
+import math
+
+import torch
+
+import vkernels
+from benchmarks._harness import Case, vkernels_impls
+
+EPI = dict(act="lrelu", alpha=0.2, gain=math.sqrt(2), clamp=256.0)
+
+
+def _epi_reference(x, d, noise, ns, b):
+    y = x * d[:, :, None, None] + noise * ns
+    return vkernels.reference.bias_act(y, b, 1, EPI["act"], EPI["alpha"], EPI["gain"], EPI["clamp"])
+
+
+def _epi_impl(impl):
+    op = torch.ops.vkernels.modulated_conv2d_epilogue_triton if impl == "triton" else \
+        torch.ops.vkernels.modulated_conv2d_epilogue
+
+    def fn(x, d, noise, ns, b):
+        return op(x, d, noise, ns, b, EPI["act"], EPI["alpha"], EPI["gain"], EPI["clamp"])
+    return fn
+
+
+def _layer_reference(x, weight, styles, noise, ns, b, f):
+    return vkernels.reference.modulated_conv2d(x, weight, styles, up=2, padding=1, resample_filter=f,
+                                               flip_weight=False, noise=noise, noise_strength=ns, bias=b,
+                                               act="lrelu", clamp=256.0)
+
+
+def _layer_impl(impl):
+    def fn(x, weight, styles, noise, ns, b, f):
+        return vkernels.modulated_conv2d(x, weight, styles, up=2, resample_filter=f, flip_weight=False, noise=noise,
+                                         noise_strength=ns, bias=b, act="lrelu", clamp=256.0, impl=impl)
+    return fn
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if quick:
+        epi = [(2, 16, 16, 16)]
+        layers = [(2, 16, 8, 8, 8)]
+    elif device == "cuda":
+        epi = [(32, 256, 64, 64), (32, 256, 128, 128)]
+        layers = [(32, 512, 256, 32, 32), (32, 256, 256, 64, 64)]
+    else:
+        epi = [(8, 256, 64, 64), (4, 256, 128, 128)]
+        layers = [(2, 512, 256, 32, 32), (2, 256, 256, 64, 64)]
+    dtypes = [torch.float16, torch.bfloat16] if device == "cuda" else [torch.float32]
+    out = []
+    eimpls = {f"vkernels-{i}": _epi_impl(i) for i in vkernels_impls("modulated_conv2d_epilogue", device)}
+    limpls = {f"vkernels-{i}": _layer_impl(i) for i in vkernels_impls("modulated_conv2d_epilogue", device)}
+    f = vkernels.setup_filter([1, 3, 3, 1], device=device)
+    for shape in epi:
+        n, o, h, w = shape
+        for dtype in dtypes:
+            x = (torch.randn(shape, device=device) * 64).to(dtype)
+            d = torch.rand(n, o, device=device).add(0.5).to(dtype)
+            noise = torch.randn(n, 1, h, w, device=device).to(dtype)
+            ns = torch.tensor(0.3, device=device)
+            b = torch.randn(o, device=device).to(dtype)
+            tg = []
+            if device == "cpu":
+                tg = [("vkernels-cpu", "speedup_vs_compile", ">=", 1.0), ("vkernels-cpu", "ratio_vs_clone", "<=", 1.15)]
+            out.append(Case(op="modulated_conv2d", size="epilogue-" + "x".join(map(str, shape)), dtype=dtype,
+                            inputs=(x, d, noise, ns, b), reference=_epi_reference, impls=eimpls,
+                            bytes=2 * x.nbytes + noise.nbytes, flops=7 * x.numel(), bound="memory", targets=tg))
+    for n, i, o, h, w in layers:
+        for dtype in dtypes:
+            x = torch.randn(n, i, h, w, device=device).to(dtype)
+            weight = torch.randn(o, i, 3, 3, device=device)
+            styles = torch.randn(n, i, device=device) + 1
+            noise = torch.randn(n, 1, 2 * h, 2 * w, device=device).to(dtype)
+            ns = torch.tensor(0.3, device=device)
+            b = torch.randn(o, device=device).to(dtype)
+            ybytes = n * o * 4 * h * w * x.element_size()
+            out.append(Case(op="modulated_conv2d", size=f"layer-{n}x{i}x{h}x{w}-to-{o}x{2 * h}x{2 * w}", dtype=dtype,
+                            inputs=(x, weight, styles, noise, ns, b, f), reference=_layer_reference, impls=limpls,
+                            bytes=x.nbytes + ybytes + n * weight.nbytes, flops=2 * n * o * i * 9 * h * w * 4,
+                            bound="compute",
+                            targets=[(p, "speedup_vs_eager", ">=", 1.0) for p in limpls]))
+    return out

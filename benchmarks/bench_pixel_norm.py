@@ -1,0 +1,41 @@
+"""pixel_norm cases: StyleGAN2's mapping-network input (N=32, z=512) and ProGAN-style pixel norm of a feature map.
+
+Memory-bound: x read (twice, the second usually from cache) and y written; ~3 FLOPs per element.
+"""
+import torch
+
+import vkernels
+from benchmarks._harness import Case, vkernels_impls
+
+
+def _reference(x):
+    return vkernels.reference.pixel_norm(x, 1, 1e-8)
+
+
+def _impl(impl):
+    def fn(x):
+        return vkernels.pixel_norm(x, 1, 1e-8, impl=impl)
+    return fn
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if quick:
+        shapes = [(4, 64), (2, 16, 8, 8)]
+    elif device == "cuda":
+        shapes = [(32, 512), (32, 512, 32, 32), (32, 256, 64, 64)]
+    else:
+        shapes = [(32, 512), (8, 512, 32, 32), (4, 256, 64, 64)]
+    dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+    impls = {f"vkernels-{i}": _impl(i) for i in vkernels_impls("pixel_norm", device)}
+    out = []
+    for shape in shapes:
+        for dtype in dtypes:
+            x = torch.randn(shape, device=device).to(dtype)
+            targets = []
+            if device == "cpu" and dtype == torch.float32 and len(shape) == 4:
+                targets = [("vkernels-cpu", "speedup_vs_compile", ">=", 1.0),
+                           ("vkernels-cpu", "ratio_vs_clone", "<=", 1.15)]
+            out.append(Case(op="pixel_norm", size="x".join(map(str, shape)), dtype=dtype, inputs=(x,),
+                            reference=_reference, impls=impls, bytes=2 * x.nbytes, flops=3 * x.numel(),
+                            bound="memory", targets=targets))
+    return out

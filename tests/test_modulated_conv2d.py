@@ -1,0 +1,245 @@
+"""modulated_conv2d: every implementation against a reference written from NVlabs' modulated_conv2d +
+conv2d_resample (generic path) + bias_act, in fp64: demodulate on/off, fused/non-fused, up=2 / down=2 with a FIR
+filter, 1x1 and 3x3 kernels, noise/bias/act/clamp variants, dtypes (2x rule), odd shapes, non-contiguous input;
+gradients of x, weight, styles, bias, noise and noise_strength; gradcheck; opcheck of every new op;
+torch.compile(fullgraph=True); the module; bad input."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import vkernels
+from vkernels.reference.modulated_conv2d import modulated_conv2d as reference
+from _common import check_close, impl_params, randn
+
+OP = "modulated_conv2d_epilogue"
+IMPLS = impl_params(OP)
+F_1331 = vkernels.setup_filter([1, 3, 3, 1])
+
+
+def make(device, dtype, N=2, I=3, O=4, H=5, W=6, k=3, up=1, down=1, noise=True, wdtype=None):
+    wdtype = wdtype or dtype
+    x = randn((N, I, H, W), dtype, device)
+    weight = randn((O, I, k, k), wdtype, device)
+    styles = (randn((N, I), wdtype, "cpu") * 0.5 + 1).to(device)
+    oh, ow = H * up // down, W * up // down  # [1, 3, 3, 1] filter, padding k // 2: floor for down=2
+    nz = randn((N, 1, oh, ow), dtype, device) if noise else None
+    bias = randn((O,), dtype, device)
+    ns = torch.tensor(0.7, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
+    return x, weight, styles, nz, ns, bias
+
+
+def run(impl, x, weight, styles, noise, ns, bias, grads=True, **kw):
+    ns = ns if noise is not None else None  # noise_strength only matters with noise
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None
+              for t in (x, weight, styles, noise, ns, bias)]
+    fn = reference if impl == "reference" else vkernels.modulated_conv2d
+    extra = {} if impl == "reference" else {"impl": impl}
+    kw = dict(kw)
+    if impl == "reference":
+        kw["padding"] = kw.get("padding", weight.shape[-1] // 2)
+        if kw.get("up", 1) > 1 or kw.get("down", 1) > 1:
+            kw["resample_filter"] = F_1331.to(x.device)
+    y = fn(leaves[0], leaves[1], leaves[2], noise=leaves[3], noise_strength=leaves[4] if noise is not None else None,
+           bias=leaves[5], **kw, **extra)
+    if not grads:
+        return y, None
+    g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    req = [t for t in leaves if t is not None]
+    gs = torch.autograd.grad((y.double().cpu() * g).sum(), req, allow_unused=True)
+    return y, gs
+
+
+def compare(device, impl, dtype, grads=True, inputs=None, **kw):
+    inputs = inputs or make(device, dtype, up=kw.get("up", 1), down=kw.get("down", 1),
+                            noise=kw.pop("noise", True))
+    y, gs = run(impl, *inputs, grads=grads, **kw)
+    cpu64 = [t.detach().double().cpu() if t is not None else None for t in inputs]
+    y64, gs64 = run("reference", *cpu64, grads=grads, **kw)
+    lp = [t.detach().cpu() if t is not None else None for t in inputs]
+    ylp, gslp = run("reference", *lp, grads=grads, **kw)
+    check_close(y, ylp, y64, dtype, "y")
+    if grads:
+        used = list(inputs[:4]) + [inputs[4] if inputs[3] is not None else None, inputs[5]]
+        names = [n for n, t in zip(("x", "weight", "styles", "noise", "ns", "bias"), used) if t is not None]
+        for name, a, b, c in zip(names, gs, gslp, gs64):
+            dt = a.dtype
+            check_close(a, b.to(dt) if b is not None else torch.zeros_like(c).to(dt), c, dt, name)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("demodulate,fused", list(itertools.product([True, False], [True, False])))
+@pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 1, 1), (2, 1, 1), (1, 2, 1)])
+def test_matches_reference_fp64(device, impl, demodulate, fused, up, down, k):
+    inputs = make(device, torch.float64, up=up, down=down, k=k)
+    compare(device, impl, torch.float64, inputs=inputs, demodulate=demodulate, fused_modconv=fused, up=up, down=down)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("act,clamp,noise", [("lrelu", None, True), ("lrelu", 0.5, True), ("linear", None, False),
+                                             ("tanh", 0.8, True), ("swish", None, False), ("relu", None, True)])
+def test_epilogue_variants(device, impl, act, clamp, noise):
+    inputs = make(device, torch.float64, noise=noise)
+    compare(device, impl, torch.float64, inputs=inputs, act=act, clamp=clamp, fused_modconv=False)
+    compare(device, impl, torch.float64, inputs=inputs, act=act, clamp=clamp, fused_modconv=True)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fused", [True, False])
+def test_dtypes(device, impl, dtype, fused):
+    # fp32 weights/styles with low-precision activations, as StyleGAN runs its fp16 layers.
+    inputs = make(device, dtype, wdtype=torch.float32, N=3, I=5, O=6, H=7, W=5)
+    compare(device, impl, dtype, grads=dtype == torch.float32, inputs=inputs, fused_modconv=fused, clamp=2.0)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_up2_odd_shapes_noncontiguous_const_noise(device, impl):
+    x, weight, styles, _, ns, bias = make(device, torch.float64, N=3, I=5, O=2, H=3, W=7)
+    x = x.transpose(2, 3).contiguous().transpose(2, 3)  # non-contiguous
+    noise = randn((1, 1, 6, 14), torch.float64, device)  # one noise image broadcast over the batch
+    assert not x.is_contiguous()
+    compare(device, impl, torch.float64, inputs=(x, weight, styles, noise, ns, bias), up=2)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    compare(device, impl, torch.float64, inputs=(xcl, weight, styles, noise, ns, bias), fused_modconv=False, up=2)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_fused_equals_nonfused(device, impl):
+    x, weight, styles, noise, ns, bias = make(device, torch.float64, up=2, N=2, H=4, W=4)
+    a = vkernels.modulated_conv2d(x, weight, styles, up=2, noise=noise, noise_strength=ns, bias=bias,
+                                  fused_modconv=True, impl=impl)
+    b = vkernels.modulated_conv2d(x, weight, styles, up=2, noise=noise, noise_strength=ns, bias=bias,
+                                  fused_modconv=False, impl=impl)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_empty_batch(device, impl):
+    x, weight, _, _, _, bias = make(device, torch.float32)
+    y = vkernels.modulated_conv2d(x[:0], weight, torch.ones(0, 3, device=device), bias=bias, impl=impl)
+    assert y.shape == (0, 4, 5, 6)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradcheck(device, impl, fused):
+    x, weight, styles, noise, ns, bias = make(device, torch.float64, N=2, I=2, O=3, H=3, W=3)
+    ns = ns.double()
+
+    def fn(x, weight, styles, ns, bias):
+        return vkernels.modulated_conv2d(x, weight, styles, noise=noise, noise_strength=ns, bias=bias, clamp=1.5,
+                                         fused_modconv=fused, impl=impl)
+
+    args = tuple(t.detach().requires_grad_() for t in (x, weight, styles, ns, bias))
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def _ops(impl):
+    sfx = "_triton" if impl == "triton" else ""
+    return [getattr(torch.ops.vkernels, n + sfx) for n in
+            ("modulated_conv2d_weight", "modulated_conv2d_epilogue", "modulated_conv2d_epilogue_backward")]
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    wop, eop, ebop = _ops(impl)
+    x, weight, styles, noise, ns, bias = make(device, torch.float32)
+    for demod, fused in itertools.product([True, False], [True, False]):
+        torch.library.opcheck(wop, (weight.requires_grad_(), styles.requires_grad_(), demod, fused))
+    y = randn((2, 4, 5, 6), torch.float32, device).requires_grad_()
+    d = randn((2, 4), torch.float32, device).requires_grad_()
+    b = bias.detach().requires_grad_()
+    for dd, nn_, bb, clamp in [(d, noise, b, None), (None, None, None, 0.5), (d, noise[:1], b, 1.0)]:
+        torch.library.opcheck(eop, (y, dd, nn_, ns if nn_ is not None else None, bb, "lrelu", 0.2, math.sqrt(2),
+                                    clamp))
+        det = [None if t is None else t.detach() for t in (dd, nn_, bb)]
+        torch.library.opcheck(ebop, (torch.randn_like(y), y.detach(), det[0], det[1],
+                                     ns if nn_ is not None else None, det[2], "lrelu", 0.2, math.sqrt(2), clamp))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_compile(device, impl):
+    torch._dynamo.reset()
+    x, weight, styles, noise, ns, bias = make(device, torch.float32, up=2)
+    weight.requires_grad_()
+
+    def fn(x, weight, styles, noise, ns, bias):
+        return vkernels.modulated_conv2d(x, weight, styles, up=2, noise=noise, noise_strength=ns, bias=bias,
+                                         impl=impl).square().sum()
+
+    loss = torch.compile(fn, fullgraph=True)(x, weight, styles, noise, ns, bias)
+    (dw,) = torch.autograd.grad(loss, weight)
+    w64 = weight.detach().double().requires_grad_()
+    l64 = reference(x.double(), w64, styles.double(), up=2, padding=1, resample_filter=F_1331, noise=noise.double(),
+                    noise_strength=ns.double(), bias=bias.double(), act="lrelu").square().sum()
+    (dw64,) = torch.autograd.grad(l64, w64)
+    torch.testing.assert_close(loss.double(), l64, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(dw.double(), dw64, rtol=1e-3, atol=1e-3)
+
+
+def test_module_matches_reference():
+    torch.manual_seed(0)
+    m = vkernels.nn.ModulatedConv2d(3, 4, 3, w_dim=8, up=2, resolution=8).double()
+    with torch.no_grad():
+        m.noise_strength.fill_(0.3)
+        m.bias.normal_()
+    x, w = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64)
+    y = m(x, w, noise_mode="const")
+    s = m.styles(w)
+    yr = reference(x, m.weight, s, up=2, padding=1, resample_filter=m.resample_filter, flip_weight=False,
+                   noise=m.noise_const, noise_strength=m.noise_strength, bias=m.bias, act="lrelu")
+    torch.testing.assert_close(y, yr)
+    assert "w_dim=8" in repr(m)
+    rgb = vkernels.nn.ModulatedConv2d(4, 3, 1, w_dim=8, demodulate=False, act="linear", use_noise=False).double()
+    assert rgb(y, w).shape == (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_second_order_raises(device, impl):
+    x, weight, styles, noise, ns, bias = make(device, torch.float64)
+    x.requires_grad_()
+    y = vkernels.modulated_conv2d(x, weight, styles, noise=noise, noise_strength=ns, bias=bias, impl=impl)
+    (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="first order"):
+        dx.sum().backward()
+
+
+def test_bad_input():
+    x, weight, styles, noise, ns, bias = make("cpu", torch.float32)
+    mc = vkernels.modulated_conv2d
+    with pytest.raises(ValueError, match="weight must have shape"):
+        mc(x, weight[0], styles)
+    with pytest.raises(ValueError, match=r"weight.shape\[1\]"):
+        mc(x, weight[:, :2], styles)
+    with pytest.raises(ValueError, match="styles must have shape"):
+        mc(x, weight, styles[:, :2])
+    with pytest.raises(ValueError, match="x must have shape"):
+        mc(x[0], weight, styles)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        mc(x, weight, styles, noise=noise[:, :, :3])
+    with pytest.raises(ValueError, match="noise must have shape"):
+        mc(x, weight, styles, noise=noise.repeat(1, 2, 1, 1))
+    with pytest.raises(ValueError, match="act must be one of"):
+        mc(x, weight, styles, act="gelu2")
+    with pytest.raises(TypeError, match="x must be float16"):
+        mc(x.int(), weight, styles)
+    with pytest.raises(TypeError, match="styles.dtype"):
+        mc(x, weight, styles.double())
+    with pytest.raises(ValueError, match="bias must have shape"):
+        mc(x, weight, styles, bias=bias[:2])
+    with pytest.raises(ValueError, match="up must be"):
+        mc(x, weight, styles, up=0)
+    with pytest.raises(ValueError, match="resample_filter"):
+        mc(x, weight, styles, up=2, resample_filter=torch.ones(2, 2, 2))
+    with pytest.raises(ValueError, match="clamp"):
+        mc(x, weight, styles, clamp=-1.0)
+    with pytest.raises(ValueError, match="weight is on meta"):
+        mc(x, weight.to("meta"), styles)
+    with pytest.raises(RuntimeError, match="noise must have shape"):
+        torch.ops.vkernels.modulated_conv2d_epilogue(x, None, noise[:, :, :2], None, None, "lrelu", 0.2, 1.0, None)
+    with pytest.raises(RuntimeError, match="act must be one of"):
+        torch.ops.vkernels.modulated_conv2d_epilogue(x, None, None, None, None, "nope", 0.2, 1.0, None)
+    with pytest.raises(RuntimeError, match="styles must have shape"):
+        torch.ops.vkernels.modulated_conv2d_weight(weight, styles[:, :1], True, True)

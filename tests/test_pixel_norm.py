@@ -1,0 +1,112 @@
+"""pixel_norm: every implementation against the fp64 reference (forward and gradient), dims, layouts, dtypes,
+empty tensors; gradcheck; opcheck; torch.compile; module; bad input."""
+import pytest
+import torch
+
+import vkernels
+from vkernels.reference.pixel_norm import pixel_norm as reference
+from _common import check_close, impl_params, randn
+
+OP = "pixel_norm"
+IMPLS = impl_params(OP)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def run_case(device, impl, x, dim, eps=1e-8):
+    dtype = x.dtype
+    xl = x.detach().clone().requires_grad_()
+    y = vkernels.pixel_norm(xl, dim, eps, impl=impl)
+    g = randn(y.shape, torch.float64, "cpu")
+    (dx,) = torch.autograd.grad(y, xl, g.to(device=device, dtype=dtype))
+    x64 = x.detach().double().cpu().requires_grad_()
+    y64 = reference(x64, dim, eps)
+    (dx64,) = torch.autograd.grad(y64, x64, g)
+    xlp = x.detach().cpu().requires_grad_()
+    ylp = reference(xlp, dim, eps)
+    (dxlp,) = torch.autograd.grad(ylp, xlp, g.to(dtype))
+    check_close(y, ylp, y64, dtype, "y")
+    check_close(dx, dxlp, dx64, dtype, "dx")
+    return y
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,dim", [((5, 37), 1), ((3, 7, 5, 6), 1), ((2, 3, 300), 1), ((4, 5, 3), -1),
+                                       ((6, 2, 3), 0), ((11,), 0)])
+def test_matches_reference(device, impl, dtype, shape, dim):
+    x = randn(shape, dtype, device, scale=3.0)
+    run_case(device, impl, x, dim)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_layouts(device, impl):
+    x = randn((2, 9, 5, 4), torch.float32, device).to(memory_format=torch.channels_last)
+    y = run_case(device, impl, x, 1)
+    xt = randn((7, 5), torch.float32, device).t()  # non-contiguous
+    run_case(device, impl, xt, 1)
+    run_case(device, impl, randn((3, 8, 4), torch.float32, device)[:, ::2], 1)  # strided
+    assert y.shape == x.shape
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_eps_and_empty(device, impl):
+    x = randn((3, 5), torch.float64, device) * 1e-3
+    torch.testing.assert_close(vkernels.pixel_norm(x, 1, 0.1, impl=impl), reference(x, 1, 0.1))
+    e = torch.empty(0, 4, device=device)
+    assert vkernels.pixel_norm(e, 1, impl=impl).shape == (0, 4)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_gradcheck(device, impl):
+    x = randn((3, 6, 2), torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: vkernels.pixel_norm(t, 1, 1e-8, impl=impl), (x,))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    op = torch.ops.vkernels.pixel_norm_triton if impl == "triton" else torch.ops.vkernels.pixel_norm
+    bop = (torch.ops.vkernels.pixel_norm_backward_triton if impl == "triton"
+           else torch.ops.vkernels.pixel_norm_backward)
+    x = randn((3, 5, 2), torch.float32, device).requires_grad_()
+    torch.library.opcheck(op, (x, 1, 1e-8))
+    torch.library.opcheck(bop, (randn((3, 5, 2), torch.float32, device), x.detach(), 1, 1e-8))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_compile(device, impl):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: vkernels.pixel_norm(t, 1, impl=impl).square().sum(), fullgraph=True)
+    x = randn((4, 6), torch.float32, device).requires_grad_()
+    loss = fn(x)
+    (dx,) = torch.autograd.grad(loss, x)
+    x64 = x.detach().double().requires_grad_()
+    (dx64,) = torch.autograd.grad(reference(x64).square().sum(), x64)
+    torch.testing.assert_close(dx.double(), dx64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_second_order_raises(device, impl):
+    x = randn((3, 6), torch.float64, device).requires_grad_()
+    (dx,) = torch.autograd.grad(vkernels.pixel_norm(x, impl=impl).pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="first order"):
+        dx.sum().backward()
+
+
+def test_module():
+    m = vkernels.nn.PixelNorm()
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(m(x), reference(x))
+    assert "dim=1" in repr(m)
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="x must be float16"):
+        vkernels.pixel_norm(torch.ones(3, 4, dtype=torch.int32))
+    with pytest.raises(IndexError, match="dim"):
+        vkernels.pixel_norm(torch.ones(3, 4), dim=2)
+    with pytest.raises(ValueError, match="eps"):
+        vkernels.pixel_norm(torch.ones(3, 4), eps=-1.0)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        vkernels.pixel_norm(torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match="dim"):
+        torch.ops.vkernels.pixel_norm(torch.ones(3, 4), 5, 1e-8)

@@ -1,0 +1,108 @@
+"""pixel_norm: y = x * rsqrt(mean(x^2 over dim) + eps) (StyleGAN's normalize_2nd_moment, ProGAN's pixel norm).
+
+Registration: the schema lives in csrc/ops/pixel_norm.cpp; this file adds fake kernels, autograd (first order; the
+backward op recomputes the norm from x, so only x is kept alive), the Triton variant and the public function.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from vkernels import _backend
+from vkernels.reference.pixel_norm import pixel_norm as _reference
+
+__all__ = ["pixel_norm"]
+
+_INFO = _backend.register_op("pixel_norm", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "auto") -> torch.Tensor:
+    r"""Pixelwise feature normalization: y = x * rsqrt(mean(x^2, dim) + eps).
+
+    Args:
+        x: any shape with at least one dimension, float16/bfloat16/float32/float64 (accumulated in fp32, fp64 for
+            fp64). channels_last 4-D input with dim=1 is read in place on CPU.
+        dim: the dimension normalized over (StyleGAN: the latent/channel dimension 1).
+        eps: added to the mean square, >= 0.
+        impl: "auto" | "cpu" | "triton" | "reference"; see `vkernels.resolve_impl`.
+
+    Returns:
+        A tensor of x's shape and dtype. Differentiable once (first order) through the kernels; the reference
+        (impl="reference") is differentiable to any order.
+    """
+    _check(x, dim, eps)
+    impl = _backend.resolve_impl("pixel_norm", x, impl)
+    if impl == "reference":
+        return _reference(x, dim, float(eps))
+    op = torch.ops.vkernels.pixel_norm_triton if impl == "triton" else torch.ops.vkernels.pixel_norm
+    return op(x, dim, float(eps))
+
+
+def _check(x, dim, eps):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"pixel_norm: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"pixel_norm: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError("pixel_norm: x must have at least one dimension, got a 0-dim tensor")
+    if not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
+        raise IndexError(f"pixel_norm: dim must be an int in [{-x.ndim}, {x.ndim - 1}] for x of shape "
+                         f"{tuple(x.shape)}, got {dim!r}")
+    if not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"pixel_norm: eps must be a finite number >= 0, got {eps!r}")
+
+
+def _register(fwd: str, bwd: str) -> None:
+    bwd_op = getattr(torch.ops.vkernels, bwd).default
+
+    @torch.library.register_fake(f"vkernels::{fwd}")
+    def _fake_fwd(x, dim, eps):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake(f"vkernels::{bwd}")
+    def _fake_bwd(grad, x, dim, eps):
+        return torch.empty_like(x)
+
+    def setup(ctx, inputs, output):
+        x, dim, eps = inputs
+        ctx.args = (dim, eps)
+        ctx.save_for_backward(x)
+
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return bwd_op(g, x, *ctx.args), None, None
+
+    def backward_bwd(ctx, *grads):
+        raise RuntimeError("pixel_norm: gradients through the kernels are first order only (the backward op is not "
+                           "differentiable); use impl='reference' for higher orders")
+
+    torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
+    torch.library.register_autograd(f"vkernels::{bwd}", backward_bwd, setup_context=lambda ctx, inputs, output: None)
+
+
+def _define_triton() -> None:
+    def fwd(x, dim, eps):
+        from vkernels.triton import pixel_norm as tk
+        _check(x, dim, eps)
+        return tk.launch(x, None, dim, eps)
+
+    def bwd(grad, x, dim, eps):
+        from vkernels.triton import pixel_norm as tk
+        _check(x, dim, eps)
+        if grad.shape != x.shape or grad.dtype != x.dtype:
+            raise RuntimeError(f"pixel_norm_backward: grad ({tuple(grad.shape)}, {grad.dtype}) must match x "
+                               f"({tuple(x.shape)}, {x.dtype})")
+        return tk.launch(x, grad, dim, eps)
+
+    _backend.define_triton_variant("pixel_norm", fwd)
+    _backend.define_triton_variant("pixel_norm_backward", bwd)
+
+
+if _backend.has_op("pixel_norm"):
+    _register("pixel_norm", "pixel_norm_backward")
+    if _backend.HAS_TRITON:
+        _define_triton()
+        _register("pixel_norm_triton", "pixel_norm_backward_triton")

@@ -1,0 +1,70 @@
+"""pixel_norm in Triton: x viewed as (outer, C, inner) contiguous; one program per (outer row, BLOCK_J columns).
+
+Forward reads x twice (sum of squares over C, then scale) and writes y; backward reads x and g twice, writes dx.
+Accumulation in fp32 (fp64 for fp64 inputs).
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from vkernels._backend import TRITON_INTERPRET
+
+
+@triton.jit
+def _pixel_norm_kernel(out_ptr, x_ptr, g_ptr, eps_ptr, C, inner, BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_J: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    jb = tl.program_id(1)
+    ct = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    eps = tl.load(eps_ptr).to(ct)
+    cols = jb * BLOCK_J + tl.arange(0, BLOCK_J)
+    cmask = cols < inner
+    base = row * C * inner
+    ss = tl.zeros([BLOCK_J], dtype=ct)
+    gx = tl.zeros([BLOCK_J], dtype=ct)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        m = (cs[:, None] < C) & cmask[None, :]
+        offs = base + cs[:, None] * inner + cols[None, :]
+        xv = tl.load(x_ptr + offs, mask=m, other=0.0).to(ct)
+        ss += tl.sum(xv * xv, axis=0)
+        if BACKWARD:
+            gv = tl.load(g_ptr + offs, mask=m, other=0.0).to(ct)
+            gx += tl.sum(gv * xv, axis=0)
+    r = 1.0 / tl.sqrt(ss / C + eps)
+    coef = gx / C * r * r * r
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        m = (cs[:, None] < C) & cmask[None, :]
+        offs = base + cs[:, None] * inner + cols[None, :]
+        xv = tl.load(x_ptr + offs, mask=m, other=0.0).to(ct)
+        if BACKWARD:
+            gv = tl.load(g_ptr + offs, mask=m, other=0.0).to(ct)
+            y = gv * r[None, :] - xv * coef[None, :]
+        else:
+            y = xv * r[None, :]
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def launch(x, g, dim, eps):
+    """pixel_norm forward (g None) or backward (g = incoming gradient) of x along dim; contiguous output."""
+    dim = dim % x.ndim
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    C = x.shape[dim]
+    outer = 1
+    for s in x.shape[:dim]:
+        outer *= s
+    inner = x.numel() // (outer * C)
+    block_j = min(triton.next_power_of_2(inner), 64)
+    block_c = min(triton.next_power_of_2(C), max(16, (8192 if TRITON_INTERPRET else 2048) // block_j))
+    eps_t = torch.tensor([eps], dtype=torch.float64, device=x.device)
+    gg = g.contiguous() if g is not None else x
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _pixel_norm_kernel[(outer, triton.cdiv(inner, block_j))](out, x, gg, eps_t, C, inner, BACKWARD=g is not None,
+                                                                BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
+    return out
