@@ -74,7 +74,10 @@ def test_gradcheck_and_gradgradcheck(device, impl, norm, act):
         return vkernels.spade_norm_act(x, g, b, norm, act=act, gain=1.2, impl=impl)
 
     torch.autograd.gradcheck(f, (x, g, b))
-    torch.autograd.gradgradcheck(f, (x, g, b))
+    if impl != "triton" or device == "cuda":
+        # The backward (and so double backward) is the same Python code for every impl; only the forward
+        # kernel differs, and gradgradcheck's ~700 forwards are too slow through the Triton interpreter.
+        torch.autograd.gradgradcheck(f, (x, g, b))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)

@@ -131,7 +131,10 @@ def test_gradcheck_and_gradgradcheck(device, impl, norm, mode, act):
         return vkernels.upsample_norm_act(x, 2, mode, norm, w, b, ss, sb, act=act, gain=1.3, impl=impl)
 
     torch.autograd.gradcheck(f, (x, w, b, ss, sb))
-    torch.autograd.gradgradcheck(f, (x, w, b, ss, sb))
+    if impl != "triton" or device == "cuda":
+        # The backward (and so double backward) is the same Python code for every impl; only the forward
+        # kernel differs, and gradgradcheck's ~700 forwards are too slow through the Triton interpreter.
+        torch.autograd.gradgradcheck(f, (x, w, b, ss, sb))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
