@@ -697,6 +697,79 @@ def smoke_modulated_conv2d_epilogue(ctx: Ctx) -> Iterator[Case]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# upsample_norm_act / spade_norm_act (stats + apply kernels; their backward is composed of torch ops + bias_act_grad)
+# --------------------------------------------------------------------------------------------------------------------
+# name: (N, C, H, W), scale, mode, channels_last
+NORM_ACT_CASES = {
+    "nearest2": ((2, 5, 7, 6), 2, "nearest", False),
+    "bilinear3_cl": ((3, 4, 5, 9), 3, "bilinear", True),
+}
+
+
+@smoke
+def smoke_upsample_norm_act(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.upsample_norm_act import act_gain_clamp, upsample
+
+    sfx = {"cuda": "", "cpu": "", "triton": "_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        ct = torch.float64 if dtype == torch.float64 else torch.float32
+        for impl in ctx.impls:
+            for name, (shape, s, mode, cl) in NORM_ACT_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and dn != "float32":
+                    continue
+                g = ctx.gen("upsample_norm_act", impl, dn, name)
+                x = (torch.randn(shape, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+                N, C = shape[:2]
+                u = upsample(x.double(), s, mode)
+                xd = x.to(ctx.device)
+                if cl:
+                    xd = xd.contiguous(memory_format=torch.channels_last)
+                for per_sample in (False, True):
+                    dims = (2, 3) if per_sample else (0, 2, 3)
+                    var, mean = torch.var_mean(u, dims, correction=0)
+                    yield Case(f"upsample_norm_act_stats/{impl}/{dn}/{name}/{per_sample}",
+                               "upsample_norm_act_stats" + sfx[impl], (xd, s, mode, per_sample), (mean, var),
+                               TOL_NAMES[dn], 4.0)
+                m, a, b = (torch.randn(N, C, generator=g, dtype=torch.float64) for _ in range(3))
+                z = (u - m[:, :, None, None]) * a[:, :, None, None] + b[:, :, None, None]
+                expect = act_gain_clamp(z, "lrelu", 0.2, 1.4, 3.0)
+                args = (xd, *(t.to(device=ctx.device, dtype=ct) for t in (m, a, b)), s, mode, "lrelu", 0.2, 1.4, 3.0)
+                yield Case(f"upsample_norm_act/{impl}/{dn}/{name}", "upsample_norm_act" + sfx[impl], args, expect,
+                           TOL_NAMES[dn], 4.0)
+
+
+@smoke
+def smoke_spade_norm_act(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.upsample_norm_act import act_gain_clamp
+
+    sfx = {"cuda": "", "cpu": "", "triton": "_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        ct = torch.float64 if dtype == torch.float64 else torch.float32
+        for impl in ctx.impls:
+            for name, (shape, _, _, cl) in NORM_ACT_CASES.items():
+                if ctx.scope == "quick" and impl == "triton" and dn != "float32":
+                    continue
+                g = ctx.gen("spade_norm_act", impl, dn, name)
+                x, gm, bt = (torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(3))
+                N, C = shape[:2]
+                m = torch.randn(N, C, generator=g, dtype=torch.float64)
+                r = torch.rand(N, C, generator=g, dtype=torch.float64) + 0.5
+                z = (x.double() - m[:, :, None, None]) * r[:, :, None, None] * (1 + gm.double()) + bt.double()
+                expect = act_gain_clamp(z, "tanh", 0.2, 1.3, 1.0)
+                xd = x.to(ctx.device)
+                if cl:
+                    xd = xd.contiguous(memory_format=torch.channels_last)
+                args = (xd, m.to(ctx.device, ct), r.to(ctx.device, ct), gm.to(ctx.device), bt.to(ctx.device), "tanh",
+                        0.2, 1.3, 1.0)
+                yield Case(f"spade_norm_act/{impl}/{dn}/{name}", "spade_norm_act" + sfx[impl], args, expect,
+                           TOL_NAMES[dn], 8.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # runner
 # --------------------------------------------------------------------------------------------------------------------
 

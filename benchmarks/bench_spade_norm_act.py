@@ -1,0 +1,46 @@
+"""spade_norm_act cases: SPADE ResBlk normalization, batch norm (train mode) * (1 + gamma) + beta -> lrelu.
+
+Memory-bound: reads x twice (statistics, apply), gamma and beta once, writes out once; ~6 FLOPs per element.
+Floor: x.clone() (allocate and write one x-sized tensor).
+"""
+import torch
+
+import vkernels
+from benchmarks._harness import Case, vkernels_impls
+
+ARGS = dict(norm="batch", act="lrelu", alpha=0.2, gain=1.0)
+
+
+def _reference(x, g, b):
+    return vkernels.reference.spade_norm_act(x, g, b, **ARGS)
+
+
+def _impl(impl):
+    def fn(x, g, b):
+        return vkernels.spade_norm_act(x, g, b, **ARGS, impl=impl)
+    return fn
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    # SPADE generator at 256x256 (ngf=64): 1024 channels at 16^2 ... 128 channels at 128^2; batch 8.
+    shapes = [(2, 16, 8, 8)] if quick else [(8, 256, 64, 64), (8, 128, 128, 128)]
+    dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+    impls = {f"vkernels-{i}": _impl(i) for i in vkernels_impls("spade_norm_act", device)}
+    out = []
+    for shape in shapes:
+        for dtype in dtypes:
+            x = torch.randn(shape, device=device).to(dtype)
+            g = (torch.randn(shape, device=device) * 0.3).to(dtype)
+            b = (torch.randn(shape, device=device) * 0.3).to(dtype)
+            out.append(Case(op="spade_norm_act", size="x".join(map(str, shape)), dtype=dtype, inputs=(x, g, b),
+                            reference=_reference, impls=impls, bytes=5 * x.nbytes, flops=6 * x.numel(),
+                            bound="memory", targets=_targets(device, dtype, impls)))
+    return out
+
+
+def _targets(device, dtype, impls):
+    if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return [t for p in impls for t in ((p, "frac_copy_bw", ">=", 0.8), (p, "speedup_vs_compile", ">=", 1.3))]
+    if device == "cpu" and dtype == torch.float32:
+        return [("vkernels-cpu", "ratio_vs_clone", "<=", 1.15), ("vkernels-cpu", "speedup_vs_compile", ">=", 1.0)]
+    return []

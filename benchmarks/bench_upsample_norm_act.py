@@ -1,0 +1,62 @@
+"""upsample_norm_act cases: a generator block's upsample -> batch norm (train mode) -> lrelu, and BigGAN's
+upsample -> class-conditional batch norm -> relu.
+
+Memory-bound: reads the low-resolution x twice (statistics, then apply) and writes the s*s times larger output once;
+~4 FLOPs per output (subtract, scale, shift, activation) plus 6 for bilinear interpolation. The floor is
+allocating and writing an output-sized tensor (`clone` of an output-shaped input that the providers ignore).
+"""
+import torch
+
+import vkernels
+from benchmarks._harness import Case, vkernels_impls
+
+
+def _reference(args):
+    def fn(x, w, b, ss, sb, _floor):
+        return vkernels.reference.upsample_norm_act(x, **args, weight=w, bias=b, style_scale=ss, style_bias=sb)
+    return fn
+
+
+def _impl(impl, args):
+    def fn(x, w, b, ss, sb, _floor):
+        return vkernels.upsample_norm_act(x, **args, weight=w, bias=b, style_scale=ss, style_bias=sb, impl=impl)
+    return fn
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    # name: (N, C, H, W), scale, mode, act, conditional. StyleGAN2-256 sizes (C=256, 32^2 -> 64^2) and a
+    # BigGAN-128 G block (ch=96: 384 channels, 32^2 -> 64^2, class-conditional BN).
+    if quick:
+        shapes = {"small-nearest": ((2, 16, 8, 8), 2, "nearest", "lrelu", False),
+                  "small-bilinear-cond": ((2, 16, 8, 8), 2, "bilinear", "relu", True)}
+    else:
+        shapes = {"sg2-32to64-nearest": ((32, 256, 32, 32), 2, "nearest", "lrelu", False),
+                  "sg2-32to64-bilinear": ((32, 256, 32, 32), 2, "bilinear", "lrelu", False),
+                  "biggan128-cbn-nearest": ((16, 384, 32, 32), 2, "nearest", "relu", True)}
+    dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+    out = []
+    for name, (shape, scale, mode, act, cond) in shapes.items():
+        args = dict(scale=scale, mode=mode, norm="batch", act=act, alpha=0.2, gain=1.0)
+        impls = {f"vkernels-{i}": _impl(i, args) for i in vkernels_impls("upsample_norm_act", device)}
+        for dtype in dtypes:
+            N, C, H, W = shape
+            x = torch.randn(shape, device=device).to(dtype)
+            w = torch.rand(C, device=device) + 0.5
+            b = torch.randn(C, device=device)
+            ss = torch.rand(N, C, device=device) + 0.5 if cond else None
+            sb = torch.randn(N, C, device=device) if cond else None
+            floor = torch.empty((N, C, H * scale, W * scale), device=device, dtype=dtype).normal_()
+            out_elems = floor.numel()
+            out.append(Case(op="upsample_norm_act", size=name + "-" + "x".join(map(str, shape)), dtype=dtype,
+                            inputs=(x, w, b, ss, sb, floor), reference=_reference(args), impls=impls,
+                            bytes=2 * x.nbytes + floor.nbytes, flops=(10 if mode == "bilinear" else 4) * out_elems,
+                            bound="memory", clone_of=5, targets=_targets(device, dtype, impls)))
+    return out
+
+
+def _targets(device, dtype, impls):
+    if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return [t for p in impls for t in ((p, "frac_copy_bw", ">=", 0.8), (p, "speedup_vs_compile", ">=", 1.3))]
+    if device == "cpu" and dtype == torch.float32:
+        return [("vkernels-cpu", "ratio_vs_clone", "<=", 1.15), ("vkernels-cpu", "speedup_vs_compile", ">=", 1.0)]
+    return []

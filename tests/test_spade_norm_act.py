@@ -1,0 +1,135 @@
+"""spade_norm_act: every backend against F.batch_norm / F.instance_norm -> * (1 + gamma) + beta -> activation."""
+import pytest
+import torch
+
+import vkernels
+from vkernels.reference.spade_norm_act import spade_norm_act as reference
+from _common import check_close, impl_params, randn
+
+IMPLS = impl_params("spade_norm_act")
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def maps(shape, dtype, device):
+    return randn(shape, dtype, device) * 0.5, randn(shape, dtype, device) * 0.5
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("act", ["lrelu", "tanh", "linear"])
+def test_forward_matches_reference(device, impl, norm, act):
+    for i, dtype in enumerate(DTYPES):
+        shape = (3, 5, 7, 6)
+        x = randn(shape, dtype, device) + 0.7
+        g, b = maps(shape, dtype, device)
+        clamp = 1.5 if i == 1 else None
+        rdt = torch.float64 if dtype == torch.float64 else torch.float32
+        rm, rv = torch.rand(5, device=device), torch.rand(5, device=device) + 0.5
+        outs, runs = [], []
+        for which in ("ours", "lowp", "oracle"):
+            cast = (lambda t: t.double()) if which == "oracle" else (lambda t: t)
+            run = {}
+            if norm == "batch":
+                d = torch.float64 if which == "oracle" else rdt
+                run = dict(running_mean=rm.clone().to(d), running_var=rv.clone().to(d))
+            args = (cast(x), cast(g), cast(b), norm)
+            kw = dict(act=act, gain=1.3, clamp=clamp, **run)
+            outs.append(vkernels.spade_norm_act(*args, **kw, impl=impl) if which == "ours" else reference(*args, **kw))
+            runs.append(run)
+        check_close(outs[0], outs[1], outs[2], dtype, f"{norm}/{act}/{dtype}")
+        if norm == "batch":
+            for k in ("running_mean", "running_var"):
+                torch.testing.assert_close(runs[0][k].double(), runs[2][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_layouts_eval_and_empty(device, impl, norm):
+    x = torch.randn(2, 4, 5, 6, device=device)
+    g, b = maps(x.shape, torch.float32, device)
+    run = dict(running_mean=torch.randn(4, device=device), running_var=torch.rand(4, device=device) + 0.5) \
+        if norm == "batch" else {}
+    training = norm != "batch"
+    ref = reference(x, g, b, norm, **{k: v.clone() for k, v in run.items()}, training=training, act="selu")
+    cl = x.contiguous(memory_format=torch.channels_last)
+    for xx, gg, bb in ((cl, g, b), (x, g.contiguous(memory_format=torch.channels_last), b.transpose(2, 3).contiguous()
+                                    .transpose(2, 3)), (torch.stack([x, x], 4).flatten(3)[..., ::2], g, b)):
+        y = vkernels.spade_norm_act(xx, gg, bb, norm, **run, training=training, act="selu", impl=impl)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert vkernels.spade_norm_act(cl, g, b, norm, **run, training=training, impl=impl).is_contiguous(
+        memory_format=torch.channels_last)
+    e = torch.randn(0, 4, 5, 6, device=device)
+    y = vkernels.spade_norm_act(e, e, e, norm, **run, training=training, impl=impl)
+    assert y.shape == e.shape
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm,act", [("batch", "softplus"), ("instance", "lrelu")])
+def test_gradcheck_and_gradgradcheck(device, impl, norm, act):
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    g = (torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device) * 0.5).requires_grad_()
+    b = torch.randn(2, 3, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+
+    def f(x, g, b):
+        return vkernels.spade_norm_act(x, g, b, norm, act=act, gain=1.2, impl=impl)
+
+    torch.autograd.gradcheck(f, (x, g, b))
+    if impl != "triton" or device == "cuda":
+        # The backward (and so double backward) is the same Python code for every impl; only the forward
+        # kernel differs, and gradgradcheck's ~700 forwards are too slow through the Triton interpreter.
+        torch.autograd.gradgradcheck(f, (x, g, b))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    op = torch.ops.vkernels.spade_norm_act_triton if impl == "triton" else torch.ops.vkernels.spade_norm_act
+    x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
+    g, b = (t.requires_grad_() for t in maps(x.shape, torch.float32, device))
+    m = torch.randn(2, 3, device=device, requires_grad=True)
+    r = (torch.rand(2, 3, device=device) + 0.5).requires_grad_()
+    torch.library.opcheck(op, (x, m, r, g, b, "lrelu", 0.2, 1.0, None))
+    torch.library.opcheck(op, (x.detach().contiguous(memory_format=torch.channels_last), m, r, g, b, "tanh", 0.2,
+                               2.0, 0.7))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_compile_fullgraph_and_module(device, impl):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mod = vkernels.nn.SPADE(4, 3, hidden=8, act="lrelu", impl=impl).to(device)
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    seg = torch.randn(2, 3, 3, 3, device=device)
+
+    def f(x, seg):
+        return mod(x, seg).square().sum()
+
+    loss = torch.compile(f, fullgraph=True, backend="aot_eager")(x, seg)
+    gx, gw = torch.autograd.grad(loss, [x, mod.mlp_gamma.weight])
+    # the same layer in plain PyTorch (NVlabs/SPADE's forward)
+    segr = torch.nn.functional.interpolate(seg, size=x.shape[2:], mode="nearest")
+    h = mod.mlp_shared(segr)
+    y = reference(x, mod.mlp_gamma(h), mod.mlp_beta(h), "batch", act="lrelu")
+    rx, rw = torch.autograd.grad(y.square().sum(), [x, mod.mlp_gamma.weight])
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-4)
+    assert int(mod.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_bad_input(device, impl):
+    x = torch.randn(2, 3, 4, 4, device=device)
+    g, b = maps(x.shape, torch.float32, device)
+    f = vkernels.spade_norm_act
+
+    def raises(exc, match, *a, **k):
+        with pytest.raises(exc, match=match):
+            f(*a, **k, impl=impl)
+
+    raises(ValueError, "gamma must have x's shape", x, g[:, :, :2], b)
+    raises(TypeError, "beta.dtype", x, g, b.double())
+    raises(ValueError, "norm must be one of", x, g, b, norm="adain")
+    raises(ValueError, "act must be one of", x, g, b, act="mish")
+    raises(ValueError, "training=False needs running_mean", x, g, b, training=False)
+    raises(ValueError, "only used by norm='batch'", x, g, b, norm="instance", running_mean=torch.zeros(3),
+           running_var=torch.ones(3))
+    raises(TypeError, "x must be float16", x.int(), g, b)

@@ -1,0 +1,269 @@
+"""upsample_norm_act: every backend against the composition of PyTorch ops (vkernels.reference.upsample_norm_act)."""
+import pytest
+import torch
+
+import vkernels
+from vkernels.reference.upsample_norm_act import upsample_norm_act as reference
+from _common import check_close, impl_params, randn
+
+IMPLS = impl_params("upsample_norm_act")
+NORMS = ["batch", "instance", "adain", "none"]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def make_inputs(N, C, dtype, device, norm, *, params=True, style=None, offset=0.5):
+    x = randn((N, C, 5, 6), dtype, device) + offset  # an offset mean, so subtracting it matters
+    kw = {}
+    if params:
+        kw["weight"] = randn((C,), torch.float32, device) * 0.5 + 1
+        kw["bias"] = randn((C,), torch.float32, device) * 0.3
+    if style or norm == "adain":
+        kw["style_scale"] = randn((N, C), torch.float32, device) * 0.3 + 1
+        kw["style_bias"] = randn((N, C), torch.float32, device) * 0.3
+    return x, kw
+
+
+def run_both(impl, x, kw, dtype, **opts):
+    """(ours, reference in dtype, fp64 oracle), each with its own copy of the running statistics."""
+    outs, stats = [], []
+    for which, xx in (("ours", x), ("lowp", x), ("oracle", x.double())):
+        k = {n: (v.double() if which == "oracle" else v) for n, v in kw.items()}
+        rs = {}
+        if opts.get("norm") == "batch" and "running" in opts:
+            rm, rv = opts["running"]
+            # F.batch_norm on CPU wants fp32 running statistics for fp16/bf16/fp32 x and fp64 ones for fp64 x.
+            rdt = torch.float64 if xx.dtype == torch.float64 else torch.float32
+            rs = dict(running_mean=rm.clone().to(rdt), running_var=rv.clone().to(rdt))
+        o = {n: v for n, v in opts.items() if n != "running"}
+        if which == "ours":
+            y = vkernels.upsample_norm_act(xx, **k, **rs, **o, impl=impl)
+        else:
+            y = reference(xx, **k, **rs, **o)
+        outs.append(y)
+        stats.append(rs)
+    return outs, stats
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_forward_matches_reference(device, impl, norm, mode, scale):
+    acts = ["lrelu", "linear", "tanh", "swish"]
+    for i, dtype in enumerate(DTYPES):
+        act = acts[(i + scale) % len(acts)]
+        x, kw = make_inputs(3, 5, dtype, device, norm, style=(i % 2 == 0))
+        opts = dict(scale=scale, mode=mode, norm=norm, act=act, gain=1.4, clamp=2.5 if i == 1 else None)
+        if norm == "batch":
+            opts["running"] = (torch.rand(5, device=device), torch.rand(5, device=device) + 0.5)
+        (y, lowp, oracle), (rs, _, rso) = run_both(impl, x, kw, dtype, **opts)
+        assert y.shape == (3, 5, 5 * scale, 6 * scale)
+        check_close(y, lowp, oracle, dtype, f"{norm}/{mode}/{scale}/{act}/{dtype}")
+        if rs:
+            torch.testing.assert_close(rs["running_mean"].double(), rso["running_mean"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(rs["running_var"].double(), rso["running_var"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_eval_batch_norm_and_layouts(device, impl, norm, mode):
+    x, kw = make_inputs(2, 6, torch.float32, device, norm, style=True)
+    rm, rv = torch.randn(6, device=device), torch.rand(6, device=device) + 0.5
+    training = norm != "batch"
+    run = dict(running_mean=rm, running_var=rv) if norm == "batch" else {}
+    ref = reference(x.double(), 2, mode, norm, **{k: v.double() for k, v in kw.items()},
+                    **{k: v.clone().double() for k, v in run.items()}, training=training, act="elu")
+    for xx in (x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3),
+               torch.stack([x, x], 4).flatten(3)[..., ::2]):
+        assert torch.equal(xx, x)
+        y = vkernels.upsample_norm_act(xx, 2, mode, norm, **kw, **run, training=training, act="elu", impl=impl)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+        if xx.is_contiguous(memory_format=torch.channels_last) and not xx.is_contiguous():
+            assert y.is_contiguous(memory_format=torch.channels_last)
+    xs = torch.randn(2, 6, 5, 12, device=device)[..., ::2]  # non-dense strides
+    y = vkernels.upsample_norm_act(xs, 2, mode, norm, **kw, **run, training=training, act="elu", impl=impl)
+    ref = reference(xs.double(), 2, mode, norm, **{k: v.double() for k, v in kw.items()},
+                    **{k: v.clone().double() for k, v in run.items()}, training=training, act="elu")
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_running_stats_match_batchnorm2d(device, impl):
+    torch.manual_seed(0)
+    ours = vkernels.nn.UpsampleNormAct(4, scale=2, mode="bilinear", act="lrelu", alpha=0.2, impl=impl).to(device)
+    bn = torch.nn.BatchNorm2d(4).to(device)
+    with torch.no_grad():
+        ours.weight.copy_(torch.rand(4) + 0.5)
+        ours.bias.copy_(torch.randn(4))
+        bn.weight.copy_(ours.weight)
+        bn.bias.copy_(ours.bias)
+
+    def ref_fwd(x):
+        u = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return torch.nn.functional.leaky_relu(bn(u), 0.2)
+
+    for step in range(4):
+        x = torch.randn(3, 4, 5, 7, device=device) * (1 + step) + step
+        torch.testing.assert_close(ours(x), ref_fwd(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_mean, bn.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.running_var, bn.running_var, rtol=1e-5, atol=1e-6)
+    assert int(ours.num_batches_tracked) == int(bn.num_batches_tracked) == 4
+    ours.eval()
+    bn.eval()
+    x = torch.randn(2, 4, 5, 7, device=device)
+    torch.testing.assert_close(ours(x), ref_fwd(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm,mode,act", [("batch", "nearest", "lrelu"), ("batch", "bilinear", "tanh"),
+                                           ("instance", "bilinear", "softplus"), ("adain", "nearest", "swish"),
+                                           ("none", "bilinear", "elu")])
+def test_gradcheck_and_gradgradcheck(device, impl, norm, mode, act):
+    N, C = 2, 3
+    x = torch.randn(N, C, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    w = (torch.rand(C, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    b = torch.randn(C, dtype=torch.float64, device=device, requires_grad=True)
+    ss = (torch.rand(N, C, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    sb = torch.randn(N, C, dtype=torch.float64, device=device, requires_grad=True)
+
+    def f(x, w, b, ss, sb):
+        return vkernels.upsample_norm_act(x, 2, mode, norm, w, b, ss, sb, act=act, gain=1.3, impl=impl)
+
+    torch.autograd.gradcheck(f, (x, w, b, ss, sb))
+    if impl != "triton" or device == "cuda":
+        # The backward (and so double backward) is the same Python code for every impl; only the forward
+        # kernel differs, and gradgradcheck's ~700 forwards are too slow through the Triton interpreter.
+        torch.autograd.gradgradcheck(f, (x, w, b, ss, sb))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm", ["batch", "adain"])
+def test_grads_match_reference_fp32(device, impl, norm):
+    x, kw = make_inputs(4, 6, torch.float32, device, norm, style=True)
+    x = x.contiguous(memory_format=torch.channels_last)
+    leaves = [x] + list(kw.values())
+    for t in leaves:
+        t.requires_grad_()
+    g = torch.randn(4, 6, 15, 18, device=device)
+    y = vkernels.upsample_norm_act(x, 3, "bilinear", norm, **kw, act="lrelu", clamp=1.5, impl=impl)
+    ours = torch.autograd.grad((y * g).sum(), leaves)
+    y = reference(x, 3, "bilinear", norm, **kw, act="lrelu", clamp=1.5)
+    ref = torch.autograd.grad((y * g).sum(), leaves)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_empty_and_single_sample(device, impl):
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    x = torch.randn(0, 3, 4, 4, device=device)
+    y = vkernels.upsample_norm_act(x, 2, norm="batch", running_mean=rm, running_var=rv, impl=impl)
+    assert y.shape == (0, 3, 8, 8)
+    assert torch.equal(rm, torch.zeros(3, device=device)) and torch.equal(rv, torch.ones(3, device=device))
+    x = torch.randn(1, 3, 4, 5, device=device)  # N=1 is fine for instance / adain norm
+    ss, sb = torch.rand(1, 3, device=device) + 0.5, torch.randn(1, 3, device=device)
+    for norm in ("instance", "adain"):
+        y = vkernels.upsample_norm_act(x, 2, "bilinear", norm, style_scale=ss, style_bias=sb, impl=impl)
+        torch.testing.assert_close(y, reference(x, 2, "bilinear", norm, style_scale=ss, style_bias=sb))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        vkernels.upsample_norm_act(torch.randn(1, 3, 1, 1, device=device), 1, impl=impl)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    sfx = "_triton" if impl == "triton" else ""
+    stats = getattr(torch.ops.vkernels, "upsample_norm_act_stats" + sfx)
+    apply = getattr(torch.ops.vkernels, "upsample_norm_act" + sfx)
+    x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
+    for per_sample, mode in ((False, "bilinear"), (True, "nearest")):
+        torch.library.opcheck(stats, (x, 2, mode, per_sample))
+    m = torch.randn(2, 3, device=device, requires_grad=True)
+    a = torch.rand(2, 3, device=device, requires_grad=True)
+    b = torch.randn(2, 3, device=device, requires_grad=True)
+    torch.library.opcheck(apply, (x, m, a, b, 2, "bilinear", "lrelu", 0.2, 1.0, None))
+    torch.library.opcheck(apply, (x.detach().contiguous(memory_format=torch.channels_last), m, a, b, 3, "nearest",
+                                  "tanh", 0.2, 2.0, 0.5))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_compile_fullgraph(device, impl):
+    torch._dynamo.reset()
+    mod = vkernels.nn.UpsampleNormAct(4, mode="bilinear", impl=impl).to(device)
+
+    def f(x):
+        return mod(x).square().sum()
+
+    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    loss = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    (gx,) = torch.autograd.grad(loss, x)
+    rm = mod.running_mean.clone()
+    mod.running_mean.copy_(torch.zeros(4))
+    mod.running_var.fill_(1)
+    x2 = x.detach().requires_grad_()
+    y = reference(x2, 2, "bilinear", "batch", mod.weight, mod.bias, running_mean=torch.zeros(4, device=device),
+                  running_var=torch.ones(4, device=device))
+    (g2,) = torch.autograd.grad(y.square().sum(), x2)
+    torch.testing.assert_close(gx, g2, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(rm, torch.zeros(4, device=device))  # the compiled call updated the running mean
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_bad_input(device, impl):
+    x = torch.randn(2, 3, 4, 4, device=device)
+    f = vkernels.upsample_norm_act
+
+    def raises(exc, match, *a, **k):
+        with pytest.raises(exc, match=match):
+            f(*a, **k, impl=impl)
+
+    raises(ValueError, "style_scale must have shape", x, norm="adain", style_scale=torch.ones(3, device=device),
+           style_bias=torch.zeros(2, 3, device=device))
+    raises(ValueError, "style_bias must have shape", x, style_bias=torch.zeros(3, 2, device=device))
+    raises(ValueError, "adain.*needs style_scale", x, norm="adain")
+    raises(ValueError, "norm must be one of", x, norm="group")
+    raises(ValueError, "mode must be one of", x, mode="bicubic")
+    raises(ValueError, "act must be one of", x, act="gelu")
+    raises(ValueError, "scale must be an integer", x, scale=1.5)
+    raises(ValueError, "scale must be an integer", x, scale=0)
+    raises(ValueError, "training=False needs running_mean", x, training=False)
+    raises(ValueError, "running_mean and running_var", x, running_mean=torch.zeros(3, device=device))
+    raises(ValueError, "weight must have shape", x, weight=torch.ones(4, device=device))
+    raises(TypeError, "x must be float16", x.long())
+    raises(ValueError, "x must be 4-D", x[0])
+    raises(TypeError, "weight must be a floating", x, weight=torch.ones(3, dtype=torch.long, device=device))
+    raises(ValueError, "clamp must be None", x, clamp=-1.0)
+    if device == "cpu":
+        raises(ValueError, "weight is on meta", x, weight=torch.ones(3, device="meta"))
+    with pytest.raises(RuntimeError, match="a must have shape|a must be"):
+        op = torch.ops.vkernels.upsample_norm_act_triton if impl == "triton" else torch.ops.vkernels.upsample_norm_act
+        m = torch.zeros(2, 3, device=device)
+        op(x, m, torch.zeros(3, 2, device=device), m, 2, "nearest", "lrelu", 0.2, 1.0, None)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_modules_adain_conditional_bn(device, impl):
+    torch.manual_seed(1)
+    ada = vkernels.nn.AdaIN(5, 7, scale=2, act="lrelu", impl=impl).to(device)
+    with torch.no_grad():
+        ada.style.bias.normal_()
+    x, style = torch.randn(3, 5, 4, 4, device=device), torch.randn(3, 7, device=device)
+    s, t = ada.style(style).chunk(2, 1)
+    torch.testing.assert_close(ada(x, style), reference(x, 2, "nearest", "adain", style_scale=1 + s, style_bias=t,
+                                                        act="lrelu"), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="style must have shape"):
+        ada(x, torch.randn(3, 6, device=device))
+    cbn = vkernels.nn.ConditionalBatchNorm2d(5, 10, scale=2, mode="bilinear", impl=impl).to(device)
+    with torch.no_grad():
+        cbn.gain_embed.weight.normal_()
+        cbn.bias_embed.weight.normal_()
+    y = torch.tensor([1, 7, 3], device=device)
+    rm, rv = torch.zeros(5, device=device), torch.ones(5, device=device)
+    out = cbn(x, y)
+    ref = reference(x, 2, "bilinear", "batch", style_scale=1 + cbn.gain_embed(y), style_bias=cbn.bias_embed(y),
+                    running_mean=rm, running_var=rv, act="linear")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cbn.running_var, rv)
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    cbn.eval()
+    torch.testing.assert_close(cbn(x, onehot), cbn(x, y), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,315 @@
+"""upsample_norm_act: upsample -> batch / instance / adaptive-instance norm -> affine -> activation -> gain -> clamp,
+in two kernel passes over the low-resolution input and one write of the output.
+
+Registration: the schemas live in csrc/ops/upsample_norm_act.cpp. Two ops do the work (see ops/upsample_norm_act.h):
+`upsample_norm_act_stats` (mean/var of the upsampled values, never writing them) and `upsample_norm_act` (the fused
+apply). This file adds their fake kernels, autograd, Triton variants, and the public function, which turns norm,
+running statistics and the affine convention into the per-(n, c) (mean, a, b) the apply kernel takes.
+
+Backward: both ops save only x and per-(n, c) vectors (never the upsampled tensor). Their backward formulas are
+written in differentiable PyTorch ops (the upsampled values are recomputed there, transiently; the activation's
+derivative is bias_act's grad kernel), so double backward (gradgradcheck, R1) works through them.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from vkernels import _backend
+from vkernels.reference.bias_act import ACTIVATIONS
+from vkernels.reference.upsample_norm_act import MODES, NORMS, combine_affine, upsample
+from vkernels.reference.upsample_norm_act import upsample_norm_act as _reference
+
+__all__ = ["upsample_norm_act"]
+
+_INFO = _backend.register_op("upsample_norm_act")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", norm: str = "batch",
+                      weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                      style_scale: torch.Tensor | None = None, style_bias: torch.Tensor | None = None,
+                      running_mean: torch.Tensor | None = None, running_var: torch.Tensor | None = None,
+                      training: bool = True, momentum: float = 0.1, eps: float = 1e-5, act: str = "lrelu",
+                      alpha: float = 0.2, gain: float = 1.0, clamp: float | None = None,
+                      impl: str = "auto") -> torch.Tensor:
+    r"""y = clamp(act(norm(up(x)) * s + t) * gain, -clamp, clamp) with s = weight[c] * style_scale[n, c] and
+    t = bias[c] + style_bias[n, c] (a missing term counts as 1 for s, 0 for t).
+
+    Equals F.interpolate -> F.batch_norm / F.instance_norm (no affine) -> * s + t -> activation -> * gain -> clamp.
+
+    Args:
+        x: (N, C, H, W) float16/bfloat16/float32/float64; NCHW or channels_last (kept), other strides are read as is.
+        scale: integer upsampling factor >= 1 (1 = no upsampling).
+        mode: "nearest" or "bilinear" (align_corners=False).
+        norm: "batch" (statistics per channel over N, H, W), "instance" (per (n, c) over H, W), "adain" (instance
+            norm that requires style_scale and style_bias) or "none".
+        weight, bias: optional per-channel affine, shape (C,), any float dtype on x's device.
+        style_scale, style_bias: optional per-sample affine, shape (N, C) (AdaIN, conditional batch norm). The op
+            multiplies by style_scale as given: modules that predict a residual scale pass 1 + delta themselves.
+        running_mean, running_var: (C,) buffers for norm="batch", updated in place when training exactly as
+            nn.BatchNorm2d does (running_var from the unbiased variance); required when training=False.
+        training: batch statistics (True) or running statistics (False); only norm="batch" looks at it.
+        momentum, eps: as in nn.BatchNorm2d.
+        act, alpha: bias_act's activations ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus",
+            "swish"); alpha is lrelu's slope.
+        gain: output multiplier (1 by default here, unlike bias_act's sqrt(2) for lrelu).
+        clamp: clamp the output to [-clamp, clamp]; None disables it.
+        impl: "auto" | "cpu" | "cuda" | "triton" | "reference"; see `vkernels.resolve_impl`.
+
+    Returns:
+        (N, C, H*scale, W*scale) in x's dtype and memory format (channels_last kept). Differentiable (twice) w.r.t.
+        x, weight, bias, style_scale and style_bias. Backward saves x and per-(n, c) vectors only.
+    """
+    _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
+           momentum, eps, act, alpha, gain, clamp)
+    impl = _backend.resolve_impl("upsample_norm_act", x, impl)
+    if impl == "reference":
+        return _reference(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var,
+                          training, momentum, eps, act, alpha, gain, clamp)
+    tri = impl == "triton"
+    stats_op = torch.ops.vkernels.upsample_norm_act_stats_triton if tri else torch.ops.vkernels.upsample_norm_act_stats
+    apply_op = torch.ops.vkernels.upsample_norm_act_triton if tri else torch.ops.vkernels.upsample_norm_act
+    N, C = x.shape[:2]
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean, rstd = norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps)
+    s, t = combine_affine(weight, bias, style_scale, style_bias)
+    a = rstd if s is None else (s.to(ct) if rstd is None else rstd * s.to(ct))
+    a = torch.ones((), dtype=ct, device=x.device) if a is None else a
+    b = torch.zeros((), dtype=ct, device=x.device) if t is None else t.to(ct)
+    mean = torch.zeros((), dtype=ct, device=x.device) if mean is None else mean
+    return apply_op(x, mean.expand(N, C), a.expand(N, C), b.expand(N, C), int(scale), mode, act, float(alpha),
+                    float(gain), None if clamp is None else float(clamp))
+
+
+def norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps):
+    """(mean, rstd) of the normalization, shape (C,) or (N, C) in the compute type, or (None, None) for norm none.
+    Updates the running statistics of a training batch norm in place, as nn.BatchNorm2d does."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if norm == "none":
+        return None, None
+    if norm == "batch" and not training:
+        return running_mean.detach().to(ct), torch.rsqrt(running_var.detach().to(ct) + eps)
+    mean, var = stats_op(x, int(scale), mode, norm != "batch")
+    if norm == "batch" and running_mean is not None and x.numel() > 0:  # F.batch_norm skips empty batches too
+        n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype),
+                                                alpha=momentum)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
+           momentum, eps, act, alpha, gain, clamp, op="upsample_norm_act"):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
+        raise ValueError(f"{op}: scale must be an integer >= 1, got {scale!r}")
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if norm not in NORMS:
+        raise ValueError(f"{op}: norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    check_act(op, act, alpha, gain, clamp)
+    for name, val in (("momentum", momentum), ("eps", eps)):
+        if not isinstance(val, numbers.Real) or not math.isfinite(val) or val < 0:
+            raise ValueError(f"{op}: {name} must be a finite number >= 0, got {val!r}")
+    N, C = x.shape[:2]
+    for name, v, shape in (("weight", weight, (C,)), ("bias", bias, (C,)), ("style_scale", style_scale, (N, C)),
+                           ("style_bias", style_bias, (N, C))):
+        check_param(op, name, v, shape, x)
+    if norm == "adain" and (style_scale is None or style_bias is None):
+        raise ValueError(f"{op}: norm='adain' needs style_scale and style_bias of shape ({N}, {C})")
+    check_running(op, norm, x, running_mean, running_var, training)
+    OH, OW = x.shape[2] * scale, x.shape[3] * scale
+    # The errors F.batch_norm / F.instance_norm raise for the same input.
+    if norm == "batch" and training and N * OH * OW == 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got x of shape "
+                         f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
+    if norm in ("instance", "adain") and OH * OW == 1:
+        raise ValueError(f"{op}: expected more than 1 spatial element for instance norm, got x of shape "
+                         f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
+
+
+def check_act(op, act, alpha, gain, clamp):
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{op}: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
+    for name, val in (("alpha", alpha), ("gain", gain)):
+        if not isinstance(val, numbers.Real) or not math.isfinite(val):
+            raise ValueError(f"{op}: {name} must be a finite number, got {val!r}")
+    if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
+        raise ValueError(f"{op}: clamp must be None or a number >= 0, got {clamp!r}")
+
+
+def check_param(op, name, v, shape, x):
+    if v is None:
+        return
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(v).__name__}")
+    if tuple(v.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(v.shape)}")
+    if v.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be a floating tensor, got {v.dtype}")
+    if v.device != x.device:
+        raise ValueError(f"{op}: {name} is on {v.device} but x is on {x.device}")
+
+
+def check_running(op, norm, x, running_mean, running_var, training):
+    C = x.shape[1]
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must be given together")
+    if norm != "batch":
+        if running_mean is not None:
+            raise ValueError(f"{op}: running_mean/running_var are only used by norm='batch', got norm={norm!r}")
+        return
+    if not training and running_mean is None:
+        raise ValueError(f"{op}: norm='batch' with training=False needs running_mean and running_var")
+    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        check_param(op, name, v, (C,), x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# autograd: formulas in differentiable torch ops (so they have their own gradients)
+# --------------------------------------------------------------------------------------------------------------------
+def upsample_adjoint(du, scale, mode, H, W):
+    """Transpose of `upsample` (d up(x) -> d x)."""
+    if scale == 1:
+        return du
+    N, C = du.shape[:2]
+    if mode == "nearest":
+        return du.reshape(N, C, H, scale, W, scale).sum((3, 5))
+    return _linear_adjoint_1d(_linear_adjoint_1d(du, 2, H, scale), 3, W, scale)
+
+
+def _linear_adjoint_1d(g, dim, size, s):
+    # Transpose of 1-D linear interpolation (align_corners=False) by an integer factor along `dim`, as two
+    # index_adds: differentiable (so double backward works) and shape-polymorphic (aten's
+    # upsample_bilinear2d_backward fails under dynamic-shape tracing).
+    o = torch.arange(size * s, device=g.device, dtype=g.dtype)
+    src = ((o + 0.5) / s - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(size - 1)
+    l1 = (src - i0).clamp(0, 1)
+    i1 = (i0 + 1).clamp_max(size - 1)
+    view = [1] * g.ndim
+    view[dim] = -1
+    l1 = l1.reshape(view)
+    shape = list(g.shape)
+    shape[dim] = size
+    out = g.new_zeros(shape)
+    return out.index_add(dim, i0, g * (1 - l1)).index_add(dim, i1, g * l1)
+
+
+def act_grad(dy, z, act, alpha, gain, clamp):
+    """dL/dz of clamp(act(z) * gain): bias_act's own gradient kernel (x-ref form), itself differentiable."""
+    return torch.ops.vkernels.bias_act_grad(dy, z, None, 1, act, alpha, gain, clamp, False, 1)
+
+
+def _nc4(v):
+    return v[:, :, None, None]
+
+
+def _register(stats: str, apply: str) -> None:
+    @torch.library.register_fake(f"vkernels::{stats}")
+    def _fake_stats(x, scale, mode, per_sample):
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
+        return x.new_empty(shape, dtype=ct), x.new_empty(shape, dtype=ct)
+
+    @torch.library.register_fake(f"vkernels::{apply}")
+    def _fake_apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
+        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        N, C, H, W = x.shape
+        return torch.empty((N, C, H * scale, W * scale), dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+    def setup_stats(ctx, inputs, output):
+        x, scale, mode, per_sample = inputs
+        ctx.args = (scale, mode, per_sample)
+        ctx.save_for_backward(x)
+
+    def backward_stats(ctx, gmean, gvar):
+        (x,) = ctx.saved_tensors
+        scale, mode, per_sample = ctx.args
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        N, C, H, W = x.shape
+        u = upsample(x.to(ct), scale, mode)
+        dims = (2, 3) if per_sample else (0, 2, 3)
+        M = u.numel() // (N * C if per_sample else C)
+        view = _nc4 if per_sample else (lambda v: v.reshape(1, -1, 1, 1))
+        du = torch.zeros_like(u)
+        if gmean is not None:
+            du = du + view(gmean) / M
+        if gvar is not None:
+            mu = u.mean(dims, keepdim=True)  # recomputed from x, so double backward sees its dependence on x
+            du = du + view(gvar) * (2.0 / M) * (u - mu)
+        return upsample_adjoint(du, scale, mode, H, W).to(x.dtype), None, None, None
+
+    def setup_apply(ctx, inputs, output):
+        x, m, a, b, scale, mode, act, alpha, gain, clamp = inputs
+        ctx.args = (scale, mode, act, alpha, gain, clamp)
+        ctx.save_for_backward(x, m, a, b)
+
+    def backward_apply(ctx, dy):
+        x, m, a, b = ctx.saved_tensors
+        scale, mode, act, alpha, gain, clamp = ctx.args
+        H, W = x.shape[2:]
+        xc = upsample(x.to(m.dtype), scale, mode) - _nc4(m)
+        dz = act_grad(dy.to(m.dtype), xc * _nc4(a) + _nc4(b), act, alpha, gain, clamp)
+        need = ctx.needs_input_grad
+        dx = upsample_adjoint(dz * _nc4(a), scale, mode, H, W).to(x.dtype) if need[0] else None
+        db = dz.sum((2, 3)) if need[3] or need[1] else None
+        dm = -(db * a) if need[1] else None
+        da = (dz * xc).sum((2, 3)) if need[2] else None
+        return dx, dm, da, db if need[3] else None, None, None, None, None, None, None
+
+    torch.library.register_autograd(f"vkernels::{stats}", backward_stats, setup_context=setup_stats)
+    torch.library.register_autograd(f"vkernels::{apply}", backward_apply, setup_context=setup_apply)
+
+
+def _define_triton() -> None:
+    def stats(x, scale, mode, per_sample):
+        from vkernels.triton import upsample_norm_act as tk
+        _check_raw("upsample_norm_act_stats", x, scale, mode)
+        return tk.stats(x, scale, mode, per_sample)
+
+    def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
+        from vkernels.triton import upsample_norm_act as tk
+        _check_raw("upsample_norm_act", x, scale, mode)
+        check_act("upsample_norm_act", act, alpha, gain, clamp)
+        check_nc("upsample_norm_act", x, (("mean", m), ("a", a), ("b", b)))
+        return tk.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
+
+    _backend.define_triton_variant("upsample_norm_act_stats", stats)
+    _backend.define_triton_variant("upsample_norm_act", apply)
+
+
+def _check_raw(op, x, scale, mode):
+    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schema (the public function never trips them).
+    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"{op}: x must be a 4-D float16/bfloat16/float32/float64 tensor, got shape "
+                           f"{tuple(x.shape)} and dtype {x.dtype}")
+    if scale < 1:
+        raise RuntimeError(f"{op}: scale must be an integer >= 1, got {scale}")
+    if mode not in MODES:
+        raise RuntimeError(f"{op}: mode must be 'nearest' or 'bilinear', got '{mode}'")
+
+
+def check_nc(op, x, named):
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    for name, t in named:
+        if tuple(t.shape) != tuple(x.shape[:2]) or t.dtype != ct or t.device != x.device:
+            raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape (N, C) = {tuple(x.shape[:2])} on "
+                               f"{x.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
+
+
+if _backend.has_op("upsample_norm_act"):
+    _register("upsample_norm_act_stats", "upsample_norm_act")
+    if _backend.HAS_TRITON:
+        _define_triton()
+        _register("upsample_norm_act_stats_triton", "upsample_norm_act_triton")
