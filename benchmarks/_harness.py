@@ -41,6 +41,8 @@ class Case:
     clone_of: index in inputs of the tensor whose x.clone() is the case's floor (an op that returns a new tensor of
         that size cannot beat allocating and writing it).
     targets: (provider, row field, "<=" | ">=", threshold) goals, printed MET/MISSED and never asserted.
+    loose: provider -> tolerance relative to the largest |eager| value, for baselines whose algorithm rounds
+        differently from the reference (an fp32 FFT per location vs a GEMM) and so cannot meet the dtype's rtol.
     """
     op: str
     size: str
@@ -53,6 +55,7 @@ class Case:
     bound: str = "memory"
     clone_of: int = 0
     targets: list = field(default_factory=list)
+    loose: dict = field(default_factory=dict)
 
 
 class CaseError(RuntimeError):
@@ -98,10 +101,18 @@ def check(case: Case, fns: dict) -> None:
             raise CaseError(f"{name} raised {type(e).__name__}: {e}") from e
         if name == "compile":
             log(f"    compile: first call (compiling) took {time.perf_counter() - t0:.1f} s")
+        tol = (rtol, atol)
+        if name in case.loose:
+            scale = max(float(t.abs().max()) for t in _tensors(want) if t.numel())
+            tol = (0.0, case.loose[name] * scale)
         try:
-            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, check_stride=False)
+            torch.testing.assert_close(got, want, rtol=tol[0], atol=tol[1], check_stride=False)
         except AssertionError as e:
-            raise CaseError(f"{name} disagrees with eager (rtol={rtol}, atol={atol}): {e}") from None
+            raise CaseError(f"{name} disagrees with eager (rtol={tol[0]}, atol={tol[1]:.3g}): {e}") from None
+
+
+def _tensors(out) -> list:
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 # --------------------------------------------------------------------------------------------------------- timing

@@ -69,7 +69,8 @@ def cases(device: str, quick: bool) -> list[Case]:
             out.append(Case(op="compact_bilinear_pooling", size=f"{size}-{mode}", dtype=dtype, inputs=inputs,
                             reference=wrap(_reference), impls=provs, bytes=nbytes * (3 if mode == "fwd+bwd" else 1),
                             flops=flops, bound="compute", clone_of=0,
-                            targets=[(f"vkernels-{i}", "speedup_vs_compile", ">=", 1.2) for i in impls]))
+                            targets=[(f"vkernels-{i}", "speedup_vs_compile", ">=", 1.2) for i in impls],
+                            loose={"port-fft": 1e-4}))  # fp32 rfft/irfft per location: ~1e-5 of the largest entry
             out.append(Case(op="compact_bilinear_pooling", size=f"{size}-{mode}-gemm-floor", dtype=dtype,
                             inputs=inputs, reference=_gemm_floor_fwd_bwd if mode == "fwd+bwd" else _gemm_floor,
                             impls={}, bytes=nbytes, flops=flops, bound="compute", clone_of=0))
