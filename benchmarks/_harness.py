@@ -58,6 +58,19 @@ class Case:
     loose: dict = field(default_factory=dict)
 
 
+def fwd_bwd(fn: Callable, grad_args: tuple[int, ...] = (0,)) -> Callable:
+    """fn(*inputs) -> out, made into one forward+backward call returning (out, d out.sum() / d inputs[i] for i in
+    grad_args). An input that `is` a differentiated one (y is x) is replaced by the same leaf, so it is seen once."""
+    def run(*inputs):
+        leaves = {i: inputs[i].detach().requires_grad_() for i in grad_args}
+        args = [leaves.get(i, next((leaves[j] for j in grad_args if a is inputs[j]), a)) for i, a in
+                enumerate(inputs)]
+        out = fn(*args)
+        grads = torch.autograd.grad(out, [leaves[i] for i in grad_args], torch.ones_like(out))
+        return (out.detach(), *grads)
+    return run
+
+
 class CaseError(RuntimeError):
     """A provider failed or disagreed with the reference: the case is not timed."""
 

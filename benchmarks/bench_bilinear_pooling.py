@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, vkernels_impls, fwd_bwd
 
 
 def _bcnn(triu):
@@ -32,14 +32,6 @@ def _gemm(x):
     B, C, H, W = x.shape
     X = x.reshape(B, C, H * W).float()
     return torch.bmm(X, X.transpose(1, 2))
-
-
-def _fwd_bwd(fn):
-    def f(x):
-        leaf = x.detach().requires_grad_()
-        out = fn(leaf)
-        return (out.detach(), torch.autograd.grad(out, leaf, torch.ones_like(out))[0])
-    return f
 
 
 def _gemm_fwd_bwd(x):
@@ -69,7 +61,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             size = f"{B}x{C}x{H}x{W}"
             gemm = 2 * B * C * C * H * W
             for mode in ("fwd", "fwd+bwd"):
-                wrap = _fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+                wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
                 nflops = gemm * (2 if mode == "fwd+bwd" else 1)
                 out.append(Case(op="bilinear_pooling", size=f"{size}-{mode}-gemm-floor", dtype=dtype, inputs=(x,),
                                 reference=_gemm_fwd_bwd if mode == "fwd+bwd" else _gemm, impls={},

@@ -9,17 +9,9 @@ reference is the bmm): the floor the issue's 1.3x target is measured against.
 import torch
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, vkernels_impls, fwd_bwd
 from benchmarks.cbp_per_location_port import per_location_fft_cbp
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as _reference
-
-
-def _fwd_bwd(fn):
-    def run(x, y, *rest):
-        xl = x.detach().requires_grad_()
-        out = fn(xl, xl if y is x else y, *rest)
-        return (out.detach(), *torch.autograd.grad(out, [xl], torch.ones_like(out)))
-    return run
 
 
 def _impl(impl):
@@ -62,7 +54,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         gemm = 2 * B * H * W * C * C
         nbytes = x.numel() * x.element_size()
         for mode in ("fwd", "fwd+bwd"):
-            wrap = _fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+            wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
             provs = {f"vkernels-{i}": wrap(_impl(i)) for i in impls}
             provs["port-fft"] = wrap(per_location_fft_cbp)
             flops = gemm * (3 if mode == "fwd+bwd" else 1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, vkernels_impls, fwd_bwd
 
 TEMPERATURE = 0.07
 
@@ -22,14 +22,6 @@ def _moco(q, k, bank):
     l_neg = torch.einsum("nc,kc->nk", q, bank)
     logits = torch.cat([l_pos, l_neg], dim=1) / TEMPERATURE
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=q.device))
-
-
-def _fwd_bwd(loss_fn):
-    def fn(q, k, bank):
-        leaves = [t.detach().requires_grad_() for t in (q, k, bank)]
-        loss = loss_fn(*leaves)
-        return (loss.detach(), *torch.autograd.grad(loss, leaves))
-    return fn
 
 
 def _impl(impl):
@@ -58,7 +50,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             nbytes = (2 * n + kk) * d * q.element_size()
             size = f"{n}x{kk}x{d}"
             for mode in ("fwd", "fwd+bwd"):
-                wrap = _fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+                wrap = (lambda f: fwd_bwd(f, (0, 1, 2))) if mode == "fwd+bwd" else (lambda f: f)
                 out.append(Case(
                     op="infonce_bank_loss", size=f"{size}-{mode}", dtype=dtype, inputs=(q, k, bank),
                     reference=wrap(_moco), impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls},

@@ -8,21 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, vkernels_impls, fwd_bwd
 
 TEMPERATURE = 0.07
 
 
 def _eager(q, k, shard):
     return torch.logsumexp(q @ shard.t() / TEMPERATURE, dim=1)
-
-
-def _fwd_bwd(lse_fn):
-    def fn(q, k, shard):
-        leaves = [q.detach().requires_grad_(), shard.detach().requires_grad_()]
-        lse = lse_fn(leaves[0], k, leaves[1]).sum()
-        return (lse.detach(), *torch.autograd.grad(lse, leaves))
-    return fn
 
 
 def _impl(impl):
@@ -48,7 +40,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             shard = F.normalize(torch.randn(kk, d, device=device), dim=1).to(dtype)
             nbytes = (2 * n + kk) * d * q.element_size()
             for mode in ("fwd", "fwd+bwd"):
-                wrap = _fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+                wrap = (lambda f: fwd_bwd(f, (0, 2))) if mode == "fwd+bwd" else (lambda f: f)
                 out.append(Case(
                     op="infonce_bank_partial", size=f"{n}x{kk}x{d}-{mode}", dtype=dtype, inputs=(q, k, shard),
                     reference=wrap(_eager), impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls},

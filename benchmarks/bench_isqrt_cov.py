@@ -7,7 +7,7 @@ in plain PyTorch (autograd keeps every iterate); vkernels keeps only A and recom
 import torch
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, vkernels_impls, fwd_bwd
 from vkernels.reference.isqrt_cov import isqrt_cov as reference
 
 ITERS = 5
@@ -21,14 +21,6 @@ def _gemms(x):
     for _ in range(3 * ITERS - 1):
         Y = torch.bmm(Y, Z)
     return Y
-
-
-def _fwd_bwd(fn):
-    def f(x):
-        leaf = x.detach().requires_grad_()
-        out = fn(leaf)
-        return (out.detach(), torch.autograd.grad(out, leaf, torch.ones_like(out))[0])
-    return f
 
 
 def _ref(x):
@@ -59,7 +51,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             out.append(Case(op="isqrt_cov", size=f"{size}-fwd-gemm-floor", dtype=dtype, inputs=(x,),
                             reference=_gemms, impls={}, bytes=x.nbytes, flops=fwd_flops, bound="compute"))
             for mode in ("fwd", "fwd+bwd"):
-                wrap = _fwd_bwd if mode == "fwd+bwd" else (lambda f: f)
+                wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
                 out.append(Case(
                     op="isqrt_cov", size=f"{size}-{mode}", dtype=dtype, inputs=(x,), reference=wrap(_ref),
                     impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls}, bytes=x.nbytes,
