@@ -33,6 +33,15 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(ptr, idx, imask, dcols, dmask, s_row, s_d, CAST_F32: tl.constexpr):
+    # A (len(idx), BD) tile of q or the bank; zero-padded so padded rows/columns add nothing to tl.dot.
+    t = tl.load(ptr + idx[:, None] * s_row + dcols[None, :] * s_d, mask=imask[:, None] & dmask[None, :], other=0.0)
+    if CAST_F32:
+        t = t.to(tl.float32)
+    return t
+
+
+@triton.jit
 def _keep(rows, rmask, cols, cmask, ex_ptr, E):
     # Valid bank columns of these rows: inside the bank and not named in the rows' exclude lists.
     keep = rmask[:, None] & cmask[None, :]
@@ -54,9 +63,7 @@ def _fwd_split_kernel(q_ptr, b_ptr, ex_ptr, lpos_ptr, invt_ptr, pm_ptr, ps_ptr, 
     rmask = rows < N
     dcols = tl.arange(0, BD)
     dmask = dcols < D
-    q = tl.load(q_ptr + rows[:, None] * sqn + dcols[None, :] * sqd, mask=rmask[:, None] & dmask[None, :], other=0.0)
-    if CAST_F32:
-        q = q.to(tl.float32)
+    q = _load_rows(q_ptr, rows, rmask, dcols, dmask, sqn, sqd, CAST_F32)
     inv_t = tl.load(invt_ptr).to(acc_t)
     lpos = tl.load(lpos_ptr + rows, mask=rmask, other=0.0).to(acc_t)
     m = tl.full([BM], float("-inf"), acc_t)
@@ -66,10 +73,7 @@ def _fwd_split_kernel(q_ptr, b_ptr, ex_ptr, lpos_ptr, invt_ptr, pm_ptr, ps_ptr, 
     for t in range(0, tiles_per_split):
         cols = (sid * tiles_per_split + t) * BN + tl.arange(0, BN)
         cmask = cols < K
-        b = tl.load(b_ptr + cols[:, None] * sbk + dcols[None, :] * sbd, mask=cmask[:, None] & dmask[None, :],
-                    other=0.0)
-        if CAST_F32:
-            b = b.to(tl.float32)
+        b = _load_rows(b_ptr, cols, cmask, dcols, dmask, sbk, sbd, CAST_F32)
         x = _dot(q, tl.trans(b), IEEE).to(acc_t) * inv_t
         keep = _keep(rows, rmask, cols, cmask, ex_ptr, E)
         sx += tl.sum(tl.where(keep, x, 0.0), 1)
@@ -142,9 +146,7 @@ def _bwd_dq_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr, dq
     rmask = rows < N
     dcols = tl.arange(0, BD)
     dmask = dcols < D
-    q = tl.load(q_ptr + rows[:, None] * sqn + dcols[None, :] * sqd, mask=rmask[:, None] & dmask[None, :], other=0.0)
-    if CAST_F32:
-        q = q.to(tl.float32)
+    q = _load_rows(q_ptr, rows, rmask, dcols, dmask, sqn, sqd, CAST_F32)
     inv_t = tl.load(invt_ptr).to(acc_t)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     coef = tl.load(coef_ptr + rows, mask=rmask, other=0.0)
@@ -154,10 +156,7 @@ def _bwd_dq_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr, dq
     for j0 in range(0, K, BN):
         cols = j0 + tl.arange(0, BN)
         cmask = cols < K
-        b = tl.load(b_ptr + cols[:, None] * sbk + dcols[None, :] * sbd, mask=cmask[:, None] & dmask[None, :],
-                    other=0.0)
-        if CAST_F32:
-            b = b.to(tl.float32)
+        b = _load_rows(b_ptr, cols, cmask, dcols, dmask, sbk, sbd, CAST_F32)
         w, px = _weights(q, b, rows, rmask, cols, cmask, ex_ptr, E, inv_t, lse, coef, sm, acc_t, IEEE)
         es += tl.sum(px, 1)
         dq += _dot(w.to(b.dtype), b, IEEE).to(acc_t)
@@ -175,18 +174,13 @@ def _bwd_dbank_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr,
     cmask = cols < K
     dcols = tl.arange(0, BD)
     dmask = dcols < D
-    b = tl.load(b_ptr + cols[:, None] * sbk + dcols[None, :] * sbd, mask=cmask[:, None] & dmask[None, :], other=0.0)
-    if CAST_F32:
-        b = b.to(tl.float32)
+    b = _load_rows(b_ptr, cols, cmask, dcols, dmask, sbk, sbd, CAST_F32)
     inv_t = tl.load(invt_ptr).to(acc_t)
     db = tl.zeros([BN, BD], acc_t)
     for i0 in range(0, N, BM):
         rows = i0 + tl.arange(0, BM)
         rmask = rows < N
-        q = tl.load(q_ptr + rows[:, None] * sqn + dcols[None, :] * sqd, mask=rmask[:, None] & dmask[None, :],
-                    other=0.0)
-        if CAST_F32:
-            q = q.to(tl.float32)
+        q = _load_rows(q_ptr, rows, rmask, dcols, dmask, sqn, sqd, CAST_F32)
         lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
         coef = tl.load(coef_ptr + rows, mask=rmask, other=0.0)
         sm = tl.load(sm_ptr + rows, mask=rmask, other=0.0)
