@@ -229,13 +229,14 @@ def backward_freq(grad_out, x, y, h1, s1, h2, s2):
         return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(y.shape, dtype=y.dtype,
                                                                                  device=y.device)
     Gf = torch.fft.rfft(grad_out.to(acc), dim=-1)[None, :, None]  # (1, B, 1, K)
-    dX = torch.empty(B, HW, C1, dtype=acc, device=x.device)
-    dY = torch.empty(B, HW, C2, dtype=acc, device=x.device)
     s1a, s2a = s1.to(acc), s2.to(acc)
+    dX, dY = [], []
     for l0, L, F in _FreqChunks(x, y, h1, s1, h2, s2, D):
-        # dCS1_l = irfft(Gf conj(F2_l)), dCS2_l = irfft(Gf conj(F1_l)): circular correlations with g.
-        dcs = torch.fft.irfft(Gf * F.flip(0).conj(), n=D, dim=-1)  # (2, B, L, D)
-        dX[:, l0:l0 + L] = dcs[0][:, :, h1] * s1a  # gathers: each gradient element written once
-        dY[:, l0:l0 + L] = dcs[1][:, :, h2] * s2a
-    return (dX.transpose(1, 2).reshape(x.shape).to(x.dtype).contiguous(),
-            dY.transpose(1, 2).reshape(y.shape).to(y.dtype).contiguous())
+        # dCS1_l = irfft(Gf conj(F2_l)), dCS2_l = irfft(Gf conj(F1_l)): circular correlations with g. A physical
+        # conj and no in-place slice writes: with a lazy conj view and dX[:, l0:l0 + L] = ..., the results under
+        # AOT autograd differed from eager (opcheck's test_aot_dispatch failed).
+        dcs = torch.fft.irfft(Gf * torch.conj_physical(F.flip(0)), n=D, dim=-1)  # (2, B, L, D)
+        dX.append(dcs[0][:, :, h1] * s1a)  # gathers: each gradient element written once
+        dY.append(dcs[1][:, :, h2] * s2a)
+    return (torch.cat(dX, 1).transpose(1, 2).reshape(x.shape).to(x.dtype).contiguous(),
+            torch.cat(dY, 1).transpose(1, 2).reshape(y.shape).to(y.dtype).contiguous())
