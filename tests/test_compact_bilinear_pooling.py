@@ -230,9 +230,14 @@ def test_torch_compile_fullgraph(device, impl, route):
     torch._dynamo.reset()
     x, y, h1, s1, h2, s2 = make(3, 6, 5, 3, 3, 11, torch.float32, device)
 
+    # The frequency route leaves FFT rounding (~1e-7) in bins no pair hashes to, where the Gram route leaves exact
+    # zeros; the signed square root's slope is unbounded there (inf / NaN gradients that differ with the last bit),
+    # so that route's gradients are compared through a smooth map.
+    post = (lambda o: o.sign() * o.abs().sqrt()) if route == "gram" else torch.tanh
+
     def f(x, y):
         out = vkernels.compact_bilinear_pooling(x.relu(), y, h1, s1, h2, s2, 11, impl=impl, route=route)
-        return torch.nn.functional.normalize(out.sign() * out.abs().sqrt(), dim=1)
+        return torch.nn.functional.normalize(post(out), dim=1)
 
     xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
     got = torch.compile(f, fullgraph=True, dynamic=False)(xs, ys)
