@@ -7,8 +7,8 @@
 // products into S_b (per bin, locations in increasing order). Memory per worker: 2 kChunk D reals + 2 kChunk K
 // complex + K complex, whatever H W is: nothing per location beyond one chunk ever exists.
 // Work per location: 2 real FFTs of length D (~2 x 2.5 D log2 D FLOPs), C1 + C2 scatter adds, 4 K MACs (complex);
-// per image one inverse FFT. Bytes: x, y read once (strided reads of a chunk: kChunk contiguous values per channel
-// in NCHW, one contiguous channel vector per location in channels_last); the buffers stay in L2 for D <= 8192.
+// per image one inverse FFT. Bytes: x, y read once (a chunk reads kChunk contiguous values per channel in NCHW,
+// values strided by C in channels_last); per worker a few MiB of chunk buffers (4 MiB at D = 8192, fp32).
 //
 // Backward, per image: Gf = rfft(g_b) once; per chunk the spectra F1, F2 are recomputed (nothing is saved), then
 // dCS1_l = irfft(Gf conj(F2_l)) and dCS2_l = irfft(Gf conj(F1_l)) (circular correlations: d out[d] / d CS1_l[a]
@@ -32,8 +32,9 @@
 namespace vkernels::compact_bilinear_pooling {
 namespace {
 
-// Locations per chunk: 32 x D = 8192 fp32 sketches are 2 x 1 MiB, their spectra 2 x 1 MiB. Measured (2 cores,
-// shared/noisy, B=8 C=2048 14x14 D=8192 fwd): 16 / 32 / 64 within noise of each other; 32 keeps the buffers in L2.
+// Locations per chunk: at D = 8192 fp32 both sketches of a chunk are 2 MiB and their spectra 2 MiB per worker.
+// Not tuned (other chunk sizes were not measured): large enough that each at::fft_rfft call transforms 64 rows,
+// small enough that the per-thread buffers stay a few MiB whatever H W is.
 constexpr int64_t kChunk = 32;
 
 template <class acc_t>
@@ -78,9 +79,9 @@ Mat<acc_t> as_matrix(const at::Tensor& x) {
 }
 
 // csT (D, ld) bin-major: csT[d * ld + l] = count sketch of location l0 + l, l < L (ld >= L; columns [L, ld) are left
-// alone). Bin-major makes channel c's update one contiguous axpy of L values into row h[c] (the location-major
-// layout touched L cache lines per channel: 2x slower at C = 2048, measured). Each bin's value is the sum over
-// channels in increasing order.
+// alone). Bin-major makes channel c's update one contiguous axpy of L values into row h[c] instead of L scattered
+// cache lines (a location-major sketch measured the same within this machine's noise). Each bin's value is the sum
+// over channels in increasing order.
 template <class acc_t>
 void sketch(const acc_t* xb, int64_t sc, int64_t sl, int64_t C, int64_t l0, int64_t L, const int32_t* h,
             const acc_t* s, int64_t ld, acc_t* csT) {
