@@ -2,7 +2,9 @@
 
 Compute-bound: the Gram GEMM, 2 B HW C^2 FLOPs (forward), 4 B HW C^2 more for the backward; the rest is O(B (C^2 +
 D)). Providers: "eager" and "compile" run the best plain-PyTorch formulation (Gram by bmm, then a signed index_add
-of G into D bins: vkernels.reference); "vkernels-<impl>"; "port-fft": the per-location FFT algorithm of the popular
+of G into D bins: vkernels.reference); "eager-freq": the plain-PyTorch frequency-pooled route (chunked count sketches,
+rfft, spectrum products summed, one irfft); "vkernels-<impl>" (route="auto") and "vkernels-<impl>-gram" /
+"vkernels-<impl>-freq" (each route forced: the measurement behind the auto choice); "port-fft": the per-location FFT algorithm of the popular
 ports (benchmarks/cbp_per_location_port.py). A separate case "...-gemm-floor" times the Gram GEMM(s) alone (its
 reference is the bmm): the floor the issue's 1.3x target is measured against.
 """
@@ -12,11 +14,12 @@ import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
 from benchmarks.cbp_per_location_port import per_location_fft_cbp
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as _reference
+from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling_freq as _reference_freq
 
 
-def _impl(impl):
+def _impl(impl, route="auto"):
     def fn(x, y, h1, s1, h2, s2, d):
-        return vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, d, impl=impl)
+        return vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, d, impl=impl, route=route)
     return fn
 
 
@@ -56,13 +59,16 @@ def cases(device: str, quick: bool) -> list[Case]:
         for mode in ("fwd", "fwd+bwd"):
             wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
             provs = {f"vkernels-{i}": wrap(_impl(i)) for i in impls}
+            provs.update({f"vkernels-{i}-{r}": wrap(_impl(i, r)) for i in impls for r in ("gram", "freq")})
+            provs["eager-freq"] = wrap(_reference_freq)
             provs["port-fft"] = wrap(per_location_fft_cbp)
             flops = gemm * (3 if mode == "fwd+bwd" else 1)
             out.append(Case(op="compact_bilinear_pooling", size=f"{size}-{mode}", dtype=dtype, inputs=inputs,
                             reference=wrap(_reference), impls=provs, bytes=nbytes * (3 if mode == "fwd+bwd" else 1),
                             flops=flops, bound="compute", clone_of=0,
                             targets=[(f"vkernels-{i}", "speedup_vs_compile", ">=", 1.2) for i in impls],
-                            loose={"port-fft": 1e-4}))  # fp32 rfft/irfft per location: ~1e-5 of the largest entry
+                            loose={"port-fft": 1e-4, "eager-freq": 1e-4,  # fp32 FFTs: ~1e-5 of the largest entry
+                                   **{f"vkernels-{i}{r}": 1e-4 for i in impls for r in ("", "-freq")}}))  # fp32 rfft/irfft per location: ~1e-5 of the largest entry
             out.append(Case(op="compact_bilinear_pooling", size=f"{size}-{mode}-gemm-floor", dtype=dtype,
                             inputs=inputs, reference=_gemm_floor_fwd_bwd if mode == "fwd+bwd" else _gemm_floor,
                             impls={}, bytes=nbytes, flops=flops, bound="compute", clone_of=0))

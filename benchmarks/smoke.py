@@ -499,10 +499,10 @@ def smoke_compact_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.compact_bilinear_pooling import tensor_sketch_per_location as definition
 
-    ops = {"cpu": "compact_bilinear_pooling", "triton": "compact_bilinear_pooling_triton"}
     for dtype in ctx.dtypes:
         dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
+        for impl, route in [(i, r) for i in ctx.impls for r in ("", "_freq")]:  # the Gram and frequency routes
+            ops = {"cpu": f"compact_bilinear_pooling{route}", "triton": f"compact_bilinear_pooling{route}_triton"}
             if impl not in ops or (ctx.scope == "quick" and impl == "triton" and dn != "float32"):
                 continue
             for name, (B, C1, C2, H, W, D, cl) in CBP_CASES.items():
@@ -521,10 +521,10 @@ def smoke_compact_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
                     xd, yd = xd.to(memory_format=torch.channels_last), yd.to(memory_format=torch.channels_last)
                 hs = tuple(t.to(ctx.device) for t in (h1, s1, h2, s2))
                 tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW / D products per bin, not one rounded element
-                yield Case(f"compact_bilinear_pooling/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *hs, D),
+                yield Case(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *hs, D),
                            out.detach(), tol, max(1.0, float(out.abs().max())))
-                bwd = ops[impl].replace("compact_bilinear_pooling", "compact_bilinear_pooling_backward")
-                yield Case(f"compact_bilinear_pooling/{impl}/{dn}/{name}/bwd", bwd,
+                bwd = f"compact_bilinear_pooling{route}_backward" + ("_triton" if impl == "triton" else "")
+                yield Case(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/bwd", bwd,
                            (gout.to(device=ctx.device, dtype=dtype), xd, yd, *hs), (dx, dy), tol,
                            max(1.0, float(dx.abs().max()), float(dy.abs().max())))
 

@@ -1,6 +1,7 @@
 """compact_bilinear_pooling: every implementation against an fp64 per-location Tensor Sketch computed from the
 definition (rfft / irfft per location with the same hashes and signs); gradients; odd shapes; layouts; empty
 batches; unbiasedness over random hashes; determinism; gradcheck; opcheck; torch.compile; bad input; the module."""
+import importlib
 import math
 
 import pytest
@@ -13,8 +14,12 @@ from conftest import DEVICES
 from _common import check_close, impl_params, kernels, randn
 
 OP = "compact_bilinear_pooling"
+cbp_ops = importlib.import_module("vkernels.ops.compact_bilinear_pooling")  # the module (the package exports the fn)
 IMPLS = impl_params(OP)
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# Both sum-pooled routes of every implementation: "gram" (G = X Y^T + signed scatter) and "freq" (chunked count
+# sketches, rfft, spectrum products summed before one irfft).
+ROUTES = ["gram", "freq"]
 
 
 def hashes(c, d, device, gen=None):
@@ -37,13 +42,13 @@ def make(B, C1, C2, H, W, D, dtype, device, layout="contiguous"):
     return x, y, h1, s1, h2, s2
 
 
-def run_case(device, impl, dtype, B, C1, C2, H, W, D, layout="contiguous", same=False):
+def run_case(device, impl, dtype, B, C1, C2, H, W, D, layout="contiguous", same=False, route="gram"):
     x, y, h1, s1, h2, s2 = make(B, C1, C2, H, W, D, dtype, device, layout)
     if same:
         y, h2, s2 = x, h1, s1
     xl = x.detach().clone().requires_grad_()
     yl = xl if same else y.detach().clone().requires_grad_()
-    out = vkernels.compact_bilinear_pooling(xl, yl, h1, s1, h2, s2, D, impl=impl)
+    out = vkernels.compact_bilinear_pooling(xl, yl, h1, s1, h2, s2, D, impl=impl, route=route)
     assert out.shape == (B, D) and out.dtype == dtype and out.device.type == device
     g = torch.randn(B, D, dtype=torch.float64)
     leaves = [xl] if same else [xl, yl]
@@ -65,10 +70,11 @@ def run_case(device, impl, dtype, B, C1, C2, H, W, D, layout="contiguous", same=
             check_close(a, b, c, dtype, name)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_matches_definition(device, impl, dtype):
-    run_case(device, impl, dtype, 3, 12, 10, 5, 4, 23)
+def test_matches_definition(device, impl, dtype, route):
+    run_case(device, impl, dtype, 3, 12, 10, 5, 4, 23, route=route)
 
 
 # (B, C1, C2, H, W, D): C1 != C2, odd / prime / non-power-of-two D, D = 1, D > C1 C2, H != W, 1x1 maps, and B
@@ -77,31 +83,44 @@ SHAPES = [(2, 7, 5, 3, 4, 11), (1, 3, 9, 1, 6, 1), (5, 4, 4, 2, 3, 100), (9, 16,
           (17, 5, 3, 2, 2, 12)]
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_odd_shapes(device, impl, shape):
-    run_case(device, impl, torch.float32, *shape)
+def test_odd_shapes(device, impl, shape, route):
+    run_case(device, impl, torch.float32, *shape, route=route)
 
 
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("B", [1, 5])
+def test_freq_route_many_chunks(device, impl, B):
+    """More locations than one chunk holds (the CPU kernel takes 32 at a time, the Triton path a size-dependent
+    number), with a ragged last chunk and, for B below the thread count, several location groups per image."""
+    run_case(device, impl, torch.float64, B, 6, 5, 9, 11, 20, route="freq")
+    run_case(device, impl, torch.float32, B, 6, 5, 9, 11, 20, layout="channels_last", route="freq")
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_layouts(device, impl, layout, dtype):
-    run_case(device, impl, dtype, 3, 8, 6, 4, 5, 19, layout=layout)
+def test_layouts(device, impl, layout, dtype, route):
+    run_case(device, impl, dtype, 3, 8, 6, 4, 5, 19, layout=layout, route=route)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_y_is_x(device, impl):
-    run_case(device, impl, torch.float32, 3, 9, 9, 3, 2, 17, same=True)
+def test_y_is_x(device, impl, route):
+    run_case(device, impl, torch.float32, 3, 9, 9, 3, 2, 17, same=True, route=route)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_empty(device, impl):
-    run_case(device, impl, torch.float32, 0, 5, 4, 3, 3, 7)
+def test_empty(device, impl, route):
+    run_case(device, impl, torch.float32, 0, 5, 4, 3, 3, 7, route=route)
     # No locations: zero output and zero gradients.
     x, y, h1, s1, h2, s2 = make(2, 5, 4, 0, 3, 7, torch.float32, device)
     x.requires_grad_()
-    out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 7, impl=impl)
+    out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 7, impl=impl, route=route)
     assert out.shape == (2, 7) and (out == 0).all()
     out.sum().backward()
     assert x.grad.shape == x.shape
@@ -129,8 +148,10 @@ def test_per_location_sketch_is_the_pair_hash():
     torch.testing.assert_close(definition(x, y, h1, s1, h2, s2, 5)[0], want)
 
 
-@pytest.mark.parametrize("impl", kernels(OP, "cpu"))
-def test_unbiased_over_hash_draws(impl):
+@pytest.mark.parametrize("impl,route", [(i, "gram") for i in kernels(OP, "cpu")] + [("cpu", "freq")])
+def test_unbiased_over_hash_draws(impl, route):
+    # (The Triton freq path is not drawn 1500 times through the interpreter: its equality with the definition on
+    # fresh hashes is checked by every other test.)
     """E_h,s <TS(a(x)b), TS(c(x)e)> = <a, c><b, e>: the mean over N independent hash draws lies within 5 standard
     errors (the sample standard deviation / sqrt(N)) of the exact value; a biased estimator (e.g. a hash that
     drops the mod D, or signs that are not independent) misses it by far more at this N."""
@@ -145,7 +166,7 @@ def test_unbiased_over_hash_draws(impl):
     for n in range(N):
         h1, s1 = hashes(C, D, "cpu")
         h2, s2 = hashes(C, D, "cpu")
-        out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, D, impl=impl)
+        out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, D, impl=impl, route=route)
         est[n] = out[0] @ out[1]
     exact = float((a @ c) * (b @ e))
     se = float(est.std()) / math.sqrt(N)
@@ -154,44 +175,48 @@ def test_unbiased_over_hash_draws(impl):
     assert se > 1e-3 * abs(exact)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("B", [1, 9])
-def test_deterministic(device, impl, B):
+def test_deterministic(device, impl, B, route):
     x, y, h1, s1, h2, s2 = make(B, 33, 17, 6, 5, 29, torch.float32, device)
     g = torch.randn(B, 29, device=device)
     runs = []
     for _ in range(2):
         xl, yl = x.clone().requires_grad_(), y.clone().requires_grad_()
-        out = vkernels.compact_bilinear_pooling(xl, yl, h1, s1, h2, s2, 29, impl=impl)
+        out = vkernels.compact_bilinear_pooling(xl, yl, h1, s1, h2, s2, 29, impl=impl, route=route)
         runs.append((out, *torch.autograd.grad(out, [xl, yl], g)))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("same", [False, True], ids=["x,y", "y_is_x"])
-def test_gradcheck(device, impl, same):
+def test_gradcheck(device, impl, same, route):
     x, y, h1, s1, h2, s2 = make(2, 4, 3, 2, 3, 7, torch.float64, device)
     if same:
         y, h2, s2 = x, h1, s1
     xl = x.clone().requires_grad_()
     if same:
-        f = lambda a: vkernels.compact_bilinear_pooling(a, a, h1, s1, h2, s2, 7, impl=impl)  # noqa: E731
+        f = lambda a: vkernels.compact_bilinear_pooling(a, a, h1, s1, h2, s2, 7, impl=impl, route=route)  # noqa: E731
         torch.autograd.gradcheck(f, [xl])
     else:
-        f = lambda a, b: vkernels.compact_bilinear_pooling(a, b, h1, s1, h2, s2, 7, impl=impl)  # noqa: E731
+        f = lambda a, b: vkernels.compact_bilinear_pooling(a, b, h1, s1, h2, s2, 7, impl=impl,  # noqa: E731
+                                                           route=route)
         torch.autograd.gradcheck(f, [xl, y.clone().requires_grad_()])
 
 
-def _ops(impl):
+def _ops(impl, route="gram"):
     sfx = "_triton" if impl == "triton" else ""
-    return (getattr(torch.ops.vkernels, f"compact_bilinear_pooling{sfx}"),
-            getattr(torch.ops.vkernels, f"compact_bilinear_pooling_backward{sfx}"))
+    base = "compact_bilinear_pooling" + ("_freq" if route == "freq" else "")
+    return (getattr(torch.ops.vkernels, f"{base}{sfx}"), getattr(torch.ops.vkernels, f"{base}_backward{sfx}"))
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_opcheck(device, impl):
-    fwd, bwd = _ops(impl)
+def test_opcheck(device, impl, route):
+    fwd, bwd = _ops(impl, route)
     for B, layout in ((3, "contiguous"), (2, "channels_last"), (0, "contiguous")):
         x, y, h1, s1, h2, s2 = make(B, 5, 4, 3, 2, 9, torch.float32, device, layout)
         torch.library.opcheck(fwd.default, (x.requires_grad_(), y.requires_grad_(), h1, s1, h2, s2, 9))
@@ -199,14 +224,20 @@ def test_opcheck(device, impl):
         torch.library.opcheck(bwd.default, (g, x.detach(), y.detach(), h1, s1, h2, s2))
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_torch_compile_fullgraph(device, impl):
+def test_torch_compile_fullgraph(device, impl, route):
     torch._dynamo.reset()
     x, y, h1, s1, h2, s2 = make(3, 6, 5, 3, 3, 11, torch.float32, device)
 
+    # The frequency route leaves FFT rounding (~1e-7) in bins no pair hashes to, where the Gram route leaves exact
+    # zeros; the signed square root's slope is unbounded there (inf / NaN gradients that differ with the last bit),
+    # so that route's gradients are compared through a smooth map.
+    post = (lambda o: o.sign() * o.abs().sqrt()) if route == "gram" else torch.tanh
+
     def f(x, y):
-        out = vkernels.compact_bilinear_pooling(x.relu(), y, h1, s1, h2, s2, 11, impl=impl)
-        return torch.nn.functional.normalize(out.sign() * out.abs().sqrt(), dim=1)
+        out = vkernels.compact_bilinear_pooling(x.relu(), y, h1, s1, h2, s2, 11, impl=impl, route=route)
+        return torch.nn.functional.normalize(post(out), dim=1)
 
     xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
     got = torch.compile(f, fullgraph=True, dynamic=False)(xs, ys)
@@ -221,6 +252,55 @@ def test_torch_compile_fullgraph(device, impl):
 
 def test_auto_is_the_cpu_kernel():
     assert vkernels.resolve_impl(OP, torch.randn(1)) == "cpu"
+
+
+def test_auto_route_follows_the_cost_model(monkeypatch):
+    """route="auto" is the Gram route at the issue's C = 512 sizes and the frequency route at C = 2048, 14x14,
+    D = 8192 (where the measured Gram GEMM alone is ~2x the frequency route); it runs the op choose_route names."""
+    assert cbp_ops.choose_route(512, 512, 8192) == "gram"
+    assert cbp_ops.choose_route(512, 512, 16000) == "gram"
+    assert cbp_ops.choose_route(2048, 2048, 8192) == "freq"
+    assert cbp_ops.choose_route(4, 3, 1) == "gram"
+    called = []
+    for name in ("compact_bilinear_pooling", "compact_bilinear_pooling_freq"):
+        op = getattr(torch.ops.vkernels, name)
+        monkeypatch.setattr(torch.ops.vkernels, name, lambda *a, _op=op, _n=name: called.append(_n) or _op(*a))
+    x, y, h1, s1, h2, s2 = make(1, 40, 40, 2, 2, 3, torch.float32, "cpu")  # 1600 > 20 * 3 log2(3): freq
+    x2, y2, h12, s12, h22, s22 = make(1, 4, 4, 2, 2, 64, torch.float32, "cpu")  # 16 < 20 * 64 * 6: gram
+    vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 3, impl="cpu")
+    vkernels.compact_bilinear_pooling(x2, y2, h12, s12, h22, s22, 64, impl="cpu")
+    assert called == ["compact_bilinear_pooling_freq", "compact_bilinear_pooling"]
+
+
+def test_freq_route_memory_is_bounded():
+    """The frequency route never holds every location's sketch or spectrum: its peak allocation (one thread, so the
+    profiler sees every allocation) stays within the inputs' size plus a chunk's buffers, whatever H W is; all
+    per-location spectra at 64x64 would be 2 * HW * (D/2 + 1) * 8 B = 134 MB."""
+    from benchmarks._harness import peak_bytes
+
+    D = 4096
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        peaks = {}
+        for hw in (8, 64):
+            x, y, h1, s1, h2, s2 = make(1, 8, 8, hw, hw, D, torch.float32, "cpu")
+            for impl in ("cpu", "reference"):
+                peaks[impl, hw] = peak_bytes({"f": lambda: vkernels.compact_bilinear_pooling(
+                    x, y, h1, s1, h2, s2, D, impl=impl, route="freq")}, "cpu")["f"]
+    finally:
+        torch.set_num_threads(threads)
+    chunk_bytes = 2 * 64 * D * 4 * 3  # CPU: 2 x 32 sketches + their spectra + the products; reference: 64 locations
+    for impl in ("cpu", "reference"):
+        assert peaks[impl, 64] is not None and peaks[impl, 64] < chunk_bytes + 8 * 8 * 64 * 64 * 4 * 2, peaks
+        assert peaks[impl, 64] < 2 * peaks[impl, 8] + 8 * 8 * 64 * 64 * 4 * 2, peaks  # grows only by the input
+
+
+def test_triton_freq_chunk_is_bounded():
+    from vkernels.triton import compact_bilinear_pooling as tk
+    for B, D, HW in ((32, 8192, 784), (32, 16000, 784), (1, 7, 10 ** 6), (4, 1 << 26, 5)):
+        L = tk.freq_chunk(B, D, HW)
+        assert 1 <= L <= HW and (B * L * D <= tk.FREQ_CHUNK_ELEMS or L == 1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -244,6 +324,7 @@ def test_bad_input_names_the_argument(device):
         (dict(output_dim=0), ValueError, "output_dim must be an int >= 1"),
         (dict(output_dim=7.0), ValueError, "output_dim must be an int >= 1"),
         (dict(impl="tpu"), ValueError, "impl must be"),
+        (dict(route="fft"), ValueError, "route must be one of auto, gram, freq"),
     ]
     if device == "cpu":
         cases.append((dict(h1=h1.to("meta")), ValueError, "h1 is on meta"))
@@ -253,10 +334,11 @@ def test_bad_input_names_the_argument(device):
             call(**args)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("impl", kernels(OP, "cpu"))
-def test_ops_check_their_own_arguments(impl):
+def test_ops_check_their_own_arguments(impl, route):
     """Direct torch.ops calls (bypassing the Python checks) still get named errors, never a crash."""
-    fwd, bwd = _ops(impl)
+    fwd, bwd = _ops(impl, route)
     x, y, h1, s1, h2, s2 = make(2, 5, 4, 3, 3, 7, torch.float32, "cpu")
     for args, msg in [
         ((x, y, torch.tensor([0, 1, 7, 2, 3]), s1, h2, s2, 7), "h1"),
@@ -310,3 +392,13 @@ def test_module_accepts_the_ports_argument_names():
         vkernels.nn.CompactBilinearPooling(4, 3, 9, output_size=9)
     with pytest.raises(ValueError, match="output_dim must be an int >= 1"):
         vkernels.nn.CompactBilinearPooling(4, 3, 0)
+
+
+def test_module_route():
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    gram = vkernels.nn.CompactBilinearPooling(6, 6, 13, seed=2, route="gram")
+    freq = vkernels.nn.CompactBilinearPooling(6, 6, 13, seed=2, route="freq")
+    torch.testing.assert_close(freq(x), gram(x))
+    assert "route='freq'" in repr(freq)
+    with pytest.raises(ValueError, match="route must be"):
+        vkernels.nn.CompactBilinearPooling(6, 6, 13, route="fft")

@@ -19,6 +19,7 @@ class CompactBilinearPooling(torch.nn.Module):
         input_layout: "NCHW" (default; x: (B, C, H, W)) or "NHWC" (the TensorFlow port's (B, H, W, C)); 2-D inputs
             (B, C) are taken as one location (gdlg's vector form) and give (B, D).
         impl: default implementation, see `vkernels.resolve_impl`.
+        route: "auto" | "gram" | "freq": the sum-pooled route (see `vkernels.compact_bilinear_pooling`).
 
     The popular ports' argument names are accepted too: input1_size / input2_size / output_size and h1, s1, h2, s2
     (gdlg/pytorch_compact_bilinear_pooling), rand_h_1, rand_s_1, rand_h_2, rand_s_2 (DeepInsight-PCALab's and the
@@ -31,6 +32,7 @@ class CompactBilinearPooling(torch.nn.Module):
 
     def __init__(self, input_dim1: int | None = None, input_dim2: int | None = None, output_dim: int | None = None,
                  sum_pool: bool = True, seed: int | None = None, *, input_layout: str = "NCHW", impl: str = "auto",
+                 route: str = "auto",
                  input1_size=None, input2_size=None, output_size=None, h1=None, s1=None, h2=None, s2=None,
                  rand_h_1=None, rand_s_1=None, rand_h_2=None, rand_s_2=None, cuda=None):
         super().__init__()
@@ -43,7 +45,9 @@ class CompactBilinearPooling(torch.nn.Module):
         if input_layout not in ("NCHW", "NHWC"):
             raise ValueError(f"CompactBilinearPooling: input_layout must be 'NCHW' or 'NHWC', got {input_layout!r}")
         self.input_dim1, self.input_dim2, self.output_dim = input_dim1, input_dim2, output_dim
-        self.sum_pool, self.input_layout, self.impl = sum_pool, input_layout, impl
+        if route not in ("auto", "gram", "freq"):
+            raise ValueError(f"CompactBilinearPooling: route must be 'auto', 'gram' or 'freq', got {route!r}")
+        self.sum_pool, self.input_layout, self.impl, self.route = sum_pool, input_layout, impl, route
         gen = None
         if seed is not None:
             gen = torch.Generator().manual_seed(seed)
@@ -66,14 +70,15 @@ class CompactBilinearPooling(torch.nn.Module):
         elif self.input_layout == "NHWC":
             x, y = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)
         out = compact_bilinear_pooling(x, y, self.h1, self.s1, self.h2, self.s2, self.output_dim,
-                                       sum_pool=self.sum_pool or vector, impl=self.impl)
+                                       sum_pool=self.sum_pool or vector, impl=self.impl, route=self.route)
         if not self.sum_pool and not vector and self.input_layout == "NHWC":
             out = out.permute(0, 2, 3, 1)
         return out
 
     def extra_repr(self) -> str:
         return (f"input_dim1={self.input_dim1}, input_dim2={self.input_dim2}, output_dim={self.output_dim}, "
-                f"sum_pool={self.sum_pool}, input_layout={self.input_layout!r}, impl={self.impl!r}")
+                f"sum_pool={self.sum_pool}, input_layout={self.input_layout!r}, impl={self.impl!r}, "
+                f"route={self.route!r}")
 
 
 def _one(name, value, alias, alias_value):

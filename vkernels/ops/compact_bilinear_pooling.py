@@ -5,10 +5,13 @@ autograd, the Triton variant of the op, and the public function that picks an im
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vkernels import _backend
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as _reference
+from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling_freq as _reference_freq
 
 __all__ = ["compact_bilinear_pooling"]
 
@@ -16,18 +19,40 @@ __all__ = ["compact_bilinear_pooling"]
 _INFO = _backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NAME = "compact_bilinear_pooling"
+_ROUTES = ("auto", "gram", "freq")
+
+# Route cost model, fitted on this project's CPU (AMD EPYC, 1 thread, shared/noisy; fp32, forward, B=2, medians of
+# 7): per image the Gram route costs ~a HW C1 C2 (the GEMM; the scatter is O(C1 C2)) and the frequency route
+# ~FREQ_COST a HW D log2(D) (two rffts per location; the sketch and the spectrum MACs ride along). Measured ratios
+# freq / gram (ms): C=2048 14x14 D=8192 123.6 / 251.2; C=1024 14x14 D=8192 104.9 / 55.1; C=512 28x28 D=8192
+# 433.4 / 48.1; C=512 28x28 D=16000 776.0 / 47.6 -> FREQ_COST = 19, 19, 22, 19. The backward keeps the ratio
+# (4 FFTs per location against 2 GEMMs; freq / gram backward 200 / 428 at C=2048, 210 / 121 at C=1024). H W and B
+# cancel, so the choice is C1 C2 > FREQ_COST D log2(D): freq from C ~ 1450 at D = 8192. The same rule is used on
+# CUDA, where it has NOT been measured (no GPU in this project's sessions so far).
+FREQ_COST = 20.0
+
+
+def choose_route(c1: int, c2: int, output_dim: int) -> str:
+    """The route `route="auto"` takes for channel counts c1, c2 and output_dim D: "gram" or "freq"."""
+    d = max(int(output_dim), 2)
+    return "freq" if c1 * c2 > FREQ_COST * d * math.log2(d) else "gram"
 
 
 def compact_bilinear_pooling(x: torch.Tensor, y: torch.Tensor, h1: torch.Tensor, s1: torch.Tensor,
                              h2: torch.Tensor, s2: torch.Tensor, output_dim: int, sum_pool: bool = True,
-                             impl: str = "auto") -> torch.Tensor:
+                             impl: str = "auto", route: str = "auto") -> torch.Tensor:
     r"""Tensor Sketch of x (x) y: TS_l = irfft(rfft(CS1(x_l)) rfft(CS2(y_l)), n=D) at each location l.
 
     CS(v)[d] = sum_{i: h[i] = d} s[i] v[i] is a count sketch; TS_l[d] = sum_{(h1[i] + h2[j]) mod D = d} s1[i] s2[j]
     x_l[i] y_l[j], so <TS(a (x) b), TS(c (x) d)> is an unbiased estimate of <a, c><b, d> over random h, s.
 
-    sum_pool=True returns sum_l TS_l, (B, D), computed through one Gram matrix per image, G_b = X_b Y_b^T, and a
-    signed scatter of G_b into D bins: no per-location sketch or spectrum ever exists. The sum is not divided by
+    sum_pool=True returns sum_l TS_l, (B, D), by one of two routes, neither of which ever holds every location's
+    sketch or spectrum:
+    - "gram": one Gram matrix per image, G_b = X_b Y_b^T, and a signed scatter of G_b into D bins
+      (O(HW C1 C2) per image);
+    - "freq": out_b = irfft(sum_l rfft(CS1(x_l)) rfft(CS2(y_l)), n=D), locations a bounded chunk at a time, the
+      spectrum products summed in fp32 complex (fp64 for fp64) before one irfft (O(HW D log D) per image).
+    "auto" takes "freq" when C1 C2 > 20 D log2(D) (measured on CPU; see `choose_route`). The sum is not divided by
     H W (the ports do not divide either). Deterministic: every output element is one ordered sum (no atomics).
 
     sum_pool=False returns MCB's per-location sketches (B, D, H, W); that path is the batched pure-PyTorch
@@ -42,19 +67,23 @@ def compact_bilinear_pooling(x: torch.Tensor, y: torch.Tensor, h1: torch.Tensor,
         output_dim: D >= 1, any size (not only powers of two).
         sum_pool: see above.
         impl: "auto" | "cpu" | "triton" | "reference"; see `vkernels.resolve_impl`.
+        route: "auto" | "gram" | "freq" (sum_pool=True only; ignored otherwise).
 
     Returns:
         (B, D) (or (B, D, H, W)) in x's dtype, accumulated in fp32 (fp64 for fp64). Differentiable w.r.t. x and y.
     """
     _check(x, y, h1, s1, h2, s2, output_dim)
+    if route not in _ROUTES:
+        raise ValueError(f"{_NAME}: route must be one of {', '.join(_ROUTES)}; got {route!r}")
     impl = _backend.resolve_impl(_NAME, x, impl)
     if not sum_pool:
         return _reference(x, y, h1, s1, h2, s2, output_dim, sum_pool=False)
+    if route == "auto":
+        route = choose_route(x.shape[1], y.shape[1], output_dim)
     if impl == "reference":
-        return _reference(x, y, h1, s1, h2, s2, output_dim)
-    op = torch.ops.vkernels.compact_bilinear_pooling_triton if impl == "triton" else \
-        torch.ops.vkernels.compact_bilinear_pooling
-    return op(x, y, h1, s1, h2, s2, int(output_dim))
+        return (_reference_freq if route == "freq" else _reference)(x, y, h1, s1, h2, s2, output_dim)
+    name = _NAME + ("_freq" if route == "freq" else "") + ("_triton" if impl == "triton" else "")
+    return getattr(torch.ops.vkernels, name)(x, y, h1, s1, h2, s2, int(output_dim))
 
 
 def _check(x, y, h1, s1, h2, s2, output_dim):
@@ -124,24 +153,24 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    """vkernels::compact_bilinear_pooling_triton / ..._backward_triton: the C++ schemas, Triton + cuBLAS behind."""
+def _define_triton(base: str, fwd_name: str, bwd_name: str) -> None:
+    """vkernels::<base>_triton / <base>_backward_triton: the C++ schemas, Triton (+ cuBLAS / cuFFT) behind."""
 
     def fwd(x, y, h1, s1, h2, s2, output_dim):
         from vkernels.triton import compact_bilinear_pooling as tk
         _check_shapes(x, y, h1, s1, h2, s2, output_dim)
-        return tk.forward(x, y, h1, s1, h2, s2, output_dim)
+        return getattr(tk, fwd_name)(x, y, h1, s1, h2, s2, output_dim)
 
     def bwd(grad_out, x, y, h1, s1, h2, s2):
         from vkernels.triton import compact_bilinear_pooling as tk
         _check_shapes(x, y, h1, s1, h2, s2, grad_out.shape[1] if grad_out.ndim == 2 else 1)
         if grad_out.ndim != 2 or grad_out.shape[0] != x.shape[0]:
-            raise RuntimeError(f"compact_bilinear_pooling_backward: grad_out must have shape [{x.shape[0]}, "
+            raise RuntimeError(f"{base}_backward: grad_out must have shape [{x.shape[0]}, "
                                f"output_dim], got {list(grad_out.shape)}")
-        return tk.backward(grad_out, x, y, h1, s1, h2, s2)
+        return getattr(tk, bwd_name)(grad_out, x, y, h1, s1, h2, s2)
 
-    _backend.define_triton_variant("compact_bilinear_pooling", fwd)
-    _backend.define_triton_variant("compact_bilinear_pooling_backward", bwd)
+    _backend.define_triton_variant(base, fwd)
+    _backend.define_triton_variant(f"{base}_backward", bwd)
 
 
 def _check_shapes(x, y, h1, s1, h2, s2, output_dim):
@@ -155,5 +184,10 @@ def _check_shapes(x, y, h1, s1, h2, s2, output_dim):
 if _backend.has_op(_NAME):
     _register(_NAME, "compact_bilinear_pooling_backward")
     if _backend.HAS_TRITON:
-        _define_triton()
+        _define_triton(_NAME, "forward", "backward")
         _register("compact_bilinear_pooling_triton", "compact_bilinear_pooling_backward_triton")
+if _backend.has_op(_NAME + "_freq"):
+    _register(_NAME + "_freq", "compact_bilinear_pooling_freq_backward")
+    if _backend.HAS_TRITON:
+        _define_triton(_NAME + "_freq", "forward_freq", "backward_freq")
+        _register("compact_bilinear_pooling_freq_triton", "compact_bilinear_pooling_freq_backward_triton")

@@ -52,3 +52,22 @@ def compact_bilinear_pooling(x, y, h1, s1, h2, s2, output_dim, sum_pool=True):
     out = G.new_zeros(G.shape[0], output_dim)
     out = out.index_add(1, pair_bins(h1, h2, output_dim), G.reshape(G.shape[0], G.shape[1] * G.shape[2]) * coef)
     return out.to(x.dtype)
+
+
+def compact_bilinear_pooling_freq(x, y, h1, s1, h2, s2, output_dim, chunk=64):
+    """Sum-pooled, through the frequency-pooled route in plain PyTorch: out_b = irfft(sum_l rfft(CS1(x_l))
+    rfft(CS2(y_l)), n=D), locations `chunk` at a time (never all per-location spectra at once), accumulated in fp32
+    complex (fp64 for fp64). Returns (B, D) in x's dtype."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    B, D = x.shape[0], output_dim
+    X = x.to(acc).flatten(2).transpose(1, 2)  # (B, HW, C1)
+    Y = y.to(acc).flatten(2).transpose(1, 2)
+    if B == 0 or X.shape[1] == 0:  # nothing to transform (MKL's FFT refuses an empty batch)
+        return x.new_zeros(B, D)
+    spec = torch.zeros(B, D // 2 + 1, dtype=torch.complex128 if acc == torch.float64 else torch.complex64,
+                       device=x.device)
+    for l0 in range(0, X.shape[1], chunk):
+        f1 = torch.fft.rfft(count_sketch(X[:, l0:l0 + chunk], h1, s1.to(acc), D), dim=-1)
+        f2 = torch.fft.rfft(count_sketch(Y[:, l0:l0 + chunk], h2, s2.to(acc), D), dim=-1)
+        spec = spec + (f1 * f2).sum(1)
+    return torch.fft.irfft(spec, n=D, dim=-1).to(x.dtype)
