@@ -148,6 +148,7 @@ class StyleGAN2Trainer(Trainer):
         self.data, _ = C.load_images(args.data, size=args.res, channels=self.img_channels)
         self.data = self.data.to(run.device)
         self.fixed_z = torch.randn(32, args.z_dim, generator=torch.Generator().manual_seed(123)).to(run.device)
+        self.last = {"r1": float("nan"), "pl": float("nan")}  # lazy terms as of the last step that ran them (logs)
 
     # kept for callers of the stylegan2-only trainer
     @property
@@ -189,10 +190,14 @@ class StyleGAN2Trainer(Trainer):
         loss_D = F.softplus(D(fake)).mean() + F.softplus(-real_logits).mean()
         self._opt_step("D", D, loss_D + r1)
         update_ema(self.G_ema, G, a.ema_beta)
+        if do_r1:
+            self.last["r1"] = r1.item()
+        if a.pl_weight > 0 and self.step % a.pl_every == 0:
+            self.last["pl"] = pl.item()
         self.step += 1
-        out = {"loss_G": loss_G.item(), "loss_D": loss_D.item(), "r1": r1.item()}
+        out = {"loss_G": loss_G.item(), "loss_D": loss_D.item(), "r1": self.last["r1"]}
         if a.pl_weight > 0:
-            out["pl"] = pl.item()
+            out["pl"] = self.last["pl"]
         return out
 
     def sample_grid(self, path):
