@@ -7,6 +7,8 @@
     python -m models.gan.train --arch spade --res 32 --out runs/spade                    # segmentation -> image
     torchrun --nproc_per_node 2 -m models.gan.train --data digits --out runs/gan-ddp      # DDP (gloo/NCCL)
     python -m models.gan.train --bench --res 32 --batch-size 16                          # G+D step, auto vs reference
+    python -m models.gan.train --bench --res 256 --batch-size 2 --channel-base 16384 --channels 512 --z-dim 512 \
+        --threads 1 --bench-steps 2 --out runs/bench                                     # StyleGAN2 256^2 widths
 
 Architectures (--arch):
 - stylegan2 (models/gan/stylegan2.py): non-saturating logistic loss, lazy R1 on reals every --r1-every steps (double
