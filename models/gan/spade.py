@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import vkernels
 
-__all__ = ["SPADEResBlock", "SPADEGenerator", "build_spade_generator", "train_example"]
+__all__ = ["SPADEResBlock", "SPADEGenerator", "build_spade_generator", "train_example", "PatchDiscriminator"]
 
 
 class SPADEResBlock(torch.nn.Module):
@@ -56,6 +56,27 @@ class SPADEGenerator(torch.nn.Module):
         for blk in self.blocks:
             x = F.interpolate(blk(x, seg), scale_factor=2, mode="nearest")
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """PatchGAN-style conditional D (pix2pix / SPADE's NLayerDiscriminator, one scale): concat(seg, img) ->
+    conv4x4 s2 -> lrelu -> [conv4x4 s2 -> instance norm -> lrelu] * (n_layers - 1) -> conv4x4 -> a logit map.
+    Plain torch ops, spectral norm as in SPADE."""
+
+    def __init__(self, label_nc: int, img_channels: int = 3, ch: int = 32, n_layers: int = 2):
+        super().__init__()
+        sn = torch.nn.utils.parametrizations.spectral_norm
+        layers = [torch.nn.Conv2d(label_nc + img_channels, ch, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+        c = ch
+        for _ in range(n_layers - 1):
+            layers += [sn(torch.nn.Conv2d(c, c * 2, 4, 2, 1)), torch.nn.InstanceNorm2d(c * 2),
+                       torch.nn.LeakyReLU(0.2)]
+            c *= 2
+        layers += [torch.nn.Conv2d(c, 1, 3, 1, 1)]
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, seg, img):
+        return self.net(torch.cat([seg, img], 1))
 
 
 def build_spade_generator(label_nc: int, size: int = 32, ch: int = 32, n_up: int = 2, hidden: int = 32,

@@ -94,13 +94,16 @@ class Generator(torch.nn.Module):
         ch = {r: min(channel_base // r, channel_max) for r in res}
         self.blocks = torch.nn.ModuleList(
             SynthesisBlock(ch[r // 2] if r > 4 else 0, ch[r], w_dim, r, img_channels, first=r == 4) for r in res)
+        self.register_buffer("pl_mean", torch.zeros([]))  # running mean of path lengths (path-length penalty)
 
-    def forward(self, z, truncation_psi=1.0, noise_mode="random"):
-        w = self.mapping(z, truncation_psi)
+    def synthesis(self, w, noise_mode="random"):
         x = img = None
         for block in self.blocks:
             x, img = block(x, img, w, noise_mode)
         return img
+
+    def forward(self, z, truncation_psi=1.0, noise_mode="random"):
+        return self.synthesis(self.mapping(z, truncation_psi), noise_mode)
 
 
 class Conv2dLayer(torch.nn.Module):
@@ -185,6 +188,21 @@ def r1_penalty(D, real):
     logits = D(real)
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
     return grad.square().sum([1, 2, 3]), logits
+
+
+def path_length_penalty(G, z, decay=0.01):
+    """StyleGAN2's path-length regularizer: (|J_w^T y| - a)^2 per sample with y ~ N(0, I) / sqrt(H W) and `a` the
+    running mean of the lengths (G.pl_mean, updated in place). Needs double backward through the synthesis network
+    (modulated_conv2d's weight pass and epilogue, upfirdn2d, bias_act). One w per sample (no style mixing), so the
+    length is taken over w_dim directly (stylegan2-ada averages it over its num_ws copies of w)."""
+    w = G.mapping(z)
+    img = G.synthesis(w)
+    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * y).sum(), w, create_graph=True)
+    lengths = grad.square().sum(1).sqrt()
+    with torch.no_grad():
+        G.pl_mean.copy_(G.pl_mean.lerp(lengths.mean(), decay))
+    return (lengths - G.pl_mean).square()
 
 
 @torch.no_grad()

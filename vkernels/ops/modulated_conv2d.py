@@ -11,9 +11,11 @@ Two fused kernels around a torch convolution:
 The convolution is F.conv2d / grouped conv / conv_transpose2d and FIR resampling is vkernels.upfirdn2d, arranged as
 StyleGAN's conv2d_resample fast paths. Registration: schemas in csrc/ops/modulated_conv2d.cpp.
 
-Gradients: first order through the kernels (the generator side of StyleGAN2 training: R1 needs double backward only
-through the discriminator, which uses bias_act/upfirdn2d). The weight pass's backward is written in torch ops and is
-itself differentiable; the epilogue's backward op is not (a second derivative raises).
+Gradients of any order. First order runs the kernels. The weight pass's backward is written in torch ops and is
+itself differentiable. The epilogue's backward op (dz = g * gain * act'(z) * [not clamped]) is registered with
+autograd too: it is linear in g, so its gradient w.r.t. g is the backward kernel again; its gradients w.r.t. x,
+dcoefs, noise, noise_strength and bias (act''(z) terms, which only a double backward needs, e.g. StyleGAN2's
+path-length penalty through G) are a torch composite of the reference epilogue, differentiable to any order.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from vkernels import _backend
 from vkernels.ops.upfirdn2d import setup_filter, upfirdn2d
 from vkernels.reference.bias_act import ACTIVATIONS
+from vkernels.reference.bias_act import bias_act as _ref_bias_act
 from vkernels.reference.modulated_conv2d import modulated_conv2d as _reference
 from vkernels.reference.modulated_conv2d import resample_padding
 
@@ -66,8 +69,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         impl: "auto" | "cpu" | "triton" | "reference"; see `vkernels.resolve_impl`.
 
     Returns:
-        (N, out_channels, outH, outW) in x's dtype. Differentiable once w.r.t. x, weight, styles, noise,
-        noise_strength and bias.
+        (N, out_channels, outH, outW) in x's dtype. Differentiable (to any order) w.r.t. x, weight, styles,
+        noise, noise_strength and bias.
     """
     f = _check(x, weight, styles, up, down, padding, resample_filter, noise, noise_strength, bias, act, alpha, gain,
                clamp)
@@ -230,6 +233,45 @@ def _epi_bwd(op, g, x, d, noise, ns, b, act, alpha, gain, clamp, needs):
     return dx, dd, dnoise, dns, db
 
 
+def _epilogue_pre(x, d, noise, ns, b):
+    """The epilogue's pre-activation in torch ops: z = x * d + noise * ns + b."""
+    z = x * d[:, :, None, None] if d is not None else x
+    if noise is not None:
+        z = z + (noise * ns.to(noise.dtype) if ns is not None else noise)
+    if b is not None:
+        z = z + b[None, :, None, None]
+    return z
+
+
+def _epi_bwd_grads(g, gg, x, d, noise, ns, b, act, alpha, gain, clamp, needs, create_graph):
+    """<gg, d(epilogue_backward(g, x, d, noise, ns, b)) / d(x, d, noise, ns, b)> through the reference's autograd.
+
+    The backward op's output is dz = g * d(clamp(act(z) * gain))/dz with z = x * d + noise * ns + b, so this is
+    gg * g * gain * act''(z) * [not clamped] pushed back through z. Only a double backward gets here, so the
+    transient full-size temporaries of this composite are acceptable."""
+    ins = [x, d, noise, ns, b]
+    want = [t is not None and bool(n) for t, n in zip(ins, needs)]
+    if not any(want):
+        return [None] * 5
+    with torch.enable_grad():
+        # Inputs that are part of the outer graph are used as they are (so the result is differentiable again);
+        # the others become fresh leaves. g is the incoming gradient, a constant here unless create_graph.
+        ls = [None if t is None else (t if (t.requires_grad and create_graph) else t.detach().requires_grad_(w))
+              for t, w in zip(ins, want)]
+        z = _epilogue_pre(*ls)
+        zl = z if z.requires_grad else z.detach().requires_grad_()
+        y = _ref_bias_act(zl, None, act=act, alpha=alpha, gain=gain, clamp=clamp)
+        (dz,) = torch.autograd.grad(y, zl, g if create_graph else g.detach(), create_graph=True)
+        outs = [l for l, w in zip(ls, want) if w]
+        if not dz.requires_grad:  # act'' == 0 everywhere this graph can see (linear activation)
+            res = [torch.zeros_like(o) for o in outs]
+        else:
+            res = list(torch.autograd.grad(dz, outs, gg, create_graph=create_graph, allow_unused=True,
+                                           materialize_grads=True))
+    it = iter(res)
+    return [next(it) if w else None for w in want]
+
+
 def _weight_bwd(w, s, d, g_wmod, g_d, demodulate, fused):
     N, I = s.shape
     O = w.shape[0]
@@ -291,12 +333,21 @@ def _register(wname: str, ename: str, ebname: str) -> None:
         out = _epi_bwd(ebop, g.contiguous(), x, d, noise, ns, b, *ctx.args, ctx.needs_input_grad[:5])
         return (*out, None, None, None, None)
 
-    def backward_eb(ctx, *grads):
-        raise RuntimeError("modulated_conv2d: gradients through the fused epilogue are first order only (its "
-                           "backward is not differentiable); use impl='reference' for higher orders")
+    def setup_eb(ctx, inputs, output):
+        g, x, dcoefs, noise, ns, b, act, alpha, gain, clamp = inputs
+        ctx.args = (act, alpha, gain, clamp)
+        ctx.save_for_backward(g, x, dcoefs, noise, ns, b)
+
+    def backward_eb(ctx, gg):
+        g, x, d, noise, ns, b = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        create_graph = torch.is_grad_enabled()  # True inside a create_graph=True backward
+        d_g = ebop(gg.contiguous(), x, d, noise, ns, b, *ctx.args) if needs[0] else None
+        rest = _epi_bwd_grads(g, gg, x, d, noise, ns, b, *ctx.args, needs[1:6], create_graph)
+        return (d_g, *rest, None, None, None, None)
 
     torch.library.register_autograd(f"vkernels::{wname}", backward_w, setup_context=setup_w)
-    torch.library.register_autograd(f"vkernels::{ebname}", backward_eb, setup_context=lambda ctx, inputs, output: None)
+    torch.library.register_autograd(f"vkernels::{ebname}", backward_eb, setup_context=setup_eb)
     torch.library.register_autograd(f"vkernels::{ename}", backward_e, setup_context=setup_e)
 
 

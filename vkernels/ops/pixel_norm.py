@@ -1,7 +1,12 @@
 """pixel_norm: y = x * rsqrt(mean(x^2 over dim) + eps) (StyleGAN's normalize_2nd_moment, ProGAN's pixel norm).
 
-Registration: the schema lives in csrc/ops/pixel_norm.cpp; this file adds fake kernels, autograd (first order; the
-backward op recomputes the norm from x, so only x is kept alive), the Triton variant and the public function.
+Registration: the schema lives in csrc/ops/pixel_norm.cpp; this file adds fake kernels, autograd (the backward op
+recomputes the norm from x, so only x is kept alive), the Triton variant and the public function.
+
+Higher-order gradients: the backward op pixel_norm_backward(g, x) is itself registered with autograd. It is linear
+and self-adjoint in g (d dx / d g = the same Jacobian as the forward), so its gradient w.r.t. g is the backward
+kernel again; its gradient w.r.t. x (which only a double backward needs, e.g. StyleGAN2's path-length penalty
+through the mapping network) is a torch composite of the reference, differentiable to any order.
 """
 from __future__ import annotations
 
@@ -30,8 +35,8 @@ def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "au
         impl: "auto" | "cpu" | "triton" | "reference"; see `vkernels.resolve_impl`.
 
     Returns:
-        A tensor of x's shape and dtype. Differentiable once (first order) through the kernels; the reference
-        (impl="reference") is differentiable to any order.
+        A tensor of x's shape and dtype. Differentiable to any order (first order through the kernels; second
+        and higher orders partly through torch composites, see the module docstring).
     """
     _check(x, dim, eps)
     impl = _backend.resolve_impl("pixel_norm", x, impl)
@@ -55,6 +60,20 @@ def _check(x, dim, eps):
         raise ValueError(f"pixel_norm: eps must be a finite number >= 0, got {eps!r}")
 
 
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    """t itself when it is part of a graph (so higher orders flow through it), else a fresh leaf that needs grad."""
+    return t if t.requires_grad else t.detach().requires_grad_()
+
+
+def _grad_x_of_backward(g, x, gg, dim, eps, create_graph):
+    """<gg, d(pixel_norm_backward(g, x)) / dx> through the reference's autograd (torch ops, any order)."""
+    with torch.enable_grad():
+        xl, gl = _leaf(x), g if create_graph else g.detach()
+        (dx,) = torch.autograd.grad(_reference(xl, dim, eps), xl, gl, create_graph=True)
+        (d_x,) = torch.autograd.grad(dx, xl, gg, create_graph=create_graph)
+    return d_x
+
+
 def _register(fwd: str, bwd: str) -> None:
     bwd_op = getattr(torch.ops.vkernels, bwd).default
 
@@ -75,12 +94,23 @@ def _register(fwd: str, bwd: str) -> None:
         (x,) = ctx.saved_tensors
         return bwd_op(g, x, *ctx.args), None, None
 
-    def backward_bwd(ctx, *grads):
-        raise RuntimeError("pixel_norm: gradients through the kernels are first order only (the backward op is not "
-                           "differentiable); use impl='reference' for higher orders")
+    def setup_bwd(ctx, inputs, output):
+        g, x, dim, eps = inputs
+        ctx.args = (dim, eps)
+        ctx.save_for_backward(g, x)
 
+    def backward_bwd(ctx, gg):
+        g, x = ctx.saved_tensors
+        dim, eps = ctx.args
+        create_graph = torch.is_grad_enabled()  # True inside a create_graph=True backward
+        d_g = bwd_op(gg.contiguous(), x, dim, eps) if ctx.needs_input_grad[0] else None
+        d_x = None
+        if ctx.needs_input_grad[1]:
+            d_x = _grad_x_of_backward(g, x, gg, dim, eps, create_graph)
+        return d_g, d_x, None, None
+
+    torch.library.register_autograd(f"vkernels::{bwd}", backward_bwd, setup_context=setup_bwd)
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
-    torch.library.register_autograd(f"vkernels::{bwd}", backward_bwd, setup_context=lambda ctx, inputs, output: None)
 
 
 def _define_triton() -> None:
