@@ -1,16 +1,21 @@
 // upsample_norm_act / spade_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply).
-// fp16/bf16 computed in fp32, statistics accumulated in fp64 (two passes: mean, then sum of squared deviations).
+// fp16/bf16 computed in fp32 (loaded / stored through at::vec conversions), fp64 in fp64.
 // Per element of the output (s = scale, M = N*C*H*W input elements, 4 = sizeof(fp32)):
-//  - stats, nearest: reads x twice (2*M*4 bytes for fp32), no writes beyond (N*)C floats; nearest upsampling by an
-//    integer factor repeats every input value s*s times, so mean and variance are those of x itself.
-//  - stats, bilinear: the upsampled values are formed on the fly in a row buffer (6 FLOPs each, twice), never
-//    written; x is read from cache for each of the ~2s rows that touch it.
-//  - apply: reads x once, writes the s*s*M outputs once; nearest evaluates the activation once per input element
-//    and replicates it (1 FMA + act per input), bilinear 6 FLOPs + FMA + act per output.
-//  - spade: reads x, gamma, beta, writes out: 4 tensors of M elements; ~5 FLOPs + act per element.
-// The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h), shared with its CPU and CUDA code.
+//  - stats: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = the group's first value (keeps the
+//    one-pass formula free of cancellation when |mean| >> std). Nearest: nearest upsampling by an integer factor
+//    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
+//    Bilinear: the upsampled rows are formed from horizontally interpolated input rows (each input row
+//    interpolated once per plane, RowPair) and never written. channels_last: per-channel partial sums per
+//    (sample, block of rows), combined in a fixed order (deterministic for any thread count).
+//  - apply: reads x once, writes the s*s*M outputs once, vectorised with at::vec; nearest evaluates the activation
+//    once per input element (1 FMA + act per input) and for s == 2 interleaves each result vector with itself and
+//    stores it to both output rows from registers; bilinear interpolates each input row horizontally once, then
+//    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output).
+//  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.
+// The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h, bias_act::apply, instantiated on
+// scalars for the tails and on at::vec vectors for the body, as bias_act's own CPU loop does).
 // Layouts: NCHW (and any non-channels_last strides, read through a contiguous copy): parallel over planes / input
-// rows; channels_last: parallel over rows of pixels, inner loop over C, which is contiguous in x and out.
+// rows; channels_last: parallel over rows of pixels, vectors run along C, which is contiguous in x and out.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
