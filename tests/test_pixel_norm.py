@@ -104,6 +104,17 @@ def test_bad_input():
         torch.ops.vkernels.pixel_norm(torch.ones(3, 4), 5, 1e-8)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_vector_paths(dtype):
+    """The C++ kernel's at::vec loops and scalar tails: rows of C values (channels_last, dim last, a latent batch)
+    and NCHW columns with inner sizes around the vector step and the 256-column chunk."""
+    run_case("cpu", "cpu", randn((2, 37, 3, 5), dtype, "cpu").to(memory_format=torch.channels_last), 1)
+    run_case("cpu", "cpu", randn((32, 512), dtype, "cpu", scale=2.0), 1)
+    run_case("cpu", "cpu", randn((3, 7, 19), dtype, "cpu"), -1)
+    for inner in (1, 15, 17, 257):
+        run_case("cpu", "cpu", randn((2, 6, inner), dtype, "cpu", scale=3.0), 1)
+
+
 # ---- second-order gradients (helper gan-models): the backward op is differentiable (kernel for d/dg, reference
 # composite for d/dx), as StyleGAN2's path-length penalty needs through the mapping network.
 def _slow_interp(device, impl):

@@ -133,3 +133,22 @@ def test_bad_input(device, impl):
     raises(ValueError, "only used by norm='batch'", x, g, b, norm="instance", running_mean=torch.zeros(3),
            running_var=torch.ones(3))
     raises(TypeError, "x must be float16", x.int(), g, b)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_vector_paths_odd_sizes(layout):
+    """The C++ kernel's at::vec loop and its scalar tail: C and H*W not multiples of the vector step."""
+    for dtype in DTYPES:
+        for shape in ((2, 19, 3, 7), (1, 33, 5, 5), (2, 3, 1, 1)):
+            x = randn(shape, dtype, "cpu") + 0.7
+            g, b = maps(shape, dtype, "cpu")
+            if layout == "channels_last":
+                x, g, b = (t.contiguous(memory_format=torch.channels_last) for t in (x, g, b))
+            outs = []
+            for which in ("ours", "lowp", "oracle"):
+                cast = (lambda t: t.double()) if which == "oracle" else (lambda t: t)
+                args = (cast(x), cast(g), cast(b), "instance" if shape[0] == 1 else "batch")
+                kw = dict(act="swish", gain=1.1)
+                outs.append(vkernels.spade_norm_act(*args, **kw, impl="cpu") if which == "ours"
+                            else reference(*args, **kw))
+            check_close(outs[0], outs[1], outs[2], dtype, f"{layout}/{shape}/{dtype}")

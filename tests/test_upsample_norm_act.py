@@ -267,3 +267,53 @@ def test_modules_adain_conditional_bn(device, impl):
     onehot = torch.nn.functional.one_hot(y, 10).float()
     cbn.eval()
     torch.testing.assert_close(cbn(x, onehot), cbn(x, y), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_cpu_vector_paths_odd_sizes(mode, layout):
+    """The C++ kernel's at::vec loops: widths / channel counts that cover the vector body and its scalar tail
+    (steps of 16 for fp16/bf16, 8 for fp32, 4 for fp64), the x2 interleaved stores and the bilinear row pairs
+    (W >= 10), scales 1-3, and a mean far from 0 with a small spread (the one-pass statistics must not cancel)."""
+    configs = [(2, 19, 21), (1, 17, 19), (3, 18, 11), (2, 3, 1), (2, 33, 12)]  # (scale, C, W)
+    for i, dtype in enumerate(DTYPES):
+        for j, (scale, C, W) in enumerate(configs):
+            N, H = 2, 3
+            x = randn((N, C, H, W), dtype, "cpu") * 0.5 + 20.0
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            norm = ["batch", "instance", "adain"][(i + j) % 3]
+            act = ["lrelu", "swish", "tanh", "linear"][(i + 2 * j) % 4]
+            _, kw = make_inputs(N, C, dtype, "cpu", norm, style=(j % 2 == 0))
+            opts = dict(scale=scale, mode=mode, norm=norm, act=act, gain=1.2, clamp=2.0 if j == 1 else None)
+            (y, lowp, oracle), _ = run_both("cpu", x, kw, dtype, **opts)
+            assert y.shape == (N, C, H * scale, W * scale)
+            if layout == "channels_last" and C > 1:
+                assert y.is_contiguous(memory_format=torch.channels_last)
+            check_close(y, lowp, oracle, dtype, f"{mode}/{layout}/{scale}/{C}x{W}/{norm}/{act}/{dtype}")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_cpu_stats_one_pass(mode, layout, per_sample):
+    """upsample_norm_act_stats on CPU against mean / var of F.interpolate's upsampled values in fp64, with a large
+    common offset (a one-pass sum / sum-of-squares without a shift would lose the variance)."""
+    import torch.nn.functional as F
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for scale, C, W in ((2, 19, 21), (3, 5, 7), (1, 9, 33)):
+            x = randn((3, C, 4, W), dtype, "cpu") * 0.01 + 1000.0
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            mean, var = torch.ops.vkernels.upsample_norm_act_stats(x, scale, mode, per_sample)
+            u = x.double()
+            if scale > 1:
+                u = F.interpolate(u, scale_factor=scale, mode=mode,
+                                  **({"align_corners": False} if mode == "bilinear" else {}))
+            dims = (2, 3) if per_sample else (0, 2, 3)
+            rm, rv = u.mean(dims), u.var(dims, unbiased=False)
+            tol = 1e-12 if dtype == torch.float64 else 1e-6
+            torch.testing.assert_close(mean.double(), rm, rtol=tol, atol=0)
+            # fp32 rounding of the bilinear blend in the compute type bounds the variance error (values ~1000)
+            vtol = 1e-10 if dtype == torch.float64 else 1e-3 * rv.max().item() + 1e-9
+            torch.testing.assert_close(var.double(), rv, rtol=0, atol=vtol)

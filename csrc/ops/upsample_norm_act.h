@@ -3,7 +3,8 @@
 // The public functions (vkernels/ops/upsample_norm_act.py, spade_norm_act.py) split the fused layer into two
 // kernels, so each backend needs no knowledge of batch vs instance norm, running statistics or affine conventions:
 //   upsample_norm_act_stats(x, scale, mode, per_sample) -> (mean, var): biased mean/variance of the upsampled
-//       values u = up(x) per channel (over N, H, W) or per (n, c) (over H, W), accumulated in fp64 (two passes).
+//       values u = up(x) per channel (over N, H, W) or per (n, c) (over H, W), accumulated in fp64 (one pass of
+//       shifted sums).
 //   upsample_norm_act(x, mean, a, b, scale, mode, act, ...) -> clamp(act((u - mean) * a + b) * gain), u = up(x)
 //       computed on the fly (never written), a = rstd * scale and b = shift combined by the caller.
 //   spade_norm_act(x, mean, rstd, gamma, beta, act, ...) -> clamp(act((x - mean) * rstd * (1 + gamma) + beta) * gain).

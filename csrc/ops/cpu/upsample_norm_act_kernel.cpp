@@ -1,20 +1,26 @@
 // upsample_norm_act / spade_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply).
-// fp16/bf16 computed in fp32, statistics accumulated in fp64 (two passes: mean, then sum of squared deviations).
+// fp16/bf16 computed in fp32 (loaded / stored through at::vec conversions), fp64 in fp64.
 // Per element of the output (s = scale, M = N*C*H*W input elements, 4 = sizeof(fp32)):
-//  - stats, nearest: reads x twice (2*M*4 bytes for fp32), no writes beyond (N*)C floats; nearest upsampling by an
-//    integer factor repeats every input value s*s times, so mean and variance are those of x itself.
-//  - stats, bilinear: the upsampled values are formed on the fly in a row buffer (6 FLOPs each, twice), never
-//    written; x is read from cache for each of the ~2s rows that touch it.
-//  - apply: reads x once, writes the s*s*M outputs once; nearest evaluates the activation once per input element
-//    and replicates it (1 FMA + act per input), bilinear 6 FLOPs + FMA + act per output.
-//  - spade: reads x, gamma, beta, writes out: 4 tensors of M elements; ~5 FLOPs + act per element.
-// The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h), shared with its CPU and CUDA code.
+//  - stats: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = the group's first value (keeps the
+//    one-pass formula free of cancellation when |mean| >> std). Nearest: nearest upsampling by an integer factor
+//    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
+//    Bilinear: the upsampled rows are formed from horizontally interpolated input rows (each input row
+//    interpolated once per plane, RowPair) and never written. channels_last: per-channel partial sums per
+//    (sample, block of rows), combined in a fixed order (deterministic for any thread count).
+//  - apply: reads x once, writes the s*s*M outputs once, vectorised with at::vec; nearest evaluates the activation
+//    once per input element (1 FMA + act per input) and for s == 2 interleaves each result vector with itself and
+//    stores it to both output rows from registers; bilinear interpolates each input row horizontally once, then
+//    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output).
+//  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.
+// The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h, bias_act::apply, instantiated on
+// scalars for the tails and on at::vec vectors for the body, as bias_act's own CPU loop does).
 // Layouts: NCHW (and any non-channels_last strides, read through a contiguous copy): parallel over planes / input
-// rows; channels_last: parallel over rows of pixels, inner loop over C, which is contiguous in x and out.
+// rows; channels_last: parallel over rows of pixels, vectors run along C, which is contiguous in x and out.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -22,6 +28,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ops/upsample_norm_act.h"
@@ -29,6 +36,7 @@
 namespace vkernels::norm_act {
 namespace {
 
+using at::vec::Vectorized;
 using bias_act::Act;
 
 // One output coordinate of 1-D linear interpolation (align_corners=False), computed as torch's CPU kernel does
@@ -78,13 +86,146 @@ bias_act::Params<double> make_params(double alpha, double gain, std::optional<do
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// statistics
+// vector helpers: a step is one Vectorized<scalar_t> (8 fp32, 4 fp64, 16 fp16/bf16 = two fp32 vectors)
 // ---------------------------------------------------------------------------------------------------------------
 template <class scalar_t>
-void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, at::Tensor& mean, at::Tensor& var) {
+struct V {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  using sVec = Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  static constexpr int kN = kReduced ? 2 : 1;
+  static constexpr int64_t kF = fVec::size();
+  static constexpr int64_t kStep = sVec::size();
+  static_assert(kStep == kN * kF);
+  struct Pack {
+    fVec v[kN];
+  };
+  static Pack load(const scalar_t* p) {
+    Pack r;
+    if constexpr (kReduced) {
+      std::tie(r.v[0], r.v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
+    } else {
+      r.v[0] = fVec::loadu(p);
+    }
+    return r;
+  }
+  static Pack loadf(const opmath_t* p) {
+    Pack r;
+    for (int k = 0; k < kN; ++k) r.v[k] = fVec::loadu(p + k * kF);
+    return r;
+  }
+  static sVec pack(const fVec* v) {
+    if constexpr (kReduced) {
+      return at::vec::convert_from_float<scalar_t>(v[0], v[1]);
+    } else {
+      return v[0];
+    }
+  }
+  static void to_opmath(const scalar_t* src, opmath_t* dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + kStep <= n; i += kStep) {
+      const Pack p = load(src + i);
+      for (int k = 0; k < kN; ++k) p.v[k].store(dst + i + k * kF);
+    }
+    for (; i < n; ++i) dst[i] = opmath_t(src[i]);
+  }
+};
+
+// The epilogue clamp(act((u - m) * a + b) * gain), scalar and vector: bias_act's math (bias_act::apply), so the
+// vector lanes compute what bias_act's own vector loop computes. The mean is subtracted before scaling (not
+// folded into b) so that large means do not cancel in fp32.
+template <Act A, class scalar_t>
+struct Epi {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  bias_act::Params<opmath_t> ps;
+  bias_act::Params<fVec> pv;
+  explicit Epi(const bias_act::Params<double>& pd)
+      : ps(bias_act::cast_params<opmath_t>(pd)), pv(bias_act::cast_params<fVec>(ps)) {}
+  scalar_t operator()(opmath_t u, opmath_t m, opmath_t a, opmath_t b) const {
+    return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, opmath_t(0), ps));
+  }
+  fVec operator()(const fVec& u, const fVec& m, const fVec& a, const fVec& b) const {
+    return bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, fVec(0), pv);
+  }
+};
+
+// Horizontal linear interpolation of one input row (W values) into OW = W * s opmath values. For s == 2 the interior
+// is vectorised: even outputs blend x[k-1], x[k], odd ones x[k], x[k+1], with the same (constant) weights make_lin
+// gives, interleaved into place.
+template <class scalar_t>
+struct HRow {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  const Lin<opmath_t>* lw;
+  int64_t W, OW, s;
+  std::vector<opmath_t> xb;  // the row in opmath (fp16/bf16 only)
+
+  HRow(const std::vector<Lin<opmath_t>>& l, int64_t w, int64_t s_)
+      : lw(l.data()), W(w), OW(w * s_), s(s_), xb(V<scalar_t>::kReduced ? w : 0) {}
+
+  void operator()(const scalar_t* src, opmath_t* dst) {
+    const opmath_t* x;
+    if constexpr (V<scalar_t>::kReduced) {
+      V<scalar_t>::to_opmath(src, xb.data(), W);
+      x = xb.data();
+    } else {
+      x = src;
+    }
+    int64_t ow = 0;
+    constexpr int64_t F = fVec::size();
+    if (s == 2 && W >= F + 2) {
+      for (; ow < 2; ++ow) dst[ow] = lw[ow].l0 * x[lw[ow].i0] + lw[ow].l1 * x[lw[ow].i1];
+      const fVec e0(lw[2].l0), e1(lw[2].l1), o0(lw[1].l0), o1(lw[1].l1);
+      int64_t k = 1;
+      for (; k + F <= W - 1; k += F) {
+        const fVec xm = fVec::loadu(x + k - 1), x0 = fVec::loadu(x + k), xp = fVec::loadu(x + k + 1);
+        auto [lo, hi] = at::vec::interleave2(e0 * xm + e1 * x0, o0 * x0 + o1 * xp);
+        lo.store(dst + 2 * k);
+        hi.store(dst + 2 * k + F);
+      }
+      ow = 2 * k;
+    }
+    for (; ow < OW; ++ow) dst[ow] = lw[ow].l0 * x[lw[ow].i0] + lw[ow].l1 * x[lw[ow].i1];
+  }
+};
+
+// Two horizontally interpolated input rows, keyed by a global row id; consecutive output rows of a plane share
+// their input rows, so every input row is interpolated about once (s == 2: output rows 2k+1, 2k+2 both come from
+// input rows k, k+1).
+template <class scalar_t>
+struct RowPair {
+  using opmath_t = at::opmath_type<scalar_t>;
+  HRow<scalar_t> h;
+  std::vector<opmath_t> buf;
+  int64_t key[2] = {-1, -1};
+
+  RowPair(const std::vector<Lin<opmath_t>>& lw, int64_t W, int64_t s) : h(lw, W, s), buf(2 * W * s) {}
+
+  const opmath_t* get(int64_t k, const scalar_t* src, int64_t keep) {
+    for (int j = 0; j < 2; ++j)
+      if (key[j] == k) return buf.data() + j * h.OW;
+    const int j = key[0] == keep ? 1 : 0;
+    h(src, buf.data() + j * h.OW);
+    key[j] = k;
+    return buf.data() + j * h.OW;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// statistics: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = one value of the group (a
+// representative value keeps the one-pass formula free of cancellation when |mean| >> std).
+// ---------------------------------------------------------------------------------------------------------------
+struct Acc {
+  double s1 = 0, s2 = 0;
+};
+
+template <class scalar_t>
+void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean,
+                    at::Tensor& var) {
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   const bool bil = mode == Mode::kBilinear && s > 1;
   const int64_t OH = bil ? H * s : H, OW = bil ? W * s : W;
   const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
@@ -93,108 +234,142 @@ void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, 
   auto* vp = var.mutable_data_ptr<opmath_t>();
   const int64_t groups = per_sample ? N * C : C;
   const int64_t n_per = per_sample ? 1 : N;
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<double> row(OW);
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t c = g % C, nb = per_sample ? g / C : 0;
-      // Calls fn(row) for every row of the (upsampled) values of this group.
-      auto for_rows = [&](auto&& fn) {
-        for (int64_t n = nb; n < nb + n_per; ++n) {
-          const scalar_t* p = xp + n * sn + c * sc;
-          for (int64_t oh = 0; oh < OH; ++oh) {
-            if (!bil) {
-              const scalar_t* r = p + oh * sh;
-              for (int64_t w = 0; w < W; ++w) row[w] = static_cast<double>(static_cast<opmath_t>(r[w * sw]));
-            } else {
-              const auto& y = lh[oh];
-              const scalar_t* r0 = p + y.i0 * sh;
-              const scalar_t* r1 = p + y.i1 * sh;
-              for (int64_t ow = 0; ow < OW; ++ow) {
-                const auto& q = lw[ow];
-                const opmath_t a = q.l0 * opmath_t(r0[q.i0 * sw]) + q.l1 * opmath_t(r0[q.i1 * sw]);
-                const opmath_t b = q.l0 * opmath_t(r1[q.i0 * sw]) + q.l1 * opmath_t(r1[q.i1 * sw]);
-                row[ow] = static_cast<double>(y.l0 * a + y.l1 * b);
-              }
-            }
-            fn(row.data());
-          }
-        }
-      };
-      const double count = static_cast<double>(n_per * OH * OW);
-      double sum = 0;
-      double mu = 0;
-      if (!bil && sw == 1) {
-        // Contiguous rows of x (NCHW): accumulate straight from x, vectorised, no row buffer.
-        for (int pass = 0; pass < 2; ++pass) {
-          double tot = 0;
-          for (int64_t n = nb; n < nb + n_per; ++n) {
-            const scalar_t* p = xp + n * sn + c * sc;
-            for (int64_t h = 0; h < H; ++h) {
-              const scalar_t* r = p + h * sh;
-              double acc = 0;
-              if (pass == 0) {
-#pragma omp simd reduction(+ : acc)
-                for (int64_t w = 0; w < W; ++w) acc += static_cast<double>(static_cast<opmath_t>(r[w]));
-              } else {
-#pragma omp simd reduction(+ : acc)
-                for (int64_t w = 0; w < W; ++w) {
-                  const double d = static_cast<double>(static_cast<opmath_t>(r[w])) - mu;
-                  acc += d * d;
-                }
-              }
-              tot += acc;
-            }
-          }
-          if (pass == 0) {
-            sum = tot;
-            mu = sum / count;
-          } else {
-            sum = tot;
-          }
-        }
-        mp[g] = static_cast<opmath_t>(mu);
-        vp[g] = static_cast<opmath_t>(sum / count);
-        continue;
+  const double count = static_cast<double>(n_per * OH * OW);
+  auto finish = [&](int64_t g, const Acc& a) {
+    const int64_t c = g % C, nb = per_sample ? g / C : 0;
+    const double shift = double(opmath_t(cl ? xp[nb * H * W * C + c] : xp[(nb * C + c) * H * W]));
+    const double d = a.s1 / count;
+    mp[g] = static_cast<opmath_t>(shift + d);
+    vp[g] = static_cast<opmath_t>(std::max(0.0, a.s2 / count - d * d));
+  };
+  if (!cl) {
+    // NCHW: parallel over groups; a group is n_per contiguous planes.
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      std::optional<RowPair<scalar_t>> rp;
+      std::vector<opmath_t> row;
+      if (bil) {
+        rp.emplace(lw, W, s);
+        row.resize(OW);
       }
-      for_rows([&](const double* r) {
-        double acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < OW; ++i) acc += r[i];
-        sum += acc;
-      });
-      mu = sum / count;
-      double m2 = 0;
-      for_rows([&](const double* r) {
-        double acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < OW; ++i) acc += (r[i] - mu) * (r[i] - mu);
-        m2 += acc;
-      });
-      vp[g] = static_cast<opmath_t>(m2 / count);
-      mp[g] = static_cast<opmath_t>(mu);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t c = g % C, nb = per_sample ? g / C : 0;
+        const double shift = double(opmath_t(xp[(nb * C + c) * H * W]));
+        Acc a;
+        for (int64_t n = nb; n < nb + n_per; ++n) {
+          const int64_t plane = n * C + c;
+          const scalar_t* p = xp + plane * H * W;
+          if (!bil) {  // nearest: the statistics of x itself
+            double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+            for (int64_t i = 0; i < H * W; ++i) {
+              const double d = double(opmath_t(p[i])) - shift;
+              s1 += d;
+              s2 += d * d;
+            }
+            a.s1 += s1;
+            a.s2 += s2;
+            continue;
+          }
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            const auto& y = lh[oh];
+            const opmath_t* r0 = rp->get(plane * H + y.i0, p + y.i0 * W, plane * H + y.i1);
+            const opmath_t* r1 = rp->get(plane * H + y.i1, p + y.i1 * W, plane * H + y.i0);
+            double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+            for (int64_t i = 0; i < OW; ++i) {
+              const double d = double(opmath_t(y.l0 * r0[i] + y.l1 * r1[i])) - shift;
+              s1 += d;
+              s2 += d * d;
+            }
+            a.s1 += s1;
+            a.s2 += s2;
+          }
+        }
+        finish(g, a);
+      }
+    });
+    return;
+  }
+  // channels_last: channel innermost. Work items are (sample, block of output rows) with per-channel partial sums,
+  // combined in a fixed order afterwards (deterministic for any thread count).
+  constexpr int64_t kRows = 8;
+  const int64_t blocks = (OH + kRows - 1) / kRows, items = N * blocks;
+  std::vector<double> part(items * 2 * C);
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<opmath_t> u(C);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / blocks, oh0 = (it % blocks) * kRows, oh1 = std::min(OH, oh0 + kRows);
+      const scalar_t* xs = xp + n * H * W * C;
+      const scalar_t* sh = xp + (per_sample ? n : 0) * H * W * C;  // shift row: pixel (0, 0) of the group
+      double* s1 = part.data() + it * 2 * C;
+      double* s2 = s1 + C;
+      std::fill(s1, s1 + 2 * C, 0.0);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          if (!bil) {
+            const scalar_t* px = xs + (oh * W + ow) * C;
+            for (int64_t c = 0; c < C; ++c) u[c] = opmath_t(px[c]);
+          } else {
+            const auto& y = lh[oh];
+            const auto& q = lw[ow];
+            const scalar_t* p00 = xs + (y.i0 * W + q.i0) * C;
+            const scalar_t* p01 = xs + (y.i0 * W + q.i1) * C;
+            const scalar_t* p10 = xs + (y.i1 * W + q.i0) * C;
+            const scalar_t* p11 = xs + (y.i1 * W + q.i1) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
+              const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
+              u[c] = y.l0 * t0 + y.l1 * t1;
+            }
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const double d = double(u[c]) - double(opmath_t(sh[c]));
+            s1[c] += d;
+            s2[c] += d * d;
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, groups, 64, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c = g % C;
+      const int64_t nb = per_sample ? g / C : 0;
+      Acc a;
+      for (int64_t n = nb; n < nb + n_per; ++n)
+        for (int64_t b = 0; b < blocks; ++b) {
+          const double* p = part.data() + (n * blocks + b) * 2 * C;
+          a.s1 += p[c];
+          a.s2 += p[C + c];
+        }
+      finish(g, a);
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x, int64_t scale, c10::string_view mode_s,
+std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x_in, int64_t scale, c10::string_view mode_s,
                                              bool per_sample) {
   constexpr std::string_view op = "upsample_norm_act_stats";
-  check_x(op, x);
+  check_x(op, x_in);
   TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
   const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
-  const auto ct = compute_type(x.scalar_type());
-  const int64_t N = x.size(0), C = x.size(1);
+  const auto ct = compute_type(x_in.scalar_type());
+  const int64_t N = x_in.size(0), C = x_in.size(1);
   auto shape = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
-  at::Tensor mean = at::empty(shape, x.options().dtype(ct));
-  at::Tensor var = at::empty(shape, x.options().dtype(ct));
+  at::Tensor mean = at::empty(shape, x_in.options().dtype(ct));
+  at::Tensor var = at::empty(shape, x_in.options().dtype(ct));
   if (mean.numel() == 0) return {mean, var};
-  if (x.numel() == 0) {  // statistics of an empty set, as torch's mean / var give them
+  if (x_in.numel() == 0) {  // statistics of an empty set, as torch's mean / var give them
     mean.fill_(std::numeric_limits<double>::quiet_NaN());
     var.fill_(std::numeric_limits<double>::quiet_NaN());
     return {mean, var};
   }
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = cl ? x_in : x_in.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_cpu",
-                                  [&] { stats_cpu_impl<scalar_t>(x, scale, mode, per_sample, mean, var); });
+                                  [&] { stats_cpu_impl<scalar_t>(x, scale, mode, per_sample, cl, mean, var); });
   return {mean, var};
 }
 
@@ -203,43 +378,76 @@ std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x, int64_t scale,
 // ---------------------------------------------------------------------------------------------------------------
 template <Act A, class scalar_t>
 void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b, int64_t s,
-                    Mode mode,
-                    const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const auto ps = bias_act::cast_params<opmath_t>(pd);
+                    Mode mode, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kF = T::kF, kStep = T::kStep;
+  const Epi<A, scalar_t> f(pd);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OH = H * s, OW = W * s;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const opmath_t* mp = m.const_data_ptr<opmath_t>();
   const opmath_t* ap = a.const_data_ptr<opmath_t>();
   const opmath_t* bp = b.const_data_ptr<opmath_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  // The mean is subtracted before scaling (not folded into b) so large means do not cancel in fp32.
-  auto f = [&](opmath_t u, opmath_t mv, opmath_t av, opmath_t bv) {
-    return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>((u - mv) * av, bv, opmath_t(0), ps));
-  };
   const bool bil = mode == Mode::kBilinear && s > 1;
+  // Vector epilogue of kStep values u (opmath) with per-channel constants (broadcast or rows).
+  auto vf = [&](const fVec* u, const fVec* mv, const fVec* av, const fVec* bv, fVec* y) {
+    for (int k = 0; k < kN; ++k) y[k] = f(u[k], mv[k], av[k], bv[k]);
+  };
   if (!bil) {
-    // One input row -> s output rows: the activation runs once per input element, then is replicated.
     if (!cl) {
-      at::parallel_for(0, N * C * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1)), [&](int64_t r0, int64_t r1) {
+      // One input row -> s output rows: the activation runs once per input element; for s == 2 each result vector
+      // is interleaved with itself and stored to both output rows from registers.
+      at::parallel_for(0, N * C * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1)),
+                       [&](int64_t r0, int64_t r1) {
+        std::vector<scalar_t> tmp(s > 2 ? W : 0);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t nc = r / H, h = r % H;
           const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+          fVec mvv[kN], avv[kN], bvv[kN];
+          for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
           const scalar_t* src = xp + r * W;
           scalar_t* dst = op + (nc * OH + h * s) * OW;
+          int64_t w = 0;
           if (s == 1) {
-#pragma omp simd
-            for (int64_t w = 0; w < W; ++w) dst[w] = f(opmath_t(src[w]), mv, av, bv);
-            continue;
+            for (; w + kStep <= W; w += kStep) {
+              fVec y[kN];
+              vf(T::load(src + w).v, mvv, avv, bvv, y);
+              T::pack(y).store(dst + w);
+            }
+            for (; w < W; ++w) dst[w] = f(opmath_t(src[w]), mv, av, bv);
+          } else if (s == 2) {
+            for (; w + kStep <= W; w += kStep) {
+              fVec y[kN], z[2 * kN];
+              vf(T::load(src + w).v, mvv, avv, bvv, y);
+              for (int k = 0; k < kN; ++k) std::tie(z[2 * k], z[2 * k + 1]) = at::vec::interleave2(y[k], y[k]);
+              for (int k = 0; k < 2; ++k) {
+                const auto sv = T::pack(z + k * kN);
+                sv.store(dst + 2 * w + k * kStep);
+                sv.store(dst + OW + 2 * w + k * kStep);
+              }
+            }
+            for (; w < W; ++w) {
+              const scalar_t t = f(opmath_t(src[w]), mv, av, bv);
+              dst[2 * w] = dst[2 * w + 1] = dst[OW + 2 * w] = dst[OW + 2 * w + 1] = t;
+            }
+          } else {
+            for (; w + kStep <= W; w += kStep) {
+              fVec y[kN];
+              vf(T::load(src + w).v, mvv, avv, bvv, y);
+              T::pack(y).store(tmp.data() + w);
+            }
+            for (; w < W; ++w) tmp[w] = f(opmath_t(src[w]), mv, av, bv);
+            for (int64_t i = 0; i < W; ++i)
+              for (int64_t k = 0; k < s; ++k) dst[i * s + k] = tmp[i];
+            for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW, dst, OW * sizeof(scalar_t));
           }
-          for (int64_t w = 0; w < W; ++w) {
-            const scalar_t t = f(opmath_t(src[w]), mv, av, bv);
-            for (int64_t k = 0; k < s; ++k) dst[w * s + k] = t;
-          }
-          for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW, dst, OW * sizeof(scalar_t));
         }
       });
     } else {
+      // channels_last: each pixel's C values are one vector run, stored to its s*s output pixels.
       at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t n = r / H, h = r % H;
@@ -249,12 +457,22 @@ void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& 
           const scalar_t* src = xp + r * W * C;
           scalar_t* dst = op + ((n * OH + h * s) * OW) * C;
           for (int64_t w = 0; w < W; ++w) {
-            scalar_t* d0 = dst + w * s * C;
             const scalar_t* sp = src + w * C;
-            for (int64_t c = 0; c < C; ++c) d0[c] = f(opmath_t(sp[c]), mr[c], ar[c], br[c]);
-            for (int64_t k = 1; k < s; ++k) std::memcpy(d0 + k * C, d0, C * sizeof(scalar_t));
+            scalar_t* d0 = dst + w * s * C;
+            int64_t c = 0;
+            for (; c + kStep <= C; c += kStep) {
+              fVec y[kN];
+              vf(T::load(sp + c).v, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, y);
+              const auto sv = T::pack(y);
+              for (int64_t dy = 0; dy < s; ++dy)
+                for (int64_t dx = 0; dx < s; ++dx) sv.store(d0 + (dy * OW + dx) * C + c);
+            }
+            for (; c < C; ++c) {
+              const scalar_t t = f(opmath_t(sp[c]), mr[c], ar[c], br[c]);
+              for (int64_t dy = 0; dy < s; ++dy)
+                for (int64_t dx = 0; dx < s; ++dx) d0[(dy * OW + dx) * C + c] = t;
+            }
           }
-          for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW * C, dst, OW * C * sizeof(scalar_t));
         }
       });
     }
@@ -262,20 +480,30 @@ void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& 
   }
   const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
   if (!cl) {
+    // Output rows of a plane in order; each input row is horizontally interpolated once (RowPair), then every
+    // output row is a vertical blend of two such rows + the epilogue, one vector pass.
     at::parallel_for(0, N * C * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
+      RowPair<scalar_t> rp(lw, W, s);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t nc = r / OH, oh = r % OH;
         const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+        fVec mvv[kN], avv[kN], bvv[kN];
+        for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
         const auto& y = lh[oh];
-        const scalar_t* s0 = xp + (nc * H + y.i0) * W;
-        const scalar_t* s1 = xp + (nc * H + y.i1) * W;
+        const scalar_t* plane = xp + nc * H * W;
+        const opmath_t* h0 = rp.get(nc * H + y.i0, plane + y.i0 * W, nc * H + y.i1);
+        const opmath_t* h1 = rp.get(nc * H + y.i1, plane + y.i1 * W, nc * H + y.i0);
         scalar_t* dst = op + r * OW;
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const auto& q = lw[ow];
-          const opmath_t t0 = q.l0 * opmath_t(s0[q.i0]) + q.l1 * opmath_t(s0[q.i1]);
-          const opmath_t t1 = q.l0 * opmath_t(s1[q.i0]) + q.l1 * opmath_t(s1[q.i1]);
-          dst[ow] = f(y.l0 * t0 + y.l1 * t1, mv, av, bv);
+        const fVec l0(y.l0), l1(y.l1);
+        int64_t ow = 0;
+        for (; ow + kStep <= OW; ow += kStep) {
+          fVec u[kN], z[kN];
+          for (int k = 0; k < kN; ++k)
+            u[k] = l0 * fVec::loadu(h0 + ow + k * kF) + l1 * fVec::loadu(h1 + ow + k * kF);
+          vf(u, mvv, avv, bvv, z);
+          T::pack(z).store(dst + ow);
         }
+        for (; ow < OW; ++ow) dst[ow] = f(y.l0 * h0[ow] + y.l1 * h1[ow], mv, av, bv);
       }
     });
   } else {
@@ -289,14 +517,25 @@ void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& 
         const scalar_t* s0 = xp + (n * H + y.i0) * W * C;
         const scalar_t* s1 = xp + (n * H + y.i1) * W * C;
         scalar_t* dst = op + r * OW * C;
+        const fVec yl0(y.l0), yl1(y.l1);
         for (int64_t ow = 0; ow < OW; ++ow) {
           const auto& q = lw[ow];
+          const fVec ql0(q.l0), ql1(q.l1);
           const scalar_t* p00 = s0 + q.i0 * C;
           const scalar_t* p01 = s0 + q.i1 * C;
           const scalar_t* p10 = s1 + q.i0 * C;
           const scalar_t* p11 = s1 + q.i1 * C;
           scalar_t* d = dst + ow * C;
-          for (int64_t c = 0; c < C; ++c) {
+          int64_t c = 0;
+          for (; c + kStep <= C; c += kStep) {
+            const auto a00 = T::load(p00 + c), a01 = T::load(p01 + c), a10 = T::load(p10 + c), a11 = T::load(p11 + c);
+            fVec u[kN], z[kN];
+            for (int k = 0; k < kN; ++k)
+              u[k] = yl0 * (ql0 * a00.v[k] + ql1 * a01.v[k]) + yl1 * (ql0 * a10.v[k] + ql1 * a11.v[k]);
+            vf(u, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, z);
+            T::pack(z).store(d + c);
+          }
+          for (; c < C; ++c) {
             const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
             const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
             d[c] = f(y.l0 * t0 + y.l1 * t1, mr[c], ar[c], br[c]);
@@ -334,13 +573,17 @@ at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tens
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// spade: out = clamp(act((x * a + b) * (1 + gamma) + beta) * gain)
+// spade: out = clamp(act((x - mean) * rstd * (1 + gamma) + beta) * gain), one vector pass over x, gamma, beta
 // ---------------------------------------------------------------------------------------------------------------
 template <Act A, class scalar_t>
 void spade_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, const at::Tensor& a,
                     const at::Tensor& b, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const auto ps = bias_act::cast_params<opmath_t>(pd);
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f(pd);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const scalar_t* gp = gm.const_data_ptr<scalar_t>();
@@ -349,26 +592,39 @@ void spade_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor&
   const opmath_t* bp = b.const_data_ptr<opmath_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   const opmath_t one(1);
-  auto f = [&](int64_t i, opmath_t av, opmath_t bv) {
-    const opmath_t xn = (opmath_t(xp[i]) - av) * bv;  // (x - mean) * rstd
-    return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>(
-        xn * (one + opmath_t(gp[i])), opmath_t(tp[i]), opmath_t(0), ps));
+  const fVec onev(1), zerov(0);
+  // Elements [i0, i1) (contiguous in storage), mean/rstd broadcast (cm == nullptr) or per-element rows cm/cr.
+  auto run = [&](int64_t i0, int64_t i1, opmath_t av, opmath_t bv, const opmath_t* cm, const opmath_t* cr) {
+    const fVec avc(av), bvc(bv);
+    int64_t i = i0;
+    for (; i + kStep <= i1; i += kStep) {
+      const auto xv = T::load(xp + i), gv = T::load(gp + i), tv = T::load(tp + i);
+      typename T::Pack mv, rv;
+      if (cm) {
+        mv = T::loadf(cm + (i - i0));
+        rv = T::loadf(cr + (i - i0));
+      } else {
+        for (int k = 0; k < kN; ++k) mv.v[k] = avc, rv.v[k] = bvc;
+      }
+      fVec z[kN];
+      for (int k = 0; k < kN; ++k)
+        z[k] = f((xv.v[k] - mv.v[k]) * rv.v[k], zerov, onev + gv.v[k], tv.v[k]);
+      T::pack(z).store(op + i);
+    }
+    for (; i < i1; ++i) {
+      const opmath_t mv = cm ? cm[i - i0] : av, rv = cm ? cr[i - i0] : bv;
+      op[i] = f((opmath_t(xp[i]) - mv) * rv, opmath_t(0), one + opmath_t(gp[i]), opmath_t(tp[i]));
+    }
   };
   if (!cl) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const opmath_t av = ap[p], bv = bp[p];
-#pragma omp simd
-        for (int64_t i = p * HW; i < (p + 1) * HW; ++i) op[i] = f(i, av, bv);
-      }
+      for (int64_t p = p0; p < p1; ++p) run(p * HW, (p + 1) * HW, ap[p], bp[p], nullptr, nullptr);
     });
   } else {
     at::parallel_for(0, N * HW, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t n = q / HW;
-        const opmath_t* ar = ap + n * C;
-        const opmath_t* br = bp + n * C;
-        for (int64_t c = 0; c < C; ++c) op[q * C + c] = f(q * C + c, ar[c], br[c]);
+        run(q * C, (q + 1) * C, 0, 0, ap + n * C, bp + n * C);
       }
     });
   }
