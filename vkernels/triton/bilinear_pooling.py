@@ -202,8 +202,8 @@ def backward(grad_out, x, y, out, nrm, normalize, triu, eps):
     norm = normalize == "signed_sqrt_l2"
     gy_empty = torch.empty((0,), dtype=x.dtype, device=x.device)
     if B == 0 or C1 == 0 or C2 == 0:
-        return torch.zeros_like(x, memory_format=torch.contiguous_format), (gy_empty if y is None else
-                                                                             torch.zeros_like(y, memory_format=torch.contiguous_format))
+        gy = gy_empty if y is None else torch.zeros_like(y, memory_format=torch.contiguous_format)
+        return torch.zeros_like(x, memory_format=torch.contiguous_format), gy
     g = grad_out.contiguous()
     oc = out.contiguous() if norm else g
     nc = nrm.contiguous() if norm else torch.empty((1,), dtype=acc, device=x.device)

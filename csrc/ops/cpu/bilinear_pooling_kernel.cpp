@@ -1,13 +1,15 @@
 // bilinear_pooling on CPU, fused per image: the Gram GEMM (at::mm_out, i.e. MKL; fp32 / fp64 accumulation) writes
-// one block of rows at a time into a small tile (256 KB - 1 MB, cache resident); the epilogue takes the tile straight into the output (signed square root and the row's sum of squares in
-// the same pass, the upper triangle gathered or, when y is x, the mirror (j, i) written from the (i, j) tile), then one
-// in-place scaling pass per image over its (cache-resident where it fits) output. No (B, C1, C2) tensor is ever
-// allocated; the forward keeps only the per-image norm (B values) for the backward, which rebuilds s = out * norm.
+// one block of rows at a time into a small tile (256 KB - 1 MB, cache resident); the epilogue takes the tile straight
+// into the output (signed square root and the row's sum of squares in the same pass, the upper triangle gathered or,
+// when y is x, the mirror (j, i) written from the (i, j) tile), then one in-place scaling pass per image over its
+// (cache-resident where it fits) output. No (B, C1, C2) tensor is ever
+// allocated; the forward keeps only the per-image norm (B values) for the backward, which reads out and the norm.
 //
 // Work: when y is x the GEMM computes only each row block's upper part (columns j >= the block's first row):
 // ~C^2 HW (1 + bs / C) FLOPs per image instead of 2 C^2 HW, i.e. a little over half the batched GEMM that the
-// benchmark's floor measures; else 2 C1 C2 HW. Epilogue per pooled element: ~6 FLOPs, 4 bytes written by the GEMM into the tile (cache), out written
-// once and re-read/written once (cache-resident per image when C1 C2 * 4 bytes fits in L2/L3).
+// benchmark's floor measures; else 2 C1 C2 HW. Epilogue per pooled element: ~6 FLOPs, 4 bytes written by the GEMM
+// into the tile (cache), out written once and re-read/written once (cache-resident per image when C1 C2 * 4 bytes
+// fits in L2/L3).
 // Backward per image: one pass over (g, out) for <out, g>, the epilogue's derivative written into a per-thread
 // C1 x C2 buffer (symmetrised when y is x), then one GEMM dX = dG Y (and dY = dG^T X). Per-thread buffers only.
 // Parallel over images when B >= threads (each GEMM single-threaded), else images in turn with MKL's threads inside
@@ -134,8 +136,8 @@ struct Fwd {
         const int64_t js = p.sym || p.triu ? i : 0;  // first column kept: the diagonal when y is x or with triu
         const acc_t* trow = tile + r * n + (js - j0);
         acc_t* drow = dst + (p.triu ? triu_index(i, i, C1) : i * C2 + js);
-        const acc_t diag_ss = (p.sym && !p.triu) ? row_epilogue<acc_t>(trow, drow, 1, inv_m, eps, p.normalize) : acc_t(0);
         if (p.sym && !p.triu) {
+          const acc_t diag_ss = row_epilogue<acc_t>(trow, drow, 1, inv_m, eps, p.normalize);
           const acc_t rest = row_epilogue<acc_t>(trow + 1, drow + 1, C2 - js - 1, inv_m, eps, p.normalize);
           ss_rows[r] = diag_ss + 2 * rest;
         } else {
