@@ -431,8 +431,8 @@ def smoke_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
                 bwd = ops[impl].replace("bilinear_pooling", "bilinear_pooling_backward")
 
                 def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
-                    _, z = fwd(*args)
-                    return (gout.to(device=ctx.device, dtype=dtype), *args[:2], z, *args[2:])
+                    out, nrm = fwd(*args)  # the backward reads the forward's output and per-image norm
+                    return (gout.to(device=ctx.device, dtype=dtype), *args[:2], out, nrm, *args[2:])
 
                 gscale = max(1.0, *(float(t.abs().max()) for t in grads))
                 n = len(grads)

@@ -82,6 +82,29 @@ def test_layouts(device, impl, layout, variant):
     run_case(device, impl, torch.float32, variant, layout=layout)
 
 
+@pytest.mark.parametrize("B", [1, 3], ids=["B1-threads-in-image", "B3-threads-over-images"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", [VARIANTS[1], VARIANTS[3], VARIANTS[4], VARIANTS[5], VARIANTS[6]], ids=vid)
+def test_row_blocks_cpu(B, dtype, variant):
+    """C1 = 300 > the CPU kernel's GEMM row block (218 rows at C2 = 300): several blocks per image, the mirrored
+    upper blocks when y is x, the low-precision staging buffer; B = 1 takes the path that threads inside one image,
+    B = 3 the one over images (2 threads)."""
+    if not any(p.values == ("cpu", "cpu") for p in IMPLS):
+        pytest.skip("no compiled CPU kernel")
+    run_case("cpu", "cpu", dtype, variant, sizes=(B, 300, 70, 2, 3))
+
+
+def test_inference_mode_cpu():
+    """The CPU kernel runs its per-image GEMMs on worker threads; they must see the caller's inference mode."""
+    if not any(p.values == ("cpu", "cpu") for p in IMPLS):
+        pytest.skip("no compiled CPU kernel")
+    x = randn((3, 40, 3, 3), torch.float32, "cpu")
+    want = vkernels.bilinear_pooling(x, normalize="signed_sqrt_l2", impl="cpu")
+    with torch.inference_mode():
+        got = vkernels.bilinear_pooling(x.clone(), normalize="signed_sqrt_l2", impl="cpu")
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("variant", [VARIANTS[1], VARIANTS[5]], ids=vid)
 def test_empty_batch(device, impl, variant):
@@ -147,8 +170,8 @@ def test_opcheck(device, impl):
         x, y = make(2, 4, 3, 3, 2, two, triu, device, torch.float32)
         args = (x.clone().requires_grad_(), None if y is None else y.clone().requires_grad_(), norm, triu, 1e-10)
         torch.library.opcheck(fwd.default, args)
-        out, z = fwd(x, y, norm, triu, 1e-10)
-        torch.library.opcheck(bwd.default, (torch.randn_like(out), x, y, z, norm, triu, 1e-10))
+        out, nrm = fwd(x, y, norm, triu, 1e-10)
+        torch.library.opcheck(bwd.default, (torch.randn_like(out), x, y, out, nrm, norm, triu, 1e-10))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -205,5 +228,10 @@ def test_cpp_checks_name_the_argument():
     with pytest.raises(RuntimeError, match="triu=True needs"):
         torch.ops.vkernels.bilinear_pooling(x, torch.randn(2, 2, 4, 4), "none", True, 1e-10)
     with pytest.raises(RuntimeError, match="grad_out must have shape"):
-        torch.ops.vkernels.bilinear_pooling_backward(torch.randn(2, 5), x, None, torch.empty(0), "none", False,
-                                                     1e-10)
+        torch.ops.vkernels.bilinear_pooling_backward(torch.randn(2, 5), x, None, torch.empty(0), torch.empty(0),
+                                                     "none", False, 1e-10)
+    out, nrm = torch.ops.vkernels.bilinear_pooling(x, None, "signed_sqrt_l2", False, 1e-10)
+    with pytest.raises(RuntimeError, match="out must be the forward's"):
+        torch.ops.vkernels.bilinear_pooling_backward(out, x, None, out[:, :4], nrm, "signed_sqrt_l2", False, 1e-10)
+    with pytest.raises(RuntimeError, match="norm must be the forward's"):
+        torch.ops.vkernels.bilinear_pooling_backward(out, x, None, out, nrm.double(), "signed_sqrt_l2", False, 1e-10)

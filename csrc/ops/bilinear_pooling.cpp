@@ -46,13 +46,28 @@ Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at
   return p;
 }
 
+void check_backward_args(const Problem& p, const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& norm) {
+  const char* op = "bilinear_pooling_backward";
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == p.B && grad_out.size(1) == p.P, op,
+              ": grad_out must have shape [", p.B, ", ", p.P, "], got ", grad_out.sizes());
+  if (!p.normalize) return;
+  const auto acc = p.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(out.sizes() == grad_out.sizes() && out.scalar_type() == p.x.scalar_type(), op,
+              ": out must be the forward's [", p.B, ", ", p.P, "] ", p.x.scalar_type(), " output, got ", out.sizes(),
+              " ", out.scalar_type());
+  TORCH_CHECK(norm.dim() == 1 && norm.size(0) == p.B && norm.scalar_type() == acc, op,
+              ": norm must be the forward's [", p.B, "] ", acc, " norm, got ", norm.sizes(), " ", norm.scalar_type());
+}
+
 TORCH_LIBRARY_FRAGMENT(vkernels, m) {
-  // out: (B, P) in x's dtype. z: the pooled values before normalisation, (B, P) in the accumulation dtype (float64
-  // for float64 inputs, else float32), kept for the backward; shape (0,) when normalize = 'none' (not needed).
-  m.def("bilinear_pooling(Tensor x, Tensor? y, str normalize, bool triu, float eps) -> (Tensor out, Tensor z)");
-  // Gradients w.r.t. x and y (grad_y has shape (0,) when y is None: x's gradient then has both terms).
-  m.def("bilinear_pooling_backward(Tensor grad_out, Tensor x, Tensor? y, Tensor z, str normalize, bool triu, "
-        "float eps) -> (Tensor grad_x, Tensor grad_y)");
+  // out: (B, P) in x's dtype. norm: max(||s||_2, 1e-12) per image, (B,) in the accumulation dtype (float64 for
+  // float64 inputs, else float32), kept for the backward together with out (s = out * norm there, so nothing of
+  // size B x P is kept beyond the output itself); shape (0,) when normalize = 'none' (not needed).
+  m.def("bilinear_pooling(Tensor x, Tensor? y, str normalize, bool triu, float eps) -> (Tensor out, Tensor norm)");
+  // Gradients w.r.t. x and y (grad_y has shape (0,) when y is None: x's gradient then has both terms). out and norm:
+  // the forward's outputs (only read when normalising).
+  m.def("bilinear_pooling_backward(Tensor grad_out, Tensor x, Tensor? y, Tensor out, Tensor norm, str normalize, "
+        "bool triu, float eps) -> (Tensor grad_x, Tensor grad_y)");
 }
 
 }  // namespace vkernels::bilinear_pooling

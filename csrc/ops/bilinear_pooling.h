@@ -22,6 +22,9 @@ constexpr double kL2Eps = 1e-12;
 
 Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y,
                      const std::string& normalize, bool triu, double eps);
+// The backward's saved tensors: grad_out (B, P); with normalisation out (B, P) in x's dtype and norm (B,) in the
+// accumulation dtype.
+void check_backward_args(const Problem& p, const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& norm);
 // Packed position of (i, j), i <= j, in the row-major upper triangle of a C x C matrix.
 inline int64_t triu_index(int64_t i, int64_t j, int64_t C) { return i * C - i * (i - 1) / 2 + (j - i); }
 

@@ -91,22 +91,26 @@ def _register(fwd: str, bwd: str) -> None:
     def _fake_fwd(x, y, normalize, triu, eps):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         P = _pooled_size(x, y, triu)
-        z_shape = (x.shape[0], P) if normalize == "signed_sqrt_l2" else (0,)
-        return x.new_empty((x.shape[0], P)), x.new_empty(z_shape, dtype=acc)
+        n_shape = (x.shape[0],) if normalize == "signed_sqrt_l2" else (0,)
+        return x.new_empty((x.shape[0], P)), x.new_empty(n_shape, dtype=acc)
 
     @torch.library.register_fake(f"vkernels::{bwd}")
-    def _fake_bwd(grad_out, x, y, z, normalize, triu, eps):
+    def _fake_bwd(grad_out, x, y, out, norm, normalize, triu, eps):
         return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
     def setup(ctx, inputs, output):
         x, y, normalize, triu, eps = inputs
         ctx.args = (normalize, triu, eps)
         ctx.has_y = y is not None
-        ctx.save_for_backward(x, y, output[1])
+        # The output itself (s = out * norm in the backward) and the per-image norm: nothing else of size B x P.
+        norm = normalize == "signed_sqrt_l2"
+        ctx.save_for_backward(x, y, output[0] if norm else None, output[1])
 
-    def backward(ctx, g_out, _g_z):
-        x, y, z = ctx.saved_tensors
-        gx, gy = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, z, *ctx.args)
+    def backward(ctx, g_out, _g_norm):
+        x, y, out, nrm = ctx.saved_tensors
+        if out is None:
+            out = g_out
+        gx, gy = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, out, nrm, *ctx.args)
         need = ctx.needs_input_grad
         return (gx if need[0] else None, gy if ctx.has_y and need[1] else None, None, None, None)
 
@@ -118,9 +122,9 @@ def _define_triton() -> None:
         from vkernels.triton import bilinear_pooling as tk
         return tk.forward(x, y, normalize, triu, eps)
 
-    def bwd(grad_out, x, y, z, normalize, triu, eps):
+    def bwd(grad_out, x, y, out, norm, normalize, triu, eps):
         from vkernels.triton import bilinear_pooling as tk
-        return tk.backward(grad_out, x, y, z, normalize, triu, eps)
+        return tk.backward(grad_out, x, y, out, norm, normalize, triu, eps)
 
     _backend.define_triton_variant("bilinear_pooling", fwd)
     _backend.define_triton_variant("bilinear_pooling_backward", bwd)

@@ -2,11 +2,12 @@
 on CUDA, so the low-precision inputs are never copied), the epilogue in Triton.
 
 Forward epilogue, two kernels over (image, row) programs: (1) scale by 1/HW, gather the row (its upper-triangle part
-with triu), write z (fp32, kept for the backward) or the output directly when not normalising, and one partial sum
-of s^2 per row; (2) reduce the image's row partials (C1 values), write out = s / max(||s||, 1e-12).
-Backward: (1) per-row partials of ||s||^2 and <s, g>; (2) per row of dG (C1 x C2): the derivative of the epilogue at
-the packed positions (i, j) (and (j, i) when y is x: dG + dG^T) written densely, then cuBLAS dX = dG Y, dY = dG^T X.
-Bytes per pooled element: forward reads G (4) + writes z (4) + reads z (4) + writes out (2-4); ~8 FLOPs.
+with triu) and write the output directly when not normalising, else only one partial sum of s^2 per row; (2) reduce
+the image's row partials (C1 values), re-read G and write out = s / max(||s||, 1e-12) and the per-image norm (B
+values, all the backward keeps besides out: s = out * norm there). No fp32 (B, P) z is written.
+Backward: (1) per-row partials of <out, g>; (2) per row of dG (C1 x C2): the derivative of the epilogue at the packed
+positions (i, j) (and (j, i) when y is x: dG + dG^T) from out and norm, written densely, then cuBLAS dX = dG Y,
+dY = dG^T X. Bytes per pooled element: forward reads G twice (8) + writes out (2-4); ~8 FLOPs.
 """
 import torch
 import triton
@@ -25,29 +26,32 @@ def _signed_sqrt(z, eps):
 
 
 @triton.jit
-def _fwd_rows_kernel(g_ptr, z_ptr, out_ptr, ss_ptr, M, C1, C2, P, eps,
+def _row_span(i, C1, C2, TRIU: tl.constexpr):
+    # Packed row i: first column j0 and the offset of (i, j0) in the image's packed vector.
+    if TRIU:
+        return i, i * C1 - (i * (i - 1)) // 2
+    else:
+        return 0 * i, i * C2
+
+
+@triton.jit
+def _fwd_rows_kernel(g_ptr, out_ptr, ss_ptr, M, C1, C2, P, eps,
                      TRIU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    # Without normalisation: out = G / HW (gathered). With it: only the row's partial sum of s^2 = |z| + eps.
     b = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1)
     acc_t = g_ptr.dtype.element_ty
     inv_m = 1.0 / M.to(acc_t)
-    if TRIU:
-        j0 = i
-        off = i * C1 - (i * (i - 1)) // 2
-    else:
-        j0 = 0
-        off = i * C2
+    j0, off = _row_span(i, C1, C2, TRIU)
     ss = tl.zeros([BLOCK], dtype=acc_t)
     for jb in range(j0, C2, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
         v = tl.load(g_ptr + (b * C1 + i) * C2 + j, mask=m, other=0.0) * inv_m
-        dst = b * P + off + (j - j0)
         if NORMALIZE:
-            tl.store(z_ptr + dst, v, mask=m)
             ss += tl.where(v != 0, tl.abs(v) + eps, 0.0)
         else:
-            tl.store(out_ptr + dst, v.to(out_ptr.dtype.element_ty), mask=m)
+            tl.store(out_ptr + b * P + off + (j - j0), v.to(out_ptr.dtype.element_ty), mask=m)
     if NORMALIZE:
         tl.store(ss_ptr + b * C1 + i, tl.sum(ss, 0))
 
@@ -62,80 +66,70 @@ def _image_sum(ptr, b, C1, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_norm_kernel(z_ptr, out_ptr, ss_ptr, C1, C2, P, eps, l2_eps, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+def _fwd_norm_kernel(g_ptr, out_ptr, ss_ptr, norm_ptr, M, C1, C2, P, eps, l2_eps,
+                     TRIU: tl.constexpr, BLOCK: tl.constexpr):
+    # Re-reads G (instead of writing and re-reading an fp32 z): out = s(G / HW) / max(||s||, 1e-12).
     b = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1)
-    n = tl.sqrt(_image_sum(ss_ptr, b, C1, BLOCK))
-    inv_n = 1.0 / tl.maximum(n, l2_eps)
-    if TRIU:
-        j0 = i
-        off = i * C1 - (i * (i - 1)) // 2
-    else:
-        j0 = 0
-        off = i * C2
+    acc_t = g_ptr.dtype.element_ty
+    inv_m = 1.0 / M.to(acc_t)
+    d = tl.maximum(tl.sqrt(_image_sum(ss_ptr, b, C1, BLOCK)), l2_eps)
+    if i == 0:
+        tl.store(norm_ptr + b, d)
+    inv_n = 1.0 / d
+    j0, off = _row_span(i, C1, C2, TRIU)
     for jb in range(j0, C2, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
-        dst = b * P + off + (j - j0)
-        z = tl.load(z_ptr + dst, mask=m, other=0.0)
-        tl.store(out_ptr + dst, (_signed_sqrt(z, eps) * inv_n).to(out_ptr.dtype.element_ty), mask=m)
+        z = tl.load(g_ptr + (b * C1 + i) * C2 + j, mask=m, other=0.0) * inv_m
+        tl.store(out_ptr + b * P + off + (j - j0), (_signed_sqrt(z, eps) * inv_n).to(out_ptr.dtype.element_ty),
+                 mask=m)
 
 
 @triton.jit
-def _bwd_rows_kernel(g_ptr, z_ptr, ss_ptr, dot_ptr, C1, C2, P, eps, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+def _bwd_rows_kernel(g_ptr, o_ptr, dot_ptr, C1, C2, P, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+    # Row partials of <out, grad_out>.
     b = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1)
-    acc_t = z_ptr.dtype.element_ty
-    if TRIU:
-        j0 = i
-        off = i * C1 - (i * (i - 1)) // 2
-    else:
-        j0 = 0
-        off = i * C2
-    ss = tl.zeros([BLOCK], dtype=acc_t)
+    acc_t = dot_ptr.dtype.element_ty
+    j0, off = _row_span(i, C1, C2, TRIU)
     dot = tl.zeros([BLOCK], dtype=acc_t)
     for jb in range(j0, C2, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
         src = b * P + off + (j - j0)
-        s = _signed_sqrt(tl.load(z_ptr + src, mask=m, other=0.0), eps)
+        o = tl.load(o_ptr + src, mask=m, other=0.0).to(acc_t)
         g = tl.load(g_ptr + src, mask=m, other=0.0).to(acc_t)
-        ss += s * s
-        dot += s * g
-    tl.store(ss_ptr + b * C1 + i, tl.sum(ss, 0))
+        dot += o * g
     tl.store(dot_ptr + b * C1 + i, tl.sum(dot, 0))
 
 
 @triton.jit
-def _dz(g_ptr, z_ptr, src, m, a, c, inv_m, eps, NORMALIZE: tl.constexpr):
-    # d loss / d z at packed positions src, times 1/HW.
-    acc_t = z_ptr.dtype.element_ty
+def _dz(g_ptr, o_ptr, src, m, k, h, inv_m, acc_t, NORMALIZE: tl.constexpr):
+    # d loss / d z at packed positions src, times 1/HW: (g - out k) h / |out| with k = <out, g> (0 below the L2
+    # floor) and h = 0.5 / (d^2 HW), d = max(||s||, 1e-12); 0 where out == 0 (z == 0: torch.sign's derivative).
     g = tl.load(g_ptr + src, mask=m, other=0.0).to(acc_t)
     if NORMALIZE:
-        z = tl.load(z_ptr + src, mask=m, other=0.0)
-        ds = a * g - c * _signed_sqrt(z, eps)
-        # 0.5 / sqrt(|z| + eps); 0 at z == 0 exactly (torch.sign's derivative there).
-        d = tl.where(z != 0, ds * 0.5 / tl.sqrt(tl.abs(z) + eps), 0.0)
+        o = tl.load(o_ptr + src, mask=m, other=0.0).to(acc_t)
+        d = tl.where(o != 0, (g - o * k) * h / tl.abs(tl.where(o != 0, o, 1.0)), 0.0)
     else:
-        d = g
-    return d * inv_m
+        d = g * inv_m
+    return d
 
 
 @triton.jit
-def _bwd_dg_kernel(g_ptr, z_ptr, ss_ptr, dot_ptr, dg_ptr, M, C1, C2, P, eps, l2_eps,
+def _bwd_dg_kernel(g_ptr, o_ptr, norm_ptr, dot_ptr, dg_ptr, M, C1, C2, P, l2_eps,
                    TRIU: tl.constexpr, SYM: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1)
     acc_t = dg_ptr.dtype.element_ty
     inv_m = 1.0 / M.to(acc_t)
-    a = inv_m * 0 + 1.0
-    c = inv_m * 0
+    k = inv_m * 0
+    h = inv_m
     if NORMALIZE:
-        n = tl.sqrt(_image_sum(ss_ptr, b, C1, BLOCK))
-        dot = _image_sum(dot_ptr, b, C1, BLOCK)
-        above = n > l2_eps
-        a = tl.where(above, 1.0 / n, 1.0 / l2_eps + 0.0 * n)
-        c = tl.where(above, dot / (n * n * n), 0.0 * n)
+        d = tl.load(norm_ptr + b)
+        k = tl.where(d > l2_eps, _image_sum(dot_ptr, b, C1, BLOCK), 0.0 * d)
+        h = 0.5 / (d * d) * inv_m
     for jb in range(0, C2, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
@@ -143,16 +137,16 @@ def _bwd_dg_kernel(g_ptr, z_ptr, ss_ptr, dot_ptr, dg_ptr, M, C1, C2, P, eps, l2_
             lo = tl.minimum(j, i)
             hi = tl.maximum(j, i)
             src = b * P + lo * C1 - (lo * (lo - 1)) // 2 + (hi - lo)
-            d = _dz(g_ptr, z_ptr, src, m, a, c, inv_m, eps, NORMALIZE)
+            dv = _dz(g_ptr, o_ptr, src, m, k, h, inv_m, acc_t, NORMALIZE)
             if SYM:
-                d = tl.where(j == i, 2 * d, d)
+                dv = tl.where(j == i, 2 * dv, dv)
             else:
-                d = tl.where(j >= i, d, 0.0)
+                dv = tl.where(j >= i, dv, 0.0)
         else:
-            d = _dz(g_ptr, z_ptr, b * P + i * C2 + j, m, a, c, inv_m, eps, NORMALIZE)
+            dv = _dz(g_ptr, o_ptr, b * P + i * C2 + j, m, k, h, inv_m, acc_t, NORMALIZE)
             if SYM:
-                d += _dz(g_ptr, z_ptr, b * P + j * C2 + i, m, a, c, inv_m, eps, NORMALIZE)
-        tl.store(dg_ptr + (b * C1 + i) * C2 + j, d, mask=m)
+                dv += _dz(g_ptr, o_ptr, b * P + j * C2 + i, m, k, h, inv_m, acc_t, NORMALIZE)
+        tl.store(dg_ptr + (b * C1 + i) * C2 + j, dv, mask=m)
 
 
 def _acc(dtype):
@@ -188,35 +182,37 @@ def forward(x, y, normalize, triu, eps):
     acc = _acc(x.dtype)
     norm = normalize == "signed_sqrt_l2"
     out = torch.empty((B, P), dtype=x.dtype, device=x.device)
-    z = torch.empty((B, P) if norm else (0,), dtype=acc, device=x.device)
-    if B == 0:
-        return out, z
+    nrm = torch.empty((B if norm else 0,), dtype=acc, device=x.device)
+    if B == 0 or P == 0:
+        if norm:
+            nrm.fill_(L2_EPS)
+        return out, nrm
     G = _gram(x, y).contiguous()
     ss = torch.empty((B, C1), dtype=acc, device=x.device)
     grid = (B, C1)
-    _fwd_rows_kernel[grid](G, z, out, ss, M, C1, C2, P, eps, TRIU=triu, NORMALIZE=norm, BLOCK=BLOCK)
+    _fwd_rows_kernel[grid](G, out, ss, M, C1, C2, P, eps, TRIU=triu, NORMALIZE=norm, BLOCK=BLOCK)
     if norm:
-        _fwd_norm_kernel[grid](z, out, ss, C1, C2, P, eps, L2_EPS, TRIU=triu, BLOCK=BLOCK)
-    return out, z
+        _fwd_norm_kernel[grid](G, out, ss, nrm, M, C1, C2, P, eps, L2_EPS, TRIU=triu, BLOCK=BLOCK)
+    return out, nrm
 
 
-def backward(grad_out, x, y, z, normalize, triu, eps):
+def backward(grad_out, x, y, out, nrm, normalize, triu, eps):
     B, C1, C2, M, P = _sizes(x, y, triu)
     acc = _acc(x.dtype)
     norm = normalize == "signed_sqrt_l2"
     gy_empty = torch.empty((0,), dtype=x.dtype, device=x.device)
-    if B == 0:
-        return torch.zeros_like(x, memory_format=torch.contiguous_format), (gy_empty if y is None else
-                                                                             torch.zeros_like(y, memory_format=torch.contiguous_format))
+    if B == 0 or C1 == 0 or C2 == 0:
+        gy = gy_empty if y is None else torch.zeros_like(y, memory_format=torch.contiguous_format)
+        return torch.zeros_like(x, memory_format=torch.contiguous_format), gy
     g = grad_out.contiguous()
-    zc = z.contiguous() if norm else torch.empty((1,), dtype=acc, device=x.device)
-    ss = torch.empty((B, C1), dtype=acc, device=x.device)
+    oc = out.contiguous() if norm else g
+    nc = nrm.contiguous() if norm else torch.empty((1,), dtype=acc, device=x.device)
     dot = torch.empty((B, C1), dtype=acc, device=x.device)
     grid = (B, C1)
     if norm:
-        _bwd_rows_kernel[grid](g, zc, ss, dot, C1, C2, P, eps, TRIU=triu, BLOCK=BLOCK)
+        _bwd_rows_kernel[grid](g, oc, dot, C1, C2, P, TRIU=triu, BLOCK=BLOCK)
     dG = torch.empty((B, C1, C2), dtype=acc, device=x.device)
-    _bwd_dg_kernel[grid](g, zc, ss, dot, dG, M, C1, C2, P, eps, L2_EPS, TRIU=triu, SYM=y is None,
+    _bwd_dg_kernel[grid](g, oc, nc, dot, dG, M, C1, C2, P, L2_EPS, TRIU=triu, SYM=y is None,
                          NORMALIZE=norm, BLOCK=BLOCK)
     X = _mat(x, acc)
     if y is None:
