@@ -120,6 +120,22 @@ def test_route_choice():
     assert not choose_gram(14 * 14, 2048, 2048, 16000)  # (196 + D) C^2 > 196 D 2C: the projections are cheaper
     assert not choose_gram(4, 512, 512, 64)
     assert not choose_gram(49, 2048, 2048, 8192)  # ResNet-50's last 7x7 map: the projections are cheaper
+    # Between HW ~ C / 3 and C / 2 the forward alone prefers the projections, forward+backward the Gram matrix.
+    assert not choose_gram(200, 512, 512, 4096) and choose_gram(200, 512, 512, 4096, backward=True)
+    assert not choose_gram(100, 512, 512, 4096, backward=True)
+
+
+def test_auto_route_follows_requires_grad(monkeypatch):
+    import sys
+    mod = sys.modules["vkernels.ops.random_maclaurin_pooling"]  # the package attribute of that name is the function
+    seen = []
+    monkeypatch.setattr(mod, "choose_gram", lambda *a: seen.append(a[4:]) or True)
+    x, w = torch.randn(1, 3, 2, 2), torch.randn(4, 3)
+    vkernels.random_maclaurin_pooling(x, x, w, w)
+    vkernels.random_maclaurin_pooling(x.requires_grad_(), x, w, w)
+    with torch.no_grad():
+        vkernels.random_maclaurin_pooling(x, x, w, w)
+    assert seen == [(False,), (True,), (False,)]
 
 
 def test_unbiased_over_projection_draws():

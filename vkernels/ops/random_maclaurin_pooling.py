@@ -32,7 +32,9 @@ def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor,
     Routes for sum_pool=True (results agree to rounding):
       "gram":    G_b = X_b Y_b^T, out[b, d] = w1_d^T G_b w2_d: 2 HW C1 C2 + 2 D C1 C2 FLOPs per image.
       "project": P1 = W1 X_b, P2 = W2 Y_b, out = rowsum(P1 * P2): 2 HW D (C1 + C2) FLOPs per image.
-      "auto":    see choose_gram (FLOP counts, with the crossover measured on CPU).
+      "auto":    the cheaper by FLOPs, counting the backward when an input requires grad (choose_gram; the
+                 crossovers were measured on CPU where the FLOP counts put them: HW ~ C / 2 forward, ~ C / 3
+                 forward+backward for D >> C).
     Neither kernel stores the D x C2 or D x HW products for more than one tile of rows at a time. The backward uses
     the same route (gram: through dG_b = W1^T diag(g_b) W2 / sqrt(D); project: through the projections).
     sum_pool=False is composite torch ops (two GEMMs and a product): its (B, D, H, W) output is the dominant cost.
@@ -56,15 +58,28 @@ def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor,
         return _reference(x, y, w1, w2)
     C1, HW = x.shape[1], x.shape[2] * x.shape[3]
     if route == "auto":
-        route = "gram" if choose_gram(HW, C1, y.shape[1], w1.shape[0]) else "project"
+        # The backward's share decides the route when a gradient will be taken (static under torch.compile).
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, w1, w2))
+        route = "gram" if choose_gram(HW, C1, y.shape[1], w1.shape[0], grad) else "project"
     op = torch.ops.vkernels.random_maclaurin_pooling_triton if impl == "triton" else \
         torch.ops.vkernels.random_maclaurin_pooling
     # y is x: pass None so the kernels convert x once and the backward returns one summed gradient.
     return op(x, None if y is x else y, w1, w2, route)
 
 
-def choose_gram(HW: int, C1: int, C2: int, D: int) -> bool:
-    """The Gram route when its FLOPs, HW C1 C2 + D C1 C2, are below the projection's, HW D (C1 + C2)."""
+def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False) -> bool:
+    """Whether the Gram route is the faster one, by FLOP count: forward only, gram 2 C1 C2 (HW + D) vs project
+    2 HW D (C1 + C2); with the backward (y is x, dx only), gram 4 C1 C2 (HW + D) vs project 6 HW D (C1 + C2) (the
+    projections are recomputed and each needs a GEMM back).
+
+    Measured on this project's 2-core CPU (shared/noisy, B = 4, D = 4096, y is x, medians of 5 interleaved runs):
+    forward, project/gram time = 0.49 / 1.00 / 1.31 at C = 512, HW = 144 / 256 / 400 (FLOP crossover HW = 273) and
+    0.91 / 1.71 at C = 256, HW = 144 / 256 (FLOPs: 146); forward+backward 0.78 / 1.45 at C = 512, HW = 144 / 256
+    (FLOPs: 186) and 0.73 / 1.48 at C = 256, HW = 64 / 144 (FLOPs: 93). Both kernels run their GEMMs at the same
+    speed, so the FLOP counts place the crossovers where they were measured; no fudge factor is needed.
+    """
+    if backward:
+        return 2 * C1 * C2 * (HW + D) < 3 * HW * D * (C1 + C2)
     return (HW + D) * C1 * C2 < HW * D * (C1 + C2)
 
 
