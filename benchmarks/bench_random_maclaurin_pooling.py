@@ -64,15 +64,16 @@ def cases(device: str, quick: bool) -> list[Case]:
         x = torch.randn(B, C, H, W, generator=g).relu().to(device=device, dtype=dtype)  # post-ReLU features
         w1 = (2 * torch.randint(0, 2, (D, C), generator=g) - 1).float().to(device)
         w2 = (2 * torch.randint(0, 2, (D, C), generator=g) - 1).float().to(device)
-        route = "gram" if choose_gram(H * W, C, C, D) else "project"
         inputs = (x, x, w1, w2)
-        size = f"{B}x{C}x{H}x{W}-D{D}-{route}"
-        dom = 2 * B * D * C * C if route == "gram" else 4 * B * H * W * D * C
-        flops_fwd = dom + (2 * B * H * W * C * C if route == "gram" else 0)
         nbytes = x.nbytes + w1.nbytes + w2.nbytes
         X = x.flatten(2)
         G = torch.bmm(X, X.transpose(1, 2)).transpose(0, 1).reshape(C, B * C).contiguous()
         for mode in ("fwd", "fwd+bwd"):
+            # The route "auto" takes for this mode (the backward counts when x requires grad).
+            route = "gram" if choose_gram(H * W, C, C, D, backward=mode == "fwd+bwd") else "project"
+            size = f"{B}x{C}x{H}x{W}-D{D}-{route}"
+            dom = 2 * B * D * C * C if route == "gram" else 4 * B * H * W * D * C
+            flops_fwd = dom + (2 * B * H * W * C * C if route == "gram" else 0)
             wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
             provs = {f"vkernels-{i}": wrap(_impl(i, "auto")) for i in impls}
             flops = flops_fwd * (2 if mode == "fwd+bwd" else 1)
