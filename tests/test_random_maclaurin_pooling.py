@@ -226,6 +226,10 @@ def test_bad_input_names_the_argument():
         args = {**dict(x=x, y=y, w1=w1, w2=w2), **kwargs}
         with pytest.raises(exc, match=msg):
             call(**args)
+    big = dict(device="meta")
+    with pytest.raises(ValueError, match=r"w1 has 2147483652 elements"):
+        call(torch.empty(1, 4, 1, 1, **big), torch.empty(1, 4, 1, 1, **big), torch.empty(2**29 + 1, 4, **big),
+             torch.empty(2**29 + 1, 4, **big))
     # The C++ schema checks name the argument too (for callers of torch.ops.vkernels directly).
     op = torch.ops.vkernels.random_maclaurin_pooling
     for args, msg in [((x, y, w1, w2, "auto"), "route must be 'gram' or 'project'"),

@@ -115,6 +115,11 @@ def _check(x, y, w1, w2, route):
     for name, t in (("y", y), ("w1", w1), ("w2", w2)):
         if t.device != x.device:
             raise ValueError(f"{_NAME}: {name} is on {t.device} but x is on {x.device}")
+    # The Triton kernels index one image, W1 or W2 (and G_b) with int32 offsets.
+    for name, n in (("w1", w1.numel()), ("w2", w2.numel()), ("x[0]", x[0].numel()), ("y[0]", y[0].numel()),
+                    ("C1 * C2", x.shape[1] * y.shape[1])):
+        if n >= 2**31:
+            raise ValueError(f"{_NAME}: {name} has {n} elements; at most 2**31 - 1 are supported")
     if route not in _ROUTES:
         raise ValueError(f"{_NAME}: route must be one of {', '.join(_ROUTES)}; got {route!r}")
 
