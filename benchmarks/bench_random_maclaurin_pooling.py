@@ -80,7 +80,11 @@ def cases(device: str, quick: bool) -> list[Case]:
             out.append(Case(op="random_maclaurin_pooling", size=f"{size}-{mode}", dtype=dtype, inputs=inputs,
                             reference=wrap(_plain(route)), impls=provs, bytes=nbytes, flops=flops, bound="compute",
                             clone_of=0,
-                            targets=[(f"vkernels-{i}", "speedup_vs_compile", ">=", 1.2) for i in impls]))
+                            targets=[(f"vkernels-{i}", "speedup_vs_compile", ">=", 1.2) for i in impls],
+                            # Each output is a sum of D-scaled C^2 (or HW D) signed products with heavy cancellation:
+                            # any reordering (compile's fused reduction, the kernels' tiles) moves small entries by
+                            # ~1e-6 of the largest one, past a per-element rtol.
+                            loose={p: 2e-5 for p in ["compile", *provs]}))
             out.append(Case(op="random_maclaurin_pooling", size=f"{size}-{mode}-gemm-floor", dtype=dtype,
                             inputs=(*inputs, G), reference=_floor(route, mode == "fwd+bwd"), impls={}, bytes=nbytes,
                             flops=dom * (2 if mode == "fwd+bwd" else 1), bound="compute", clone_of=0))
