@@ -172,14 +172,17 @@ def test_opcheck(device, impl):
     fwd, bwd = _ops(impl)
     x, y = randn((2, 4, 3, 2), torch.float32, device), randn((2, 5, 3, 2), torch.float32, device)
     w1, w2 = randn((6, 4), torch.float32, device), randn((6, 5), torch.float32, device)
-    for route in ROUTES:
-        for yy, ww2 in ((y, w2), (None, w1.flip(0))):
-            args = [t.clone().requires_grad_() for t in (x, w1, ww2)]
-            fargs = (args[0], None if yy is None else yy.clone().requires_grad_(), args[1], args[2], route)
-            torch.library.opcheck(fwd.default, fargs)
-            g = torch.randn(2, 6, device=device)
-            for mask in ([True, True, True, True], [True, False, False, True]):
-                torch.library.opcheck(bwd.default, (g, x, yy, w1, ww2, route, mask))
+    combos = [(r, yy, ww2) for r in ROUTES for yy, ww2 in ((y, w2), (None, w1.flip(0)))]
+    if impl == "triton":  # the interpreter makes each opcheck ~10 s: one route per y-configuration
+        combos = combos[::3]
+    masks = ([True, True, True, True], [True, False, False, True])
+    for route, yy, ww2 in combos:
+        args = [t.clone().requires_grad_() for t in (x, w1, ww2)]
+        fargs = (args[0], None if yy is None else yy.clone().requires_grad_(), args[1], args[2], route)
+        torch.library.opcheck(fwd.default, fargs)
+        g = torch.randn(2, 6, device=device)
+        for mask in masks[:1] if impl == "triton" else masks:
+            torch.library.opcheck(bwd.default, (g, x, yy, w1, ww2, route, mask))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)

@@ -116,7 +116,8 @@ def _check(x, y, w1, w2, route):
         if t.device != x.device:
             raise ValueError(f"{_NAME}: {name} is on {t.device} but x is on {x.device}")
     # The Triton kernels index one image, W1 or W2 (and G_b) with int32 offsets.
-    for name, n in (("w1", w1.numel()), ("w2", w2.numel()), ("x[0]", x[0].numel()), ("y[0]", y[0].numel()),
+    for name, n in (("w1", w1.numel()), ("w2", w2.numel()), ("x[0]", math.prod(x.shape[1:])),
+                    ("y[0]", math.prod(y.shape[1:])),
                     ("C1 * C2", x.shape[1] * y.shape[1])):
         if n >= 2**31:
             raise ValueError(f"{_NAME}: {name} has {n} elements; at most 2**31 - 1 are supported")
