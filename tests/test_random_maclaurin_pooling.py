@@ -75,6 +75,7 @@ def test_matches_definition(device, impl, route, dtype):
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("shape", [(2, 7, 5, 3, 4, 11), (1, 3, 9, 1, 6, 1), (2, 17, 33, 7, 5, 37),
+                                   (3, 9, 6, 3, 2, 600),  # D past the CPU backward's 512-row tile
                                    (0, 4, 4, 2, 3, 10), (2, 3, 3, 0, 2, 5)], ids=str)
 def test_odd_shapes_and_empty(device, impl, route, shape):
     run_case(device, impl, route, torch.float32, *shape)

@@ -38,6 +38,19 @@ namespace {
 // Rows of W per work item: a kTile x C2 fp32 tile (256 KiB at C2 = 512) stays in L2 between its GEMM and its dots,
 // and kTile = 128 keeps the GEMM tiles large enough for MKL/oneDNN to run near peak.
 constexpr int64_t kTile = 128;
+// The backward's per-image loops accumulate GEMMs whose inner dimension is the tile: larger tiles there keep those
+// accumulating GEMMs (K = tile) efficient.
+constexpr int64_t kTileBwd = 512;
+
+// Per-image work: one image per thread when there are enough images; otherwise the images in turn, each GEMM using
+// every thread (at B = 1 a per-image parallel loop would leave all but one core idle).
+template <class F>
+void for_images(int64_t B, const F& f) {
+  if (B >= at::get_num_threads())
+    at::parallel_for(0, B, 1, f);
+  else
+    f(0, B);
+}
 
 at::ScalarType acc_type(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -133,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
                                                                     std::array<bool, 4> mask) {
   const Mats m = mats(p);
   const auto opts = m.X.options();
-  const int64_t B = p.B, C1 = p.C1, C2 = p.C2, M = p.M, D = p.D, nt = (D + kTile - 1) / kTile;
+  const int64_t B = p.B, C1 = p.C1, C2 = p.C2, M = p.M, D = p.D, nt = (D + kTileBwd - 1) / kTileBwd;
   const acc_t s = acc_t(1) / std::sqrt(acc_t(D));
   // s g, so every later product carries the 1/sqrt(D) already.
   const at::Tensor gs = (grad_out.to(m.X.scalar_type()) * s).contiguous();
@@ -149,12 +162,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
     at::Tensor dY = need_y ? at::empty({B, C2, M}, opts) : at::Tensor();
     if (p.gram) {
       at::Tensor dG = at::empty({B, C1, C2}, opts);
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        at::Tensor buf = at::empty({kTile, C2}, opts);
+      for_images(B, [&](int64_t b0, int64_t b1) {
+        at::Tensor buf = at::empty({kTileBwd, C2}, opts);
         for (int64_t b = b0; b < b1; ++b) {
           at::Tensor dGb = dG.select(0, b);
           for (int64_t t = 0; t < nt; ++t) {
-            const int64_t d0 = t * kTile, nd = std::min(kTile, D - d0);
+            const int64_t d0 = t * kTileBwd, nd = std::min(kTileBwd, D - d0);
             at::Tensor sw2 = buf.narrow(0, 0, nd);
             scale_rows(sw2.mutable_data_ptr<acc_t>(), w2 + d0 * C2, gp + b * D + d0, nd, C2);
             mm_acc(dGb, m.W1.narrow(0, d0, nd).t(), sw2, t == 0);
@@ -170,14 +183,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
     } else {
       // dX_b = W1^T (s g_b . (W2 Y_b)) [+ W2^T (s g_b . (W1 X_b)) when y is x]; dY_b = W2^T (s g_b . (W1 X_b)).
       const bool p1_needed = p.sym || need_y;
-      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-        at::Tensor buf = at::empty({kTile, M}, opts);
+      for_images(B, [&](int64_t b0, int64_t b1) {
+        at::Tensor buf = at::empty({kTileBwd, M}, opts);
         for (int64_t b = b0; b < b1; ++b) {
           const at::Tensor Xb = m.X.select(0, b), Yb = m.Y.select(0, b);
           at::Tensor dXb = need_x ? dX.select(0, b) : at::Tensor();
           at::Tensor dYb = need_y ? dY.select(0, b) : at::Tensor();
           for (int64_t t = 0; t < nt; ++t) {
-            const int64_t d0 = t * kTile, nd = std::min(kTile, D - d0);
+            const int64_t d0 = t * kTileBwd, nd = std::min(kTileBwd, D - d0);
             at::Tensor P = buf.narrow(0, 0, nd);
             acc_t* pp = P.mutable_data_ptr<acc_t>();
             if (need_x) {
@@ -205,9 +218,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
     at::Tensor dW1 = at::zeros({D, C1}, opts), dW2 = at::zeros({D, C2}, opts);
     const at::Tensor G = p.gram && B > 0 ? at::bmm(m.X, m.Y.transpose(1, 2)).contiguous() : at::Tensor();
     at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
-      at::Tensor buf = at::empty({kTile, p.gram ? std::max(C1, C2) : M}, opts);
+      at::Tensor buf = at::empty({kTileBwd, p.gram ? std::max(C1, C2) : M}, opts);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t d0 = t * kTile, nd = std::min(kTile, D - d0);
+        const int64_t d0 = t * kTileBwd, nd = std::min(kTileBwd, D - d0);
         at::Tensor dW1t = dW1.narrow(0, d0, nd), dW2t = dW2.narrow(0, d0, nd);
         for (int64_t b = 0; b < B; ++b) {
           const acc_t* gb = gp + b * D + d0;
