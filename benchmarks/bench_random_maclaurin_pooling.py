@@ -54,7 +54,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         sizes = [(2, 64, 7, 7, 512)]
     elif device == "cuda":  # the sizes
         sizes = [(32, 512, 28, 28, 8192), (32, 512, 28, 28, 16000), (32, 2048, 14, 14, 8192)]
-    else:  # a 2-core CPU: B = 8 (B = 2 at C = 2048), since a B = 32 call takes 1-4 s and every case repeats it ~40 times
+    else:  # a 2-core CPU: B = 8 (B = 2 at C = 2048): a B = 32 call takes 4-30 s there, and each case repeats it
         sizes = [(8, 512, 28, 28, 8192), (8, 512, 28, 28, 16000), (2, 2048, 14, 14, 8192)]
     dtype = torch.float32
     impls = vkernels_impls("random_maclaurin_pooling", device)
