@@ -15,7 +15,8 @@
 //            dW1 = s sum_b diag(g_b) W2 G_b^T, dW2 = s sum_b diag(g_b) W1 G_b, per W tile over the images.
 //   project: dX_b = W1^T (s g_b . (W2 Y_b)), dY_b = W2^T (s g_b . (W1 X_b)) by W tiles, never forming dG;
 //            dW1 = sum_b (s g_b . (W2 Y_b)) X_b^T, dW2 = sum_b (s g_b . (W1 X_b)) Y_b^T.
-// Every output element is summed by one work item in a fixed order: results do not depend on the thread count.
+// Every output element is summed by one work item in a fixed order (no atomics, no cross-thread reductions of ours);
+// only the GEMM library's own blocking can vary with the thread count.
 // Accumulation in fp32 (fp64 for fp64 inputs); fp16/bf16 inputs are converted to fp32 once before the GEMMs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
