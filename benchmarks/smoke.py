@@ -774,6 +774,62 @@ def smoke_spade_norm_act(ctx: Ctx) -> Iterator[Case]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# random_maclaurin_pooling
+# --------------------------------------------------------------------------------------------------------------------
+# name: (B, C1, C2 (None: y is x), H, W, D, route, channels_last)
+RMP_CASES = {
+    "gram_xy": (2, 5, 7, 3, 4, 11, "gram", False),  # odd D, C1 != C2; B below the CPU thread count
+    "project_xy": (3, 6, 4, 2, 5, 9, "project", True),  # channels_last
+    "gram_y_is_x_tiles": (2, 33, None, 3, 3, 150, "gram", False),  # D past a CPU tile (128) and Triton's blocks
+    "project_y_is_x": (2, 17, None, 4, 3, 40, "project", False),
+}
+
+
+@smoke
+def smoke_random_maclaurin_pooling(ctx: Ctx) -> Iterator[Case]:
+    torch = ctx.torch
+    from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as definition
+
+    ops = {"cpu": "random_maclaurin_pooling", "triton": "random_maclaurin_pooling_triton"}
+    for dtype in ctx.dtypes:
+        dn = str(dtype).replace("torch.", "")
+        for impl in ctx.impls:
+            if impl not in ops or (ctx.scope == "quick" and impl == "triton" and dn != "float32"):
+                continue
+            for name, (B, C1, C2, H, W, D, route, cl) in RMP_CASES.items():
+                g = ctx.gen("rmp", impl, dn, name)
+                sym = C2 is None
+                C2 = C1 if sym else C2
+                x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+                y = x if sym else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+                w1 = (2 * torch.randint(0, 2, (D, C1), generator=g) - 1).float()
+                w2 = (2 * torch.randint(0, 2, (D, C2), generator=g) - 1).float()
+                leaves = [t.double().requires_grad_() for t in (x, y, w1, w2)]
+                if sym:
+                    leaves[1] = leaves[0]
+                out = definition(*leaves)
+                gout = torch.randn(B, D, generator=g, dtype=torch.float64)
+                grads = torch.autograd.grad((out * gout).sum(), [leaves[0], leaves[2], leaves[3]] +
+                                            ([] if sym else [leaves[1]]))
+                dx, dw1, dw2 = grads[:3]
+                xd = x.to(ctx.device)
+                if cl:
+                    xd = xd.to(memory_format=torch.channels_last)
+                yd = None if sym else y.to(ctx.device)
+                if cl and not sym:
+                    yd = yd.to(memory_format=torch.channels_last)
+                wd = (w1.to(ctx.device), w2.to(ctx.device))
+                tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW products per feature, not one rounded element
+                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *wd, route),
+                           out.detach(), tol, max(1.0, float(out.abs().max())))
+                bwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_backward")
+                expect = (dx, torch.zeros(0, dtype=torch.float64) if sym else grads[3], dw1, dw2)
+                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/bwd", bwd,
+                           (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd, route, [True, True, True, True]),
+                           expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
+
+
 def _as_tuple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,)
 

@@ -1,5 +1,6 @@
-"""random_maclaurin_pooling: both routes against the per-location definition in fp64; dtypes, odd shapes, layouts,
-empty batches; unbiasedness over random projections; gradcheck; torch.compile; bad input; the module."""
+"""random_maclaurin_pooling: every backend and both routes against the per-location definition in fp64 (output and
+gradients w.r.t. x, y, w1, w2); dtypes, odd shapes, layouts, y is x, empty batches and images; unbiasedness over random
+projections; gradcheck; opcheck; torch.compile; bad input; the module."""
 import math
 
 import pytest
@@ -8,55 +9,101 @@ import torch
 import vkernels
 from vkernels.ops.random_maclaurin_pooling import choose_gram
 from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as definition
-from _common import check_close, randn
+from _common import check_close, impl_params, randn
 
-ROUTES = ["gram", "project", "auto"]
+OP = "random_maclaurin_pooling"
+IMPLS = impl_params(OP)
+ROUTES = ["gram", "project"]
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
-def rademacher(d, c, dtype=torch.float32):
-    return (2 * torch.randint(0, 2, (d, c)) - 1).to(dtype)
+def rademacher(d, c, dtype=torch.float32, device="cpu"):
+    return (2 * torch.randint(0, 2, (d, c)) - 1).to(dtype=dtype, device=device)
 
 
-def run_case(route, dtype, B, C1, C2, H, W, D, layout="contiguous"):
-    x, y = randn((B, C1, H, W), dtype, "cpu"), randn((B, C2, H, W), dtype, "cpu")
+def _ops(impl):
+    sfx = "_triton" if impl == "triton" else ""
+    return getattr(torch.ops.vkernels, OP + sfx), getattr(torch.ops.vkernels, OP + "_backward" + sfx)
+
+
+def run_case(device, impl, route, dtype, B, C1, C2, H, W, D, layout="contiguous", same=False, wdtype=torch.float32):
+    x = randn((B, C1, H, W), dtype, device)
+    y = x if same else randn((B, C2, H, W), dtype, device)
     if layout == "channels_last":
-        x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
-    w1, w2 = rademacher(D, C1), rademacher(D, C2)
-    xl, yl = x.clone().requires_grad_(), y.clone().requires_grad_()
-    out = vkernels.random_maclaurin_pooling(xl, yl, w1, w2, route=route)
-    assert out.shape == (B, D) and out.dtype == dtype
+        x = x.to(memory_format=torch.channels_last)
+        y = x if same else y.to(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other channel and column of a larger tensor
+        x = randn((B, 2 * C1, H, 2 * W), dtype, device)[:, ::2, :, ::2]
+        y = x if same else randn((B, 2 * C2, H, 2 * W), dtype, device)[:, ::2, :, ::2]
+    w1 = randn((D, C1), wdtype, device)
+    w2 = w1 if (same and C1 == C2 and D % 2) else randn((D, C2), wdtype, device)  # also w1 is w2 once in a while
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w1, w2)]
+    xl, w1l, w2l = leaves
+    yl = xl if same else y.detach().clone().requires_grad_()
+    out = vkernels.random_maclaurin_pooling(xl, yl, w1l, w2l, route=route, impl=impl)
+    assert out.shape == (B, D) and out.dtype == dtype and out.device.type == device
     g = torch.randn(B, D, dtype=torch.float64)
-    grads = torch.autograd.grad((out.double() * g).sum(), [xl, yl]) if B else None
+    wrt = [xl, w1l, w2l] + ([] if same else [yl])
+    grads = torch.autograd.grad((out.double().cpu() * g).sum(), wrt, allow_unused=True)
 
-    def ref(prec):
-        a, b = x.to(prec).requires_grad_(), y.to(prec).requires_grad_()
-        o = definition(a, b, w1, w2)
-        return o, (torch.autograd.grad((o.double() * g).sum(), [a, b]) if B else None)
+    def ref(prec, wprec):  # the weights' gradients come back in the weights' dtype, as the op's do
+        a = x.detach().cpu().to(prec).requires_grad_()
+        b = a if same else y.detach().cpu().to(prec).requires_grad_()
+        u = w1.detach().cpu().to(wprec).requires_grad_()
+        v = w2.detach().cpu().to(wprec).requires_grad_()
+        o = definition(a, b, u, v)
+        ins = [a, u, v] + ([] if same else [b])
+        return o, torch.autograd.grad((o.double() * g).sum(), ins, allow_unused=True)
 
-    o64, g64 = ref(torch.float64)
-    ol, gl = ref(dtype)
+    o64, g64 = ref(torch.float64, torch.float64)
+    ol, gl = ref(dtype, wdtype)
     check_close(out, ol, o64, dtype, "out")
-    if B:
-        for name, a, b, c in zip(("dx", "dy"), grads, gl, g64):
-            check_close(a, b, c, dtype, name)
+    for name, a, b, c in zip(("dx", "dw1", "dw2", "dy"), grads, gl, g64):
+        if a is None:  # an empty problem: nothing flowed back
+            assert c is None or not c.abs().any(), name
+            continue
+        check_close(a, b, c, dtype, name, same_dtype=name in ("dx", "dy"))
 
 
+@pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("route", ROUTES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_matches_definition(route, dtype):
-    run_case(route, dtype, 3, 12, 10, 5, 4, 23)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_definition(device, impl, route, dtype):
+    run_case(device, impl, route, dtype, 3, 12, 10, 5, 4, 23)
 
 
+@pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("route", ROUTES)
-@pytest.mark.parametrize("shape", [(2, 7, 5, 3, 4, 11), (1, 3, 9, 1, 6, 1), (0, 4, 4, 2, 3, 10), (2, 3, 3, 0, 2, 5)],
-                         ids=str)
-def test_odd_shapes_and_empty(route, shape):
-    run_case(route, torch.float32, *shape)
+@pytest.mark.parametrize("shape", [(2, 7, 5, 3, 4, 11), (1, 3, 9, 1, 6, 1), (2, 17, 33, 7, 5, 37),
+                                   (3, 9, 6, 3, 2, 600),  # D past the CPU backward's 512-row tile
+                                   (0, 4, 4, 2, 3, 10), (2, 3, 3, 0, 2, 5)], ids=str)
+def test_odd_shapes_and_empty(device, impl, route, shape):
+    run_case(device, impl, route, torch.float32, *shape)
 
 
+@pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("route", ROUTES)
-def test_channels_last(route):
-    run_case(route, torch.float32, 2, 6, 5, 4, 3, 9, layout="channels_last")
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("same", [False, True], ids=["xy", "y_is_x"])
+def test_layouts_and_y_is_x(device, impl, route, layout, same):
+    run_case(device, impl, route, torch.float32, 2, 6, 6 if same else 5, 4, 3, 9, layout=layout, same=same)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("route", ROUTES)
+def test_y_is_x_low_precision_and_fp64_weights(device, impl, route):
+    run_case(device, impl, route, torch.bfloat16, 2, 8, 8, 3, 5, 13, same=True, wdtype=torch.float64)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_routes_agree_and_tiles(device, impl):
+    # D past one CPU tile (128 rows) and past several Triton tiles, C past one K block.
+    x, y = randn((2, 40, 3, 3), torch.float64, device), randn((2, 35, 3, 3), torch.float64, device)
+    w1, w2 = rademacher(300, 40, torch.float64, device), rademacher(300, 35, torch.float64, device)
+    want = definition(x.cpu(), y.cpu(), w1.cpu(), w2.cpu())
+    for route in ROUTES:
+        torch.testing.assert_close(vkernels.random_maclaurin_pooling(x, y, w1, w2, route=route, impl=impl).cpu(),
+                                   want, rtol=1e-10, atol=1e-10)
 
 
 def test_not_sum_pooled():
@@ -65,12 +112,31 @@ def test_not_sum_pooled():
     out = vkernels.random_maclaurin_pooling(x, y, w1, w2, sum_pool=False)
     torch.testing.assert_close(out, definition(x, y, w1, w2, sum_pool=False))
     assert out.shape == (2, 7, 3, 5)
+    args = [t.clone().requires_grad_() for t in (x, y, w1, w2)]
+    torch.autograd.gradcheck(lambda a, b, u, v: vkernels.random_maclaurin_pooling(a, b, u, v, sum_pool=False), args)
 
 
-def test_route_choice_follows_flops():
-    assert choose_gram(28 * 28, 512, 512, 8192)  # HW C^2 + D C^2 < HW D 2C
+def test_route_choice():
+    assert choose_gram(28 * 28, 512, 512, 8192)
+    assert not choose_gram(14 * 14, 2048, 2048, 16000)  # (196 + D) C^2 > 196 D 2C: the projections are cheaper
     assert not choose_gram(4, 512, 512, 64)
-    assert choose_gram(14 * 14, 2048, 2048, 16000) == ((196 + 16000) * 2048 * 2048 < 196 * 16000 * 4096)
+    assert not choose_gram(49, 2048, 2048, 8192)  # ResNet-50's last 7x7 map: the projections are cheaper
+    # Between HW ~ C / 3 and C / 2 the forward alone prefers the projections, forward+backward the Gram matrix.
+    assert not choose_gram(200, 512, 512, 4096) and choose_gram(200, 512, 512, 4096, backward=True)
+    assert not choose_gram(100, 512, 512, 4096, backward=True)
+
+
+def test_auto_route_follows_requires_grad(monkeypatch):
+    import sys
+    mod = sys.modules["vkernels.ops.random_maclaurin_pooling"]  # the package attribute of that name is the function
+    seen = []
+    monkeypatch.setattr(mod, "choose_gram", lambda *a: seen.append(a[4:]) or True)
+    x, w = torch.randn(1, 3, 2, 2), torch.randn(4, 3)
+    vkernels.random_maclaurin_pooling(x, x, w, w)
+    vkernels.random_maclaurin_pooling(x.requires_grad_(), x, w, w)
+    with torch.no_grad():
+        vkernels.random_maclaurin_pooling(x, x, w, w)
+    assert seen == [(False,), (True,), (False,)]
 
 
 def test_unbiased_over_projection_draws():
@@ -80,36 +146,66 @@ def test_unbiased_over_projection_draws():
     a, b = torch.randn(C, dtype=torch.float64), torch.randn(C, dtype=torch.float64)
     c, e = a + 0.5 * torch.randn(C, dtype=torch.float64), b + 0.5 * torch.randn(C, dtype=torch.float64)
     x, y = torch.stack([a, c])[:, :, None, None], torch.stack([b, e])[:, :, None, None]
+    w1, w2 = (2 * torch.randint(0, 2, (2, N, D, C)) - 1).double()
     est = torch.empty(N, dtype=torch.float64)
     for n in range(N):
-        out = vkernels.random_maclaurin_pooling(x, y, rademacher(D, C, torch.float64), rademacher(D, C, torch.float64))
+        out = vkernels.random_maclaurin_pooling(x, y, w1[n], w2[n], route=ROUTES[n % 2])
         est[n] = out[0] @ out[1]
     exact = float((a @ c) * (b @ e))
     se = float(est.std()) / math.sqrt(N)
     assert abs(float(est.mean()) - exact) < 5 * se and se > 1e-3 * abs(exact)
 
 
-@pytest.mark.parametrize("route", ["gram", "project"])
-def test_gradcheck(route):
-    x, y = randn((2, 4, 2, 3), torch.float64, "cpu"), randn((2, 3, 2, 3), torch.float64, "cpu")
-    w1, w2 = randn((5, 4), torch.float64, "cpu"), randn((5, 3), torch.float64, "cpu")
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("route", ROUTES)
+def test_gradcheck(device, impl, route):
+    x, y = randn((2, 4, 2, 3), torch.float64, device), randn((2, 3, 2, 3), torch.float64, device)
+    w1, w2 = randn((5, 4), torch.float64, device), randn((5, 3), torch.float64, device)
     args = [t.clone().requires_grad_() for t in (x, y, w1, w2)]
-    torch.autograd.gradcheck(lambda a, b, u, v: vkernels.random_maclaurin_pooling(a, b, u, v, route=route), args)
-    xs = x.clone().requires_grad_()
-    torch.autograd.gradcheck(lambda a: vkernels.random_maclaurin_pooling(a, a, w1[:, :4], w1, route=route), [xs])
+    f = vkernels.random_maclaurin_pooling
+    torch.autograd.gradcheck(lambda a, b, u, v: f(a, b, u, v, route=route, impl=impl), args)
+    xs, u = x.clone().requires_grad_(), w1.clone().requires_grad_()
+    torch.autograd.gradcheck(lambda a, u: f(a, a, u, u.flip(0), route=route, impl=impl), [xs, u])
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_opcheck(device, impl):
+    fwd, bwd = _ops(impl)
+    x, y = randn((2, 4, 3, 2), torch.float32, device), randn((2, 5, 3, 2), torch.float32, device)
+    w1, w2 = randn((6, 4), torch.float32, device), randn((6, 5), torch.float32, device)
+    combos = [(r, yy, ww2) for r in ROUTES for yy, ww2 in ((y, w2), (None, w1.flip(0)))]
+    if impl == "triton":  # the interpreter makes each opcheck ~10 s: one route per y-configuration
+        combos = combos[::3]
+    masks = ([True, True, True, True], [True, False, False, True])
+    for route, yy, ww2 in combos:
+        args = [t.clone().requires_grad_() for t in (x, w1, ww2)]
+        fargs = (args[0], None if yy is None else yy.clone().requires_grad_(), args[1], args[2], route)
+        torch.library.opcheck(fwd.default, fargs)
+        g = torch.randn(2, 6, device=device)
+        for mask in masks[:1] if impl == "triton" else masks:
+            torch.library.opcheck(bwd.default, (g, x, yy, w1, ww2, route, mask))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_torch_compile_fullgraph(device, impl):
     torch._dynamo.reset()
-    x, y = randn((2, 5, 3, 3), torch.float32, "cpu"), randn((2, 4, 3, 3), torch.float32, "cpu")
-    m = vkernels.nn.RandomMaclaurinPooling(5, 4, 13, seed=0)
-    xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
-    got = torch.compile(m, fullgraph=True)(xs, y)
-    want = m(xe, y)
+    x, y = randn((2, 5, 3, 3), torch.float32, device), randn((2, 4, 3, 3), torch.float32, device)
+    w1, w2 = rademacher(13, 5, device=device), rademacher(13, 4, device=device)
+
+    def f(x, y, w1):
+        a = vkernels.random_maclaurin_pooling(x * 2, y, w1, w2, route="gram", impl=impl)
+        b = vkernels.random_maclaurin_pooling(x, x, w1, w1.flip(1), route="project", impl=impl)
+        return a.square().sum(1) + b.sum(1)
+
+    ins = [t.clone().requires_grad_() for t in (x, y, w1)]
+    ref_ins = [t.clone().requires_grad_() for t in (x, y, w1)]
+    got = torch.compile(f, fullgraph=True)(*ins)
+    want = f(*ref_ins)
     torch.testing.assert_close(got, want)
-    got.square().sum().backward()
-    want.square().sum().backward()
-    torch.testing.assert_close(xs.grad, xe.grad)
+    got.sum().backward()
+    want.sum().backward()
+    for a, b in zip(ins, ref_ins):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_bad_input_names_the_argument():
@@ -122,15 +218,33 @@ def test_bad_input_names_the_argument():
         (dict(x=x.long(), y=y.long()), TypeError, "x must be float"),
         (dict(x=x[0]), ValueError, "x must have shape"),
         (dict(w1=w1[:, :4]), ValueError, r"w1 must have shape \(D, 5\)"),
+        (dict(w1=w1[:0]), ValueError, r"w1 must have shape \(D, 5\) with D >= 1"),
         (dict(w2=w2[:6]), ValueError, r"w2 must have shape \(7, 4\)"),
         (dict(w1=w1.long()), TypeError, "w1 must be a float tensor"),
         (dict(w1=w1.to("meta")), ValueError, "w1 is on meta"),
+        (dict(y=[1.0]), TypeError, "y must be a torch.Tensor"),
         (dict(route="fft"), ValueError, "route must be one of"),
+        (dict(impl="fft"), ValueError, "impl must be one of"),
     ]
     for kwargs, exc, msg in cases:
         args = {**dict(x=x, y=y, w1=w1, w2=w2), **kwargs}
         with pytest.raises(exc, match=msg):
             call(**args)
+    big = dict(device="meta")
+    with pytest.raises(ValueError, match=r"w1 has 2147483652 elements"):
+        call(torch.empty(1, 4, 1, 1, **big), torch.empty(1, 4, 1, 1, **big), torch.empty(2**29 + 1, 4, **big),
+             torch.empty(2**29 + 1, 4, **big))
+    # The C++ schema checks name the argument too (for callers of torch.ops.vkernels directly).
+    op = torch.ops.vkernels.random_maclaurin_pooling
+    for args, msg in [((x, y, w1, w2, "auto"), "route must be 'gram' or 'project'"),
+                      ((x, y[:1], w1, w2, "gram"), "y must have x's B, H, W"),
+                      ((x, y, w1, w2[:, :3], "gram"), r"w2 must have shape \[7, 4\]"),
+                      ((x.int(), y, w1, w2, "gram"), "x must be float16")]:
+        with pytest.raises(RuntimeError, match=msg):
+            op(*args)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape \[2, 7\]"):
+        torch.ops.vkernels.random_maclaurin_pooling_backward(torch.randn(2, 6), x, y, w1, w2, "gram",
+                                                             [True, True, True, True])
 
 
 def test_module():

@@ -1,8 +1,8 @@
 """random_maclaurin_pooling: Random Maclaurin bilinear pooling (Gao et al., CVPR 2016), by the cheaper of two
-GEMM routes.
+fused GEMM routes.
 
-No custom kernel: both routes are GEMMs plus one multiply-and-row-sum, which torch already runs at GEMM speed, so
-this op is a composite of torch ops (autograd, torch.compile and every device come with it).
+Registration: the schema lives in csrc/ops/random_maclaurin_pooling.cpp; this file adds fake (meta) kernels, autograd,
+the Triton variant of the op, and the public function that picks an implementation and a route.
 """
 from __future__ import annotations
 
@@ -10,56 +10,85 @@ import math
 
 import torch
 
+from vkernels import _backend
+from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as _reference
+
 __all__ = ["random_maclaurin_pooling"]
 
 _NAME = "random_maclaurin_pooling"
+# No CUDA C++ kernel: on GPU the Gram GEMM is cuBLAS (torch.bmm) and the fused W1 G W2 contraction is Triton.
+_INFO = _backend.register_op(_NAME, cuda_order=("triton",))
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ROUTES = ("auto", "gram", "project")
 
 
 def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                             sum_pool: bool = True, route: str = "auto") -> torch.Tensor:
+                             sum_pool: bool = True, route: str = "auto", *, impl: str = "auto") -> torch.Tensor:
     r"""out[b, d] = (1 / sqrt(D)) sum_l (w1_d . x_l)(w2_d . y_l): degree-2 Random Maclaurin features of x_l (x) y_l.
 
     With Rademacher (+1/-1) rows w1_d, w2_d, <phi(a, b), phi(c, e)> is an unbiased estimate of <a, c><b, e> (the
     1/sqrt(D) makes the estimate an average over the D features; Gao et al. write the same map with this factor).
 
-    Routes for sum_pool=True (results agree to rounding; "auto" picks by the FLOP count of each):
-      "gram":    G_b = X_b Y_b^T, out[b, d] = w1_d^T G_b w2_d = rowsum((W1 G_b) * W2): 2 HW C1 C2 + 2 D C1 C2 FLOPs.
-      "project": P1 = W1 X_b, P2 = W2 Y_b, out = rowsum(P1 * P2): 2 HW D (C1 + C2) FLOPs, and B D HW memory.
-    sum_pool=False always projects (the per-location output is (B, D, H, W) anyway).
+    Routes for sum_pool=True (results agree to rounding):
+      "gram":    G_b = X_b Y_b^T, out[b, d] = w1_d^T G_b w2_d: 2 HW C1 C2 + 2 D C1 C2 FLOPs per image.
+      "project": P1 = W1 X_b, P2 = W2 Y_b, out = rowsum(P1 * P2): 2 HW D (C1 + C2) FLOPs per image.
+      "auto":    the cheaper by FLOPs, counting the backward when an input requires grad (choose_gram; the
+                 crossovers were measured on CPU where the FLOP counts put them: HW ~ C / 2 forward, ~ C / 3
+                 forward+backward for D >> C).
+    Neither kernel stores the D x C2 or D x HW products for more than one tile of rows at a time. The backward uses
+    the same route (gram: through dG_b = W1^T diag(g_b) W2 / sqrt(D); project: through the projections).
+    sum_pool=False is composite torch ops (two GEMMs and a product): its (B, D, H, W) output is the dominant cost.
 
     Args:
-        x: (B, C1, H, W) float16/bfloat16/float32/float64; y: (B, C2, H, W), same dtype/device/B/H/W (may be x).
+        x: (B, C1, H, W) float16/bfloat16/float32/float64, any strides; y: (B, C2, H, W), same dtype/device/B/H/W
+            (may be x itself: then one projection set is reused and x's gradient holds both terms).
         w1: (D, C1), w2: (D, C2) projections (any float dtype; used in fp32, fp64 for fp64 inputs).
         sum_pool: sum over locations -> (B, D); else (B, D, H, W).
         route: "auto" | "gram" | "project".
+        impl: "auto" | "cpu" | "triton" | "reference" (see `vkernels.available_impls`).
 
-    Returns: x's dtype, computed in fp32 (fp64 for fp64). Differentiable w.r.t. x, y, w1 and w2.
+    Returns: x's dtype, accumulated in fp32 (fp64 for fp64). Differentiable w.r.t. x, y, w1 and w2 (once: the
+    backward ops have no derivative of their own).
     """
     _check(x, y, w1, w2, route)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    D, C1, C2 = w1.shape[0], x.shape[1], y.shape[1]
-    HW = x.shape[2] * x.shape[3]
-    W1, W2 = w1.to(acc), w2.to(acc)
-    X, Y = x.to(acc).flatten(2), y.to(acc).flatten(2)
-    scale = 1.0 / math.sqrt(D)
     if not sum_pool:
-        out = torch.matmul(W1, X) * torch.matmul(W2, Y) * scale
-        return out.reshape(x.shape[0], D, x.shape[2], x.shape[3]).to(x.dtype)
+        return _not_pooled(x, y, w1, w2)
+    impl = _backend.resolve_impl(_NAME, x, impl)
+    if impl == "reference":
+        return _reference(x, y, w1, w2)
+    C1, HW = x.shape[1], x.shape[2] * x.shape[3]
     if route == "auto":
-        route = "gram" if choose_gram(HW, C1, C2, D) else "project"
-    if route == "gram":
-        G = torch.bmm(X, Y.transpose(1, 2))  # (B, C1, C2)
-        out = (torch.matmul(W1, G) * W2).sum(-1)  # (B, D, C2) -> (B, D)
-    else:
-        out = (torch.matmul(W1, X) * torch.matmul(W2, Y)).sum(-1)  # (B, D, HW) -> (B, D)
-    return (out * scale).to(x.dtype)
+        # The backward's share decides the route when a gradient will be taken (static under torch.compile).
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, w1, w2))
+        route = "gram" if choose_gram(HW, C1, y.shape[1], w1.shape[0], grad) else "project"
+    op = torch.ops.vkernels.random_maclaurin_pooling_triton if impl == "triton" else \
+        torch.ops.vkernels.random_maclaurin_pooling
+    # y is x: pass None so the kernels convert x once and the backward returns one summed gradient.
+    return op(x, None if y is x else y, w1, w2, route)
 
 
-def choose_gram(HW: int, C1: int, C2: int, D: int) -> bool:
-    """The Gram route when its FLOPs, HW C1 C2 + D C1 C2, are below the projection's, HW D (C1 + C2)."""
+def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False) -> bool:
+    """Whether the Gram route is the faster one, by FLOP count: forward only, gram 2 C1 C2 (HW + D) vs project
+    2 HW D (C1 + C2); with the backward (y is x, dx only), gram 4 C1 C2 (HW + D) vs project 6 HW D (C1 + C2) (the
+    projections are recomputed and each needs a GEMM back).
+
+    Measured on this project's 2-core CPU (shared/noisy, B = 4, D = 4096, y is x, medians of 5 interleaved runs):
+    forward, project/gram time = 0.49 / 1.00 / 1.31 at C = 512, HW = 144 / 256 / 400 (FLOP crossover HW = 273) and
+    0.91 / 1.71 at C = 256, HW = 144 / 256 (FLOPs: 146); forward+backward 0.78 / 1.45 at C = 512, HW = 144 / 256
+    (FLOPs: 186) and 0.73 / 1.48 at C = 256, HW = 64 / 144 (FLOPs: 93). Both kernels run their GEMMs at the same
+    speed, so the FLOP counts place the crossovers where they were measured; no fudge factor is needed.
+    """
+    if backward:
+        return 2 * C1 * C2 * (HW + D) < 3 * HW * D * (C1 + C2)
     return (HW + D) * C1 * C2 < HW * D * (C1 + C2)
+
+
+def _not_pooled(x, y, w1, w2):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    D = w1.shape[0]
+    X, Y = x.to(acc).flatten(2), y.to(acc).flatten(2)
+    out = torch.matmul(w1.to(acc), X) * torch.matmul(w2.to(acc), Y) * (1.0 / math.sqrt(D))
+    return out.reshape(x.shape[0], D, x.shape[2], x.shape[3]).to(x.dtype)
 
 
 def _check(x, y, w1, w2, route):
@@ -86,5 +115,62 @@ def _check(x, y, w1, w2, route):
     for name, t in (("y", y), ("w1", w1), ("w2", w2)):
         if t.device != x.device:
             raise ValueError(f"{_NAME}: {name} is on {t.device} but x is on {x.device}")
+    # The Triton kernels index one image, W1 or W2 (and G_b) with int32 offsets.
+    for name, n in (("w1", w1.numel()), ("w2", w2.numel()), ("x[0]", math.prod(x.shape[1:])),
+                    ("y[0]", math.prod(y.shape[1:])),
+                    ("C1 * C2", x.shape[1] * y.shape[1])):
+        if n >= 2**31:
+            raise ValueError(f"{_NAME}: {name} has {n} elements; at most 2**31 - 1 are supported")
     if route not in _ROUTES:
         raise ValueError(f"{_NAME}: route must be one of {', '.join(_ROUTES)}; got {route!r}")
+
+
+def _register(fwd: str, bwd: str) -> None:
+    bwd_op = getattr(torch.ops.vkernels, bwd).default
+
+    @torch.library.register_fake(f"vkernels::{fwd}")
+    def _fake_fwd(x, y, w1, w2, route):
+        return x.new_empty((x.shape[0], w1.shape[0]))
+
+    @torch.library.register_fake(f"vkernels::{bwd}")
+    def _fake_bwd(grad_out, x, y, w1, w2, route, output_mask):
+        def grad(t, need):
+            return t.new_empty(t.shape) if need else t.new_empty((0,))
+        return (grad(x, output_mask[0]), grad(x if y is None else y, output_mask[1] and y is not None),
+                grad(w1, output_mask[2]), grad(w2, output_mask[3]))
+
+    def setup(ctx, inputs, output):
+        x, y, w1, w2, route = inputs
+        ctx.route = route
+        ctx.has_y = y is not None
+        ctx.save_for_backward(x, y, w1, w2)
+
+    def backward(ctx, g_out):
+        x, y, w1, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [bool(need[0]), bool(ctx.has_y and need[1]), bool(need[2]), bool(need[3])]
+        gx, gy, gw1, gw2 = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, w1, w2, ctx.route, mask)
+        return (gx if mask[0] else None, gy if mask[1] else None, gw1 if mask[2] else None,
+                gw2 if mask[3] else None, None)
+
+    torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
+
+
+def _define_triton() -> None:
+    def fwd(x, y, w1, w2, route):
+        from vkernels.triton import random_maclaurin_pooling as tk
+        return tk.forward(x, y, w1, w2, route)
+
+    def bwd(grad_out, x, y, w1, w2, route, output_mask):
+        from vkernels.triton import random_maclaurin_pooling as tk
+        return tk.backward(grad_out, x, y, w1, w2, route, output_mask)
+
+    _backend.define_triton_variant(_NAME, fwd)
+    _backend.define_triton_variant(f"{_NAME}_backward", bwd)
+
+
+if _backend.has_op(_NAME):
+    _register(_NAME, f"{_NAME}_backward")
+    if _backend.HAS_TRITON:
+        _define_triton()
+        _register(f"{_NAME}_triton", f"{_NAME}_backward_triton")

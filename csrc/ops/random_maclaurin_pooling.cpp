@@ -1,0 +1,68 @@
+// random_maclaurin_pooling schema (forward and backward, defined once here) and the argument checks shared by backends.
+//
+// out[b, d] = (1 / sqrt(D)) sum_l (w1_d . x_bl)(w2_d . y_bl) = (1 / sqrt(D)) w1_d^T G_b w2_d, G_b = X_b Y_b^T
+// (X_b: C1 x HW, Y_b: C2 x HW). Random Maclaurin features of degree 2 (Kar & Karnick 2012; Gao et al., CVPR 2016),
+// sum-pooled over locations.
+#include "ops/random_maclaurin_pooling.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+namespace vkernels::random_maclaurin_pooling {
+
+namespace {
+bool is_float(at::ScalarType st) {
+  return st == at::kHalf || st == at::kBFloat16 || st == at::kFloat || st == at::kDouble;
+}
+}  // namespace
+
+Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w1,
+                     const at::Tensor& w2, const std::string& route) {
+  const auto st = x.scalar_type();
+  TORCH_CHECK(is_float(st), op, ": x must be float16, bfloat16, float32 or float64, got ", st);
+  TORCH_CHECK(x.dim() == 4, op, ": x must have shape [B, C1, H, W], got ", x.sizes());
+  TORCH_CHECK(route == "gram" || route == "project", op, ": route must be 'gram' or 'project', got '", route, "'");
+  Problem p;
+  p.B = x.size(0);
+  p.C1 = x.size(1);
+  p.M = x.size(2) * x.size(3);
+  p.x = x;
+  p.sym = !(y && y->defined());
+  if (!p.sym) {
+    const auto& yy = *y;
+    TORCH_CHECK(yy.dim() == 4, op, ": y must have shape [B, C2, H, W], got ", yy.sizes());
+    TORCH_CHECK(yy.size(0) == x.size(0) && yy.size(2) == x.size(2) && yy.size(3) == x.size(3), op,
+                ": y must have x's B, H, W (", x.size(0), ", ", x.size(2), ", ", x.size(3), "), got ", yy.sizes());
+    TORCH_CHECK(yy.scalar_type() == st, op, ": y must have x's dtype ", st, ", got ", yy.scalar_type());
+    TORCH_CHECK(yy.device() == x.device(), op, ": y is on ", yy.device(), " but x is on ", x.device());
+    p.y = yy;
+    p.C2 = yy.size(1);
+  } else {
+    p.C2 = p.C1;
+  }
+  TORCH_CHECK(is_float(w1.scalar_type()), op, ": w1 must be a float tensor, got ", w1.scalar_type());
+  TORCH_CHECK(is_float(w2.scalar_type()), op, ": w2 must be a float tensor, got ", w2.scalar_type());
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == p.C1 && w1.size(0) >= 1, op, ": w1 must have shape [D, ", p.C1,
+              "] with D >= 1, got ", w1.sizes());
+  p.D = w1.size(0);
+  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == p.D && w2.size(1) == p.C2, op, ": w2 must have shape [", p.D, ", ", p.C2,
+              "] (D from w1, C2 from y), got ", w2.sizes());
+  TORCH_CHECK(w1.device() == x.device(), op, ": w1 is on ", w1.device(), " but x is on ", x.device());
+  TORCH_CHECK(w2.device() == x.device(), op, ": w2 is on ", w2.device(), " but x is on ", x.device());
+  p.w1 = w1;
+  p.w2 = w2;
+  p.gram = route == "gram";
+  return p;
+}
+
+TORCH_LIBRARY_FRAGMENT(vkernels, m) {
+  // out: (B, D) in x's dtype, sum-pooled. y None: y = x. route: "gram" | "project" (the Python wrapper resolves
+  // "auto"); both compute the same sum in fp32 (fp64 for fp64 inputs), only the order of the sums differs.
+  m.def("random_maclaurin_pooling(Tensor x, Tensor? y, Tensor w1, Tensor w2, str route) -> Tensor");
+  // Gradients w.r.t. x, y, w1, w2 (each an empty (0,) tensor where output_mask is false; grad_y is (0,) when y is
+  // None: x's gradient then holds both terms). Every route's backward goes through dG_b = W1^T diag(g_b) W2 / sqrt(D).
+  m.def("random_maclaurin_pooling_backward(Tensor grad_out, Tensor x, Tensor? y, Tensor w1, Tensor w2, str route, "
+        "bool[4] output_mask) -> (Tensor grad_x, Tensor grad_y, Tensor grad_w1, Tensor grad_w2)");
+}
+
+}  // namespace vkernels::random_maclaurin_pooling

@@ -1,0 +1,212 @@
+"""random_maclaurin_pooling in Triton: the W1 G_b W2 contraction (gram) and the W1 X_b . W2 Y_b contraction (project)
+as tiled tl.dot GEMMs whose epilogue is the row-wise product-reduction, so the D x C2 / D x HW products never leave
+registers. The Gram GEMM G_b = X_b Y_b^T and the backward's dX = dG Y, dY = dG^T X are cuBLAS (torch.bmm).
+
+Forward (s = 1 / sqrt(D)), grid (B, D / BD):
+  gram:    per program, for each C2 block: acc = W1[d-tile] @ G_b[:, n-block] (K loop over C1), then
+           row += sum(acc * W2[d-tile, n-block], 1). FLOPs 2 D C1 C2 per image (+ the 2 HW C1 C2 of the Gram GEMM);
+           bytes: G_b read D / BD times (L2), W1, W2 once per image.
+  project: per program, for each HW block: acc1 = W1[d-tile] @ X_b[:, l-block], acc2 = W2[d-tile] @ Y_b[:, l-block],
+           row += sum(acc1 * acc2, 1). FLOPs 2 HW D (C1 + C2) per image; x, y read D / BD times (L2).
+Backward (g = dL/dout), both routes through dG_b = s W1^T diag(g_b) W2 (grid (B, C1 / BM, C2 / BN), K loop over D,
+the rows of W2 scaled by s g in registers); then cuBLAS dX = dG Y, dY = dG^T X. The project form of the backward
+(W1^T (s g . W2 Y_b)) is not written in Triton: it only saves FLOPs when HW is far below C (see the CPU kernel).
+dW1 = s sum_b diag(g_b) W2 G_b^T, dW2 = s sum_b diag(g_b) W1 G_b: grid (D / BD, C / BN), the image loop inside the
+program (every element written by one program: deterministic, no atomics).
+
+All tiles are in the accumulation dtype (fp32, fp64 for fp64 inputs); fp32 dots use input_precision="ieee" (no TF32:
+the result is a sum of D C1 C2 products, TF32's 1e-3 relative rounding would exceed the fp32 error bound).
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from vkernels._backend import TRITON_INTERPRET
+
+# The interpreter runs programs one after another: big tiles keep CI fast; tl.dot needs every dim >= 16.
+BD, BN, BK = (32, 32, 32) if TRITON_INTERPRET else (64, 64, 32)
+NUM_WARPS = 4
+
+
+@triton.jit
+def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale,
+                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    dm = d < D
+    acc_t = out_ptr.dtype.element_ty
+    row = tl.zeros([BD], dtype=acc_t)
+    gb = g_ptr + b * C1 * C2
+    for n0 in range(0, C2, BN):
+        n = n0 + tl.arange(0, BN)
+        nm = n < C2
+        acc = tl.zeros([BD, BN], dtype=acc_t)
+        for k0 in range(0, C1, BK):
+            k = k0 + tl.arange(0, BK)
+            km = k < C1
+            a = tl.load(w1_ptr + d[:, None] * C1 + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
+            g = tl.load(gb + k[:, None] * C2 + n[None, :], mask=km[:, None] & nm[None, :], other=0.0)
+            acc += tl.dot(a, g, input_precision="ieee")
+        w2 = tl.load(w2_ptr + d[:, None] * C2 + n[None, :], mask=dm[:, None] & nm[None, :], other=0.0)
+        row += tl.sum(acc * w2, 1)
+    tl.store(out_ptr + b * D + d, row * scale, mask=dm)
+
+
+@triton.jit
+def _proj_tile(w_ptr, x_ptr, b, d, dm, l, lm, C, sxb, sxc, sxl, acc,
+               BK: tl.constexpr):
+    acc_t = w_ptr.dtype.element_ty
+    for k0 in range(0, C, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < C
+        a = tl.load(w_ptr + d[:, None] * C + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
+        xv = tl.load(x_ptr + b * sxb + k[:, None] * sxc + l[None, :] * sxl, mask=km[:, None] & lm[None, :],
+                     other=0.0).to(acc_t)
+        acc += tl.dot(a, xv, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, D, C1, C2, M, scale,
+                     sxb, sxc, sxl, syb, syc, syl,
+                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    dm = d < D
+    acc_t = out_ptr.dtype.element_ty
+    row = tl.zeros([BD], dtype=acc_t)
+    for l0 in range(0, M, BN):
+        l = l0 + tl.arange(0, BN)
+        lm = l < M
+        p1 = _proj_tile(w1_ptr, x_ptr, b, d, dm, l, lm, C1, sxb, sxc, sxl, tl.zeros([BD, BN], dtype=acc_t), BK)
+        p2 = _proj_tile(w2_ptr, y_ptr, b, d, dm, l, lm, C2, syb, syc, syl, tl.zeros([BD, BN], dtype=acc_t), BK)
+        row += tl.sum(p1 * p2, 1)
+    tl.store(out_ptr + b * D + d, row * scale, mask=dm)
+
+
+@triton.jit
+def _dg_kernel(w1_ptr, w2_ptr, gs_ptr, dg_ptr, D, C1, C2,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # dG_b[i, j] = sum_d W1[d, i] (s g_bd) W2[d, j]
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1) * BM + tl.arange(0, BM)
+    j = tl.program_id(2) * BN + tl.arange(0, BN)
+    im = i < C1
+    jm = j < C2
+    acc_t = dg_ptr.dtype.element_ty
+    acc = tl.zeros([BM, BN], dtype=acc_t)
+    for d0 in range(0, D, BK):
+        d = d0 + tl.arange(0, BK)
+        dm = d < D
+        a = tl.load(w1_ptr + d[None, :] * C1 + i[:, None], mask=im[:, None] & dm[None, :], other=0.0)
+        gs = tl.load(gs_ptr + b * D + d, mask=dm, other=0.0)
+        w2 = tl.load(w2_ptr + d[:, None] * C2 + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
+        acc += tl.dot(a, w2 * gs[:, None], input_precision="ieee")
+    tl.store(dg_ptr + b * C1 * C2 + i[:, None] * C2 + j[None, :], acc, mask=im[:, None] & jm[None, :])
+
+
+@triton.jit
+def _dw_kernel(wo_ptr, g_ptr, gs_ptr, dw_ptr, B, D, K, N, sgb, sgk, sgn,
+               BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # dW[d, n] = sum_b sum_k (s g_bd) Wo[d, k] Gm_b[k, n]  (Gm_b: G_b or G_b^T, by strides)
+    d = tl.program_id(0) * BD + tl.arange(0, BD)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
+    dm = d < D
+    nm = n < N
+    acc_t = dw_ptr.dtype.element_ty
+    acc = tl.zeros([BD, BN], dtype=acc_t)
+    for b in range(0, B):
+        gs = tl.load(gs_ptr + b * D + d, mask=dm, other=0.0)
+        for k0 in range(0, K, BK):
+            k = k0 + tl.arange(0, BK)
+            km = k < K
+            a = tl.load(wo_ptr + d[:, None] * K + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
+            gm = tl.load(g_ptr + b * sgb + k[:, None] * sgk + n[None, :] * sgn, mask=km[:, None] & nm[None, :],
+                         other=0.0)
+            acc += tl.dot(a * gs[:, None], gm, input_precision="ieee")
+    tl.store(dw_ptr + d[:, None] * N + n[None, :], acc, mask=dm[:, None] & nm[None, :])
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _mat(t):
+    return t.flatten(2)  # (B, C, HW): a view for contiguous and channels_last tensors alike
+
+
+def _gram(x, y, acc):
+    X = _mat(x)
+    Y = X if y is None else _mat(y)
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        return torch.bmm(X, Y.transpose(1, 2), out_dtype=torch.float32)  # fp32 accumulation, no fp32 copies
+    X = X.to(acc)
+    return torch.bmm(X, X.transpose(1, 2) if y is None else Y.to(acc).transpose(1, 2))
+
+
+def forward(x, y, w1, w2, route):
+    acc = _acc(x.dtype)
+    B, C1 = x.shape[:2]
+    C2 = C1 if y is None else y.shape[1]
+    M = x.shape[2] * x.shape[3]
+    D = w1.shape[0]
+    out = torch.zeros((B, D), dtype=acc, device=x.device)
+    if B == 0:
+        return out.to(x.dtype)
+    W1, W2 = w1.to(acc).contiguous(), w2.to(acc).contiguous()
+    scale = 1.0 / math.sqrt(D)
+    grid = (B, triton.cdiv(D, BD))
+    if route == "gram":
+        G = _gram(x, y, acc).contiguous()
+        _gram_fwd_kernel[grid](W1, G, W2, out, D, C1, C2, scale, BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+    else:
+        X = _mat(x)
+        Y = X if y is None else _mat(y)
+        _proj_fwd_kernel[grid](W1, X, W2, Y, out, D, C1, C2, M, scale, *X.stride(), *Y.stride(),
+                               BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+    return out.to(x.dtype)
+
+
+def backward(grad_out, x, y, w1, w2, route, output_mask):
+    acc = _acc(x.dtype)
+    B, C1 = x.shape[:2]
+    sym = y is None
+    C2 = C1 if sym else y.shape[1]
+    D = w1.shape[0]
+    need_x, need_y = output_mask[0], output_mask[1] and not sym
+    empty = x.new_empty((0,))
+    gx, gy, gw1, gw2 = empty, empty, w1.new_empty((0,)), w2.new_empty((0,))
+    W1, W2 = w1.to(acc).contiguous(), w2.to(acc).contiguous()
+    gs = (grad_out.to(acc) * (1.0 / math.sqrt(D))).contiguous()
+    if need_x or need_y:
+        dG = torch.empty((B, C1, C2), dtype=acc, device=x.device)
+        if B > 0:
+            grid = (B, triton.cdiv(C1, BD), triton.cdiv(C2, BN))
+            _dg_kernel[grid](W1, W2, gs, dG, D, C1, C2, BM=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+        X = _mat(x).to(acc)
+        if sym:
+            gx = torch.bmm(dG + dG.transpose(1, 2), X)
+        else:
+            if need_x:
+                gx = torch.bmm(dG, _mat(y).to(acc))
+            if need_y:
+                gy = torch.bmm(dG.transpose(1, 2), X).reshape(y.shape).to(x.dtype)
+        if need_x:
+            gx = gx.reshape(x.shape).to(x.dtype)
+    if output_mask[2] or output_mask[3]:
+        G = _gram(x, y, acc).contiguous() if B > 0 else None
+        for w_out, wo, N, K, strides, need in ((0, W2, C1, C2, (C1 * C2, 1, C2), output_mask[2]),
+                                               (1, W1, C2, C1, (C1 * C2, C2, 1), output_mask[3])):
+            if not need:
+                continue
+            dW = torch.zeros((D, N), dtype=acc, device=x.device)
+            if B > 0:
+                grid = (triton.cdiv(D, BD), triton.cdiv(N, BN))
+                _dw_kernel[grid](wo, G, gs, dW, B, D, K, N, *strides, BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+            if w_out == 0:
+                gw1 = dW.to(w1.dtype)
+            else:
+                gw2 = dW.to(w2.dtype)
+    return gx, gy, gw1, gw2
