@@ -53,11 +53,27 @@ void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, 
     }
     a0.store(out + k), a1.store(out + k + L), a2.store(out + k + 2 * L), a3.store(out + k + 3 * L);
   }
-  for (; k < n; k += L) {
-    const int64_t c = std::min<int64_t>(L, n - k);
-    V a0 = accumulate ? V::loadu(out + k, c) : V(T(0));
-    for (int64_t t = 0; t < nt; ++t) a0 = at::vec::fmadd(V::loadu(src[t] + k, c), V(w[t]), a0);
-    a0.store(out + k, c);
+  if (k < n) {  // the rest (< 4 vectors) in one pass too: separate FMA chains instead of one latency-bound chain each
+    const int64_t r = n - k;
+    const int64_t c0 = std::min<int64_t>(L, r), c1 = std::clamp<int64_t>(r - L, 0, L);
+    const int64_t c2 = std::clamp<int64_t>(r - 2 * L, 0, L), c3 = std::clamp<int64_t>(r - 3 * L, 0, L);
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    if (accumulate) {
+      a0 = V::loadu(out + k, c0), a1 = V::loadu(out + k + L, c1), a2 = V::loadu(out + k + 2 * L, c2);
+      a3 = V::loadu(out + k + 3 * L, c3);
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      const V wt(w[t]);
+      const T* s = src[t] + k;
+      a0 = at::vec::fmadd(V::loadu(s, c0), wt, a0);
+      if (c1) a1 = at::vec::fmadd(V::loadu(s + L, c1), wt, a1);
+      if (c2) a2 = at::vec::fmadd(V::loadu(s + 2 * L, c2), wt, a2);
+      if (c3) a3 = at::vec::fmadd(V::loadu(s + 3 * L, c3), wt, a3);
+    }
+    a0.store(out + k, c0);
+    if (c1) a1.store(out + k + L, c1);
+    if (c2) a2.store(out + k + 2 * L, c2);
+    if (c3) a3.store(out + k + 3 * L, c3);
   }
 }
 
@@ -148,6 +164,15 @@ void run(const Problem& p) {
   // Natural mid column of each phase-major position (-1: padding), and the reverse.
   std::vector<int64_t> nat(LU, -1), posm(Mw);
   for (int64_t m = 0; m < Mw; ++m) posm[m] = up.pos(m), nat[posm[m]] = m;
+  // Integer divisions hoisted out of the row loops (they cost as much as a row's multiply-adds): vertical up taps
+  // per residue rr = (my - P0) mod U as (tap i, input row offset from (my - P0 - rr) / U); down taps' offsets in a
+  // de-interleaved row.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> vtaps(ay.U);
+  for (int64_t rr = 0; rr < ay.U; ++rr)
+    for (int64_t i = 0; i < Ah; ++i)
+      if ((rr + i) % ay.U == 0) vtaps[rr].emplace_back(i, (rr + i) / ay.U);
+  std::vector<int64_t> doff(Bw);
+  for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
 
   at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
     // Zero-initialised once: positions a pass never writes (phase padding) must read as 0.
@@ -182,10 +207,9 @@ void run(const Problem& p) {
         // Vertical up taps that land on input rows of this band (polyphase: ~fuh/U of them).
         ptr.clear(), wt.clear();
         bool first = true;
-        for (int64_t i = 0; i < Ah; ++i) {
-          const int64_t t = my + i - ay.P0;
-          if (floor_mod(t, ay.U) != 0) continue;
-          const int64_t iy = floor_div(t, ay.U);
+        const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
+        for (const auto& [i, di] : vtaps[rr]) {
+          const int64_t iy = base + di;
           if (iy < iy_lo || iy > iy_hi) continue;
           if (p.sep_a) {
             ptr.push_back(hbuf.data() + (iy - iy_lo) * LU), wt.push_back(wa[i]);
@@ -234,12 +258,15 @@ void run(const Problem& p) {
         }
         const T* md = mrow.data();
         if (remap) {
-          for (int64_t m = 0; m < Mw; ++m) drow[(m % ax.D) * Rd + m / ax.D] = mrow[posm[m]];
+          for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
+            drow[r * Rd + q] = mrow[posm[m]];
+            if (++r == ax.D) r = 0, ++q;
+          }
           md = drow.data();
         }
         if (p.sep_b) {
           ptr.clear(), wt.clear();
-          for (int64_t k = 0; k < Bw; ++k) ptr.push_back(md + (k % ax.D) * Rd + k / ax.D), wt.push_back(wb[k]);
+          for (int64_t k = 0; k < Bw; ++k) ptr.push_back(md + doff[k]), wt.push_back(wb[k]);
           dot_rows(dbuf.data() + (my - my0) * Ow, ptr.data(), wt.data(), Bw, Ow, false);
         } else {
           std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
@@ -253,7 +280,7 @@ void run(const Problem& p) {
             ptr.push_back(dbuf.data() + r * Ow), wt.push_back(wb[k]);
           } else {
             for (int64_t kx = 0; kx < Bw; ++kx)
-              ptr.push_back(midbuf.data() + r * DR + (kx % ax.D) * Rd + kx / ax.D), wt.push_back(wb[k * Bw + kx]);
+              ptr.push_back(midbuf.data() + r * DR + doff[kx]), wt.push_back(wb[k * Bw + kx]);
           }
         }
         scalar_t* dst = out + n * oN + c * oC + oy * oH;
