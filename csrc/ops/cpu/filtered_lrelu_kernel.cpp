@@ -174,15 +174,24 @@ void run(const Problem& p) {
   std::vector<int64_t> doff(Bw);
   for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
 
-  at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+  // channels_last (C stride 1): a work item is a block of CB channels of one band, so input rows are read and output
+  // rows written CB channels (a cache line) at a time and transposed through the thread-local buffers, instead of
+  // one strided element per cache line per plane.
+  const bool cblock = sC == 1 && oC == 1 && p.C > 1;
+  const int64_t CB = cblock ? std::min<int64_t>(p.C, 16) : 1, cblocks = (p.C + CB - 1) / CB;
+  const int64_t LB = in_rows_max * L, OB = TO * Ow;
+
+  at::parallel_for(0, p.N * cblocks * bands, 1, [&](int64_t begin, int64_t end) {
     // Zero-initialised once: positions a pass never writes (phase padding) must read as 0.
-    std::vector<T> lbuf(in_rows_max * L), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
+    std::vector<T> lblk(CB * LB), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
     std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
+    std::vector<T> oblk(cblock ? CB * OB : 0);
     std::vector<uint8_t> codes(RB * 4);
     std::vector<const T*> ptr, ptr2;
     std::vector<T> wt, wt2;
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t pl = idx / bands, band = idx % bands, n = pl / p.C, c = pl % p.C;
+      const int64_t band = idx % bands, nb = idx / bands, n = nb / cblocks, c0 = (nb % cblocks) * CB;
+      const int64_t cn = std::min(CB, p.C - c0);
       const int64_t oy0 = band * TO, oy1 = std::min(ay.O, oy0 + TO);
       const int64_t my0 = oy0 * ay.D, my1 = (oy1 - 1) * ay.D + Bh;
       // Mask rows this band writes: its own [oy0*D, oy1*D) (the last band: to the end), so no byte has two writers.
@@ -190,108 +199,137 @@ void run(const Problem& p) {
       const int64_t iy_lo = std::max<int64_t>(0, -floor_div(-(my0 - ay.P0), ay.U));
       const int64_t iy_hi = std::min<int64_t>(ay.Z - 1, floor_div(my1 - 1 + Ah - 1 - ay.P0, ay.U));
       const int64_t nrows = std::max<int64_t>(0, iy_hi - iy_lo + 1);
-      const T bv = bias ? T(bias[c * sb]) : T(0);
-      const scalar_t* xp = x + n * sN + c * sC;
-      for (int64_t r = 0; r < nrows; ++r) {
-        T* dst = lbuf.data() + r * L + up.lo;  // the zero padding around it is never written
-        const scalar_t* src = xp + (iy_lo + r) * sH;
-        if (sW == 1) {
-#pragma omp simd
-          for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i]) + bv;
-        } else {
-          for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i * sW]) + bv;
+      if (cblock) {
+        T bvs[16];
+        for (int64_t cc = 0; cc < cn; ++cc) bvs[cc] = bias ? T(bias[(c0 + cc) * sb]) : T(0);
+        for (int64_t r = 0; r < nrows; ++r) {
+          const scalar_t* src = x + n * sN + c0 + (iy_lo + r) * sH;
+          T* dst = lblk.data() + r * L + up.lo;  // the zero padding around it is never written
+          for (int64_t i = 0; i < ax.Z; ++i)
+            for (int64_t cc = 0; cc < cn; ++cc) dst[cc * LB + i] = T(src[i * sW + cc]) + bvs[cc];
         }
-        if (p.sep_a) up.run(lbuf.data() + r * L, wa.data(), hbuf.data() + r * LU, false, ptr, wt);
       }
-      for (int64_t my = my0; my < my1; ++my) {
-        // Vertical up taps that land on input rows of this band (polyphase: ~fuh/U of them).
-        ptr.clear(), wt.clear();
-        bool first = true;
-        const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
-        for (const auto& [i, di] : vtaps[rr]) {
-          const int64_t iy = base + di;
-          if (iy < iy_lo || iy > iy_hi) continue;
-          if (p.sep_a) {
-            ptr.push_back(hbuf.data() + (iy - iy_lo) * LU), wt.push_back(wa[i]);
-          } else {
-            up.run(lbuf.data() + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), !first, ptr2, wt2);
-            first = false;
+      for (int64_t cc = 0; cc < cn; ++cc) {
+        const int64_t c = c0 + cc, pl = n * p.C + c;
+        T* lbuf = lblk.data() + cc * LB;
+        if (!cblock) {
+          const T bv = bias ? T(bias[c * sb]) : T(0);
+          const scalar_t* xp = x + n * sN + c * sC;
+          for (int64_t r = 0; r < nrows; ++r) {
+            T* dst = lbuf + r * L + up.lo;  // the zero padding around it is never written
+            const scalar_t* src = xp + (iy_lo + r) * sH;
+            if (sW == 1) {
+#pragma omp simd
+              for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i]) + bv;
+            } else {
+              for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i * sW]) + bv;
+            }
           }
         }
         if (p.sep_a)
-          dot_rows(mrow.data(), ptr.data(), wt.data(), int64_t(ptr.size()), LU, false);
-        else if (first)
-          std::fill(mrow.begin(), mrow.end(), T(0));
-        if (!p.masked) {
-          if (p.write_mask && my >= oy0 * ay.D && my < own1) {
-            for (int64_t m = 0; m < Mw; ++m) {
-              const T v = mrow[posm[m]];
-              const T a = (v > T(0) ? v : v * slope) * gain;
-              codes[m] = (a > clamp || a < -clamp) ? 0 : (v > T(0) ? 1 : 2);
-            }
-            uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
-            std::fill(codes.begin() + Mw, codes.end(), uint8_t(0));
-            for (int64_t q = 0; q < RB; ++q)
-              mr[q] = codes[4 * q] | (codes[4 * q + 1] << 2) | (codes[4 * q + 2] << 4) | (codes[4 * q + 3] << 6);
-          }
-          // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference).
-          const V vs(slope), vg(gain), vc(clamp), vnc(-clamp), zero(T(0));
-          constexpr int64_t VL = V::size();
-          for (int64_t k = 0; k < LU; k += VL) {
-            const int64_t cnt = std::min<int64_t>(VL, LU - k);
-            const V v = V::loadu(mrow.data() + k, cnt);
-            const V a = V::blendv(v * vs, v, v > zero) * vg;
-            at::vec::minimum(at::vec::maximum(a, vnc), vc).store(mrow.data() + k, cnt);
-          }
-        } else {
-          const int64_t row = my + p.sy;
-          if (row < 0 || row >= p.mask_h) {
-            std::fill(mrow.begin(), mrow.end(), T(0));
-          } else {
-            const uint8_t* mr = mask + (pl * p.mask_h + row) * RB;
-            for (int64_t q = 0; q < LU; ++q) {
-              const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
-              const int code = col >= 0 && col < p.mask_w ? (mr[col >> 2] >> ((col & 3) * 2)) & 3 : 0;
-              mrow[q] *= fac[code];
-            }
-          }
-        }
-        const T* md = mrow.data();
-        if (remap) {
-          for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
-            drow[r * Rd + q] = mrow[posm[m]];
-            if (++r == ax.D) r = 0, ++q;
-          }
-          md = drow.data();
-        }
-        if (p.sep_b) {
+          for (int64_t r = 0; r < nrows; ++r) up.run(lbuf + r * L, wa.data(), hbuf.data() + r * LU, false, ptr, wt);
+        for (int64_t my = my0; my < my1; ++my) {
+          // Vertical up taps that land on input rows of this band (polyphase: ~fuh/U of them).
           ptr.clear(), wt.clear();
-          for (int64_t k = 0; k < Bw; ++k) ptr.push_back(md + doff[k]), wt.push_back(wb[k]);
-          dot_rows(dbuf.data() + (my - my0) * Ow, ptr.data(), wt.data(), Bw, Ow, false);
-        } else {
-          std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
-        }
-      }
-      for (int64_t oy = oy0; oy < oy1; ++oy) {
-        ptr.clear(), wt.clear();
-        for (int64_t k = 0; k < Bh; ++k) {
-          const int64_t r = oy * ay.D + k - my0;
-          if (p.sep_b) {
-            ptr.push_back(dbuf.data() + r * Ow), wt.push_back(wb[k]);
+          bool first = true;
+          const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
+          for (const auto& [i, di] : vtaps[rr]) {
+            const int64_t iy = base + di;
+            if (iy < iy_lo || iy > iy_hi) continue;
+            if (p.sep_a) {
+              ptr.push_back(hbuf.data() + (iy - iy_lo) * LU), wt.push_back(wa[i]);
+            } else {
+              up.run(lbuf + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), !first, ptr2, wt2);
+              first = false;
+            }
+          }
+          if (p.sep_a)
+            dot_rows(mrow.data(), ptr.data(), wt.data(), int64_t(ptr.size()), LU, false);
+          else if (first)
+            std::fill(mrow.begin(), mrow.end(), T(0));
+          if (!p.masked) {
+            if (p.write_mask && my >= oy0 * ay.D && my < own1) {
+              for (int64_t m = 0; m < Mw; ++m) {
+                const T v = mrow[posm[m]];
+                const T a = (v > T(0) ? v : v * slope) * gain;
+                codes[m] = (a > clamp || a < -clamp) ? 0 : (v > T(0) ? 1 : 2);
+              }
+              uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
+              std::fill(codes.begin() + Mw, codes.end(), uint8_t(0));
+              for (int64_t q = 0; q < RB; ++q)
+                mr[q] = codes[4 * q] | (codes[4 * q + 1] << 2) | (codes[4 * q + 2] << 4) | (codes[4 * q + 3] << 6);
+            }
+            // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference).
+            const V vs(slope), vg(gain), vc(clamp), vnc(-clamp), zero(T(0));
+            constexpr int64_t VL = V::size();
+            for (int64_t k = 0; k < LU; k += VL) {
+              const int64_t cnt = std::min<int64_t>(VL, LU - k);
+              const V v = V::loadu(mrow.data() + k, cnt);
+              const V a = V::blendv(v * vs, v, v > zero) * vg;
+              at::vec::minimum(at::vec::maximum(a, vnc), vc).store(mrow.data() + k, cnt);
+            }
           } else {
-            for (int64_t kx = 0; kx < Bw; ++kx)
-              ptr.push_back(midbuf.data() + r * DR + doff[kx]), wt.push_back(wb[k * Bw + kx]);
+            const int64_t row = my + p.sy;
+            if (row < 0 || row >= p.mask_h) {
+              std::fill(mrow.begin(), mrow.end(), T(0));
+            } else {
+              const uint8_t* mr = mask + (pl * p.mask_h + row) * RB;
+              for (int64_t q = 0; q < LU; ++q) {
+                const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
+                const int code = col >= 0 && col < p.mask_w ? (mr[col >> 2] >> ((col & 3) * 2)) & 3 : 0;
+                mrow[q] *= fac[code];
+              }
+            }
+          }
+          const T* md = mrow.data();
+          if (remap) {
+            for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
+              drow[r * Rd + q] = mrow[posm[m]];
+              if (++r == ax.D) r = 0, ++q;
+            }
+            md = drow.data();
+          }
+          if (p.sep_b) {
+            ptr.clear(), wt.clear();
+            for (int64_t k = 0; k < Bw; ++k) ptr.push_back(md + doff[k]), wt.push_back(wb[k]);
+            dot_rows(dbuf.data() + (my - my0) * Ow, ptr.data(), wt.data(), Bw, Ow, false);
+          } else {
+            std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
           }
         }
-        scalar_t* dst = out + n * oN + c * oC + oy * oH;
-        if constexpr (std::is_same_v<scalar_t, T>) {
-          if (oW == 1) {
-            dot_rows(dst, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
+        for (int64_t oy = oy0; oy < oy1; ++oy) {
+          ptr.clear(), wt.clear();
+          for (int64_t k = 0; k < Bh; ++k) {
+            const int64_t r = oy * ay.D + k - my0;
+            if (p.sep_b) {
+              ptr.push_back(dbuf.data() + r * Ow), wt.push_back(wb[k]);
+            } else {
+              for (int64_t kx = 0; kx < Bw; ++kx)
+                ptr.push_back(midbuf.data() + r * DR + doff[kx]), wt.push_back(wb[k * Bw + kx]);
+            }
+          }
+          if (cblock) {
+            dot_rows(oblk.data() + cc * OB + (oy - oy0) * Ow, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
             continue;
           }
+          scalar_t* dst = out + n * oN + c * oC + oy * oH;
+          if constexpr (std::is_same_v<scalar_t, T>) {
+            if (oW == 1) {
+              dot_rows(dst, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
+              continue;
+            }
+          }
+          dot_rows(acc.data(), ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
+          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(acc[ox]);
         }
-        dot_rows(acc.data(), ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
-        for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(acc[ox]);
+      }  // channels of the block
+      if (cblock) {
+        for (int64_t oy = oy0; oy < oy1; ++oy) {
+          scalar_t* dst = out + n * oN + c0 + oy * oH;
+          const T* src = oblk.data() + (oy - oy0) * Ow;
+          for (int64_t ox = 0; ox < Ow; ++ox)
+            for (int64_t cc = 0; cc < cn; ++cc) dst[ox * oW + cc] = static_cast<scalar_t>(src[cc * OB + ox]);
+        }
       }
     }
   });
