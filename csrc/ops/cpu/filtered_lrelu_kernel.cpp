@@ -1,11 +1,14 @@
 // filtered_lrelu on CPU (and its masked linear twin, the gradient), fp16/bf16 computed in fp32, fp64 in fp64.
-// One pass per (plane, band of TO output rows): load the input rows the band needs (+ bias) into a zero-padded
-// thread-local fp32 buffer, form the band's mid rows with polyphase up-filtering (only taps that land on input
-// pixels are multiplied: ~fuh*fuw/up^2 MACs per mid sample for 2-D fu, (fuw+fuh)/up separable), apply
-// lrelu*gain+clamp (writing 2 mask bits) or the mask factors, then down-filter into the output rows
-// (fdh*fdw/down^2 MACs per mid sample 2-D, (fdw+fdh)/down separable). The mid band lives only in the buffer.
-// Bytes: x read once (plus the band overlap, ~fuh/(up*TO) extra), y written once, mask Mh*Mw/4 bytes written (or
-// read). Bands overlap by fdh-down mid rows, which are recomputed rather than shared between threads.
+// One pass per (plane, band of TO output rows; a band is the whole plane unless planes are few or very wide): load
+// the input rows the band needs (+ bias) into a zero-padded thread-local fp32 buffer, form the band's mid rows with
+// polyphase up-filtering (only taps that land on input pixels: per mid sample ~fuh*fuw/up^2 MACs for 2-D fu,
+// (fuw+fuh)/up separable, the horizontal pass on input rows), apply lrelu*gain+clamp (writing 2 mask bits) or the
+// mask factors, then down-filter into the output rows (fdh*fdw/down^2 MACs per mid sample 2-D; separable: fdw per
+// kept column of each mid row + fdh per output pixel). Every pass is one multi-tap at::vec kernel (dot_rows) over
+// contiguous rows; mid rows are phase-major so no pass scatters or gathers (when up == down). The mid band lives only
+// in the buffer. SG3 layer (12-tap up2/down2, 74x74 -> 74x74): ~78 MACs per output pixel.
+// Bytes: x read once (plus, for split planes, the band overlap ~(fdh-down)/(down*TO)), y written once, mask Mh*Mw/4
+// bytes written (or read). channels_last goes through the buffers 16 channels at a time (see cblock).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
