@@ -174,6 +174,18 @@ void run(const Problem& p) {
   for (int64_t rr = 0; rr < ay.U; ++rr)
     for (int64_t i = 0; i < Ah; ++i)
       if ((rr + i) % ay.U == 0) vtaps[rr].emplace_back(i, (rr + i) / ay.U);
+  // Masked op: factor of phase-major position q is fbuf[fidx[q]], fbuf[0] = 0 (padding / off the mask) and
+  // fbuf[1 + col] the factor of mask column col; lut[4*byte + j] the factor of a byte's j-th 2-bit code.
+  std::vector<int32_t> fidx(p.masked ? LU : 0, 0);
+  std::vector<T> lut(p.masked ? 1024 : 0);
+  if (p.masked) {
+    for (int64_t q = 0; q < LU; ++q) {
+      const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
+      fidx[q] = col >= 0 && col < p.mask_w ? int32_t(col + 1) : 0;
+    }
+    for (int64_t v = 0; v < 256; ++v)
+      for (int64_t j = 0; j < 4; ++j) lut[4 * v + j] = fac[(v >> (2 * j)) & 3];
+  }
   std::vector<int64_t> doff(Bw);
   for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
 
@@ -190,6 +202,7 @@ void run(const Problem& p) {
     std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
     std::vector<T> oblk(cblock ? CB * OB : 0);
     std::vector<uint8_t> codes(RB * 4);
+    std::vector<T> fbuf(p.masked ? 1 + 4 * RB : 0);
     std::vector<const T*> ptr, ptr2;
     std::vector<T> wt, wt2;
     for (int64_t idx = begin; idx < end; ++idx) {
@@ -276,12 +289,11 @@ void run(const Problem& p) {
             if (row < 0 || row >= p.mask_h) {
               std::fill(mrow.begin(), mrow.end(), T(0));
             } else {
+              // Decode the mask row to factors (a byte -> 4 factors by table), then one indexed multiply.
               const uint8_t* mr = mask + (pl * p.mask_h + row) * RB;
-              for (int64_t q = 0; q < LU; ++q) {
-                const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
-                const int code = col >= 0 && col < p.mask_w ? (mr[col >> 2] >> ((col & 3) * 2)) & 3 : 0;
-                mrow[q] *= fac[code];
-              }
+              for (int64_t qb = 0; qb < RB; ++qb)
+                std::copy(lut.begin() + 4 * mr[qb], lut.begin() + 4 * mr[qb] + 4, fbuf.begin() + 1 + 4 * qb);
+              for (int64_t q = 0; q < LU; ++q) mrow[q] *= fbuf[fidx[q]];
             }
           }
           const T* md = mrow.data();
