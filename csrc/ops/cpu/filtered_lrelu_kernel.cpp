@@ -186,6 +186,8 @@ void run(const Problem& p) {
     for (int64_t v = 0; v < 256; ++v)
       for (int64_t j = 0; j < 4; ++j) lut[4 * v + j] = fac[(v >> (2 * j)) & 3];
   }
+  std::vector<int64_t> pidx(4 * RB, LU);  // mask column -> phase-major position (LU past the row: code 0)
+  for (int64_t m = 0; m < std::min<int64_t>(Mw, 4 * RB); ++m) pidx[m] = posm[m];
   std::vector<int64_t> doff(Bw);
   for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
 
@@ -201,7 +203,7 @@ void run(const Problem& p) {
     std::vector<T> lblk(CB * LB), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
     std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
     std::vector<T> oblk(cblock ? CB * OB : 0);
-    std::vector<uint8_t> codes(RB * 4);
+    std::vector<T> cbuf(LU + 1);
     std::vector<T> fbuf(p.masked ? 1 + 4 * RB : 0);
     std::vector<const T*> ptr, ptr2;
     std::vector<T> wt, wt2;
@@ -264,25 +266,30 @@ void run(const Problem& p) {
           else if (first)
             std::fill(mrow.begin(), mrow.end(), T(0));
           if (!p.masked) {
-            if (p.write_mask && my >= oy0 * ay.D && my < own1) {
-              for (int64_t m = 0; m < Mw; ++m) {
-                const T v = mrow[posm[m]];
-                const T a = (v > T(0) ? v : v * slope) * gain;
-                codes[m] = (a > clamp || a < -clamp) ? 0 : (v > T(0) ? 1 : 2);
-              }
-              uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
-              std::fill(codes.begin() + Mw, codes.end(), uint8_t(0));
-              for (int64_t q = 0; q < RB; ++q)
-                mr[q] = codes[4 * q] | (codes[4 * q + 1] << 2) | (codes[4 * q + 2] << 4) | (codes[4 * q + 3] << 6);
-            }
-            // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference).
-            const V vs(slope), vg(gain), vc(clamp), vnc(-clamp), zero(T(0));
+            // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference). Mask rows: the codes
+            // too, as floats (branch-free: the signs are random and mispredicted branches cost more than the
+            // filtering), then packed in natural order through pidx (LU: the zero sentinel).
+            const bool wm = p.write_mask && my >= oy0 * ay.D && my < own1;
+            const V vs(slope), vg(gain), vc(clamp), vnc(-clamp), zero(T(0)), one(T(1)), two(T(2));
             constexpr int64_t VL = V::size();
             for (int64_t k = 0; k < LU; k += VL) {
               const int64_t cnt = std::min<int64_t>(VL, LU - k);
               const V v = V::loadu(mrow.data() + k, cnt);
-              const V a = V::blendv(v * vs, v, v > zero) * vg;
+              const V pos = v > zero;
+              const V a = V::blendv(v * vs, v, pos) * vg;
+              if (wm) {
+                const V clamped = (a > vc) | (a < vnc);
+                ((two - (pos & one)) * (one - (clamped & one))).store(cbuf.data() + k, cnt);
+              }
               at::vec::minimum(at::vec::maximum(a, vnc), vc).store(mrow.data() + k, cnt);
+            }
+            if (wm) {
+              cbuf[LU] = T(0);
+              uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
+              const int64_t* pi = pidx.data();
+              for (int64_t q = 0; q < RB; ++q, pi += 4)
+                mr[q] = uint8_t(int(cbuf[pi[0]]) | (int(cbuf[pi[1]]) << 2) | (int(cbuf[pi[2]]) << 4) |
+                                (int(cbuf[pi[3]]) << 6));
             }
           } else {
             const int64_t row = my + p.sy;
