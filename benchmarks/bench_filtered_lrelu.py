@@ -2,8 +2,9 @@
 leaky ReLU * sqrt(2), clamp 256, 12-tap low-pass, 2x down) at 64^2 feature maps with StyleGAN3's 10-pixel margin
 (x 74x74 -> y 74x74, mid 148x148 per plane formed from 170x170 upsampled samples).
 
-Work counted (polyphase, separable 12-tap filters): the up filter costs 12/2 + 12/2 MACs per mid sample (half of
-the taps land on inserted zeros), the down filter 12 MACs per kept column of each mid row plus 12 per output pixel.
+Work counted (polyphase, separable 12-tap filters): the up filter costs 12/2 MACs per mid column of each input row
+plus 12/2 per mid sample (half of the taps land on inserted zeros), the down filter 12 MACs per kept column of each
+mid row plus 12 per output pixel: ~78 MACs per output pixel at 74x74 (the FLOP floor the GFLOP/s column divides by).
 Bytes: x read once, y written once (the 2-bit mask is only written when a gradient is wanted, not in these
 forward-only cases). The floor is allocating and writing an output-sized tensor (x.clone() of the third input, which has y's shape).
 """
@@ -55,7 +56,9 @@ def cases(device: str, quick: bool) -> list[Case]:
                 x = x.to(memory_format=torch.channels_last)
             b = torch.randn(c, device=device).to(dtype)
             floor = torch.empty((n, c, oh, ow), device=device, dtype=dtype)
-            macs = 12 * mid * mid + 12 * mid * ow + 12 * oh * ow  # up (polyphase, two passes) + down
+            # polyphase up (6 of 12 taps per phase): horizontal on the input rows, vertical on the mid rows; down: 12
+            # taps per kept column of each mid row, then 12 per output pixel
+            macs = 6 * h * mid + 6 * mid * mid + 12 * mid * ow + 12 * oh * ow
             out.append(Case(op="filtered_lrelu", size="x".join(map(str, shape)) + ("-cl" if channels_last else ""),
                             dtype=dtype, inputs=(x, fu, fd, b, floor), reference=_reference, impls=impls,
                             bytes=x.nbytes + floor.nbytes, flops=int(2 * macs * n * c), bound="compute",

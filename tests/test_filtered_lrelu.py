@@ -102,6 +102,22 @@ def test_matches_reference(device, impl, dtype, case):
     run_case(device, impl, dtype, case)
 
 
+# Rows wide enough for the CPU kernel's full vector blocks (32 fp32 lanes), many planes (whole-plane bands) and
+# few tall planes (split into bands whose mask rows and overlaps must line up), 2-D filters with up != down.
+WIDE_CASES = [
+    ((3, 5, 21, 45), "lp:12", "lp:12", 2, 2, (11, 10, 11, 10), False, math.sqrt(2), 0.2, 0.5, "contiguous"),
+    ((1, 2, 40, 37), "lp:12", "lp:12", 2, 2, (11, 10, 11, 10), False, math.sqrt(2), 0.2, None, "channels_last"),
+    ((2, 3, 11, 41), "5,6", "7", 3, 2, (2, 3, 1, 4), True, 1.1, 0.1, 0.8, "sliced"),
+    ((1, 2, 19, 70), "9", "4,5", 1, 3, (3, 1, 0, 2), False, 1.0, 0.3, None, "contiguous"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", WIDE_CASES, ids=case_id)
+def test_cpu_wide_rows_and_bands(dtype, case):
+    run_case("cpu", "cpu", dtype, case)
+
+
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_random_configs(device, impl, dtype):

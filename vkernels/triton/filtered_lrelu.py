@@ -7,7 +7,8 @@ tensor. Per tile: (1) separable fu: filter the needed input rows horizontally (z
 gathers) into scratch; (2) vertical up taps -> the tile's mid samples, then lrelu*gain+clamp (or the mask factors),
 into scratch, with the mask bits packed 4 per byte by a reshape + sum; (3) separable fd: horizontal down taps into
 scratch; (4) vertical down taps -> y. 2-D filters gather their taps directly instead of (1)/(3).
-FLOPs per mid sample: 2*(fuw + fuh) separable or 2*fuh*fuw 2-D (masked-out zero taps included: no polyphase yet);
+FLOPs per mid sample: polyphase, only the taps that land on input samples: 2*(fuw + fuh)/up separable or
+2*fuh*fuw/up**2 2-D (each column/row loops over ceil(f/up) taps of its own phase);
 down: 2*(fdw + fdh) / down per mid sample. Bytes: x read ~once (tile halos re-read, from cache), y written once,
 mask Mh*Mw/4 bytes. Index arithmetic is kept non-negative (padding folded into positive offsets) because `//` and
 `%` on negative integers differ between Triton on GPU and the interpreter. Not yet run or timed on a GPU.
@@ -26,7 +27,7 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                    C, H, W, OH, OW, MH, MW, n_tiles, tiles_x, tiles_y,
                    sxn, sxc, sxh, sxw, son, soc, soh, sow,
                    U, D, P0X, P0Y, OFFX, OFFY, mask_h, mask_w, RB, SX, SY,
-                   AW: tl.constexpr, AH: tl.constexpr, BW: tl.constexpr, BH: tl.constexpr,
+                   AW: tl.constexpr, AH: tl.constexpr, AJW: tl.constexpr, AJH: tl.constexpr, BW: tl.constexpr, BH: tl.constexpr,
                    SEP_A: tl.constexpr, SEP_B: tl.constexpr, MASKED: tl.constexpr, WRITE: tl.constexpr,
                    HAS_B: tl.constexpr, TOH: tl.constexpr, TOW: tl.constexpr, IRB: tl.constexpr,
                    MTHB: tl.constexpr, MTWB: tl.constexpr):
@@ -61,42 +62,50 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
             bias = tl.load(b_ptr + c).to(acc_ty)
         mx = mx0 + c_m  # mid columns of the tile
         my = my0 + r_m  # mid rows
+        # First up tap of each column's / row's phase: the taps j with (m + j - P0) % U == 0 (all others hit
+        # inserted zeros); the AJW = ceil(AW / U) taps j0 + t*U cover them (j >= AW masked off).
+        j0x = (U - (mx - P0X + OFFX) % U) % U
+        i0y = (U - (my - P0Y + OFFY) % U) % U
         if SEP_A:
             # (1) input rows iy0 + r, filtered horizontally onto the tile's mid columns.
             iy0 = (my0 - P0Y + OFFY) // U - OFFY // U
             iy = iy0 + r_i
             vrow = (iy >= 0) & (iy < H)
             h = tl.zeros([IRB, MTWB], dtype=acc_ty)
-            for j in range(AW):
+            for t in range(AJW):
+                j = j0x + t * U  # polyphase: only the taps of this column's phase
                 u = mx + j - P0X + OFFX
                 ix = u // U - OFFX // U
-                v = vrow & (u % U == 0) & (ix >= 0) & (ix < W)
+                v = vrow & (j < AW) & (ix >= 0) & (ix < W)
                 xv = tl.load(xb + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
                 xv = tl.where(v, xv + bias, 0.0)
-                h += tl.load(wa_ptr + j).to(acc_ty) * xv
+                h += tl.load(wa_ptr + j, mask=j < AW, other=0.0).to(acc_ty) * xv
             tl.store(s1 + r_i * MTWB + c_m, h)
             tl.debug_barrier()
             # (2) vertical up taps.
             mid = tl.zeros([MTHB, MTWB], dtype=acc_ty)
-            for i in range(AH):
+            for t in range(AJH):
+                i = i0y + t * U
                 u = my + i - P0Y + OFFY
                 r = u // U - OFFY // U - iy0
-                v = (u % U == 0) & (r >= 0) & (r < IRB)
+                v = (i < AH) & (r >= 0) & (r < IRB)
                 hv = tl.load(s1 + r * MTWB + c_m, mask=v & (c_m >= 0), other=0.0)
-                mid += tl.load(wa_ptr + i).to(acc_ty) * hv
+                mid += tl.load(wa_ptr + i, mask=i < AH, other=0.0).to(acc_ty) * hv
         else:
             mid = tl.zeros([MTHB, MTWB], dtype=acc_ty)
-            for i in range(AH):
+            for ti in range(AJH):
+                i = i0y + ti * U
                 uy = my + i - P0Y + OFFY
                 iy = uy // U - OFFY // U
-                vy = (uy % U == 0) & (iy >= 0) & (iy < H)
-                for j in range(AW):
+                vy = (i < AH) & (iy >= 0) & (iy < H)
+                for tj in range(AJW):
+                    j = j0x + tj * U
                     ux = mx + j - P0X + OFFX
                     ix = ux // U - OFFX // U
-                    v = vy & (ux % U == 0) & (ix >= 0) & (ix < W)
+                    v = vy & (j < AW) & (ix >= 0) & (ix < W)
                     xv = tl.load(xb + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
                     xv = tl.where(v, xv + bias, 0.0)
-                    mid += tl.load(wa_ptr + i * AW + j).to(acc_ty) * xv
+                    mid += tl.load(wa_ptr + i * AW + j, mask=v, other=0.0).to(acc_ty) * xv
         if MASKED:
             row = my + SY
             col = mx + SX
@@ -202,6 +211,6 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
             out, x, b_arg, wa, wb, prm, mask, scratch, c, x.shape[2], x.shape[3], oh, ow, mh, mw, n_tiles, tiles_x,
             tiles_y, *x.stride(), *out.stride(), up, down, px0, py0, offx, offy,
             mask.shape[2] if mask.ndim == 4 else 0, mask_w, (mask_w + 3) // 4, sx, sy,
-            AW=aw, AH=ah, BW=bw, BH=bh, SEP_A=fa.ndim == 1, SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write,
+            AW=aw, AH=ah, AJW=triton.cdiv(aw, up), AJH=triton.cdiv(ah, up), BW=bw, BH=bh, SEP_A=fa.ndim == 1, SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write,
             HAS_B=b is not None, TOH=toh, TOW=tow, IRB=irb, MTHB=mthb, MTWB=mtwb, num_warps=4)
     return out

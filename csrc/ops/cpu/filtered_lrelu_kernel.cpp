@@ -1,21 +1,26 @@
 // filtered_lrelu on CPU (and its masked linear twin, the gradient), fp16/bf16 computed in fp32, fp64 in fp64.
-// One pass per (plane, band of TO output rows): load the input rows the band needs (+ bias) into a zero-padded
-// thread-local fp32 buffer, form the band's mid rows with polyphase up-filtering (only taps that land on input
-// pixels are multiplied: ~fuh*fuw/up^2 MACs per mid sample for 2-D fu, (fuw+fuh)/up separable), apply
-// lrelu*gain+clamp (writing 2 mask bits) or the mask factors, then down-filter into the output rows
-// (fdh*fdw/down^2 MACs per mid sample 2-D, (fdw+fdh)/down separable). The mid band lives only in the buffer.
-// Bytes: x read once (plus the band overlap, ~fuh/(up*TO) extra), y written once, mask Mh*Mw/4 bytes written (or
-// read). Bands overlap by fdh-down mid rows, which are recomputed rather than shared between threads.
+// One pass per (plane, band of TO output rows; a band is the whole plane unless planes are few or very wide): load
+// the input rows the band needs (+ bias) into a zero-padded thread-local fp32 buffer, form the band's mid rows with
+// polyphase up-filtering (only taps that land on input pixels: per mid sample ~fuh*fuw/up^2 MACs for 2-D fu,
+// (fuw+fuh)/up separable, the horizontal pass on input rows), apply lrelu*gain+clamp (writing 2 mask bits) or the
+// mask factors, then down-filter into the output rows (fdh*fdw/down^2 MACs per mid sample 2-D; separable: fdw per
+// kept column of each mid row + fdh per output pixel). Every pass is one multi-tap at::vec kernel (dot_rows) over
+// contiguous rows; mid rows are phase-major so no pass scatters or gathers (when up == down). The mid band lives only
+// in the buffer. SG3 layer (12-tap up2/down2, 74x74 -> 74x74): ~78 MACs per output pixel.
+// Bytes: x read once (plus, for split planes, the band overlap ~(fdh-down)/(down*TO)), y written once, mask Mh*Mw/4
+// bytes written (or read). channels_last goes through the buffers 16 channels at a time (see cblock).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ops/filtered_lrelu.h"
@@ -27,30 +32,75 @@ namespace {
 using upfirdn2d::floor_div;
 using upfirdn2d::floor_mod;
 
+// out[k] (+)= sum_t w[t] * src[t][k] for k < n: every pass of the kernel (horizontal/vertical, up/down, 1-D/2-D
+// filters) is this, with src[t] pointing at shifted rows of a thread-local buffer. Four vector accumulators (32 fp32
+// lanes on AVX2) keep the FMA chains independent; the tap loop is innermost so each output is stored once.
 template <class T>
-inline void axpy(T* __restrict__ acc, T w, const T* __restrict__ src, int64_t n) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) acc[k] += w * src[k];
+void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, int64_t n, bool accumulate) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t L = V::size();
+  int64_t k = 0;
+  for (; k + 4 * L <= n; k += 4 * L) {
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    if (accumulate) {
+      a0 = V::loadu(out + k), a1 = V::loadu(out + k + L), a2 = V::loadu(out + k + 2 * L);
+      a3 = V::loadu(out + k + 3 * L);
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      const V wt(w[t]);
+      const T* s = src[t] + k;
+      a0 = at::vec::fmadd(V::loadu(s), wt, a0);
+      a1 = at::vec::fmadd(V::loadu(s + L), wt, a1);
+      a2 = at::vec::fmadd(V::loadu(s + 2 * L), wt, a2);
+      a3 = at::vec::fmadd(V::loadu(s + 3 * L), wt, a3);
+    }
+    a0.store(out + k), a1.store(out + k + L), a2.store(out + k + 2 * L), a3.store(out + k + 3 * L);
+  }
+  if (k < n) {  // the rest (< 4 vectors) in one pass too: separate FMA chains instead of one latency-bound chain each
+    const int64_t r = n - k;
+    const int64_t c0 = std::min<int64_t>(L, r), c1 = std::clamp<int64_t>(r - L, 0, L);
+    const int64_t c2 = std::clamp<int64_t>(r - 2 * L, 0, L), c3 = std::clamp<int64_t>(r - 3 * L, 0, L);
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    if (accumulate) {
+      a0 = V::loadu(out + k, c0), a1 = V::loadu(out + k + L, c1), a2 = V::loadu(out + k + 2 * L, c2);
+      a3 = V::loadu(out + k + 3 * L, c3);
+    }
+    for (int64_t t = 0; t < nt; ++t) {
+      const V wt(w[t]);
+      const T* s = src[t] + k;
+      a0 = at::vec::fmadd(V::loadu(s, c0), wt, a0);
+      if (c1) a1 = at::vec::fmadd(V::loadu(s + L, c1), wt, a1);
+      if (c2) a2 = at::vec::fmadd(V::loadu(s + 2 * L, c2), wt, a2);
+      if (c3) a3 = at::vec::fmadd(V::loadu(s + 3 * L, c3), wt, a3);
+    }
+    a0.store(out + k, c0);
+    if (c1) a1.store(out + k + L, c1);
+    if (c2) a2.store(out + k + 2 * L, c2);
+    if (c3) a3.store(out + k + 3 * L, c3);
+  }
 }
 
-// Horizontal up pass: an input row stored zero-padded by `lo` -> M mid samples. Mid m = ph + k*U reads, through
-// tap j, input index base(ph, j) + k, so each (phase, tap) pair is one contiguous multiply-add.
+// Mid rows are kept "phase-major": mid sample m = ph + k*U at [ph*R + k], R = ceil(M/U), so each up-filter phase
+// (only the taps that land on input pixels: fuw/U of them) is one contiguous dot_rows over the zero-padded input
+// row, with no scatter. When U == D this is also the layout the down pass wants (sample q*D + r at [r*R + q]: every
+// down tap is one contiguous run over the output columns), so nothing is moved between the passes; otherwise one
+// gather per mid row remaps it. Positions past M in a phase are never written (they stay zero) and never read by
+// the down pass ((O-1)*D + B-1 = M-1).
 struct UpPlan {
   struct Tap {
     int64_t j, start;
   };
-  int64_t U = 1, M = 0, lo = 0, L = 0, nk_max = 0;
+  int64_t U = 1, M = 0, lo = 0, L = 0, R = 0;
   std::vector<int64_t> nk;
   std::vector<std::vector<Tap>> taps;
 
-  explicit UpPlan(const Axis& a) : U(a.U), M(a.M) {
+  explicit UpPlan(const Axis& a) : U(a.U), M(a.M), R((a.M + a.U - 1) / a.U) {
     nk.assign(U, 0);
     taps.resize(U);
     int64_t mn = std::numeric_limits<int64_t>::max(), mx = std::numeric_limits<int64_t>::min();
     std::vector<std::vector<std::pair<int64_t, int64_t>>> raw(U);
     for (int64_t ph = 0; ph < std::min(U, M); ++ph) {
       nk[ph] = (M - ph + U - 1) / U;
-      nk_max = std::max(nk_max, nk[ph]);
       for (int64_t j = 0; j < a.A; ++j) {
         const int64_t t = ph + j - a.P0;
         if (floor_mod(t, U) != 0) continue;  // an inserted zero for every k
@@ -66,54 +116,39 @@ struct UpPlan {
     for (int64_t ph = 0; ph < U; ++ph)
       for (auto [j, base] : raw[ph]) taps[ph].push_back({j, base + lo});
   }
+  int64_t row_len() const { return U * R; }
+  int64_t pos(int64_t m) const { return (m % U) * R + m / U; }
 
+  // One input row (zero-padded by lo) -> one phase-major mid row, through taps w[j] (+)= into `mid`.
   template <class T>
-  void run(const T* buf, const T* w, T* mid, T* tmp) const {
-    if (U == 1) {
-      for (const auto& t : taps[0]) axpy(mid, w[t.j], buf + t.start, nk[0]);
-      return;
-    }
+  void run(const T* buf, const T* w, T* mid, bool accumulate, std::vector<const T*>& ptr, std::vector<T>& wt) const {
     for (int64_t ph = 0; ph < U; ++ph) {
-      if (taps[ph].empty()) continue;
-      std::fill(tmp, tmp + nk[ph], T(0));
-      for (const auto& t : taps[ph]) axpy(tmp, w[t.j], buf + t.start, nk[ph]);
-      for (int64_t k = 0; k < nk[ph]; ++k) mid[ph + k * U] += tmp[k];
+      ptr.clear(), wt.clear();
+      for (const auto& t : taps[ph]) ptr.push_back(buf + t.start), wt.push_back(w[t.j]);
+      if (ptr.empty() && accumulate) continue;
+      dot_rows(mid + ph * R, ptr.data(), wt.data(), int64_t(ptr.size()), nk[ph], accumulate);
     }
-  }
-};
-
-// Horizontal down pass over a mid row stored de-interleaved by D (sample q*D + r at [r*R + q]): out[o] +=
-// sum_k w[k] * a[o*D + k], each tap one contiguous multiply-add over o.
-struct DownPlan {
-  int64_t D = 1, M = 0, O = 0, B = 1, R = 0;
-  explicit DownPlan(const Axis& a) : D(a.D), M(a.M), O(a.O), B(a.B), R((a.M + a.D - 1) / a.D) {}
-  int64_t row_len() const { return D * R; }
-
-  template <class T>
-  void deinterleave(const T* mid, T* dst) const {
-    if (D == 1) {
-      std::copy(mid, mid + M, dst);
-      return;
-    }
-    for (int64_t r = 0; r < D; ++r)
-      for (int64_t q = 0; q < R; ++q) dst[r * R + q] = q * D + r < M ? mid[q * D + r] : T(0);
-  }
-
-  template <class T>
-  void run(const T* src, const T* w, T* out) const {
-    for (int64_t k = 0; k < B; ++k) axpy(out, w[k], src + (k % D) * R + k / D, O);
   }
 };
 
 template <class scalar_t>
 void run(const Problem& p) {
   using T = at::opmath_type<scalar_t>;
+  using V = at::vec::Vectorized<T>;
   const Axis &ax = p.ax, &ay = p.ay;
   const UpPlan up(ax);
-  const DownPlan dn(ax);
   const std::vector<T> wa(p.wa.begin(), p.wa.end()), wb(p.wb.begin(), p.wb.end());
-  const int64_t Aw = ax.A, Ah = ay.A, Bw = ax.B, Bh = ay.B, Mw = ax.M, Ow = ax.O, L = up.L, DR = dn.row_len();
-  const int64_t TO = std::min<int64_t>(ay.O, 8);  // output rows per band: the band's mid rows stay in L2
+  const int64_t Aw = ax.A, Ah = ay.A, Bw = ax.B, Bh = ay.B, Mw = ax.M, Ow = ax.O, L = up.L, LU = up.row_len();
+  const int64_t Rd = (Mw + ax.D - 1) / ax.D, DR = ax.D * Rd;
+  const bool remap = !(ax.U == ax.D && up.R == Rd);  // phase-major up layout != de-interleaved down layout
+  // Output rows per band. Whole planes when there are enough planes for the threads: neighbouring bands share
+  // fdh - down mid rows (and their input/up work), which a band recomputes; a plane-sized band never does. Large
+  // planes are cut to keep a band's buffers cache-sized, few planes are cut to feed every thread.
+  const int64_t planes = p.N * p.C;
+  int64_t TO = std::min<int64_t>(ay.O, std::max<int64_t>(16, 65536 / std::max<int64_t>(Ow, 1)));
+  const int64_t want = 4 * int64_t(at::get_num_threads());
+  if (planes < want) TO = std::min(TO, std::max<int64_t>(4, (ay.O * planes + want - 1) / want));
+  TO = std::max<int64_t>(1, TO);
   const int64_t bands = (ay.O + TO - 1) / TO;
   const int64_t mid_rows_max = (TO - 1) * ay.D + Bh;
   const int64_t in_rows_max = (mid_rows_max + Ah - 2) / ay.U + 2;
@@ -129,14 +164,52 @@ void run(const Problem& p) {
   const T gain = T(p.gain), slope = T(p.slope);
   const T clamp = p.clamp < 0 ? std::numeric_limits<T>::infinity() : T(p.clamp);
   const T fac[4] = {T(0), gain, gain * slope, T(0)};
+  // Natural mid column of each phase-major position (-1: padding), and the reverse.
+  std::vector<int64_t> nat(LU, -1), posm(Mw);
+  for (int64_t m = 0; m < Mw; ++m) posm[m] = up.pos(m), nat[posm[m]] = m;
+  // Integer divisions hoisted out of the row loops (they cost as much as a row's multiply-adds): vertical up taps
+  // per residue rr = (my - P0) mod U as (tap i, input row offset from (my - P0 - rr) / U); down taps' offsets in a
+  // de-interleaved row.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> vtaps(ay.U);
+  for (int64_t rr = 0; rr < ay.U; ++rr)
+    for (int64_t i = 0; i < Ah; ++i)
+      if ((rr + i) % ay.U == 0) vtaps[rr].emplace_back(i, (rr + i) / ay.U);
+  // Masked op: factor of phase-major position q is fbuf[fidx[q]], fbuf[0] = 0 (padding / off the mask) and
+  // fbuf[1 + col] the factor of mask column col; lut[4*byte + j] the factor of a byte's j-th 2-bit code.
+  std::vector<int32_t> fidx(p.masked ? LU : 0, 0);
+  std::vector<T> lut(p.masked ? 1024 : 0);
+  if (p.masked) {
+    for (int64_t q = 0; q < LU; ++q) {
+      const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
+      fidx[q] = col >= 0 && col < p.mask_w ? int32_t(col + 1) : 0;
+    }
+    for (int64_t v = 0; v < 256; ++v)
+      for (int64_t j = 0; j < 4; ++j) lut[4 * v + j] = fac[(v >> (2 * j)) & 3];
+  }
+  std::vector<int64_t> pidx(4 * RB, LU);  // mask column -> phase-major position (LU past the row: code 0)
+  for (int64_t m = 0; m < std::min<int64_t>(Mw, 4 * RB); ++m) pidx[m] = posm[m];
+  std::vector<int64_t> doff(Bw);
+  for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
 
-  at::parallel_for(0, p.N * p.C * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> lbuf(in_rows_max * L), hbuf(p.sep_a ? in_rows_max * Mw : 0), mrow(Mw);
-    std::vector<T> tmp(std::max<int64_t>(up.nk_max, 1)), midbuf(mid_rows_max * DR);
-    std::vector<T> dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
-    std::vector<uint8_t> codes(RB * 4);
+  // channels_last (C stride 1): a work item is a block of CB channels of one band, so input rows are read and output
+  // rows written CB channels (a cache line) at a time and transposed through the thread-local buffers, instead of
+  // one strided element per cache line per plane.
+  const bool cblock = sC == 1 && oC == 1 && p.C > 1;
+  const int64_t CB = cblock ? std::min<int64_t>(p.C, 16) : 1, cblocks = (p.C + CB - 1) / CB;
+  const int64_t LB = in_rows_max * L, OB = TO * Ow;
+
+  at::parallel_for(0, p.N * cblocks * bands, 1, [&](int64_t begin, int64_t end) {
+    // Zero-initialised once: positions a pass never writes (phase padding) must read as 0.
+    std::vector<T> lblk(CB * LB), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
+    std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
+    std::vector<T> oblk(cblock ? CB * OB : 0);
+    std::vector<T> cbuf(LU + 1);
+    std::vector<T> fbuf(p.masked ? 1 + 4 * RB : 0);
+    std::vector<const T*> ptr, ptr2;
+    std::vector<T> wt, wt2;
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t pl = idx / bands, band = idx % bands, n = pl / p.C, c = pl % p.C;
+      const int64_t band = idx % bands, nb = idx / bands, n = nb / cblocks, c0 = (nb % cblocks) * CB;
+      const int64_t cn = std::min(CB, p.C - c0);
       const int64_t oy0 = band * TO, oy1 = std::min(ay.O, oy0 + TO);
       const int64_t my0 = oy0 * ay.D, my1 = (oy1 - 1) * ay.D + Bh;
       // Mask rows this band writes: its own [oy0*D, oy1*D) (the last band: to the end), so no byte has two writers.
@@ -144,81 +217,141 @@ void run(const Problem& p) {
       const int64_t iy_lo = std::max<int64_t>(0, -floor_div(-(my0 - ay.P0), ay.U));
       const int64_t iy_hi = std::min<int64_t>(ay.Z - 1, floor_div(my1 - 1 + Ah - 1 - ay.P0, ay.U));
       const int64_t nrows = std::max<int64_t>(0, iy_hi - iy_lo + 1);
-      const T bv = bias ? T(bias[c * sb]) : T(0);
-      const scalar_t* xp = x + n * sN + c * sC;
-      for (int64_t r = 0; r < nrows; ++r) {
-        T* dst = lbuf.data() + r * L;
-        std::fill(dst, dst + L, T(0));
-        const scalar_t* src = xp + (iy_lo + r) * sH;
-        for (int64_t i = 0; i < ax.Z; ++i) dst[up.lo + i] = T(src[i * sW]) + bv;
-        if (p.sep_a) {
-          T* h = hbuf.data() + r * Mw;
-          std::fill(h, h + Mw, T(0));
-          up.run(dst, wa.data(), h, tmp.data());
+      if (cblock) {
+        T bvs[16];
+        for (int64_t cc = 0; cc < cn; ++cc) bvs[cc] = bias ? T(bias[(c0 + cc) * sb]) : T(0);
+        for (int64_t r = 0; r < nrows; ++r) {
+          const scalar_t* src = x + n * sN + c0 + (iy_lo + r) * sH;
+          T* dst = lblk.data() + r * L + up.lo;  // the zero padding around it is never written
+          for (int64_t i = 0; i < ax.Z; ++i)
+            for (int64_t cc = 0; cc < cn; ++cc) dst[cc * LB + i] = T(src[i * sW + cc]) + bvs[cc];
         }
       }
-      for (int64_t my = my0; my < my1; ++my) {
-        std::fill(mrow.begin(), mrow.end(), T(0));
-        for (int64_t i = 0; i < Ah; ++i) {
-          const int64_t t = my + i - ay.P0;
-          if (floor_mod(t, ay.U) != 0) continue;
-          const int64_t iy = floor_div(t, ay.U);
-          if (iy < iy_lo || iy > iy_hi) continue;
+      for (int64_t cc = 0; cc < cn; ++cc) {
+        const int64_t c = c0 + cc, pl = n * p.C + c;
+        T* lbuf = lblk.data() + cc * LB;
+        if (!cblock) {
+          const T bv = bias ? T(bias[c * sb]) : T(0);
+          const scalar_t* xp = x + n * sN + c * sC;
+          for (int64_t r = 0; r < nrows; ++r) {
+            T* dst = lbuf + r * L + up.lo;  // the zero padding around it is never written
+            const scalar_t* src = xp + (iy_lo + r) * sH;
+            if (sW == 1) {
+#pragma omp simd
+              for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i]) + bv;
+            } else {
+              for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i * sW]) + bv;
+            }
+          }
+        }
+        if (p.sep_a)
+          for (int64_t r = 0; r < nrows; ++r) up.run(lbuf + r * L, wa.data(), hbuf.data() + r * LU, false, ptr, wt);
+        for (int64_t my = my0; my < my1; ++my) {
+          // Vertical up taps that land on input rows of this band (polyphase: ~fuh/U of them).
+          ptr.clear(), wt.clear();
+          bool first = true;
+          const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
+          for (const auto& [i, di] : vtaps[rr]) {
+            const int64_t iy = base + di;
+            if (iy < iy_lo || iy > iy_hi) continue;
+            if (p.sep_a) {
+              ptr.push_back(hbuf.data() + (iy - iy_lo) * LU), wt.push_back(wa[i]);
+            } else {
+              up.run(lbuf + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), !first, ptr2, wt2);
+              first = false;
+            }
+          }
           if (p.sep_a)
-            axpy(mrow.data(), wa[i], hbuf.data() + (iy - iy_lo) * Mw, Mw);
-          else
-            up.run(lbuf.data() + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), tmp.data());
-        }
-        if (!p.masked) {
-          for (int64_t m = 0; m < Mw; ++m) {
-            const T v = mrow[m];
-            T a = (v > T(0) ? v : v * slope) * gain;
-            uint8_t code = v > T(0) ? 1 : 2;
-            if (a > clamp || a < -clamp) {
-              a = a > T(0) ? clamp : -clamp;
-              code = 0;
-            }
-            mrow[m] = a;
-            codes[m] = code;
-          }
-          if (p.write_mask && my >= oy0 * ay.D && my < own1) {
-            uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
-            std::fill(codes.begin() + Mw, codes.end(), uint8_t(0));
-            for (int64_t q = 0; q < RB; ++q)
-              mr[q] = codes[4 * q] | (codes[4 * q + 1] << 2) | (codes[4 * q + 2] << 4) | (codes[4 * q + 3] << 6);
-          }
-        } else {
-          const int64_t row = my + p.sy;
-          if (row < 0 || row >= p.mask_h) {
+            dot_rows(mrow.data(), ptr.data(), wt.data(), int64_t(ptr.size()), LU, false);
+          else if (first)
             std::fill(mrow.begin(), mrow.end(), T(0));
+          if (!p.masked) {
+            // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference). Mask rows: the codes
+            // too, as floats (branch-free: the signs are random and mispredicted branches cost more than the
+            // filtering), then packed in natural order through pidx (LU: the zero sentinel).
+            const bool wm = p.write_mask && my >= oy0 * ay.D && my < own1;
+            const V vs(slope), vg(gain), vc(clamp), vnc(-clamp), zero(T(0)), one(T(1)), two(T(2));
+            constexpr int64_t VL = V::size();
+            for (int64_t k = 0; k < LU; k += VL) {
+              const int64_t cnt = std::min<int64_t>(VL, LU - k);
+              const V v = V::loadu(mrow.data() + k, cnt);
+              const V pos = v > zero;
+              const V a = V::blendv(v * vs, v, pos) * vg;
+              if (wm) {
+                const V clamped = (a > vc) | (a < vnc);
+                ((two - (pos & one)) * (one - (clamped & one))).store(cbuf.data() + k, cnt);
+              }
+              at::vec::minimum(at::vec::maximum(a, vnc), vc).store(mrow.data() + k, cnt);
+            }
+            if (wm) {
+              cbuf[LU] = T(0);
+              uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
+              const int64_t* pi = pidx.data();
+              for (int64_t q = 0; q < RB; ++q, pi += 4)
+                mr[q] = uint8_t(int(cbuf[pi[0]]) | (int(cbuf[pi[1]]) << 2) | (int(cbuf[pi[2]]) << 4) |
+                                (int(cbuf[pi[3]]) << 6));
+            }
           } else {
-            const uint8_t* mr = mask + (pl * p.mask_h + row) * RB;
-            for (int64_t m = 0; m < Mw; ++m) {
-              const int64_t col = m + p.sx;
-              const int code = col >= 0 && col < p.mask_w ? (mr[col >> 2] >> ((col & 3) * 2)) & 3 : 0;
-              mrow[m] *= fac[code];
+            const int64_t row = my + p.sy;
+            if (row < 0 || row >= p.mask_h) {
+              std::fill(mrow.begin(), mrow.end(), T(0));
+            } else {
+              // Decode the mask row to factors (a byte -> 4 factors by table), then one indexed multiply.
+              const uint8_t* mr = mask + (pl * p.mask_h + row) * RB;
+              for (int64_t qb = 0; qb < RB; ++qb)
+                std::copy(lut.begin() + 4 * mr[qb], lut.begin() + 4 * mr[qb] + 4, fbuf.begin() + 1 + 4 * qb);
+              for (int64_t q = 0; q < LU; ++q) mrow[q] *= fbuf[fidx[q]];
             }
           }
+          const T* md = mrow.data();
+          if (remap) {
+            for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
+              drow[r * Rd + q] = mrow[posm[m]];
+              if (++r == ax.D) r = 0, ++q;
+            }
+            md = drow.data();
+          }
+          if (p.sep_b) {
+            ptr.clear(), wt.clear();
+            for (int64_t k = 0; k < Bw; ++k) ptr.push_back(md + doff[k]), wt.push_back(wb[k]);
+            dot_rows(dbuf.data() + (my - my0) * Ow, ptr.data(), wt.data(), Bw, Ow, false);
+          } else {
+            std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
+          }
         }
-        T* md = midbuf.data() + (my - my0) * DR;
-        dn.deinterleave(mrow.data(), md);
-        if (p.sep_b) {
-          T* d = dbuf.data() + (my - my0) * Ow;
-          std::fill(d, d + Ow, T(0));
-          dn.run(md, wb.data(), d);
+        for (int64_t oy = oy0; oy < oy1; ++oy) {
+          ptr.clear(), wt.clear();
+          for (int64_t k = 0; k < Bh; ++k) {
+            const int64_t r = oy * ay.D + k - my0;
+            if (p.sep_b) {
+              ptr.push_back(dbuf.data() + r * Ow), wt.push_back(wb[k]);
+            } else {
+              for (int64_t kx = 0; kx < Bw; ++kx)
+                ptr.push_back(midbuf.data() + r * DR + doff[kx]), wt.push_back(wb[k * Bw + kx]);
+            }
+          }
+          if (cblock) {
+            dot_rows(oblk.data() + cc * OB + (oy - oy0) * Ow, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
+            continue;
+          }
+          scalar_t* dst = out + n * oN + c * oC + oy * oH;
+          if constexpr (std::is_same_v<scalar_t, T>) {
+            if (oW == 1) {
+              dot_rows(dst, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
+              continue;
+            }
+          }
+          dot_rows(acc.data(), ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
+          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(acc[ox]);
         }
-      }
-      for (int64_t oy = oy0; oy < oy1; ++oy) {
-        std::fill(acc.begin(), acc.end(), T(0));
-        for (int64_t k = 0; k < Bh; ++k) {
-          const int64_t r = oy * ay.D + k - my0;
-          if (p.sep_b)
-            axpy(acc.data(), wb[k], dbuf.data() + r * Ow, Ow);
-          else
-            dn.run(midbuf.data() + r * DR, wb.data() + k * Bw, acc.data());
+      }  // channels of the block
+      if (cblock) {
+        for (int64_t oy = oy0; oy < oy1; ++oy) {
+          scalar_t* dst = out + n * oN + c0 + oy * oH;
+          const T* src = oblk.data() + (oy - oy0) * Ow;
+          for (int64_t ox = 0; ox < Ow; ++ox)
+            for (int64_t cc = 0; cc < cn; ++cc) dst[ox * oW + cc] = static_cast<scalar_t>(src[cc * OB + ox]);
         }
-        scalar_t* dst = out + n * oN + c * oC + oy * oH;
-        for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(acc[ox]);
       }
     }
   });
