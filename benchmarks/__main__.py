@@ -1,4 +1,4 @@
-"""python -m benchmarks [--device cpu|cuda] [--ops bias_act,...] [--quick] [--out DIR] [--repeats N]
+"""python -m benchmarks [--device cpu|cuda] [--ops bias_act,...] [--cases 2048,...] [--quick] [--out DIR] [--repeats N]
 
 Finds every benchmarks/bench_<op>.py, runs its cases (see benchmarks/__init__.py), prints one table row per
 case x provider, writes DIR/results.csv and DIR/results.json and draws DIR/<op>.png. Exits 1 if any case failed its
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     ap.add_argument("--ops", help="comma-separated op names (default: every bench_<op>.py)")
+    ap.add_argument("--cases", help="comma-separated substrings: run only the cases whose size label contains one "
+                    "(e.g. --cases 2048x14 for one shape of a slow op)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke run, not a measurement")
     ap.add_argument("--out", default="bench-out", help="folder for results.csv, results.json, <op>.png")
     ap.add_argument("--repeats", type=int, help="timed calls per provider (default: adapted to each call's cost)")
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## {op}\n" + " ".join(h.rjust(w) if i > 2 else h.ljust(w)
                                        for i, ((h, _, _), w) in enumerate(zip(COLS, WIDTH))))
         cases = mod.cases(device, args.quick)
+        if args.cases:
+            keep = [c for c in args.cases.split(",") if c]
+            cases = [c for c in cases if any(k in c.size for k in keep)]
         while cases:
             case = cases.pop(0)  # drop each case's inputs once it is done (GBs at full size)
             name = f"{case.op} {case.size} {H.dtype_name(case.dtype)}"
