@@ -314,6 +314,17 @@ def test_cpu_stats_one_pass(mode, layout, per_sample):
             rm, rv = u.mean(dims), u.var(dims, unbiased=False)
             tol = 1e-12 if dtype == torch.float64 else 1e-6
             torch.testing.assert_close(mean.double(), rm, rtol=tol, atol=0)
-            # fp32 rounding of the bilinear blend in the compute type bounds the variance error (values ~1000)
-            vtol = 1e-10 if dtype == torch.float64 else 1e-3 * rv.max().item() + 1e-9
+            # The kernel blends in its compute type (fp32 for fp32/bf16): at values ~1000 with a std of ~0.01 an fp32
+            # value keeps ~7 bits below the std, and the separable blend (two roundings) then bounds the variance to
+            # ~1e-3 relative (worst seen: 7e-4 over 1200 draws). torch's one-step fp32 blend is the yardstick, with
+            # that rounding's share on top; a wrong weight or a lost shift is off by the variance itself.
+            if dtype == torch.float64:
+                vtol = 1e-10
+            else:
+                uf = x.float()
+                if scale > 1:
+                    uf = F.interpolate(uf, scale_factor=scale, mode=mode,
+                                       **({"align_corners": False} if mode == "bilinear" else {}))
+                ref_err = (uf.var(dims, unbiased=False).double() - rv).abs().max().item()
+                vtol = 2 * ref_err + 2e-3 * rv.max().item() + 1e-9
             torch.testing.assert_close(var.double(), rv, rtol=0, atol=vtol)
