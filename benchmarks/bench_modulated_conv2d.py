@@ -86,5 +86,8 @@ def cases(device: str, quick: bool) -> list[Case]:
                             inputs=(x, weight, styles, noise, ns, b, f), reference=_layer_reference, impls=limpls,
                             bytes=x.nbytes + ybytes + n * weight.nbytes, flops=2 * n * o * i * 9 * h * w * 4,
                             bound="compute",
+                            # A 512 x 9-tap fp32 conv: inductor and our transposed-conv path sum in other orders
+                            # (1.1e-5 absolute seen at 512 -> 256 channels against a fixed 1e-5 bound).
+                            loose={p: 1e-5 for p in ("compile", *limpls)},
                             targets=[(p, "speedup_vs_eager", ">=", 1.0) for p in limpls]))
     return out
