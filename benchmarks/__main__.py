@@ -30,13 +30,14 @@ WIDTH = [16, 9, 16, 10, 9, 9, 8, 7, 6, 8, 9, 10]
 
 
 def discover(ops: list[str] | None) -> dict:
-    """op name -> bench module, from the bench_<op>.py files next to this one."""
+    """op name -> bench module, from the bench_<op>.py files next to this one; in --ops order when given (a time-capped
+    run, e.g. gpu_check.sh's, then measures the ops that matter most first)."""
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(benchmarks.__path__)
                    if m.name.startswith("bench_"))
     unknown = set(ops or []) - set(names)
     if unknown:
         raise SystemExit(f"--ops: no benchmark for {', '.join(sorted(unknown))} (have: {', '.join(names)})")
-    return {op: importlib.import_module(f"benchmarks.bench_{op}") for op in names if not ops or op in ops}
+    return {op: importlib.import_module(f"benchmarks.bench_{op}") for op in (dict.fromkeys(ops) if ops else names)}
 
 
 def fmt_row(r: dict) -> str:
@@ -63,7 +64,7 @@ def write(rows: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[1])
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
-    ap.add_argument("--ops", help="comma-separated op names (default: every bench_<op>.py)")
+    ap.add_argument("--ops", help="comma-separated op names, run in this order (default: every bench_<op>.py)")
     ap.add_argument("--cases", help="comma-separated substrings: run only the cases whose size label contains one "
                     "(e.g. --cases 2048x14 for one shape of a slow op)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke run, not a measurement")
