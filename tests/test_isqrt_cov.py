@@ -71,6 +71,30 @@ def test_empty_batch(device, impl):
     run_case(device, impl, torch.float32, 5, True, sizes=(0, 4, 3, 3))
 
 
+# The CPU kernel computes products known to be symmetric as their upper triangle in 64-row blocks and mirrors them:
+# C = 130 has three row blocks, the last one partial (and an odd C). B = 1 runs images in turn with MKL's threads
+# inside the GEMMs, B = 3 spreads images over threads (when torch has >= 2 threads; otherwise both run in turn).
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("iters,triu", [(5, True), (2, False)])
+def test_triangle_blocks_cpu(B, dtype, iters, triu):
+    run_case("cpu", "cpu", dtype, iters, triu, sizes=(B, 130, 5, 6))
+
+
+def test_gradcheck_triangle_blocks_cpu():
+    x = features(1, 67, 2, 2, "cpu", torch.float64).requires_grad_()
+    torch.autograd.gradcheck(lambda x: vkernels.isqrt_cov(x, 3, True, impl="cpu"), (x,), fast_mode=True)
+
+
+def test_inference_mode_cpu():
+    """The per-image workers run their GEMMs under the caller's dispatch state (inference mode here)."""
+    x = features(3, 70, 4, 4, "cpu", torch.float32)
+    want = vkernels.isqrt_cov(x, 5, impl="cpu")
+    with torch.inference_mode():
+        got = vkernels.isqrt_cov(x, 5, impl="cpu")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("device,impl", IMPLS + [pytest.param("cpu", "reference", id="cpu-reference")])
 def test_converges_to_eigh_sqrt(device, impl):
     """Well-conditioned SPD covariance (HW >> C): 30 iterations give the principal square root to fp64 precision,
