@@ -89,7 +89,7 @@ void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, 
   }
   if (k < n && !accumulate && n >= L) {  // full vectors at k, k+L, ... and n-L (overlapping the previous one)
     const int64_t nv = (n - k + L - 1) / L;
-    const int64_t o0 = k, o1 = std::min(k + L, n - L), o2 = std::min(k + 2 * L, n - L);
+    const int64_t o0 = std::min(k, n - L), o1 = std::min(k + L, n - L), o2 = std::min(k + 2 * L, n - L);
     const int64_t o3 = std::min(k + 3 * L, n - L);
     V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
     for (int64_t t = 0; t < nt; ++t) {
@@ -128,6 +128,47 @@ void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, 
   }
 }
 
+// Two output rows from one list of source rows (register blocking for the vertical down pass): out0 takes the rows
+// whose bit 1 is set in use[t] (weight w0[t]), out1 those with bit 2 (w1[t]). Neighbouring output rows of a
+// vertical filter share most of their source rows, so each loaded vector feeds two FMAs (half the loads per FMA)
+// and eight accumulator chains run instead of four. Each output's taps are summed in the same order as dot_rows
+// would, so the results are bit-identical to two dot_rows calls. Needs n >= one vector (the callers check).
+// Measured (1 thread, interleaved, shared machine): 4-8% on the SG3 layer in the vertical down pass. The same pairing
+// in the vertical up pass (mid rows my, my+1 with the activation epilogue) was 5-7% slower and is not used.
+template <class T, class Epi0 = NoEpi, class Epi1 = NoEpi>
+void dot_rows2(T* __restrict__ out0, T* __restrict__ out1, const T* const* src, const T* w0, const T* w1,
+               const uint8_t* use, int64_t nt, int64_t n, const Epi0& epi0 = Epi0(), const Epi1& epi1 = Epi1()) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t L = V::size();
+  auto block = [&](int64_t o0, int64_t o1, int64_t o2, int64_t o3, int64_t nv) {
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0)), b0(T(0)), b1(T(0)), b2(T(0)), b3(T(0));
+    for (int64_t t = 0; t < nt; ++t) {
+      const T* s = src[t];
+      const V x0 = V::loadu(s + o0), x1 = nv > 1 ? V::loadu(s + o1) : V(T(0));
+      const V x2 = nv > 2 ? V::loadu(s + o2) : V(T(0)), x3 = nv > 3 ? V::loadu(s + o3) : V(T(0));
+      if (use[t] & 1) {
+        const V wt(w0[t]);
+        a0 = at::vec::fmadd(x0, wt, a0), a1 = at::vec::fmadd(x1, wt, a1);
+        a2 = at::vec::fmadd(x2, wt, a2), a3 = at::vec::fmadd(x3, wt, a3);
+      }
+      if (use[t] & 2) {
+        const V wt(w1[t]);
+        b0 = at::vec::fmadd(x0, wt, b0), b1 = at::vec::fmadd(x1, wt, b1);
+        b2 = at::vec::fmadd(x2, wt, b2), b3 = at::vec::fmadd(x3, wt, b3);
+      }
+    }
+    epi0(a0, o0, L).store(out0 + o0), epi1(b0, o0, L).store(out1 + o0);
+    if (nv > 1) epi0(a1, o1, L).store(out0 + o1), epi1(b1, o1, L).store(out1 + o1);
+    if (nv > 2) epi0(a2, o2, L).store(out0 + o2), epi1(b2, o2, L).store(out1 + o2);
+    if (nv > 3) epi0(a3, o3, L).store(out0 + o3), epi1(b3, o3, L).store(out1 + o3);
+  };
+  int64_t k = 0;
+  for (; k + 4 * L <= n; k += 4 * L) block(k, k + L, k + 2 * L, k + 3 * L, 4);
+  if (k < n)  // full vectors, the last one shifted back to end at n (recomputes a few outputs: same values)
+    block(std::min(k, n - L), std::min(k + L, n - L), std::min(k + 2 * L, n - L), std::min(k + 3 * L, n - L),
+          (n - k + L - 1) / L);
+}
+
 // The (row pointer, tap weight) list of one dot_rows call, in preallocated storage: filling std::vectors with
 // push_back per row cost as much as a short row's multiply-adds (the compiler reloads their ends on every push).
 template <class T>
@@ -137,6 +178,15 @@ struct TapList {
   int64_t n = 0;
   explicit TapList(int64_t cap) : p(std::max<int64_t>(cap, 1)), w(std::max<int64_t>(cap, 1)) {}
   void add(const T* ptr, T wt) { p[n] = ptr, w[n] = wt, ++n; }
+};
+
+// The same for dot_rows2: a second weight per row and which of the two outputs each row feeds.
+template <class T>
+struct TapList2 : TapList<T> {
+  std::vector<T> w1;
+  std::vector<uint8_t> use;
+  explicit TapList2(int64_t cap) : TapList<T>(cap), w1(std::max<int64_t>(cap, 1)), use(std::max<int64_t>(cap, 1)) {}
+  void add(const T* ptr, T wa, T wb, uint8_t u) { w1[this->n] = wb, use[this->n] = u, TapList<T>::add(ptr, wa); }
 };
 
 // Mid rows are kept "phase-major": mid sample m = ph + k*U at [ph*R + k], R = ceil(M/U), so each up-filter phase
@@ -260,12 +310,13 @@ void run(const Problem& p) {
   at::parallel_for(0, p.N * cblocks * bands, 1, [&](int64_t begin, int64_t end) {
     // Zero-initialised once: positions a pass never writes (phase padding) must read as 0.
     std::vector<T> lblk(CB * LB), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
-    std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
+    std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(2 * Ow);
     std::vector<T> oblk(cblock ? CB * OB : 0);
     std::vector<T> cbuf(LU + 1);
     std::vector<T> fbuf(p.masked ? 1 + 4 * RB : 0);
     const int64_t cap = std::max({Aw, Ah, Bw * Bh, Bw, Bh});
     TapList<T> tl(cap), tl2(cap), hd(Bw);
+    TapList2<T> vd(ay.D + Bh);
     // The horizontal down taps read fixed offsets of the (phase-major or remapped) mid row.
     const T* md = remap ? drow.data() : mrow.data();
     for (int64_t k = 0; k < Bw; ++k) hd.add(md + doff[k], wb[k]);
@@ -375,7 +426,36 @@ void run(const Problem& p) {
             std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
           }
         }
+        // Output row oy goes to: the channel block's buffer, y itself (fp32/fp64 rows with unit stride), or acc.
+        auto orow = [&](int64_t oy, int64_t j) -> T* {
+          if (cblock) return oblk.data() + cc * OB + (oy - oy0) * Ow;
+          if constexpr (std::is_same_v<scalar_t, T>) {
+            if (oW == 1) return out + n * oN + c * oC + oy * oH;
+          }
+          return acc.data() + j * Ow;
+        };
+        auto flush = [&](int64_t oy, const T* row) {
+          if (cblock) return;
+          scalar_t* dst = out + n * oN + c * oC + oy * oH;
+          if (static_cast<const void*>(row) == static_cast<const void*>(dst)) return;
+          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(row[ox]);
+        };
         for (int64_t oy = oy0; oy < oy1; ++oy) {
+          if (p.sep_b && Ow >= V::size() && oy + 1 < oy1) {  // two output rows per pass over the source rows
+            vd.n = 0;
+            const int64_t r0 = oy * ay.D - my0;
+            for (int64_t rr = 0; rr < ay.D + Bh; ++rr) {
+              const bool u0 = rr < Bh, u1 = rr >= ay.D && rr - ay.D < Bh;
+              if (u0 || u1) vd.add(dbuf.data() + (r0 + rr) * Ow, u0 ? wb[rr] : T(0), u1 ? wb[rr - ay.D] : T(0),
+                                   uint8_t(u0 | (u1 << 1)));
+            }
+            T* d0 = orow(oy, 0);
+            T* d1 = orow(oy + 1, 1);
+            dot_rows2(d0, d1, vd.p.data(), vd.w.data(), vd.w1.data(), vd.use.data(), vd.n, Ow);
+            flush(oy, d0), flush(oy + 1, d1);
+            ++oy;
+            continue;
+          }
           tl.n = 0;
           for (int64_t k = 0; k < Bh; ++k) {
             const int64_t r = oy * ay.D + k - my0;
@@ -386,19 +466,9 @@ void run(const Problem& p) {
                 tl.add(midbuf.data() + r * DR + doff[kx], wb[k * Bw + kx]);
             }
           }
-          if (cblock) {
-            dot_rows(oblk.data() + cc * OB + (oy - oy0) * Ow, tl.p.data(), tl.w.data(), tl.n, Ow, false);
-            continue;
-          }
-          scalar_t* dst = out + n * oN + c * oC + oy * oH;
-          if constexpr (std::is_same_v<scalar_t, T>) {
-            if (oW == 1) {
-              dot_rows(dst, tl.p.data(), tl.w.data(), tl.n, Ow, false);
-              continue;
-            }
-          }
-          dot_rows(acc.data(), tl.p.data(), tl.w.data(), tl.n, Ow, false);
-          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(acc[ox]);
+          T* d0 = orow(oy, 0);
+          dot_rows(d0, tl.p.data(), tl.w.data(), tl.n, Ow, false);
+          flush(oy, d0);
         }
       }  // channels of the block
       if (cblock) {
