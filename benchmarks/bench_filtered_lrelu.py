@@ -1,10 +1,13 @@
 """filtered_lrelu cases: StyleGAN3's synthesis-layer nonlinearity (bias, 2x up with a 12-tap separable low-pass,
 leaky ReLU * sqrt(2), clamp 256, 12-tap low-pass, 2x down) at 64^2 feature maps with StyleGAN3's 10-pixel margin
-(x 74x74 -> y 74x74, mid 148x148 per plane formed from 170x170 upsampled samples).
+(x 74x74 -> y 74x74, mid 158x158 per plane: the upsampled samples the down filter reads).
 
 Work counted (polyphase, separable 12-tap filters): the up filter costs 12/2 MACs per mid column of each input row
 plus 12/2 per mid sample (half of the taps land on inserted zeros), the down filter 12 MACs per kept column of each
-mid row plus 12 per output pixel: ~78 MACs per output pixel at 74x74 (the FLOP floor the GFLOP/s column divides by).
+mid row plus 12 per output pixel: ~78 MACs per output pixel at 74x74 (425,952 MACs per plane; no separable order
+needs fewer, the activation between the filters forces the 158x158 mid plane). The case is compute-bound: its
+achieved rate is the tflops column of results.csv (flops = 2 x those MACs) and frac_matmul its fraction of the
+machine's measured matmul rate (the ceiling-matmul row).
 Bytes: x read once, y written once (the 2-bit mask is only written when a gradient is wanted, not in these
 forward-only cases). The floor is allocating and writing an output-sized tensor (x.clone() of the third input, which has y's shape).
 """

@@ -118,6 +118,26 @@ def test_cpu_wide_rows_and_bands(dtype, case):
     run_case("cpu", "cpu", dtype, case)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_bitwise_deterministic_across_threads(layout):
+    """The CPU kernel's y and mask do not depend on the thread count (bands, overlapping vector tails and the paired
+    vertical-down rows recompute values in the same order), and repeated calls are bitwise equal."""
+    x = make_x((2, 3, 30, 45), layout, torch.float32, "cpu")
+    b = randn((3,), torch.float32, "cpu", 0.5)
+    f = make_f("lp:12", "cpu")
+    args = (x, f, f, b, 2, 2, 11, 10, 11, 10, math.sqrt(2), 0.2, 0.5, False, True)
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2, 1):
+            torch.set_num_threads(t)
+            outs.append(torch.ops.vkernels.filtered_lrelu(*args))
+    finally:
+        torch.set_num_threads(old)
+    for y, m in outs[1:]:
+        assert torch.equal(y, outs[0][0]) and torch.equal(m, outs[0][1])
+
+
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_random_configs(device, impl, dtype):

@@ -280,3 +280,48 @@ def test_path_length_penalty_matches_reference(device, impl):
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert out[0][0].abs().sum() > 0
+
+
+# ---- second order through the Triton epilogue in the interpreter (helper flrelu-roof): the GPU-only gradgradcheck
+# above is skipped on CPU; at these tiny sizes the interpreter runs it in seconds, so the Triton variant's double
+# backward (its backward op's own autograd, _epi_bwd_grads) is checked here too, and an R1-style penalty is compared
+# with the reference's.
+@pytest.mark.parametrize("fused,act,up,clamp", [(True, "lrelu", 1, 1.5), (False, "swish", 2, None)])
+def test_gradgradcheck_triton_interpreter(fused, act, up, clamp):
+    if "triton" not in vkernels.available_impls(OP, "cpu"):
+        pytest.skip("no Triton (interpreter) variant on CPU")
+    x, weight, styles, noise, ns, bias = make("cpu", torch.float64, N=1, I=2, O=2, H=4 - up, W=4 - up, up=up)
+    ns = ns.double()
+
+    def fn(x, weight, styles, noise, ns, bias):
+        return vkernels.modulated_conv2d(x, weight, styles, up=up, noise=noise, noise_strength=ns, bias=bias,
+                                         act=act, clamp=clamp, fused_modconv=fused, impl="triton")
+
+    args = tuple(t.detach().requires_grad_() for t in (x, weight, styles, noise, ns, bias))
+    assert torch.autograd.gradgradcheck(fn, args, fast_mode=True)
+
+
+@pytest.mark.parametrize("fused,act", [(True, "lrelu"), (False, "lrelu"), (True, "swish")])
+def test_r1_double_backward_triton_interpreter_matches_reference(fused, act):
+    """R1-style: |d sum(y * r) / dx|^2 differentiated w.r.t. every parameter, impl="triton" vs the reference (fp64).
+    lrelu (act'' = 0: only the linear paths) and swish (act'' != 0: the backward op's own gradient w.r.t. z)."""
+    if "triton" not in vkernels.available_impls(OP, "cpu"):
+        pytest.skip("no Triton (interpreter) variant on CPU")
+    x, weight, styles, noise, ns, bias = make("cpu", torch.float64, N=2, I=3, O=4, H=5, W=5, up=2)
+    r = torch.randn((2, 4, 10, 10), dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    out = []
+    for impl in ("triton", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, styles, noise, ns, bias)]
+        kw = {"impl": impl} if impl != "reference" else {"padding": 1}
+        fn = vkernels.modulated_conv2d if impl != "reference" else reference
+        y = fn(leaves[0], leaves[1], leaves[2], up=2, resample_filter=F_1331, noise=leaves[3],
+               noise_strength=leaves[4], bias=leaves[5], act=act, clamp=1.0, fused_modconv=fused, **kw)
+        (gx,) = torch.autograd.grad((y * r).sum(), leaves[0], create_graph=True)
+        pen = gx.square().sum()
+        out.append([pen.detach()] + list(torch.autograd.grad(pen, leaves[1:], allow_unused=True,
+                                                             materialize_grads=True)))
+    for name, a, b in zip(("penalty", "weight", "styles", "noise", "ns", "bias"), *out):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+    assert out[0][1].abs().sum() > 0
+    if act != "lrelu":  # the noise only reaches d(penalty) through act''(z)
+        assert out[0][3].abs().sum() > 0

@@ -6,7 +6,12 @@
 // mask factors, then down-filter into the output rows (fdh*fdw/down^2 MACs per mid sample 2-D; separable: fdw per
 // kept column of each mid row + fdh per output pixel). Every pass is one multi-tap at::vec kernel (dot_rows) over
 // contiguous rows; mid rows are phase-major so no pass scatters or gathers (when up == down). The mid band lives only
-// in the buffer. SG3 layer (12-tap up2/down2, 74x74 -> 74x74): ~78 MACs per output pixel.
+// in the buffer. The activation (and the mask codes) run in the vertical up pass's epilogue (separable fu), the
+// vertical down pass makes two output rows per sweep (dot_rows2), and row rests are full vectors overlapping the
+// previous one. SG3 layer (12-tap up2/down2, 74x74 -> 74x74): 425,952 MACs per plane = ~78 MACs (156 FLOPs) per
+// output pixel (6 per mid column of each input row + 6 per mid sample + 12 per kept column of each mid row + 12 per
+// output pixel), the minimum for separable filters with the activation in between. Measured (AMD EPYC, 1 thread,
+// shared machine): ~16 GFLOP/s of a 91 GFLOP/s FMA peak (a register-only FMA loop) and ~50 GFLOP/s of at::mm.
 // Bytes: x read once (plus, for split planes, the band overlap ~(fdh-down)/(down*TO)), y written once, mask Mh*Mw/4
 // bytes written (or read). channels_last goes through the buffers 16 channels at a time (see cblock).
 #include <ATen/ATen.h>
@@ -32,11 +37,41 @@ namespace {
 using upfirdn2d::floor_div;
 using upfirdn2d::floor_mod;
 
-// out[k] (+)= sum_t w[t] * src[t][k] for k < n: every pass of the kernel (horizontal/vertical, up/down, 1-D/2-D
-// filters) is this, with src[t] pointing at shifted rows of a thread-local buffer. Four vector accumulators (32 fp32
-// lanes on AVX2) keep the FMA chains independent; the tap loop is innermost so each output is stored once.
+// Output epilogue of dot_rows: the identity, or lrelu*gain+clamp on the accumulators before they are stored (so the
+// activation costs no extra pass over the mid row), optionally writing the 2-bit mask codes of the row as floats.
+struct NoEpi {
+  template <class V>
+  V operator()(V a, int64_t, int64_t) const { return a; }
+};
+
 template <class T>
-void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, int64_t n, bool accumulate) {
+struct ActEpi {
+  using V = at::vec::Vectorized<T>;
+  V vs, vg, vc, vnc;
+  T* codes;  // nullptr: no mask row wanted
+  // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference). The codes are computed
+  // branch-free as floats (the signs are random: mispredicted branches would cost more than the filtering).
+  V operator()(V v, int64_t k, int64_t cnt) const {
+    const V zero(T(0)), one(T(1)), two(T(2));
+    const V pos = v > zero;
+    const V a = V::blendv(v * vs, v, pos) * vg;
+    if (codes) {
+      const V clamped = (a > vc) | (a < vnc);
+      ((two - (pos & one)) * (one - (clamped & one))).store(codes + k, cnt);
+    }
+    return at::vec::minimum(at::vec::maximum(a, vnc), vc);
+  }
+};
+
+// out[k] (+)= epi(sum_t w[t] * src[t][k]) for k < n: every pass of the kernel (horizontal/vertical, up/down, 1-D/2-D
+// filters) is this, with src[t] pointing at shifted rows of a thread-local buffer. Four vector accumulators (32 fp32
+// lanes on AVX2) keep the FMA chains independent; the tap loop is innermost so each output is stored once. The rest
+// (< 4 vectors) runs as full vectors too when it can: the last one shifted back to end at n, recomputing a few
+// outputs already stored (the same sums in the same order, so the same values: deterministic), which avoids masked
+// loads and stores (the rows here are 74-158 samples, so the rest is 10-20% of every row).
+template <class T, class Epi = NoEpi>
+void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, int64_t n, bool accumulate,
+              const Epi& epi = Epi()) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t L = V::size();
   int64_t k = 0;
@@ -54,9 +89,27 @@ void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, 
       a2 = at::vec::fmadd(V::loadu(s + 2 * L), wt, a2);
       a3 = at::vec::fmadd(V::loadu(s + 3 * L), wt, a3);
     }
-    a0.store(out + k), a1.store(out + k + L), a2.store(out + k + 2 * L), a3.store(out + k + 3 * L);
+    epi(a0, k, L).store(out + k), epi(a1, k + L, L).store(out + k + L);
+    epi(a2, k + 2 * L, L).store(out + k + 2 * L), epi(a3, k + 3 * L, L).store(out + k + 3 * L);
   }
-  if (k < n) {  // the rest (< 4 vectors) in one pass too: separate FMA chains instead of one latency-bound chain each
+  if (k < n && !accumulate && n >= L) {  // full vectors at k, k+L, ... and n-L (overlapping the previous one)
+    const int64_t nv = (n - k + L - 1) / L;
+    const int64_t o0 = std::min(k, n - L), o1 = std::min(k + L, n - L), o2 = std::min(k + 2 * L, n - L);
+    const int64_t o3 = std::min(k + 3 * L, n - L);
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    for (int64_t t = 0; t < nt; ++t) {
+      const V wt(w[t]);
+      const T* s = src[t];
+      a0 = at::vec::fmadd(V::loadu(s + o0), wt, a0);
+      if (nv > 1) a1 = at::vec::fmadd(V::loadu(s + o1), wt, a1);
+      if (nv > 2) a2 = at::vec::fmadd(V::loadu(s + o2), wt, a2);
+      if (nv > 3) a3 = at::vec::fmadd(V::loadu(s + o3), wt, a3);
+    }
+    epi(a0, o0, L).store(out + o0);
+    if (nv > 1) epi(a1, o1, L).store(out + o1);
+    if (nv > 2) epi(a2, o2, L).store(out + o2);
+    if (nv > 3) epi(a3, o3, L).store(out + o3);
+  } else if (k < n) {  // accumulating, or a row shorter than a vector: masked loads and stores
     const int64_t r = n - k;
     const int64_t c0 = std::min<int64_t>(L, r), c1 = std::clamp<int64_t>(r - L, 0, L);
     const int64_t c2 = std::clamp<int64_t>(r - 2 * L, 0, L), c3 = std::clamp<int64_t>(r - 3 * L, 0, L);
@@ -73,12 +126,73 @@ void dot_rows(T* __restrict__ out, const T* const* src, const T* w, int64_t nt, 
       if (c2) a2 = at::vec::fmadd(V::loadu(s + 2 * L, c2), wt, a2);
       if (c3) a3 = at::vec::fmadd(V::loadu(s + 3 * L, c3), wt, a3);
     }
-    a0.store(out + k, c0);
-    if (c1) a1.store(out + k + L, c1);
-    if (c2) a2.store(out + k + 2 * L, c2);
-    if (c3) a3.store(out + k + 3 * L, c3);
+    epi(a0, k, c0).store(out + k, c0);
+    if (c1) epi(a1, k + L, c1).store(out + k + L, c1);
+    if (c2) epi(a2, k + 2 * L, c2).store(out + k + 2 * L, c2);
+    if (c3) epi(a3, k + 3 * L, c3).store(out + k + 3 * L, c3);
   }
 }
+
+// Two output rows from one list of source rows (register blocking for the vertical down pass): out0 takes the rows
+// whose bit 1 is set in use[t] (weight w0[t]), out1 those with bit 2 (w1[t]). Neighbouring output rows of a
+// vertical filter share most of their source rows, so each loaded vector feeds two FMAs (half the loads per FMA)
+// and eight accumulator chains run instead of four. Each output's taps are summed in the same order as dot_rows
+// would, so the results are bit-identical to two dot_rows calls. Needs n >= one vector (the callers check).
+// Measured (1 thread, interleaved, shared machine): 4-8% on the SG3 layer in the vertical down pass. The same pairing
+// in the vertical up pass (mid rows my, my+1 with the activation epilogue) was 5-7% slower and is not used.
+template <class T, class Epi0 = NoEpi, class Epi1 = NoEpi>
+void dot_rows2(T* __restrict__ out0, T* __restrict__ out1, const T* const* src, const T* w0, const T* w1,
+               const uint8_t* use, int64_t nt, int64_t n, const Epi0& epi0 = Epi0(), const Epi1& epi1 = Epi1()) {
+  using V = at::vec::Vectorized<T>;
+  constexpr int64_t L = V::size();
+  auto block = [&](int64_t o0, int64_t o1, int64_t o2, int64_t o3, int64_t nv) {
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0)), b0(T(0)), b1(T(0)), b2(T(0)), b3(T(0));
+    for (int64_t t = 0; t < nt; ++t) {
+      const T* s = src[t];
+      const V x0 = V::loadu(s + o0), x1 = nv > 1 ? V::loadu(s + o1) : V(T(0));
+      const V x2 = nv > 2 ? V::loadu(s + o2) : V(T(0)), x3 = nv > 3 ? V::loadu(s + o3) : V(T(0));
+      if (use[t] & 1) {
+        const V wt(w0[t]);
+        a0 = at::vec::fmadd(x0, wt, a0), a1 = at::vec::fmadd(x1, wt, a1);
+        a2 = at::vec::fmadd(x2, wt, a2), a3 = at::vec::fmadd(x3, wt, a3);
+      }
+      if (use[t] & 2) {
+        const V wt(w1[t]);
+        b0 = at::vec::fmadd(x0, wt, b0), b1 = at::vec::fmadd(x1, wt, b1);
+        b2 = at::vec::fmadd(x2, wt, b2), b3 = at::vec::fmadd(x3, wt, b3);
+      }
+    }
+    epi0(a0, o0, L).store(out0 + o0), epi1(b0, o0, L).store(out1 + o0);
+    if (nv > 1) epi0(a1, o1, L).store(out0 + o1), epi1(b1, o1, L).store(out1 + o1);
+    if (nv > 2) epi0(a2, o2, L).store(out0 + o2), epi1(b2, o2, L).store(out1 + o2);
+    if (nv > 3) epi0(a3, o3, L).store(out0 + o3), epi1(b3, o3, L).store(out1 + o3);
+  };
+  int64_t k = 0;
+  for (; k + 4 * L <= n; k += 4 * L) block(k, k + L, k + 2 * L, k + 3 * L, 4);
+  if (k < n)  // full vectors, the last one shifted back to end at n (recomputes a few outputs: same values)
+    block(std::min(k, n - L), std::min(k + L, n - L), std::min(k + 2 * L, n - L), std::min(k + 3 * L, n - L),
+          (n - k + L - 1) / L);
+}
+
+// The (row pointer, tap weight) list of one dot_rows call, in preallocated storage: filling std::vectors with
+// push_back per row cost as much as a short row's multiply-adds (the compiler reloads their ends on every push).
+template <class T>
+struct TapList {
+  std::vector<const T*> p;
+  std::vector<T> w;
+  int64_t n = 0;
+  explicit TapList(int64_t cap) : p(std::max<int64_t>(cap, 1)), w(std::max<int64_t>(cap, 1)) {}
+  void add(const T* ptr, T wt) { p[n] = ptr, w[n] = wt, ++n; }
+};
+
+// The same for dot_rows2: a second weight per row and which of the two outputs each row feeds.
+template <class T>
+struct TapList2 : TapList<T> {
+  std::vector<T> w1;
+  std::vector<uint8_t> use;
+  explicit TapList2(int64_t cap) : TapList<T>(cap), w1(std::max<int64_t>(cap, 1)), use(std::max<int64_t>(cap, 1)) {}
+  void add(const T* ptr, T wa, T wb, uint8_t u) { w1[this->n] = wb, use[this->n] = u, TapList<T>::add(ptr, wa); }
+};
 
 // Mid rows are kept "phase-major": mid sample m = ph + k*U at [ph*R + k], R = ceil(M/U), so each up-filter phase
 // (only the taps that land on input pixels: fuw/U of them) is one contiguous dot_rows over the zero-padded input
@@ -121,12 +235,12 @@ struct UpPlan {
 
   // One input row (zero-padded by lo) -> one phase-major mid row, through taps w[j] (+)= into `mid`.
   template <class T>
-  void run(const T* buf, const T* w, T* mid, bool accumulate, std::vector<const T*>& ptr, std::vector<T>& wt) const {
+  void run(const T* buf, const T* w, T* mid, bool accumulate, TapList<T>& tl) const {
     for (int64_t ph = 0; ph < U; ++ph) {
-      ptr.clear(), wt.clear();
-      for (const auto& t : taps[ph]) ptr.push_back(buf + t.start), wt.push_back(w[t.j]);
-      if (ptr.empty() && accumulate) continue;
-      dot_rows(mid + ph * R, ptr.data(), wt.data(), int64_t(ptr.size()), nk[ph], accumulate);
+      tl.n = 0;
+      for (const auto& t : taps[ph]) tl.add(buf + t.start, w[t.j]);
+      if (tl.n == 0 && accumulate) continue;
+      dot_rows(mid + ph * R, tl.p.data(), tl.w.data(), tl.n, nk[ph], accumulate);
     }
   }
 };
@@ -201,12 +315,19 @@ void run(const Problem& p) {
   at::parallel_for(0, p.N * cblocks * bands, 1, [&](int64_t begin, int64_t end) {
     // Zero-initialised once: positions a pass never writes (phase padding) must read as 0.
     std::vector<T> lblk(CB * LB), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
-    std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(Ow);
+    std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(2 * Ow);
     std::vector<T> oblk(cblock ? CB * OB : 0);
     std::vector<T> cbuf(LU + 1);
     std::vector<T> fbuf(p.masked ? 1 + 4 * RB : 0);
-    std::vector<const T*> ptr, ptr2;
-    std::vector<T> wt, wt2;
+    const int64_t cap = std::max({Aw, Ah, Bw * Bh, Bw, Bh});
+    TapList<T> tl(cap), tl2(cap), hd(Bw);
+    TapList2<T> vd(ay.D + Bh);
+    // The horizontal down taps read fixed offsets of the (phase-major or remapped) mid row.
+    const T* md = remap ? drow.data() : mrow.data();
+    for (int64_t k = 0; k < Bw; ++k) hd.add(md + doff[k], wb[k]);
+    const V vs(slope), vg(gain), vc(clamp), vnc(-clamp);
+    // The activation runs in the vertical up pass's epilogue when that pass is one dot_rows call (separable fu).
+    const bool fuse_act = p.sep_a && !p.masked;
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t band = idx % bands, nb = idx / bands, n = nb / cblocks, c0 = (nb % cblocks) * CB;
       const int64_t cn = std::min(CB, p.C - c0);
@@ -245,43 +366,38 @@ void run(const Problem& p) {
           }
         }
         if (p.sep_a)
-          for (int64_t r = 0; r < nrows; ++r) up.run(lbuf + r * L, wa.data(), hbuf.data() + r * LU, false, ptr, wt);
+          for (int64_t r = 0; r < nrows; ++r) up.run(lbuf + r * L, wa.data(), hbuf.data() + r * LU, false, tl);
         for (int64_t my = my0; my < my1; ++my) {
           // Vertical up taps that land on input rows of this band (polyphase: ~fuh/U of them).
-          ptr.clear(), wt.clear();
+          tl.n = 0;
           bool first = true;
           const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
           for (const auto& [i, di] : vtaps[rr]) {
             const int64_t iy = base + di;
             if (iy < iy_lo || iy > iy_hi) continue;
             if (p.sep_a) {
-              ptr.push_back(hbuf.data() + (iy - iy_lo) * LU), wt.push_back(wa[i]);
+              tl.add(hbuf.data() + (iy - iy_lo) * LU, wa[i]);
             } else {
-              up.run(lbuf + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), !first, ptr2, wt2);
+              up.run(lbuf + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), !first, tl2);
               first = false;
             }
           }
-          if (p.sep_a)
-            dot_rows(mrow.data(), ptr.data(), wt.data(), int64_t(ptr.size()), LU, false);
+          // Mask rows: the codes too (ActEpi), then packed in natural order through pidx (LU: the zero sentinel).
+          const bool wm = !p.masked && p.write_mask && my >= oy0 * ay.D && my < own1;
+          const ActEpi<T> act{vs, vg, vc, vnc, wm ? cbuf.data() : nullptr};
+          if (fuse_act)
+            dot_rows(mrow.data(), tl.p.data(), tl.w.data(), tl.n, LU, false, act);
+          else if (p.sep_a)
+            dot_rows(mrow.data(), tl.p.data(), tl.w.data(), tl.n, LU, false);
           else if (first)
             std::fill(mrow.begin(), mrow.end(), T(0));
           if (!p.masked) {
-            // lrelu * gain, clamped to [-clamp, clamp] (NaN stays NaN, as in the reference). Mask rows: the codes
-            // too, as floats (branch-free: the signs are random and mispredicted branches cost more than the
-            // filtering), then packed in natural order through pidx (LU: the zero sentinel).
-            const bool wm = p.write_mask && my >= oy0 * ay.D && my < own1;
-            const V vs(slope), vg(gain), vc(clamp), vnc(-clamp), zero(T(0)), one(T(1)), two(T(2));
-            constexpr int64_t VL = V::size();
-            for (int64_t k = 0; k < LU; k += VL) {
-              const int64_t cnt = std::min<int64_t>(VL, LU - k);
-              const V v = V::loadu(mrow.data() + k, cnt);
-              const V pos = v > zero;
-              const V a = V::blendv(v * vs, v, pos) * vg;
-              if (wm) {
-                const V clamped = (a > vc) | (a < vnc);
-                ((two - (pos & one)) * (one - (clamped & one))).store(cbuf.data() + k, cnt);
+            if (!fuse_act) {
+              constexpr int64_t VL = V::size();
+              for (int64_t k = 0; k < LU; k += VL) {
+                const int64_t cnt = std::min<int64_t>(VL, LU - k);
+                act(V::loadu(mrow.data() + k, cnt), k, cnt).store(mrow.data() + k, cnt);
               }
-              at::vec::minimum(at::vec::maximum(a, vnc), vc).store(mrow.data() + k, cnt);
             }
             if (wm) {
               cbuf[LU] = T(0);
@@ -303,46 +419,61 @@ void run(const Problem& p) {
               for (int64_t q = 0; q < LU; ++q) mrow[q] *= fbuf[fidx[q]];
             }
           }
-          const T* md = mrow.data();
           if (remap) {
             for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
               drow[r * Rd + q] = mrow[posm[m]];
               if (++r == ax.D) r = 0, ++q;
             }
-            md = drow.data();
           }
           if (p.sep_b) {
-            ptr.clear(), wt.clear();
-            for (int64_t k = 0; k < Bw; ++k) ptr.push_back(md + doff[k]), wt.push_back(wb[k]);
-            dot_rows(dbuf.data() + (my - my0) * Ow, ptr.data(), wt.data(), Bw, Ow, false);
+            dot_rows(dbuf.data() + (my - my0) * Ow, hd.p.data(), hd.w.data(), Bw, Ow, false);
           } else {
             std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
           }
         }
+        // Output row oy goes to: the channel block's buffer, y itself (fp32/fp64 rows with unit stride), or acc.
+        auto orow = [&](int64_t oy, int64_t j) -> T* {
+          if (cblock) return oblk.data() + cc * OB + (oy - oy0) * Ow;
+          if constexpr (std::is_same_v<scalar_t, T>) {
+            if (oW == 1) return out + n * oN + c * oC + oy * oH;
+          }
+          return acc.data() + j * Ow;
+        };
+        auto flush = [&](int64_t oy, const T* row) {
+          if (cblock) return;
+          scalar_t* dst = out + n * oN + c * oC + oy * oH;
+          if (static_cast<const void*>(row) == static_cast<const void*>(dst)) return;
+          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(row[ox]);
+        };
         for (int64_t oy = oy0; oy < oy1; ++oy) {
-          ptr.clear(), wt.clear();
+          if (p.sep_b && Ow >= V::size() && oy + 1 < oy1) {  // two output rows per pass over the source rows
+            vd.n = 0;
+            const int64_t r0 = oy * ay.D - my0;
+            for (int64_t rr = 0; rr < ay.D + Bh; ++rr) {
+              const bool u0 = rr < Bh, u1 = rr >= ay.D && rr - ay.D < Bh;
+              if (u0 || u1) vd.add(dbuf.data() + (r0 + rr) * Ow, u0 ? wb[rr] : T(0), u1 ? wb[rr - ay.D] : T(0),
+                                   uint8_t(u0 | (u1 << 1)));
+            }
+            T* d0 = orow(oy, 0);
+            T* d1 = orow(oy + 1, 1);
+            dot_rows2(d0, d1, vd.p.data(), vd.w.data(), vd.w1.data(), vd.use.data(), vd.n, Ow);
+            flush(oy, d0), flush(oy + 1, d1);
+            ++oy;
+            continue;
+          }
+          tl.n = 0;
           for (int64_t k = 0; k < Bh; ++k) {
             const int64_t r = oy * ay.D + k - my0;
             if (p.sep_b) {
-              ptr.push_back(dbuf.data() + r * Ow), wt.push_back(wb[k]);
+              tl.add(dbuf.data() + r * Ow, wb[k]);
             } else {
               for (int64_t kx = 0; kx < Bw; ++kx)
-                ptr.push_back(midbuf.data() + r * DR + doff[kx]), wt.push_back(wb[k * Bw + kx]);
+                tl.add(midbuf.data() + r * DR + doff[kx], wb[k * Bw + kx]);
             }
           }
-          if (cblock) {
-            dot_rows(oblk.data() + cc * OB + (oy - oy0) * Ow, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
-            continue;
-          }
-          scalar_t* dst = out + n * oN + c * oC + oy * oH;
-          if constexpr (std::is_same_v<scalar_t, T>) {
-            if (oW == 1) {
-              dot_rows(dst, ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
-              continue;
-            }
-          }
-          dot_rows(acc.data(), ptr.data(), wt.data(), int64_t(ptr.size()), Ow, false);
-          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(acc[ox]);
+          T* d0 = orow(oy, 0);
+          dot_rows(d0, tl.p.data(), tl.w.data(), tl.n, Ow, false);
+          flush(oy, d0);
         }
       }  // channels of the block
       if (cblock) {
