@@ -334,5 +334,12 @@ def test_module():
     torch.testing.assert_close(m(x, y), definition(x, y, m.w1, m.w2))
     mx = vkernels.nn.RandomMaclaurinPooling(5, 5, 13, seed=1)
     torch.testing.assert_close(mx(x), definition(x, x, mx.w1, mx.w2))
+    # save_projections reaches the function: both backward forms give the definition's gradient.
+    for save in (True, False):
+        ms = vkernels.nn.RandomMaclaurinPooling(5, 5, 13, seed=1, route="project", save_projections=save)
+        xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ms(xs).sum().backward()
+        definition(xr, xr, ms.w1, ms.w2).sum().backward()
+        torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="output_dim must be"):
         vkernels.nn.RandomMaclaurinPooling(5, 4, 0)
