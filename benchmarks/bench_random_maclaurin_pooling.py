@@ -8,7 +8,9 @@ vkernels' "auto" picks (gram: bmm, matmul W1 G, multiply by W2 and row-sum, whic
 matmul W1 X and W2 X, multiply and row-sum over HW, which materialises 2 B x D x HW); "vkernels-<impl>".
 "...-gemm-floor" times the dominant GEMM alone (gram: W1 @ [G_1 .. G_B] as one (D x C) @ (C x B C) GEMM with G given;
 project: [W1; W2] @ [X_1 .. X_B], the two projections as one GEMM; fwd+bwd: that GEMM twice, the FLOPs of the
-forward GEMM plus the backward's dG / projection GEMMs). The issue's 1.3x target reads vkernels over that row's eager.
+forward GEMM plus the backward's dG / dX GEMMs: with the projections saved (auto, within the cap of
+saves_projections) the project route's fwd+bwd is exactly these two GEMMs plus O(B D HW) elementwise work).
+benchmarks/rmp_saved_timing.py times the saved and recomputing backward, compile and the floor interleaved. The issue's 1.3x target reads vkernels over that row's eager.
 """
 import math
 
@@ -16,7 +18,7 @@ import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
-from vkernels.ops.random_maclaurin_pooling import choose_gram
+from vkernels.ops.random_maclaurin_pooling import choose_gram, saves_projections
 
 
 def _plain(route):
@@ -70,7 +72,9 @@ def cases(device: str, quick: bool) -> list[Case]:
         G = torch.bmm(X, X.transpose(1, 2)).transpose(0, 1).reshape(C, B * C).contiguous()
         for mode in ("fwd", "fwd+bwd"):
             # The route "auto" takes for this mode (the backward counts when x requires grad).
-            route = "gram" if choose_gram(H * W, C, C, D, backward=mode == "fwd+bwd") else "project"
+            bwd = mode == "fwd+bwd"
+            route = "gram" if choose_gram(H * W, C, C, D, backward=bwd,
+                                          saved=bwd and saves_projections(B, H * W, C, C, D, True)) else "project"
             size = f"{B}x{C}x{H}x{W}-D{D}-{route}"
             dom = 2 * B * D * C * C if route == "gram" else 4 * B * H * W * D * C
             flops_fwd = dom + (2 * B * H * W * C * C if route == "gram" else 0)

@@ -828,6 +828,22 @@ def smoke_random_maclaurin_pooling(ctx: Ctx) -> Iterator[Case]:
                 yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/bwd", bwd,
                            (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd, route, [True, True, True, True]),
                            expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
+                if route != "project":
+                    continue
+                # The project route that keeps W1 X, W2 Y for its backward: out, the saved projections, and the
+                # gradients from them.
+                acc = torch.float64 if dtype == torch.float64 else torch.float32
+                X64 = x.double().flatten(2)
+                Y64 = X64 if sym else y.double().flatten(2)
+                proj = torch.stack([torch.matmul(w1.double(), X64), torch.matmul(w2.double(), Y64)]).transpose(1, 2)
+                sfwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_saved")
+                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_fwd", sfwd, (xd, yd, *wd),
+                           (out.detach(), proj), tol, max(1.0, float(out.abs().max()), float(proj.abs().max())))
+                sbwd = sfwd.replace("_saved", "_saved_backward")
+                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_bwd", sbwd,
+                           (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd,
+                            proj.to(device=ctx.device, dtype=acc).contiguous(), [True, True, True, True]),
+                           expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
 
 
 def _as_tuple(v):

@@ -296,6 +296,42 @@ def test_freq_route_memory_is_bounded():
         assert peaks[impl, 64] < 2 * peaks[impl, 8] + 8 * 8 * 64 * 64 * 4 * 2, peaks  # grows only by the input
 
 
+@pytest.mark.parametrize("route", ["gram", "freq"])
+def test_triton_bin_lists_cached_and_invalidated(route):
+    """The Triton path builds its CSR bin lists once per (h, s) tensors: reused by the next call (and the module's
+    next forward), rebuilt after an in-place change of a hash or sign, for a new tensor, and after .to()."""
+    if "triton" not in vkernels.available_impls(OP, "cpu"):
+        pytest.skip("no Triton (interpreter) here")
+    tk = importlib.import_module("vkernels.triton.compact_bilinear_pooling")
+    x, y, h1, s1, h2, s2 = make(2, 5, 4, 2, 3, 11, torch.float64, "cpu")
+
+    def run():
+        n = tk.csr_builds
+        out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 11, impl="triton", route=route)
+        torch.testing.assert_close(out, reference(x, y, h1, s1, h2, s2, 11))
+        return tk.csr_builds - n
+
+    run()
+    assert run() == 0  # same tensors, unchanged: cached
+    h1[0] = (h1[0] + 3) % 11  # in place: the version counter moves
+    assert run() > 0 and run() == 0
+    s2.mul_(-1)
+    assert run() > 0
+    h2 = h2.clone()  # a new tensor with equal values: not trusted to be the same
+    assert run() > 0 and run() == 0
+    m = vkernels.nn.CompactBilinearPooling(5, 4, 11, seed=0, route=route, impl="triton").double()
+    n = tk.csr_builds
+    m(x, y)
+    m(x, y)
+    assert tk.csr_builds - n == (1 if route == "gram" else 2)  # gram: one pair list; freq: one list per sketch
+    m.to("cpu", torch.float64)
+    m.h1.copy_(torch.arange(5) % 11)  # what load_state_dict does
+    n = tk.csr_builds
+    got = m(x, y)
+    assert tk.csr_builds - n == 1
+    torch.testing.assert_close(got, reference(x, y, m.h1, m.s1, m.h2, m.s2, 11))
+
+
 def test_triton_freq_chunk_is_bounded():
     from vkernels.triton import compact_bilinear_pooling as tk
     for B, D, HW in ((32, 8192, 784), (32, 16000, 784), (1, 7, 10 ** 6), (4, 1 << 26, 5)):

@@ -13,17 +13,24 @@ from _common import check_close, impl_params, randn
 
 OP = "random_maclaurin_pooling"
 IMPLS = impl_params(OP)
-ROUTES = ["gram", "project"]
+# "project" recomputes the projections in the backward (save_projections=False); "saved" keeps them from the forward
+# (the random_maclaurin_pooling_saved ops).
+ROUTES = ["gram", "project", "saved"]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def rmp(x, y, w1, w2, route, impl="auto"):
+    return vkernels.random_maclaurin_pooling(x, y, w1, w2, route="project" if route == "saved" else route, impl=impl,
+                                             save_projections=route == "saved")
 
 
 def rademacher(d, c, dtype=torch.float32, device="cpu"):
     return (2 * torch.randint(0, 2, (d, c)) - 1).to(dtype=dtype, device=device)
 
 
-def _ops(impl):
+def _ops(impl, kind=""):
     sfx = "_triton" if impl == "triton" else ""
-    return getattr(torch.ops.vkernels, OP + sfx), getattr(torch.ops.vkernels, OP + "_backward" + sfx)
+    return getattr(torch.ops.vkernels, OP + kind + sfx), getattr(torch.ops.vkernels, OP + kind + "_backward" + sfx)
 
 
 def run_case(device, impl, route, dtype, B, C1, C2, H, W, D, layout="contiguous", same=False, wdtype=torch.float32):
@@ -40,7 +47,7 @@ def run_case(device, impl, route, dtype, B, C1, C2, H, W, D, layout="contiguous"
     leaves = [t.detach().clone().requires_grad_() for t in (x, w1, w2)]
     xl, w1l, w2l = leaves
     yl = xl if same else y.detach().clone().requires_grad_()
-    out = vkernels.random_maclaurin_pooling(xl, yl, w1l, w2l, route=route, impl=impl)
+    out = rmp(xl, yl, w1l, w2l, route, impl)
     assert out.shape == (B, D) and out.dtype == dtype and out.device.type == device
     g = torch.randn(B, D, dtype=torch.float64)
     wrt = [xl, w1l, w2l] + ([] if same else [yl])
@@ -102,8 +109,26 @@ def test_routes_agree_and_tiles(device, impl):
     w1, w2 = rademacher(300, 40, torch.float64, device), rademacher(300, 35, torch.float64, device)
     want = definition(x.cpu(), y.cpu(), w1.cpu(), w2.cpu())
     for route in ROUTES:
-        torch.testing.assert_close(vkernels.random_maclaurin_pooling(x, y, w1, w2, route=route, impl=impl).cpu(),
-                                   want, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(rmp(x, y, w1, w2, route, impl).cpu(), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("same", [False, True], ids=["xy", "y_is_x"])
+def test_saved_backward_tiles_and_masks(same):
+    """The CPU saved-projection backward past one D tile (B HW = 1800 -> 256-row tiles, D = 600: 3 tiles, the last
+    ragged), for every gradient subset, against the recomputing project backward (fp64)."""
+    x = randn((2, 3, 30, 30), torch.float64, "cpu")
+    y = x if same else randn((2, 4, 30, 30), torch.float64, "cpu")
+    w1, w2 = randn((600, 3), torch.float64, "cpu"), randn((600, y.shape[1]), torch.float64, "cpu")
+    yy = None if same else y
+    out, proj = torch.ops.vkernels.random_maclaurin_pooling_saved(x, yy, w1, w2)
+    torch.testing.assert_close(out, definition(x, y, w1, w2))
+    g = randn((2, 600), torch.float64, "cpu")
+    for mask in ([True, True, True, True], [True, False, False, False], [False, True, False, True],
+                 [False, False, True, False]):
+        got = torch.ops.vkernels.random_maclaurin_pooling_saved_backward(g, x, yy, w1, w2, proj, mask)
+        want = torch.ops.vkernels.random_maclaurin_pooling_backward(g, x, yy, w1, w2, "project", mask)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_not_sum_pooled():
@@ -124,19 +149,57 @@ def test_route_choice():
     # Between HW ~ C / 3 and C / 2 the forward alone prefers the projections, forward+backward the Gram matrix.
     assert not choose_gram(200, 512, 512, 4096) and choose_gram(200, 512, 512, 4096, backward=True)
     assert not choose_gram(100, 512, 512, 4096, backward=True)
+    # With the projections saved, the backward costs the project route as much as the forward: the forward's rule.
+    assert not choose_gram(200, 512, 512, 4096, backward=True, saved=True)
+    assert choose_gram(28 * 28, 512, 512, 8192, backward=True, saved=True)  # the C=512 28x28 cases stay on gram
+    assert not choose_gram(14 * 14, 2048, 2048, 8192, backward=True, saved=True)
+
+
+def test_save_projections_cap():
+    import sys
+    mod = sys.modules["vkernels.ops.random_maclaurin_pooling"]
+    # The issue's project-route size: P1, P2 are 2.2x the inputs -> saved; at B = 128 they are not.
+    assert mod.saves_projections(32, 196, 2048, 2048, 8192, y_is_x=True)
+    assert not mod.saves_projections(128, 196, 2048, 2048, 8192, y_is_x=True)
+    B, HW, C, D = 3, 4, 5, 7
+    inputs = B * HW * C + 2 * D * C
+    assert mod.saves_projections(B, HW, C, C, D, True) == (2 * B * D * HW <= mod.SAVE_FACTOR * inputs)
+
+
+def test_auto_saves_projections_when_a_gradient_is_taken(monkeypatch):
+    import sys
+    mod = sys.modules["vkernels.ops.random_maclaurin_pooling"]
+    calls = []
+    for name in ("random_maclaurin_pooling", "random_maclaurin_pooling_saved"):
+        real = getattr(torch.ops.vkernels, name)
+        monkeypatch.setattr(torch.ops.vkernels, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a),
+                            raising=False)
+    x, w1, w2 = torch.randn(2, 16, 2, 2), rademacher(64, 16), rademacher(64, 16)  # HW << C: the project route
+    vkernels.random_maclaurin_pooling(x, x, w1, w2)
+    xg = x.clone().requires_grad_()
+    out = vkernels.random_maclaurin_pooling(xg, xg, w1, w2)
+    vkernels.random_maclaurin_pooling(xg, xg, w1, w2, save_projections=False)
+    monkeypatch.setattr(mod, "SAVE_FACTOR", 0)  # over the cap: recompute in the backward
+    vkernels.random_maclaurin_pooling(xg, xg, w1, w2)
+    assert calls == ["random_maclaurin_pooling", "random_maclaurin_pooling_saved", "random_maclaurin_pooling",
+                     "random_maclaurin_pooling"]
+    out.sum().backward()  # through the saved projections
+    xr = x.clone().requires_grad_()
+    definition(xr, xr, w1, w2).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_auto_route_follows_requires_grad(monkeypatch):
     import sys
     mod = sys.modules["vkernels.ops.random_maclaurin_pooling"]  # the package attribute of that name is the function
     seen = []
-    monkeypatch.setattr(mod, "choose_gram", lambda *a: seen.append(a[4:]) or True)
+    monkeypatch.setattr(mod, "choose_gram", lambda *a, saved: seen.append((*a[4:], saved)) or True)
     x, w = torch.randn(1, 3, 2, 2), torch.randn(4, 3)
     vkernels.random_maclaurin_pooling(x, x, w, w)
     vkernels.random_maclaurin_pooling(x.requires_grad_(), x, w, w)
     with torch.no_grad():
         vkernels.random_maclaurin_pooling(x, x, w, w)
-    assert seen == [(False,), (True,), (False,)]
+    assert seen == [(False, False), (True, True), (False, False)]
 
 
 def test_unbiased_over_projection_draws():
@@ -149,7 +212,7 @@ def test_unbiased_over_projection_draws():
     w1, w2 = (2 * torch.randint(0, 2, (2, N, D, C)) - 1).double()
     est = torch.empty(N, dtype=torch.float64)
     for n in range(N):
-        out = vkernels.random_maclaurin_pooling(x, y, w1[n], w2[n], route=ROUTES[n % 2])
+        out = vkernels.random_maclaurin_pooling(x, y, w1[n], w2[n], route=ROUTES[n % 2])  # no grad: not saved
         est[n] = out[0] @ out[1]
     exact = float((a @ c) * (b @ e))
     se = float(est.std()) / math.sqrt(N)
@@ -162,10 +225,9 @@ def test_gradcheck(device, impl, route):
     x, y = randn((2, 4, 2, 3), torch.float64, device), randn((2, 3, 2, 3), torch.float64, device)
     w1, w2 = randn((5, 4), torch.float64, device), randn((5, 3), torch.float64, device)
     args = [t.clone().requires_grad_() for t in (x, y, w1, w2)]
-    f = vkernels.random_maclaurin_pooling
-    torch.autograd.gradcheck(lambda a, b, u, v: f(a, b, u, v, route=route, impl=impl), args)
+    torch.autograd.gradcheck(lambda a, b, u, v: rmp(a, b, u, v, route, impl), args)
     xs, u = x.clone().requires_grad_(), w1.clone().requires_grad_()
-    torch.autograd.gradcheck(lambda a, u: f(a, a, u, u.flip(0), route=route, impl=impl), [xs, u])
+    torch.autograd.gradcheck(lambda a, u: rmp(a, a, u, u.flip(0), route, impl), [xs, u])
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -173,7 +235,7 @@ def test_opcheck(device, impl):
     fwd, bwd = _ops(impl)
     x, y = randn((2, 4, 3, 2), torch.float32, device), randn((2, 5, 3, 2), torch.float32, device)
     w1, w2 = randn((6, 4), torch.float32, device), randn((6, 5), torch.float32, device)
-    combos = [(r, yy, ww2) for r in ROUTES for yy, ww2 in ((y, w2), (None, w1.flip(0)))]
+    combos = [(r, yy, ww2) for r in ("gram", "project") for yy, ww2 in ((y, w2), (None, w1.flip(0)))]
     if impl == "triton":  # the interpreter makes each opcheck ~10 s: one route per y-configuration
         combos = combos[::3]
     masks = ([True, True, True, True], [True, False, False, True])
@@ -184,6 +246,13 @@ def test_opcheck(device, impl):
         g = torch.randn(2, 6, device=device)
         for mask in masks[:1] if impl == "triton" else masks:
             torch.library.opcheck(bwd.default, (g, x, yy, w1, ww2, route, mask))
+    sfwd, sbwd = _ops(impl, "_saved")
+    for yy, ww2 in ((y, w2), (None, w1.flip(0))):
+        args = [t.clone().requires_grad_() for t in (x, w1, ww2)]
+        torch.library.opcheck(sfwd.default, (args[0], None if yy is None else yy.clone().requires_grad_(), *args[1:]))
+        _, proj = sfwd(x, yy, w1, ww2)
+        for mask in masks[:1] if impl == "triton" else masks:
+            torch.library.opcheck(sbwd.default, (torch.randn(2, 6, device=device), x, yy, w1, ww2, proj, mask))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -194,8 +263,10 @@ def test_torch_compile_fullgraph(device, impl):
 
     def f(x, y, w1):
         a = vkernels.random_maclaurin_pooling(x * 2, y, w1, w2, route="gram", impl=impl)
-        b = vkernels.random_maclaurin_pooling(x, x, w1, w1.flip(1), route="project", impl=impl)
-        return a.square().sum(1) + b.sum(1)
+        b = vkernels.random_maclaurin_pooling(x, x, w1, w1.flip(1), route="project", impl=impl,
+                                              save_projections=False)
+        c = vkernels.random_maclaurin_pooling(x, y * 3, w1, w2, route="project", impl=impl, save_projections=True)
+        return a.square().sum(1) + b.sum(1) + c.sin().sum(1)
 
     ins = [t.clone().requires_grad_() for t in (x, y, w1)]
     ref_ins = [t.clone().requires_grad_() for t in (x, y, w1)]
@@ -245,6 +316,14 @@ def test_bad_input_names_the_argument():
     with pytest.raises(RuntimeError, match=r"grad_out must have shape \[2, 7\]"):
         torch.ops.vkernels.random_maclaurin_pooling_backward(torch.randn(2, 6), x, y, w1, w2, "gram",
                                                              [True, True, True, True])
+    sbwd = torch.ops.vkernels.random_maclaurin_pooling_saved_backward
+    _, proj = torch.ops.vkernels.random_maclaurin_pooling_saved(x, y, w1, w2)
+    assert proj.shape == (2, 7, 2, 9) and proj.dtype == torch.float32
+    for args, msg in [((torch.randn(2, 6), x, y, w1, w2, proj), r"grad_out must have shape \[2, 7\]"),
+                      ((torch.randn(2, 7), x, y, w1, w2, proj[:, :, :1]), r"proj must have shape \[2, 7, 2, 9\]"),
+                      ((torch.randn(2, 7), x, y, w1, w2, proj.double()), "proj must be Float")]:
+        with pytest.raises(RuntimeError, match=msg):
+            sbwd(*args, [True, True, True, True])
 
 
 def test_module():
@@ -255,5 +334,12 @@ def test_module():
     torch.testing.assert_close(m(x, y), definition(x, y, m.w1, m.w2))
     mx = vkernels.nn.RandomMaclaurinPooling(5, 5, 13, seed=1)
     torch.testing.assert_close(mx(x), definition(x, x, mx.w1, mx.w2))
+    # save_projections reaches the function: both backward forms give the definition's gradient.
+    for save in (True, False):
+        ms = vkernels.nn.RandomMaclaurinPooling(5, 5, 13, seed=1, route="project", save_projections=save)
+        xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ms(xs).sum().backward()
+        definition(xr, xr, ms.w1, ms.w2).sum().backward()
+        torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="output_dim must be"):
         vkernels.nn.RandomMaclaurinPooling(5, 4, 0)

@@ -61,6 +61,19 @@ void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& y, cons
   check_hash(op, h2, "h2", s2, "s2", y.size(1), output_dim, x);
 }
 
+int64_t check_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& y,
+                              const at::Tensor& h1, const at::Tensor& s1, const at::Tensor& h2,
+                              const at::Tensor& s2) {
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == x.size(0), op, ": grad_out must have shape [", x.size(0),
+              ", output_dim], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(), " but x is on ",
+              x.device());
+  TORCH_CHECK(grad_out.is_floating_point(), op, ": grad_out must be a float tensor, got ", grad_out.scalar_type());
+  const int64_t D = grad_out.size(1);
+  check_inputs(op, x, y, h1, s1, h2, s2, D);
+  return D;
+}
+
 TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // x: (B, C1, H, W), y: (B, C2, H, W) (any strides, e.g. channels_last); -> (B, output_dim) in x's dtype,
   // accumulated in fp32 (fp64 for fp64). Deterministic: every output element is one ordered sum.

@@ -10,4 +10,10 @@ namespace vkernels::compact_bilinear_pooling {
 void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& y, const at::Tensor& h1,
                   const at::Tensor& s1, const at::Tensor& h2, const at::Tensor& s2, int64_t output_dim);
 
+// The backward ops' checks (Gram and frequency routes alike): grad_out (B, D) float on x's device, then
+// check_inputs with D = grad_out.size(1). Returns D.
+int64_t check_backward_inputs(const char* op, const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& y,
+                              const at::Tensor& h1, const at::Tensor& s1, const at::Tensor& h2,
+                              const at::Tensor& s2);
+
 }  // namespace vkernels::compact_bilinear_pooling

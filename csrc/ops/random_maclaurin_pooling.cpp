@@ -55,6 +55,26 @@ Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at
   return p;
 }
 
+void check_grad_out(const char* op, const Problem& p, const at::Tensor& grad_out) {
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == p.B && grad_out.size(1) == p.D, op,
+              ": grad_out must have shape [", p.B, ", ", p.D, "], got ", grad_out.sizes());
+  TORCH_CHECK(is_float(grad_out.scalar_type()), op, ": grad_out must be a float tensor, got ",
+              grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == p.x.device(), op, ": grad_out is on ", grad_out.device(), " but x is on ",
+              p.x.device());
+}
+
+void check_proj(const char* op, const Problem& p, const at::Tensor& proj) {
+  const auto acc = p.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(proj.dim() == 4 && proj.size(0) == 2 && proj.size(1) == p.D && proj.size(2) == p.B &&
+                  proj.size(3) == p.M,
+              op, ": proj must have shape [2, ", p.D, ", ", p.B, ", ", p.M, "] (random_maclaurin_pooling_saved's ",
+              "second output), got ", proj.sizes());
+  TORCH_CHECK(proj.scalar_type() == acc, op, ": proj must be ", acc, " (the accumulation dtype of x's ",
+              p.x.scalar_type(), "), got ", proj.scalar_type());
+  TORCH_CHECK(proj.device() == p.x.device(), op, ": proj is on ", proj.device(), " but x is on ", p.x.device());
+}
+
 TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // out: (B, D) in x's dtype, sum-pooled. y None: y = x. route: "gram" | "project" (the Python wrapper resolves
   // "auto"); both compute the same sum in fp32 (fp64 for fp64 inputs), only the order of the sums differs.
@@ -63,6 +83,12 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // None: x's gradient then holds both terms). Every route's backward goes through dG_b = W1^T diag(g_b) W2 / sqrt(D).
   m.def("random_maclaurin_pooling_backward(Tensor grad_out, Tensor x, Tensor? y, Tensor w1, Tensor w2, str route, "
         "bool[4] output_mask) -> (Tensor grad_x, Tensor grad_y, Tensor grad_w1, Tensor grad_w2)");
+  // The project route that keeps its projections for the backward: out as above, and proj = (2, D, B, HW) in the
+  // accumulation dtype (fp32; fp64 for fp64 inputs), proj[0] = W1 X, proj[1] = W2 Y (images side by side).
+  // The backward then needs no recomputation: 4 GEMMs for all of x, y, w1, w2 instead of 6.
+  m.def("random_maclaurin_pooling_saved(Tensor x, Tensor? y, Tensor w1, Tensor w2) -> (Tensor out, Tensor proj)");
+  m.def("random_maclaurin_pooling_saved_backward(Tensor grad_out, Tensor x, Tensor? y, Tensor w1, Tensor w2, "
+        "Tensor proj, bool[4] output_mask) -> (Tensor grad_x, Tensor grad_y, Tensor grad_w1, Tensor grad_w2)");
 }
 
 }  // namespace vkernels::random_maclaurin_pooling

@@ -19,4 +19,9 @@ struct Problem {
 Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w1,
                      const at::Tensor& w2, const std::string& route);
 
+// grad_out: (B, D) floating point on x's device.
+void check_grad_out(const char* op, const Problem& p, const at::Tensor& grad_out);
+// proj (random_maclaurin_pooling_saved's second output): (2, D, B, HW) in the accumulation dtype, on x's device.
+void check_proj(const char* op, const Problem& p, const at::Tensor& proj);
+
 }  // namespace vkernels::random_maclaurin_pooling

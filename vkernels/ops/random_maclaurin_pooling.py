@@ -23,7 +23,8 @@ _ROUTES = ("auto", "gram", "project")
 
 
 def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                             sum_pool: bool = True, route: str = "auto", *, impl: str = "auto") -> torch.Tensor:
+                             sum_pool: bool = True, route: str = "auto", *, impl: str = "auto",
+                             save_projections: bool | None = None) -> torch.Tensor:
     r"""out[b, d] = (1 / sqrt(D)) sum_l (w1_d . x_l)(w2_d . y_l): degree-2 Random Maclaurin features of x_l (x) y_l.
 
     With Rademacher (+1/-1) rows w1_d, w2_d, <phi(a, b), phi(c, e)> is an unbiased estimate of <a, c><b, e> (the
@@ -35,8 +36,11 @@ def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor,
       "auto":    the cheaper by FLOPs, counting the backward when an input requires grad (choose_gram; the
                  crossovers were measured on CPU where the FLOP counts put them: HW ~ C / 2 forward, ~ C / 3
                  forward+backward for D >> C).
-    Neither kernel stores the D x C2 or D x HW products for more than one tile of rows at a time. The backward uses
-    the same route (gram: through dG_b = W1^T diag(g_b) W2 / sqrt(D); project: through the projections).
+    Without a gradient to take, neither kernel stores the D x C2 or D x HW products for more than one tile of rows
+    at a time. The backward uses the same route (gram: through dG_b = W1^T diag(g_b) W2 / sqrt(D); project: through
+    the projections). When a gradient will be taken on the project route, the forward keeps P1 = W1 X and
+    P2 = W2 Y (2 B D HW elements in fp32, fp64 for fp64) for the backward, which then costs 2 GEMMs for x (4 for
+    x, y, w1, w2) instead of recomputing P1 and P2 in tiles (6): see `saves_projections` for the memory cap.
     sum_pool=False is composite torch ops (two GEMMs and a product): its (B, D, H, W) output is the dominant cost.
 
     Args:
@@ -46,6 +50,9 @@ def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor,
         sum_pool: sum over locations -> (B, D); else (B, D, H, W).
         route: "auto" | "gram" | "project".
         impl: "auto" | "cpu" | "triton" | "reference" (see `vkernels.available_impls`).
+        save_projections: project route with a gradient: keep P1, P2 for the backward (True), recompute them in
+            tiles (False), or None: keep them when they fit the cap of `saves_projections` (SAVE_FACTOR x the
+            inputs' elements).
 
     Returns: x's dtype, accumulated in fp32 (fp64 for fp64). Differentiable w.r.t. x, y, w1 and w2 (once: the
     backward ops have no derivative of their own).
@@ -57,20 +64,42 @@ def random_maclaurin_pooling(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor,
     if impl == "reference":
         return _reference(x, y, w1, w2)
     C1, HW = x.shape[1], x.shape[2] * x.shape[3]
+    B, C2, D = x.shape[0], y.shape[1], w1.shape[0]
+    # Whether a gradient will be taken (static under torch.compile): it decides the route and what is saved.
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, w1, w2))
+    save = grad and (saves_projections(B, HW, C1, C2, D, y is x) if save_projections is None
+                     else bool(save_projections))
     if route == "auto":
-        # The backward's share decides the route when a gradient will be taken (static under torch.compile).
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, y, w1, w2))
-        route = "gram" if choose_gram(HW, C1, y.shape[1], w1.shape[0], grad) else "project"
-    op = torch.ops.vkernels.random_maclaurin_pooling_triton if impl == "triton" else \
-        torch.ops.vkernels.random_maclaurin_pooling
+        route = "gram" if choose_gram(HW, C1, C2, D, grad, saved=save) else "project"
+    sfx = "_triton" if impl == "triton" else ""
     # y is x: pass None so the kernels convert x once and the backward returns one summed gradient.
-    return op(x, None if y is x else y, w1, w2, route)
+    yy = None if y is x else y
+    if route == "project" and save:
+        return getattr(torch.ops.vkernels, f"{_NAME}_saved{sfx}")(x, yy, w1, w2)[0]
+    return getattr(torch.ops.vkernels, f"{_NAME}{sfx}")(x, yy, w1, w2, route)
 
 
-def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False) -> bool:
+# The project route keeps its projections for the backward while they hold at most SAVE_FACTOR times the elements
+# of its inputs (x, y unless y is x, w1, w2). The backward allocates gradients of the inputs' size anyway and
+# autograd of the plain formulation keeps the same P1, P2 with no cap, so this bounds the saved memory by a small
+# multiple of what the call needs regardless. At the issue's project-route size (B = 32, C = 2048, 14 x 14,
+# D = 8192) the projections are 2.2 x the inputs (411 MB); the cap turns saving off only for large B (about
+# B > 80 there), where the tiles recompute them (peak: one tile per thread).
+SAVE_FACTOR = 4
+
+
+def saves_projections(B: int, HW: int, C1: int, C2: int, D: int, y_is_x: bool = False) -> bool:
+    """Whether "auto" keeps P1 = W1 X, P2 = W2 Y (2 B D HW elements) for the backward: within SAVE_FACTOR x the
+    inputs' elements."""
+    inputs = B * HW * (C1 + (0 if y_is_x else C2)) + D * (C1 + C2)
+    return 2 * B * D * HW <= SAVE_FACTOR * inputs
+
+
+def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False, saved: bool = False) -> bool:
     """Whether the Gram route is the faster one, by FLOP count: forward only, gram 2 C1 C2 (HW + D) vs project
     2 HW D (C1 + C2); with the backward (y is x, dx only), gram 4 C1 C2 (HW + D) vs project 6 HW D (C1 + C2) (the
-    projections are recomputed and each needs a GEMM back).
+    projections are recomputed and each needs a GEMM back), or 4 HW D (C1 + C2) when the forward saved them
+    (saved=True): then the comparison is the forward's.
 
     Measured on this project's 2-core CPU (shared/noisy, B = 4, D = 4096, y is x, medians of 5 interleaved runs):
     forward, project/gram time = 0.49 / 1.00 / 1.31 at C = 512, HW = 144 / 256 / 400 (FLOP crossover HW = 273) and
@@ -78,7 +107,7 @@ def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False) -> bo
     (FLOPs: 186) and 0.73 / 1.48 at C = 256, HW = 64 / 144 (FLOPs: 93). Both kernels run their GEMMs at the same
     speed, so the FLOP counts place the crossovers where they were measured; no fudge factor is needed.
     """
-    if backward:
+    if backward and not saved:
         return 2 * C1 * C2 * (HW + D) < 3 * HW * D * (C1 + C2)
     return (HW + D) * C1 * C2 < HW * D * (C1 + C2)
 
@@ -156,6 +185,42 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
+def _register_saved(fwd: str, bwd: str) -> None:
+    bwd_op = getattr(torch.ops.vkernels, bwd).default
+
+    @torch.library.register_fake(f"vkernels::{fwd}")
+    def _fake_fwd(x, y, w1, w2):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        B, D = x.shape[0], w1.shape[0]
+        return x.new_empty((B, D)), x.new_empty((2, D, B, x.shape[2] * x.shape[3]), dtype=acc)
+
+    @torch.library.register_fake(f"vkernels::{bwd}")
+    def _fake_bwd(grad_out, x, y, w1, w2, proj, output_mask):
+        def grad(t, need):
+            return t.new_empty(t.shape) if need else t.new_empty((0,))
+        return (grad(x, output_mask[0]), grad(x if y is None else y, output_mask[1] and y is not None),
+                grad(w1, output_mask[2]), grad(w2, output_mask[3]))
+
+    def setup(ctx, inputs, output):
+        x, y, w1, w2 = inputs
+        ctx.has_y = y is not None
+        ctx.mark_non_differentiable(output[1])  # proj is for the backward only
+        ctx.set_materialize_grads(False)  # so no zero gradient of proj's size is ever allocated
+        ctx.save_for_backward(x, y, w1, w2, output[1])
+
+    def backward(ctx, g_out, _g_proj):
+        x, y, w1, w2, proj = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [bool(need[0]), bool(ctx.has_y and need[1]), bool(need[2]), bool(need[3])]
+        if g_out is None or not any(mask):
+            return None, None, None, None
+        gx, gy, gw1, gw2 = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, w1, w2, proj, mask)
+        return (gx if mask[0] else None, gy if mask[1] else None, gw1 if mask[2] else None,
+                gw2 if mask[3] else None)
+
+    torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
+
+
 def _define_triton() -> None:
     def fwd(x, y, w1, w2, route):
         from vkernels.triton import random_maclaurin_pooling as tk
@@ -165,12 +230,24 @@ def _define_triton() -> None:
         from vkernels.triton import random_maclaurin_pooling as tk
         return tk.backward(grad_out, x, y, w1, w2, route, output_mask)
 
+    def fwd_saved(x, y, w1, w2):
+        from vkernels.triton import random_maclaurin_pooling as tk
+        return tk.forward_saved(x, y, w1, w2)
+
+    def bwd_saved(grad_out, x, y, w1, w2, proj, output_mask):
+        from vkernels.triton import random_maclaurin_pooling as tk
+        return tk.backward_saved(grad_out, x, y, w1, w2, proj, output_mask)
+
     _backend.define_triton_variant(_NAME, fwd)
     _backend.define_triton_variant(f"{_NAME}_backward", bwd)
+    _backend.define_triton_variant(f"{_NAME}_saved", fwd_saved)
+    _backend.define_triton_variant(f"{_NAME}_saved_backward", bwd_saved)
 
 
 if _backend.has_op(_NAME):
     _register(_NAME, f"{_NAME}_backward")
+    _register_saved(f"{_NAME}_saved", f"{_NAME}_saved_backward")
     if _backend.HAS_TRITON:
         _define_triton()
         _register(f"{_NAME}_triton", f"{_NAME}_backward_triton")
+        _register_saved(f"{_NAME}_saved_triton", f"{_NAME}_saved_backward_triton")

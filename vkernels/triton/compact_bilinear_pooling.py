@@ -3,11 +3,14 @@ scatter and gather in Triton. Deterministic: no atomics anywhere.
 
 Forward: G = X Y^T (B, C1, C2) in fp32, then `_scatter_kernel`: every output bin d is owned by one lane, which adds
 its pairs (i, j) with (h1[i] + h2[j]) mod D = d in a fixed order. The pairs come bin-sorted (CSR: a stable argsort of
-the C1 C2 pair bins, offsets by bincount), built per call from h1, h2 and D (O(C1 C2 log) on the GPU, small next to
-the GEMM). Bytes per image: G read once (4 C1 C2) + the pair list (8 C1 C2, L2-resident across images); FLOPs
+the C1 C2 pair bins, offsets by bincount), built from h1, h2 and D (O(C1 C2 log) on the GPU) and cached (see
+`_csr_cache`: reused while the same h/s tensors are unchanged, rebuilt when they are modified, replaced or moved). Bytes per image: G read once (4 C1 C2) + the pair list (8 C1 C2, L2-resident across images); FLOPs
 2 C1 C2. Backward: `_gather_kernel` writes dG[b, i, j] = s1[i] s2[j] grad_out[b, (h1[i] + h2[j]) mod D] (4 C1 C2
 bytes written per image, D read), then dX = dG Y and dY = dG^T X by torch.bmm.
 """
+import weakref
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
@@ -66,6 +69,49 @@ def gram(x, y):
     return torch.bmm(X.to(acc), Y.to(acc).transpose(1, 2))
 
 
+# The bin lists (CSR) of the last few (h, s) tensors: a module's hash buffers are the same tensors call after call, so
+# the argsort / bincount / sign gathers are done once. Keyed by each tensor's identity, storage pointer, version
+# counter (bumped by every in-place write: h.copy_(...), h[i] = ..., load_state_dict), device, dtype, shape and
+# strides; an entry also holds weak references to its tensors and is used only while they are alive and the same
+# objects (a new tensor that reuses a freed one's id and storage does not hit a stale entry).
+_CSR_CACHE_SIZE = 16
+_csr_cache: OrderedDict = OrderedDict()
+csr_builds = 0  # how many bin lists were built (tests read it)
+
+
+def _tensor_key(t):
+    return (id(t), t.data_ptr(), t._version, str(t.device), t.dtype, tuple(t.shape), t.stride())
+
+
+def _cached(kind, tensors, extra, build):
+    global csr_builds
+    key = (kind, *(_tensor_key(t) for t in tensors), *extra)
+    hit = _csr_cache.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)):
+        _csr_cache.move_to_end(key)
+        return hit[1]
+    csr_builds += 1
+    value = build()
+    try:
+        refs = [weakref.ref(t) for t in tensors]
+    except TypeError:  # not weak-referenceable: build every call
+        return value
+    _csr_cache[key] = (refs, value)
+    while len(_csr_cache) > _CSR_CACHE_SIZE:
+        _csr_cache.popitem(last=False)
+    return value
+
+
+def pair_lists(h1, s1, h2, s2, output_dim, acc):
+    """The forward's scatter lists, cached: flat pair indices sorted by bin (int32), their signs s1[i] s2[j] in that
+    order (acc dtype) and the bin offsets (D + 1,) int32."""
+    def build():
+        order, off = pair_csr(h1, h2, output_dim, acc)
+        coef = (s1.to(acc)[:, None] * s2.to(acc)[None, :]).reshape(-1)[order].contiguous()
+        return order.to(torch.int32).contiguous(), coef, off
+    return _cached("pair", (h1, s1, h2, s2), (output_dim, acc), build)
+
+
 def pair_csr(h1, h2, output_dim, dtype):
     """Pairs (i, j) sorted by output bin: flat indices i * C2 + j (int32, row-major inside a bin), their signs
     s1[i] s2[j] are applied by the caller through `coef`; offsets (D + 1,) int32."""
@@ -84,9 +130,7 @@ def forward(x, y, h1, s1, h2, s2, output_dim):
     if B == 0 or C1 == 0 or C2 == 0:
         return out.to(x.dtype)
     G = gram(x, y).contiguous()
-    order, off = pair_csr(h1, h2, output_dim, acc)
-    coef = (s1.to(acc)[:, None] * s2.to(acc)[None, :]).reshape(-1)[order].contiguous()
-    idx = order.to(torch.int32).contiguous()
+    idx, coef, off = pair_lists(h1, s1, h2, s2, output_dim, acc)
     grid = (triton.cdiv(output_dim, BLOCK_D), B)
     _scatter_kernel[grid](G, idx, coef, off, out, C1 * C2, output_dim, BLOCK=BLOCK_D)
     return out.to(x.dtype)
@@ -172,7 +216,12 @@ def _spec_mac_kernel(f1_ptr, f2_ptr, spec_ptr, L, K, BLOCK: tl.constexpr):
 
 
 def channel_csr(h, s, output_dim, acc):
-    """Channels sorted by bin (stable: increasing channel order inside a bin), their signs, offsets (D + 1,)."""
+    """Channels sorted by bin (stable: increasing channel order inside a bin), their signs, offsets (D + 1,);
+    cached like the pair lists."""
+    return _cached("channel", (h, s), (output_dim, acc), lambda: _channel_csr(h, s, output_dim, acc))
+
+
+def _channel_csr(h, s, output_dim, acc):
     order = torch.argsort(h, stable=True)
     counts = torch.bincount(h, minlength=output_dim)
     off = torch.zeros(output_dim + 1, dtype=torch.int64, device=h.device)

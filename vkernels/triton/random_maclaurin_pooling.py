@@ -11,6 +11,8 @@ Forward (s = 1 / sqrt(D)), grid (B, D / BD):
 Backward (g = dL/dout), both routes through dG_b = s W1^T diag(g_b) W2 (grid (B, C1 / BM, C2 / BN), K loop over D,
 the rows of W2 scaled by s g in registers); then cuBLAS dX = dG Y, dY = dG^T X. The project form of the backward
 (W1^T (s g . W2 Y_b)) is not written in Triton: it only saves FLOPs when HW is far below C (see the CPU kernel).
+With a gradient to take, the project route's forward instead stores its tiles of W1 X_b, W2 Y_b (forward_saved) and
+the backward is cuBLAS GEMMs from them (backward_saved): 4 GEMMs for x, y, w1, w2 instead of recomputing.
 dW1 = s sum_b diag(g_b) W2 G_b^T, dW2 = s sum_b diag(g_b) W1 G_b: grid (D / BD, C / BN), the image loop inside the
 program (every element written by one program: deterministic, no atomics).
 
@@ -69,9 +71,10 @@ def _proj_tile(w_ptr, x_ptr, b, d, dm, l, lm, C, sxb, sxc, sxl, acc,
 
 
 @triton.jit
-def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, D, C1, C2, M, scale,
+def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, proj_ptr, B, D, C1, C2, M, scale,
                      sxb, sxc, sxl, syb, syc, syl,
-                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SAVE: tl.constexpr):
+    # SAVE: also store the projection tiles into proj (2, D, B, M) for the backward (random_maclaurin_pooling_saved).
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BD + tl.arange(0, BD)
     dm = d < D
@@ -82,6 +85,11 @@ def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, D, C1, C2, M, scale,
         lm = l < M
         p1 = _proj_tile(w1_ptr, x_ptr, b, d, dm, l, lm, C1, sxb, sxc, sxl, tl.zeros([BD, BN], dtype=acc_t), BK)
         p2 = _proj_tile(w2_ptr, y_ptr, b, d, dm, l, lm, C2, syb, syc, syl, tl.zeros([BD, BN], dtype=acc_t), BK)
+        if SAVE:
+            off = (d.to(tl.int64)[:, None] * B + b) * M + l[None, :]
+            pm = dm[:, None] & lm[None, :]
+            tl.store(proj_ptr + off, p1, mask=pm)
+            tl.store(proj_ptr + D * B * M + off, p2, mask=pm)
         row += tl.sum(p1 * p2, 1)
     tl.store(out_ptr + b * D + d, row * scale, mask=dm)
 
@@ -164,9 +172,70 @@ def forward(x, y, w1, w2, route):
     else:
         X = _mat(x)
         Y = X if y is None else _mat(y)
-        _proj_fwd_kernel[grid](W1, X, W2, Y, out, D, C1, C2, M, scale, *X.stride(), *Y.stride(),
-                               BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+        _proj_fwd_kernel[grid](W1, X, W2, Y, out, out, B, D, C1, C2, M, scale, *X.stride(), *Y.stride(),
+                               BD=BD, BN=BN, BK=BK, SAVE=False, num_warps=NUM_WARPS)
     return out.to(x.dtype)
+
+
+def forward_saved(x, y, w1, w2):
+    """The project route's forward that also returns proj = (2, D, B, HW): W1 X_b and W2 Y_b, stored from the same
+    tiles the product-reduction uses (one extra write of 2 B D HW elements, no extra FLOPs)."""
+    acc = _acc(x.dtype)
+    B, C1 = x.shape[:2]
+    C2 = C1 if y is None else y.shape[1]
+    M = x.shape[2] * x.shape[3]
+    D = w1.shape[0]
+    out = torch.zeros((B, D), dtype=acc, device=x.device)
+    proj = torch.empty((2, D, B, M), dtype=acc, device=x.device)
+    if B == 0:
+        return out.to(x.dtype), proj
+    W1, W2 = w1.to(acc).contiguous(), w2.to(acc).contiguous()
+    X = _mat(x)
+    Y = X if y is None else _mat(y)
+    grid = (B, triton.cdiv(D, BD))
+    _proj_fwd_kernel[grid](W1, X, W2, Y, out, proj, B, D, C1, C2, M, 1.0 / math.sqrt(D), *X.stride(), *Y.stride(),
+                           BD=BD, BN=BN, BK=BK, SAVE=True, num_warps=NUM_WARPS)
+    return out.to(x.dtype), proj
+
+
+def backward_saved(grad_out, x, y, w1, w2, proj, output_mask):
+    """Backward from the saved projections: S1 = s g . P1, S2 = s g . P2 (one elementwise pass each), then cuBLAS
+    dX = W1^T S2 (+ W2^T S1 when y is x), dY = W2^T S1, dW1 = S2 X^T, dW2 = S1 Y^T, the images side by side
+    (one GEMM each: 4 in all, against 6 when the projections are recomputed)."""
+    acc = _acc(x.dtype)
+    B, C1 = x.shape[:2]
+    sym = y is None
+    C2 = C1 if sym else y.shape[1]
+    M = x.shape[2] * x.shape[3]
+    D = w1.shape[0]
+    need_x, need_y = output_mask[0], output_mask[1] and not sym
+    empty = x.new_empty((0,))
+    gx, gy, gw1, gw2 = empty, empty, w1.new_empty((0,)), w2.new_empty((0,))
+    W1, W2 = w1.to(acc), w2.to(acc)
+    gs = grad_out.to(acc).t() * (1.0 / math.sqrt(D))  # (D, B)
+    S1 = (proj[0] * gs[:, :, None]).reshape(D, B * M)
+    S2 = (proj[1] * gs[:, :, None]).reshape(D, B * M)
+
+    def side(t):  # (B, C, H, W) -> (C, B HW)
+        return _mat(t).to(acc).transpose(0, 1).reshape(t.shape[1], B * M)
+
+    def back(dA, like):  # (C, B HW) -> like's shape
+        return dA.reshape(like.shape[1], B, M).transpose(0, 1).contiguous().view(like.shape).to(x.dtype)
+
+    Xa = side(x)
+    Ya = Xa if sym else side(y)
+    if need_x:
+        dX = W1.t() @ S2
+        if sym:
+            dX = dX + W2.t() @ S1
+        gx = back(dX, x)
+    if need_y:
+        gy = back(W2.t() @ S1, y)
+    if output_mask[2]:
+        gw1 = (S2 @ Xa.t()).to(w1.dtype)
+    if output_mask[3]:
+        gw2 = (S1 @ Ya.t()).to(w2.dtype)
+    return gx, gy, gw1, gw2
 
 
 def backward(grad_out, x, y, w1, w2, route, output_mask):

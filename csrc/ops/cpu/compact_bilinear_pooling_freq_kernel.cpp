@@ -224,13 +224,7 @@ std::tuple<at::Tensor, at::Tensor> compact_bilinear_pooling_freq_backward_cpu(
     const at::Tensor& h2, const at::Tensor& s2) {
   at::AutoDispatchBelowADInplaceOrView guard;
   const char* op = "compact_bilinear_pooling_freq_backward";
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == x.size(0), op, ": grad_out must have shape [", x.size(0),
-              ", output_dim], got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.device() == x.device(), op, ": grad_out is on ", grad_out.device(), " but x is on ",
-              x.device());
-  TORCH_CHECK(grad_out.is_floating_point(), op, ": grad_out must be a float tensor, got ", grad_out.scalar_type());
-  const int64_t D = grad_out.size(1);
-  check_inputs(op, x, y, h1, s1, h2, s2, D);
+  const int64_t D = check_backward_inputs(op, grad_out, x, y, h1, s1, h2, s2);
   if (x.scalar_type() == at::kDouble) return backward<double>(grad_out, x, y, load_hashes<double>(h1, s1, h2, s2), D);
   return backward<float>(grad_out, x, y, load_hashes<float>(h1, s1, h2, s2), D);
 }

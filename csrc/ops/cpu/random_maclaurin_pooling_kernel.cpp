@@ -263,6 +263,138 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const Proble
   return {gx, gy, gw1, gw2};
 }
 
+// ---- project route with the projections kept for the backward (random_maclaurin_pooling_saved) ----
+// Forward: P1 = W1 [X_1 .. X_B], P2 = W2 [Y_1 .. Y_B] as two whole GEMMs (D x C) @ (C x B HW) on every thread (the
+// GEMM floor itself), kept as proj = (2, D, B, HW) in the accumulation dtype, then out[b, d] = s <P1[d, b], P2[d, b]>.
+// FLOPs 2 B HW D (C1 + C2) (+ 2 B D HW); bytes: X, Y, W1, W2 read once, 2 B D HW written once and read once.
+// Backward, per tile of T rows of D (S1 = s g . P1, S2 = s g . P2 formed tile by tile in a buffer, never whole):
+//   dX += W1_t^T S2_t (y is x: + W2_t^T S1_t), dY += W2_t^T S1_t, dW1_t = S2_t X^T, dW2_t = S1_t Y^T.
+// That is 4 GEMMs of the forward's size in all for x, y, w1, w2 (2 for x alone when y is x) against the tiled
+// route's 6 (it recomputes P1 and P2). Each GEMM runs on every thread; the accumulation order over the tiles is fixed.
+
+// (B, C, HW) -> (C, B HW): the images side by side, so each projection is one GEMM.
+at::Tensor side_by_side(const at::Tensor& X) {
+  return X.permute({1, 0, 2}).reshape({X.size(1), X.size(0) * X.size(2)}).contiguous();
+}
+
+template <class acc_t>
+std::tuple<at::Tensor, at::Tensor> forward_saved(const Problem& p) {
+  const Mats m = mats(p);
+  const int64_t B = p.B, D = p.D, M = p.M, BM = B * M;
+  const at::Tensor Xa = side_by_side(m.X), Ya = p.sym ? Xa : side_by_side(m.Y);
+  at::Tensor proj = at::empty({2, D, B, M}, m.X.options());
+  at::Tensor P1 = proj.select(0, 0).view({D, BM}), P2 = proj.select(0, 1).view({D, BM});
+  at::mm_out(P1, m.W1, Xa);
+  at::mm_out(P2, m.W2, Ya);
+  at::Tensor out = at::empty({B, D}, m.X.options());
+  const acc_t s = acc_t(1) / std::sqrt(acc_t(D));
+  const acc_t* p1 = P1.const_data_ptr<acc_t>();
+  const acc_t* p2 = P2.const_data_ptr<acc_t>();
+  acc_t* o = out.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, D * B, 256, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {  // i = d B + b: the order proj is laid out in
+      const int64_t d = i / std::max<int64_t>(B, 1), b = i % std::max<int64_t>(B, 1);
+      o[b * D + d] = s * dot(p1 + i * M, p2 + i * M, M);
+    }
+  });
+  return {out.to(p.x.scalar_type()), proj};
+}
+
+template <class acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_saved(const Problem& p, const at::Tensor& grad_out,
+                                                                          const at::Tensor& proj,
+                                                                          std::array<bool, 4> mask) {
+  const Mats m = mats(p);
+  const auto opts = m.X.options();
+  const int64_t B = p.B, C1 = p.C1, C2 = p.C2, M = p.M, D = p.D, BM = B * M;
+  const acc_t s = acc_t(1) / std::sqrt(acc_t(D));
+  const at::Tensor gs = (grad_out.to(m.X.scalar_type()) * s).contiguous();
+  const acc_t* gp = gs.const_data_ptr<acc_t>();
+  const at::Tensor pr = proj.contiguous();
+  const acc_t* p1 = pr.const_data_ptr<acc_t>();
+  const acc_t* p2 = p1 + D * BM;
+  const bool need_x = mask[0], need_y = mask[1] && !p.sym;
+  const bool need_s1 = p.sym ? need_x || mask[3] : need_y || mask[3];  // S1 feeds dY (or dX when y is x) and dW2
+  const bool need_s2 = need_x || mask[2];                              // S2 feeds dX and dW1
+  at::Tensor gx = at::empty({0}, p.x.options()), gy = at::empty({0}, p.x.options());
+  at::Tensor gw1 = at::empty({0}, p.w1.options()), gw2 = at::empty({0}, p.w2.options());
+  // X, Y side by side only for the weights' gradients (dX, dY come out side by side and are put back at the end).
+  const at::Tensor Xa = mask[2] || (mask[3] && p.sym) ? side_by_side(m.X) : at::Tensor();
+  const at::Tensor Ya = !mask[3] ? at::Tensor() : p.sym ? Xa : side_by_side(m.Y);
+  at::Tensor dXa = need_x ? at::empty({C1, BM}, opts) : at::Tensor();
+  at::Tensor dYa = need_y ? at::empty({C2, BM}, opts) : at::Tensor();
+  at::Tensor dW1 = mask[2] ? at::empty({D, C1}, opts) : at::Tensor();
+  at::Tensor dW2 = mask[3] ? at::empty({D, C2}, opts) : at::Tensor();
+  // Tile rows: about 1 MB of scaled projections per buffer (the saved projections are the memory that counts), at
+  // least 256 rows so the accumulating GEMMs (K = T) stay efficient.
+  const int64_t T = std::min<int64_t>(D, std::max<int64_t>(256, (int64_t(1) << 18) / std::max<int64_t>(BM, 1)));
+  at::Tensor buf1 = need_s1 ? at::empty({T, BM}, opts) : at::Tensor();
+  at::Tensor buf2 = need_s2 ? at::empty({T, BM}, opts) : at::Tensor();
+  // S[r, b, :] = gs[b, d0 + r] P[d0 + r, b, :]
+  auto scale = [&](at::Tensor& buf, const acc_t* src, int64_t d0, int64_t nd) {
+    acc_t* dst = buf.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, nd * B, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = i / B, b = i % B;
+        const acc_t c = gp[b * D + d0 + r];
+        const acc_t* a = src + (d0 * B + i) * M;
+        acc_t* o = dst + i * M;
+        for (int64_t j = 0; j < M; ++j) o[j] = c * a[j];
+      }
+    });
+  };
+  for (int64_t d0 = 0, t = 0; d0 < D; d0 += T, ++t) {
+    const int64_t nd = std::min(T, D - d0);
+    at::Tensor S1 = need_s1 ? buf1.narrow(0, 0, nd) : at::Tensor();
+    at::Tensor S2 = need_s2 ? buf2.narrow(0, 0, nd) : at::Tensor();
+    if (BM > 0) {
+      if (need_s1) scale(S1, p1, d0, nd);
+      if (need_s2) scale(S2, p2, d0, nd);
+    }
+    const at::Tensor W1t = m.W1.narrow(0, d0, nd), W2t = m.W2.narrow(0, d0, nd);
+    if (need_x) {
+      mm_acc(dXa, W1t.t(), S2, t == 0);
+      if (p.sym) dXa.addmm_(W2t.t(), S1);
+    }
+    if (need_y) mm_acc(dYa, W2t.t(), S1, t == 0);
+    if (mask[2]) {
+      at::Tensor o = dW1.narrow(0, d0, nd);
+      at::mm_out(o, S2, Xa.t());
+    }
+    if (mask[3]) {
+      at::Tensor o = dW2.narrow(0, d0, nd);
+      at::mm_out(o, S1, Ya.t());
+    }
+  }
+  auto back = [&](const at::Tensor& dA, int64_t C, const at::Tensor& like) {
+    return dA.view({C, B, M}).permute({1, 0, 2}).contiguous().view(like.sizes()).to(p.x.scalar_type());
+  };
+  if (need_x) gx = back(dXa, C1, p.x);
+  if (need_y) gy = back(dYa, C2, p.y);
+  if (mask[2]) gw1 = dW1.to(p.w1.scalar_type());
+  if (mask[3]) gw2 = dW2.to(p.w2.scalar_type());
+  return {gx, gy, gw1, gw2};
+}
+
+std::tuple<at::Tensor, at::Tensor> random_maclaurin_pooling_saved_cpu(const at::Tensor& x,
+                                                                      const std::optional<at::Tensor>& y,
+                                                                      const at::Tensor& w1, const at::Tensor& w2) {
+  const Problem p = make_problem("random_maclaurin_pooling_saved", x, y, w1, w2, "project");
+  if (x.scalar_type() == at::kDouble) return forward_saved<double>(p);
+  return forward_saved<float>(p);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_maclaurin_pooling_saved_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w1,
+    const at::Tensor& w2, const at::Tensor& proj, std::array<bool, 4> output_mask) {
+  const char* op = "random_maclaurin_pooling_saved_backward";
+  const Problem p = make_problem(op, x, y, w1, w2, "project");
+  check_grad_out(op, p, grad_out);
+  check_proj(op, p, proj);
+  if (x.scalar_type() == at::kDouble) return backward_saved<double>(p, grad_out, proj, output_mask);
+  return backward_saved<float>(p, grad_out, proj, output_mask);
+}
+
 at::Tensor random_maclaurin_pooling_cpu(const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w1,
                                         const at::Tensor& w2, c10::string_view route) {
   const Problem p = make_problem("random_maclaurin_pooling", x, y, w1, w2, std::string(route));
@@ -278,9 +410,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_maclaurin_pool
     const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& w1,
     const at::Tensor& w2, c10::string_view route, std::array<bool, 4> output_mask) {
   const Problem p = make_problem("random_maclaurin_pooling_backward", x, y, w1, w2, std::string(route));
-  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == p.B && grad_out.size(1) == p.D,
-              "random_maclaurin_pooling_backward: grad_out must have shape [", p.B, ", ", p.D, "], got ",
-              grad_out.sizes());
+  check_grad_out("random_maclaurin_pooling_backward", p, grad_out);
   if (x.scalar_type() == at::kDouble) return backward<double>(p, grad_out, output_mask);
   return backward<float>(p, grad_out, output_mask);
 }
@@ -290,6 +420,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> random_maclaurin_pool
 TORCH_LIBRARY_IMPL(vkernels, CPU, m) {
   m.impl("random_maclaurin_pooling", &random_maclaurin_pooling_cpu);
   m.impl("random_maclaurin_pooling_backward", &random_maclaurin_pooling_backward_cpu);
+  m.impl("random_maclaurin_pooling_saved", &random_maclaurin_pooling_saved_cpu);
+  m.impl("random_maclaurin_pooling_saved_backward", &random_maclaurin_pooling_saved_backward_cpu);
 }
 
 }  // namespace vkernels::random_maclaurin_pooling
