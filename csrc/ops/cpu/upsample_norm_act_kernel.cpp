@@ -1,8 +1,9 @@
 // upsample_norm_act / spade_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply).
 // fp16/bf16 computed in fp32 (loaded / stored through at::vec conversions), fp64 in fp64.
 // Per element of the output (s = scale, M = N*C*H*W input elements, 4 = sizeof(fp32)):
-//  - stats: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = the group's first value (keeps the
-//    one-pass formula free of cancellation when |mean| >> std). Nearest: nearest upsampling by an integer factor
+//  - stats: one pass, sums of (u - shift) and (u - shift)^2, shift = the group's first value (keeps the one-pass
+//    formula free of cancellation when |mean| >> std); NCHW: fp32 vector block sums (4 chains, <= 256 values)
+//    folded into fp64 (shifted_sums), channels_last: fp64. Nearest: nearest upsampling by an integer factor
 //    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
 //    Bilinear: the upsampled rows are formed from horizontally interpolated input rows (each input row
 //    interpolated once per plane, RowPair) and never written. channels_last: per-channel partial sums per
