@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -39,13 +40,34 @@ at::Tensor as_mat(const at::Tensor& t, at::ScalarType acc) {
   return t.reshape({t.size(0), t.size(1), t.size(2) * t.size(3)}).to(acc).contiguous();
 }
 
-// Rows of the Gram matrix per GEMM call: a tile of >= 64K accumulators (256 KB fp32) that stays in L2/L3 while the
-// epilogue reads it, and at least 128 rows so MKL's repacking of the right-hand side (C2 x HW) per call stays cheap
-// (C2 = 2048 -> 128-row tiles of 1 MB). Smaller blocks skip more of the symmetric lower triangle (y is x) but call
-// the GEMM more often. Depends only on C2, never on the thread count.
+// Rows of the Gram matrix per GEMM call: a tile of <= 1 MB (64 rows at C2 = 2048: 512 KB, L2 resident while the
+// epilogue reads it). Measured single-threaded at C = 2048 / HW = 196 and C = 512 / HW = 784 (upper row blocks of
+// the symmetric case): 64 rows beat 128 and 256 by 10-25 % (the tile stays in L2) and 32 (more calls). Smaller blocks
+// also balance the threads better. Depends only on C2, never on the thread count.
+static int64_t dbg(const char* n, int64_t d) { const char* v = std::getenv(n); return v ? std::atoll(v) : d; }
 int64_t block_rows(int64_t C1, int64_t C2) {
-  return std::min(C1, std::max<int64_t>(128, 65536 / std::max<int64_t>(C2, 1)));
+  if (dbg("VKBL_BS", 0)) return std::min(C1, dbg("VKBL_BS", 0));
+  return std::min(C1, std::clamp<int64_t>(262144 / std::max<int64_t>(C2, 1), 16, 64));
 }
+
+// Leading dimension of a tile of n columns: a row stride that is a multiple of 2 KB puts a column's values in the
+// same few L1 sets (the mirror reads the tile column-wise), so pad by one cache line then.
+template <class T>
+int64_t tile_ld(int64_t n) {
+  int64_t ld = (n + 15) / 16 * 16;
+  if (dbg("VKBL_PAD", 1) && (ld * int64_t(sizeof(T))) % 2048 == 0) ld += 64 / int64_t(sizeof(T));
+  return ld;
+}
+
+// Images per group: consecutive images whose fp32 outputs fit in ~12 MB stay in L3 between the block pass that
+// writes them and the scaling pass that re-reads them.
+int64_t group_images(int64_t B, int64_t P, int64_t elem) {
+  return std::clamp<int64_t>((int64_t(12) << 20) / std::max<int64_t>(P * elem, 1), 1, std::clamp<int64_t>(B, 1, 64));
+}
+
+// The q-th row block of an image in work order: 0, nb-1, 1, nb-2, ... so that any contiguous run of work items (the
+// static split of at::parallel_for) mixes long and short upper-triangle blocks.
+inline int64_t zigzag(int64_t q, int64_t nb) { return (q % 2 == 0) ? q / 2 : nb - 1 - q / 2; }
 
 // Row-major C (m x n, ldc) = A B^T with A (m x k, lda) and B (n x k, ldb), through at::mm_out (MKL; single-threaded
 // when called inside at::parallel_for). Raw pointers wrapped without copies.
@@ -109,124 +131,168 @@ acc_t row_epilogue(const acc_t* v, acc_t* d, int64_t n, acc_t scale, acc_t eps, 
   return ss;
 }
 
-// Everything one image needs. dst: where s (or z) goes before scaling — the output row itself when out has the
-// accumulation dtype, else a per-image fp32 staging buffer of P values.
+// Everything the blocks need. dst(b): where image b's s (or z) goes before scaling — its output row itself when out
+// has the accumulation dtype, else a per-group fp32 staging buffer of P values per image.
 template <class scalar_t, class acc_t>
 struct Fwd {
   const Problem& p;
   const acc_t* X;
   const acc_t* Y;
-  scalar_t* out;
-  acc_t* nrm;
   int64_t bs;
   at::TensorOptions opt;
 
-  // Rows [i0, i1) of image b: GEMM into tile, epilogue into dst; ss_rows[i - i0] = row i's sum of s^2 as it appears
-  // in the output (twice for the mirrored off-diagonal part when y is x and the output is full).
-  void block(int64_t b, int64_t i0, int64_t i1, acc_t* tile, acc_t* dst, acc_t* ss_rows, bool threaded_epi) const {
+  // Rows [i0, i1) of image b: GEMM into tile (row stride ld), epilogue, into dst; ss_rows[i - i0] = row i's sum of
+  // s^2 as it appears in the output (twice for the mirrored off-diagonal part when y is x and the output is full).
+  void block(int64_t b, int64_t i0, int64_t i1, acc_t* tile, acc_t* dst, acc_t* ss_rows) const {
     const int64_t C1 = p.C1, C2 = p.C2, M = p.M, m = i1 - i0;
-    const int64_t j0 = p.sym ? i0 : 0, n = C2 - j0;
+    const int64_t j0 = p.sym ? i0 : 0, n = C2 - j0, ld = tile_ld<acc_t>(n);
     const acc_t inv_m = acc_t(1) / acc_t(M), eps = acc_t(p.eps);
     const acc_t* Xb = X + b * C1 * M;
     const acc_t* Yb = (p.sym ? X : Y) + b * C2 * M;
-    gemm_abt<acc_t>(m, n, M, Xb + i0 * M, M, Yb + j0 * M, M, tile, n, opt);
-    auto rows = [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = i0 + r;
-        const int64_t js = p.sym || p.triu ? i : 0;  // first column kept: the diagonal when y is x or with triu
-        const acc_t* trow = tile + r * n + (js - j0);
-        acc_t* drow = dst + (p.triu ? triu_index(i, i, C1) : i * C2 + js);
-        if (p.sym && !p.triu) {
-          const acc_t diag_ss = row_epilogue<acc_t>(trow, drow, 1, inv_m, eps, p.normalize);
-          const acc_t rest = row_epilogue<acc_t>(trow + 1, drow + 1, C2 - js - 1, inv_m, eps, p.normalize);
-          ss_rows[r] = diag_ss + 2 * rest;
-        } else {
-          ss_rows[r] = row_epilogue<acc_t>(trow, drow, C2 - js, inv_m, eps, p.normalize);
-        }
-      }
-    };
-    if (threaded_epi)
-      at::parallel_for(0, m, 1, rows);
-    else
-      rows(0, m);
-    if (p.sym && !p.triu) {
-      // The mirror: dst[j, i0:i1) = dst[i0:i1, j] for j > i, written as contiguous runs of row j.
-      auto mirror = [&](int64_t c0, int64_t c1) {
-        for (int64_t j = c0; j < c1; ++j) {
-          const int64_t rmax = std::min(m, j - i0);  // rows i < j
-          acc_t* drow = dst + j * C2 + i0;
-          for (int64_t r = 0; r < rmax; ++r) drow[r] = dst[(i0 + r) * C2 + j];
-        }
-      };
-      if (threaded_epi)
-        at::parallel_for(i0 + 1, C2, 64, mirror);
-      else
-        mirror(i0 + 1, C2);
-    }
-  }
-
-  // Whole image b; threaded = MKL threads in the GEMM and at::parallel_for in the epilogue (images in turn).
-  void image(int64_t b, acc_t* tile, acc_t* stage, acc_t* ss_rows, bool threaded) const {
-    const int64_t P = p.P;
-    acc_t* dst = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(out + b * P) : stage;
-    for (int64_t i0 = 0; i0 < p.C1; i0 += bs) block(b, i0, std::min(p.C1, i0 + bs), tile, dst, ss_rows + i0, threaded);
-    acc_t inv = 1;
-    if (p.normalize) {
-      acc_t ss = 0;
-      for (int64_t i = 0; i < p.C1; ++i) ss += ss_rows[i];
-      const acc_t d = std::max(std::sqrt(ss), acc_t(kL2Eps));
-      nrm[b] = d;
-      inv = acc_t(1) / d;
-    }
-    scalar_t* ob = out + b * P;
-    auto scale = [&](int64_t e0, int64_t e1) {
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        if (p.normalize) {
-          using Vec = Vectorized<acc_t>;
-          int64_t e = e0;
-          for (; e + Vec::size() <= e1; e += Vec::size()) (Vec::loadu(ob + e) * Vec(inv)).store(ob + e);
-          for (; e < e1; ++e) ob[e] *= inv;
-        }
+    gemm_abt<acc_t>(m, n, M, Xb + i0 * M, M, Yb + j0 * M, M, tile, ld, opt);
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t i = i0 + r;
+      const int64_t js = p.sym || p.triu ? i : 0;  // first column kept: the diagonal when y is x or with triu
+      acc_t* trow = tile + r * ld + (js - j0);
+      acc_t* drow = dst + (p.triu ? triu_index(i, i, C1) : i * C2 + js);
+      if (p.sym && !p.triu) {
+        // Only the upper part (j >= i) here; the lower one is written after the norm is known (mirror_scaled).
+        const acc_t diag_ss = row_epilogue<acc_t>(trow, drow, 1, inv_m, eps, p.normalize);
+        const acc_t rest = row_epilogue<acc_t>(trow + 1, drow + 1, C2 - js - 1, inv_m, eps, p.normalize);
+        ss_rows[r] = diag_ss + 2 * rest;
       } else {
-        for (int64_t e = e0; e < e1; ++e) ob[e] = scalar_t(stage[e] * inv);
+        ss_rows[r] = row_epilogue<acc_t>(trow, drow, C2 - js, inv_m, eps, p.normalize);
       }
-    };
-    if (threaded)
-      at::parallel_for(0, P, 16384, scale);
-    else
-      scale(0, P);
+    }
   }
 };
+
+// y is x, full output: rows [k0, k1) of one image, o[k, i] = src[i, k] * s for i < k (the lower triangle from the
+// upper one). Run after the block pass, while the image's output is still in L3: the rows are written front to back
+// (a column strip written from the tile at GEMM time instead missed the cache on every line: 1.2x slower, measured).
+// Reads come in 8-row pieces of the column strip, which stay in L1 while k sweeps the block.
+template <class scalar_t, class acc_t>
+void mirror_scaled(const acc_t* src, scalar_t* o, int64_t C, int64_t k0, int64_t k1, acc_t s) {
+  constexpr int64_t W = 8;
+  for (int64_t ib = 0; ib < k1 - 1; ib += W)
+    for (int64_t k = std::max(k0, ib + 1); k < k1; ++k) {
+      const int64_t ie = std::min(ib + W, k);
+      scalar_t* orow = o + k * C;
+      for (int64_t i = ib; i < ie; ++i) orow[i] = scalar_t(src[i * C + k] * s);
+    }
+}
+
+// o[e] = src[e] * s over [e0, e1) (in place when o aliases src).
+template <class scalar_t, class acc_t>
+void scale_run(const acc_t* src, scalar_t* o, int64_t n, acc_t s) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    using Vec = Vectorized<acc_t>;
+    int64_t e = 0;
+    for (; e + Vec::size() <= n; e += Vec::size()) (Vec::loadu(src + e) * Vec(s)).store(o + e);
+    for (; e < n; ++e) o[e] = src[e] * s;
+  } else {
+    for (int64_t e = 0; e < n; ++e) o[e] = scalar_t(src[e] * s);
+  }
+}
 
 template <class scalar_t>
 std::tuple<at::Tensor, at::Tensor> forward(const Problem& p) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  constexpr bool same = std::is_same_v<scalar_t, acc_t>;
   const auto acc = acc_type(p.x.scalar_type());
   const at::Tensor X = as_mat(p.x, acc);
   const at::Tensor Y = p.sym ? X : as_mat(p.y, acc);
   at::Tensor out = at::empty({p.B, p.P}, p.x.options());
   at::Tensor nrm = at::empty({p.normalize ? p.B : 0}, X.options());
   if (p.B == 0 || p.P == 0) return {out, nrm};
-  const int64_t bs = block_rows(p.C1, p.C2);
-  const int64_t tile_n = bs * p.C2;
-  const int64_t stage_n = std::is_same_v<scalar_t, acc_t> ? 0 : p.P;
-  Fwd<scalar_t, acc_t> f{p, X.const_data_ptr<acc_t>(), p.sym ? nullptr : Y.const_data_ptr<acc_t>(),
-                         out.mutable_data_ptr<scalar_t>(), p.normalize ? nrm.mutable_data_ptr<acc_t>() : nullptr, bs,
-                         X.options()};
-  // Per-thread scratch (tile, staging, row sums) from torch's allocator, so memory profilers see it.
-  const bool over_images = p.B >= at::get_num_threads() && !at::in_parallel_region();
-  const int64_t slot = tile_n + stage_n + p.C1;
-  at::Tensor scratch = at::empty({over_images ? at::get_num_threads() : 1, slot}, X.options());
+  const int64_t B = p.B, P = p.P, C1 = p.C1;
+  const int64_t bs = block_rows(C1, p.C2);
+  const int64_t nb = (C1 + bs - 1) / bs;
+  const int64_t tile_n = bs * tile_ld<acc_t>(p.C2);
+  // Two ways to spread the work, both with single-threaded GEMMs of the same shapes: whole images per thread when
+  // B >= threads (one parallel region per call: on a loaded machine every barrier costs a descheduled thread's
+  // wait), else threads take (image, row block) items of a group of images whose outputs (<= ~12 MB) are still in
+  // L3 for the mirror / scaling passes that follow.
+  const int64_t T = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const bool over_images = B >= T;
+  const int64_t G = over_images ? 1 : group_images(B, P, sizeof(acc_t));
+  const int64_t stage_n = same ? 0 : G * P;
+  Fwd<scalar_t, acc_t> f{p, X.const_data_ptr<acc_t>(), p.sym ? nullptr : Y.const_data_ptr<acc_t>(), bs, X.options()};
+  // Scratch (tiles, staging, row sums; per thread when over images) from torch's allocator, so profilers see it.
+  const int64_t ntiles = over_images ? 1 : T;
+  const int64_t slot = ntiles * tile_n + stage_n + G * C1;
+  at::Tensor scratch = at::empty({(over_images ? T : 1) * slot}, X.options());
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  acc_t* nr = p.normalize ? nrm.mutable_data_ptr<acc_t>() : nullptr;
+  const at::ThreadLocalState tls;  // the caller's dispatch state (inference mode etc.) for the workers' at::mm_out
+
+  // Images [g0, g1) with the slot's scratch; threaded: every pass split over threads, else all on this thread.
+  auto group = [&](int64_t g0, int64_t g1, acc_t* sc, bool threaded) {
+    acc_t* tiles = sc;
+    acc_t* stage = tiles + ntiles * tile_n;
+    acc_t* ss_rows = stage + stage_n;
+    auto pfor = [&](int64_t n, int64_t grain, const auto& fn) {
+      if (threaded) at::parallel_for(0, n, grain, fn);
+      else fn(0, n);
+    };
+    auto dst = [&](int64_t b) -> acc_t* {
+      if constexpr (same) return reinterpret_cast<acc_t*>(op + b * P);
+      else return stage + (b - g0) * P;
+    };
+    const int64_t gn = g1 - g0;
+    pfor(gn * nb, 1, [&](int64_t q0, int64_t q1) {
+      at::ThreadLocalStateGuard guard(tls);
+      acc_t* mine = tiles + (ntiles > 1 ? at::get_thread_num() : 0) * tile_n;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t b = g0 + q / nb, i0 = zigzag(q % nb, nb) * bs;
+        f.block(b, i0, std::min(C1, i0 + bs), mine, dst(b), ss_rows + (b - g0) * C1 + i0);
+      }
+    });
+    acc_t invs[64];
+    TORCH_INTERNAL_ASSERT(gn <= 64);
+    for (int64_t b = g0; b < g1; ++b) {
+      invs[b - g0] = 1;
+      if (!p.normalize) continue;
+      acc_t ss = 0;  // row order: the result does not depend on the thread count
+      for (int64_t i = 0; i < C1; ++i) ss += ss_rows[(b - g0) * C1 + i];
+      const acc_t d = std::max(std::sqrt(ss), acc_t(kL2Eps));
+      nr[b] = d;
+      invs[b - g0] = acc_t(1) / d;
+    }
+    if (p.sym && !p.triu) {
+      // The lower triangles (scaled), then the upper ones scaled in place: two passes, so no thread reads an upper
+      // value another thread has already scaled.
+      pfor(gn * nb, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t b = g0 + q / nb, k0 = zigzag(q % nb, nb) * bs;
+          mirror_scaled<scalar_t, acc_t>(dst(b), op + b * P, C1, k0, std::min(C1, k0 + bs), invs[b - g0]);
+        }
+      });
+      if (!same || p.normalize)
+        pfor(gn * C1, 16, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t b = g0 + r / C1, i = r % C1;
+            scale_run<scalar_t, acc_t>(dst(b) + i * C1 + i, op + b * P + i * C1 + i, C1 - i, invs[b - g0]);
+          }
+        });
+    } else if (!same || p.normalize) {
+      pfor(gn * P, 16384, [&](int64_t e0, int64_t e1) {
+        while (e0 < e1) {
+          const int64_t bl = e0 / P, e_end = std::min(e1, (bl + 1) * P);
+          scale_run<scalar_t, acc_t>(dst(g0) + e0, op + g0 * P + e0, e_end - e0, invs[bl]);
+          e0 = e_end;
+        }
+      });
+    }
+  };
   acc_t* sc = scratch.mutable_data_ptr<acc_t>();
   if (over_images) {
-    const at::ThreadLocalState tls;  // the caller's dispatch state (inference mode etc.) for the workers' at::mm_out
-    at::parallel_for(0, p.B, 1, [&](int64_t b0, int64_t b1) {
-      at::ThreadLocalStateGuard guard(tls);
-      acc_t* mine = sc + at::get_thread_num() * slot;
-      for (int64_t b = b0; b < b1; ++b) f.image(b, mine, mine + tile_n, mine + tile_n + stage_n, false);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      acc_t* mine = sc + (T > 1 ? at::get_thread_num() : 0) * slot;
+      for (int64_t b = b0; b < b1; ++b) group(b, b + 1, mine, false);
     });
   } else {
-    for (int64_t b = 0; b < p.B; ++b) f.image(b, sc, sc + tile_n, sc + tile_n + stage_n, true);
+    for (int64_t g0 = 0; g0 < B; g0 += G) group(g0, std::min(B, g0 + G), sc, true);
   }
   return {out, nrm};
 }
