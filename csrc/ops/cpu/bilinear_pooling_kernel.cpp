@@ -303,14 +303,48 @@ std::tuple<at::Tensor, at::Tensor> forward(const Problem& p) {
 template <class scalar_t, class acc_t>
 void dz_run(const scalar_t* g, const scalar_t* o, acc_t* dst, int64_t n, acc_t k, acc_t h, acc_t inv_m,
             bool normalize) {
+  int64_t e = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    using Vec = Vectorized<acc_t>;
+    if (!normalize) {
+      for (; e + Vec::size() <= n; e += Vec::size()) (Vec::loadu(g + e) * Vec(inv_m)).store(dst + e);
+    } else {
+      const Vec vk(k), vh(h), zero(acc_t(0));
+      for (; e + Vec::size() <= n; e += Vec::size()) {
+        const Vec ov = Vec::loadu(o + e);
+        const Vec r = (Vec::loadu(g + e) - ov * vk) * vh / ov.abs();
+        (r & (ov != zero)).store(dst + e);  // 0 where out == 0 (the division gave inf or nan there)
+      }
+    }
+  }
   if (!normalize) {
-    for (int64_t e = 0; e < n; ++e) dst[e] = acc_t(g[e]) * inv_m;
+    for (; e < n; ++e) dst[e] = acc_t(g[e]) * inv_m;
     return;
   }
-  for (int64_t e = 0; e < n; ++e) {
+  for (; e < n; ++e) {
     const acc_t ov = acc_t(o[e]);
     dst[e] = ov == acc_t(0) ? acc_t(0) : (acc_t(g[e]) - ov * k) * h / std::abs(ov);
   }
+}
+
+// sum a[e] b[e] over [0, n): lane partial sums reduced in a fixed order (depends only on n and the data).
+template <class scalar_t, class acc_t>
+acc_t dot_run(const scalar_t* a, const scalar_t* b, int64_t n) {
+  int64_t e = 0;
+  acc_t dot = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    using Vec = Vectorized<acc_t>;
+    Vec acc0(acc_t(0)), acc1(acc_t(0));
+    for (; e + 2 * Vec::size() <= n; e += 2 * Vec::size()) {
+      acc0 = at::vec::fmadd(Vec::loadu(a + e), Vec::loadu(b + e), acc0);
+      acc1 = at::vec::fmadd(Vec::loadu(a + e + Vec::size()), Vec::loadu(b + e + Vec::size()), acc1);
+    }
+    acc_t lanes[Vec::size()];
+    (acc0 + acc1).store(lanes);
+    for (int64_t l = 0; l < Vec::size(); ++l) dot += lanes[l];
+  }
+  for (; e < n; ++e) dot += acc_t(a[e]) * acc_t(b[e]);
+  return dot;
 }
 
 template <class scalar_t>
@@ -320,6 +354,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   const auto acc = acc_type(p.x.scalar_type());
   const int64_t B = p.B, C1 = p.C1, C2 = p.C2, P = p.P, M = p.M;
   const acc_t inv_m = acc_t(1) / acc_t(M);
+  // dG's row stride, padded off multiples of 2 KB: the symmetrisation reads it column-wise in 32 x 32 tiles, which
+  // with C2 = 2048 (8 KB rows) put all 32 rows of a tile in one L1 set.
+  const int64_t ldg = tile_ld<acc_t>(C2);
   const at::Tensor X = as_mat(p.x, acc);
   const at::Tensor Y = p.sym ? X : as_mat(p.y, acc);
   constexpr bool same = std::is_same_v<scalar_t, acc_t>;
@@ -342,15 +379,13 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
     if (p.normalize) {
       const acc_t d = nr[b];
       if (d > acc_t(kL2Eps)) {
-        acc_t dot = 0;
-        for (int64_t e = 0; e < P; ++e) dot += acc_t(ob[e]) * acc_t(gb[e]);
-        k = dot;
+        k = dot_run<scalar_t, acc_t>(ob, gb, P);
       }
       h = acc_t(0.5) / (d * d) * inv_m;
     }
     auto rows = [&](int64_t r0, int64_t r1) {
       for (int64_t i = r0; i < r1; ++i) {
-        acc_t* row = dg + i * C2;
+        acc_t* row = dg + i * ldg;
         if (p.triu) {
           // Packed row i covers j >= i; j < i is filled by the mirror below (y is x) or zero.
           const int64_t off = triu_index(i, i, C1);
@@ -372,27 +407,27 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
             for (int64_t i = ib * T; i < std::min(C1, ib * T + T); ++i)
               for (int64_t j = std::max(i + 1, jb * T); j < std::min(C1, jb * T + T); ++j) {
                 if (p.triu) {
-                  dg[j * C1 + i] = dg[i * C1 + j];
+                  dg[j * ldg + i] = dg[i * ldg + j];
                 } else {
-                  const acc_t v = dg[i * C1 + j] + dg[j * C1 + i];
-                  dg[i * C1 + j] = v;
-                  dg[j * C1 + i] = v;
+                  const acc_t v = dg[i * ldg + j] + dg[j * ldg + i];
+                  dg[i * ldg + j] = v;
+                  dg[j * ldg + i] = v;
                 }
               }
         if (!p.triu)
           for (int64_t ib = t0; ib < t1; ++ib)
-            for (int64_t i = ib * T; i < std::min(C1, ib * T + T); ++i) dg[i * C1 + i] *= 2;
+            for (int64_t i = ib * T; i < std::min(C1, ib * T + T); ++i) dg[i * ldg + i] *= 2;
       };
       const int64_t nt = (C1 + T - 1) / T;
       if (threaded) at::parallel_for(0, nt, 1, sym); else sym(0, nt);
     }
     acc_t* gxb = same ? reinterpret_cast<acc_t*>(gxp + b * C1 * M) : tmp;
-    gemm_ab<acc_t>(false, C1, M, C2, dg, C2, Yp + b * C2 * M, M, gxb, M, X.options());
+    gemm_ab<acc_t>(false, C1, M, C2, dg, ldg, Yp + b * C2 * M, M, gxb, M, X.options());
     if constexpr (!same)
       for (int64_t e = 0; e < C1 * M; ++e) gxp[b * C1 * M + e] = scalar_t(tmp[e]);
     if (!p.sym) {
       acc_t* gyb = same ? reinterpret_cast<acc_t*>(gyp + b * C2 * M) : tmp;
-      gemm_ab<acc_t>(true, C2, M, C1, dg, C2, Xp + b * C1 * M, M, gyb, M, X.options());
+      gemm_ab<acc_t>(true, C2, M, C1, dg, ldg, Xp + b * C1 * M, M, gyb, M, X.options());
       if constexpr (!same)
         for (int64_t e = 0; e < C2 * M; ++e) gyp[b * C2 * M + e] = scalar_t(tmp[e]);
     }
@@ -400,7 +435,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   const int64_t tmp_n = same ? 0 : std::max(C1, C2) * M;
   // Per-thread dG (C1 x C2) and cast buffer from torch's allocator (profilers see them); never a (B, C1, C2) tensor.
   const bool over_images = B >= at::get_num_threads() && !at::in_parallel_region();
-  const int64_t slot = C1 * C2 + tmp_n;
+  const int64_t slot = C1 * ldg + tmp_n;
   at::Tensor scratch = at::empty({over_images ? at::get_num_threads() : 1, slot}, X.options());
   acc_t* sc = scratch.mutable_data_ptr<acc_t>();
   if (over_images) {
@@ -408,10 +443,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       at::ThreadLocalStateGuard guard(tls);
       acc_t* mine = sc + at::get_thread_num() * slot;
-      for (int64_t b = b0; b < b1; ++b) image(b, mine, mine + C1 * C2, false);
+      for (int64_t b = b0; b < b1; ++b) image(b, mine, mine + C1 * ldg, false);
     });
   } else {
-    for (int64_t b = 0; b < B; ++b) image(b, sc, sc + C1 * C2, true);
+    for (int64_t b = 0; b < B; ++b) image(b, sc, sc + C1 * ldg, true);
   }
   return {gx.view(p.x.sizes()), p.sym ? gy : gy.view(p.y.sizes())};
 }
