@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -44,9 +43,7 @@ at::Tensor as_mat(const at::Tensor& t, at::ScalarType acc) {
 // epilogue reads it). Measured single-threaded at C = 2048 / HW = 196 and C = 512 / HW = 784 (upper row blocks of
 // the symmetric case): 64 rows beat 128 and 256 by 10-25 % (the tile stays in L2) and 32 (more calls). Smaller blocks
 // also balance the threads better. Depends only on C2, never on the thread count.
-static int64_t dbg(const char* n, int64_t d) { const char* v = std::getenv(n); return v ? std::atoll(v) : d; }
 int64_t block_rows(int64_t C1, int64_t C2) {
-  if (dbg("VKBL_BS", 0)) return std::min(C1, dbg("VKBL_BS", 0));
   return std::min(C1, std::clamp<int64_t>(262144 / std::max<int64_t>(C2, 1), 16, 64));
 }
 
@@ -55,7 +52,7 @@ int64_t block_rows(int64_t C1, int64_t C2) {
 template <class T>
 int64_t tile_ld(int64_t n) {
   int64_t ld = (n + 15) / 16 * 16;
-  if (dbg("VKBL_PAD", 1) && (ld * int64_t(sizeof(T))) % 2048 == 0) ld += 64 / int64_t(sizeof(T));
+  if ((ld * int64_t(sizeof(T))) % 2048 == 0) ld += 64 / int64_t(sizeof(T));
   return ld;
 }
 
@@ -347,6 +344,53 @@ acc_t dot_run(const scalar_t* a, const scalar_t* b, int64_t n) {
   return dot;
 }
 
+// y is x, full output: rows [i0, i1) of dG + dG^T = ((g + g^T) - 2 k out) h / |out| (0 where out == 0), which is
+// dz + dz^T because out is exactly symmetric (the forward writes the lower triangle as a copy of the upper one).
+// g^T's rows come from a column strip of g, transposed 8 source rows at a time into gt (m x ldg, L2 resident), so
+// dG is written row by row (a separate symmetrisation pass over the 16 MB dG at C = 2048 read and wrote it
+// column-wise and missed the cache on every line).
+template <class scalar_t, class acc_t>
+void dg_sym_rows(const scalar_t* g, const scalar_t* o, acc_t* dg, int64_t ldg, int64_t C, int64_t i0, int64_t i1,
+                 acc_t* gt, acc_t k, acc_t h, acc_t inv_m, bool normalize) {
+  const int64_t m = i1 - i0;
+  constexpr int64_t W = 8;
+  for (int64_t j0 = 0; j0 < C; j0 += W) {
+    const int64_t je = std::min(C, j0 + W);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = j0; j < je; ++j) gt[r * ldg + j] = acc_t(g[j * C + i0 + r]);
+  }
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t i = i0 + r;
+    const scalar_t* grow = g + i * C;
+    const scalar_t* orow = o ? o + i * C : nullptr;
+    const acc_t* trow = gt + r * ldg;
+    acc_t* drow = dg + i * ldg;
+    int64_t j = 0;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      using Vec = Vectorized<acc_t>;
+      const Vec vk2(2 * k), vh(h), vm(inv_m), zero(acc_t(0));
+      for (; j + Vec::size() <= C; j += Vec::size()) {
+        const Vec gs = Vec::loadu(grow + j) + Vec::loadu(trow + j);
+        if (normalize) {
+          const Vec ov = Vec::loadu(orow + j);
+          (((gs - ov * vk2) * vh / ov.abs()) & (ov != zero)).store(drow + j);
+        } else {
+          (gs * vm).store(drow + j);
+        }
+      }
+    }
+    for (; j < C; ++j) {
+      const acc_t gs = acc_t(grow[j]) + trow[j];
+      if (!normalize) {
+        drow[j] = gs * inv_m;
+      } else {
+        const acc_t ov = acc_t(orow[j]);
+        drow[j] = ov == acc_t(0) ? acc_t(0) : (gs - 2 * k * ov) * h / std::abs(ov);
+      }
+    }
+  }
+}
+
 template <class scalar_t>
 std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, const at::Tensor& out,
                                             const at::Tensor& nrm) {
@@ -372,7 +416,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   scalar_t* gyp = p.sym ? nullptr : gy.mutable_data_ptr<scalar_t>();
 
   // One image: dG into dg (C1 x C2), then the GEMMs (into gx/gy directly, or via tmp and a cast).
-  auto image = [&](int64_t b, acc_t* dg, acc_t* tmp, bool threaded) {
+  constexpr int64_t kStrip = 64;  // rows of dG per dg_sym_rows call (gt: 64 x ldg, 512 KB at C = 2048)
+  const bool sym_full = p.sym && !p.triu;
+  auto image = [&](int64_t b, acc_t* dg, acc_t* tmp, acc_t* gts, bool threaded) {
     const scalar_t* gb = g + b * P;
     const scalar_t* ob = o ? o + b * P : nullptr;
     acc_t k = 0, h = inv_m;
@@ -397,26 +443,29 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
         }
       }
     };
-    if (threaded) at::parallel_for(0, C1, 16, rows); else rows(0, C1);
-    if (p.sym) {
-      // Full: dG + dG^T; triu: the lower triangle mirrors the upper. Tiles of 32 x 32 keep both sides in cache.
+    auto strips = [&](int64_t s0, int64_t s1) {
+      acc_t* gt = gts + (threaded && at::get_num_threads() > 1 ? at::get_thread_num() : 0) * kStrip * ldg;
+      for (int64_t st = s0; st < s1; ++st)
+        dg_sym_rows<scalar_t, acc_t>(gb, ob, dg, ldg, C1, st * kStrip, std::min(C1, st * kStrip + kStrip), gt, k, h,
+                                     inv_m, p.normalize);
+    };
+    const int64_t nstrips = (C1 + kStrip - 1) / kStrip;
+    if (sym_full) {
+      if (threaded) at::parallel_for(0, nstrips, 1, strips); else strips(0, nstrips);
+    } else if (threaded) {
+      at::parallel_for(0, C1, 16, rows);
+    } else {
+      rows(0, C1);
+    }
+    if (p.sym && p.triu) {
+      // The lower triangle mirrors the upper (diagonal doubled above). Tiles of 32 x 32 keep both sides in cache.
       constexpr int64_t T = 32;
       auto sym = [&](int64_t t0, int64_t t1) {
         for (int64_t ib = t0; ib < t1; ++ib)
           for (int64_t jb = ib; jb < (C1 + T - 1) / T; ++jb)
             for (int64_t i = ib * T; i < std::min(C1, ib * T + T); ++i)
-              for (int64_t j = std::max(i + 1, jb * T); j < std::min(C1, jb * T + T); ++j) {
-                if (p.triu) {
-                  dg[j * ldg + i] = dg[i * ldg + j];
-                } else {
-                  const acc_t v = dg[i * ldg + j] + dg[j * ldg + i];
-                  dg[i * ldg + j] = v;
-                  dg[j * ldg + i] = v;
-                }
-              }
-        if (!p.triu)
-          for (int64_t ib = t0; ib < t1; ++ib)
-            for (int64_t i = ib * T; i < std::min(C1, ib * T + T); ++i) dg[i * ldg + i] *= 2;
+              for (int64_t j = std::max(i + 1, jb * T); j < std::min(C1, jb * T + T); ++j)
+                dg[j * ldg + i] = dg[i * ldg + j];
       };
       const int64_t nt = (C1 + T - 1) / T;
       if (threaded) at::parallel_for(0, nt, 1, sym); else sym(0, nt);
@@ -435,7 +484,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   const int64_t tmp_n = same ? 0 : std::max(C1, C2) * M;
   // Per-thread dG (C1 x C2) and cast buffer from torch's allocator (profilers see them); never a (B, C1, C2) tensor.
   const bool over_images = B >= at::get_num_threads() && !at::in_parallel_region();
-  const int64_t slot = C1 * ldg + tmp_n;
+  const int64_t gt_n = sym_full ? (over_images ? 1 : at::get_num_threads()) * kStrip * ldg : 0;
+  const int64_t slot = C1 * ldg + tmp_n + gt_n;
   at::Tensor scratch = at::empty({over_images ? at::get_num_threads() : 1, slot}, X.options());
   acc_t* sc = scratch.mutable_data_ptr<acc_t>();
   if (over_images) {
@@ -443,10 +493,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       at::ThreadLocalStateGuard guard(tls);
       acc_t* mine = sc + at::get_thread_num() * slot;
-      for (int64_t b = b0; b < b1; ++b) image(b, mine, mine + C1 * ldg, false);
+      for (int64_t b = b0; b < b1; ++b) image(b, mine, mine + C1 * ldg, mine + C1 * ldg + tmp_n, false);
     });
   } else {
-    for (int64_t b = 0; b < B; ++b) image(b, sc, sc + C1 * ldg, true);
+    for (int64_t b = 0; b < B; ++b) image(b, sc, sc + C1 * ldg, sc + C1 * ldg + tmp_n, true);
   }
   return {gx.view(p.x.sizes()), p.sym ? gy : gy.view(p.y.sizes())};
 }
