@@ -1,19 +1,21 @@
 // bilinear_pooling on CPU, fused per image: the Gram GEMM (at::mm_out, i.e. MKL; fp32 / fp64 accumulation) writes
-// one block of rows at a time into a small tile (256 KB - 1 MB, cache resident); the epilogue takes the tile straight
-// into the output (signed square root and the row's sum of squares in the same pass, the upper triangle gathered or,
-// when y is x, the mirror (j, i) written from the (i, j) tile), then one in-place scaling pass per image over its
-// (cache-resident where it fits) output. No (B, C1, C2) tensor is ever
-// allocated; the forward keeps only the per-image norm (B values) for the backward, which reads out and the norm.
+// one block of 64 rows at a time into a small tile (<= 1 MB, L2 resident); the epilogue takes the tile straight into
+// the output (signed square root and the row's sum of squares in the same pass; the upper triangle gathered with
+// triu). When y is x only the upper row blocks are multiplied and only the upper triangle is written in the block
+// pass; once the norm is known, the lower triangle is written row by row from the upper one (already scaled) and the
+// upper one is scaled in place, while the image's output is still in L3. No (B, C1, C2) tensor is ever allocated; the
+// forward keeps only the per-image norm (B values) for the backward, which reads out and the norm.
 //
 // Work: when y is x the GEMM computes only each row block's upper part (columns j >= the block's first row):
 // ~C^2 HW (1 + bs / C) FLOPs per image instead of 2 C^2 HW, i.e. a little over half the batched GEMM that the
 // benchmark's floor measures; else 2 C1 C2 HW. Epilogue per pooled element: ~6 FLOPs, 4 bytes written by the GEMM
-// into the tile (cache), out written once and re-read/written once (cache-resident per image when C1 C2 * 4 bytes
-// fits in L2/L3).
+// into the tile (cache), out written once and re-read/written once (from L3 where an image's output fits).
 // Backward per image: one pass over (g, out) for <out, g>, the epilogue's derivative written into a per-thread
-// C1 x C2 buffer (symmetrised when y is x), then one GEMM dX = dG Y (and dY = dG^T X). Per-thread buffers only.
-// Parallel over images when B >= threads (each GEMM single-threaded), else images in turn with MKL's threads inside
-// the GEMM and the epilogue split over rows. Sums of squares are per row, reduced in row order either way.
+// C1 x C2 buffer (dG + dG^T built row-wise from g and a transposed strip of g when y is x), then one GEMM
+// dX = dG Y (and dY = dG^T X). Per-thread buffers only.
+// Parallel over images when B >= threads (each GEMM single-threaded, one parallel region per call), else over
+// (image, row block) items of groups of images, or rows inside the backward's image. Sums of squares are per row,
+// reduced in row order either way.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
