@@ -242,12 +242,13 @@ def stats_backward_composite(gmean, gvar, x, mean, scale, mode, per_sample):
     return upsample_adjoint(du, scale, mode, H, W).to(x.dtype)
 
 
-def _leaf(t, need):
-    """t itself when it carries a graph (so higher orders flow through it), else a fresh leaf if its gradient is
-    needed, else t detached."""
-    if t.requires_grad:
-        return t
-    return t.detach().requires_grad_() if need else t
+def _alias(t, need):
+    """The composite's input for saved tensor t: a fresh view of t when its gradient is needed (differentiating
+    w.r.t. the view gives the partial derivative through this formula only, while higher orders still flow into t's
+    own graph), else t detached."""
+    if not need:
+        return t.detach()
+    return t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
 
 
 def double_backward(composite, tensors, args, grads, needs):
@@ -257,7 +258,7 @@ def double_backward(composite, tensors, args, grads, needs):
     if not any(needs):
         return [None] * len(tensors)
     with torch.enable_grad():
-        leaves = [_leaf(t, n) for t, n in zip(tensors, needs)]
+        leaves = [_alias(t, n) for t, n in zip(tensors, needs)]
         outs = composite(*leaves, *args)
         pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None and g.numel() > 0]
         wrt = [lf for lf, n in zip(leaves, needs) if n]
