@@ -73,10 +73,11 @@ def test_gradcheck_and_gradgradcheck(device, impl, norm, act):
     def f(x, g, b):
         return vkernels.spade_norm_act(x, g, b, norm, act=act, gain=1.2, impl=impl)
 
-    torch.autograd.gradcheck(f, (x, g, b))
+    # Triton through the interpreter: one random-projection check (slow mode runs a fused backward per output).
+    torch.autograd.gradcheck(f, (x, g, b), fast_mode=device == "cpu" and impl == "triton")
     if impl != "triton" or device == "cuda":
-        # The backward (and so double backward) is the same Python code for every impl; only the forward
-        # kernel differs, and gradgradcheck's ~700 forwards are too slow through the Triton interpreter.
+        # Double backward is the same Python composite for every impl; gradgradcheck's ~700 forwards are too slow
+        # through the Triton interpreter.
         torch.autograd.gradgradcheck(f, (x, g, b))
 
 
