@@ -364,6 +364,8 @@ def test_backward_ops_match_composite(device, impl, mode, scale):
     apply_bwd, stats_bwd = _bwd_ops(impl)
     acts = ["lrelu", "tanh", "swish", "elu"]
     for i, dtype in enumerate(DTYPES):
+        if impl == "triton" and device == "cpu" and dtype != torch.float32:
+            continue  # the interpreter is slow; one dtype per (mode, scale) there
         act, clamp = acts[(i + scale) % 4], (0.8 if i % 2 else None)
         dy, x, m, a, b = _bwd_inputs(2, 3, 5, 7, scale, dtype, device)
         layout = _cl if (i + scale) % 2 else (lambda t: t)
