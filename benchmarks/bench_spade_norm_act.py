@@ -6,7 +6,7 @@ Floor: x.clone() (allocate and write one x-sized tensor).
 import torch
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, fwd_bwd, vkernels_impls
 
 ARGS = dict(norm="batch", act="lrelu", alpha=0.2, gain=1.0)
 
@@ -35,7 +35,22 @@ def cases(device: str, quick: bool) -> list[Case]:
             out.append(Case(op="spade_norm_act", size="x".join(map(str, shape)), dtype=dtype, inputs=(x, g, b),
                             reference=_reference, impls=impls, bytes=5 * x.nbytes, flops=6 * x.numel(),
                             bound="memory", targets=_targets(device, dtype, impls)))
+            if shape[-1] == 128:
+                continue
+            # Training: forward + backward w.r.t. x, gamma, beta (fused spade backward: reads dy, x, gamma, beta,
+            # writes dx, dgamma, dbeta; stats backward reads x, writes dx; plus the dx sum).
+            out.append(Case(op="spade_norm_act", size="fwdbwd-" + "x".join(map(str, shape)), dtype=dtype,
+                            inputs=(x, g, b), reference=fwd_bwd(_reference, (0, 1, 2)),
+                            impls={k: fwd_bwd(f, (0, 1, 2)) for k, f in impls.items()}, bytes=16 * x.nbytes,
+                            flops=20 * x.numel(), bound="memory",
+                            loose=_LOOSE))
     return out
+
+
+
+# Weight/bias/gamma gradients are sums over N*H*W terms: compiled and fused backends sum them in other orders (fp32
+# eager and compile disagree by ~1e-5 of the largest value themselves), so fwd+bwd cases compare at 1e-4.
+_LOOSE = {"compile": 1e-4, "vkernels-cpu": 1e-4, "vkernels-triton": 1e-4, "vkernels-cuda": 1e-4}
 
 
 def _targets(device, dtype, impls):

@@ -8,7 +8,7 @@ allocating and writing an output-sized tensor (`clone` of an output-shaped input
 import torch
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls
+from benchmarks._harness import Case, fwd_bwd, vkernels_impls
 
 
 def _reference(args):
@@ -51,7 +51,24 @@ def cases(device: str, quick: bool) -> list[Case]:
                             inputs=(x, w, b, ss, sb, floor), reference=_reference(args), impls=impls,
                             bytes=2 * x.nbytes + floor.nbytes, flops=(10 if mode == "bilinear" else 4) * out_elems,
                             bound="memory", clone_of=5, targets=_targets(device, dtype, impls)))
+            if cond or dtype != dtypes[-1] and device == "cpu":
+                continue
+            # Training: forward + backward w.r.t. x, weight, bias (the fused backward kernels: apply backward
+            # reads dy and x, writes dx; stats backward reads x, writes dx). Bytes: forward's + dy read + x read
+            # twice + dx written twice + their sum.
+            bw = {k: fwd_bwd(f, (0, 1, 2)) for k, f in impls.items()}
+            out.append(Case(op="upsample_norm_act", size=name + "-fwdbwd-" + "x".join(map(str, shape)), dtype=dtype,
+                            inputs=(x, w, b, ss, sb, floor), reference=fwd_bwd(_reference(args), (0, 1, 2)),
+                            impls=bw, bytes=5 * x.nbytes + 2 * floor.nbytes + 3 * x.nbytes,
+                            flops=(30 if mode == "bilinear" else 12) * out_elems, bound="memory", clone_of=5,
+                            loose=_LOOSE))
     return out
+
+
+
+# Weight/bias/gamma gradients are sums over N*H*W terms: compiled and fused backends sum them in other orders (fp32
+# eager and compile disagree by ~1e-5 of the largest value themselves), so fwd+bwd cases compare at 1e-4.
+_LOOSE = {"compile": 1e-4, "vkernels-cpu": 1e-4, "vkernels-triton": 1e-4, "vkernels-cuda": 1e-4}
 
 
 def _targets(device, dtype, impls):

@@ -697,7 +697,7 @@ def smoke_modulated_conv2d_epilogue(ctx: Ctx) -> Iterator[Case]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# upsample_norm_act / spade_norm_act (stats + apply kernels; their backward is composed of torch ops + bias_act_grad)
+# upsample_norm_act / spade_norm_act (stats + apply kernels and their fused backward ops)
 # --------------------------------------------------------------------------------------------------------------------
 # name: (N, C, H, W), scale, mode, channels_last
 NORM_ACT_CASES = {
@@ -738,6 +738,22 @@ def smoke_upsample_norm_act(ctx: Ctx) -> Iterator[Case]:
                 args = (xd, *(t.to(device=ctx.device, dtype=ct) for t in (m, a, b)), s, mode, "lrelu", 0.2, 1.4, 3.0)
                 yield Case(f"upsample_norm_act/{impl}/{dn}/{name}", "upsample_norm_act" + sfx[impl], args, expect,
                            TOL_NAMES[dn], 4.0)
+                # Fused backward ops against their differentiable composites (fp64).
+                from vkernels.ops.upsample_norm_act import apply_backward_composite, stats_backward_composite
+                dy = torch.randn(N, C, shape[2] * s, shape[3] * s, generator=g, dtype=torch.float64).to(dtype)
+                dyd = dy.to(ctx.device)
+                if cl:
+                    dyd = dyd.contiguous(memory_format=torch.channels_last)
+                bargs = (s, mode, "lrelu", 0.2, 1.4, 3.0, [True] * 4)
+                bexp = apply_backward_composite(dy.double(), x.double(), m, a, b, *bargs)
+                yield Case(f"upsample_norm_act_backward/{impl}/{dn}/{name}", "upsample_norm_act_backward" + sfx[impl],
+                           (dyd, xd, *args[1:4], *bargs), bexp, TOL_NAMES[dn], 16.0)
+                gm, gv, mn = (torch.randn(C, generator=g, dtype=torch.float64) for _ in range(3))
+                sexp = stats_backward_composite(gm, gv, x.double(), mn, s, mode, False)
+                yield Case(f"upsample_norm_act_stats_backward/{impl}/{dn}/{name}",
+                           "upsample_norm_act_stats_backward" + sfx[impl],
+                           (*(t.to(ctx.device, ct) for t in (gm, gv)), xd, mn.to(ctx.device, ct), s, mode, False), sexp,
+                           TOL_NAMES[dn], 16.0)
 
 
 @smoke
@@ -767,6 +783,15 @@ def smoke_spade_norm_act(ctx: Ctx) -> Iterator[Case]:
                         0.2, 1.3, 1.0)
                 yield Case(f"spade_norm_act/{impl}/{dn}/{name}", "spade_norm_act" + sfx[impl], args, expect,
                            TOL_NAMES[dn], 8.0)
+                from vkernels.ops.spade_norm_act import backward_composite
+                dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+                dyd = dy.to(ctx.device)
+                if cl:
+                    dyd = dyd.contiguous(memory_format=torch.channels_last)
+                bexp = backward_composite(dy.double(), x.double(), m, r, gm.double(), bt.double(), "tanh", 0.2, 1.3,
+                                          1.0, [True] * 5)
+                yield Case(f"spade_norm_act_backward/{impl}/{dn}/{name}", "spade_norm_act_backward" + sfx[impl],
+                           (dyd, *args[:5], *args[5:], [True] * 5), bexp, TOL_NAMES[dn], 16.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -130,10 +130,11 @@ def test_gradcheck_and_gradgradcheck(device, impl, norm, mode, act):
     def f(x, w, b, ss, sb):
         return vkernels.upsample_norm_act(x, 2, mode, norm, w, b, ss, sb, act=act, gain=1.3, impl=impl)
 
-    torch.autograd.gradcheck(f, (x, w, b, ss, sb))
+    # Triton through the interpreter: one random-projection check (slow mode runs a fused backward per output).
+    torch.autograd.gradcheck(f, (x, w, b, ss, sb), fast_mode=device == "cpu" and impl == "triton")
     if impl != "triton" or device == "cuda":
-        # The backward (and so double backward) is the same Python code for every impl; only the forward
-        # kernel differs, and gradgradcheck's ~700 forwards are too slow through the Triton interpreter.
+        # Double backward is the same Python composite for every impl; gradgradcheck's ~700 forwards are too slow
+        # through the Triton interpreter.
         torch.autograd.gradgradcheck(f, (x, w, b, ss, sb))
 
 
@@ -328,3 +329,129 @@ def test_cpu_stats_one_pass(mode, layout, per_sample):
                 ref_err = (uf.var(dims, unbiased=False).double() - rv).abs().max().item()
                 vtol = 2 * ref_err + 2e-3 * rv.max().item() + 1e-9
             torch.testing.assert_close(var.double(), rv, rtol=0, atol=vtol)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fused backward ops (upsample_norm_act_backward, upsample_norm_act_stats_backward) vs the differentiable composites
+# --------------------------------------------------------------------------------------------------------------------
+from vkernels.ops.upsample_norm_act import apply_backward_composite, stats_backward_composite  # noqa: E402
+
+
+def _bwd_ops(impl):
+    sfx = "_triton" if impl == "triton" else ""
+    return (getattr(torch.ops.vkernels, "upsample_norm_act_backward" + sfx),
+            getattr(torch.ops.vkernels, "upsample_norm_act_stats_backward" + sfx))
+
+
+def _bwd_inputs(N, C, H, W, s, dtype, device):
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    x = randn((N, C, H, W), dtype, device) + 0.5
+    m = randn((N, C), ct, device) * 0.3 + 0.5
+    a = randn((N, C), ct, device) * 0.3 + 1
+    b = randn((N, C), ct, device) * 0.3
+    dy = randn((N, C, H * s, W * s), dtype, device)
+    return dy, x, m, a, b
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_backward_ops_match_composite(device, impl, mode, scale):
+    apply_bwd, stats_bwd = _bwd_ops(impl)
+    acts = ["lrelu", "tanh", "swish", "elu"]
+    for i, dtype in enumerate(DTYPES):
+        if impl == "triton" and device == "cpu" and dtype != torch.float32:
+            continue  # the interpreter is slow; one dtype per (mode, scale) there
+        act, clamp = acts[(i + scale) % 4], (0.8 if i % 2 else None)
+        dy, x, m, a, b = _bwd_inputs(2, 3, 5, 7, scale, dtype, device)
+        layout = _cl if (i + scale) % 2 else (lambda t: t)
+        args = (scale, mode, act, 0.2, 1.4, clamp)
+        ours = apply_bwd(layout(dy), layout(x), m, a, b, *args, [True] * 4)
+        lowp = apply_backward_composite(dy, x, m, a, b, *args, [True] * 4)
+        orac = apply_backward_composite(dy.double(), x.double(), m.double(), a.double(), b.double(), *args, [True] * 4)
+        for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
+            check_close(o, lp, orc, o.dtype, f"apply {mode}/{scale}/{act}/{dtype} output {k}")
+        assert ours[0].is_contiguous(memory_format=torch.channels_last) == (layout is _cl)
+        for per_sample in (False, True):
+            shape = (2, 3) if per_sample else (3,)
+            gm, gv, mean = (randn(shape, m.dtype, device) for _ in range(3))
+            o = stats_bwd(gm, gv, layout(x), mean, scale, mode, per_sample)
+            lp = stats_backward_composite(gm, gv, x, mean, scale, mode, per_sample)
+            orc = stats_backward_composite(gm.double(), gv.double(), x.double(), mean.double(), scale, mode,
+                                           per_sample)
+            check_close(o, lp, orc, dtype, f"stats {mode}/{scale}/{dtype}/{per_sample}")
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_backward_ops_masks_empty_determinism(device, impl):
+    apply_bwd, stats_bwd = _bwd_ops(impl)
+    dy, x, m, a, b = _bwd_inputs(2, 3, 4, 5, 2, torch.float32, device)
+    args = (2, "bilinear", "lrelu", 0.2, 1.0, None)
+    full = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
+    for mask in ([True, False, False, False], [False, True, False, True], [False, False, True, False]):
+        part = apply_bwd(dy, x, m, a, b, *args, mask)
+        for k, (p, f) in enumerate(zip(part, full)):
+            if mask[k]:
+                assert torch.equal(p, f), (mask, k)
+            else:
+                assert p.numel() == 0, (mask, k)
+    again = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
+    assert all(torch.equal(u, v) for u, v in zip(full, again))  # deterministic
+    if device == "cpu":
+        n = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = apply_bwd(_cl(dy), _cl(x), m, a, b, *args, [True] * 4)
+        finally:
+            torch.set_num_threads(n)
+        many = apply_bwd(_cl(dy), _cl(x), m, a, b, *args, [True] * 4)
+        assert all(torch.equal(u, v) for u, v in zip(one, many))
+    for shape in ((0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5)):
+        dy, x, m, a, b = _bwd_inputs(*shape, 2, torch.float32, device)
+        dx, dm, da, db = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
+        assert dx.shape == x.shape and dm.shape == da.shape == db.shape == m.shape
+        assert torch.equal(db, torch.zeros_like(db))
+        z = torch.zeros(shape[1], device=device)
+        assert stats_bwd(z, z, x, z, 2, "bilinear", False).shape == x.shape
+    with pytest.raises(RuntimeError, match="dy"):
+        apply_bwd(torch.randn(2, 3, 4, 5, device=device), x, m, a, b, *args, [True] * 4)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_backward_ops_opcheck_and_gradgradcheck(device, impl):
+    apply_bwd, stats_bwd = _bwd_ops(impl)
+    dy, x, m, a, b = (t.requires_grad_() for t in _bwd_inputs(2, 3, 3, 4, 2, torch.float64, device))
+    for mode in ("nearest", "bilinear"):
+        torch.library.opcheck(apply_bwd, (dy, x, m, a, b, 2, mode, "tanh", 0.2, 1.3, None, [True, True, False, True]))
+        gm, gv, mean = (torch.randn(3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+        torch.library.opcheck(stats_bwd, (gm, gv, x, mean, 2, mode, False))
+    if impl == "triton" and device == "cpu":
+        return  # gradcheck's hundreds of calls are too slow through the Triton interpreter
+    # The fused ops' own gradients (the composites' autograd) against finite differences of the fused ops.
+    for mode in ("nearest", "bilinear"):
+        f = lambda *t: apply_bwd(*t, 2, mode, "tanh", 0.2, 1.3, None, [True] * 4)  # noqa: E731
+        torch.autograd.gradcheck(f, (dy, x, m, a, b))
+        gm, gv, mean = (torch.randn(2, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+        torch.autograd.gradcheck(lambda *t: stats_bwd(*t, 2, mode, True), (gm, gv, x, mean))
+        torch.autograd.gradgradcheck(lambda *t: stats_bwd(*t, 2, mode, True), (gm, gv, x, mean))
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_backward_compile_fullgraph_instance(device, impl):
+    torch._dynamo.reset()
+    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    ss = (torch.rand(2, 4, device=device) + 0.5).requires_grad_()
+
+    def f(x, ss):
+        return vkernels.upsample_norm_act(x, 3, "nearest", "instance", style_scale=ss, act="swish",
+                                          impl=impl).square().sum()
+
+    gx, gs = torch.autograd.grad(torch.compile(f, fullgraph=True, backend="aot_eager")(x, ss), (x, ss))
+    y = reference(x, 3, "nearest", "instance", style_scale=ss, act="swish")
+    rx, rs = torch.autograd.grad(y.square().sum(), (x, ss))
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gs, rs, rtol=1e-4, atol=1e-4)

@@ -55,6 +55,17 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // clamp(act((x - mean[n, c]) * rstd[n, c] * (1 + gamma) + beta) * gain, -clamp, clamp).
   m.def("spade_norm_act(Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta, str act, float alpha, float gain, "
         "float? clamp) -> Tensor");
+  // Backward ops (first order; their own gradients are the differentiable composites in vkernels/ops/*.py).
+  // Outputs whose output_mask entry is False come back as empty (0-element) tensors.
+  // (dx, dmean, da, db) of upsample_norm_act given dy = dL/dout.
+  m.def("upsample_norm_act_backward(Tensor dy, Tensor x, Tensor mean, Tensor a, Tensor b, int scale, str mode, "
+        "str act, float alpha, float gain, float? clamp, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // dx of upsample_norm_act_stats given the gradients of its (mean, var) outputs.
+  m.def("upsample_norm_act_stats_backward(Tensor gmean, Tensor gvar, Tensor x, Tensor mean, int scale, str mode, "
+        "bool per_sample) -> Tensor");
+  // (dx, dmean, drstd, dgamma, dbeta) of spade_norm_act given dy.
+  m.def("spade_norm_act_backward(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta, str act, "
+        "float alpha, float gain, float? clamp, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace vkernels::norm_act

@@ -1,16 +1,18 @@
 """spade_norm_act: SPADE (Park et al. 2019) -- parameter-free batch / instance norm, spatial modulation
 norm(x) * (1 + gamma) + beta with per-pixel gamma/beta maps, then activation, gain and clamp -- in one apply pass.
 
-Registration: the schema lives in csrc/ops/upsample_norm_act.cpp (`spade_norm_act`); the statistics come from
-`upsample_norm_act_stats` with scale 1. This file adds the fake kernel, autograd (formulas in differentiable PyTorch
-ops, so double backward works), the Triton variant and the public function.
+Registration: the schemas live in csrc/ops/upsample_norm_act.cpp (`spade_norm_act`, `spade_norm_act_backward`); the
+statistics come from `upsample_norm_act_stats` with scale 1. This file adds the fake kernels, autograd (first order:
+the fused `spade_norm_act_backward`; its own gradient: `backward_composite`, differentiable PyTorch ops, so double
+backward works), the Triton variants and the public function.
 """
 from __future__ import annotations
 
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upsample_norm_act import _FLOAT_DTYPES, _nc4, act_grad, check_act, check_nc, check_running, norm_stats
+from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, _empty_fmt, _nc4, act_grad, check_act, check_dy, check_nc,
+                                           check_running, double_backward, norm_stats)
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
 
 __all__ = ["spade_norm_act"]
@@ -83,12 +85,35 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
                     None if clamp is None else float(clamp))
 
 
-def _register(name: str) -> None:
+def backward_composite(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
+    """(dx, dm, dr, dgamma, dbeta) of spade_norm_act in differentiable torch ops (None where mask is False): the
+    reference for the fused `spade_norm_act_backward` and the formula its own (second-order) gradient comes from."""
+    ct = m.dtype
+    xc = x.to(ct) - _nc4(m)
+    xn = xc * _nc4(r)
+    g1 = 1 + gamma.to(ct)
+    dz = act_grad(dy.to(ct), xn * g1 + beta.to(ct), act, alpha, gain, clamp)
+    dxn = dz * g1
+    dx = (dxn * _nc4(r)).to(x.dtype) if mask[0] else None
+    dm = -(dxn.sum((2, 3)) * r) if mask[1] else None
+    dr = (dxn * xc).sum((2, 3)) if mask[2] else None
+    dgamma = (dz * xn).to(gamma.dtype) if mask[3] else None
+    dbeta = dz.to(beta.dtype) if mask[4] else None
+    return dx, dm, dr, dgamma, dbeta
+
+
+def _register(name: str, bwd: str) -> None:
+    bwd_op = getattr(torch.ops.vkernels, bwd).default
+
     @torch.library.register_fake(f"vkernels::{name}")
     def _fake(x, m, r, gamma, beta, act, alpha, gain, clamp):
-        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        return torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                           memory_format=torch.channels_last if cl else torch.contiguous_format)
+        return _empty_fmt(x, x.shape)
+
+    @torch.library.register_fake(f"vkernels::{bwd}")
+    def _fake_bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
+        nc = tuple(x.shape[:2])
+        full = [_empty_fmt(x, x.shape) if k else x.new_empty(0) for k in (mask[0], mask[3], mask[4])]
+        return full[0], *(m.new_empty(nc) if k else m.new_empty(0) for k in mask[1:3]), full[1], full[2]
 
     def setup(ctx, inputs, output):
         x, m, r, gamma, beta, act, alpha, gain, clamp = inputs
@@ -96,22 +121,20 @@ def _register(name: str) -> None:
         ctx.save_for_backward(x, m, r, gamma, beta)
 
     def backward(ctx, dy):
-        x, m, r, gamma, beta = ctx.saved_tensors
-        act, alpha, gain, clamp = ctx.args
-        ct = m.dtype
-        xc = x.to(ct) - _nc4(m)
-        xn = xc * _nc4(r)
-        g1 = 1 + gamma.to(ct)
-        dz = act_grad(dy.to(ct), xn * g1 + beta.to(ct), act, alpha, gain, clamp)
-        need = ctx.needs_input_grad
-        dxn = dz * g1
-        dx = (dxn * _nc4(r)).to(x.dtype) if need[0] else None
-        dm = -(dxn.sum((2, 3)) * r) if need[1] else None
-        dr = (dxn * xc).sum((2, 3)) if need[2] else None
-        dgamma = (dz * xn).to(gamma.dtype) if need[3] else None
-        dbeta = dz.to(beta.dtype) if need[4] else None
-        return dx, dm, dr, dgamma, dbeta, None, None, None, None
+        need = list(ctx.needs_input_grad[:5])
+        outs = bwd_op(dy, *ctx.saved_tensors, *ctx.args, need)
+        return *(o if k else None for o, k in zip(outs, need)), None, None, None, None
 
+    def setup_bwd(ctx, inputs, output):
+        dy, x, m, r, gamma, beta, *args, mask = inputs
+        ctx.args = (*args, list(mask))
+        ctx.save_for_backward(dy, x, m, r, gamma, beta)
+
+    def backward_bwd(ctx, *gouts):
+        grads = double_backward(backward_composite, ctx.saved_tensors, ctx.args, gouts, ctx.needs_input_grad[:6])
+        return *grads, None, None, None, None, None
+
+    torch.library.register_autograd(f"vkernels::{bwd}", backward_bwd, setup_context=setup_bwd)
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
@@ -128,11 +151,25 @@ def _define_triton() -> None:
         check_nc(op, x, (("mean", m), ("rstd", r)))
         return tk.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
 
+    def bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
+        from vkernels.triton import norm_act_backward as tb
+        op = "spade_norm_act_backward"
+        if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+            raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
+        for name, t in (("gamma", gamma), ("beta", beta)):
+            if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+                raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
+        check_dy(op, dy, x, x.shape)
+        check_act(op, act, alpha, gain, clamp)
+        check_nc(op, x, (("mean", m), ("rstd", r)))
+        return tb.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
+
     _backend.define_triton_variant("spade_norm_act", fwd)
+    _backend.define_triton_variant("spade_norm_act_backward", bwd)
 
 
 if _backend.has_op("spade_norm_act"):
-    _register("spade_norm_act")
+    _register("spade_norm_act", "spade_norm_act_backward")
     if _backend.HAS_TRITON:
         _define_triton()
-        _register("spade_norm_act_triton")
+        _register("spade_norm_act_triton", "spade_norm_act_backward_triton")

@@ -6,9 +6,12 @@ Registration: the schemas live in csrc/ops/upsample_norm_act.cpp. Two ops do the
 apply). This file adds their fake kernels, autograd, Triton variants, and the public function, which turns norm,
 running statistics and the affine convention into the per-(n, c) (mean, a, b) the apply kernel takes.
 
-Backward: both ops save only x and per-(n, c) vectors (never the upsampled tensor). Their backward formulas are
-written in differentiable PyTorch ops (the upsampled values are recomputed there, transiently; the activation's
-derivative is bias_act's grad kernel), so double backward (gradgradcheck, R1) works through them.
+Backward: both ops save only x and per-(n, c) vectors (never the upsampled tensor). First order runs fused kernels
+(`upsample_norm_act_backward`, `upsample_norm_act_stats_backward`: C++ in csrc/ops/cpu/norm_act_backward_kernel.cpp,
+Triton in vkernels/triton/norm_act_backward.py) that recompute the upsampled values from x on the fly. Those backward
+ops have their own autograd, whose formulas are the differentiable composites below (`apply_backward_composite`,
+`stats_backward_composite`: upsampled values recomputed transiently, the activation's derivative from bias_act's
+grad kernel), so double backward (gradgradcheck, R1) works through them; the composites are also the tests' oracle.
 """
 from __future__ import annotations
 
@@ -214,7 +217,62 @@ def _nc4(v):
     return v[:, :, None, None]
 
 
-def _register(stats: str, apply: str) -> None:
+def apply_backward_composite(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
+    """(dx, dm, da, db) of upsample_norm_act in differentiable torch ops (None where mask is False): the reference
+    for the fused `upsample_norm_act_backward` and the formula its own (second-order) gradient comes from."""
+    H, W = x.shape[2:]
+    xc = upsample(x.to(m.dtype), scale, mode) - _nc4(m)
+    dz = act_grad(dy.to(m.dtype), xc * _nc4(a) + _nc4(b), act, alpha, gain, clamp)
+    dx = upsample_adjoint(dz * _nc4(a), scale, mode, H, W).to(x.dtype) if mask[0] else None
+    db = dz.sum((2, 3)) if mask[3] or mask[1] else None
+    dm = -(db * a) if mask[1] else None
+    da = (dz * xc).sum((2, 3)) if mask[2] else None
+    return dx, dm, da, db if mask[3] else None
+
+
+def stats_backward_composite(gmean, gvar, x, mean, scale, mode, per_sample):
+    """dx of upsample_norm_act_stats given the gradients of (mean, var), in differentiable torch ops; `mean` is the
+    op's mean output (its own dependence on x reaches x through its graph, not through this formula)."""
+    ct = mean.dtype
+    N, C, H, W = x.shape
+    u = upsample(x.to(ct), scale, mode)
+    K = u.numel() // (N * C if per_sample else C)
+    view = _nc4 if per_sample else (lambda v: v.reshape(1, -1, 1, 1))
+    du = view(gmean) / K + view(gvar) * (2.0 / K) * (u - view(mean))
+    return upsample_adjoint(du, scale, mode, H, W).to(x.dtype)
+
+
+def _alias(t, need):
+    """The composite's input for saved tensor t: a fresh view of t when its gradient is needed (differentiating
+    w.r.t. the view gives the partial derivative through this formula only, while higher orders still flow into t's
+    own graph), else t detached."""
+    if not need:
+        return t.detach()
+    return t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
+
+
+def double_backward(composite, tensors, args, grads, needs):
+    """Gradients of the fused backward op (the composite's outputs paired with `grads`) w.r.t. `tensors` through
+    the composite's autograd, any order (create_graph when the caller's backward builds a graph)."""
+    create_graph = torch.is_grad_enabled()  # True inside a create_graph=True backward
+    if not any(needs):
+        return [None] * len(tensors)
+    with torch.enable_grad():
+        leaves = [_alias(t, n) for t, n in zip(tensors, needs)]
+        outs = composite(*leaves, *args)
+        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None and g.numel() > 0]
+        wrt = [lf for lf, n in zip(leaves, needs) if n]
+        if not pairs:
+            return [None] * len(tensors)
+        res = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=create_graph,
+                                       allow_unused=True))
+    return [next(res) if n else None for n in needs]
+
+
+def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
+    stats_bwd_op = getattr(torch.ops.vkernels, stats_bwd).default
+    apply_bwd_op = getattr(torch.ops.vkernels, apply_bwd).default
+
     @torch.library.register_fake(f"vkernels::{stats}")
     def _fake_stats(x, scale, mode, per_sample):
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -223,32 +281,39 @@ def _register(stats: str, apply: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{apply}")
     def _fake_apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
-        cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         N, C, H, W = x.shape
-        return torch.empty((N, C, H * scale, W * scale), dtype=x.dtype, device=x.device,
-                           memory_format=torch.channels_last if cl else torch.contiguous_format)
+        return _empty_fmt(x, (N, C, H * scale, W * scale))
+
+    @torch.library.register_fake(f"vkernels::{stats_bwd}")
+    def _fake_stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
+        return _empty_fmt(x, x.shape)
+
+    @torch.library.register_fake(f"vkernels::{apply_bwd}")
+    def _fake_apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
+        nc = tuple(x.shape[:2])
+        return (_empty_fmt(x, x.shape) if mask[0] else x.new_empty(0),
+                *(m.new_empty(nc) if k else m.new_empty(0) for k in mask[1:]))
 
     def setup_stats(ctx, inputs, output):
         x, scale, mode, per_sample = inputs
         ctx.args = (scale, mode, per_sample)
-        ctx.save_for_backward(x)
+        ctx.save_for_backward(x, output[0])
 
     def backward_stats(ctx, gmean, gvar):
-        (x,) = ctx.saved_tensors
-        scale, mode, per_sample = ctx.args
-        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-        N, C, H, W = x.shape
-        u = upsample(x.to(ct), scale, mode)
-        dims = (2, 3) if per_sample else (0, 2, 3)
-        M = u.numel() // (N * C if per_sample else C)
-        view = _nc4 if per_sample else (lambda v: v.reshape(1, -1, 1, 1))
-        du = torch.zeros_like(u)
-        if gmean is not None:
-            du = du + view(gmean) / M
-        if gvar is not None:
-            mu = u.mean(dims, keepdim=True)  # recomputed from x, so double backward sees its dependence on x
-            du = du + view(gvar) * (2.0 / M) * (u - mu)
-        return upsample_adjoint(du, scale, mode, H, W).to(x.dtype), None, None, None
+        x, mean = ctx.saved_tensors
+        gmean = torch.zeros_like(mean) if gmean is None else gmean
+        gvar = torch.zeros_like(mean) if gvar is None else gvar
+        return stats_bwd_op(gmean, gvar, x, mean, *ctx.args), None, None, None
+
+    def setup_stats_bwd(ctx, inputs, output):
+        gmean, gvar, x, mean, scale, mode, per_sample = inputs
+        ctx.args = (scale, mode, per_sample)
+        ctx.save_for_backward(gmean, gvar, x, mean)
+
+    def backward_stats_bwd(ctx, gdx):
+        grads = double_backward(lambda *a: (stats_backward_composite(*a),), ctx.saved_tensors, ctx.args, (gdx,),
+                                ctx.needs_input_grad[:4])
+        return *grads, None, None, None
 
     def setup_apply(ctx, inputs, output):
         x, m, a, b, scale, mode, act, alpha, gain, clamp = inputs
@@ -257,19 +322,31 @@ def _register(stats: str, apply: str) -> None:
 
     def backward_apply(ctx, dy):
         x, m, a, b = ctx.saved_tensors
-        scale, mode, act, alpha, gain, clamp = ctx.args
-        H, W = x.shape[2:]
-        xc = upsample(x.to(m.dtype), scale, mode) - _nc4(m)
-        dz = act_grad(dy.to(m.dtype), xc * _nc4(a) + _nc4(b), act, alpha, gain, clamp)
-        need = ctx.needs_input_grad
-        dx = upsample_adjoint(dz * _nc4(a), scale, mode, H, W).to(x.dtype) if need[0] else None
-        db = dz.sum((2, 3)) if need[3] or need[1] else None
-        dm = -(db * a) if need[1] else None
-        da = (dz * xc).sum((2, 3)) if need[2] else None
-        return dx, dm, da, db if need[3] else None, None, None, None, None, None, None
+        need = list(ctx.needs_input_grad[:4])
+        outs = apply_bwd_op(dy, x, m, a, b, *ctx.args, need)
+        return *(o if n else None for o, n in zip(outs, need)), None, None, None, None, None, None
 
+    def setup_apply_bwd(ctx, inputs, output):
+        dy, x, m, a, b, *args, mask = inputs
+        ctx.args = (*args, list(mask))
+        ctx.save_for_backward(dy, x, m, a, b)
+
+    def backward_apply_bwd(ctx, *gouts):
+        grads = double_backward(apply_backward_composite, ctx.saved_tensors, ctx.args, gouts,
+                                ctx.needs_input_grad[:5])
+        return *grads, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(f"vkernels::{stats_bwd}", backward_stats_bwd, setup_context=setup_stats_bwd)
+    torch.library.register_autograd(f"vkernels::{apply_bwd}", backward_apply_bwd, setup_context=setup_apply_bwd)
     torch.library.register_autograd(f"vkernels::{stats}", backward_stats, setup_context=setup_stats)
     torch.library.register_autograd(f"vkernels::{apply}", backward_apply, setup_context=setup_apply)
+
+
+def _empty_fmt(x, shape):
+    """An empty tensor of `shape` in x's memory format (channels_last kept), as the kernels allocate outputs."""
+    cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.empty(shape, dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 def _define_triton() -> None:
@@ -285,8 +362,38 @@ def _define_triton() -> None:
         check_nc("upsample_norm_act", x, (("mean", m), ("a", a), ("b", b)))
         return tk.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
 
+    def apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
+        from vkernels.triton import norm_act_backward as tb
+        op = "upsample_norm_act_backward"
+        _check_raw(op, x, scale, mode)
+        check_act(op, act, alpha, gain, clamp)
+        check_nc(op, x, (("mean", m), ("a", a), ("b", b)))
+        N, C, H, W = x.shape
+        check_dy(op, dy, x, (N, C, H * scale, W * scale))
+        return tb.apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, list(mask))
+
+    def stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
+        from vkernels.triton import norm_act_backward as tb
+        op = "upsample_norm_act_stats_backward"
+        _check_raw(op, x, scale, mode)
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
+        for name, t in (("gmean", gmean), ("gvar", gvar), ("mean", mean)):
+            if tuple(t.shape) != shape or t.dtype != ct or t.device != x.device:
+                raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape {shape} on {x.device}, got "
+                                   f"{t.dtype} {tuple(t.shape)} on {t.device}")
+        return tb.stats_backward(gmean, gvar, x, mean, scale, mode, per_sample)
+
     _backend.define_triton_variant("upsample_norm_act_stats", stats)
     _backend.define_triton_variant("upsample_norm_act", apply)
+    _backend.define_triton_variant("upsample_norm_act_stats_backward", stats_bwd)
+    _backend.define_triton_variant("upsample_norm_act_backward", apply_bwd)
+
+
+def check_dy(op, dy, x, shape):
+    if tuple(dy.shape) != tuple(shape) or dy.dtype != x.dtype or dy.device != x.device:
+        raise RuntimeError(f"{op}: dy must be a {x.dtype} tensor of shape {tuple(shape)} on {x.device}, got "
+                           f"{dy.dtype} {tuple(dy.shape)} on {dy.device}")
 
 
 def _check_raw(op, x, scale, mode):
@@ -309,7 +416,9 @@ def check_nc(op, x, named):
 
 
 if _backend.has_op("upsample_norm_act"):
-    _register("upsample_norm_act_stats", "upsample_norm_act")
+    _register("upsample_norm_act_stats", "upsample_norm_act", "upsample_norm_act_stats_backward",
+              "upsample_norm_act_backward")
     if _backend.HAS_TRITON:
         _define_triton()
-        _register("upsample_norm_act_stats_triton", "upsample_norm_act_triton")
+        _register("upsample_norm_act_stats_triton", "upsample_norm_act_triton", "upsample_norm_act_stats_backward_triton",
+                  "upsample_norm_act_backward_triton")

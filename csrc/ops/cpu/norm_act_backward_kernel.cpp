@@ -1,0 +1,388 @@
+// Backward of upsample_norm_act / upsample_norm_act_stats / spade_norm_act on CPU (first order; the ops' own
+// gradients are the differentiable composites in vkernels/ops/*.py). Nothing of output size is materialised: the
+// upsampled values u = up(x) are recomputed from x row by row, dz and the adjoint of the upsampling are applied on
+// the fly into a per-plane (NCHW) or per-sample (channels_last) accumulator of input size.
+// Per upsampled element (s = scale, M = N*C*H*W input elements, E = s*s*M, b = sizeof(dtype)):
+//  - upsample_norm_act_backward: reads dy (E*b) and x (M*b), writes dx (M*b), one pass. dz = dy * gain *
+//    act'(z) (bias_act's kGrad1X math, z recomputed from u) ~ 6 FLOPs + act', two fp64 sums (dz, dz * (u - m)) for
+//    db / da, then the adjoint: nearest adds dz into its source pixel (1 add), bilinear into its 4 sources (~8 FLOPs).
+//  - upsample_norm_act_stats_backward: du = gmean / K + 2 gvar / K * (u - mean) is affine in u, so for nearest the
+//    adjoint is closed form per input pixel (dx = s^2 * du(x): reads x, writes dx, 3 FLOPs per input element);
+//    bilinear recomputes u and applies the adjoint stencil as above (no dy read).
+//  - spade_norm_act_backward: reads dy, x, gamma, beta, writes dx, dgamma, dbeta (7 tensors of M), ~10 FLOPs +
+//    act' per element, two fp64 sums per (n, c).
+// Reductions run in fp64 per element in a fixed order (one thread owns a plane or a sample), so results are
+// deterministic for any thread count. Layouts: NCHW (other strides go through a contiguous copy) parallel over
+// planes; channels_last parallel over samples with per-channel accumulators.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "ops/cpu/norm_act_cpu_common.h"
+#include "ops/upsample_norm_act.h"
+
+namespace vkernels::norm_act {
+namespace {
+
+using bias_act::Act;
+
+// dz of upsample_norm_act for upsampled value u of group g (= n * C + c); accumulates db and da.
+template <Act A, class opmath_t>
+struct ApplyGrad {
+  static constexpr bool kHasDy = true;
+  const opmath_t *m, *a, *b;
+  bias_act::Params<opmath_t> ps;
+  opmath_t dz(int64_t g, opmath_t u, opmath_t dy, double& r1, double& r2) const {
+    const opmath_t xc = u - m[g];
+    const opmath_t d = bias_act::apply<A, bias_act::Mode::kGrad1X>(xc * a[g], b[g], dy, ps);
+    r1 += double(d);
+    r2 += double(d) * double(xc);
+    return d;
+  }
+  opmath_t post(int64_t g) const { return a[g]; }  // dx = A^T (dz * a), a constant per plane
+};
+
+// du of upsample_norm_act_stats: gmean / K + 2 gvar / K * (u - mean) per group (c1 = gmean / K, c2 = 2 gvar / K).
+template <class opmath_t>
+struct StatsGrad {
+  static constexpr bool kHasDy = false;
+  const opmath_t *c1, *c2, *m;
+  opmath_t mult;  // s^2 for nearest (closed form: the adjoint of repeating a pixel s^2 times)
+  opmath_t dz(int64_t g, opmath_t u, opmath_t, double&, double&) const { return c1[g] + c2[g] * (u - m[g]); }
+  opmath_t post(int64_t) const { return mult; }
+};
+
+// dx = post * A^T dz(up(x), dy) for the upsampling A (nearest or bilinear by s; s == 1 is the identity), with the
+// per-group sums of G written to r1, r2 (N * C doubles each, may be null when G has none).
+template <class scalar_t, class G>
+void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil, bool cl, const G& gr,
+                  at::Tensor* dx, double* r1, double* r2) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OH = H * s, OW = W * s;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* dyp = G::kHasDy ? dy->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
+  const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
+  if (!cl) {
+    at::parallel_for(0, N * C, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<opmath_t> acc(dxp ? H * W : 0), u(OW), dz(OW), hadj(bil ? W : 0), hr(bil ? 2 * OW : 0);
+      int64_t key[2] = {-1, -1};
+      // Horizontally interpolated input row h of the plane (two cached: consecutive output rows share them).
+      auto hrow = [&](const scalar_t* plane, int64_t h, int64_t keep) -> const opmath_t* {
+        for (int j = 0; j < 2; ++j)
+          if (key[j] == h) return hr.data() + j * OW;
+        const int j = key[0] == keep ? 1 : 0;
+        opmath_t* d = hr.data() + j * OW;
+        const scalar_t* r = plane + h * W;
+        for (int64_t ow = 0; ow < OW; ++ow) d[ow] = lw[ow].l0 * opmath_t(r[lw[ow].i0]) + lw[ow].l1 * opmath_t(r[lw[ow].i1]);
+        key[j] = h;
+        return d;
+      };
+      for (int64_t g = g0; g < g1; ++g) {
+        const scalar_t* plane = xp + g * H * W;
+        const scalar_t* dyg = G::kHasDy ? dyp + g * OH * OW : nullptr;
+        std::fill(acc.begin(), acc.end(), opmath_t(0));
+        key[0] = key[1] = -1;
+        double s1 = 0, s2 = 0;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const Lin<opmath_t>& y = lh[oh];
+          if (!bil) {
+            const scalar_t* r = plane + (oh / s) * W;
+            if (s == 1) {
+              for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow]);
+            } else {
+              for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow / s]);
+            }
+          } else {
+            const opmath_t* h0 = hrow(plane, y.i0, y.i1);
+            const opmath_t* h1 = hrow(plane, y.i1, y.i0);
+            for (int64_t ow = 0; ow < OW; ++ow) u[ow] = y.l0 * h0[ow] + y.l1 * h1[ow];
+          }
+          const scalar_t* dyr = G::kHasDy ? dyg + oh * OW : nullptr;
+          for (int64_t ow = 0; ow < OW; ++ow)
+            dz[ow] = gr.dz(g, u[ow], G::kHasDy ? opmath_t(dyr[ow]) : opmath_t(0), s1, s2);
+          if (!dxp) continue;
+          if (!bil) {
+            opmath_t* ar = acc.data() + (oh / s) * W;
+            if (s == 1) {
+              for (int64_t ow = 0; ow < OW; ++ow) ar[ow] += dz[ow];
+            } else {
+              for (int64_t ow = 0; ow < OW; ++ow) ar[ow / s] += dz[ow];
+            }
+          } else {
+            std::fill(hadj.begin(), hadj.end(), opmath_t(0));
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              hadj[lw[ow].i0] += lw[ow].l0 * dz[ow];
+              hadj[lw[ow].i1] += lw[ow].l1 * dz[ow];
+            }
+            opmath_t* a0 = acc.data() + y.i0 * W;
+            opmath_t* a1 = acc.data() + y.i1 * W;
+            for (int64_t w = 0; w < W; ++w) a0[w] += y.l0 * hadj[w];
+            for (int64_t w = 0; w < W; ++w) a1[w] += y.l1 * hadj[w];
+          }
+        }
+        if (r1) r1[g] = s1, r2[g] = s2;
+        if (dxp) {
+          const opmath_t p = gr.post(g);
+          scalar_t* d = dxp + g * H * W;
+          for (int64_t i = 0; i < H * W; ++i) d[i] = static_cast<scalar_t>(acc[i] * p);
+        }
+      }
+    });
+    return;
+  }
+  // channels_last: one sample per task, C contiguous; per-channel accumulators in fp64 (sums) and opmath (dx).
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<opmath_t> acc(dxp ? H * W * C : 0), u(C), dz(C);
+    std::vector<double> s1(C), s2(C);
+    for (int64_t n = n0; n < n1; ++n) {
+      const scalar_t* xs = xp + n * H * W * C;
+      std::fill(acc.begin(), acc.end(), opmath_t(0));
+      std::fill(s1.begin(), s1.end(), 0.0);
+      std::fill(s2.begin(), s2.end(), 0.0);
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        const Lin<opmath_t>& y = lh[oh];
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          const Lin<opmath_t>& q = lw[ow];
+          const scalar_t *p00 = nullptr, *p01 = nullptr, *p10 = nullptr, *p11 = nullptr;
+          if (!bil) {
+            p00 = xs + ((oh / s) * W + ow / s) * C;
+            for (int64_t c = 0; c < C; ++c) u[c] = opmath_t(p00[c]);
+          } else {
+            p00 = xs + (y.i0 * W + q.i0) * C;
+            p01 = xs + (y.i0 * W + q.i1) * C;
+            p10 = xs + (y.i1 * W + q.i0) * C;
+            p11 = xs + (y.i1 * W + q.i1) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
+              const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
+              u[c] = y.l0 * t0 + y.l1 * t1;
+            }
+          }
+          const scalar_t* dyr = G::kHasDy ? dyp + ((n * OH + oh) * OW + ow) * C : nullptr;
+          for (int64_t c = 0; c < C; ++c)
+            dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), s1[c], s2[c]);
+          if (!dxp) continue;
+          if (!bil) {
+            opmath_t* ar = acc.data() + ((oh / s) * W + ow / s) * C;
+            for (int64_t c = 0; c < C; ++c) ar[c] += dz[c];
+          } else {
+            const std::array<std::pair<int64_t, opmath_t>, 4> taps = {{{y.i0 * W + q.i0, y.l0 * q.l0},
+                                                                       {y.i0 * W + q.i1, y.l0 * q.l1},
+                                                                       {y.i1 * W + q.i0, y.l1 * q.l0},
+                                                                       {y.i1 * W + q.i1, y.l1 * q.l1}}};
+            for (const auto& [pix, wt] : taps) {
+              opmath_t* ar = acc.data() + pix * C;
+              for (int64_t c = 0; c < C; ++c) ar[c] += wt * dz[c];
+            }
+          }
+        }
+      }
+      if (r1)
+        for (int64_t c = 0; c < C; ++c) r1[n * C + c] = s1[c], r2[n * C + c] = s2[c];
+      if (dxp) {
+        scalar_t* d = dxp + n * H * W * C;
+        for (int64_t i = 0; i < H * W; ++i)
+          for (int64_t c = 0; c < C; ++c) d[i * C + c] = static_cast<scalar_t>(acc[i * C + c] * gr.post(n * C + c));
+      }
+    }
+  });
+}
+
+at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+at::MemoryFormat fmt_of(bool cl) { return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
+
+void check_dy(std::string_view op, const at::Tensor& dy, const at::Tensor& x, at::IntArrayRef shape) {
+  TORCH_CHECK(dy.sizes() == shape, op, ": dy must have shape ", shape, ", got ", dy.sizes());
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), op, ": dy dtype ", dy.scalar_type(), " must equal x dtype ",
+              x.scalar_type());
+  TORCH_CHECK(dy.device() == x.device(), op, ": dy is on ", dy.device(), " but x is on ", x.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apply_backward_cpu(
+    const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b,
+    int64_t scale, c10::string_view mode_s, c10::string_view act_s, double alpha, double gain,
+    std::optional<double> clamp, std::array<bool, 4> mask) {
+  constexpr std::string_view op = "upsample_norm_act_backward";
+  check_x(op, x_in);
+  TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
+  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
+  const Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
+  TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
+  check_ab(op, x_in, m, "mean");
+  check_ab(op, x_in, a, "a");
+  check_ab(op, x_in, b, "b");
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  check_dy(op, dy_in, x_in, {N, C, H * scale, W * scale});
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(fmt_of(cl)), dy = dy_in.contiguous(fmt_of(cl));
+  const auto ct = compute_type(x.scalar_type());
+  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options(), fmt_of(cl)) : empty0(x);
+  const bool red = mask[1] || mask[2] || mask[3];
+  at::Tensor s1 = at::zeros({N, C}, x.options().dtype(at::kDouble)), s2 = at::zeros_like(s1);
+  if (x.numel() > 0 && (mask[0] || red)) {
+    const at::Tensor mc = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
+    const auto pd = make_params(alpha, gain, clamp);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_backward_cpu", [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      dispatch_act(act, [&]<Act A>() {
+        const ApplyGrad<A, opmath_t> gr{mc.const_data_ptr<opmath_t>(), ac.const_data_ptr<opmath_t>(),
+                                        bc.const_data_ptr<opmath_t>(), bias_act::cast_params<opmath_t>(pd)};
+        adjoint_impl<scalar_t>(x, &dy, scale, mode == Mode::kBilinear && scale > 1, cl, gr, mask[0] ? &dx : nullptr,
+                               s1.mutable_data_ptr<double>(), s2.mutable_data_ptr<double>());
+      });
+    });
+  }
+  at::Tensor db = s1.to(ct);
+  at::Tensor dm = mask[1] ? -(s1 * a.to(at::kDouble)).to(ct) : empty0(db);
+  at::Tensor da = mask[2] ? s2.to(ct) : empty0(db);
+  return {dx, dm, da, mask[3] ? db : empty0(db)};
+}
+
+at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, const at::Tensor& x_in,
+                              const at::Tensor& mean, int64_t scale, c10::string_view mode_s, bool per_sample) {
+  constexpr std::string_view op = "upsample_norm_act_stats_backward";
+  check_x(op, x_in);
+  TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
+  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const auto ct = compute_type(x_in.scalar_type());
+  const std::vector<int64_t> shape = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"gmean", &gmean}, {"gvar", &gvar},
+                         {"mean", &mean}}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef(shape), op, ": ", name, " must have shape ", at::IntArrayRef(shape),
+                " (per_sample=", per_sample, "), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == ct, op, ": ", name, " must be ", ct, " for x of dtype ", x_in.scalar_type(),
+                ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ",
+                x_in.device());
+  }
+  const bool cl = is_channels_last(x_in);
+  const at::Tensor x = x_in.contiguous(fmt_of(cl));
+  at::Tensor dx = at::empty(x.sizes(), x.options(), fmt_of(cl));
+  if (x.numel() == 0) return dx;
+  const double K = double((per_sample ? 1 : N) * H * W * scale * scale);
+  const at::Tensor c1 = (gmean / K).expand({N, C}).contiguous();
+  const at::Tensor c2 = (gvar * (2.0 / K)).expand({N, C}).contiguous();
+  const at::Tensor mc = mean.expand({N, C}).contiguous();
+  const bool bil = mode == Mode::kBilinear && scale > 1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_backward_cpu",
+                                  [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const StatsGrad<opmath_t> gr{c1.const_data_ptr<opmath_t>(), c2.const_data_ptr<opmath_t>(),
+                                 mc.const_data_ptr<opmath_t>(), bil ? opmath_t(1) : opmath_t(scale * scale)};
+    adjoint_impl<scalar_t>(x, nullptr, bil ? scale : 1, bil, cl, gr, &dx, nullptr, nullptr);
+  });
+  return dx;
+}
+
+// spade: z = (x - m) * r * (1 + gamma) + beta; dz = dy * gain * act'(z); dx = dz * (1 + gamma) * r,
+// dgamma = dz * xn, dbeta = dz; dm = -r * sum(dz * (1 + gamma)), dr = sum(dz * (1 + gamma) * (x - m)).
+template <Act A, class scalar_t>
+void spade_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt,
+                         const at::Tensor& m, const at::Tensor& r, const bias_act::Params<double>& pd, bool cl,
+                         scalar_t* dxp, scalar_t* dgp, scalar_t* dbp, double* s1, double* s2) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto ps = bias_act::cast_params<opmath_t>(pd);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
+  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
+  const opmath_t* mp = m.const_data_ptr<opmath_t>();
+  const opmath_t* rp = r.const_data_ptr<opmath_t>();
+  // Element i of group g; returns dz and accumulates the group's sums.
+  auto one = [&](int64_t i, int64_t g, double& a1, double& a2) {
+    const opmath_t xc = opmath_t(xp[i]) - mp[g], xn = xc * rp[g], g1 = opmath_t(1) + opmath_t(gp[i]);
+    const opmath_t dz = bias_act::apply<A, bias_act::Mode::kGrad1X>(xn * g1, opmath_t(tp[i]), opmath_t(dyp[i]), ps);
+    const opmath_t dxn = dz * g1;
+    if (dxp) dxp[i] = static_cast<scalar_t>(dxn * rp[g]);
+    if (dgp) dgp[i] = static_cast<scalar_t>(dz * xn);
+    if (dbp) dbp[i] = static_cast<scalar_t>(dz);
+    a1 += double(dxn);
+    a2 += double(dxn) * double(xc);
+  };
+  if (!cl) {
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        double a1 = 0, a2 = 0;
+        for (int64_t i = g * HW; i < (g + 1) * HW; ++i) one(i, g, a1, a2);
+        s1[g] = a1, s2[g] = a2;
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<double> a1(C), a2(C);
+    for (int64_t n = n0; n < n1; ++n) {
+      std::fill(a1.begin(), a1.end(), 0.0);
+      std::fill(a2.begin(), a2.end(), 0.0);
+      for (int64_t q = 0; q < HW; ++q)
+        for (int64_t c = 0; c < C; ++c) one((n * HW + q) * C + c, n * C + c, a1[c], a2[c]);
+      for (int64_t c = 0; c < C; ++c) s1[n * C + c] = a1[c], s2[n * C + c] = a2[c];
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_backward_cpu(
+    const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& m, const at::Tensor& r,
+    const at::Tensor& gamma, const at::Tensor& beta, c10::string_view act_s, double alpha, double gain,
+    std::optional<double> clamp, std::array<bool, 5> mask) {
+  constexpr std::string_view op = "spade_norm_act_backward";
+  check_x(op, x_in);
+  const Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
+  TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
+  check_ab(op, x_in, m, "mean");
+  check_ab(op, x_in, r, "rstd");
+  check_dy(op, dy_in, x_in, x_in.sizes());
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"gamma", &gamma}, {"beta", &beta}}) {
+    TORCH_CHECK(t->sizes() == x_in.sizes(), op, ": ", name, " must have x's shape ", x_in.sizes(), ", got ",
+                t->sizes());
+    TORCH_CHECK(t->scalar_type() == x_in.scalar_type(), op, ": ", name, " dtype ", t->scalar_type(),
+                " must equal x dtype ", x_in.scalar_type());
+    TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x_in.device());
+  }
+  const bool cl = is_channels_last(x_in);
+  const auto f = fmt_of(cl);
+  const at::Tensor x = x_in.contiguous(f), dy = dy_in.contiguous(f), gm = gamma.contiguous(f), bt = beta.contiguous(f);
+  auto full = [&](bool need) { return need ? at::empty(x.sizes(), x.options(), f) : empty0(x); };
+  at::Tensor dx = full(mask[0]), dg = full(mask[3]), dbt = full(mask[4]);
+  const int64_t N = x.size(0), C = x.size(1);
+  at::Tensor s1 = at::zeros({N, C}, x.options().dtype(at::kDouble)), s2 = at::zeros_like(s1);
+  if (x.numel() > 0) {
+    const at::Tensor mc = m.contiguous(), rc = r.contiguous();
+    const auto pd = make_params(alpha, gain, clamp);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_backward_cpu", [&] {
+      dispatch_act(act, [&]<Act A>() {
+        spade_backward_impl<A, scalar_t>(dy, x, gm, bt, mc, rc, pd, cl,
+                                         mask[0] ? dx.mutable_data_ptr<scalar_t>() : nullptr,
+                                         mask[3] ? dg.mutable_data_ptr<scalar_t>() : nullptr,
+                                         mask[4] ? dbt.mutable_data_ptr<scalar_t>() : nullptr,
+                                         s1.mutable_data_ptr<double>(), s2.mutable_data_ptr<double>());
+      });
+    });
+  }
+  const auto ct = compute_type(x.scalar_type());
+  at::Tensor dm = mask[1] ? -(s1 * r.to(at::kDouble)).to(ct) : at::empty({0}, m.options());
+  at::Tensor dr = mask[2] ? s2.to(ct) : at::empty({0}, m.options());
+  return {dx, dm, dr, dg, dbt};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vkernels, CPU, m) {
+  m.impl("upsample_norm_act_backward", &apply_backward_cpu);
+  m.impl("upsample_norm_act_stats_backward", &stats_backward_cpu);
+  m.impl("spade_norm_act_backward", &spade_backward_cpu);
+}
+
+}  // namespace vkernels::norm_act
