@@ -420,6 +420,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   // One image: dG into dg (C1 x C2), then the GEMMs (into gx/gy directly, or via tmp and a cast).
   constexpr int64_t kStrip = 64;  // rows of dG per dg_sym_rows call (gt: 64 x ldg, 512 KB at C = 2048)
   const bool sym_full = p.sym && !p.triu;
+  const bool over_images = B >= at::get_num_threads() && !at::in_parallel_region();
+  const int64_t gt_slots = over_images || at::in_parallel_region() ? 1 : at::get_num_threads();
   auto image = [&](int64_t b, acc_t* dg, acc_t* tmp, acc_t* gts, bool threaded) {
     const scalar_t* gb = g + b * P;
     const scalar_t* ob = o ? o + b * P : nullptr;
@@ -446,7 +448,11 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
       }
     };
     auto strips = [&](int64_t s0, int64_t s1) {
-      acc_t* gt = gts + (threaded && at::get_num_threads() > 1 ? at::get_thread_num() : 0) * kStrip * ldg;
+      // One transposed strip per worker. The slot count is fixed outside the parallel region: inside it
+      // at::get_num_threads() is not the region's size, and two workers sharing a strip raced (wrong dG rows).
+      const int64_t t = threaded && gt_slots > 1 ? at::get_thread_num() : 0;
+      TORCH_INTERNAL_ASSERT(t < gt_slots, "bilinear_pooling backward: worker ", t, " has no strip buffer");
+      acc_t* gt = gts + t * kStrip * ldg;
       for (int64_t st = s0; st < s1; ++st)
         dg_sym_rows<scalar_t, acc_t>(gb, ob, dg, ldg, C1, st * kStrip, std::min(C1, st * kStrip + kStrip), gt, k, h,
                                      inv_m, p.normalize);
@@ -485,8 +491,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   };
   const int64_t tmp_n = same ? 0 : std::max(C1, C2) * M;
   // Per-thread dG (C1 x C2) and cast buffer from torch's allocator (profilers see them); never a (B, C1, C2) tensor.
-  const bool over_images = B >= at::get_num_threads() && !at::in_parallel_region();
-  const int64_t gt_n = sym_full ? (over_images ? 1 : at::get_num_threads()) * kStrip * ldg : 0;
+  const int64_t gt_n = sym_full ? gt_slots * kStrip * ldg : 0;
   const int64_t slot = C1 * ldg + tmp_n + gt_n;
   at::Tensor scratch = at::empty({over_images ? at::get_num_threads() : 1, slot}, X.options());
   acc_t* sc = scratch.mutable_data_ptr<acc_t>();
