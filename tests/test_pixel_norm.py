@@ -1,5 +1,7 @@
 """pixel_norm: every implementation against the fp64 reference (forward and gradient), dims, layouts, dtypes,
 empty tensors; gradcheck; opcheck; torch.compile; module; bad input."""
+import os
+
 import pytest
 import torch
 
@@ -46,6 +48,7 @@ def test_layouts(device, impl):
     run_case(device, impl, xt, 1)
     run_case(device, impl, randn((3, 8, 4), torch.float32, device)[:, ::2], 1)  # strided
     assert y.shape == x.shape
+    assert y.is_contiguous(memory_format=torch.channels_last)  # read and written in place, as the fake promises
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -113,6 +116,46 @@ def test_cpu_vector_paths(dtype):
     run_case("cpu", "cpu", randn((3, 7, 19), dtype, "cpu"), -1)
     for inner in (1, 15, 17, 257):
         run_case("cpu", "cpu", randn((2, 6, inner), dtype, "cpu", scale=3.0), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_nchw_chunks(dtype):
+    """NCHW planes wider than one accumulator chunk (forward 16 KB, backward 8 KB of opmath per chunk), odd C (the
+    sums pass folds channel pairs), and planes split between threads when outer is smaller than the thread count."""
+    run_case("cpu", "cpu", randn((2, 3, 5000), dtype, "cpu", scale=3.0), 1)
+    run_case("cpu", "cpu", randn((2, 4, 2048 + 24), dtype, "cpu", scale=3.0), 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        run_case("cpu", "cpu", randn((1, 5, 300), dtype, "cpu", scale=3.0), 1)
+        run_case("cpu", "cpu", randn((2, 6, 7, 9), dtype, "cpu", scale=3.0), 1)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_streaming_stores(dtype):
+    """Outputs at least half the last-level cache are written with streaming stores (x + y cannot stay cached);
+    sized from the same sysconf value the kernel reads, skipped where that would need a huge tensor."""
+    try:
+        llc = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+    except (ValueError, OSError):
+        llc = 0
+    llc = llc if llc > 0 else 32 << 20
+    inner = 1024
+    c = 64
+    n = -(-llc // (2 * c * inner * torch.empty((), dtype=dtype).element_size()))
+    if n * c * inner > (16 << 20):
+        pytest.skip(f"last-level cache of {llc} bytes needs a {n}x{c}x{inner} input")
+    x = (torch.randn((n, c, inner)) * 3.0).to(dtype)  # fp32 draws: the fp64 helper is slow at this size
+    g = torch.randn((n, c, inner)).to(dtype)
+    for xx, gg in ((x, g), (x[:, :, 1:], g[:, :, 1:])):  # the second: rows not 32-byte aligned, ordinary stores
+        # Direct fp32 formulas instead of run_case's fp64 autograd: these tensors are tens of MB.
+        xf, gf = xx.float(), gg.float()
+        r = (xf.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+        dx = gf * r - xf * ((gf * xf).mean(1, keepdim=True) * r ** 3)
+        torch.testing.assert_close(torch.ops.vkernels.pixel_norm(xx, 1, 1e-8), (xf * r).to(dtype))
+        torch.testing.assert_close(torch.ops.vkernels.pixel_norm_backward(gg, xx, 1, 1e-8), dx.to(dtype))
 
 
 # ---- second-order gradients (helper gan-models): the backward op is differentiable (kernel for d/dg, reference

@@ -1,4 +1,8 @@
-"""pixel_norm in Triton: x viewed as (outer, C, inner) contiguous; one program per (outer row, BLOCK_J columns).
+"""pixel_norm in Triton: x viewed as (outer, C, inner) in storage order; one program per (outer row, BLOCK_J columns).
+
+Tiles are [BLOCK_C, BLOCK_J] with the contiguous axis last, so loads are coalesced for both layouts: NCHW (inner =
+H*W) walks C rows of BLOCK_J contiguous pixels; rows of C channels (a latent batch, channels_last, which is read in
+place as (N*H*W, C, 1)) are one contiguous run of C values per program.
 
 Forward reads x twice (sum of squares over C, then scale) and writes y; backward reads x and g twice, writes dx.
 Accumulation in fp32 (fp64 for fp64 inputs).
@@ -51,19 +55,30 @@ def _pixel_norm_kernel(out_ptr, x_ptr, g_ptr, eps_ptr, C, inner, BACKWARD: tl.co
 def launch(x, g, dim, eps):
     """pixel_norm forward (g None) or backward (g = incoming gradient) of x along dim; contiguous output."""
     dim = dim % x.ndim
-    x = x.contiguous()
-    out = torch.empty_like(x)
-    if x.numel() == 0:
-        return out
-    C = x.shape[dim]
-    outer = 1
-    for s in x.shape[:dim]:
-        outer *= s
-    inner = x.numel() // (outer * C)
+    if x.ndim == 4 and dim == 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # channels_last in place, as the CPU kernel: storage is (N*H*W, C) rows of contiguous channels, so a
+        # program's tile is one coalesced run of C values (inner == 1) and no NCHW copy is made; the output keeps
+        # x's layout, as the fake kernel (empty_like) promises.
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        if x.numel() == 0:
+            return out
+        C, inner = x.shape[1], 1
+        outer = x.numel() // C
+        gg = g.contiguous(memory_format=torch.channels_last) if g is not None else x
+    else:
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        if x.numel() == 0:
+            return out
+        C = x.shape[dim]
+        outer = 1
+        for s in x.shape[:dim]:
+            outer *= s
+        inner = x.numel() // (outer * C)
+        gg = g.contiguous() if g is not None else x
     block_j = min(triton.next_power_of_2(inner), 64)
     block_c = min(triton.next_power_of_2(C), max(16, (8192 if TRITON_INTERPRET else 2048) // block_j))
     eps_t = torch.tensor([eps], dtype=torch.float64, device=x.device)
-    gg = g.contiguous() if g is not None else x
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _pixel_norm_kernel[(outer, triton.cdiv(inner, block_j))](out, x, gg, eps_t, C, inner, BACKWARD=g is not None,
                                                                 BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
