@@ -133,9 +133,12 @@ int64_t llc_bytes() {
   return bytes;
 }
 
-bool use_streaming_stores(const View& v, size_t elem) {
+// run: the length of the contiguous runs written (C for rows, inner for NCHW planes); every run must start 32-byte
+// aligned for the vector streaming stores.
+bool use_streaming_stores(const View& v, size_t elem, int64_t run) {
   const int64_t bytes = v.out.numel() * int64_t(elem);
-  return 2 * bytes >= llc_bytes() && (v.inner * int64_t(elem)) % 32 == 0;
+  return 2 * bytes >= llc_bytes() && (run * int64_t(elem)) % 32 == 0 &&
+         reinterpret_cast<uintptr_t>(v.out.const_data_ptr()) % 32 == 0;
 }
 
 template <class scalar_t, bool kBackward>
@@ -154,15 +157,31 @@ void run(const View& v, double eps) {
     // Rows of C contiguous values (channels_last, dim last, latents): vector sum of squares along the row, then
     // one vector scale pass over the (L1-hot) row. Small tensors (a 32x512 latent) run on one thread: the grain
     // covers GRAIN_SIZE elements.
+    // Two accumulator chains per fp32 vector: one fma chain per row was latency-bound at C = 512.
     const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C));
+    const bool nt = use_streaming_stores(v, sizeof(scalar_t), C);
     at::parallel_for(0, v.outer, grain, [&](int64_t begin, int64_t end) {
       for (int64_t o = begin; o < end; ++o) {
         const scalar_t* xr = x + o * C;
         const scalar_t* gr = kBackward ? g + o * C : nullptr;
         scalar_t* yr = out + o * C;
-        fVec ssv[kN], gxv[kN];
-        for (int k = 0; k < kN; ++k) ssv[k] = fVec(0), gxv[k] = fVec(0);
+        fVec ssv[kN], gxv[kN], ssw[kN], gxw[kN];
+        for (int k = 0; k < kN; ++k) ssv[k] = fVec(0), gxv[k] = fVec(0), ssw[k] = fVec(0), gxw[k] = fVec(0);
         int64_t c = 0;
+        for (; c + 2 * kStep <= C; c += 2 * kStep) {
+          fVec xv[kN], gv[kN], xw[kN], gw[kN];
+          T::load(xr + c, xv);
+          T::load(xr + c + kStep, xw);
+          if constexpr (kBackward) T::load(gr + c, gv), T::load(gr + c + kStep, gw);
+          for (int k = 0; k < kN; ++k) {
+            ssv[k] = at::vec::fmadd(xv[k], xv[k], ssv[k]);
+            ssw[k] = at::vec::fmadd(xw[k], xw[k], ssw[k]);
+            if constexpr (kBackward) {
+              gxv[k] = at::vec::fmadd(gv[k], xv[k], gxv[k]);
+              gxw[k] = at::vec::fmadd(gw[k], xw[k], gxw[k]);
+            }
+          }
+        }
         for (; c + kStep <= C; c += kStep) {
           fVec xv[kN], gv[kN];
           T::load(xr + c, xv);
@@ -172,6 +191,7 @@ void run(const View& v, double eps) {
             if constexpr (kBackward) gxv[k] = at::vec::fmadd(gv[k], xv[k], gxv[k]);
           }
         }
+        for (int k = 0; k < kN; ++k) ssv[k] = ssv[k] + ssw[k], gxv[k] = gxv[k] + gxw[k];
         acc_t ss = 0, gx = 0;
         for (int k = 0; k < kN; ++k) {
           ss += at::vec::vec_reduce_all<acc_t>([](fVec a, fVec b) { return a + b; }, ssv[k]);
@@ -191,13 +211,17 @@ void run(const View& v, double eps) {
           T::load(xr + c, xv);
           if constexpr (kBackward) T::load(gr + c, gv);
           for (int k = 0; k < kN; ++k) yv[k] = kBackward ? gv[k] * rv - xv[k] * qv : xv[k] * rv;
-          T::store(yr + c, yv);
+          if (nt)
+            T::stream(yr + c, yv);
+          else
+            T::store(yr + c, yv);
         }
         for (; c < C; ++c) {
           const acc_t xv = acc_t(xr[c]);
           yr[c] = static_cast<scalar_t>(kBackward ? acc_t(gr[c]) * r - xv * q : xv * r);
         }
       }
+      if (nt) T::fence();
     });
     return;
   }
@@ -219,7 +243,7 @@ void run(const View& v, double eps) {
   cw = std::min(kMaxChunk, (cw + kStep - 1) / kStep * kStep);
   chunks = (inner + cw - 1) / cw;
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C * std::min(inner, cw)));
-  const bool nt = use_streaming_stores(v, sizeof(scalar_t));
+  const bool nt = use_streaming_stores(v, sizeof(scalar_t), inner);
   at::parallel_for(0, v.outer * chunks, grain, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t ss[kMaxChunk];
     alignas(64) acc_t gx[kBackward ? kMaxChunk : 1];
@@ -274,8 +298,6 @@ void run(const View& v, double eps) {
       }
       for (c = 0; c < C; ++c) {
         const int64_t off = base + c * inner;
-        // Streaming stores need 32-byte aligned vectors: true for every row when the row stride and chunk start are.
-        const bool row_nt = nt && (reinterpret_cast<uintptr_t>(out + off) % 32 == 0);
         for (int64_t j = 0; j < nv; j += kStep) {
           fVec xv[kN], gv[kN], yv[kN];
           T::load(x + off + j, xv);
@@ -287,7 +309,7 @@ void run(const View& v, double eps) {
             else
               yv[k] = xv[k] * rv;
           }
-          if (row_nt)
+          if (nt)  // aligned: the run length, chunk width and output base are multiples of 32 bytes
             T::stream(out + off + j, yv);
           else
             T::store(out + off + j, yv);
