@@ -19,23 +19,29 @@ def _impl(impl):
 
 
 def cases(device: str, quick: bool) -> list[Case]:
+    # (shape, channels_last): StyleGAN2 mapping input, ProGAN-style feature maps (NCHW and channels_last).
     if quick:
-        shapes = [(4, 64), (2, 16, 8, 8)]
+        shapes = [((4, 64), False), ((2, 16, 8, 8), False), ((2, 16, 8, 8), True)]
     elif device == "cuda":
-        shapes = [(32, 512), (32, 512, 32, 32), (32, 256, 64, 64)]
+        shapes = [((32, 512), False), ((32, 512, 32, 32), False), ((32, 256, 64, 64), False),
+                  ((32, 512, 32, 32), True)]
     else:
-        shapes = [(32, 512), (8, 512, 32, 32), (4, 256, 64, 64)]
-    dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
+        shapes = [((32, 512), False), ((8, 512, 32, 32), False), ((32, 512, 32, 32), False),
+                  ((8, 256, 64, 64), False), ((8, 512, 32, 32), True)]
+    dtypes = [torch.float16, torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32, torch.bfloat16]
     impls = {f"vkernels-{i}": _impl(i) for i in vkernels_impls("pixel_norm", device)}
     out = []
-    for shape in shapes:
+    for shape, cl in shapes:
         for dtype in dtypes:
             x = torch.randn(shape, device=device).to(dtype)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
             targets = []
-            if device == "cpu" and dtype == torch.float32 and len(shape) == 4:
+            if device == "cpu" and len(shape) == 4:
                 targets = [("vkernels-cpu", "speedup_vs_compile", ">=", 1.0),
                            ("vkernels-cpu", "ratio_vs_clone", "<=", 1.15)]
-            out.append(Case(op="pixel_norm", size="x".join(map(str, shape)), dtype=dtype, inputs=(x,),
+            size = "x".join(map(str, shape)) + ("-cl" if cl else "")
+            out.append(Case(op="pixel_norm", size=size, dtype=dtype, inputs=(x,),
                             reference=_reference, impls=impls, bytes=2 * x.nbytes, flops=3 * x.numel(),
                             bound="memory", targets=targets))
     return out
