@@ -226,3 +226,22 @@ def test_backward_compile_fullgraph(device, impl):
     ref = torch.autograd.grad(reference(x, g, b, "instance", act="swish").square().sum(), (x, g, b))
     for u, v in zip(ours, ref):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hugepages", ["1", "0"])
+def test_cpu_large_output_allocation(monkeypatch, hugepages):
+    # Outputs >= 32 MiB come from the kernels' 2 MiB-aligned MADV_HUGEPAGE allocator (VKERNELS_CPU_HUGEPAGES=0:
+    # at::empty). Either way the result must be an ordinary, resizable tensor with the reference's values.
+    monkeypatch.setenv("VKERNELS_CPU_HUGEPAGES", hugepages)
+    shape = (2, 64, 256, 256)  # 32 MiB of fp32: the smallest size that takes the large-output path
+    x = randn(shape, torch.float32, "cpu") * 2 + 1
+    g, b = maps(shape, torch.float32, "cpu")
+    out = vkernels.spade_norm_act(x, g, b, "batch", act="lrelu", impl="cpu")
+    torch.testing.assert_close(out, reference(x, g, b, "batch", act="lrelu"), rtol=1e-4, atol=1e-4)
+    if hugepages == "1":
+        assert out.data_ptr() % (2 << 20) == 0
+    out.resize_(out.numel() + 1)  # storage keeps an allocator: growable like any at::empty result
+    assert out.numel() == x.numel() + 1
+    up = vkernels.upsample_norm_act(x[:, :, :128, :128], scale=2, mode="bilinear", norm="instance", impl="cpu")
+    ref = vkernels.reference.upsample_norm_act(x[:, :, :128, :128], scale=2, mode="bilinear", norm="instance")
+    torch.testing.assert_close(up, ref, rtol=1e-4, atol=1e-4)

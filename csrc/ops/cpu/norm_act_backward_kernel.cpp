@@ -213,14 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apply_backward_cpu(
     int64_t scale, c10::string_view mode_s, c10::string_view act_s, double alpha, double gain,
     std::optional<double> clamp, std::array<bool, 4> mask) {
   constexpr std::string_view op = "upsample_norm_act_backward";
-  check_x(op, x_in);
-  TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
-  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
-  const Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
-  TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
-  check_ab(op, x_in, m, "mean");
-  check_ab(op, x_in, a, "a");
-  check_ab(op, x_in, b, "b");
+  const auto [mode, act] = check_apply_args(op, x_in, m, a, b, scale, mode_s, act_s, clamp);
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   check_dy(op, dy_in, x_in, {N, C, H * scale, W * scale});
   const bool cl = is_channels_last(x_in);

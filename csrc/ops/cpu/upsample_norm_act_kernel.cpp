@@ -536,19 +536,11 @@ at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tens
                      int64_t scale,
                      c10::string_view mode_s, c10::string_view act_s, double alpha, double gain,
                      std::optional<double> clamp) {
-  constexpr std::string_view op = "upsample_norm_act";
-  check_x(op, x_in);
-  TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
-  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
-  const Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
-  TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
-  check_ab(op, x_in, m, "mean");
-  check_ab(op, x_in, a, "a");
-  check_ab(op, x_in, b, "b");
+  const auto [mode, act] = check_apply_args("upsample_norm_act", x_in, m, a, b, scale, mode_s, act_s, clamp);
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale}, x.options(), fmt);
+  at::Tensor out = empty_output({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale}, x.options(), fmt);
   if (out.numel() == 0) return out;
   const at::Tensor mc = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
   const auto pd = make_params(alpha, gain, clamp);
@@ -638,8 +630,8 @@ at::Tensor spade_cpu(const at::Tensor& x_in, const at::Tensor& a, const at::Tens
     TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x_in.device());
   }
   const bool cl = is_channels_last(x_in);
-  at::Tensor out = at::empty(x_in.sizes(), x_in.options(),
-                             cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_output(x_in.sizes(), x_in.options(),
+                                cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
