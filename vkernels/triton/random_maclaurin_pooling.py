@@ -123,8 +123,13 @@ def _dw_kernel(wo_ptr, g_ptr, gs_ptr, dw_ptr, B, D, K, N, sgb, sgk, sgn,
     nm = n < N
     acc_t = dw_ptr.dtype.element_ty
     acc = tl.zeros([BD, BN], dtype=acc_t)
-    for b in range(0, B):
-        acc = _tile_dot(wo_ptr, K, 1, g_ptr + b * sgb, sgk, sgn, gs_ptr + b * D, d, dm, n, nm, K, acc, BK, 1)
+    # Pointers advanced per image rather than g_ptr + b * sgb: b and sgb = C1 C2 are int32, their product is not
+    # bounded by the checks (B C1 C2 may pass 2^31); pointer arithmetic is 64-bit.
+    gb, sb = g_ptr, gs_ptr
+    for _ in range(0, B):
+        acc = _tile_dot(wo_ptr, K, 1, gb, sgk, sgn, sb, d, dm, n, nm, K, acc, BK, 1)
+        gb += sgb
+        sb += D
     tl.store(dw_ptr + d[:, None] * N + n[None, :], acc, mask=dm[:, None] & nm[None, :])
 
 
