@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "ops/pooling_checks.h"
+
 namespace vkernels::bilinear_pooling {
 
 Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y,
@@ -25,18 +27,8 @@ Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at
   TORCH_CHECK(p.M > 0, op, ": x must have H * W >= 1, got ", x.sizes());
   p.x = x;
   p.sym = !(y && y->defined());
-  if (!p.sym) {
-    const auto& yy = *y;
-    TORCH_CHECK(yy.dim() == 4, op, ": y must have shape [B, C2, H, W], got ", yy.sizes());
-    TORCH_CHECK(yy.size(0) == x.size(0) && yy.size(2) == x.size(2) && yy.size(3) == x.size(3), op,
-                ": y must have x's B, H, W (", x.size(0), ", ", x.size(2), ", ", x.size(3), "), got ", yy.sizes());
-    TORCH_CHECK(yy.scalar_type() == st, op, ": y must have x's dtype ", st, ", got ", yy.scalar_type());
-    TORCH_CHECK(yy.device() == x.device(), op, ": y is on ", yy.device(), " but x is on ", x.device());
-    p.y = yy;
-    p.C2 = yy.size(1);
-  } else {
-    p.C2 = p.C1;
-  }
+  p.C2 = pooling_checks::check_second_input(op, x, y);
+  if (!p.sym) p.y = *y;
   TORCH_CHECK(!triu || p.C1 == p.C2, op, ": triu=True needs a square pooled matrix (y None or C2 == C1), got C1 = ",
               p.C1, ", C2 = ", p.C2);
   p.triu = triu;

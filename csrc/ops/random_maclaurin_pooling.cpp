@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "ops/pooling_checks.h"
+
 namespace vkernels::random_maclaurin_pooling {
 
 namespace {
@@ -28,18 +30,8 @@ Problem make_problem(const char* op, const at::Tensor& x, const std::optional<at
   p.M = x.size(2) * x.size(3);
   p.x = x;
   p.sym = !(y && y->defined());
-  if (!p.sym) {
-    const auto& yy = *y;
-    TORCH_CHECK(yy.dim() == 4, op, ": y must have shape [B, C2, H, W], got ", yy.sizes());
-    TORCH_CHECK(yy.size(0) == x.size(0) && yy.size(2) == x.size(2) && yy.size(3) == x.size(3), op,
-                ": y must have x's B, H, W (", x.size(0), ", ", x.size(2), ", ", x.size(3), "), got ", yy.sizes());
-    TORCH_CHECK(yy.scalar_type() == st, op, ": y must have x's dtype ", st, ", got ", yy.scalar_type());
-    TORCH_CHECK(yy.device() == x.device(), op, ": y is on ", yy.device(), " but x is on ", x.device());
-    p.y = yy;
-    p.C2 = yy.size(1);
-  } else {
-    p.C2 = p.C1;
-  }
+  p.C2 = pooling_checks::check_second_input(op, x, y);
+  if (!p.sym) p.y = *y;
   TORCH_CHECK(is_float(w1.scalar_type()), op, ": w1 must be a float tensor, got ", w1.scalar_type());
   TORCH_CHECK(is_float(w2.scalar_type()), op, ": w2 must be a float tensor, got ", w2.scalar_type());
   TORCH_CHECK(w1.dim() == 2 && w1.size(1) == p.C1 && w1.size(0) >= 1, op, ": w1 must have shape [D, ", p.C1,

@@ -154,6 +154,26 @@ def _check(x, y, w1, w2, route):
         raise ValueError(f"{_NAME}: route must be one of {', '.join(_ROUTES)}; got {route!r}")
 
 
+# What both routes' registrations (recompute: _register, saved projections: _register_saved) share.
+def _fake_grads(x, y, w1, w2, output_mask):
+    """The backward ops' outputs: each input's shape where output_mask asks for it, else (0,); grad_y is (0,) when y
+    is None (x's gradient then holds both terms)."""
+    def grad(t, need):
+        return t.new_empty(t.shape) if need else t.new_empty((0,))
+    return (grad(x, output_mask[0]), grad(x if y is None else y, output_mask[1] and y is not None),
+            grad(w1, output_mask[2]), grad(w2, output_mask[3]))
+
+
+def _grad_mask(ctx):
+    """output_mask for the backward op: which of x, y, w1, w2 need a gradient (y only when it was given)."""
+    need = ctx.needs_input_grad
+    return [bool(need[0]), bool(ctx.has_y and need[1]), bool(need[2]), bool(need[3])]
+
+
+def _masked(grads, mask):
+    return tuple(g if m else None for g, m in zip(grads, mask))
+
+
 def _register(fwd: str, bwd: str) -> None:
     bwd_op = getattr(torch.ops.vkernels, bwd).default
 
@@ -163,10 +183,7 @@ def _register(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{bwd}")
     def _fake_bwd(grad_out, x, y, w1, w2, route, output_mask):
-        def grad(t, need):
-            return t.new_empty(t.shape) if need else t.new_empty((0,))
-        return (grad(x, output_mask[0]), grad(x if y is None else y, output_mask[1] and y is not None),
-                grad(w1, output_mask[2]), grad(w2, output_mask[3]))
+        return _fake_grads(x, y, w1, w2, output_mask)
 
     def setup(ctx, inputs, output):
         x, y, w1, w2, route = inputs
@@ -176,11 +193,9 @@ def _register(fwd: str, bwd: str) -> None:
 
     def backward(ctx, g_out):
         x, y, w1, w2 = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = [bool(need[0]), bool(ctx.has_y and need[1]), bool(need[2]), bool(need[3])]
+        mask = _grad_mask(ctx)
         gx, gy, gw1, gw2 = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, w1, w2, ctx.route, mask)
-        return (gx if mask[0] else None, gy if mask[1] else None, gw1 if mask[2] else None,
-                gw2 if mask[3] else None, None)
+        return (*_masked((gx, gy, gw1, gw2), mask), None)  # route gets no gradient
 
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
@@ -196,10 +211,7 @@ def _register_saved(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{bwd}")
     def _fake_bwd(grad_out, x, y, w1, w2, proj, output_mask):
-        def grad(t, need):
-            return t.new_empty(t.shape) if need else t.new_empty((0,))
-        return (grad(x, output_mask[0]), grad(x if y is None else y, output_mask[1] and y is not None),
-                grad(w1, output_mask[2]), grad(w2, output_mask[3]))
+        return _fake_grads(x, y, w1, w2, output_mask)
 
     def setup(ctx, inputs, output):
         x, y, w1, w2 = inputs
@@ -210,13 +222,11 @@ def _register_saved(fwd: str, bwd: str) -> None:
 
     def backward(ctx, g_out, _g_proj):
         x, y, w1, w2, proj = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        mask = [bool(need[0]), bool(ctx.has_y and need[1]), bool(need[2]), bool(need[3])]
+        mask = _grad_mask(ctx)
         if g_out is None or not any(mask):
             return None, None, None, None
         gx, gy, gw1, gw2 = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, w1, w2, proj, mask)
-        return (gx if mask[0] else None, gy if mask[1] else None, gw1 if mask[2] else None,
-                gw2 if mask[3] else None)
+        return _masked((gx, gy, gw1, gw2), mask)
 
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 

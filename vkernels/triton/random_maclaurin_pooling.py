@@ -33,6 +33,27 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _tile_dot(a_ptr, sam, sak, b_ptr, sbk, sbn, s_ptr, m, mm, n, nm, K, acc,
+              BK: tl.constexpr, SCALE: tl.constexpr):
+    """acc[m, n] += sum_k A[m, k] B[k, n] over k in [0, K), the tile loop of every kernel here (A and B by strides,
+    B cast to acc's dtype). SCALE 1: A's rows scaled by s[m]; SCALE 2: B's rows by s[k]; 0: no scaling."""
+    if SCALE == 1:
+        sm = tl.load(s_ptr + m, mask=mm, other=0.0)
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < K
+        a = tl.load(a_ptr + m[:, None] * sam + k[None, :] * sak, mask=mm[:, None] & km[None, :], other=0.0)
+        bt = tl.load(b_ptr + k[:, None] * sbk + n[None, :] * sbn, mask=km[:, None] & nm[None, :],
+                     other=0.0).to(acc.dtype)
+        if SCALE == 1:
+            a = a * sm[:, None]
+        if SCALE == 2:
+            bt = bt * tl.load(s_ptr + k, mask=km, other=0.0)[:, None]
+        acc += tl.dot(a, bt, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale,
                      BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -44,30 +65,10 @@ def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale,
     for n0 in range(0, C2, BN):
         n = n0 + tl.arange(0, BN)
         nm = n < C2
-        acc = tl.zeros([BD, BN], dtype=acc_t)
-        for k0 in range(0, C1, BK):
-            k = k0 + tl.arange(0, BK)
-            km = k < C1
-            a = tl.load(w1_ptr + d[:, None] * C1 + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
-            g = tl.load(gb + k[:, None] * C2 + n[None, :], mask=km[:, None] & nm[None, :], other=0.0)
-            acc += tl.dot(a, g, input_precision="ieee")
+        acc = _tile_dot(w1_ptr, C1, 1, gb, C2, 1, w1_ptr, d, dm, n, nm, C1, tl.zeros([BD, BN], dtype=acc_t), BK, 0)
         w2 = tl.load(w2_ptr + d[:, None] * C2 + n[None, :], mask=dm[:, None] & nm[None, :], other=0.0)
         row += tl.sum(acc * w2, 1)
     tl.store(out_ptr + b * D + d, row * scale, mask=dm)
-
-
-@triton.jit
-def _proj_tile(w_ptr, x_ptr, b, d, dm, l, lm, C, sxb, sxc, sxl, acc,
-               BK: tl.constexpr):
-    acc_t = w_ptr.dtype.element_ty
-    for k0 in range(0, C, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < C
-        a = tl.load(w_ptr + d[:, None] * C + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
-        xv = tl.load(x_ptr + b * sxb + k[:, None] * sxc + l[None, :] * sxl, mask=km[:, None] & lm[None, :],
-                     other=0.0).to(acc_t)
-        acc += tl.dot(a, xv, input_precision="ieee")
-    return acc
 
 
 @triton.jit
@@ -83,8 +84,10 @@ def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, proj_ptr, B, D, C1, 
     for l0 in range(0, M, BN):
         l = l0 + tl.arange(0, BN)
         lm = l < M
-        p1 = _proj_tile(w1_ptr, x_ptr, b, d, dm, l, lm, C1, sxb, sxc, sxl, tl.zeros([BD, BN], dtype=acc_t), BK)
-        p2 = _proj_tile(w2_ptr, y_ptr, b, d, dm, l, lm, C2, syb, syc, syl, tl.zeros([BD, BN], dtype=acc_t), BK)
+        p1 = _tile_dot(w1_ptr, C1, 1, x_ptr + b * sxb, sxc, sxl, w1_ptr, d, dm, l, lm, C1,
+                       tl.zeros([BD, BN], dtype=acc_t), BK, 0)
+        p2 = _tile_dot(w2_ptr, C2, 1, y_ptr + b * syb, syc, syl, w2_ptr, d, dm, l, lm, C2,
+                       tl.zeros([BD, BN], dtype=acc_t), BK, 0)
         if SAVE:
             off = (d.to(tl.int64)[:, None] * B + b) * M + l[None, :]
             pm = dm[:, None] & lm[None, :]
@@ -104,14 +107,9 @@ def _dg_kernel(w1_ptr, w2_ptr, gs_ptr, dg_ptr, D, C1, C2,
     im = i < C1
     jm = j < C2
     acc_t = dg_ptr.dtype.element_ty
-    acc = tl.zeros([BM, BN], dtype=acc_t)
-    for d0 in range(0, D, BK):
-        d = d0 + tl.arange(0, BK)
-        dm = d < D
-        a = tl.load(w1_ptr + d[None, :] * C1 + i[:, None], mask=im[:, None] & dm[None, :], other=0.0)
-        gs = tl.load(gs_ptr + b * D + d, mask=dm, other=0.0)
-        w2 = tl.load(w2_ptr + d[:, None] * C2 + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
-        acc += tl.dot(a, w2 * gs[:, None], input_precision="ieee")
+    # A = W1^T (strides 1, C1), B = W2 with its rows d scaled by s g_bd.
+    acc = _tile_dot(w1_ptr, 1, C1, w2_ptr, C2, 1, gs_ptr + b * D, i, im, j, jm, D, tl.zeros([BM, BN], dtype=acc_t),
+                    BK, 2)
     tl.store(dg_ptr + b * C1 * C2 + i[:, None] * C2 + j[None, :], acc, mask=im[:, None] & jm[None, :])
 
 
@@ -125,15 +123,13 @@ def _dw_kernel(wo_ptr, g_ptr, gs_ptr, dw_ptr, B, D, K, N, sgb, sgk, sgn,
     nm = n < N
     acc_t = dw_ptr.dtype.element_ty
     acc = tl.zeros([BD, BN], dtype=acc_t)
-    for b in range(0, B):
-        gs = tl.load(gs_ptr + b * D + d, mask=dm, other=0.0)
-        for k0 in range(0, K, BK):
-            k = k0 + tl.arange(0, BK)
-            km = k < K
-            a = tl.load(wo_ptr + d[:, None] * K + k[None, :], mask=dm[:, None] & km[None, :], other=0.0)
-            gm = tl.load(g_ptr + b * sgb + k[:, None] * sgk + n[None, :] * sgn, mask=km[:, None] & nm[None, :],
-                         other=0.0)
-            acc += tl.dot(a * gs[:, None], gm, input_precision="ieee")
+    # Pointers advanced per image rather than g_ptr + b * sgb: b and sgb = C1 C2 are int32, their product is not
+    # bounded by the checks (B C1 C2 may pass 2^31); pointer arithmetic is 64-bit.
+    gb, sb = g_ptr, gs_ptr
+    for _ in range(0, B):
+        acc = _tile_dot(wo_ptr, K, 1, gb, sgk, sgn, sb, d, dm, n, nm, K, acc, BK, 1)
+        gb += sgb
+        sb += D
     tl.store(dw_ptr + d[:, None] * N + n[None, :], acc, mask=dm[:, None] & nm[None, :])
 
 
@@ -154,47 +150,57 @@ def _gram(x, y, acc):
     return torch.bmm(X, X.transpose(1, 2) if y is None else Y.to(acc).transpose(1, 2))
 
 
-def forward(x, y, w1, w2, route):
-    acc = _acc(x.dtype)
-    B, C1 = x.shape[:2]
-    C2 = C1 if y is None else y.shape[1]
-    M = x.shape[2] * x.shape[3]
-    D = w1.shape[0]
-    out = torch.zeros((B, D), dtype=acc, device=x.device)
-    if B == 0:
-        return out.to(x.dtype)
-    W1, W2 = w1.to(acc).contiguous(), w2.to(acc).contiguous()
-    scale = 1.0 / math.sqrt(D)
-    grid = (B, triton.cdiv(D, BD))
-    if route == "gram":
-        G = _gram(x, y, acc).contiguous()
-        _gram_fwd_kernel[grid](W1, G, W2, out, D, C1, C2, scale, BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
-    else:
+class _Call:
+    """What every launcher starts from: the sizes, the accumulation dtype and W1, W2 in it (dense (D, C) matrices, as
+    the kernels index them)."""
+
+    def __init__(self, x, y, w1, w2):
+        self.acc = _acc(x.dtype)
+        self.B, self.C1 = x.shape[:2]
+        self.sym = y is None
+        self.C2 = self.C1 if self.sym else y.shape[1]
+        self.M = x.shape[2] * x.shape[3]
+        self.D = w1.shape[0]
+        self.W1, self.W2 = w1.to(self.acc).contiguous(), w2.to(self.acc).contiguous()
+
+    def project_forward(self, x, y, out, proj=None):
+        """The project route's forward into out (B, D); with proj (2, D, B, HW), also its tiles of W1 X_b, W2 Y_b."""
         X = _mat(x)
         Y = X if y is None else _mat(y)
-        _proj_fwd_kernel[grid](W1, X, W2, Y, out, out, B, D, C1, C2, M, scale, *X.stride(), *Y.stride(),
-                               BD=BD, BN=BN, BK=BK, SAVE=False, num_warps=NUM_WARPS)
+        _proj_fwd_kernel[(self.B, triton.cdiv(self.D, BD))](
+            self.W1, X, self.W2, Y, out, out if proj is None else proj, self.B, self.D, self.C1, self.C2, self.M,
+            1.0 / math.sqrt(self.D), *X.stride(), *Y.stride(), BD=BD, BN=BN, BK=BK, SAVE=proj is not None,
+            num_warps=NUM_WARPS)
+
+    def no_grads(self, x, w1, w2, output_mask):
+        """(need_x, need_y) and the (0,) placeholders of the backward's four outputs (grad_y is never needed when y is
+        None: x's gradient holds both terms)."""
+        empty = x.new_empty((0,))
+        return output_mask[0], output_mask[1] and not self.sym, [empty, empty, w1.new_empty((0,)), w2.new_empty((0,))]
+
+
+def forward(x, y, w1, w2, route):
+    c = _Call(x, y, w1, w2)
+    out = torch.zeros((c.B, c.D), dtype=c.acc, device=x.device)
+    if c.B == 0:
+        return out.to(x.dtype)
+    if route == "gram":
+        G = _gram(x, y, c.acc).contiguous()
+        _gram_fwd_kernel[(c.B, triton.cdiv(c.D, BD))](c.W1, G, c.W2, out, c.D, c.C1, c.C2, 1.0 / math.sqrt(c.D),
+                                                        BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+    else:
+        c.project_forward(x, y, out)
     return out.to(x.dtype)
 
 
 def forward_saved(x, y, w1, w2):
     """The project route's forward that also returns proj = (2, D, B, HW): W1 X_b and W2 Y_b, stored from the same
     tiles the product-reduction uses (one extra write of 2 B D HW elements, no extra FLOPs)."""
-    acc = _acc(x.dtype)
-    B, C1 = x.shape[:2]
-    C2 = C1 if y is None else y.shape[1]
-    M = x.shape[2] * x.shape[3]
-    D = w1.shape[0]
-    out = torch.zeros((B, D), dtype=acc, device=x.device)
-    proj = torch.empty((2, D, B, M), dtype=acc, device=x.device)
-    if B == 0:
-        return out.to(x.dtype), proj
-    W1, W2 = w1.to(acc).contiguous(), w2.to(acc).contiguous()
-    X = _mat(x)
-    Y = X if y is None else _mat(y)
-    grid = (B, triton.cdiv(D, BD))
-    _proj_fwd_kernel[grid](W1, X, W2, Y, out, proj, B, D, C1, C2, M, 1.0 / math.sqrt(D), *X.stride(), *Y.stride(),
-                           BD=BD, BN=BN, BK=BK, SAVE=True, num_warps=NUM_WARPS)
+    c = _Call(x, y, w1, w2)
+    out = torch.zeros((c.B, c.D), dtype=c.acc, device=x.device)
+    proj = torch.empty((2, c.D, c.B, c.M), dtype=c.acc, device=x.device)
+    if c.B > 0:
+        c.project_forward(x, y, out, proj)
     return out.to(x.dtype), proj
 
 
@@ -202,16 +208,9 @@ def backward_saved(grad_out, x, y, w1, w2, proj, output_mask):
     """Backward from the saved projections: S1 = s g . P1, S2 = s g . P2 (one elementwise pass each), then cuBLAS
     dX = W1^T S2 (+ W2^T S1 when y is x), dY = W2^T S1, dW1 = S2 X^T, dW2 = S1 Y^T, the images side by side
     (one GEMM each: 4 in all, against 6 when the projections are recomputed)."""
-    acc = _acc(x.dtype)
-    B, C1 = x.shape[:2]
-    sym = y is None
-    C2 = C1 if sym else y.shape[1]
-    M = x.shape[2] * x.shape[3]
-    D = w1.shape[0]
-    need_x, need_y = output_mask[0], output_mask[1] and not sym
-    empty = x.new_empty((0,))
-    gx, gy, gw1, gw2 = empty, empty, w1.new_empty((0,)), w2.new_empty((0,))
-    W1, W2 = w1.to(acc), w2.to(acc)
+    c = _Call(x, y, w1, w2)
+    acc, B, M, D, sym, W1, W2 = c.acc, c.B, c.M, c.D, c.sym, c.W1, c.W2
+    need_x, need_y, (gx, gy, gw1, gw2) = c.no_grads(x, w1, w2, output_mask)
     gs = grad_out.to(acc).t() * (1.0 / math.sqrt(D))  # (D, B)
     S1 = (proj[0] * gs[:, :, None]).reshape(D, B * M)
     S2 = (proj[1] * gs[:, :, None]).reshape(D, B * M)
@@ -239,15 +238,9 @@ def backward_saved(grad_out, x, y, w1, w2, proj, output_mask):
 
 
 def backward(grad_out, x, y, w1, w2, route, output_mask):
-    acc = _acc(x.dtype)
-    B, C1 = x.shape[:2]
-    sym = y is None
-    C2 = C1 if sym else y.shape[1]
-    D = w1.shape[0]
-    need_x, need_y = output_mask[0], output_mask[1] and not sym
-    empty = x.new_empty((0,))
-    gx, gy, gw1, gw2 = empty, empty, w1.new_empty((0,)), w2.new_empty((0,))
-    W1, W2 = w1.to(acc).contiguous(), w2.to(acc).contiguous()
+    c = _Call(x, y, w1, w2)
+    acc, B, C1, C2, D, sym, W1, W2 = c.acc, c.B, c.C1, c.C2, c.D, c.sym, c.W1, c.W2
+    need_x, need_y, (gx, gy, gw1, gw2) = c.no_grads(x, w1, w2, output_mask)
     gs = (grad_out.to(acc) * (1.0 / math.sqrt(D))).contiguous()
     if need_x or need_y:
         dG = torch.empty((B, C1, C2), dtype=acc, device=x.device)

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ops/compact_bilinear_pooling.h"
+#include "ops/cpu/compact_bilinear_pooling_cpu_common.h"
 
 namespace vkernels::compact_bilinear_pooling {
 namespace {
@@ -36,32 +37,6 @@ namespace {
 // Not tuned (other chunk sizes were not measured): large enough that each at::fft_rfft call transforms 64 rows,
 // small enough that the per-thread buffers stay a few MiB whatever H W is.
 constexpr int64_t kChunk = 32;
-
-template <class acc_t>
-struct Hashes {
-  std::vector<int32_t> h1, h2;
-  std::vector<acc_t> s1, s2;
-};
-
-template <class acc_t>
-Hashes<acc_t> load_hashes(const at::Tensor& h1, const at::Tensor& s1, const at::Tensor& h2, const at::Tensor& s2) {
-  Hashes<acc_t> hs;
-  auto load = [](const at::Tensor& h, const at::Tensor& s, std::vector<int32_t>& hv, std::vector<acc_t>& sv) {
-    const at::Tensor hc = h.contiguous(), sc = s.to(at::kDouble).contiguous();
-    const int64_t n = h.numel();
-    hv.resize(n);
-    sv.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      hv[i] = int32_t(hc.const_data_ptr<int64_t>()[i]);
-      sv[i] = acc_t(sc.const_data_ptr<double>()[i]);
-    }
-  };
-  load(h1, s1, hs.h1, hs.s1);
-  load(h2, s2, hs.h2, hs.s2);
-  return hs;
-}
-
-at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // A (B, C, HW) matrix in the accumulation dtype with its strides (NCHW: sc = HW, sl = 1; channels_last: sc = 1,
 // sl = C), read as is.
@@ -214,9 +189,7 @@ at::Tensor compact_bilinear_pooling_freq_cpu(const at::Tensor& x, const at::Tens
                                              int64_t output_dim) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the FFTs are internal, never differentiated
   check_inputs("compact_bilinear_pooling_freq", x, y, h1, s1, h2, s2, output_dim);
-  if (x.scalar_type() == at::kDouble)
-    return forward<double>(x, y, load_hashes<double>(h1, s1, h2, s2), output_dim);
-  return forward<float>(x, y, load_hashes<float>(h1, s1, h2, s2), output_dim);
+  return with_hashes(x, h1, s1, h2, s2, [&](const auto& hs) { return forward(x, y, hs, output_dim); });
 }
 
 std::tuple<at::Tensor, at::Tensor> compact_bilinear_pooling_freq_backward_cpu(
@@ -225,8 +198,7 @@ std::tuple<at::Tensor, at::Tensor> compact_bilinear_pooling_freq_backward_cpu(
   at::AutoDispatchBelowADInplaceOrView guard;
   const char* op = "compact_bilinear_pooling_freq_backward";
   const int64_t D = check_backward_inputs(op, grad_out, x, y, h1, s1, h2, s2);
-  if (x.scalar_type() == at::kDouble) return backward<double>(grad_out, x, y, load_hashes<double>(h1, s1, h2, s2), D);
-  return backward<float>(grad_out, x, y, load_hashes<float>(h1, s1, h2, s2), D);
+  return with_hashes(x, h1, s1, h2, s2, [&](const auto& hs) { return backward(grad_out, x, y, hs, D); });
 }
 
 }  // namespace

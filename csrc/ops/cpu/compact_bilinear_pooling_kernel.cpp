@@ -24,33 +24,10 @@
 #include <vector>
 
 #include "ops/compact_bilinear_pooling.h"
+#include "ops/cpu/compact_bilinear_pooling_cpu_common.h"
 
 namespace vkernels::compact_bilinear_pooling {
 namespace {
-
-template <class acc_t>
-struct Hashes {
-  std::vector<int32_t> h1, h2;
-  std::vector<acc_t> s1, s2;
-};
-
-template <class acc_t>
-Hashes<acc_t> load_hashes(const at::Tensor& h1, const at::Tensor& s1, const at::Tensor& h2, const at::Tensor& s2) {
-  Hashes<acc_t> hs;
-  auto load = [](const at::Tensor& h, const at::Tensor& s, std::vector<int32_t>& hv, std::vector<acc_t>& sv) {
-    const at::Tensor hc = h.contiguous(), sc = s.to(at::kDouble).contiguous();
-    const int64_t n = h.numel();
-    hv.resize(n);
-    sv.resize(n);
-    for (int64_t i = 0; i < n; ++i) {
-      hv[i] = int32_t(hc.const_data_ptr<int64_t>()[i]);
-      sv[i] = acc_t(sc.const_data_ptr<double>()[i]);
-    }
-  };
-  load(h1, s1, hs.h1, hs.s1);
-  load(h2, s2, hs.h2, hs.s2);
-  return hs;
-}
 
 // out[(h1[i] + h2[j]) mod D] += s1[i] s2[j] G[i, j] for rows i in [i0, i1), in row-major order.
 template <class acc_t>
@@ -87,8 +64,6 @@ void gather_rows(const acc_t* g, int64_t C2, int64_t i0, int64_t i1, const Hashe
     }
   }
 }
-
-at::ScalarType acc_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // (B, C, H, W) -> (B, C, HW) in the accumulation dtype; a view for fp32/fp64 NCHW and channels_last inputs
 // (channels_last flattens to a transposed matrix, which the GEMMs take as is).
@@ -179,12 +154,7 @@ at::Tensor compact_bilinear_pooling_cpu(const at::Tensor& x, const at::Tensor& y
                                         int64_t output_dim) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs are internal, never differentiated
   check_inputs("compact_bilinear_pooling", x, y, h1, s1, h2, s2, output_dim);
-  at::Tensor out;
-  if (x.scalar_type() == at::kDouble)
-    out = forward<double>(x, y, load_hashes<double>(h1, s1, h2, s2), output_dim);
-  else
-    out = forward<float>(x, y, load_hashes<float>(h1, s1, h2, s2), output_dim);
-  return out;
+  return with_hashes(x, h1, s1, h2, s2, [&](const auto& hs) { return forward(x, y, hs, output_dim); });
 }
 
 std::tuple<at::Tensor, at::Tensor> compact_bilinear_pooling_backward_cpu(
@@ -193,8 +163,7 @@ std::tuple<at::Tensor, at::Tensor> compact_bilinear_pooling_backward_cpu(
   at::AutoDispatchBelowADInplaceOrView guard;
   const char* op = "compact_bilinear_pooling_backward";
   const int64_t D = check_backward_inputs(op, grad_out, x, y, h1, s1, h2, s2);
-  if (x.scalar_type() == at::kDouble) return backward<double>(grad_out, x, y, load_hashes<double>(h1, s1, h2, s2), D);
-  return backward<float>(grad_out, x, y, load_hashes<float>(h1, s1, h2, s2), D);
+  return with_hashes(x, h1, s1, h2, s2, [&](const auto& hs) { return backward(grad_out, x, y, hs, D); });
 }
 
 }  // namespace
