@@ -95,20 +95,32 @@ inline bias_act::Params<double> make_params(double alpha, double gain, std::opti
 class HugePageAllocator final : public c10::Allocator {
  public:
   static constexpr size_t kHuge = size_t(2) << 20;
+  // Allocations and frees are reported to the profiler like c10's CPU allocator does, so that profiler-based peak
+  // memory (benchmarks/_harness.py) and torch.profiler's memory view still count these outputs.
   c10::DataPtr allocate(size_t n) override {
+    if (n == 0) return {nullptr, nullptr, &del, c10::Device(c10::DeviceType::CPU)};
+    const size_t len = (n + kHuge - 1) / kHuge * kHuge;
     void* p = nullptr;
-    if (n > 0) {
-      const size_t len = (n + kHuge - 1) / kHuge * kHuge;
-      TORCH_CHECK(posix_memalign(&p, kHuge, len) == 0, "vkernels: out of memory allocating ", len, " bytes");
-      madvise(p, len, MADV_HUGEPAGE);
-    }
-    return {p, p, &del, c10::Device(c10::DeviceType::CPU)};
+    TORCH_CHECK(posix_memalign(&p, kHuge, len) == 0, "vkernels: out of memory allocating ", len, " bytes");
+    madvise(p, len, MADV_HUGEPAGE);
+    auto* ctx = new Block{p, static_cast<int64_t>(len)};
+    c10::reportMemoryUsageToProfiler(p, ctx->len, 0, 0, c10::Device(c10::DeviceType::CPU));
+    return {p, ctx, &del, c10::Device(c10::DeviceType::CPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return &del; }
   void copy_data(void* dst, const void* src, std::size_t n) const override { default_copy_data(dst, src, n); }
 
  private:
-  static void del(void* p) { std::free(p); }
+  struct Block {
+    void* ptr;
+    int64_t len;
+  };
+  static void del(void* ctx) {
+    if (ctx == nullptr) return;
+    auto* b = static_cast<Block*>(ctx);
+    c10::reportMemoryUsageToProfiler(b->ptr, -b->len, 0, 0, c10::Device(c10::DeviceType::CPU));
+    std::free(b->ptr);
+    delete b;
+  }
 };
 
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opt, at::MemoryFormat fmt) {
