@@ -94,8 +94,9 @@ def test_layouts(device, impl, layout, variant):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", [VARIANTS[1], VARIANTS[3], VARIANTS[4], VARIANTS[5], VARIANTS[6]], ids=vid)
 def test_row_blocks_cpu(B, dtype, variant):
-    """C1 = 300 > the CPU kernel's GEMM row block (64 rows) and the backward's 64-row strips: several blocks per
-    image (one partial), the lower triangle written from the upper when y is x, the low-precision staging buffer;
+    """C1 = 300 > the CPU kernel's GEMM row block (64 rows) and the backward's 256-row strips: several blocks and
+    strips per image (one partial each; 300 is not a multiple of the 8 x 8 transpose tiles either), the lower triangle
+    written from the upper when y is x, the low-precision staging buffer;
     B = 1 takes the path that splits (image, row block) items over threads, B = 3 the one over images (2 threads)."""
     if not any(p.values == ("cpu", "cpu") for p in IMPLS):
         pytest.skip("no compiled CPU kernel")

@@ -2,17 +2,18 @@
 // one block of 64 rows at a time into a small tile (<= 1 MB, L2 resident); the epilogue takes the tile straight into
 // the output (signed square root and the row's sum of squares in the same pass; the upper triangle gathered with
 // triu). When y is x only the upper row blocks are multiplied and only the upper triangle is written in the block
-// pass; once the norm is known, the lower triangle is written row by row from the upper one (already scaled) and the
-// upper one is scaled in place, while the image's output is still in L3. No (B, C1, C2) tensor is ever allocated; the
-// forward keeps only the per-image norm (B values) for the backward, which reads out and the norm.
+// pass; once the norm is known, one pass over 8 x 8 tiles of the upper triangle scales each in place and writes its
+// transpose into the lower triangle. No (B, C1, C2) tensor is ever allocated; the forward keeps only the per-image
+// norm (B values) for the backward, which reads out and the norm.
 //
 // Work: when y is x the GEMM computes only each row block's upper part (columns j >= the block's first row):
 // ~C^2 HW (1 + bs / C) FLOPs per image instead of 2 C^2 HW, i.e. a little over half the batched GEMM that the
 // benchmark's floor measures; else 2 C1 C2 HW. Epilogue per pooled element: ~6 FLOPs, 4 bytes written by the GEMM
 // into the tile (cache), out written once and re-read/written once (from L3 where an image's output fits).
-// Backward per image: one pass over (g, out) for <out, g>, the epilogue's derivative written into a per-thread
-// C1 x C2 buffer (dG + dG^T built row-wise from g and a transposed strip of g when y is x), then one GEMM
-// dX = dG Y (and dY = dG^T X). Per-thread buffers only.
+// Backward per image: one pass over (g, out) for <out, g>, then, when y is x with the full output, strips of 256 rows
+// of dG + dG^T (built from g, a transposed strip of g and out, in cache) each multiplied straight into their rows of
+// dX; otherwise the epilogue's derivative into a per-thread C1 x C2 buffer, then one GEMM dX = dG Y (and
+// dY = dG^T X). Per-thread buffers only.
 // Parallel over images when B >= threads (each GEMM single-threaded, one parallel region per call), else over
 // (image, row block) items of groups of images, or rows inside the backward's image. Sums of squares are per row,
 // reduced in row order either way.
@@ -155,7 +156,8 @@ struct Fwd {
       acc_t* trow = tile + r * ld + (js - j0);
       acc_t* drow = dst + (p.triu ? triu_index(i, i, C1) : i * C2 + js);
       if (p.sym && !p.triu) {
-        // Only the upper part (j >= i) here; the lower one is written after the norm is known (mirror_scaled).
+        // Only the upper part (j >= i) here; the lower one is written after the norm is known
+        // (mirror_scale_inplace, or mirror_scaled from the staging buffer).
         const acc_t diag_ss = row_epilogue<acc_t>(trow, drow, 1, inv_m, eps, p.normalize);
         const acc_t rest = row_epilogue<acc_t>(trow + 1, drow + 1, C2 - js - 1, inv_m, eps, p.normalize);
         ss_rows[r] = diag_ss + 2 * rest;
@@ -166,8 +168,8 @@ struct Fwd {
   }
 };
 
-// y is x, full output: rows [k0, k1) of one image, o[k, i] = src[i, k] * s for i < k (the lower triangle from the
-// upper one). Run after the block pass, while the image's output is still in L3: the rows are written front to back
+// y is x, full output, staged (out in fp16 / bf16): rows [k0, k1) of one image, o[k, i] = src[i, k] * s for i < k
+// (the lower triangle from the upper one). Run after the block pass, while the image's output is still in L3: the rows are written front to back
 // (a column strip written from the tile at GEMM time instead missed the cache on every line: 1.2x slower, measured).
 // Reads come in 8-row pieces of the column strip, which stay in L1 while k sweeps the block.
 template <class scalar_t, class acc_t>
@@ -179,6 +181,46 @@ void mirror_scaled(const acc_t* src, scalar_t* o, int64_t C, int64_t k0, int64_t
       scalar_t* orow = o + k * C;
       for (int64_t i = ib; i < ie; ++i) orow[i] = scalar_t(src[i * C + k] * s);
     }
+}
+
+// y is x, full output, out in the accumulation dtype: rows [i0, i1) of one image's upper triangle (unscaled s,
+// written by the block pass) are scaled in place and written, scaled, into the lower triangle's columns [i0, i1).
+// One pass instead of a mirror pass and a scaling pass: the upper rows are read once, both halves written once. 8 x 8
+// tiles (AVX2: a register transpose) inside 64 x 64 blocks, so the 64 lower rows a block writes stay in L1.
+// Measured at C = 2048 / HW = 196 (B = 4, 2 threads, shared machine): forward 0.93x (median) / 0.85x (min) the time
+// of the previous mirror pass + scaling pass; at C = 512 / HW = 784 the same within noise.
+// Each upper element belongs to exactly one row range, so row ranges can run on different threads.
+template <class acc_t>
+void mirror_scale_inplace(acc_t* o, int64_t C, int64_t i0, int64_t i1, acc_t s) {
+  constexpr int64_t W = 8, KB = 64;
+  auto scalar_tile = [&](int64_t r8, int64_t k8) {
+    for (int64_t i = r8; i < std::min(r8 + W, i1); ++i)
+      for (int64_t k = std::max(k8, i); k < std::min(k8 + W, C); ++k) {
+        const acc_t v = o[i * C + k] * s;
+        o[i * C + k] = v;
+        o[k * C + i] = v;  // the diagonal (k == i) rewrites itself
+      }
+  };
+  for (int64_t K0 = i0; K0 < C; K0 += KB)
+    for (int64_t r8 = i0; r8 < i1; r8 += W)
+      for (int64_t k8 = std::max(K0, r8); k8 < std::min(K0 + KB, C); k8 += W) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (k8 > r8 && r8 + W <= i1 && k8 + W <= C) {
+            at::vec::VectorizedN<float, 8> t;
+            const Vectorized<float> vs(s);
+            for (int r = 0; r < 8; ++r) {
+              t[r] = Vectorized<float>::loadu(o + (r8 + r) * C + k8) * vs;
+              t[r].store(o + (r8 + r) * C + k8);
+            }
+            at::vec::transpose_block(t);
+            for (int r = 0; r < 8; ++r) t[r].store(o + (k8 + r) * C + r8);
+            continue;
+          }
+        }
+#endif
+        scalar_tile(r8, k8);
+      }
 }
 
 // o[e] = src[e] * s over [e0, e1) (in place when o aliases src).
@@ -258,22 +300,27 @@ std::tuple<at::Tensor, at::Tensor> forward(const Problem& p) {
       nr[b] = d;
       invs[b - g0] = acc_t(1) / d;
     }
-    if (p.sym && !p.triu) {
-      // The lower triangles (scaled), then the upper ones scaled in place: two passes, so no thread reads an upper
-      // value another thread has already scaled.
+    if (p.sym && !p.triu && same) {
+      pfor(gn * nb, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t b = g0 + q / nb, k0 = zigzag(q % nb, nb) * bs;
+          mirror_scale_inplace<acc_t>(dst(b), C1, k0, std::min(C1, k0 + bs), invs[b - g0]);
+        }
+      });
+    } else if (p.sym && !p.triu) {
+      // Staged (low-precision out): the lower triangles from the staging buffer, then the upper ones, cast.
       pfor(gn * nb, 1, [&](int64_t q0, int64_t q1) {
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t b = g0 + q / nb, k0 = zigzag(q % nb, nb) * bs;
           mirror_scaled<scalar_t, acc_t>(dst(b), op + b * P, C1, k0, std::min(C1, k0 + bs), invs[b - g0]);
         }
       });
-      if (!same || p.normalize)
-        pfor(gn * C1, 16, [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t b = g0 + r / C1, i = r % C1;
-            scale_run<scalar_t, acc_t>(dst(b) + i * C1 + i, op + b * P + i * C1 + i, C1 - i, invs[b - g0]);
-          }
-        });
+      pfor(gn * C1, 16, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = g0 + r / C1, i = r % C1;
+          scale_run<scalar_t, acc_t>(dst(b) + i * C1 + i, op + b * P + i * C1 + i, C1 - i, invs[b - g0]);
+        }
+      });
     } else if (!same || p.normalize) {
       pfor(gn * P, 16384, [&](int64_t e0, int64_t e1) {
         while (e0 < e1) {
@@ -346,9 +393,9 @@ acc_t dot_run(const scalar_t* a, const scalar_t* b, int64_t n) {
   return dot;
 }
 
-// y is x, full output: rows [i0, i1) of dG + dG^T = ((g + g^T) - 2 k out) h / |out| (0 where out == 0), which is
+// y is x, full output: rows [i0, i1) of dG + dG^T (row i at dg + (i - i0) ldg) = ((g + g^T) - 2 k out) h / |out| (0 where out == 0), which is
 // dz + dz^T because out is exactly symmetric (the forward writes the lower triangle as a copy of the upper one).
-// g^T's rows come from a column strip of g, transposed 8 source rows at a time into gt (m x ldg, L2 resident), so
+// g^T's rows come from a column strip of g, transposed 8 x 8 at a time into gt (m x ldg, in cache), so
 // dG is written row by row (a separate symmetrisation pass over the 16 MB dG at C = 2048 read and wrote it
 // column-wise and missed the cache on every line).
 template <class scalar_t, class acc_t>
@@ -358,7 +405,13 @@ void dg_sym_rows(const scalar_t* g, const scalar_t* o, acc_t* dg, int64_t ldg, i
   constexpr int64_t W = 8;
   for (int64_t j0 = 0; j0 < C; j0 += W) {
     const int64_t je = std::min(C, j0 + W);
-    for (int64_t r = 0; r < m; ++r)
+    int64_t r = 0;
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>)
+      if (je - j0 == W)  // 8 x 8 register transposes (the scalar loop was a strided gather per element)
+        for (; r + W <= m; r += W) at::vec::transpose_mxn<float, 8, 8>(g + j0 * C + i0 + r, C, gt + r * ldg + j0, ldg);
+#endif
+    for (; r < m; ++r)
       for (int64_t j = j0; j < je; ++j) gt[r * ldg + j] = acc_t(g[j * C + i0 + r]);
   }
   for (int64_t r = 0; r < m; ++r) {
@@ -366,7 +419,7 @@ void dg_sym_rows(const scalar_t* g, const scalar_t* o, acc_t* dg, int64_t ldg, i
     const scalar_t* grow = g + i * C;
     const scalar_t* orow = o ? o + i * C : nullptr;
     const acc_t* trow = gt + r * ldg;
-    acc_t* drow = dg + i * ldg;
+    acc_t* drow = dg + r * ldg;
     int64_t j = 0;
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       using Vec = Vectorized<acc_t>;
@@ -417,9 +470,14 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
   scalar_t* gyp = p.sym ? nullptr : gy.mutable_data_ptr<scalar_t>();
 
-  // One image: dG into dg (C1 x C2), then the GEMMs (into gx/gy directly, or via tmp and a cast).
-  constexpr int64_t kStrip = 64;  // rows of dG per dg_sym_rows call (gt: 64 x ldg, 512 KB at C = 2048)
+  // One image: y is x with the full output: strips of dG rows, each straight into its rows of dX by a GEMM; else
+  // dG into dg (C1 x C2), then the GEMMs (into gx/gy directly, or via tmp and a cast).
+  // Rows per strip: 256 (dG strip and transposed g strip 2 MB each at C = 2048, L3). Measured at C = 2048 / HW = 196
+  // (B = 4, 2 threads, shared machine): fwd+bwd medians 64 rows 1.25-1.28x the GEMM floor, 128 rows 1.19-1.20x,
+  // 256 rows 1.01-1.14x, 512 rows 1.12x: fewer, larger GEMMs re-pack X fewer times.
+  const int64_t kStrip = std::min<int64_t>(C1, 256);
   const bool sym_full = p.sym && !p.triu;
+  const at::ThreadLocalState tls_outer;  // for the strips' at::mm_out on worker threads
   const bool over_images = B >= at::get_num_threads() && !at::in_parallel_region();
   const int64_t gt_slots = over_images || at::in_parallel_region() ? 1 : at::get_num_threads();
   auto image = [&](int64_t b, acc_t* dg, acc_t* tmp, acc_t* gts, bool threaded) {
@@ -447,15 +505,22 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
         }
       }
     };
+    acc_t* gxb = same ? reinterpret_cast<acc_t*>(gxp + b * C1 * M) : tmp;
     auto strips = [&](int64_t s0, int64_t s1) {
       // One transposed strip per worker. The slot count is fixed outside the parallel region: inside it
       // at::get_num_threads() is not the region's size, and two workers sharing a strip raced (wrong dG rows).
       const int64_t t = threaded && gt_slots > 1 ? at::get_thread_num() : 0;
       TORCH_INTERNAL_ASSERT(t < gt_slots, "bilinear_pooling backward: worker ", t, " has no strip buffer");
-      acc_t* gt = gts + t * kStrip * ldg;
-      for (int64_t st = s0; st < s1; ++st)
-        dg_sym_rows<scalar_t, acc_t>(gb, ob, dg, ldg, C1, st * kStrip, std::min(C1, st * kStrip + kStrip), gt, k, h,
-                                     inv_m, p.normalize);
+      acc_t* gt = gts + t * 2 * kStrip * ldg;
+      acc_t* ds = gt + kStrip * ldg;
+      at::ThreadLocalStateGuard guard(tls_outer);
+      for (int64_t st = s0; st < s1; ++st) {
+        // The strip of dG (in cache) goes straight into its rows of dX, so dG never exists whole: the 16 MB dG per
+        // image at C = 2048 was written to memory and read back by one big GEMM.
+        const int64_t i0 = st * kStrip, i1 = std::min(C1, i0 + kStrip);
+        dg_sym_rows<scalar_t, acc_t>(gb, ob, ds, ldg, C1, i0, i1, gt, k, h, inv_m, p.normalize);
+        gemm_ab<acc_t>(false, i1 - i0, M, C2, ds, ldg, Yp + b * C2 * M, M, gxb + i0 * M, M, X.options());
+      }
     };
     const int64_t nstrips = (C1 + kStrip - 1) / kStrip;
     if (sym_full) {
@@ -478,8 +543,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
       const int64_t nt = (C1 + T - 1) / T;
       if (threaded) at::parallel_for(0, nt, 1, sym); else sym(0, nt);
     }
-    acc_t* gxb = same ? reinterpret_cast<acc_t*>(gxp + b * C1 * M) : tmp;
-    gemm_ab<acc_t>(false, C1, M, C2, dg, ldg, Yp + b * C2 * M, M, gxb, M, X.options());
+    if (!sym_full) gemm_ab<acc_t>(false, C1, M, C2, dg, ldg, Yp + b * C2 * M, M, gxb, M, X.options());
     if constexpr (!same)
       for (int64_t e = 0; e < C1 * M; ++e) gxp[b * C1 * M + e] = scalar_t(tmp[e]);
     if (!p.sym) {
@@ -491,8 +555,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
   };
   const int64_t tmp_n = same ? 0 : std::max(C1, C2) * M;
   // Per-thread dG (C1 x C2) and cast buffer from torch's allocator (profilers see them); never a (B, C1, C2) tensor.
-  const int64_t gt_n = sym_full ? gt_slots * kStrip * ldg : 0;
-  const int64_t slot = C1 * ldg + tmp_n + gt_n;
+  const int64_t gt_n = sym_full ? gt_slots * 2 * kStrip * ldg : 0;
+  const int64_t dg_n = sym_full ? 0 : C1 * ldg;
+  const int64_t slot = dg_n + tmp_n + gt_n;
   at::Tensor scratch = at::empty({over_images ? at::get_num_threads() : 1, slot}, X.options());
   acc_t* sc = scratch.mutable_data_ptr<acc_t>();
   if (over_images) {
@@ -500,10 +565,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const Problem& p, const at::Tensor& 
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       at::ThreadLocalStateGuard guard(tls);
       acc_t* mine = sc + at::get_thread_num() * slot;
-      for (int64_t b = b0; b < b1; ++b) image(b, mine, mine + C1 * ldg, mine + C1 * ldg + tmp_n, false);
+      for (int64_t b = b0; b < b1; ++b) image(b, mine, mine + dg_n, mine + dg_n + tmp_n, false);
     });
   } else {
-    for (int64_t b = 0; b < B; ++b) image(b, sc, sc + C1 * ldg, sc + C1 * ldg + tmp_n, true);
+    for (int64_t b = 0; b < B; ++b) image(b, sc, sc + dg_n, sc + dg_n + tmp_n, true);
   }
   return {gx.view(p.x.sizes()), p.sym ? gy : gy.view(p.y.sizes())};
 }
