@@ -325,3 +325,14 @@ def test_r1_double_backward_triton_interpreter_matches_reference(fused, act):
     assert out[0][1].abs().sum() > 0
     if act != "lrelu":  # the noise only reaches d(penalty) through act''(z)
         assert out[0][3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused_modconv", [True, False])
+@pytest.mark.parametrize("up", [1, 2])
+def test_empty_batch_reference_matches_kernels(fused_modconv, up):
+    """N = 0: the reference used to fail (reshape with -1 of 0 elements; grouped conv with groups=0)."""
+    x, w, s = torch.randn(0, 3, 5, 4), torch.randn(2, 3, 3, 3), torch.randn(0, 3)
+    shapes = {impl: vkernels.modulated_conv2d(x, w, s, up=up, fused_modconv=fused_modconv, bias=torch.randn(2),
+                                              impl=impl).shape
+              for impl in ["reference"] + vkernels.available_impls("modulated_conv2d_epilogue", "cpu")}
+    assert set(shapes.values()) == {torch.Size([0, 2, 5 * up, 4 * up])}, shapes

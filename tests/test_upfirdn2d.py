@@ -349,3 +349,31 @@ def test_gain_is_stylegans():
     b = vkernels.upfirdn2d(x, f.outer(f), up=2, padding=2, gain=3.0)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, reference(x, f, up=2, padding=2, gain=3.0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("f", [None, torch.ones(4), torch.ones(3, 2)])
+def test_zero_channels_every_impl_including_reference(f):
+    """C = 0 is a valid (empty) batch: conv2d rejects groups=0, so the reference used to raise here."""
+    x = torch.randn(2, 0, 5, 7)
+    sizes = {impl: vkernels.upfirdn2d(x, f, up=2, down=(1, 3), padding=(0, 2, 1, -1), impl=impl).shape
+             for impl in ["reference"] + vkernels.available_impls("upfirdn2d", "cpu")}
+    assert len(set(sizes.values())) == 1, sizes
+    assert vkernels.filtered_lrelu(x, f, f, up=2, down=2, padding=3, impl="reference").shape == \
+        vkernels.filtered_lrelu(x, f, f, up=2, down=2, padding=3, impl="cpu").shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_modules_survive_dtype_casts(dtype):
+    """model.double() / .half() used to cast the filter buffers too, and the ops take float32 filters only (the next
+    call raised). The filters stay float32 and exact; the state dict round-trips."""
+    f = vkernels.setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    for m in (vkernels.nn.Upsample2d(f), vkernels.nn.Downsample2d(f), vkernels.nn.Filter2d(f),
+              vkernels.nn.FilteredLReLU(4, fu=f, fd=f, up=2, down=2, padding=3)):
+        y = m(x.float())
+        m.to(dtype)
+        assert all(b.dtype == torch.float32 for b in m.buffers())
+        out = m(x.to(dtype))
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), y, rtol=1e-2, atol=1e-2)
+        m.load_state_dict(m.state_dict())

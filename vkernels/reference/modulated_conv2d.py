@@ -52,24 +52,27 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=1, down=1, padding=0
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
     w = None
     dcoefs = None
+    # Sizes are spelled out (no -1) and an empty batch takes the shared-weight path, whose conv needs no groups=N,
+    # so N = 0 gives the empty result instead of a reshape / groups error.
+    fused_modconv = fused_modconv and batch_size > 0
     if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)
+        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, in_channels, 1, 1)
     if demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
     if demodulate and fused_modconv:
-        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
+        w = w * dcoefs.reshape(batch_size, out_channels, 1, 1, 1)
     if noise is not None and noise_strength is not None:
         noise = noise * noise_strength
     if not fused_modconv:
-        x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
+        x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up, down, padding, 1, flip_weight)
         if demodulate:
-            x = x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
+            x = x * dcoefs.to(x.dtype).reshape(batch_size, out_channels, 1, 1)
     else:
         xg = x.reshape(1, -1, *x.shape[2:])
         wg = w.reshape(-1, in_channels, kh, kw)
         x = conv2d_resample(xg, wg.to(x.dtype), resample_filter, up, down, padding, batch_size, flip_weight)
-        x = x.reshape(batch_size, -1, *x.shape[2:])
+        x = x.reshape(batch_size, out_channels, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(x.dtype)
     return bias_act(x, None if bias is None else bias.to(x.dtype), 1, act, alpha, gain, clamp)

@@ -32,7 +32,12 @@ def upfirdn2d(x, f, up=(1, 1), down=(1, 1), padding=(0, 0, 0, 0), flip_filter=Fa
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
 
-    # Convolve (a correlation) with the filter, depthwise.
+    # Convolve (a correlation) with the filter, depthwise. conv2d rejects groups=0, so zero channels give the
+    # (empty) output of the right size directly.
+    if num_channels == 0:
+        oh = (x.shape[2] - f.shape[0]) // downy + 1
+        ow = (x.shape[3] - f.shape[-1]) // downx + 1
+        return x.new_zeros([batch_size, 0, oh, ow])
     f = f[None, None].repeat([num_channels, 1] + [1] * f.ndim)
     if f.ndim == 4:
         x = F.conv2d(x, f, groups=num_channels)
