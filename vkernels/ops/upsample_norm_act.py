@@ -96,13 +96,19 @@ def norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, traini
     if norm == "batch" and not training:
         return running_mean.detach().to(ct), torch.rsqrt(running_var.detach().to(ct) + eps)
     mean, var = stats_op(x, int(scale), mode, norm != "batch")
-    if norm == "batch" and running_mean is not None and x.numel() > 0:  # F.batch_norm skips empty batches too
-        n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype),
-                                                alpha=momentum)
+    if norm == "batch":
+        update_running(running_mean, running_var, mean, var, x, scale, momentum)
     return mean, torch.rsqrt(var + eps)
+
+
+def update_running(running_mean, running_var, mean, var, x, scale, momentum):
+    """nn.BatchNorm2d's in-place running-statistics update from a batch's (mean, biased var) of up(x)."""
+    if running_mean is None or x.numel() == 0:  # F.batch_norm skips empty batches too
+        return
+    n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+        running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype), alpha=momentum)
 
 
 def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
