@@ -141,62 +141,93 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
     });
     return;
   }
-  // channels_last: one sample per task, C contiguous; per-channel accumulators in fp64 (sums) and opmath (dx).
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<opmath_t> acc(dxp ? H * W * C : 0), u(C), dz(C);
+  // channels_last: tasks are (sample, block of hb input rows), C contiguous. A task owns dx rows [h0, h1) and
+  // visits every output row whose taps reach them (bilinear: also the rows next to the block, recomputing their dz),
+  // adding only the taps that land in its rows, in output-row order as a whole-sample pass would (so dx does not
+  // depend on the blocking). The sums count the output rows [h0 s, h1 s) only, per-channel fp64 per block, summed
+  // over blocks in block order afterwards (deterministic for any thread count; the block size depends on the
+  // shape only).
+  const int64_t hb = std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1));
+  const int64_t nb = (H + hb - 1) / hb;
+  std::vector<double> part(r1 ? 2 * N * nb * C : 0);
+  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<opmath_t> acc(dxp ? hb * W * C : 0), u(C), dz(C);
     std::vector<double> s1(C), s2(C);
-    for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, h0 = (t % nb) * hb, h1 = std::min(H, h0 + hb);
       const scalar_t* xs = xp + n * H * W * C;
       std::fill(acc.begin(), acc.end(), opmath_t(0));
       std::fill(s1.begin(), s1.end(), 0.0);
       std::fill(s2.begin(), s2.end(), 0.0);
-      for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t lo = bil ? std::max<int64_t>(0, (h0 - 1) * s) : h0 * s;
+      const int64_t hi = bil ? std::min(OH, (h1 + 1) * s) : h1 * s;
+      for (int64_t oh = lo; oh < hi; ++oh) {
         const Lin<opmath_t>& y = lh[oh];
+        const bool own = oh >= h0 * s && oh < h1 * s;
+        const bool t0in = y.i0 >= h0 && y.i0 < h1, t1in = y.i1 >= h0 && y.i1 < h1;
+        if (bil && !own && !t0in && !t1in) continue;
+        double dummy1 = 0, dummy2 = 0;
         for (int64_t ow = 0; ow < OW; ++ow) {
           const Lin<opmath_t>& q = lw[ow];
-          const scalar_t *p00 = nullptr, *p01 = nullptr, *p10 = nullptr, *p11 = nullptr;
           if (!bil) {
-            p00 = xs + ((oh / s) * W + ow / s) * C;
+            const scalar_t* p00 = xs + ((oh / s) * W + ow / s) * C;
             for (int64_t c = 0; c < C; ++c) u[c] = opmath_t(p00[c]);
           } else {
-            p00 = xs + (y.i0 * W + q.i0) * C;
-            p01 = xs + (y.i0 * W + q.i1) * C;
-            p10 = xs + (y.i1 * W + q.i0) * C;
-            p11 = xs + (y.i1 * W + q.i1) * C;
+            const scalar_t* p00 = xs + (y.i0 * W + q.i0) * C;
+            const scalar_t* p01 = xs + (y.i0 * W + q.i1) * C;
+            const scalar_t* p10 = xs + (y.i1 * W + q.i0) * C;
+            const scalar_t* p11 = xs + (y.i1 * W + q.i1) * C;
             for (int64_t c = 0; c < C; ++c) {
-              const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
-              const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
-              u[c] = y.l0 * t0 + y.l1 * t1;
+              const opmath_t a0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
+              const opmath_t a1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
+              u[c] = y.l0 * a0 + y.l1 * a1;
             }
           }
           const scalar_t* dyr = G::kHasDy ? dyp + ((n * OH + oh) * OW + ow) * C : nullptr;
-          for (int64_t c = 0; c < C; ++c)
-            dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), s1[c], s2[c]);
+          if (own) {
+            for (int64_t c = 0; c < C; ++c)
+              dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), s1[c], s2[c]);
+          } else {
+            for (int64_t c = 0; c < C; ++c)
+              dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), dummy1, dummy2);
+          }
           if (!dxp) continue;
           if (!bil) {
-            opmath_t* ar = acc.data() + ((oh / s) * W + ow / s) * C;
+            opmath_t* ar = acc.data() + ((oh / s - h0) * W + ow / s) * C;
             for (int64_t c = 0; c < C; ++c) ar[c] += dz[c];
           } else {
-            const std::array<std::pair<int64_t, opmath_t>, 4> taps = {{{y.i0 * W + q.i0, y.l0 * q.l0},
-                                                                       {y.i0 * W + q.i1, y.l0 * q.l1},
-                                                                       {y.i1 * W + q.i0, y.l1 * q.l0},
-                                                                       {y.i1 * W + q.i1, y.l1 * q.l1}}};
-            for (const auto& [pix, wt] : taps) {
+            const std::array<std::tuple<bool, int64_t, opmath_t>, 4> taps = {
+                {{t0in, (y.i0 - h0) * W + q.i0, y.l0 * q.l0}, {t0in, (y.i0 - h0) * W + q.i1, y.l0 * q.l1},
+                 {t1in, (y.i1 - h0) * W + q.i0, y.l1 * q.l0}, {t1in, (y.i1 - h0) * W + q.i1, y.l1 * q.l1}}};
+            for (const auto& [in, pix, wt] : taps) {
+              if (!in) continue;
               opmath_t* ar = acc.data() + pix * C;
               for (int64_t c = 0; c < C; ++c) ar[c] += wt * dz[c];
             }
           }
         }
       }
-      if (r1)
-        for (int64_t c = 0; c < C; ++c) r1[n * C + c] = s1[c], r2[n * C + c] = s2[c];
+      if (r1) {
+        double* p = part.data() + 2 * t * C;
+        for (int64_t c = 0; c < C; ++c) p[c] = s1[c], p[C + c] = s2[c];
+      }
       if (dxp) {
-        scalar_t* d = dxp + n * H * W * C;
-        for (int64_t i = 0; i < H * W; ++i)
+        scalar_t* d = dxp + (n * H + h0) * W * C;
+        for (int64_t i = 0; i < (h1 - h0) * W; ++i)
           for (int64_t c = 0; c < C; ++c) d[i * C + c] = static_cast<scalar_t>(acc[i * C + c] * gr.post(n * C + c));
       }
     }
   });
+  if (r1)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        double d1 = 0, d2 = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const double* p = part.data() + 2 * (n * nb + b) * C;
+          d1 += p[c], d2 += p[C + c];
+        }
+        r1[n * C + c] = d1, r2[n * C + c] = d2;
+      }
 }
 
 at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
