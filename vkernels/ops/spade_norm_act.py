@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, _empty_fmt, _nc4, act_grad, check_act, check_dy, check_nc,
-                                           check_running, double_backward, norm_stats,
-                                           update_running, _alias)
+from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, _alias, _empty_fmt, _nc4, act_grad, check_act, check_dy,
+                                           check_nc, check_running, check_x, double_backward, norm_stats,
+                                           update_running)
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
 
 __all__ = ["spade_norm_act"]
@@ -45,12 +45,7 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
         Backward saves x, gamma, beta and per-(n, c) statistics.
     """
     op = "spade_norm_act"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_x(op, x)
     for name, t in (("gamma", gamma), ("beta", beta)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -207,30 +202,27 @@ def _register(name: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
+def _check_raw(op, x, m, r, gamma, beta, act, alpha, gain, clamp):
+    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schemas (the public function never trips them).
+    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+            raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
+    check_act(op, act, alpha, gain, clamp)
+    check_nc(op, x, (("mean", m), ("rstd", r)))
+
+
 def _define_triton() -> None:
     def fwd(x, m, r, gamma, beta, act, alpha, gain, clamp):
         from vkernels.triton import upsample_norm_act as tk
-        op = "spade_norm_act"
-        if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
-            raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
-        for name, t in (("gamma", gamma), ("beta", beta)):
-            if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-                raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
-        check_act(op, act, alpha, gain, clamp)
-        check_nc(op, x, (("mean", m), ("rstd", r)))
+        _check_raw("spade_norm_act", x, m, r, gamma, beta, act, alpha, gain, clamp)
         return tk.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
 
     def bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
         from vkernels.triton import norm_act_backward as tb
-        op = "spade_norm_act_backward"
-        if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
-            raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
-        for name, t in (("gamma", gamma), ("beta", beta)):
-            if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-                raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
-        check_dy(op, dy, x, x.shape)
-        check_act(op, act, alpha, gain, clamp)
-        check_nc(op, x, (("mean", m), ("rstd", r)))
+        _check_raw("spade_norm_act_backward", x, m, r, gamma, beta, act, alpha, gain, clamp)
+        check_dy("spade_norm_act_backward", dy, x, x.shape)
         return tb.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
 
     _backend.define_triton_variant("spade_norm_act", fwd)

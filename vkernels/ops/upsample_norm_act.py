@@ -113,12 +113,7 @@ def update_running(running_mean, running_var, mean, var, x, scale, momentum):
 
 def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
            momentum, eps, act, alpha, gain, clamp, op="upsample_norm_act"):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_x(op, x)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
         raise ValueError(f"{op}: scale must be an integer >= 1, got {scale!r}")
     if mode not in MODES:
@@ -144,6 +139,15 @@ def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_
     if norm in ("instance", "adain") and OH * OW == 1:
         raise ValueError(f"{op}: expected more than 1 spatial element for instance norm, got x of shape "
                          f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
+
+
+def check_x(op, x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
 
 
 def check_act(op, act, alpha, gain, clamp):

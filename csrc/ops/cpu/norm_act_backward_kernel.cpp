@@ -62,6 +62,22 @@ struct StatsGrad {
   opmath_t post(int64_t) const { return mult; }
 };
 
+// r1[n, c], r2[n, c] = the sums over a sample's nb blocks, in block order, of the per-block fp64 partial sums
+// part[((n * nb + b) * 2 + {0, 1}) * C + c] (the channels_last kernels' fixed-order reduction).
+void sum_blocks(const std::vector<double>& part, int64_t N, int64_t nb, int64_t C, double* r1, double* r2) {
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        double d1 = 0, d2 = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const double* p = part.data() + 2 * (n * nb + b) * C;
+          d1 += p[c], d2 += p[C + c];
+        }
+        r1[n * C + c] = d1, r2[n * C + c] = d2;
+      }
+  });
+}
+
 // dx = post * A^T dz(up(x), dy) for the upsampling A (nearest or bilinear by s; s == 1 is the identity), with the
 // per-group sums of G written to r1, r2 (N * C doubles each, may be null when G has none).
 template <class scalar_t, class G>
@@ -218,16 +234,7 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
       }
     }
   });
-  if (r1)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        double d1 = 0, d2 = 0;
-        for (int64_t b = 0; b < nb; ++b) {
-          const double* p = part.data() + 2 * (n * nb + b) * C;
-          d1 += p[c], d2 += p[C + c];
-        }
-        r1[n * C + c] = d1, r2[n * C + c] = d2;
-      }
+  if (r1) sum_blocks(part, N, nb, C, r1, r2);
 }
 
 at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
@@ -450,17 +457,7 @@ void spade_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Te
       for (int64_t c = 0; c < C; ++c) p[c] = double(a1[c]), p[C + c] = double(a2[c]);
     }
   });
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        double d1 = 0, d2 = 0;
-        for (int64_t b = 0; b < nb; ++b) {
-          const double* p = part.data() + 2 * (n * nb + b) * C;
-          d1 += p[c], d2 += p[C + c];
-        }
-        s1[n * C + c] = d1, s2[n * C + c] = d2;
-      }
-  });
+  sum_blocks(part, N, nb, C, s1, s2);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_backward_cpu(
