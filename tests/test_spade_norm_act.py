@@ -250,3 +250,51 @@ def test_cpu_large_output_allocation(monkeypatch, hugepages):
     up = vkernels.upsample_norm_act(x[:, :, :128, :128], scale=2, mode="bilinear", norm="instance", impl="cpu")
     ref = vkernels.reference.upsample_norm_act(x[:, :, :128, :128], scale=2, mode="bilinear", norm="instance")
     torch.testing.assert_close(up, ref, rtol=1e-4, atol=1e-4)
+
+# --------------------------------------------------------------------------------------------------------------------
+# public function's fused first-order backward (statistics' gradient added in place) and its memory
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_public_backward_low_precision_shifted(device, impl, norm):
+    """Gradients of the public function vs eager PyTorch in the same dtype and an fp64 oracle, on inputs whose mean
+    is 4x their spread (the in-place dx += c2 * x + (c1 - c2 * mean) must not lose the small difference)."""
+    dtypes = [torch.float32] if impl == "triton" and device == "cpu" else DTYPES
+    for i, dtype in enumerate(dtypes):
+        shape = (2, 5, 6, 7)
+        x = randn(shape, dtype, device) + 4
+        g, b = maps(shape, dtype, device)
+        dy = randn(shape, dtype, device)
+        if i % 2:
+            x, g, b, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, g, b, dy))
+        kw = dict(act="lrelu", gain=1.3)
+
+        def grads(fn, cast):
+            ts = [cast(t).detach().requires_grad_() for t in (x, g, b)]
+            return torch.autograd.grad(fn(*ts, norm, **kw), ts, cast(dy))
+
+        ours = grads(lambda *a, **k: vkernels.spade_norm_act(*a, **k, impl=impl), lambda t: t)
+        lowp = grads(reference, lambda t: t)
+        orac = grads(reference, lambda t: t.double())
+        for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
+            check_close(o, lp, orc, dtype, f"{norm}/{dtype} grad {k}")
+
+
+def test_public_fwd_bwd_peak_memory_cpu():
+    """Training batch norm through the public function holds one x-sized dx (torch.compile's batch-norm backward
+    does too): y, dy, dx, dgamma, dbeta are the only x-sized tensors alive at the peak (two nodes held 6)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = randn((2, 16, 32, 32), torch.float32, "cpu")
+    g, b = maps(x.shape, torch.float32, "cpu")
+    ts = [t.requires_grad_() for t in (x, g, b)]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = vkernels.spade_norm_act(*ts, "batch", impl="cpu")
+        grads = torch.autograd.grad(y, ts, torch.ones_like(y))
+        del y, grads
+    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    run = peak = 0
+    for _, nbytes in mem:
+        run += nbytes
+        peak = max(peak, run)
+    assert peak < 5.5 * x.nbytes, f"peak {peak / x.nbytes:.2f} x-sized buffers"

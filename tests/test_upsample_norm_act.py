@@ -456,3 +456,32 @@ def test_backward_compile_fullgraph_instance(device, impl):
     rx, rs = torch.autograd.grad(y.square().sum(), (x, ss))
     torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gs, rs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_cpu_backward_channels_last_row_blocks(mode):
+    """The channels_last CPU backward splits each sample into blocks of input rows (W * s^2 large enough for several
+    blocks here): dx rows next to a block edge get the taps of the neighbouring block's output rows, the sums count
+    every output row once, and the result is bitwise the same for 1 thread and all threads."""
+    apply_bwd, stats_bwd = _bwd_ops("cpu")
+    for dtype, (N, C, H, W, s) in ((torch.float64, (1, 3, 13, 200, 3)), (torch.float32, (2, 17, 9, 600, 2))):
+        dy, x, m, a, b = _bwd_inputs(N, C, H, W, s, dtype, "cpu")
+        args = (s, mode, "swish", 0.2, 1.1, None)
+        gm, gv, mean = (randn((N, C), m.dtype, "cpu") for _ in range(3))
+        outs = []
+        n = torch.get_num_threads()
+        for threads in (1, n):
+            try:
+                torch.set_num_threads(threads)
+                outs.append((*apply_bwd(_cl(dy), _cl(x), m, a, b, *args, [True] * 4),
+                             stats_bwd(gm, gv, _cl(x), mean, s, mode, True)))
+            finally:
+                torch.set_num_threads(n)
+        assert all(torch.equal(u, v) for u, v in zip(*outs))
+        lowp = (*apply_backward_composite(dy, x, m, a, b, *args, [True] * 4),
+                stats_backward_composite(gm, gv, x, mean, s, mode, True))
+        d = lambda t: t.double()  # noqa: E731
+        orac = (*apply_backward_composite(d(dy), d(x), d(m), d(a), d(b), *args, [True] * 4),
+                stats_backward_composite(d(gm), d(gv), d(x), d(mean), s, mode, True))
+        for k, (o, lp, orc) in enumerate(zip(outs[0], lowp, orac)):
+            check_close(o, lp, orc, o.dtype, f"{mode}/{dtype} output {k}")

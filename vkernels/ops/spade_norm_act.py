@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, _empty_fmt, _nc4, act_grad, check_act, check_dy, check_nc,
-                                           check_running, double_backward, norm_stats)
+from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, _alias, _empty_fmt, _nc4, act_grad, check_act, check_dy,
+                                           check_nc, check_running, check_x, double_backward, norm_stats,
+                                           update_running)
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
 
 __all__ = ["spade_norm_act"]
@@ -44,12 +45,7 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
         Backward saves x, gamma, beta and per-(n, c) statistics.
     """
     op = "spade_norm_act"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_x(op, x)
     for name, t in (("gamma", gamma), ("beta", beta)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -77,12 +73,80 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
     if impl == "reference":
         return _reference(x, gamma, beta, norm, running_mean, running_var, training, momentum, eps, act, alpha,
                           gain, clamp)
-    tri = impl == "triton"
-    stats_op = torch.ops.vkernels.upsample_norm_act_stats_triton if tri else torch.ops.vkernels.upsample_norm_act_stats
-    apply_op = torch.ops.vkernels.spade_norm_act_triton if tri else torch.ops.vkernels.spade_norm_act
-    mean, rstd = norm_stats(stats_op, x, 1, "nearest", norm, running_mean, running_var, training, momentum, eps)
-    return apply_op(x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, act, float(alpha), float(gain),
-                    None if clamp is None else float(clamp))
+    ops = _ops(impl == "triton")
+    args = (act, float(alpha), float(gain), None if clamp is None else float(clamp))
+    if norm == "batch" and not training:
+        mean, rstd = norm_stats(ops[0], x, 1, "nearest", norm, running_mean, running_var, training, momentum, eps)
+        return ops[1](x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, *args)
+    y, mean, var = _BatchStatsSpade.apply(x, gamma, beta, norm == "instance", float(eps), ops, *args)
+    if norm == "batch":
+        update_running(running_mean, running_var, mean, var, x, 1, momentum)
+    return y
+
+
+def _ops(tri):
+    """(stats, apply, backward) ops of one implementation."""
+    v = torch.ops.vkernels
+    if tri:
+        return v.upsample_norm_act_stats_triton, v.spade_norm_act_triton, v.spade_norm_act_backward_triton
+    return v.upsample_norm_act_stats, v.spade_norm_act, v.spade_norm_act_backward
+
+
+class _BatchStatsSpade(torch.autograd.Function):
+    """spade_norm_act with statistics of x itself (training batch norm, instance norm) as one autograd node.
+
+    As two nodes (stats op, apply op) autograd receives two x-sized gradients for x, the apply backward's and the
+    stats backward's, and both are alive while it sums them: one x-sized buffer more than torch.compile's batch-norm
+    backward. Here the statistics' contribution c1 + c2 * (x - mean) (c1 = gmean / K, c2 = 2 gvar / K, gmean and
+    gvar from the fused backward's per-(n, c) sums) is added in place to the fused backward's dx, so dx is one
+    buffer. Higher orders: a backward that builds a graph re-runs the two-node forward and differentiates it (its
+    own gradients are the ops' composites), so gradgradcheck / R1 see exactly the two-node formulas."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, per_sample, eps, ops, act, alpha, gain, clamp):
+        N, C = x.shape[:2]
+        mean, var = ops[0](x, 1, "nearest", per_sample)
+        rstd = torch.rsqrt(var + eps)
+        y = ops[1](x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, act, alpha, gain, clamp)
+        ctx.save_for_backward(x, gamma, beta, mean, rstd)
+        ctx.cfg = (per_sample, eps, ops, act, alpha, gain, clamp)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _gmean, _gvar):
+        x, gamma, beta, mean, rstd = ctx.saved_tensors
+        per_sample, eps, ops, *args = ctx.cfg
+        need = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: differentiate the two-node graph instead
+            return *_two_node_grads(dy, (x, gamma, beta), need, per_sample, eps, ops, args), *[None] * 7
+        N, C, H, W = x.shape
+        m, r = mean.expand(N, C), rstd.expand(N, C)
+        dx, dm, dr, dg, db = ops[2](dy, x, m, r, gamma, beta, *args, [need[0]] * 3 + list(need[1:]))
+        if need[0] and x.numel() > 0:
+            # d mean / d x = 1 / K, d var / d x = 2 (x - mean) / K, d rstd / d var = -rstd^3 / 2
+            K = H * W if per_sample else N * H * W
+            gmean, gr = (dm, dr) if per_sample else (dm.sum(0), dr.sum(0))
+            c2 = gr * rstd.pow(3) * (-1.0 / K)
+            c1 = gmean / K
+            if not per_sample:
+                c1, c2 = c1.expand(N, C), c2.expand(N, C)
+            # dx += c2 * x + (c1 - c2 * mean): two in-place passes over dx, no x-sized temporary
+            dx.addcmul_(x, c2[:, :, None, None]).add_((c1 - c2 * m)[:, :, None, None])
+        return (dx if need[0] else None, dg if need[1] else None, db if need[2] else None, *[None] * 7)
+
+
+def _two_node_grads(dy, inputs, need, per_sample, eps, ops, args):
+    with torch.enable_grad():
+        leaves = [_alias(t, n) for t, n in zip(inputs, need)]
+        x = leaves[0]
+        N, C = x.shape[:2]
+        mean, var = ops[0](x, 1, "nearest", per_sample)
+        rstd = torch.rsqrt(var + eps)
+        y = ops[1](x, mean.expand(N, C), rstd.expand(N, C), leaves[1], leaves[2], *args)
+        wrt = [lf for lf, n in zip(leaves, need) if n]
+        res = iter(torch.autograd.grad(y, wrt, dy, create_graph=True, allow_unused=True))
+    return [next(res) if n else None for n in need]
 
 
 def backward_composite(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
@@ -138,30 +202,27 @@ def _register(name: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
+def _check_raw(op, x, m, r, gamma, beta, act, alpha, gain, clamp):
+    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schemas (the public function never trips them).
+    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
+            raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
+    check_act(op, act, alpha, gain, clamp)
+    check_nc(op, x, (("mean", m), ("rstd", r)))
+
+
 def _define_triton() -> None:
     def fwd(x, m, r, gamma, beta, act, alpha, gain, clamp):
         from vkernels.triton import upsample_norm_act as tk
-        op = "spade_norm_act"
-        if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
-            raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
-        for name, t in (("gamma", gamma), ("beta", beta)):
-            if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-                raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
-        check_act(op, act, alpha, gain, clamp)
-        check_nc(op, x, (("mean", m), ("rstd", r)))
+        _check_raw("spade_norm_act", x, m, r, gamma, beta, act, alpha, gain, clamp)
         return tk.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
 
     def bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
         from vkernels.triton import norm_act_backward as tb
-        op = "spade_norm_act_backward"
-        if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
-            raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
-        for name, t in (("gamma", gamma), ("beta", beta)):
-            if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-                raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
-        check_dy(op, dy, x, x.shape)
-        check_act(op, act, alpha, gain, clamp)
-        check_nc(op, x, (("mean", m), ("rstd", r)))
+        _check_raw("spade_norm_act_backward", x, m, r, gamma, beta, act, alpha, gain, clamp)
+        check_dy("spade_norm_act_backward", dy, x, x.shape)
         return tb.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
 
     _backend.define_triton_variant("spade_norm_act", fwd)

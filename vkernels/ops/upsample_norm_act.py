@@ -96,23 +96,24 @@ def norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, traini
     if norm == "batch" and not training:
         return running_mean.detach().to(ct), torch.rsqrt(running_var.detach().to(ct) + eps)
     mean, var = stats_op(x, int(scale), mode, norm != "batch")
-    if norm == "batch" and running_mean is not None and x.numel() > 0:  # F.batch_norm skips empty batches too
-        n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype),
-                                                alpha=momentum)
+    if norm == "batch":
+        update_running(running_mean, running_var, mean, var, x, scale, momentum)
     return mean, torch.rsqrt(var + eps)
+
+
+def update_running(running_mean, running_var, mean, var, x, scale, momentum):
+    """nn.BatchNorm2d's in-place running-statistics update from a batch's (mean, biased var) of up(x)."""
+    if running_mean is None or x.numel() == 0:  # F.batch_norm skips empty batches too
+        return
+    n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+        running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype), alpha=momentum)
 
 
 def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
            momentum, eps, act, alpha, gain, clamp, op="upsample_norm_act"):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_x(op, x)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
         raise ValueError(f"{op}: scale must be an integer >= 1, got {scale!r}")
     if mode not in MODES:
@@ -138,6 +139,15 @@ def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_
     if norm in ("instance", "adain") and OH * OW == 1:
         raise ValueError(f"{op}: expected more than 1 spatial element for instance norm, got x of shape "
                          f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
+
+
+def check_x(op, x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
 
 
 def check_act(op, act, alpha, gain, clamp):

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from vkernels._backend import TRITON_INTERPRET
 from vkernels.triton.bias_act import ACT_IDS, _act, _grad_x
-from vkernels.triton.upsample_norm_act import _device, _is_cl, _lin, _lin64, _scalars, _up_value
+from vkernels.triton.upsample_norm_act import _device, _is_cl, _lin, _lin64, _scalar_args, _scalars, _up_value
 
 
 @triton.jit
@@ -36,6 +36,13 @@ def _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.
         if HAS_CLAMP:
             r = tl.where(tl.abs(_act(z, alpha, ACT) * gain) < clamp, r, 0.0)
     return r, xc
+
+
+@triton.jit
+def _plane(C):
+    # This program's (n, c) plane: flat index g = n * C + c, n in int64 for the plane offsets.
+    g = tl.program_id(0)
+    return g, (g // C).to(tl.int64), g % C
 
 
 @triton.jit
@@ -56,14 +63,9 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
                     SCALARS_IN_TENSOR: tl.constexpr, BILINEAR: tl.constexpr, ACT: tl.constexpr,
                     HAS_CLAMP: tl.constexpr, F64: tl.constexpr, NEED_DX: tl.constexpr, NEED_RED: tl.constexpr,
                     STATS: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
-    n = (g // C).to(tl.int64)
-    c = g % C
+    g, n, c = _plane(C)
     ct = tl.float64 if F64 else tl.float32
-    if SCALARS_IN_TENSOR:
-        alpha = tl.load(scalars_ptr)
-        gain = tl.load(scalars_ptr + 1)
-        clamp = tl.load(scalars_ptr + 2)
+    alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
     mv = tl.load(m_ptr + g)
     av = tl.load(a_ptr + g)
     bv = tl.load(b_ptr + g)
@@ -132,14 +134,9 @@ def _spade_bwd_kernel(dx_ptr, dg_ptr, dt_ptr, s1_ptr, s2_ptr, dy_ptr, x_ptr, g_p
                       so0, so1, so2, so3, alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr,
                       ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr, NEED_DX: tl.constexpr,
                       NEED_DG: tl.constexpr, NEED_DT: tl.constexpr, BLOCK: tl.constexpr):
-    g = tl.program_id(0)
-    n = (g // C).to(tl.int64)
-    c = g % C
+    g, n, c = _plane(C)
     ct = tl.float64 if F64 else tl.float32
-    if SCALARS_IN_TENSOR:
-        alpha = tl.load(scalars_ptr)
-        gain = tl.load(scalars_ptr + 1)
-        clamp = tl.load(scalars_ptr + 2)
+    alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
     mv = tl.load(m_ptr + g)
     rv = tl.load(r_ptr + g)
     a1 = tl.zeros([BLOCK], dtype=tl.float64)

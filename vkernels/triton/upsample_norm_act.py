@@ -110,63 +110,30 @@ def _finish(z, alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr):
 
 
 @triton.jit
-def _apply_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, H, W, sn, sc, sh, sw, s, alpha, gain, clamp,
-                  scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr, CL: tl.constexpr, BILINEAR: tl.constexpr,
-                  ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
-                  INT64: tl.constexpr):
+def _elem_block(numel, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # This program's flat element indices (int64 when numel may pass int32) and their in-range mask.
     pid = tl.program_id(0)
     if INT64:
         start = pid.to(tl.int64) * BLOCK
     else:
         start = pid * BLOCK
     i = start + tl.arange(0, BLOCK)
-    mask = i < numel
-    if SCALARS_IN_TENSOR:
-        alpha = tl.load(scalars_ptr)
-        gain = tl.load(scalars_ptr + 1)
-        clamp = tl.load(scalars_ptr + 2)
-    OH = H * s
-    OW = W * s
-    if CL:
-        c = i % C
-        t = i // C
-        ow = t % OW
-        t = t // OW
-        oh = t % OH
-        n = t // OH
-    else:
-        ow = i % OW
-        t = i // OW
-        oh = t % OH
-        t = t // OH
-        c = t % C
-        n = t // C
-    u = _up_value(x_ptr, n * sn + c * sc, oh, ow, H, W, sh, sw, s, mask, BILINEAR, F64)
-    k = n * C + c
-    mv = tl.load(m_ptr + k, mask=mask, other=0.0)
-    av = tl.load(a_ptr + k, mask=mask, other=0.0)
-    bv = tl.load(b_ptr + k, mask=mask, other=0.0)
-    r = _finish((u - mv) * av + bv, alpha, gain, clamp, ACT, HAS_CLAMP)
-    tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
+    return i, i < numel
 
 
 @triton.jit
-def _spade_kernel(out_ptr, x_ptr, g_ptr, t_ptr, m_ptr, r_ptr, numel, C, H, W, sx0, sx1, sx2, sx3, sg0, sg1, sg2,
-                  sg3, st0, st1, st2, st3, alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr,
-                  CL: tl.constexpr, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr,
-                  BLOCK: tl.constexpr, INT64: tl.constexpr):
-    pid = tl.program_id(0)
-    if INT64:
-        start = pid.to(tl.int64) * BLOCK
-    else:
-        start = pid * BLOCK
-    i = start + tl.arange(0, BLOCK)
-    mask = i < numel
-    ct = tl.float64 if F64 else tl.float32
+def _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr):
+    # fp64 kernels read alpha / gain / clamp from an fp64 tensor (Python float kernel arguments are fp32).
     if SCALARS_IN_TENSOR:
         alpha = tl.load(scalars_ptr)
         gain = tl.load(scalars_ptr + 1)
         clamp = tl.load(scalars_ptr + 2)
+    return alpha, gain, clamp
+
+
+@triton.jit
+def _nchw_of(i, C, H, W, CL: tl.constexpr):
+    # (n, c, h, w) of flat index i of an (N, C, H, W) tensor stored NCHW or channels_last.
     if CL:
         c = i % C
         t = i // C
@@ -181,6 +148,35 @@ def _spade_kernel(out_ptr, x_ptr, g_ptr, t_ptr, m_ptr, r_ptr, numel, C, H, W, sx
         t = t // H
         c = t % C
         n = t // C
+    return n, c, h, w
+
+
+@triton.jit
+def _apply_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, H, W, sn, sc, sh, sw, s, alpha, gain, clamp,
+                  scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr, CL: tl.constexpr, BILINEAR: tl.constexpr,
+                  ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+                  INT64: tl.constexpr):
+    i, mask = _elem_block(numel, BLOCK, INT64)
+    alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
+    n, c, oh, ow = _nchw_of(i, C, H * s, W * s, CL)
+    u = _up_value(x_ptr, n * sn + c * sc, oh, ow, H, W, sh, sw, s, mask, BILINEAR, F64)
+    k = n * C + c
+    mv = tl.load(m_ptr + k, mask=mask, other=0.0)
+    av = tl.load(a_ptr + k, mask=mask, other=0.0)
+    bv = tl.load(b_ptr + k, mask=mask, other=0.0)
+    r = _finish((u - mv) * av + bv, alpha, gain, clamp, ACT, HAS_CLAMP)
+    tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _spade_kernel(out_ptr, x_ptr, g_ptr, t_ptr, m_ptr, r_ptr, numel, C, H, W, sx0, sx1, sx2, sx3, sg0, sg1, sg2,
+                  sg3, st0, st1, st2, st3, alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr,
+                  CL: tl.constexpr, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr,
+                  BLOCK: tl.constexpr, INT64: tl.constexpr):
+    i, mask = _elem_block(numel, BLOCK, INT64)
+    ct = tl.float64 if F64 else tl.float32
+    alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
+    n, c, h, w = _nchw_of(i, C, H, W, CL)
     xv = tl.load(x_ptr + n * sx0 + c * sx1 + h * sx2 + w * sx3, mask=mask, other=0.0).to(ct)
     gv = tl.load(g_ptr + n * sg0 + c * sg1 + h * sg2 + w * sg3, mask=mask, other=0.0).to(ct)
     tv = tl.load(t_ptr + n * st0 + c * st1 + h * st2 + w * st3, mask=mask, other=0.0).to(ct)

@@ -18,12 +18,14 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cpu/norm_act_cpu_common.h"
@@ -59,6 +61,22 @@ struct StatsGrad {
   opmath_t dz(int64_t g, opmath_t u, opmath_t, double&, double&) const { return c1[g] + c2[g] * (u - m[g]); }
   opmath_t post(int64_t) const { return mult; }
 };
+
+// r1[n, c], r2[n, c] = the sums over a sample's nb blocks, in block order, of the per-block fp64 partial sums
+// part[((n * nb + b) * 2 + {0, 1}) * C + c] (the channels_last kernels' fixed-order reduction).
+void sum_blocks(const std::vector<double>& part, int64_t N, int64_t nb, int64_t C, double* r1, double* r2) {
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        double d1 = 0, d2 = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const double* p = part.data() + 2 * (n * nb + b) * C;
+          d1 += p[c], d2 += p[C + c];
+        }
+        r1[n * C + c] = d1, r2[n * C + c] = d2;
+      }
+  });
+}
 
 // dx = post * A^T dz(up(x), dy) for the upsampling A (nearest or bilinear by s; s == 1 is the identity), with the
 // per-group sums of G written to r1, r2 (N * C doubles each, may be null when G has none).
@@ -139,62 +157,84 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
     });
     return;
   }
-  // channels_last: one sample per task, C contiguous; per-channel accumulators in fp64 (sums) and opmath (dx).
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<opmath_t> acc(dxp ? H * W * C : 0), u(C), dz(C);
+  // channels_last: tasks are (sample, block of hb input rows), C contiguous. A task owns dx rows [h0, h1) and
+  // visits every output row whose taps reach them (bilinear: also the rows next to the block, recomputing their dz),
+  // adding only the taps that land in its rows, in output-row order as a whole-sample pass would (so dx does not
+  // depend on the blocking). The sums count the output rows [h0 s, h1 s) only, per-channel fp64 per block, summed
+  // over blocks in block order afterwards (deterministic for any thread count; the block size depends on the
+  // shape only).
+  const int64_t hb = std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1));
+  const int64_t nb = (H + hb - 1) / hb;
+  std::vector<double> part(r1 ? 2 * N * nb * C : 0);
+  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<opmath_t> acc(dxp ? hb * W * C : 0), u(C), dz(C);
     std::vector<double> s1(C), s2(C);
-    for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, h0 = (t % nb) * hb, h1 = std::min(H, h0 + hb);
       const scalar_t* xs = xp + n * H * W * C;
       std::fill(acc.begin(), acc.end(), opmath_t(0));
       std::fill(s1.begin(), s1.end(), 0.0);
       std::fill(s2.begin(), s2.end(), 0.0);
-      for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t lo = bil ? std::max<int64_t>(0, (h0 - 1) * s) : h0 * s;
+      const int64_t hi = bil ? std::min(OH, (h1 + 1) * s) : h1 * s;
+      for (int64_t oh = lo; oh < hi; ++oh) {
         const Lin<opmath_t>& y = lh[oh];
+        const bool own = oh >= h0 * s && oh < h1 * s;
+        const bool t0in = y.i0 >= h0 && y.i0 < h1, t1in = y.i1 >= h0 && y.i1 < h1;
+        if (bil && !own && !t0in && !t1in) continue;
+        double dummy1 = 0, dummy2 = 0;
         for (int64_t ow = 0; ow < OW; ++ow) {
           const Lin<opmath_t>& q = lw[ow];
-          const scalar_t *p00 = nullptr, *p01 = nullptr, *p10 = nullptr, *p11 = nullptr;
           if (!bil) {
-            p00 = xs + ((oh / s) * W + ow / s) * C;
+            const scalar_t* p00 = xs + ((oh / s) * W + ow / s) * C;
             for (int64_t c = 0; c < C; ++c) u[c] = opmath_t(p00[c]);
           } else {
-            p00 = xs + (y.i0 * W + q.i0) * C;
-            p01 = xs + (y.i0 * W + q.i1) * C;
-            p10 = xs + (y.i1 * W + q.i0) * C;
-            p11 = xs + (y.i1 * W + q.i1) * C;
+            const scalar_t* p00 = xs + (y.i0 * W + q.i0) * C;
+            const scalar_t* p01 = xs + (y.i0 * W + q.i1) * C;
+            const scalar_t* p10 = xs + (y.i1 * W + q.i0) * C;
+            const scalar_t* p11 = xs + (y.i1 * W + q.i1) * C;
             for (int64_t c = 0; c < C; ++c) {
-              const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
-              const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
-              u[c] = y.l0 * t0 + y.l1 * t1;
+              const opmath_t a0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
+              const opmath_t a1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
+              u[c] = y.l0 * a0 + y.l1 * a1;
             }
           }
           const scalar_t* dyr = G::kHasDy ? dyp + ((n * OH + oh) * OW + ow) * C : nullptr;
-          for (int64_t c = 0; c < C; ++c)
-            dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), s1[c], s2[c]);
+          if (own) {
+            for (int64_t c = 0; c < C; ++c)
+              dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), s1[c], s2[c]);
+          } else {
+            for (int64_t c = 0; c < C; ++c)
+              dz[c] = gr.dz(n * C + c, u[c], G::kHasDy ? opmath_t(dyr[c]) : opmath_t(0), dummy1, dummy2);
+          }
           if (!dxp) continue;
           if (!bil) {
-            opmath_t* ar = acc.data() + ((oh / s) * W + ow / s) * C;
+            opmath_t* ar = acc.data() + ((oh / s - h0) * W + ow / s) * C;
             for (int64_t c = 0; c < C; ++c) ar[c] += dz[c];
           } else {
-            const std::array<std::pair<int64_t, opmath_t>, 4> taps = {{{y.i0 * W + q.i0, y.l0 * q.l0},
-                                                                       {y.i0 * W + q.i1, y.l0 * q.l1},
-                                                                       {y.i1 * W + q.i0, y.l1 * q.l0},
-                                                                       {y.i1 * W + q.i1, y.l1 * q.l1}}};
-            for (const auto& [pix, wt] : taps) {
+            const std::array<std::tuple<bool, int64_t, opmath_t>, 4> taps = {
+                {{t0in, (y.i0 - h0) * W + q.i0, y.l0 * q.l0}, {t0in, (y.i0 - h0) * W + q.i1, y.l0 * q.l1},
+                 {t1in, (y.i1 - h0) * W + q.i0, y.l1 * q.l0}, {t1in, (y.i1 - h0) * W + q.i1, y.l1 * q.l1}}};
+            for (const auto& [in, pix, wt] : taps) {
+              if (!in) continue;
               opmath_t* ar = acc.data() + pix * C;
               for (int64_t c = 0; c < C; ++c) ar[c] += wt * dz[c];
             }
           }
         }
       }
-      if (r1)
-        for (int64_t c = 0; c < C; ++c) r1[n * C + c] = s1[c], r2[n * C + c] = s2[c];
+      if (r1) {
+        double* p = part.data() + 2 * t * C;
+        for (int64_t c = 0; c < C; ++c) p[c] = s1[c], p[C + c] = s2[c];
+      }
       if (dxp) {
-        scalar_t* d = dxp + n * H * W * C;
-        for (int64_t i = 0; i < H * W; ++i)
+        scalar_t* d = dxp + (n * H + h0) * W * C;
+        for (int64_t i = 0; i < (h1 - h0) * W; ++i)
           for (int64_t c = 0; c < C; ++c) d[i * C + c] = static_cast<scalar_t>(acc[i * C + c] * gr.post(n * C + c));
       }
     }
   });
+  if (r1) sum_blocks(part, N, nb, C, r1, r2);
 }
 
 at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
@@ -278,14 +318,51 @@ at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, c
   return dx;
 }
 
+// Loads / stores of one vector step of scalar_t as kN opmath vectors (fp16/bf16: 16 values = two fp32 vectors).
+template <class scalar_t>
+struct VecIO {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = at::vec::Vectorized<opmath_t>;
+  using sVec = at::vec::Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  static constexpr int kN = kReduced ? 2 : 1;
+  static constexpr int64_t kF = fVec::size();
+  static constexpr int64_t kStep = sVec::size();
+  static void load(const scalar_t* p, fVec* v) {
+    if constexpr (kReduced) {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
+    } else {
+      v[0] = fVec::loadu(p);
+    }
+  }
+  static void loadf(const opmath_t* p, fVec* v) {
+    for (int k = 0; k < kN; ++k) v[k] = fVec::loadu(p + k * kF);
+  }
+  static void store(scalar_t* p, const fVec* v) {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(v[0], v[1]).store(p);
+    } else {
+      v[0].store(p);
+    }
+  }
+};
+
 // spade: z = (x - m) * r * (1 + gamma) + beta; dz = dy * gain * act'(z); dx = dz * (1 + gamma) * r,
 // dgamma = dz * xn, dbeta = dz; dm = -r * sum(dz * (1 + gamma)), dr = sum(dz * (1 + gamma) * (x - m)).
+// The element math runs on at::vec vectors (scalar tail: the same bias_act::apply on scalars); the two sums
+// accumulate in opmath over blocks of at most kBlock values per lane / channel and are folded into fp64 after
+// each block, in an order fixed by the shape alone (deterministic for any thread count).
 template <Act A, class scalar_t>
 void spade_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt,
                          const at::Tensor& m, const at::Tensor& r, const bias_act::Params<double>& pd, bool cl,
                          scalar_t* dxp, scalar_t* dgp, scalar_t* dbp, double* s1, double* s2) {
   using opmath_t = at::opmath_type<scalar_t>;
+  using IO = VecIO<scalar_t>;
+  using fVec = typename IO::fVec;
+  constexpr int kN = IO::kN;
+  constexpr int64_t kStep = IO::kStep, kF = IO::kF, kBlock = 256;
   const auto ps = bias_act::cast_params<opmath_t>(pd);
+  const auto pv = bias_act::cast_params<fVec>(ps);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -293,37 +370,87 @@ void spade_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Te
   const scalar_t* tp = bt.const_data_ptr<scalar_t>();
   const opmath_t* mp = m.const_data_ptr<opmath_t>();
   const opmath_t* rp = r.const_data_ptr<opmath_t>();
-  // Element i of group g; returns dz and accumulates the group's sums.
-  auto one = [&](int64_t i, int64_t g, double& a1, double& a2) {
-    const opmath_t xc = opmath_t(xp[i]) - mp[g], xn = xc * rp[g], g1 = opmath_t(1) + opmath_t(gp[i]);
+  // kStep elements from offset i with per-lane mean / rstd mv, rv; accumulates dxn and dxn * xc into a1, a2.
+  auto vstep = [&](int64_t i, const fVec* mv, const fVec* rv, fVec* a1, fVec* a2) {
+    fVec xv[kN], gv[kN], tv[kN], dv[kN], ox[kN], og[kN], ob[kN];
+    IO::load(xp + i, xv), IO::load(gp + i, gv), IO::load(tp + i, tv), IO::load(dyp + i, dv);
+    for (int k = 0; k < kN; ++k) {
+      const fVec xc = xv[k] - mv[k], xn = xc * rv[k], g1 = fVec(1) + gv[k];
+      const fVec dz = bias_act::apply<A, bias_act::Mode::kGrad1X>(xn * g1, tv[k], dv[k], pv);
+      const fVec dxn = dz * g1;
+      ox[k] = dxn * rv[k], og[k] = dz * xn, ob[k] = dz;
+      a1[k] = a1[k] + dxn;
+      a2[k] = at::vec::fmadd(dxn, xc, a2[k]);
+    }
+    if (dxp) IO::store(dxp + i, ox);
+    if (dgp) IO::store(dgp + i, og);
+    if (dbp) IO::store(dbp + i, ob);
+  };
+  auto one = [&](int64_t i, opmath_t mg, opmath_t rg, opmath_t& a1, opmath_t& a2) {
+    const opmath_t xc = opmath_t(xp[i]) - mg, xn = xc * rg, g1 = opmath_t(1) + opmath_t(gp[i]);
     const opmath_t dz = bias_act::apply<A, bias_act::Mode::kGrad1X>(xn * g1, opmath_t(tp[i]), opmath_t(dyp[i]), ps);
     const opmath_t dxn = dz * g1;
-    if (dxp) dxp[i] = static_cast<scalar_t>(dxn * rp[g]);
+    if (dxp) dxp[i] = static_cast<scalar_t>(dxn * rg);
     if (dgp) dgp[i] = static_cast<scalar_t>(dz * xn);
     if (dbp) dbp[i] = static_cast<scalar_t>(dz);
-    a1 += double(dxn);
-    a2 += double(dxn) * double(xc);
+    a1 += dxn;
+    a2 += dxn * xc;
   };
   if (!cl) {
     at::parallel_for(0, N * C, std::max<int64_t>(1, 4096 / std::max<int64_t>(HW, 1)), [&](int64_t g0, int64_t g1) {
+      opmath_t lanes[kN * kF];
       for (int64_t g = g0; g < g1; ++g) {
-        double a1 = 0, a2 = 0;
-        for (int64_t i = g * HW; i < (g + 1) * HW; ++i) one(i, g, a1, a2);
-        s1[g] = a1, s2[g] = a2;
+        const int64_t base = g * HW;
+        fVec mv[kN], rv[kN];
+        for (int k = 0; k < kN; ++k) mv[k] = fVec(mp[g]), rv[k] = fVec(rp[g]);
+        double d1 = 0, d2 = 0;
+        auto fold = [&](const fVec* v, double& d) {
+          for (int k = 0; k < kN; ++k) v[k].store(lanes + k * kF);
+          for (int64_t l = 0; l < kN * kF; ++l) d += double(lanes[l]);
+        };
+        int64_t i = 0;
+        while (i + kStep <= HW) {
+          fVec a1[kN], a2[kN];
+          for (int k = 0; k < kN; ++k) a1[k] = fVec(0), a2[k] = fVec(0);
+          const int64_t end = std::min(HW - kStep, i + (kBlock - 1) * kStep);
+          for (; i <= end; i += kStep) vstep(base + i, mv, rv, a1, a2);
+          fold(a1, d1), fold(a2, d2);
+        }
+        opmath_t t1 = 0, t2 = 0;
+        for (; i < HW; ++i) one(base + i, mp[g], rp[g], t1, t2);
+        s1[g] = d1 + double(t1), s2[g] = d2 + double(t2);
       }
     });
     return;
   }
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<double> a1(C), a2(C);
-    for (int64_t n = n0; n < n1; ++n) {
-      std::fill(a1.begin(), a1.end(), 0.0);
-      std::fill(a2.begin(), a2.end(), 0.0);
-      for (int64_t q = 0; q < HW; ++q)
-        for (int64_t c = 0; c < C; ++c) one((n * HW + q) * C + c, n * C + c, a1[c], a2[c]);
-      for (int64_t c = 0; c < C; ++c) s1[n * C + c] = a1[c], s2[n * C + c] = a2[c];
+  // channels_last: tasks are (sample, block of kBlock pixels); vectors run along C. Each block's per-channel sums
+  // (opmath) go to its own fp64 slot, summed over blocks in block order afterwards.
+  const int64_t nb = (HW + kBlock - 1) / kBlock;
+  std::vector<double> part(2 * N * nb * C);
+  at::parallel_for(0, N * nb, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<opmath_t> a1(C), a2(C);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, q0 = (t % nb) * kBlock, q1 = std::min(HW, q0 + kBlock);
+      const opmath_t* mn = mp + n * C;
+      const opmath_t* rn = rp + n * C;
+      std::fill(a1.begin(), a1.end(), opmath_t(0));
+      std::fill(a2.begin(), a2.end(), opmath_t(0));
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t base = (n * HW + q) * C;
+        int64_t c = 0;
+        for (; c + kStep <= C; c += kStep) {
+          fVec mv[kN], rv[kN], v1[kN], v2[kN];
+          IO::loadf(mn + c, mv), IO::loadf(rn + c, rv), IO::loadf(a1.data() + c, v1), IO::loadf(a2.data() + c, v2);
+          vstep(base + c, mv, rv, v1, v2);
+          for (int k = 0; k < kN; ++k) v1[k].store(a1.data() + c + k * kF), v2[k].store(a2.data() + c + k * kF);
+        }
+        for (; c < C; ++c) one(base + c, mn[c], rn[c], a1[c], a2[c]);
+      }
+      double* p = part.data() + 2 * t * C;
+      for (int64_t c = 0; c < C; ++c) p[c] = double(a1[c]), p[C + c] = double(a2[c]);
     }
   });
+  sum_blocks(part, N, nb, C, s1, s2);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_backward_cpu(
