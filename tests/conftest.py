@@ -8,6 +8,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# torch.compile tests get a private inductor cache unless one is set: inductor keys its cached graphs on the graph,
+# not on our extension's build, so a cache left by an older build of vkernels can replay code compiled against that
+# build's fake kernels (seen: "wrong number of dimensions" from a stale bilinear_pooling graph).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="vkernels-tests-inductor-")
+
 import vkernels  # noqa: E402,F401
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

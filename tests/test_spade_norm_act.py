@@ -251,6 +251,7 @@ def test_cpu_large_output_allocation(monkeypatch, hugepages):
     ref = vkernels.reference.upsample_norm_act(x[:, :, :128, :128], scale=2, mode="bilinear", norm="instance")
     torch.testing.assert_close(up, ref, rtol=1e-4, atol=1e-4)
 
+
 # --------------------------------------------------------------------------------------------------------------------
 # public function's fused first-order backward (statistics' gradient added in place) and its memory
 # --------------------------------------------------------------------------------------------------------------------
