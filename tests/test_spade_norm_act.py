@@ -230,8 +230,9 @@ def test_backward_compile_fullgraph(device, impl):
 
 @pytest.mark.parametrize("hugepages", ["1", "0"])
 def test_cpu_large_output_allocation(monkeypatch, hugepages):
-    # Outputs >= 32 MiB come from the kernels' 2 MiB-aligned MADV_HUGEPAGE allocator (VKERNELS_CPU_HUGEPAGES=0:
-    # at::empty). Either way the result must be an ordinary, resizable tensor with the reference's values.
+    # Outputs >= 32 MiB come from the kernels' 2 MiB-aligned MADV_HUGEPAGE allocator when VKERNELS_CPU_HUGEPAGES=1
+    # (opt-in), else from at::empty. Either way the result must be an ordinary, resizable tensor with the reference's
+    # values.
     monkeypatch.setenv("VKERNELS_CPU_HUGEPAGES", hugepages)
     shape = (2, 64, 256, 256)  # 32 MiB of fp32: the smallest size that takes the large-output path
     x = randn(shape, torch.float32, "cpu") * 2 + 1

@@ -91,7 +91,11 @@ inline bias_act::Params<double> make_params(double alpha, double gain, std::opti
 // Such outputs are allocated 2 MiB-aligned and marked MADV_HUGEPAGE (what c10's THP_MEM_ALLOC_ENABLE=1 does for
 // every allocation), so the kernel maps 2 MiB pages: 512x fewer faults, the same zeroing. With THP disabled the
 // madvise is a no-op and the pages are 4 KiB, as with at::empty. Smaller outputs use at::empty (glibc reuses heap
-// memory for them: no faults to save). VKERNELS_CPU_HUGEPAGES=0 in the environment turns this off (at::empty always).
+// memory for them: no faults to save).
+// OPT-IN (VKERNELS_CPU_HUGEPAGES=1), off by default: on the idle CI VM (THP defrag=madvise) the quiet benchmark
+// showed it bimodal: some calls fast (upsample_norm_act nearest 25 ms), most far slower than with 4 KiB pages (134 vs
+// 75 ms; spade_norm_act 8x256x64^2: 44 vs 26 ms), presumably the kernel compacting memory to find 2 MiB pages at
+// fault time. The loaded helper measurement (2x faster) did not survive a quiet run.
 class HugePageAllocator final : public c10::Allocator {
  public:
   static constexpr size_t kHuge = size_t(2) << 20;
@@ -128,7 +132,7 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   int64_t n = static_cast<int64_t>(opt.dtype().itemsize());
   for (const int64_t s : sizes) n *= s;
   if (n < kMin) return at::empty(sizes, opt, fmt);
-  if (const char* e = std::getenv("VKERNELS_CPU_HUGEPAGES"); e && std::string_view(e) == "0")
+  if (const char* e = std::getenv("VKERNELS_CPU_HUGEPAGES"); !e || std::string_view(e) != "1")
     return at::empty(sizes, opt, fmt);
   static HugePageAllocator alloc;
   return at::detail::empty_generic(sizes, &alloc, c10::DispatchKeySet(c10::DispatchKey::CPU),
