@@ -540,7 +540,7 @@ at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tens
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor out = empty_output({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale}, x.options(), fmt);
+  at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale}, x.options(), fmt);
   if (out.numel() == 0) return out;
   const at::Tensor mc = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
   const auto pd = make_params(alpha, gain, clamp);
@@ -630,8 +630,8 @@ at::Tensor spade_cpu(const at::Tensor& x_in, const at::Tensor& a, const at::Tens
     TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x_in.device());
   }
   const bool cl = is_channels_last(x_in);
-  at::Tensor out = empty_output(x_in.sizes(), x_in.options(),
-                                cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::Tensor out =
+      at::empty(x_in.sizes(), x_in.options(), cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
   const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
