@@ -87,6 +87,27 @@ def test_compile(device, impl):
     torch.testing.assert_close(dx.double(), dx64, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_no_grad_fast_path(device, impl):
+    """Without anything to differentiate the public function calls the kernel below the autograd key; with
+    x.requires_grad (and grad mode on) it goes through autograd; torch.compile traces the ordinary path."""
+    x = randn((4, 9, 3), torch.float32, device, scale=3.0)
+    want = reference(x.double(), 1, 1e-8).float()
+    y = vkernels.pixel_norm(x, 1, impl=impl)
+    assert y.grad_fn is None and not y.requires_grad
+    xl = x.clone().requires_grad_()
+    with torch.no_grad():
+        y_ng = vkernels.pixel_norm(xl, 1, impl=impl)
+    assert y_ng.grad_fn is None and not y_ng.requires_grad
+    y_g = vkernels.pixel_norm(xl, 1, impl=impl)
+    assert y_g.requires_grad and y_g.grad_fn is not None
+    for t in (y, y_ng, y_g.detach()):
+        torch.testing.assert_close(t, want, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: vkernels.pixel_norm(t, 1, impl=impl) * 2, fullgraph=True)
+    torch.testing.assert_close(fn(x), 2 * want, rtol=1e-5, atol=1e-6)
+
+
 def test_module():
     m = vkernels.nn.PixelNorm()
     x = torch.randn(4, 8)
@@ -118,7 +139,7 @@ def test_cpu_vector_paths(dtype):
         run_case("cpu", "cpu", randn((2, 6, inner), dtype, "cpu", scale=3.0), 1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_nchw_chunks(dtype):
     """NCHW planes wider than one accumulator chunk (forward 16 KB, backward 8 KB of opmath per chunk), odd C (the
     sums pass folds channel pairs), and planes split between threads when outer is smaller than the thread count."""
@@ -133,7 +154,7 @@ def test_cpu_nchw_chunks(dtype):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cpu_streaming_stores(dtype):
     """Outputs at least half the last-level cache are written with streaming stores (x + y cannot stay cached);
     sized from the same sysconf value the kernel reads, skipped where that would need a huge tensor."""
@@ -149,13 +170,16 @@ def test_cpu_streaming_stores(dtype):
         pytest.skip(f"last-level cache of {llc} bytes needs a {n}x{c}x{inner} input")
     x = (torch.randn((n, c, inner)) * 3.0).to(dtype)  # fp32 draws: the fp64 helper is slow at this size
     g = torch.randn((n, c, inner)).to(dtype)
-    for xx, gg in ((x, g), (x[:, :, 1:], g[:, :, 1:])):  # the second: rows not 32-byte aligned, ordinary stores
+    # NCHW planes (aligned: streaming; the second not 32-byte aligned: ordinary stores), then rows of C contiguous
+    # values (the channels_last / latent path) of the same total size, which stream too.
+    xr, gr = x.view(n * c, inner), g.view(n * c, inner)  # dim=1 last: rows of 1024 contiguous values
+    for xx, gg, dim in ((x, g, 1), (x[:, :, 1:], g[:, :, 1:], 1), (xr, gr, 1)):
         # Direct fp32 formulas instead of run_case's fp64 autograd: these tensors are tens of MB.
         xf, gf = xx.float(), gg.float()
-        r = (xf.square().mean(1, keepdim=True) + 1e-8).rsqrt()
-        dx = gf * r - xf * ((gf * xf).mean(1, keepdim=True) * r ** 3)
-        torch.testing.assert_close(torch.ops.vkernels.pixel_norm(xx, 1, 1e-8), (xf * r).to(dtype))
-        torch.testing.assert_close(torch.ops.vkernels.pixel_norm_backward(gg, xx, 1, 1e-8), dx.to(dtype))
+        r = (xf.square().mean(dim, keepdim=True) + 1e-8).rsqrt()
+        dx = gf * r - xf * ((gf * xf).mean(dim, keepdim=True) * r ** 3)
+        torch.testing.assert_close(torch.ops.vkernels.pixel_norm(xx, dim, 1e-8), (xf * r).to(dtype))
+        torch.testing.assert_close(torch.ops.vkernels.pixel_norm_backward(gg, xx, dim, 1e-8), dx.to(dtype))
 
 
 # ---- second-order gradients (helper gan-models): the backward op is differentiable (kernel for d/dg, reference

@@ -42,7 +42,14 @@ def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "au
     impl = _backend.resolve_impl("pixel_norm", x, impl)
     if impl == "reference":
         return _reference(x, dim, float(eps))
-    op = torch.ops.vkernels.pixel_norm_triton if impl == "triton" else torch.ops.vkernels.pixel_norm
+    op = _TRITON_OP if impl == "triton" else _CPP_OP
+    if not (x.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling():
+        # Nothing to differentiate: call the kernel below the autograd key, as the registered autograd kernel
+        # would after its own checks. That Python layer (a pytree walk over the arguments and a redispatch)
+        # cost about as much as the whole kernel on a (32, 512) latent. Under torch.compile the op is traced
+        # through the ordinary path instead.
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(x, dim, float(eps))
     return op(x, dim, float(eps))
 
 
@@ -56,7 +63,8 @@ def _check(x, dim, eps):
     if not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
         raise IndexError(f"pixel_norm: dim must be an int in [{-x.ndim}, {x.ndim - 1}] for x of shape "
                          f"{tuple(x.shape)}, got {dim!r}")
-    if not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+    # type() first: an isinstance check against the numbers.Real ABC costs more than the whole (32, 512) kernel.
+    if not (type(eps) in (float, int) or isinstance(eps, numbers.Real)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"pixel_norm: eps must be a finite number >= 0, got {eps!r}")
 
 
@@ -131,8 +139,11 @@ def _define_triton() -> None:
     _backend.define_triton_variant("pixel_norm_backward", bwd)
 
 
+_CPP_OP = _TRITON_OP = None
 if _backend.has_op("pixel_norm"):
     _register("pixel_norm", "pixel_norm_backward")
+    _CPP_OP = torch.ops.vkernels.pixel_norm.default
     if _backend.HAS_TRITON:
         _define_triton()
         _register("pixel_norm_triton", "pixel_norm_backward_triton")
+        _TRITON_OP = torch.ops.vkernels.pixel_norm_triton.default
