@@ -154,6 +154,29 @@ def test_cpu_nchw_chunks(dtype):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["rows", "nchw"])
+def test_cpu_nonfinite(dtype, layout):
+    """NaN and inf inputs (forward and backward) give what the fp32 formula gives: NaN where a NaN or inf*0 is
+    involved, and a NaN of either sign is never turned into a number by the bf16 rounding (which skips at::vec's NaN
+    fix-up because the kernel's NaN payloads have zero low bits)."""
+    shape = (3, 40) if layout == "rows" else (2, 5, 40)
+    x = (torch.randn(shape) * 3.0).to(dtype)
+    flat = x.view(-1)
+    flat[3], flat[17], flat[50] = float("nan"), float("inf"), float("-inf")
+    flat[61] = -float("nan")
+    g = torch.randn(shape).to(dtype)
+    g.view(-1)[9] = float("nan")
+    xf, gf = x.double(), g.double()
+    r = (xf.square().mean(1, keepdim=True) + 1e-8).rsqrt()
+    dx = gf * r - xf * ((gf * xf).mean(1, keepdim=True) * r ** 3)
+    y = torch.ops.vkernels.pixel_norm(x, 1, 1e-8)
+    dy = torch.ops.vkernels.pixel_norm_backward(g, x, 1, 1e-8)
+    for got, want in ((y, xf * r), (dy, dx)):
+        assert torch.equal(got.isnan(), want.isnan())
+        torch.testing.assert_close(got, want.to(dtype), equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cpu_streaming_stores(dtype):
     """Outputs at least half the last-level cache are written with streaming stores (x + y cannot stay cached);
