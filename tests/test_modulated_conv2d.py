@@ -235,6 +235,30 @@ def test_bad_input():
         torch.ops.vkernels.modulated_conv2d_weight(weight, styles[:, :1], True, True)
 
 
+@pytest.mark.parametrize("shape", [(2, 64, 128, 256), (2, 64, 127, 129)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_epilogue_cpu_large(shape, dtype):
+    # Outputs past half the LLC take the CPU kernel's streaming-store path when planes are 32-byte aligned
+    # (128x256), else ordinary stores (127x129: every plane misaligned); fp32 and the vectorised bf16 path, forward
+    # and backward, against the epilogue written in torch ops (fp32 math).
+    n, o, h, w = shape
+    x, g = randn(shape, dtype, "cpu") * 8, randn(shape, dtype, "cpu")
+    d, noise, b = randn((n, o), dtype, "cpu").abs() + 0.5, randn((n, 1, h, w), dtype, "cpu"), randn((o,), dtype, "cpu")
+    ns = torch.tensor(0.3)
+    args = ("lrelu", 0.2, math.sqrt(2), 20.0)
+    y = torch.ops.vkernels.modulated_conv2d_epilogue(x, d, noise, ns, b, *args)
+    dz = torch.ops.vkernels.modulated_conv2d_epilogue_backward(g, x, d, noise, ns, b, *args)
+    z = x.float() * d.float()[:, :, None, None] + noise.float() * 0.3 + b.float()[:, None, None]
+    ref = torch.nn.functional.leaky_relu(z, 0.2) * math.sqrt(2)
+    kept = ref.abs() <= 20.0
+    ref_dz = torch.where(kept, g.float() * math.sqrt(2) * torch.where(z > 0, 1.0, 0.2), 0.0)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(y.float(), ref.clamp(-20, 20), **tol)
+    # Elements within rounding of the clamp boundary may go either way in bf16: compare the rest.
+    safe = (ref.abs() - 20.0).abs() > 0.5
+    torch.testing.assert_close(dz.float()[safe], ref_dz[safe], **tol)
+
+
 # ---- second-order gradients (helper gan-models): the epilogue's backward op is differentiable, as StyleGAN2's
 # path-length penalty needs through G.
 @pytest.mark.parametrize("device,impl", IMPLS)
