@@ -88,9 +88,9 @@ def test_compile(device, impl):
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_no_grad_fast_path(device, impl):
-    """Without anything to differentiate the public function calls the kernel below the autograd key; with
-    x.requires_grad (and grad mode on) it goes through autograd; torch.compile traces the ordinary path."""
+def test_grad_modes(device, impl):
+    """No graph without anything to differentiate (plain x, or under no_grad); a graph with x.requires_grad in grad
+    mode; the same values every way and under torch.compile."""
     x = randn((4, 9, 3), torch.float32, device, scale=3.0)
     want = reference(x.double(), 1, 1e-8).float()
     y = vkernels.pixel_norm(x, 1, impl=impl)

@@ -43,13 +43,6 @@ def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "au
     if impl == "reference":
         return _reference(x, dim, float(eps))
     op = _TRITON_OP if impl == "triton" else _CPP_OP
-    if not (x.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling():
-        # Nothing to differentiate: call the kernel below the autograd key, as the registered autograd kernel
-        # would after its own checks. That Python layer (a pytree walk over the arguments and a redispatch)
-        # cost about as much as the whole kernel on a (32, 512) latent. Under torch.compile the op is traced
-        # through the ordinary path instead.
-        with torch._C._AutoDispatchBelowAutograd():
-            return op(x, dim, float(eps))
     return op(x, dim, float(eps))
 
 

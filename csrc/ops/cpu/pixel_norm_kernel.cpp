@@ -21,10 +21,11 @@
 #include <type_traits>
 #include <vector>
 
-#include <unistd.h>
 #if defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
 #endif
+
+#include "ops/cpu/stream_store.h"
 
 namespace vkernels::pixel_norm {
 namespace {
@@ -129,51 +130,31 @@ struct V {
       v[0].store(p);
     }
   }
-  // Non-temporal store of one step to a 32-byte aligned p (AVX2 builds; elsewhere an ordinary store).
+  // Non-temporal store of one step to a 32-byte aligned p (ops/cpu/stream_store.h).
   static void stream(scalar_t* p, const fVec* v) {
 #if defined(CPU_CAPABILITY_AVX2)
     if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
       _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bf16_pack(v[0], v[1]));
-    } else if constexpr (kReduced) {
-      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), at::vec::convert_from_float<scalar_t>(v[0], v[1]));
-    } else if constexpr (std::is_same_v<scalar_t, float>) {
-      _mm256_stream_ps(p, v[0]);
-    } else {
-      _mm256_stream_pd(p, v[0]);
+      return;
     }
-#else
-    store(p, v);
 #endif
+    if constexpr (kReduced) {
+      cpu::stream_store(p, at::vec::convert_from_float<scalar_t>(v[0], v[1]));
+    } else {
+      cpu::stream_store(p, v[0]);
+    }
   }
-  static void fence() {
-#if defined(CPU_CAPABILITY_AVX2)
-    _mm_sfence();
-#endif
-  }
+  static void fence() { cpu::stream_fence(); }
 };
 
-// Streaming (non-temporal) stores for the NCHW output when x and the output together exceed the last-level cache:
-// the output cannot stay cached for its consumer anyway, and ordinary stores would first read every output line
-// from DRAM (write-allocate), a third stream of traffic next to reading x and writing y. The same rule of thumb as
-// glibc's memcpy, which switches to streaming stores for copies of a large fraction of the shared cache.
-// Measured at 8x512x32x32 fp32 (16 MB in + 16 MB out, 32 MB L3), one thread: 1.53x -> 1.37x of a clone.
-int64_t llc_bytes() {
-  static const int64_t bytes = [] {
-    long l3 = -1;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return l3 > 0 ? int64_t(l3) : int64_t(32) << 20;
-  }();
-  return bytes;
-}
-
+// Streaming (non-temporal) stores when x and the output together exceed the last-level cache (see
+// ops/cpu/stream_store.h). Measured at 8x512x32x32 fp32 (16 MB in + 16 MB out, 32 MB L3), one thread: 1.53x -> 1.37x
+// of a clone.
 // run: the length of the contiguous runs written (C for rows, inner for NCHW planes); every run must start 32-byte
 // aligned for the vector streaming stores.
 bool use_streaming_stores(const View& v, size_t elem, int64_t run) {
   const int64_t bytes = v.out.numel() * int64_t(elem);
-  return 2 * bytes >= llc_bytes() && (run * int64_t(elem)) % 32 == 0 &&
-         reinterpret_cast<uintptr_t>(v.out.const_data_ptr()) % 32 == 0;
+  return cpu::streaming_pays(2 * bytes) && (run * int64_t(elem)) % 32 == 0 && cpu::aligned32(v.out.const_data_ptr());
 }
 
 // The loops below take plain pointer and size parameters and are templated on the store kind (kNt) instead of
