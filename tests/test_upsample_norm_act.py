@@ -333,6 +333,91 @@ def test_cpu_stats_one_pass(mode, layout, per_sample):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# public function's one-node training backward (statistics of x: dx += the statistics' term in place)
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("norm,mode", [("batch", "nearest"), ("instance", "bilinear"), ("adain", "nearest")])
+def test_one_node_backward_low_precision_shifted(device, impl, norm, mode):
+    """Gradients of the public function vs eager PyTorch in the same dtype and an fp64 oracle, on inputs whose mean
+    is 4x their spread (the in-place dx += c2 * x + (c1 - c2 * mean) must not lose the small difference)."""
+    dtypes = [torch.float32] if impl == "triton" and device == "cpu" else DTYPES
+    for i, dtype in enumerate(dtypes):
+        x, kw = make_inputs(2, 3, dtype, device, norm, style=i % 2 == 1, offset=4.0)
+        if i % 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dy = randn((2, 3, 10, 12), dtype, device)
+        opts = dict(act="lrelu", gain=1.3)
+
+        def grads(fn, cast):
+            ts = [cast(x).detach().requires_grad_()] + [v.detach().double().requires_grad_() if cast(x).dtype ==
+                                                        torch.float64 else v.detach().requires_grad_()
+                                                        for v in kw.values()]
+            y = fn(ts[0], 2, mode, norm, **dict(zip(kw, ts[1:])), **opts)
+            return torch.autograd.grad(y, ts, cast(dy))
+
+        ours = grads(lambda *a, **k: vkernels.upsample_norm_act(*a, **k, impl=impl), lambda t: t)
+        lowp = grads(reference, lambda t: t)
+        orac = grads(reference, lambda t: t.double())
+        for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
+            check_close(o, lp.to(o.dtype), orc, dtype if k == 0 else o.dtype, f"{norm}/{mode}/{dtype} grad {k}")
+
+
+def _fwd_bwd_peak(mode, norm):
+    from torch.profiler import ProfilerActivity, profile
+
+    x = randn((2, 16, 16, 16), torch.float32, "cpu").requires_grad_()
+    w = (torch.rand(16) + 0.5).requires_grad_()
+    b = torch.randn(16).requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = vkernels.upsample_norm_act(x, 2, mode, norm, w, b, impl="cpu")
+        grads = torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
+        del y, grads
+    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    run = peak = 0
+    for _, nbytes in mem:
+        run += nbytes
+        peak = max(peak, run)
+    return peak / x.nbytes
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_public_fwd_bwd_peak_memory_cpu(norm):
+    """Training (statistics of x) through the public function holds one x-sized dx: y and dy (4 x-sized buffers
+    each at scale 2) plus dx at the peak for nearest, where the statistics' term is added to dx in place (two nodes
+    held dx twice: 10). Bilinear adds the stats backward's dx as a transient (10, as before)."""
+    peak = _fwd_bwd_peak("nearest", norm)
+    assert peak < 9.5, f"nearest peak {peak:.2f} x-sized buffers"
+    peak = _fwd_bwd_peak("bilinear", norm)
+    assert peak < 10.5, f"bilinear peak {peak:.2f} x-sized buffers"
+
+
+def test_cpu_backward_nchw_vector_rows_deterministic():
+    """The NCHW CPU apply backward runs its rows on at::vec vectors with per-lane fp32 block sums folded into fp64
+    (rows longer than one block, a scalar tail, fp16 two-vector steps): bitwise the same for 1 thread and all
+    threads, and within the usual error of the composite."""
+    apply_bwd, _ = _bwd_ops("cpu")
+    for dtype, (N, C, H, W, s, mode) in ((torch.float32, (2, 3, 3, 1100, 2, "nearest")),
+                                         (torch.float16, (2, 3, 4, 13, 2, "bilinear")),
+                                         (torch.float64, (1, 2, 3, 7, 3, "nearest"))):
+        dy, x, m, a, b = _bwd_inputs(N, C, H, W, s, dtype, "cpu")
+        args = (s, mode, "swish", 0.2, 1.1, None)
+        outs = []
+        n = torch.get_num_threads()
+        for threads in (1, n):
+            try:
+                torch.set_num_threads(threads)
+                outs.append(apply_bwd(dy, x, m, a, b, *args, [True] * 4))
+            finally:
+                torch.set_num_threads(n)
+        assert all(torch.equal(u, v) for u, v in zip(*outs))
+        lowp = apply_backward_composite(dy, x, m, a, b, *args, [True] * 4)
+        d = lambda t: t.double()  # noqa: E731
+        orac = apply_backward_composite(d(dy), d(x), d(m), d(a), d(b), *args, [True] * 4)
+        for k, (o, lp, orc) in enumerate(zip(outs[0], lowp, orac)):
+            check_close(o, lp, orc, o.dtype, f"{mode}/{dtype} output {k}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # fused backward ops (upsample_norm_act_backward, upsample_norm_act_stats_backward) vs the differentiable composites
 # --------------------------------------------------------------------------------------------------------------------
 from vkernels.ops.upsample_norm_act import apply_backward_composite, stats_backward_composite  # noqa: E402

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, _alias, _empty_fmt, _nc4, act_grad, check_act, check_dy,
-                                           check_nc, check_running, check_x, double_backward, norm_stats,
-                                           update_running)
+from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, StatsOfX, _empty_fmt, _nc4, _sum_to, act_grad,
+                                           add_stats_affine_, check_act, check_dy, check_nc, check_running, check_x,
+                                           double_backward, norm_stats, update_running)
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
 
 __all__ = ["spade_norm_act"]
@@ -78,7 +78,7 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
     if norm == "batch" and not training:
         mean, rstd = norm_stats(ops[0], x, 1, "nearest", norm, running_mean, running_var, training, momentum, eps)
         return ops[1](x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, *args)
-    y, mean, var = _BatchStatsSpade.apply(x, gamma, beta, norm == "instance", float(eps), ops, *args)
+    y, mean, var = StatsOfX.apply(_SpadePlan(ops, N, C, norm == "instance", float(eps), args), x, gamma, beta)
     if norm == "batch":
         update_running(running_mean, running_var, mean, var, x, 1, momentum)
     return y
@@ -92,61 +92,34 @@ def _ops(tri):
     return v.upsample_norm_act_stats, v.spade_norm_act, v.spade_norm_act_backward
 
 
-class _BatchStatsSpade(torch.autograd.Function):
-    """spade_norm_act with statistics of x itself (training batch norm, instance norm) as one autograd node.
+class _SpadePlan:
+    """StatsOfX plan of spade_norm_act (statistics of x itself: training batch norm, instance norm): params
+    (gamma, beta) go to the kernels whole; no upsampling, so the statistics' term is affine in x (mult 1)."""
+    n_big = 2
 
-    As two nodes (stats op, apply op) autograd receives two x-sized gradients for x, the apply backward's and the
-    stats backward's, and both are alive while it sums them: one x-sized buffer more than torch.compile's batch-norm
-    backward. Here the statistics' contribution c1 + c2 * (x - mean) (c1 = gmean / K, c2 = 2 gvar / K, gmean and
-    gvar from the fused backward's per-(n, c) sums) is added in place to the fused backward's dx, so dx is one
-    buffer. Higher orders: a backward that builds a graph re-runs the two-node forward and differentiates it (its
-    own gradients are the ops' composites), so gradgradcheck / R1 see exactly the two-node formulas."""
+    def __init__(self, ops, N, C, per_sample, eps, args):
+        self.ops, self.N, self.C, self.per_sample, self.eps, self.args = ops, N, C, per_sample, eps, args
 
-    @staticmethod
-    def forward(ctx, x, gamma, beta, per_sample, eps, ops, act, alpha, gain, clamp):
-        N, C = x.shape[:2]
-        mean, var = ops[0](x, 1, "nearest", per_sample)
-        rstd = torch.rsqrt(var + eps)
-        y = ops[1](x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, act, alpha, gain, clamp)
-        ctx.save_for_backward(x, gamma, beta, mean, rstd)
-        ctx.cfg = (per_sample, eps, ops, act, alpha, gain, clamp)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+    def forward(self, x, params):
+        mean, var = self.ops[0](x, 1, "nearest", self.per_sample)
+        rstd = torch.rsqrt(var + self.eps)
+        return self.apply(x, self.coefs(mean, rstd, ()), params), mean, var, rstd
 
-    @staticmethod
-    def backward(ctx, dy, _gmean, _gvar):
-        x, gamma, beta, mean, rstd = ctx.saved_tensors
-        per_sample, eps, ops, *args = ctx.cfg
-        need = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph: differentiate the two-node graph instead
-            return *_two_node_grads(dy, (x, gamma, beta), need, per_sample, eps, ops, args), *[None] * 7
-        N, C, H, W = x.shape
-        m, r = mean.expand(N, C), rstd.expand(N, C)
-        dx, dm, dr, dg, db = ops[2](dy, x, m, r, gamma, beta, *args, [need[0]] * 3 + list(need[1:]))
-        if need[0] and x.numel() > 0:
-            # d mean / d x = 1 / K, d var / d x = 2 (x - mean) / K, d rstd / d var = -rstd^3 / 2
-            K = H * W if per_sample else N * H * W
-            gmean, gr = (dm, dr) if per_sample else (dm.sum(0), dr.sum(0))
-            c2 = gr * rstd.pow(3) * (-1.0 / K)
-            c1 = gmean / K
-            if not per_sample:
-                c1, c2 = c1.expand(N, C), c2.expand(N, C)
-            # dx += c2 * x + (c1 - c2 * mean): two in-place passes over dx, no x-sized temporary
-            dx.addcmul_(x, c2[:, :, None, None]).add_((c1 - c2 * m)[:, :, None, None])
-        return (dx if need[0] else None, dg if need[1] else None, db if need[2] else None, *[None] * 7)
+    def coefs(self, mean, rstd, small):
+        return mean.expand(self.N, self.C), rstd.expand(self.N, self.C)
 
+    def apply(self, x, coefs, big):
+        return self.ops[1](x, *coefs, *big, *self.args)
 
-def _two_node_grads(dy, inputs, need, per_sample, eps, ops, args):
-    with torch.enable_grad():
-        leaves = [_alias(t, n) for t, n in zip(inputs, need)]
-        x = leaves[0]
-        N, C = x.shape[:2]
-        mean, var = ops[0](x, 1, "nearest", per_sample)
-        rstd = torch.rsqrt(var + eps)
-        y = ops[1](x, mean.expand(N, C), rstd.expand(N, C), leaves[1], leaves[2], *args)
-        wrt = [lf for lf, n in zip(leaves, need) if n]
-        res = iter(torch.autograd.grad(y, wrt, dy, create_graph=True, allow_unused=True))
-    return [next(res) if n else None for n in need]
+    def backward(self, dy, x, mean, rstd, big, small, need):
+        dx, dm, dr, dg, db = self.ops[2](dy, x, *self.coefs(mean, rstd, ()), *big, *self.args,
+                                         [need[0], need[0], need[0], need[1], need[2]])
+        stats = (_sum_to(dm, mean), _sum_to(dr, rstd)) if need[0] else (None, None)
+        return dx, (dg if need[1] else None, db if need[2] else None), *stats, ()
+
+    def add_stats_(self, dx, x, mean, gmean, gvar):
+        N, _, H, W = x.shape
+        add_stats_affine_(dx, mean, gmean, gvar, x, H * W * (1 if self.per_sample else N), 1)
 
 
 def backward_composite(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):

@@ -76,6 +76,14 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
     stats_op = torch.ops.vkernels.upsample_norm_act_stats_triton if tri else torch.ops.vkernels.upsample_norm_act_stats
     apply_op = torch.ops.vkernels.upsample_norm_act_triton if tri else torch.ops.vkernels.upsample_norm_act
     N, C = x.shape[:2]
+    if norm != "none" and (norm != "batch" or training):
+        # Statistics of x itself: one autograd node (see StatsOfX), so the backward holds one x-sized dx.
+        plan = _UpsamplePlan(tri, N, C, int(scale), mode, norm != "batch", float(eps),
+                             (act, float(alpha), float(gain), None if clamp is None else float(clamp)))
+        y, mean, var = StatsOfX.apply(plan, x, weight, bias, style_scale, style_bias)
+        if norm == "batch":
+            update_running(running_mean, running_var, mean, var, x, scale, momentum)
+        return y
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean, rstd = norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps)
     s, t = combine_affine(weight, bias, style_scale, style_bias)
@@ -85,6 +93,131 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
     mean = torch.zeros((), dtype=ct, device=x.device) if mean is None else mean
     return apply_op(x, mean.expand(N, C), a.expand(N, C), b.expand(N, C), int(scale), mode, act, float(alpha),
                     float(gain), None if clamp is None else float(clamp))
+
+
+class StatsOfX(torch.autograd.Function):
+    """A fused norm op whose statistics are of x itself (training batch norm, instance / AdaIN norm) as ONE autograd
+    node: forward `plan.forward(x, params) -> (y, mean, var, rstd)`; the outputs mean, var are for the running
+    statistics only (not differentiable).
+
+    As two nodes (stats op, apply op) autograd receives two x-sized gradients for x, the apply backward's and the
+    stats backward's, and holds both (and then their sum). Here the fused apply backward runs first; the chain rule
+    through its per-(n, c) coefficients (mean, rstd and the small affine params combined) gives the gradients of
+    mean and rstd, hence gvar = grstd * -rstd^3 / 2, and `plan.add_stats_` adds the statistics' term A^T (gmean / K +
+    2 gvar / K * (up(x) - mean)) to the apply backward's dx in place, so dx is one buffer. Higher orders: a backward
+    that builds a graph re-runs the two-node forward and differentiates it (its own gradients are the ops'
+    composites), so gradgradcheck / R1 see exactly the two-node formulas.
+
+    A plan provides: n_big (how many leading params go to the kernels as x-sized tensors, e.g. SPADE's gamma/beta;
+    the rest are small ones coefs() turns into per-(n, c) vectors), forward,
+    backward(dy, x, mean, rstd, big, small, need) -> (dx, dbig, gmean, grstd, dsmall) (the apply backward and the
+    chain rule through coefs written out by hand: dynamo cannot trace torch.autograd.grad inside a backward) and
+    add_stats_(dx, x, mean, gmean, gvar)."""
+
+    @staticmethod
+    def forward(ctx, plan, x, *params):
+        y, mean, var, rstd = plan.forward(x, params)
+        ctx.save_for_backward(x, mean, rstd, *params)
+        ctx.plan = plan
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _gmean, _gvar):
+        x, mean, rstd, *params = ctx.saved_tensors
+        plan = ctx.plan
+        need = ctx.needs_input_grad[1:]
+        if torch.is_grad_enabled():  # create_graph: differentiate the two-node graph instead
+            with torch.enable_grad():
+                leaves = [None if t is None else _alias(t, n) for t, n in zip((x, *params), need)]
+                y = plan.forward(leaves[0], leaves[1:])[0]
+                wrt = [lf for lf, n in zip(leaves, need) if n]
+                res = iter(torch.autograd.grad(y, wrt, dy, create_graph=True, allow_unused=True))
+            return None, *[next(res) if n else None for n in need]
+        nb = plan.n_big
+        dx, dbig, gmean, grstd, gsmall = plan.backward(dy, x, mean, rstd, params[:nb], params[nb:], need)
+        if need[0] and x.numel() > 0:
+            gvar = grstd * rstd.pow(3) * -0.5
+            plan.add_stats_(dx, x, mean, gmean, gvar)
+        return (None, dx if need[0] else None, *dbig, *gsmall)
+
+
+def _sum_to(g, like):
+    """g (N, C) summed to like's shape ((C,) or (N, C)) and dtype."""
+    return (g.sum(0) if like.ndim == 1 else g).to(like.dtype)
+
+
+def add_stats_affine_(dx, mean, gmean, gvar, x, K, mult):
+    """dx += mult * (gmean / K + 2 gvar / K * (x - mean)), per (n, c): the statistics' gradient when the adjoint of
+    the upsampling maps an affine function of up(x) to mult times the same function of x (nearest: mult = s^2;
+    no upsampling: 1). Two in-place passes over dx, no x-sized temporary."""
+    N, C = x.shape[:2]
+    c2 = (gvar * (2.0 * mult / K)).expand(N, C)
+    c0 = (gmean * (mult / K)).expand(N, C) - c2 * mean.expand(N, C)
+    dx.addcmul_(x, c2[:, :, None, None]).add_(c0[:, :, None, None])
+
+
+class _UpsamplePlan:
+    """StatsOfX plan of upsample_norm_act: params (weight, bias, style_scale, style_bias), all small."""
+    n_big = 0
+
+    def __init__(self, tri, N, C, scale, mode, per_sample, eps, args):
+        v = torch.ops.vkernels
+        sfx = "_triton" if tri else ""
+        self.ops = [getattr(v, n + sfx) for n in ("upsample_norm_act_stats", "upsample_norm_act",
+                                                   "upsample_norm_act_backward", "upsample_norm_act_stats_backward")]
+        self.N, self.C, self.scale, self.mode, self.per_sample, self.eps, self.args = (N, C, scale, mode, per_sample,
+                                                                                        eps, args)
+
+    def forward(self, x, params):
+        mean, var = self.ops[0](x, self.scale, self.mode, self.per_sample)
+        rstd = torch.rsqrt(var + self.eps)
+        return self.apply(x, self.coefs(mean, rstd, params), ()), mean, var, rstd
+
+    def coefs(self, mean, rstd, small):
+        s, t = combine_affine(*small)
+        N, C = self.N, self.C
+        a = rstd if s is None else rstd * s.to(rstd.dtype)
+        b = torch.zeros((), dtype=rstd.dtype, device=rstd.device) if t is None else t.to(rstd.dtype)
+        return mean.expand(N, C), a.expand(N, C), b.expand(N, C)
+
+    def apply(self, x, coefs, big):
+        return self.ops[1](x, *coefs, self.scale, self.mode, *self.args)
+
+    def backward(self, dy, x, mean, rstd, big, small, need):
+        weight, bias, ss, sb = small
+        need_s = need[1] or need[3]
+        need_t = need[2] or need[4]
+        coefs = self.coefs(mean, rstd, small)
+        dx, dm, da, db = self.ops[2](dy, x, *coefs, self.scale, self.mode, *self.args,
+                                     [need[0], need[0], need[0] or need_s, need_t])
+        gmean = grstd = None
+        s, _ = combine_affine(weight, None, ss, None)
+        if need[0]:
+            gmean = _sum_to(dm, mean)
+            grstd = _sum_to(da if s is None else da * s.to(da.dtype), rstd)
+        gs = da * rstd.expand(self.N, self.C) if need_s else None  # d loss / d s, s = weight * style_scale
+        gw = gss = gb = gsb = None
+        if need[1]:
+            gw = (gs if ss is None else gs * ss.to(gs.dtype)).sum(0).to(weight.dtype)
+        if need[3]:
+            gss = (gs if weight is None else gs * weight.to(gs.dtype)).to(ss.dtype)
+        if need[2]:
+            gb = db.sum(0).to(bias.dtype)
+        if need[4]:
+            gsb = db.to(sb.dtype)
+        return dx, (), gmean, grstd, (gw, gb, gss, gsb)
+
+    def add_stats_(self, dx, x, mean, gmean, gvar):
+        N, _, H, W = x.shape
+        s = self.scale
+        if s == 1 or self.mode == "nearest":
+            K = H * W * s * s * (1 if self.per_sample else N)
+            add_stats_affine_(dx, mean, gmean, gvar, x, K, s * s)
+        else:
+            # Bilinear: A^T up(x) is a stencil of x, not pointwise; the stats backward kernel applies it (one
+            # x-sized temporary, freed at once).
+            dx.add_(self.ops[3](gmean, gvar, x, mean, s, self.mode, self.per_sample))
 
 
 def norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps):

@@ -36,6 +36,35 @@ namespace {
 
 using bias_act::Act;
 
+// Loads / stores of one vector step of scalar_t as kN opmath vectors (fp16/bf16: 16 values = two fp32 vectors).
+template <class scalar_t>
+struct VecIO {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = at::vec::Vectorized<opmath_t>;
+  using sVec = at::vec::Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  static constexpr int kN = kReduced ? 2 : 1;
+  static constexpr int64_t kF = fVec::size();
+  static constexpr int64_t kStep = sVec::size();
+  static void load(const scalar_t* p, fVec* v) {
+    if constexpr (kReduced) {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
+    } else {
+      v[0] = fVec::loadu(p);
+    }
+  }
+  static void loadf(const opmath_t* p, fVec* v) {
+    for (int k = 0; k < kN; ++k) v[k] = fVec::loadu(p + k * kF);
+  }
+  static void store(scalar_t* p, const fVec* v) {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(v[0], v[1]).store(p);
+    } else {
+      v[0].store(p);
+    }
+  }
+};
+
 // dz of upsample_norm_act for upsampled value u of group g (= n * C + c); accumulates db and da.
 template <Act A, class opmath_t>
 struct ApplyGrad {
@@ -50,6 +79,42 @@ struct ApplyGrad {
     return d;
   }
   opmath_t post(int64_t g) const { return a[g]; }  // dx = A^T (dz * a), a constant per plane
+  // dz of a row of n upsampled values u (opmath) with dy (scalar_t) on at::vec vectors; the two sums accumulate
+  // per lane in opmath over blocks of at most kBlock steps, folded into r1, r2 (fp64) lane by lane after each
+  // block: an order fixed by n alone, so deterministic for any thread count.
+  template <class scalar_t>
+  void row(int64_t g, const opmath_t* u, const scalar_t* dy, opmath_t* dz, int64_t n, double& r1,
+           double& r2) const {
+    using IO = VecIO<scalar_t>;
+    using fVec = typename IO::fVec;
+    constexpr int kN = IO::kN;
+    constexpr int64_t kStep = IO::kStep, kF = IO::kF, kBlock = 256;
+    const auto pv = bias_act::cast_params<fVec>(ps);
+    const fVec mv(m[g]), av(a[g]), bv(b[g]);
+    opmath_t lanes[kN * kF];
+    int64_t i = 0;
+    while (i + kStep <= n) {
+      fVec a1[kN], a2[kN];
+      for (int k = 0; k < kN; ++k) a1[k] = fVec(0), a2[k] = fVec(0);
+      const int64_t end = std::min(n - kStep, i + (kBlock - 1) * kStep);
+      for (; i <= end; i += kStep) {
+        fVec dv[kN];
+        IO::load(dy + i, dv);
+        for (int k = 0; k < kN; ++k) {
+          const fVec xc = fVec::loadu(u + i + k * kF) - mv;
+          const fVec d = bias_act::apply<A, bias_act::Mode::kGrad1X>(xc * av, bv, dv[k], pv);
+          d.store(dz + i + k * kF);
+          a1[k] = a1[k] + d;
+          a2[k] = at::vec::fmadd(d, xc, a2[k]);
+        }
+      }
+      for (int k = 0; k < kN; ++k) a1[k].store(lanes + k * kF);
+      for (int64_t l = 0; l < kN * kF; ++l) r1 += double(lanes[l]);
+      for (int k = 0; k < kN; ++k) a2[k].store(lanes + k * kF);
+      for (int64_t l = 0; l < kN * kF; ++l) r2 += double(lanes[l]);
+    }
+    for (; i < n; ++i) dz[i] = this->dz(g, u[i], opmath_t(dy[i]), r1, r2);
+  }
 };
 
 // du of upsample_norm_act_stats: gmean / K + 2 gvar / K * (u - mean) per group (c1 = gmean / K, c2 = 2 gvar / K).
@@ -60,6 +125,10 @@ struct StatsGrad {
   opmath_t mult;  // s^2 for nearest (closed form: the adjoint of repeating a pixel s^2 times)
   opmath_t dz(int64_t g, opmath_t u, opmath_t, double&, double&) const { return c1[g] + c2[g] * (u - m[g]); }
   opmath_t post(int64_t) const { return mult; }
+  template <class scalar_t>
+  void row(int64_t g, const opmath_t* u, const scalar_t*, opmath_t* dz, int64_t n, double&, double&) const {
+    for (int64_t i = 0; i < n; ++i) dz[i] = c1[g] + c2[g] * (u[i] - m[g]);  // u - m first: no cancellation
+  }
 };
 
 // r1[n, c], r2[n, c] = the sums over a sample's nb blocks, in block order, of the per-block fp64 partial sums
@@ -116,6 +185,8 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
             const scalar_t* r = plane + (oh / s) * W;
             if (s == 1) {
               for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow]);
+            } else if (s == 2) {
+              for (int64_t w = 0; w < W; ++w) u[2 * w] = u[2 * w + 1] = opmath_t(r[w]);
             } else {
               for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow / s]);
             }
@@ -124,14 +195,14 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
             const opmath_t* h1 = hrow(plane, y.i1, y.i0);
             for (int64_t ow = 0; ow < OW; ++ow) u[ow] = y.l0 * h0[ow] + y.l1 * h1[ow];
           }
-          const scalar_t* dyr = G::kHasDy ? dyg + oh * OW : nullptr;
-          for (int64_t ow = 0; ow < OW; ++ow)
-            dz[ow] = gr.dz(g, u[ow], G::kHasDy ? opmath_t(dyr[ow]) : opmath_t(0), s1, s2);
+          gr.template row<scalar_t>(g, u.data(), G::kHasDy ? dyg + oh * OW : nullptr, dz.data(), OW, s1, s2);
           if (!dxp) continue;
           if (!bil) {
             opmath_t* ar = acc.data() + (oh / s) * W;
             if (s == 1) {
               for (int64_t ow = 0; ow < OW; ++ow) ar[ow] += dz[ow];
+            } else if (s == 2) {
+              for (int64_t w = 0; w < W; ++w) ar[w] += dz[2 * w] + dz[2 * w + 1];
             } else {
               for (int64_t ow = 0; ow < OW; ++ow) ar[ow / s] += dz[ow];
             }
@@ -317,35 +388,6 @@ at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, c
   });
   return dx;
 }
-
-// Loads / stores of one vector step of scalar_t as kN opmath vectors (fp16/bf16: 16 values = two fp32 vectors).
-template <class scalar_t>
-struct VecIO {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = at::vec::Vectorized<opmath_t>;
-  using sVec = at::vec::Vectorized<scalar_t>;
-  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
-  static constexpr int kN = kReduced ? 2 : 1;
-  static constexpr int64_t kF = fVec::size();
-  static constexpr int64_t kStep = sVec::size();
-  static void load(const scalar_t* p, fVec* v) {
-    if constexpr (kReduced) {
-      std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
-    } else {
-      v[0] = fVec::loadu(p);
-    }
-  }
-  static void loadf(const opmath_t* p, fVec* v) {
-    for (int k = 0; k < kN; ++k) v[k] = fVec::loadu(p + k * kF);
-  }
-  static void store(scalar_t* p, const fVec* v) {
-    if constexpr (kReduced) {
-      at::vec::convert_from_float<scalar_t>(v[0], v[1]).store(p);
-    } else {
-      v[0].store(p);
-    }
-  }
-};
 
 // spade: z = (x - m) * r * (1 + gamma) + beta; dz = dy * gain * act'(z); dx = dz * (1 + gamma) * r,
 // dgamma = dz * xn, dbeta = dz; dm = -r * sum(dz * (1 + gamma)), dr = sum(dz * (1 + gamma) * (x - m)).
