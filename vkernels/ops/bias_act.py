@@ -142,7 +142,7 @@ def _register(fwd: str, grad: str) -> None:
     torch.library.register_autograd(f"vkernels::{grad}", backward_grad, setup_context=setup_grad)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     """vkernels::bias_act_triton / bias_act_grad_triton: the C++ schemas under new names, Triton kernels behind."""
 
     def fwd(x, b, dim, act, alpha, gain, clamp):
@@ -163,12 +163,7 @@ def _define_triton() -> None:
         mode = (tk.GRAD1_Y if order == 1 else tk.GRAD2_Y) if ref_is_y else (tk.GRAD1_X if order == 1 else tk.GRAD2_X)
         return tk.launch(ref, g, b, dim, act, alpha, gain, clamp, mode)
 
-    _backend.define_triton_variant("bias_act", fwd)
-    _backend.define_triton_variant("bias_act_grad", grad)
+    return fwd, grad
 
 
-if _backend.has_op("bias_act"):
-    _register("bias_act", "bias_act_grad")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("bias_act_triton", "bias_act_grad_triton")
+_backend.register_backends(_register, ("bias_act", "bias_act_grad"), _triton_launchers)

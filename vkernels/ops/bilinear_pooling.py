@@ -117,21 +117,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(x, y, normalize, triu, eps):
-        from vkernels.triton import bilinear_pooling as tk
-        return tk.forward(x, y, normalize, triu, eps)
-
-    def bwd(grad_out, x, y, out, norm, normalize, triu, eps):
-        from vkernels.triton import bilinear_pooling as tk
-        return tk.backward(grad_out, x, y, out, norm, normalize, triu, eps)
-
-    _backend.define_triton_variant("bilinear_pooling", fwd)
-    _backend.define_triton_variant("bilinear_pooling_backward", bwd)
-
-
-if _backend.has_op("bilinear_pooling"):
-    _register("bilinear_pooling", "bilinear_pooling_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("bilinear_pooling_triton", "bilinear_pooling_backward_triton")
+_backend.register_backends(_register, ("bilinear_pooling", "bilinear_pooling_backward"),
+                           lambda: _backend.triton_launchers("bilinear_pooling", "forward", "backward"))

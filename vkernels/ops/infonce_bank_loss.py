@@ -158,24 +158,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    """vkernels::infonce_bank_loss_triton / ..._backward_triton: the C++ schemas under new names, Triton behind."""
-
-    def fwd(q, k, bank, temperature, label_smoothing, exclude):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.forward(q, k, bank, temperature, label_smoothing, exclude)
-
-    def bwd(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss,
-                           bank_grad)
-
-    _backend.define_triton_variant("infonce_bank_loss", fwd)
-    _backend.define_triton_variant("infonce_bank_loss_backward", bwd)
-
-
-if _backend.has_op("infonce_bank_loss"):
-    _register("infonce_bank_loss", "infonce_bank_loss_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("infonce_bank_loss_triton", "infonce_bank_loss_backward_triton")
+_backend.register_backends(_register, ("infonce_bank_loss", "infonce_bank_loss_backward"),
+                           lambda: _backend.triton_launchers("infonce_bank_loss", "forward", "backward"))

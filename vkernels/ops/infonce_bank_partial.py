@@ -81,21 +81,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(q, k, bank, temperature, exclude):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.partial(q, k, bank, temperature, exclude)
-
-    def bwd(grad_lse, q, bank, temperature, exclude, lse, bank_grad):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.partial_backward(grad_lse, q, bank, temperature, exclude, lse, bank_grad)
-
-    _backend.define_triton_variant("infonce_bank_partial", fwd)
-    _backend.define_triton_variant("infonce_bank_partial_backward", bwd)
-
-
-if _backend.has_op("infonce_bank_partial"):
-    _register("infonce_bank_partial", "infonce_bank_partial_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("infonce_bank_partial_triton", "infonce_bank_partial_backward_triton")
+_backend.register_backends(_register, ("infonce_bank_partial", "infonce_bank_partial_backward"),
+                           lambda: _backend.triton_launchers("infonce_bank_loss", "partial", "partial_backward"))

@@ -88,21 +88,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(x, iters, triu):
-        from vkernels.triton import isqrt_cov as tk
-        return tk.forward(x, iters, triu)
-
-    def bwd(grad_out, x, A, trace, iters, triu):
-        from vkernels.triton import isqrt_cov as tk
-        return tk.backward(grad_out, x, A, trace, iters, triu)
-
-    _backend.define_triton_variant("isqrt_cov", fwd)
-    _backend.define_triton_variant("isqrt_cov_backward", bwd)
-
-
-if _backend.has_op("isqrt_cov"):
-    _register("isqrt_cov", "isqrt_cov_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("isqrt_cov_triton", "isqrt_cov_backward_triton")
+_backend.register_backends(_register, ("isqrt_cov", "isqrt_cov_backward"),
+                           lambda: _backend.triton_launchers("isqrt_cov", "forward", "backward"))
