@@ -52,22 +52,32 @@ def infonce_bank_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,
     """
     _check(q, k, bank, temperature, reduction, label_smoothing, exclude)
     impl = _backend.resolve_impl("infonce_bank_loss", q, impl)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if isinstance(temperature, torch.Tensor):
-        t = temperature.reshape(())
-    else:
-        t = torch.full((), float(temperature), dtype=acc, device=q.device)
+    acc, t = _acc_temperature(q, temperature)
     if impl == "reference":
         loss, lse, rank = _reference(q, k, bank, t, label_smoothing, exclude)
         loss, lse = loss.to(acc), lse.to(acc)
     else:
         op = torch.ops.vkernels.infonce_bank_loss_triton if impl == "triton" else torch.ops.vkernels.infonce_bank_loss
         loss, lse, rank = op(q, k, bank, t, float(label_smoothing), exclude)
+    return _outputs(loss, lse, rank, q.dtype, reduction, return_lse, return_rank)
+
+
+def _acc_temperature(q, temperature):
+    """The accumulation dtype (fp64 for fp64 q, else fp32) and the temperature as the 0-dim tensor the ops take (a
+    tensor is kept as it is, so that it stays differentiable)."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if isinstance(temperature, torch.Tensor):
+        return acc, temperature.reshape(())
+    return acc, torch.full((), float(temperature), dtype=acc, device=q.device)
+
+
+def _outputs(loss, lse, rank, dtype, reduction, return_lse, return_rank):
+    """The per-row loss reduced and cast to the inputs' dtype, with lse and rank where asked for."""
     if reduction == "mean":
         loss = loss.mean()
     elif reduction == "sum":
         loss = loss.sum()
-    loss = loss.to(q.dtype)
+    loss = loss.to(dtype)
     if not (return_lse or return_rank):
         return loss
     return (loss,) + ((lse,) if return_lse else ()) + ((rank,) if return_rank else ())
