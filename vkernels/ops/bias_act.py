@@ -5,12 +5,10 @@ second order), the Triton variant of the op, and the public function that picks 
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_act_args, check_float_tensor
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as _reference
 
@@ -19,7 +17,6 @@ __all__ = ["bias_act"]
 _INFO = _backend.register_op("bias_act")
 # Activations with a nonzero second derivative (the rest need no order-2 kernel in double backward).
 _HAS_2ND = {"tanh", "sigmoid", "elu", "selu", "softplus", "swish"}
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
@@ -56,17 +53,8 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
 
 
 def _check(x, b, dim, act, alpha, gain, clamp):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"bias_act: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
-    for name, val in (("alpha", alpha), ("gain", gain)):
-        if val is not None and (not isinstance(val, numbers.Real) or not math.isfinite(val)):
-            raise ValueError(f"bias_act: {name} must be a finite number or None, got {val!r}")
-    if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
-        raise ValueError(f"bias_act: clamp must be None or a number >= 0, got {clamp!r}")
+    check_float_tensor("bias_act", "x", x)
+    check_act_args("bias_act", act, alpha, gain, clamp)
     if b is None:
         return
     if not isinstance(b, torch.Tensor):

@@ -11,13 +11,13 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_float_tensor
 from vkernels.reference.bilinear_pooling import bilinear_pooling as _reference
 
 __all__ = ["bilinear_pooling"]
 
 # No CUDA C++ kernel: on GPU the GEMM is cuBLAS (torch.bmm) and the epilogue is Triton.
 _INFO = _backend.register_op("bilinear_pooling", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NORMALIZE = (None, "none", "signed_sqrt_l2")
 
 
@@ -50,10 +50,7 @@ def bilinear_pooling(x: torch.Tensor, y: torch.Tensor | None = None, normalize: 
 
 
 def _check(x, y, normalize, triu, eps):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"bilinear_pooling: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"bilinear_pooling: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_float_tensor("bilinear_pooling", "x", x)
     if x.ndim != 4:
         raise ValueError(f"bilinear_pooling: x must have shape (B, C1, H, W), got {tuple(x.shape)}")
     if x.shape[2] * x.shape[3] == 0:

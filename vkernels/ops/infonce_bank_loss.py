@@ -11,13 +11,14 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels.ops._checks import check_float_dtype, check_tensors
 from vkernels.reference.infonce_bank_loss import infonce_bank_loss as _reference
 
 __all__ = ["infonce_bank_loss"]
 
 # No CUDA C++ kernel: the GPU path is Triton.
 _INFO = _backend.register_op("infonce_bank_loss", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -84,11 +85,8 @@ def _outputs(loss, lse, rank, dtype, reduction, return_lse, return_rank):
 
 
 def _check(q, k, bank, temperature, reduction, label_smoothing, exclude, op="infonce_bank_loss"):
-    for name, t in (("q", q), ("k", k), ("bank", bank)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if q.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: q must be float16, bfloat16, float32 or float64, got {q.dtype}")
+    check_tensors(op, q=q, k=k, bank=bank)
+    check_float_dtype(op, "q", q)
     if q.ndim != 2:
         raise ValueError(f"{op}: q must have shape (N, d), got {tuple(q.shape)}")
     if k.shape != q.shape:

@@ -10,13 +10,13 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_float_tensor
 from vkernels.reference.isqrt_cov import isqrt_cov as _reference
 
 __all__ = ["isqrt_cov"]
 
 # No CUDA C++ kernel: on GPU the GEMMs are cuBLAS (torch.bmm / baddbmm) and the elementwise passes are Triton.
 _INFO = _backend.register_op("isqrt_cov", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def isqrt_cov(x: torch.Tensor, iters: int = 5, triu: bool = True, *, impl: str = "auto") -> torch.Tensor:
@@ -47,10 +47,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, triu: bool = True, *, impl: str =
 
 
 def _check(x, iters, triu):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"isqrt_cov: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"isqrt_cov: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_float_tensor("isqrt_cov", "x", x)
     if x.ndim != 4:
         raise ValueError(f"isqrt_cov: x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if x.shape[2] * x.shape[3] == 0:
