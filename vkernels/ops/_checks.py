@@ -36,8 +36,14 @@ def check_float_dtype(op: str, name: str, t: torch.Tensor) -> None:
 def check_float_pair(op: str, x: torch.Tensor, y: torch.Tensor) -> None:
     """x a floating tensor the kernels take; y (named y) in x's dtype."""
     check_float_dtype(op, "x", x)
-    if y.dtype != x.dtype:
-        raise TypeError(f"{op}: y.dtype ({y.dtype}) must equal x.dtype ({x.dtype})")
+    check_same_dtype(op, x, y=y)
+
+
+def check_same_dtype(op: str, x: torch.Tensor, **tensors) -> None:
+    """TypeError naming the first tensor (in the order given) whose dtype is not x's."""
+    for name, t in tensors.items():
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name}.dtype ({t.dtype}) must equal x.dtype ({x.dtype})")
 
 
 def check_devices(op: str, x: torch.Tensor, **tensors) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops._checks import check_act_args, check_float_tensor
+from vkernels.ops._checks import check_act_args, check_devices, check_float_tensor, check_same_dtype
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as _reference
 
@@ -65,10 +65,8 @@ def _check(x, b, dim, act, alpha, gain, clamp):
     if b.ndim != 1 or b.shape[0] != x.shape[dim]:
         raise ValueError(f"bias_act: b must have shape ({x.shape[dim]},) to match x.shape[{dim}], got "
                          f"{tuple(b.shape)}")
-    if b.dtype != x.dtype:
-        raise TypeError(f"bias_act: b.dtype ({b.dtype}) must equal x.dtype ({x.dtype})")
-    if b.device != x.device:
-        raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}")
+    check_same_dtype("bias_act", x, b=b)
+    check_devices("bias_act", x, b=b)
 
 
 def _ref_is_y(act: str, alpha: float, gain: float, clamp: float | None) -> bool:

@@ -11,7 +11,7 @@ import numbers
 import torch
 
 from vkernels import _backend
-from vkernels.ops._checks import check_float_tensor
+from vkernels.ops._checks import check_devices, check_float_tensor, check_same_dtype
 from vkernels.reference.bilinear_pooling import bilinear_pooling as _reference
 
 __all__ = ["bilinear_pooling"]
@@ -63,10 +63,8 @@ def _check(x, y, normalize, triu, eps):
         if (y.shape[0], y.shape[2], y.shape[3]) != (x.shape[0], x.shape[2], x.shape[3]):
             raise ValueError(f"bilinear_pooling: y must have x's B, H, W {(x.shape[0], x.shape[2], x.shape[3])}, "
                              f"got y of shape {tuple(y.shape)}")
-        if y.dtype != x.dtype:
-            raise TypeError(f"bilinear_pooling: y.dtype ({y.dtype}) must equal x.dtype ({x.dtype})")
-        if y.device != x.device:
-            raise ValueError(f"bilinear_pooling: y is on {y.device} but x is on {x.device}")
+        check_same_dtype("bilinear_pooling", x, y=y)
+        check_devices("bilinear_pooling", x, y=y)
     if normalize not in _NORMALIZE:
         raise ValueError(f"bilinear_pooling: normalize must be None or 'signed_sqrt_l2', got {normalize!r}")
     if triu and y is not None and y.shape[1] != x.shape[1]:
