@@ -30,6 +30,14 @@ def _impl(impl):
     return fn
 
 
+def inputs(n: int, kk: int, d: int, dtype, device: str):
+    """Unit-norm queries (n, d), keys near them (their positives) and a bank (kk, d) of unrelated unit rows."""
+    q = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype)
+    k = F.normalize(q.float() + 0.5 * torch.randn(n, d, device=device), dim=1).to(dtype)
+    bank = F.normalize(torch.randn(kk, d, device=device), dim=1).to(dtype)
+    return q, k, bank
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     if quick:
         sizes = [(64, 1024, 32)]
@@ -44,9 +52,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     out = []
     for n, kk, d in sizes:
         for dtype in dtypes:
-            q = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype)
-            k = F.normalize(q.float() + 0.5 * torch.randn(n, d, device=device), dim=1).to(dtype)
-            bank = F.normalize(torch.randn(kk, d, device=device), dim=1).to(dtype)
+            q, k, bank = inputs(n, kk, d, dtype, device)
             nbytes = (2 * n + kk) * d * q.element_size()
             size = f"{n}x{kk}x{d}"
             for mode in ("fwd", "fwd+bwd"):

@@ -5,10 +5,10 @@ shard in one call) is counted as eager's 6 N K d, vkernels does 8 N K d (its bac
 memory: eager holds N x K logits (and their softmax and gradient); vkernels O(N) per-row values.
 """
 import torch
-import torch.nn.functional as F
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks.bench_infonce_bank_loss import inputs
 
 TEMPERATURE = 0.07
 
@@ -35,9 +35,7 @@ def cases(device: str, quick: bool) -> list[Case]:
     out = []
     for n, kk, d in sizes:
         for dtype in dtypes:
-            q = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype)
-            k = F.normalize(q.float() + 0.5 * torch.randn(n, d, device=device), dim=1).to(dtype)
-            shard = F.normalize(torch.randn(kk, d, device=device), dim=1).to(dtype)
+            q, k, shard = inputs(n, kk, d, dtype, device)
             nbytes = (2 * n + kk) * d * q.element_size()
             for mode in ("fwd", "fwd+bwd"):
                 wrap = (lambda f: fwd_bwd(f, (0, 2))) if mode == "fwd+bwd" else (lambda f: f)

@@ -76,6 +76,22 @@ class Ctx:
         g.manual_seed(zlib.crc32("/".join(map(str, key)).encode()))
         return g
 
+    def variants(self, key: str, cases: dict, quick_triton=None, impls=None) -> Iterator[tuple]:
+        """(impl, dtype, dtype name, case name, case params, generator) for every dtype x impl x case this run
+        covers, in that loop order; the generator is gen(key, impl, dtype name, case name). quick_triton(case name,
+        dtype name) says which cases Triton keeps under --scope quick (every Triton variant is a separate JIT
+        compile); impls, where given, are the impls the op has (the others are skipped)."""
+        for dtype in self.dtypes:
+            dn = str(dtype).replace("torch.", "")
+            for impl in self.impls:
+                if impls is not None and impl not in impls:
+                    continue
+                for name, params in cases.items():
+                    if (self.scope == "quick" and impl == "triton" and quick_triton is not None
+                            and not quick_triton(name, dn)):
+                        continue
+                    yield impl, dtype, dn, name, params, self.gen(key, impl, dn, name)
+
 
 SMOKES: dict[str, Callable[[Ctx], Iterator[Case]]] = {}
 
@@ -85,6 +101,11 @@ def smoke(fn):
     assert fn.__name__.startswith("smoke_"), fn.__name__
     SMOKES[fn.__name__[len("smoke_"):]] = fn
     return fn
+
+
+def _ops(op: str) -> dict:
+    """impl -> the raw op that runs it: the C++ op <op> for cpu and cuda, its Triton variant <op>_triton."""
+    return {"cuda": op, "cpu": op, "triton": f"{op}_triton"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -281,22 +302,17 @@ def smoke_upfirdn2d(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.upfirdn2d import upfirdn2d as reference
 
-    ops = {"cuda": "upfirdn2d", "cpu": "upfirdn2d", "triton": "upfirdn2d_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, (shape, filt, up, down, pad, placement) in UPFIRDN2D_CASES.items():
-                if ctx.scope == "quick" and impl == "triton" and name not in ("up2_sep", "full2d_crop"):
-                    continue
-                g = ctx.gen("upfirdn2d", impl, dn, name)
-                x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-                f = (torch.tensor(filt, dtype=torch.float32) if isinstance(filt, list)
-                     else torch.rand(filt, generator=g, dtype=torch.float64).float())
-                expect = reference(x.double(), f, up, down, pad, False, 1.0)
-                xd = _place(x, placement, ctx.device, torch)
-                args = (xd, f.to(ctx.device), *up, *down, *pad, False, 1.0)
-                scale = max(1.0, float(expect.abs().max()))
-                yield Case(f"upfirdn2d/{impl}/{dn}/{name}", ops[impl], args, expect, TOL_NAMES[dn], scale)
+    ops = _ops("upfirdn2d")
+    for impl, dtype, dn, name, (shape, filt, up, down, pad, placement), g in ctx.variants(
+            "upfirdn2d", UPFIRDN2D_CASES, lambda name, dn: name in ("up2_sep", "full2d_crop")):
+        x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        f = (torch.tensor(filt, dtype=torch.float32) if isinstance(filt, list)
+             else torch.rand(filt, generator=g, dtype=torch.float64).float())
+        expect = reference(x.double(), f, up, down, pad, False, 1.0)
+        xd = _place(x, placement, ctx.device, torch)
+        args = (xd, f.to(ctx.device), *up, *down, *pad, False, 1.0)
+        scale = max(1.0, float(expect.abs().max()))
+        yield Case(f"upfirdn2d/{impl}/{dn}/{name}", ops[impl], args, expect, TOL_NAMES[dn], scale)
 
 # --------------------------------------------------------------------------------------------------------------------
 # infonce_bank_loss
@@ -313,41 +329,48 @@ def smoke_infonce_bank_loss(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
 
-    ops = {"cuda": "infonce_bank_loss", "cpu": "infonce_bank_loss", "triton": "infonce_bank_loss_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, (N, K, d, ls, with_ex) in INFONCE_CASES.items():
-                if ctx.scope == "quick" and impl == "triton" and (name != "small" or dn != "float32"):
-                    continue
-                g = ctx.gen("infonce", impl, dn, name)
+    ops = _ops("infonce_bank_loss")
+    for impl, dtype, dn, name, (N, K, d, ls, with_ex), g in ctx.variants("infonce", INFONCE_CASES, _infonce_quick):
+        q, k, bank, ex, T, dev = _infonce_inputs(ctx, g, dtype, N, K, d, with_ex)
+        q64, k64, b64 = (t.double().requires_grad_() for t in (q, k, bank))
+        loss, lse, rank = reference(q64, k64, b64, T, ls, ex)
+        gl = torch.randn(N, generator=g, dtype=torch.float64)
+        dq, dk, db = torch.autograd.grad((loss * gl).sum(), [q64, k64, b64])
+        args = (*dev[:4], ls, dev[4])
+        tol = TOL_NAMES[dn] * 10  # a loss summed over K+1 candidates, not one rounded element
+        yield Case(f"infonce_bank_loss/{impl}/{dn}/{name}/fwd", ops[impl], args, loss.detach(), tol,
+                   max(1.0, float(loss.abs().max())), select=lambda out: out[0])
+        bwd = ops[impl].replace("infonce_bank_loss", "infonce_bank_loss_backward")
 
-                def unit(*shape, g=g):
-                    return torch.nn.functional.normalize(torch.randn(shape, generator=g, dtype=torch.float64), dim=-1)
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
+            out_loss, out_lse, _ = fwd(*args)  # the backward reads the forward's own lse and loss
+            return (gl.to(device=ctx.device, dtype=out_loss.dtype), torch.zeros_like(out_lse), *args,
+                    out_lse, out_loss, True)
 
-                q, k, bank = unit(N, d).to(dtype), unit(N, d).to(dtype), unit(K, d).to(dtype)
-                ex = torch.randint(-1, K, (N, 2), generator=g) if with_ex else None
-                T = torch.tensor(0.07, dtype=torch.float64)
-                q64, k64, b64 = (t.double().requires_grad_() for t in (q, k, bank))
-                loss, lse, rank = reference(q64, k64, b64, T, ls, ex)
-                gl = torch.randn(N, generator=g, dtype=torch.float64)
-                dq, dk, db = torch.autograd.grad((loss * gl).sum(), [q64, k64, b64])
-                Td = T.to(dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=ctx.device)
-                args = (q.to(ctx.device), k.to(ctx.device), bank.to(ctx.device), Td, ls,
-                        None if ex is None else ex.to(ctx.device))
-                tol = TOL_NAMES[dn] * 10  # a loss summed over K+1 candidates, not one rounded element
-                yield Case(f"infonce_bank_loss/{impl}/{dn}/{name}/fwd", ops[impl], args, loss.detach(), tol,
-                           max(1.0, float(loss.abs().max())), select=lambda out: out[0])
-                bwd = ops[impl].replace("infonce_bank_loss", "infonce_bank_loss_backward")
+        gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
+        yield Case(f"infonce_bank_loss/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, dk, db), tol, gscale,
+                   select=lambda out: tuple(out[:3]))
 
-                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
-                    out_loss, out_lse, _ = fwd(*args)  # the backward reads the forward's own lse and loss
-                    return (gl.to(device=ctx.device, dtype=out_loss.dtype), torch.zeros_like(out_lse), *args,
-                            out_lse, out_loss, True)
 
-                gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
-                yield Case(f"infonce_bank_loss/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, dk, db), tol, gscale,
-                           select=lambda out: tuple(out[:3]))
+def _infonce_quick(name, dn):
+    return name == "small" and dn == "float32"
+
+
+def _infonce_inputs(ctx, g, dtype, N, K, d, with_ex):
+    """Unit-norm q, k (N, d) and bank (K, d) in `dtype` (CPU), exclude (N, 2) or None, the float64 temperature,
+    and (q, k, bank, temperature in the kernel's compute dtype, exclude) on ctx.device: the arguments of both
+    infonce ops."""
+    torch = ctx.torch
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(shape, generator=g, dtype=torch.float64), dim=-1)
+
+    q, k, bank = unit(N, d).to(dtype), unit(N, d).to(dtype), unit(K, d).to(dtype)
+    ex = torch.randint(-1, K, (N, 2), generator=g) if with_ex else None
+    T = torch.tensor(0.07, dtype=torch.float64)
+    Td = T.to(dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=ctx.device)
+    dev = (q.to(ctx.device), k.to(ctx.device), bank.to(ctx.device), Td, None if ex is None else ex.to(ctx.device))
+    return q, k, bank, ex, T, dev
 
 
 @smoke
@@ -356,41 +379,27 @@ def smoke_infonce_bank_partial(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.infonce_bank_partial import infonce_bank_partial as reference
 
-    ops = {"cuda": "infonce_bank_partial", "cpu": "infonce_bank_partial", "triton": "infonce_bank_partial_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, (N, K, d, _, with_ex) in INFONCE_CASES.items():
-                if ctx.scope == "quick" and impl == "triton" and (name != "small" or dn != "float32"):
-                    continue
-                g = ctx.gen("infonce_partial", impl, dn, name)
+    ops = _ops("infonce_bank_partial")
+    for impl, dtype, dn, name, (N, K, d, _, with_ex), g in ctx.variants("infonce_partial", INFONCE_CASES,
+                                                                         _infonce_quick):
+        q, k, bank, ex, T, args = _infonce_inputs(ctx, g, dtype, N, K, d, with_ex)
+        q64, b64 = q.double().requires_grad_(), bank.double().requires_grad_()
+        lse, _ = reference(q64, k.double(), b64, T, ex)
+        gl = torch.randn(N, generator=g, dtype=torch.float64)
+        dq, db = torch.autograd.grad((lse * gl).sum(), [q64, b64])
+        tol = TOL_NAMES[dn] * 10
+        yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/fwd", ops[impl], args, lse.detach(), tol,
+                   max(1.0, float(lse.abs().max())), select=lambda out: out[0])
+        bwd = ops[impl].replace("infonce_bank_partial", "infonce_bank_partial_backward")
 
-                def unit(*shape, g=g):
-                    return torch.nn.functional.normalize(torch.randn(shape, generator=g, dtype=torch.float64), dim=-1)
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
+            out_lse, _ = fwd(*args)
+            q_, _, b_, t_, e_ = args
+            return (gl.to(device=ctx.device, dtype=out_lse.dtype), q_, b_, t_, e_, out_lse, True)
 
-                q, k, bank = unit(N, d).to(dtype), unit(N, d).to(dtype), unit(K, d).to(dtype)
-                ex = torch.randint(-1, K, (N, 2), generator=g) if with_ex else None
-                T = torch.tensor(0.07, dtype=torch.float64)
-                q64, b64 = q.double().requires_grad_(), bank.double().requires_grad_()
-                lse, _ = reference(q64, k.double(), b64, T, ex)
-                gl = torch.randn(N, generator=g, dtype=torch.float64)
-                dq, db = torch.autograd.grad((lse * gl).sum(), [q64, b64])
-                Td = T.to(dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=ctx.device)
-                args = (q.to(ctx.device), k.to(ctx.device), bank.to(ctx.device), Td,
-                        None if ex is None else ex.to(ctx.device))
-                tol = TOL_NAMES[dn] * 10
-                yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/fwd", ops[impl], args, lse.detach(), tol,
-                           max(1.0, float(lse.abs().max())), select=lambda out: out[0])
-                bwd = ops[impl].replace("infonce_bank_partial", "infonce_bank_partial_backward")
-
-                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
-                    out_lse, _ = fwd(*args)
-                    q_, _, b_, t_, e_ = args
-                    return (gl.to(device=ctx.device, dtype=out_lse.dtype), q_, b_, t_, e_, out_lse, True)
-
-                gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
-                yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, db), tol, gscale,
-                           select=lambda out: tuple(out[:2]))
+        gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
+        yield Case(f"infonce_bank_partial/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, db), tol, gscale,
+                   select=lambda out: tuple(out[:2]))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -409,35 +418,30 @@ def smoke_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.bilinear_pooling import bilinear_pooling as reference
 
-    ops = {"cuda": "bilinear_pooling", "cpu": "bilinear_pooling", "triton": "bilinear_pooling_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, ((B, C1, C2, H, W), norm, triu) in BILINEAR_CASES.items():
-                if ctx.scope == "quick" and impl == "triton" and (name == "xy_full_sqrtl2" or dn != "float32"):
-                    continue
-                g = ctx.gen("bilinear_pooling", impl, dn, name)
-                x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
-                y = None if C2 is None else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
-                leaves = [x.double().requires_grad_()] + ([] if y is None else [y.double().requires_grad_()])
-                out = reference(leaves[0], None if y is None else leaves[1], norm, triu)
-                gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
-                grads = torch.autograd.grad((out * gout).sum(), leaves)
-                xd, yd = x.to(ctx.device), None if y is None else y.to(ctx.device)
-                args = (xd, yd, norm, triu, 1e-10)
-                tol = TOL_NAMES[dn] * 4
-                yield Case(f"bilinear_pooling/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol,
-                           select=lambda o: o[0])
-                bwd = ops[impl].replace("bilinear_pooling", "bilinear_pooling_backward")
+    ops = _ops("bilinear_pooling")
+    for impl, dtype, dn, name, ((B, C1, C2, H, W), norm, triu), g in ctx.variants(
+            "bilinear_pooling", BILINEAR_CASES, lambda name, dn: name != "xy_full_sqrtl2" and dn == "float32"):
+        x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+        y = None if C2 is None else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+        leaves = [x.double().requires_grad_()] + ([] if y is None else [y.double().requires_grad_()])
+        out = reference(leaves[0], None if y is None else leaves[1], norm, triu)
+        gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((out * gout).sum(), leaves)
+        xd, yd = x.to(ctx.device), None if y is None else y.to(ctx.device)
+        args = (xd, yd, norm, triu, 1e-10)
+        tol = TOL_NAMES[dn] * 4
+        yield Case(f"bilinear_pooling/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol,
+                   select=lambda o: o[0])
+        bwd = ops[impl].replace("bilinear_pooling", "bilinear_pooling_backward")
 
-                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
-                    out, nrm = fwd(*args)  # the backward reads the forward's output and per-image norm
-                    return (gout.to(device=ctx.device, dtype=dtype), *args[:2], out, nrm, *args[2:])
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
+            out, nrm = fwd(*args)  # the backward reads the forward's output and per-image norm
+            return (gout.to(device=ctx.device, dtype=dtype), *args[:2], out, nrm, *args[2:])
 
-                gscale = max(1.0, *(float(t.abs().max()) for t in grads))
-                n = len(grads)
-                yield Case(f"bilinear_pooling/{impl}/{dn}/{name}/bwd", bwd, bwd_args, tuple(grads), tol * 4, gscale,
-                           select=lambda o, n=n: tuple(o[:n]))
+        gscale = max(1.0, *(float(t.abs().max()) for t in grads))
+        n = len(grads)
+        yield Case(f"bilinear_pooling/{impl}/{dn}/{name}/bwd", bwd, bwd_args, tuple(grads), tol * 4, gscale,
+                   select=lambda o, n=n: tuple(o[:n]))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -456,32 +460,27 @@ def smoke_isqrt_cov(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.isqrt_cov import isqrt_cov as reference
 
-    ops = {"cuda": "isqrt_cov", "cpu": "isqrt_cov", "triton": "isqrt_cov_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, ((B, C, H, W), iters, triu) in ISQRT_CASES.items():
-                if ctx.scope == "quick" and impl == "triton" and (name == "wide" or dn != "float32"):
-                    continue
-                g = ctx.gen("isqrt_cov", impl, dn, name)
-                x = (torch.randn(B, C, H, W, generator=g, dtype=torch.float64) + 0.5).to(dtype)
-                leaf = x.double().requires_grad_()
-                out = reference(leaf, iters, triu)
-                gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
-                grad, = torch.autograd.grad((out * gout).sum(), leaf)
-                args = (x.to(ctx.device), iters, triu)
-                tol = TOL_NAMES[dn] * 10  # several chained GEMMs
-                scale = max(1.0, float(out.abs().max()))
-                yield Case(f"isqrt_cov/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol, scale,
-                           select=lambda o: o[0])
-                bwd = ops[impl].replace("isqrt_cov", "isqrt_cov_backward")
+    ops = _ops("isqrt_cov")
+    for impl, dtype, dn, name, ((B, C, H, W), iters, triu), g in ctx.variants(
+            "isqrt_cov", ISQRT_CASES, lambda name, dn: name != "wide" and dn == "float32"):
+        x = (torch.randn(B, C, H, W, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+        leaf = x.double().requires_grad_()
+        out = reference(leaf, iters, triu)
+        gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        grad, = torch.autograd.grad((out * gout).sum(), leaf)
+        args = (x.to(ctx.device), iters, triu)
+        tol = TOL_NAMES[dn] * 10  # several chained GEMMs
+        scale = max(1.0, float(out.abs().max()))
+        yield Case(f"isqrt_cov/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol, scale,
+                   select=lambda o: o[0])
+        bwd = ops[impl].replace("isqrt_cov", "isqrt_cov_backward")
 
-                def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
-                    _, A, t = fwd(*args)
-                    return (gout.to(device=ctx.device, dtype=dtype), args[0], A, t, *args[1:])
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
+            _, A, t = fwd(*args)
+            return (gout.to(device=ctx.device, dtype=dtype), args[0], A, t, *args[1:])
 
-                yield Case(f"isqrt_cov/{impl}/{dn}/{name}/bwd", bwd, bwd_args, grad, tol * 4,
-                           max(1.0, float(grad.abs().max())))
+        yield Case(f"isqrt_cov/{impl}/{dn}/{name}/bwd", bwd, bwd_args, grad, tol * 4,
+                   max(1.0, float(grad.abs().max())))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -499,35 +498,31 @@ def smoke_compact_bilinear_pooling(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.compact_bilinear_pooling import tensor_sketch_per_location as definition
 
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl, route in [(i, r) for i in ctx.impls for r in ("", "_freq")]:  # the Gram and frequency routes
-            ops = {"cpu": f"compact_bilinear_pooling{route}", "triton": f"compact_bilinear_pooling{route}_triton"}
-            if impl not in ops or (ctx.scope == "quick" and impl == "triton" and dn != "float32"):
-                continue
-            for name, (B, C1, C2, H, W, D, cl) in CBP_CASES.items():
-                g = ctx.gen("cbp", impl, dn, name)
-                x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
-                y = torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
-                h1, h2 = torch.randint(0, D, (C1,), generator=g), torch.randint(0, D, (C2,), generator=g)
-                s1 = (2 * torch.randint(0, 2, (C1,), generator=g) - 1).float()
-                s2 = (2 * torch.randint(0, 2, (C2,), generator=g) - 1).float()
-                x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
-                out = definition(x64, y64, h1, s1, h2, s2, D)
-                gout = torch.randn(B, D, generator=g, dtype=torch.float64)
-                dx, dy = torch.autograd.grad((out * gout).sum(), [x64, y64])
-                xd, yd = x.to(ctx.device), y.to(ctx.device)
-                if cl:
-                    xd, yd = xd.to(memory_format=torch.channels_last), yd.to(memory_format=torch.channels_last)
-                hs = tuple(t.to(ctx.device) for t in (h1, s1, h2, s2))
-                tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW / D products per bin, not one rounded element
-                yield Case(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *hs, D),
-                           out.detach(), tol, max(1.0, float(out.abs().max())))
-                bwd = f"compact_bilinear_pooling{route}_backward" + ("_triton" if impl == "triton" else "")
-                yield Case(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/bwd", bwd,
-                           (gout.to(device=ctx.device, dtype=dtype), xd, yd, *hs), (dx, dy), tol,
-                           max(1.0, float(dx.abs().max()), float(dy.abs().max())))
-
+    for impl, dtype, dn, name, (B, C1, C2, H, W, D, cl), g in ctx.variants(
+            "cbp", CBP_CASES, lambda name, dn: dn == "float32", impls=("cpu", "triton")):  # no CUDA C++ kernel
+        x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+        y = torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+        h1, h2 = torch.randint(0, D, (C1,), generator=g), torch.randint(0, D, (C2,), generator=g)
+        s1 = (2 * torch.randint(0, 2, (C1,), generator=g) - 1).float()
+        s2 = (2 * torch.randint(0, 2, (C2,), generator=g) - 1).float()
+        x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+        out = definition(x64, y64, h1, s1, h2, s2, D)
+        gout = torch.randn(B, D, generator=g, dtype=torch.float64)
+        dx, dy = torch.autograd.grad((out * gout).sum(), [x64, y64])
+        xd, yd = x.to(ctx.device), y.to(ctx.device)
+        if cl:
+            xd, yd = xd.to(memory_format=torch.channels_last), yd.to(memory_format=torch.channels_last)
+        hs = tuple(t.to(ctx.device) for t in (h1, s1, h2, s2))
+        tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW / D products per bin, not one rounded element
+        sfx = "_triton" if impl == "triton" else ""
+        for route in ("", "_freq"):  # the Gram and frequency routes, on the same inputs
+            yield Case(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/fwd",
+                       f"compact_bilinear_pooling{route}{sfx}", (xd, yd, *hs, D), out.detach(), tol,
+                       max(1.0, float(out.abs().max())))
+            yield Case(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/bwd",
+                       f"compact_bilinear_pooling{route}_backward{sfx}",
+                       (gout.to(device=ctx.device, dtype=dtype), xd, yd, *hs), (dx, dy), tol,
+                       max(1.0, float(dx.abs().max()), float(dy.abs().max())))
 
 # --------------------------------------------------------------------------------------------------------------------
 # filtered_lrelu
@@ -548,41 +543,36 @@ def smoke_filtered_lrelu(ctx: Ctx) -> Iterator[Case]:
     from vkernels.ops.filtered_lrelu import _geometry, _transpose
     from vkernels.reference.filtered_lrelu import filtered_lrelu as reference
 
-    sfx = {"cuda": "", "cpu": "", "triton": "_triton"}
+    fwds, grads = _ops("filtered_lrelu"), _ops("filtered_lrelu_masked")
     gain, slope = 1.4, 0.2
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, (shape, fus, fds, up, down, pad, clamp, placement) in FILTERED_LRELU_CASES.items():
-                if ctx.scope == "quick" and impl == "triton" and name != "sg3_up2_down2":
-                    continue
-                g = ctx.gen("filtered_lrelu", impl, dn, name)
-                x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-                b = torch.randn(shape[1], generator=g, dtype=torch.float64).to(dtype)
-                fu, fd = ((torch.rand(s if isinstance(s, tuple) else (s,), generator=g, dtype=torch.float64) + 0.2)
-                          .float() for s in (fus, fds))
-                xe, be = x.double().requires_grad_(), b.double().requires_grad_()
-                expect = reference(xe, fu, fd, be, up, down, pad, gain, slope, clamp, False)
-                dy = torch.randn(expect.shape, generator=g, dtype=torch.float64).to(dtype)
-                (dx,) = torch.autograd.grad(expect, xe, dy.double())
-                fwd = "filtered_lrelu" + sfx[impl]
-                args = (_place(x, placement, ctx.device, torch), fu.to(ctx.device), fd.to(ctx.device),
-                        b.to(ctx.device), up, down, *pad, gain, slope, clamp, False, True)
-                scale = max(1.0, float(expect.abs().max()))
-                yield Case(f"filtered_lrelu/{impl}/{dn}/{name}/fwd", fwd, args, expect.detach(), TOL_NAMES[dn],
-                           scale, select=lambda out: out[0])
+    for impl, dtype, dn, name, (shape, fus, fds, up, down, pad, clamp, placement), g in ctx.variants(
+            "filtered_lrelu", FILTERED_LRELU_CASES, lambda name, dn: name == "sg3_up2_down2"):
+        x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        b = torch.randn(shape[1], generator=g, dtype=torch.float64).to(dtype)
+        fu, fd = ((torch.rand(s if isinstance(s, tuple) else (s,), generator=g, dtype=torch.float64) + 0.2)
+                  .float() for s in (fus, fds))
+        xe, be = x.double().requires_grad_(), b.double().requires_grad_()
+        expect = reference(xe, fu, fd, be, up, down, pad, gain, slope, clamp, False)
+        dy = torch.randn(expect.shape, generator=g, dtype=torch.float64).to(dtype)
+        (dx,) = torch.autograd.grad(expect, xe, dy.double())
+        fwd = fwds[impl]
+        args = (_place(x, placement, ctx.device, torch), fu.to(ctx.device), fd.to(ctx.device),
+                b.to(ctx.device), up, down, *pad, gain, slope, clamp, False, True)
+        scale = max(1.0, float(expect.abs().max()))
+        yield Case(f"filtered_lrelu/{impl}/{dn}/{name}/fwd", fwd, args, expect.detach(), TOL_NAMES[dn],
+                   scale, select=lambda out: out[0])
 
-                def bwd_args(fwd_op=getattr(torch.ops.vkernels, fwd), args=args, fu=fu, fd=fd, up=up, down=down,
-                             pad=pad, dy=dy, oshape=tuple(expect.shape), shape=shape):
-                    _, mask = fwd_op(*args)
-                    (_, mw), _ = _geometry(shape[3], shape[2], fu, fd, up, down, pad)
-                    t = _transpose(fu, fd, mw, 0, 0, up, down, pad, float(up * up), 1.0, False, shape[2:],
-                                   oshape[2:])
-                    return (dy.to(ctx.device), t[0].to(ctx.device), t[1].to(ctx.device), mask, *t[2:13], gain,
-                            slope, t[13])
+        def bwd_args(fwd_op=getattr(torch.ops.vkernels, fwd), args=args, fu=fu, fd=fd, up=up, down=down,
+                     pad=pad, dy=dy, oshape=tuple(expect.shape), shape=shape):
+            _, mask = fwd_op(*args)
+            (_, mw), _ = _geometry(shape[3], shape[2], fu, fd, up, down, pad)
+            t = _transpose(fu, fd, mw, 0, 0, up, down, pad, float(up * up), 1.0, False, shape[2:],
+                           oshape[2:])
+            return (dy.to(ctx.device), t[0].to(ctx.device), t[1].to(ctx.device), mask, *t[2:13], gain,
+                    slope, t[13])
 
-                yield Case(f"filtered_lrelu/{impl}/{dn}/{name}/grad", "filtered_lrelu_masked" + sfx[impl], bwd_args,
-                           dx, TOL_NAMES[dn] * 4, max(1.0, float(dx.abs().max())))
+        yield Case(f"filtered_lrelu/{impl}/{dn}/{name}/grad", grads[impl], bwd_args,
+                   dx, TOL_NAMES[dn] * 4, max(1.0, float(dx.abs().max())))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -630,23 +620,19 @@ def smoke_pixel_norm(ctx: Ctx) -> Iterator[Case]:
 @smoke
 def smoke_modulated_conv2d_weight(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
-    ops = {"cuda": "modulated_conv2d_weight", "cpu": "modulated_conv2d_weight",
-           "triton": "modulated_conv2d_weight_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, (N, O, I, k) in {"3x3": (3, 5, 7, 3), "1x1": (2, 3, 33, 1)}.items():
-                g = ctx.gen("modconv_weight", impl, dn, name)
-                w = torch.randn(O, I, k, k, generator=g, dtype=torch.float64).to(dtype)
-                s = (torch.randn(N, I, generator=g, dtype=torch.float64) + 1).to(dtype)
-                wm = w.double()[None] * s.double()[:, None, :, None, None]
-                d = (wm.square().sum([2, 3, 4]) + 1e-8).rsqrt()
-                args = (w.to(ctx.device), s.to(ctx.device), True, True)
-                yield Case(f"modulated_conv2d_weight/{impl}/{dn}/{name}/fused", ops[impl], args,
-                           (wm * d[:, :, None, None, None], d), TOL_NAMES[dn] * 4, max(1.0, float(d.max())))
-                yield Case(f"modulated_conv2d_weight/{impl}/{dn}/{name}/dcoefs", ops[impl],
-                           (w.to(ctx.device), s.to(ctx.device), True, False), d, TOL_NAMES[dn] * 4,
-                           max(1.0, float(d.max())), select=lambda out: out[1])
+    ops = _ops("modulated_conv2d_weight")
+    for impl, dtype, dn, name, (N, O, I, k), g in ctx.variants("modconv_weight",
+                                                               {"3x3": (3, 5, 7, 3), "1x1": (2, 3, 33, 1)}):
+        w = torch.randn(O, I, k, k, generator=g, dtype=torch.float64).to(dtype)
+        s = (torch.randn(N, I, generator=g, dtype=torch.float64) + 1).to(dtype)
+        wm = w.double()[None] * s.double()[:, None, :, None, None]
+        d = (wm.square().sum([2, 3, 4]) + 1e-8).rsqrt()
+        args = (w.to(ctx.device), s.to(ctx.device), True, True)
+        yield Case(f"modulated_conv2d_weight/{impl}/{dn}/{name}/fused", ops[impl], args,
+                   (wm * d[:, :, None, None, None], d), TOL_NAMES[dn] * 4, max(1.0, float(d.max())))
+        yield Case(f"modulated_conv2d_weight/{impl}/{dn}/{name}/dcoefs", ops[impl],
+                   (w.to(ctx.device), s.to(ctx.device), True, False), d, TOL_NAMES[dn] * 4,
+                   max(1.0, float(d.max())), select=lambda out: out[1])
 
 
 @smoke
@@ -655,45 +641,39 @@ def smoke_modulated_conv2d_epilogue(ctx: Ctx) -> Iterator[Case]:
     import math
     from vkernels.reference.bias_act import bias_act as ba_ref
 
-    ops = {"cuda": "modulated_conv2d_epilogue", "cpu": "modulated_conv2d_epilogue",
-           "triton": "modulated_conv2d_epilogue_triton"}
+    ops = _ops("modulated_conv2d_epilogue")
     # name: (shape, demod, noise batch (0 = none), bias, act, clamp)
     variants = {"full": ((2, 5, 6, 7), True, 2, True, "lrelu", 1.5), "bcast_noise": ((3, 4, 5, 5), True, 1, True,
                 "tanh", None), "plain": ((2, 3, 4, 9), False, 0, False, "linear", None)}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            for name, (shape, demod, nb, has_b, act, clamp) in variants.items():
-                if ctx.scope == "quick" and impl == "triton" and name != "full":
-                    continue
-                g = ctx.gen("modconv_epi", impl, dn, name)
-                N, O, H, W = shape
-                x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
-                d = (torch.rand(N, O, generator=g, dtype=torch.float64) + 0.5).to(dtype) if demod else None
-                nz = torch.randn(nb, 1, H, W, generator=g, dtype=torch.float64).to(dtype) if nb else None
-                ns = torch.tensor(0.7, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-                b = torch.randn(O, generator=g, dtype=torch.float64).to(dtype) if has_b else None
-                gr = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-                z = x.double()
-                if d is not None:
-                    z = z * d.double()[:, :, None, None]
-                if nz is not None:
-                    z = z + nz.double() * ns.double()
-                zl = z.requires_grad_()
-                gain = math.sqrt(2) if act == "lrelu" else 1.0
-                y = ba_ref(zl, None if b is None else b.double(), 1, act, 0.2, gain, clamp)
-                (dz,) = torch.autograd.grad(y, zl, gr.double())
-                dev = [None if t is None else t.to(ctx.device) for t in (x, d, nz, ns, b)]
-                if nz is None:
-                    dev[3] = None
-                tail = (act, 0.2, gain, clamp)
-                scale = max(1.0, float(y.abs().max()))
-                yield Case(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/fwd", ops[impl], (*dev, *tail), y.detach(),
-                           TOL_NAMES[dn] * 4, scale)
-                bwd = ops[impl].replace("epilogue", "epilogue_backward")
-                yield Case(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/bwd", bwd,
-                           (gr.to(ctx.device), *dev, *tail), dz, TOL_NAMES[dn] * 4,
-                           max(1.0, float(dz.abs().max())))
+    for impl, dtype, dn, name, (shape, demod, nb, has_b, act, clamp), g in ctx.variants(
+            "modconv_epi", variants, lambda name, dn: name == "full"):
+        N, O, H, W = shape
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+        d = (torch.rand(N, O, generator=g, dtype=torch.float64) + 0.5).to(dtype) if demod else None
+        nz = torch.randn(nb, 1, H, W, generator=g, dtype=torch.float64).to(dtype) if nb else None
+        ns = torch.tensor(0.7, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        b = torch.randn(O, generator=g, dtype=torch.float64).to(dtype) if has_b else None
+        gr = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        z = x.double()
+        if d is not None:
+            z = z * d.double()[:, :, None, None]
+        if nz is not None:
+            z = z + nz.double() * ns.double()
+        zl = z.requires_grad_()
+        gain = math.sqrt(2) if act == "lrelu" else 1.0
+        y = ba_ref(zl, None if b is None else b.double(), 1, act, 0.2, gain, clamp)
+        (dz,) = torch.autograd.grad(y, zl, gr.double())
+        dev = [None if t is None else t.to(ctx.device) for t in (x, d, nz, ns, b)]
+        if nz is None:
+            dev[3] = None
+        tail = (act, 0.2, gain, clamp)
+        scale = max(1.0, float(y.abs().max()))
+        yield Case(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/fwd", ops[impl], (*dev, *tail), y.detach(),
+                   TOL_NAMES[dn] * 4, scale)
+        bwd = ops[impl].replace("epilogue", "epilogue_backward")
+        yield Case(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/bwd", bwd,
+                   (gr.to(ctx.device), *dev, *tail), dz, TOL_NAMES[dn] * 4,
+                   max(1.0, float(dz.abs().max())))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -816,59 +796,54 @@ def smoke_random_maclaurin_pooling(ctx: Ctx) -> Iterator[Case]:
     torch = ctx.torch
     from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as definition
 
-    ops = {"cpu": "random_maclaurin_pooling", "triton": "random_maclaurin_pooling_triton"}
-    for dtype in ctx.dtypes:
-        dn = str(dtype).replace("torch.", "")
-        for impl in ctx.impls:
-            if impl not in ops or (ctx.scope == "quick" and impl == "triton" and dn != "float32"):
-                continue
-            for name, (B, C1, C2, H, W, D, route, cl) in RMP_CASES.items():
-                g = ctx.gen("rmp", impl, dn, name)
-                sym = C2 is None
-                C2 = C1 if sym else C2
-                x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
-                y = x if sym else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
-                w1 = (2 * torch.randint(0, 2, (D, C1), generator=g) - 1).float()
-                w2 = (2 * torch.randint(0, 2, (D, C2), generator=g) - 1).float()
-                leaves = [t.double().requires_grad_() for t in (x, y, w1, w2)]
-                if sym:
-                    leaves[1] = leaves[0]
-                out = definition(*leaves)
-                gout = torch.randn(B, D, generator=g, dtype=torch.float64)
-                grads = torch.autograd.grad((out * gout).sum(), [leaves[0], leaves[2], leaves[3]] +
-                                            ([] if sym else [leaves[1]]))
-                dx, dw1, dw2 = grads[:3]
-                xd = x.to(ctx.device)
-                if cl:
-                    xd = xd.to(memory_format=torch.channels_last)
-                yd = None if sym else y.to(ctx.device)
-                if cl and not sym:
-                    yd = yd.to(memory_format=torch.channels_last)
-                wd = (w1.to(ctx.device), w2.to(ctx.device))
-                tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW products per feature, not one rounded element
-                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *wd, route),
-                           out.detach(), tol, max(1.0, float(out.abs().max())))
-                bwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_backward")
-                expect = (dx, torch.zeros(0, dtype=torch.float64) if sym else grads[3], dw1, dw2)
-                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/bwd", bwd,
-                           (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd, route, [True, True, True, True]),
-                           expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
-                if route != "project":
-                    continue
-                # The project route that keeps W1 X, W2 Y for its backward: out, the saved projections, and the
-                # gradients from them.
-                acc = torch.float64 if dtype == torch.float64 else torch.float32
-                X64 = x.double().flatten(2)
-                Y64 = X64 if sym else y.double().flatten(2)
-                proj = torch.stack([torch.matmul(w1.double(), X64), torch.matmul(w2.double(), Y64)]).transpose(1, 2)
-                sfwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_saved")
-                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_fwd", sfwd, (xd, yd, *wd),
-                           (out.detach(), proj), tol, max(1.0, float(out.abs().max()), float(proj.abs().max())))
-                sbwd = sfwd.replace("_saved", "_saved_backward")
-                yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_bwd", sbwd,
-                           (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd,
-                            proj.to(device=ctx.device, dtype=acc).contiguous(), [True, True, True, True]),
-                           expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
+    ops = {"cpu": "random_maclaurin_pooling", "triton": "random_maclaurin_pooling_triton"}  # no CUDA C++ kernel
+    for impl, dtype, dn, name, (B, C1, C2, H, W, D, route, cl), g in ctx.variants(
+            "rmp", RMP_CASES, lambda name, dn: dn == "float32", impls=ops):
+        sym = C2 is None
+        C2 = C1 if sym else C2
+        x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+        y = x if sym else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+        w1 = (2 * torch.randint(0, 2, (D, C1), generator=g) - 1).float()
+        w2 = (2 * torch.randint(0, 2, (D, C2), generator=g) - 1).float()
+        leaves = [t.double().requires_grad_() for t in (x, y, w1, w2)]
+        if sym:
+            leaves[1] = leaves[0]
+        out = definition(*leaves)
+        gout = torch.randn(B, D, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((out * gout).sum(), [leaves[0], leaves[2], leaves[3]] +
+                                    ([] if sym else [leaves[1]]))
+        dx, dw1, dw2 = grads[:3]
+        xd = x.to(ctx.device)
+        if cl:
+            xd = xd.to(memory_format=torch.channels_last)
+        yd = None if sym else y.to(ctx.device)
+        if cl and not sym:
+            yd = yd.to(memory_format=torch.channels_last)
+        wd = (w1.to(ctx.device), w2.to(ctx.device))
+        tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW products per feature, not one rounded element
+        yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *wd, route),
+                   out.detach(), tol, max(1.0, float(out.abs().max())))
+        bwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_backward")
+        expect = (dx, torch.zeros(0, dtype=torch.float64) if sym else grads[3], dw1, dw2)
+        yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/bwd", bwd,
+                   (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd, route, [True, True, True, True]),
+                   expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
+        if route != "project":
+            continue
+        # The project route that keeps W1 X, W2 Y for its backward: out, the saved projections, and the
+        # gradients from them.
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        X64 = x.double().flatten(2)
+        Y64 = X64 if sym else y.double().flatten(2)
+        proj = torch.stack([torch.matmul(w1.double(), X64), torch.matmul(w2.double(), Y64)]).transpose(1, 2)
+        sfwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_saved")
+        yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_fwd", sfwd, (xd, yd, *wd),
+                   (out.detach(), proj), tol, max(1.0, float(out.abs().max()), float(proj.abs().max())))
+        sbwd = sfwd.replace("_saved", "_saved_backward")
+        yield Case(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_bwd", sbwd,
+                   (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd,
+                    proj.to(device=ctx.device, dtype=acc).contiguous(), [True, True, True, True]),
+                   expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
 
 
 def _as_tuple(v):

@@ -140,3 +140,34 @@ def derive_schema(base: str, new: str) -> str:
     prefix = f"vkernels::{base}("
     assert schema.startswith(prefix), schema
     return new + schema[len(prefix) - 1:]
+
+
+def triton_launchers(module: str, *fns: str) -> tuple:
+    """Kernel functions for the Triton variants of ops whose launchers take the op's arguments as they are:
+    vkernels.triton.<module>.<fn> for each fn, imported on the first call (importing Triton is slow, and
+    `import vkernels` must not pay for it)."""
+    def launcher(fn):
+        def launch(*args, **kwargs):
+            return getattr(importlib.import_module(f"vkernels.triton.{module}"), fn)(*args, **kwargs)
+
+        launch.__name__ = launch.__qualname__ = f"{module}_{fn}"
+        return launch
+
+    return tuple(launcher(fn) for fn in fns)
+
+
+def register_backends(register, ops: tuple[str, ...], triton_launchers=None) -> None:
+    """What an op module does last, for the C++ ops `ops` (an op and its backward ops): `register(*names)` (the
+    module's fake + autograd registrations for one backend's ops) for them and, where Triton is installed, their
+    Triton variants <op>_triton, each defined with the launcher at the same place in `triton_launchers()` (called
+    only then) and registered the same way. Nothing when the compiled library lacks ops[0] (a stale build: only the
+    reference runs, see has_op)."""
+    if not has_op(ops[0]):
+        return
+    register(*ops)
+    if HAS_TRITON and triton_launchers is not None:
+        launchers = tuple(triton_launchers())
+        assert len(launchers) == len(ops), (ops, launchers)
+        for op, fn in zip(ops, launchers):
+            define_triton_variant(op, fn)
+        register(*(f"{op}_triton" for op in ops))

@@ -17,7 +17,7 @@ import numbers
 import torch
 import torch.distributed as dist
 
-from vkernels.ops.infonce_bank_loss import infonce_bank_loss
+from vkernels.ops.infonce_bank_loss import _acc_temperature, _outputs, infonce_bank_loss
 
 __all__ = ["MemoryBank", "ddp_ignore_banks", "sharded_infonce_bank_loss"]
 
@@ -300,21 +300,10 @@ def sharded_infonce_bank_loss(q, k, shard, temperature=0.07, *, offset: int, siz
             raise IndexError(f"sharded_infonce_bank_loss: exclude indices must be in [-1, {size - 1}] (rows of the "
                              f"whole bank, -1 = none), got values in [{int(exclude.min())}, {int(exclude.max())}]")
         exclude = exclude.reshape(q.shape[0], -1)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if isinstance(temperature, torch.Tensor):
-        t = temperature.reshape(())
-    else:
-        t = torch.full((), float(temperature), dtype=acc, device=q.device)
+    _, t = _acc_temperature(q, temperature)
     loss, lse, rank = _ShardedInfoNCE.apply(q, k, shard, t, offset, size, process_group, float(label_smoothing),
                                             exclude, impl)
-    if reduction == "mean":
-        loss = loss.mean()
-    elif reduction == "sum":
-        loss = loss.sum()
-    loss = loss.to(q.dtype)
-    if not (return_lse or return_rank):
-        return loss
-    return (loss,) + ((lse,) if return_lse else ()) + ((rank,) if return_rank else ())
+    return _outputs(loss, lse, rank, q.dtype, reduction, return_lse, return_rank)
 
 
 def _distinct_valid(ex):

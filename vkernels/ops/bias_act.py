@@ -5,12 +5,10 @@ second order), the Triton variant of the op, and the public function that picks 
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_act_args, check_devices, check_float_tensor, check_same_dtype
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as _reference
 
@@ -19,7 +17,6 @@ __all__ = ["bias_act"]
 _INFO = _backend.register_op("bias_act")
 # Activations with a nonzero second derivative (the rest need no order-2 kernel in double backward).
 _HAS_2ND = {"tanh", "sigmoid", "elu", "selu", "softplus", "swish"}
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
@@ -56,17 +53,8 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
 
 
 def _check(x, b, dim, act, alpha, gain, clamp):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"bias_act: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"bias_act: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"bias_act: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
-    for name, val in (("alpha", alpha), ("gain", gain)):
-        if val is not None and (not isinstance(val, numbers.Real) or not math.isfinite(val)):
-            raise ValueError(f"bias_act: {name} must be a finite number or None, got {val!r}")
-    if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
-        raise ValueError(f"bias_act: clamp must be None or a number >= 0, got {clamp!r}")
+    check_float_tensor("bias_act", "x", x)
+    check_act_args("bias_act", act, alpha, gain, clamp)
     if b is None:
         return
     if not isinstance(b, torch.Tensor):
@@ -77,10 +65,8 @@ def _check(x, b, dim, act, alpha, gain, clamp):
     if b.ndim != 1 or b.shape[0] != x.shape[dim]:
         raise ValueError(f"bias_act: b must have shape ({x.shape[dim]},) to match x.shape[{dim}], got "
                          f"{tuple(b.shape)}")
-    if b.dtype != x.dtype:
-        raise TypeError(f"bias_act: b.dtype ({b.dtype}) must equal x.dtype ({x.dtype})")
-    if b.device != x.device:
-        raise ValueError(f"bias_act: b is on {b.device} but x is on {x.device}")
+    check_same_dtype("bias_act", x, b=b)
+    check_devices("bias_act", x, b=b)
 
 
 def _ref_is_y(act: str, alpha: float, gain: float, clamp: float | None) -> bool:
@@ -142,7 +128,7 @@ def _register(fwd: str, grad: str) -> None:
     torch.library.register_autograd(f"vkernels::{grad}", backward_grad, setup_context=setup_grad)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     """vkernels::bias_act_triton / bias_act_grad_triton: the C++ schemas under new names, Triton kernels behind."""
 
     def fwd(x, b, dim, act, alpha, gain, clamp):
@@ -163,12 +149,7 @@ def _define_triton() -> None:
         mode = (tk.GRAD1_Y if order == 1 else tk.GRAD2_Y) if ref_is_y else (tk.GRAD1_X if order == 1 else tk.GRAD2_X)
         return tk.launch(ref, g, b, dim, act, alpha, gain, clamp, mode)
 
-    _backend.define_triton_variant("bias_act", fwd)
-    _backend.define_triton_variant("bias_act_grad", grad)
+    return fwd, grad
 
 
-if _backend.has_op("bias_act"):
-    _register("bias_act", "bias_act_grad")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("bias_act_triton", "bias_act_grad_triton")
+_backend.register_backends(_register, ("bias_act", "bias_act_grad"), _triton_launchers)

@@ -11,13 +11,13 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_devices, check_float_tensor, check_same_dtype
 from vkernels.reference.bilinear_pooling import bilinear_pooling as _reference
 
 __all__ = ["bilinear_pooling"]
 
 # No CUDA C++ kernel: on GPU the GEMM is cuBLAS (torch.bmm) and the epilogue is Triton.
 _INFO = _backend.register_op("bilinear_pooling", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NORMALIZE = (None, "none", "signed_sqrt_l2")
 
 
@@ -50,10 +50,7 @@ def bilinear_pooling(x: torch.Tensor, y: torch.Tensor | None = None, normalize: 
 
 
 def _check(x, y, normalize, triu, eps):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"bilinear_pooling: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"bilinear_pooling: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_float_tensor("bilinear_pooling", "x", x)
     if x.ndim != 4:
         raise ValueError(f"bilinear_pooling: x must have shape (B, C1, H, W), got {tuple(x.shape)}")
     if x.shape[2] * x.shape[3] == 0:
@@ -66,10 +63,8 @@ def _check(x, y, normalize, triu, eps):
         if (y.shape[0], y.shape[2], y.shape[3]) != (x.shape[0], x.shape[2], x.shape[3]):
             raise ValueError(f"bilinear_pooling: y must have x's B, H, W {(x.shape[0], x.shape[2], x.shape[3])}, "
                              f"got y of shape {tuple(y.shape)}")
-        if y.dtype != x.dtype:
-            raise TypeError(f"bilinear_pooling: y.dtype ({y.dtype}) must equal x.dtype ({x.dtype})")
-        if y.device != x.device:
-            raise ValueError(f"bilinear_pooling: y is on {y.device} but x is on {x.device}")
+        check_same_dtype("bilinear_pooling", x, y=y)
+        check_devices("bilinear_pooling", x, y=y)
     if normalize not in _NORMALIZE:
         raise ValueError(f"bilinear_pooling: normalize must be None or 'signed_sqrt_l2', got {normalize!r}")
     if triu and y is not None and y.shape[1] != x.shape[1]:
@@ -117,21 +112,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(x, y, normalize, triu, eps):
-        from vkernels.triton import bilinear_pooling as tk
-        return tk.forward(x, y, normalize, triu, eps)
-
-    def bwd(grad_out, x, y, out, norm, normalize, triu, eps):
-        from vkernels.triton import bilinear_pooling as tk
-        return tk.backward(grad_out, x, y, out, norm, normalize, triu, eps)
-
-    _backend.define_triton_variant("bilinear_pooling", fwd)
-    _backend.define_triton_variant("bilinear_pooling_backward", bwd)
-
-
-if _backend.has_op("bilinear_pooling"):
-    _register("bilinear_pooling", "bilinear_pooling_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("bilinear_pooling_triton", "bilinear_pooling_backward_triton")
+_backend.register_backends(_register, ("bilinear_pooling", "bilinear_pooling_backward"),
+                           lambda: _backend.triton_launchers("bilinear_pooling", "forward", "backward"))

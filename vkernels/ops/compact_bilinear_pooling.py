@@ -10,6 +10,7 @@ import math
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_devices, check_float_pair, check_tensors
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as _reference
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling_freq as _reference_freq
 
@@ -17,7 +18,6 @@ __all__ = ["compact_bilinear_pooling"]
 
 # No CUDA C++ kernel: the GPU path is cuBLAS GEMMs + Triton scatter/gather.
 _INFO = _backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _NAME = "compact_bilinear_pooling"
 _ROUTES = ("auto", "gram", "freq")
 
@@ -87,13 +87,8 @@ def compact_bilinear_pooling(x: torch.Tensor, y: torch.Tensor, h1: torch.Tensor,
 
 
 def _check(x, y, h1, s1, h2, s2, output_dim):
-    for name, t in (("x", x), ("y", y), ("h1", h1), ("s1", s1), ("h2", h2), ("s2", s2)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{_NAME}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{_NAME}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if y.dtype != x.dtype:
-        raise TypeError(f"{_NAME}: y.dtype ({y.dtype}) must equal x.dtype ({x.dtype})")
+    check_tensors(_NAME, x=x, y=y, h1=h1, s1=s1, h2=h2, s2=s2)
+    check_float_pair(_NAME, x, y)
     if x.ndim != 4:
         raise ValueError(f"{_NAME}: x must have shape (B, C1, H, W), got {tuple(x.shape)}")
     if y.ndim != 4:
@@ -112,9 +107,7 @@ def _check(x, y, h1, s1, h2, s2, output_dim):
             raise ValueError(f"{_NAME}: {sn} must have shape ({c},), got {tuple(s.shape)}")
         if s.is_complex() or s.dtype == torch.bool:
             raise TypeError(f"{_NAME}: {sn} must be a real tensor of +1/-1, got {s.dtype}")
-    for name, t in (("y", y), ("h1", h1), ("s1", s1), ("h2", h2), ("s2", s2)):
-        if t.device != x.device:
-            raise ValueError(f"{_NAME}: {name} is on {t.device} but x is on {x.device}")
+    check_devices(_NAME, x, y=y, h1=h1, s1=s1, h2=h2, s2=s2)
     # The value checks read the data (a sync on GPU, a graph break when compiled): the C++ op checks CPU tensors
     # again itself.
     if torch.compiler.is_compiling():

@@ -11,13 +11,14 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels.ops._checks import check_float_dtype, check_tensors
 from vkernels.reference.infonce_bank_loss import infonce_bank_loss as _reference
 
 __all__ = ["infonce_bank_loss"]
 
 # No CUDA C++ kernel: the GPU path is Triton.
 _INFO = _backend.register_op("infonce_bank_loss", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -52,33 +53,40 @@ def infonce_bank_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,
     """
     _check(q, k, bank, temperature, reduction, label_smoothing, exclude)
     impl = _backend.resolve_impl("infonce_bank_loss", q, impl)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if isinstance(temperature, torch.Tensor):
-        t = temperature.reshape(())
-    else:
-        t = torch.full((), float(temperature), dtype=acc, device=q.device)
+    acc, t = _acc_temperature(q, temperature)
     if impl == "reference":
         loss, lse, rank = _reference(q, k, bank, t, label_smoothing, exclude)
         loss, lse = loss.to(acc), lse.to(acc)
     else:
         op = torch.ops.vkernels.infonce_bank_loss_triton if impl == "triton" else torch.ops.vkernels.infonce_bank_loss
         loss, lse, rank = op(q, k, bank, t, float(label_smoothing), exclude)
+    return _outputs(loss, lse, rank, q.dtype, reduction, return_lse, return_rank)
+
+
+def _acc_temperature(q, temperature):
+    """The accumulation dtype (fp64 for fp64 q, else fp32) and the temperature as the 0-dim tensor the ops take (a
+    tensor is kept as it is, so that it stays differentiable)."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if isinstance(temperature, torch.Tensor):
+        return acc, temperature.reshape(())
+    return acc, torch.full((), float(temperature), dtype=acc, device=q.device)
+
+
+def _outputs(loss, lse, rank, dtype, reduction, return_lse, return_rank):
+    """The per-row loss reduced and cast to the inputs' dtype, with lse and rank where asked for."""
     if reduction == "mean":
         loss = loss.mean()
     elif reduction == "sum":
         loss = loss.sum()
-    loss = loss.to(q.dtype)
+    loss = loss.to(dtype)
     if not (return_lse or return_rank):
         return loss
     return (loss,) + ((lse,) if return_lse else ()) + ((rank,) if return_rank else ())
 
 
 def _check(q, k, bank, temperature, reduction, label_smoothing, exclude, op="infonce_bank_loss"):
-    for name, t in (("q", q), ("k", k), ("bank", bank)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if q.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: q must be float16, bfloat16, float32 or float64, got {q.dtype}")
+    check_tensors(op, q=q, k=k, bank=bank)
+    check_float_dtype(op, "q", q)
     if q.ndim != 2:
         raise ValueError(f"{op}: q must have shape (N, d), got {tuple(q.shape)}")
     if k.shape != q.shape:
@@ -158,24 +166,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    """vkernels::infonce_bank_loss_triton / ..._backward_triton: the C++ schemas under new names, Triton behind."""
-
-    def fwd(q, k, bank, temperature, label_smoothing, exclude):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.forward(q, k, bank, temperature, label_smoothing, exclude)
-
-    def bwd(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss, bank_grad):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss,
-                           bank_grad)
-
-    _backend.define_triton_variant("infonce_bank_loss", fwd)
-    _backend.define_triton_variant("infonce_bank_loss_backward", bwd)
-
-
-if _backend.has_op("infonce_bank_loss"):
-    _register("infonce_bank_loss", "infonce_bank_loss_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("infonce_bank_loss_triton", "infonce_bank_loss_backward_triton")
+_backend.register_backends(_register, ("infonce_bank_loss", "infonce_bank_loss_backward"),
+                           lambda: _backend.triton_launchers("infonce_bank_loss", "forward", "backward"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.infonce_bank_loss import _check
+from vkernels.ops.infonce_bank_loss import _acc_temperature, _check
 from vkernels.reference.infonce_bank_partial import infonce_bank_partial as _reference
 
 __all__ = ["infonce_bank_partial"]
@@ -39,11 +39,7 @@ def infonce_bank_partial(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,
     """
     _check(q, k, bank, temperature, "mean", 0.0, exclude, op="infonce_bank_partial")
     impl = _backend.resolve_impl("infonce_bank_partial", q, impl)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    if isinstance(temperature, torch.Tensor):
-        t = temperature.reshape(())
-    else:
-        t = torch.full((), float(temperature), dtype=acc, device=q.device)
+    acc, t = _acc_temperature(q, temperature)
     if impl == "reference":
         lse, rank = _reference(q, k, bank, t, exclude)
         return lse.to(acc), rank
@@ -81,21 +77,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(q, k, bank, temperature, exclude):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.partial(q, k, bank, temperature, exclude)
-
-    def bwd(grad_lse, q, bank, temperature, exclude, lse, bank_grad):
-        from vkernels.triton import infonce_bank_loss as tk
-        return tk.partial_backward(grad_lse, q, bank, temperature, exclude, lse, bank_grad)
-
-    _backend.define_triton_variant("infonce_bank_partial", fwd)
-    _backend.define_triton_variant("infonce_bank_partial_backward", bwd)
-
-
-if _backend.has_op("infonce_bank_partial"):
-    _register("infonce_bank_partial", "infonce_bank_partial_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("infonce_bank_partial_triton", "infonce_bank_partial_backward_triton")
+_backend.register_backends(_register, ("infonce_bank_partial", "infonce_bank_partial_backward"),
+                           lambda: _backend.triton_launchers("infonce_bank_loss", "partial", "partial_backward"))

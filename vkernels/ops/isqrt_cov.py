@@ -10,13 +10,13 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import check_float_tensor
 from vkernels.reference.isqrt_cov import isqrt_cov as _reference
 
 __all__ = ["isqrt_cov"]
 
 # No CUDA C++ kernel: on GPU the GEMMs are cuBLAS (torch.bmm / baddbmm) and the elementwise passes are Triton.
 _INFO = _backend.register_op("isqrt_cov", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def isqrt_cov(x: torch.Tensor, iters: int = 5, triu: bool = True, *, impl: str = "auto") -> torch.Tensor:
@@ -47,10 +47,7 @@ def isqrt_cov(x: torch.Tensor, iters: int = 5, triu: bool = True, *, impl: str =
 
 
 def _check(x, iters, triu):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"isqrt_cov: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"isqrt_cov: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    check_float_tensor("isqrt_cov", "x", x)
     if x.ndim != 4:
         raise ValueError(f"isqrt_cov: x must have shape (B, C, H, W), got {tuple(x.shape)}")
     if x.shape[2] * x.shape[3] == 0:
@@ -88,21 +85,5 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(x, iters, triu):
-        from vkernels.triton import isqrt_cov as tk
-        return tk.forward(x, iters, triu)
-
-    def bwd(grad_out, x, A, trace, iters, triu):
-        from vkernels.triton import isqrt_cov as tk
-        return tk.backward(grad_out, x, A, trace, iters, triu)
-
-    _backend.define_triton_variant("isqrt_cov", fwd)
-    _backend.define_triton_variant("isqrt_cov_backward", bwd)
-
-
-if _backend.has_op("isqrt_cov"):
-    _register("isqrt_cov", "isqrt_cov_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("isqrt_cov_triton", "isqrt_cov_backward_triton")
+_backend.register_backends(_register, ("isqrt_cov", "isqrt_cov_backward"),
+                           lambda: _backend.triton_launchers("isqrt_cov", "forward", "backward"))

@@ -19,13 +19,12 @@ path-length penalty through G) are a torch composite of the reference epilogue, 
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from vkernels import _backend
+from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels.ops._checks import check_act_args, check_float_tensor
 from vkernels.ops.upfirdn2d import setup_filter, upfirdn2d
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as _ref_bias_act
@@ -36,7 +35,6 @@ __all__ = ["modulated_conv2d"]
 
 _INFO_W = _backend.register_op("modulated_conv2d_weight", cuda_order=("triton",))
 _INFO_E = _backend.register_op("modulated_conv2d_epilogue", cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
@@ -157,10 +155,7 @@ def _conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, impl):
 def _check(x, weight, styles, up, down, padding, f, noise, noise_strength, bias, act, alpha, gain, clamp):
     name = "modulated_conv2d"
     for arg, t in (("x", x), ("weight", weight), ("styles", styles)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name}: {arg} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        check_float_tensor(name, arg, t)
     if x.ndim != 4:
         raise ValueError(f"{name}: x must have shape (N, in_channels, H, W), got {tuple(x.shape)}")
     if weight.ndim != 4:
@@ -183,13 +178,7 @@ def _check(x, weight, styles, up, down, padding, f, noise, noise_strength, bias,
             raise ValueError(f"{name}: {arg} must be an int >= 1, got {v!r}")
     if padding is not None and (not isinstance(padding, int) or isinstance(padding, bool)):
         raise ValueError(f"{name}: padding must be an int or None, got {padding!r}")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"{name}: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
-    for arg, v in (("alpha", alpha), ("gain", gain)):
-        if v is not None and (not isinstance(v, numbers.Real) or not math.isfinite(v)):
-            raise ValueError(f"{name}: {arg} must be a finite number or None, got {v!r}")
-    if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
-        raise ValueError(f"{name}: clamp must be None or a number >= 0, got {clamp!r}")
+    check_act_args(name, act, alpha, gain, clamp)
     if noise is not None:
         if not isinstance(noise, torch.Tensor) or noise.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name}: noise must be a floating torch.Tensor or None, got {type(noise).__name__}")

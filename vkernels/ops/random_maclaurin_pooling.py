@@ -11,6 +11,8 @@ import math
 import torch
 
 from vkernels import _backend
+from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels.ops._checks import check_devices, check_float_pair, check_tensors
 from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as _reference
 
 __all__ = ["random_maclaurin_pooling"]
@@ -18,7 +20,6 @@ __all__ = ["random_maclaurin_pooling"]
 _NAME = "random_maclaurin_pooling"
 # No CUDA C++ kernel: on GPU the Gram GEMM is cuBLAS (torch.bmm) and the fused W1 G W2 contraction is Triton.
 _INFO = _backend.register_op(_NAME, cuda_order=("triton",))
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ROUTES = ("auto", "gram", "project")
 
 
@@ -121,13 +122,8 @@ def _not_pooled(x, y, w1, w2):
 
 
 def _check(x, y, w1, w2, route):
-    for name, t in (("x", x), ("y", y), ("w1", w1), ("w2", w2)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{_NAME}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{_NAME}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if y.dtype != x.dtype:
-        raise TypeError(f"{_NAME}: y.dtype ({y.dtype}) must equal x.dtype ({x.dtype})")
+    check_tensors(_NAME, x=x, y=y, w1=w1, w2=w2)
+    check_float_pair(_NAME, x, y)
     for name, w in (("w1", w1), ("w2", w2)):
         if w.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{_NAME}: {name} must be a float tensor, got {w.dtype}")
@@ -141,9 +137,7 @@ def _check(x, y, w1, w2, route):
     if w2.ndim != 2 or w2.shape != (w1.shape[0], y.shape[1]):
         raise ValueError(f"{_NAME}: w2 must have shape ({w1.shape[0]}, {y.shape[1]}) (D from w1, C2 from y), got "
                          f"{tuple(w2.shape)}")
-    for name, t in (("y", y), ("w1", w1), ("w2", w2)):
-        if t.device != x.device:
-            raise ValueError(f"{_NAME}: {name} is on {t.device} but x is on {x.device}")
+    check_devices(_NAME, x, y=y, w1=w1, w2=w2)
     # The Triton kernels index one image, W1 or W2 (and G_b) with int32 offsets.
     for name, n in (("w1", w1.numel()), ("w2", w2.numel()), ("x[0]", math.prod(x.shape[1:])),
                     ("y[0]", math.prod(y.shape[1:])),

@@ -132,16 +132,23 @@ def _grad_x(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
 
 
 @triton.jit
-def _bias_act_kernel(out_ptr, v_ptr, g_ptr, b_ptr, numel, cs, C, alpha, gain, inv_gain, clamp, scalars_ptr,
-                     SCALARS_IN_TENSOR: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
-                     BLOCK: tl.constexpr, INT64: tl.constexpr):
+def _block_offsets(numel, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """This program's BLOCK flat offsets (int64 once numel passes int32: pid * BLOCK would wrap) and their in-bounds
+    mask; the prologue of the elementwise kernels (bias_act's, modulated_conv2d's epilogue)."""
     pid = tl.program_id(0)
     if INT64:
         start = pid.to(tl.int64) * BLOCK
     else:
         start = pid * BLOCK
     offs = start + tl.arange(0, BLOCK)
-    mask = offs < numel
+    return offs, offs < numel
+
+
+@triton.jit
+def _bias_act_kernel(out_ptr, v_ptr, g_ptr, b_ptr, numel, cs, C, alpha, gain, inv_gain, clamp, scalars_ptr,
+                     SCALARS_IN_TENSOR: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
+                     BLOCK: tl.constexpr, INT64: tl.constexpr):
+    offs, mask = _block_offsets(numel, BLOCK, INT64)
     ct = tl.float64 if v_ptr.dtype.element_ty == tl.float64 else tl.float32
     if SCALARS_IN_TENSOR:
         alpha = tl.load(scalars_ptr)

@@ -35,6 +35,15 @@ def _row_span(i, C1, C2, TRIU: tl.constexpr):
 
 
 @triton.jit
+def _triu_index(i, j, C):
+    # Offset of entry (i, j) or its mirror (j, i) in a packed row-major upper triangle of a C x C matrix (the layout of
+    # triu=True outputs, bilinear_pooling's and isqrt_cov's).
+    lo = tl.minimum(i, j)
+    hi = tl.maximum(i, j)
+    return lo * C - (lo * (lo - 1)) // 2 + (hi - lo)
+
+
+@triton.jit
 def _fwd_rows_kernel(g_ptr, out_ptr, ss_ptr, M, C1, C2, P, eps,
                      TRIU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
     # Without normalisation: out = G / HW (gathered). With it: only the row's partial sum of s^2 = |z| + eps.
@@ -134,9 +143,7 @@ def _bwd_dg_kernel(g_ptr, o_ptr, norm_ptr, dot_ptr, dg_ptr, M, C1, C2, P, l2_eps
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
         if TRIU:
-            lo = tl.minimum(j, i)
-            hi = tl.maximum(j, i)
-            src = b * P + lo * C1 - (lo * (lo - 1)) // 2 + (hi - lo)
+            src = b * P + _triu_index(i, j, C1)
             dv = _dz(g_ptr, o_ptr, src, m, k, h, inv_m, acc_t, NORMALIZE)
             if SYM:
                 dv = tl.where(j == i, 2 * dv, dv)

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton.bilinear_pooling import _triu_index
 
 TRACE_FLOOR = 1e-30
 BLOCK = 64 if TRITON_INTERPRET else 1024
@@ -89,9 +90,7 @@ def _unpack_sym_kernel(g_ptr, t_ptr, gy_ptr, C, P, TRIU: tl.constexpr, BLOCK: tl
         j = jb + tl.arange(0, BLOCK)
         m = j < C
         if TRIU:
-            lo = tl.minimum(i, j)
-            hi = tl.maximum(i, j)
-            g = tl.load(g_ptr + b * P + lo * C - (lo * (lo - 1)) // 2 + (hi - lo), mask=m, other=0.0).to(acc_t)
+            g = tl.load(g_ptr + b * P + _triu_index(i, j, C), mask=m, other=0.0).to(acc_t)
             g = tl.where(j == i, g, 0.5 * g)
         else:
             g = 0.5 * (tl.load(g_ptr + b * P + i * C + j, mask=m, other=0.0).to(acc_t)

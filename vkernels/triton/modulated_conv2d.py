@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from vkernels._backend import TRITON_INTERPRET
-from vkernels.triton.bias_act import ACT_IDS, _act, _grad_x
+from vkernels.triton.bias_act import ACT_IDS, _act, _block_offsets, _grad_x
 
 
 @triton.jit
@@ -63,13 +63,7 @@ def launch_weight(weight, styles, demodulate, fused):
 def _epilogue_kernel(out_ptr, x_ptr, g_ptr, d_ptr, n_ptr, b_ptr, sc_ptr, numel, O, HW, noise_nstride,
                      ACT: tl.constexpr, BACKWARD: tl.constexpr, HAS_D: tl.constexpr, HAS_NOISE: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    pid = tl.program_id(0)
-    if INT64:
-        start = pid.to(tl.int64) * BLOCK
-    else:
-        start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < numel
+    offs, mask = _block_offsets(numel, BLOCK, INT64)
     ct = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     alpha = tl.load(sc_ptr).to(ct)
     gain = tl.load(sc_ptr + 1).to(ct)
