@@ -772,6 +772,17 @@ def smoke_spade_norm_act(ctx: Ctx) -> Iterator[Case]:
                                           1.0, [True] * 5)
                 yield Case(f"spade_norm_act_backward/{impl}/{dn}/{name}", "spade_norm_act_backward" + sfx[impl],
                            (dyd, *args[:5], *args[5:], [True] * 5), bexp, TOL_NAMES[dn], 16.0)
+                if impl != "cpu":  # the fused training forward has only a CPU kernel
+                    continue
+                for per_sample in (False, True):  # (2, 5, ...): 5 groups -> two-pass fallback, 10 -> fused
+                    var, mean = torch.var_mean(x.double(), (2, 3) if per_sample else (0, 2, 3), correction=0)
+                    rstd = torch.rsqrt(var + 1e-5)
+                    mb, rb = (t if per_sample else t.expand(N, C) for t in (mean, rstd))
+                    z = (x.double() - mb[:, :, None, None]) * rb[:, :, None, None] * (1 + gm.double()) + bt.double()
+                    texp = (act_gain_clamp(z, "tanh", 0.2, 1.3, 1.0), mean, var, rstd)
+                    yield Case(f"spade_norm_act_train/{impl}/{dn}/{name}/{per_sample}", "spade_norm_act_train",
+                               (xd, gm.to(ctx.device), bt.to(ctx.device), per_sample, 1e-5, "tanh", 0.2, 1.3, 1.0),
+                               texp, TOL_NAMES[dn], 8.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------

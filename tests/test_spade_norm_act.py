@@ -1,4 +1,6 @@
 """spade_norm_act: every backend against F.batch_norm / F.instance_norm -> * (1 + gamma) + beta -> activation."""
+import importlib
+
 import pytest
 import torch
 
@@ -295,3 +297,73 @@ def test_public_fwd_bwd_peak_memory_cpu():
         run += nbytes
         peak = max(peak, run)
     assert peak < 5.5 * x.nbytes, f"peak {peak / x.nbytes:.2f} x-sized buffers"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the fused CPU training forward (spade_norm_act_train): statistics and apply per group in one parallel region
+# --------------------------------------------------------------------------------------------------------------------
+def _two_op_train(x, g, b, per_sample, eps, *args):
+    v = torch.ops.vkernels
+    N, C = x.shape[:2]
+    mean, var = v.upsample_norm_act_stats(x, 1, "nearest", per_sample)
+    rstd = torch.rsqrt(var + eps)
+    return v.spade_norm_act(x, mean.expand(N, C), rstd.expand(N, C), g, b, *args), mean, var, rstd
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_fused_train_bits_equal_two_ops(dtype, threads):
+    """The fused op gives the two-op path's bits (same sums in the same order, torch.rsqrt's rounding) on its fused
+    path (>= 4 groups per thread, NCHW: planes applied in reverse order, odd plane sizes with vector tails) and on
+    its two-pass fallbacks (channels_last, too few groups), for any thread count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        # (shape, layout): 30 / 2x13 groups fused; 3 channels (batch) -> fallback; channels_last -> fallback
+        cases = [((3, 10, 7, 9), "nchw"), ((2, 13, 17, 5), "nchw"), ((4, 3, 5, 6), "nchw"), ((3, 10, 7, 9), "cl"),
+                 ((2, 9, 6, 11), "strided")]
+        for shape, layout in cases:
+            for per_sample in (False, True):
+                x = randn(shape, dtype, "cpu") * 2 + 3
+                g, b = maps(shape, dtype, "cpu")
+                if layout == "cl":
+                    x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+                elif layout == "strided":
+                    x = randn(shape[:3] + (2 * shape[3],), dtype, "cpu")[..., ::2]
+                args = ("lrelu", 0.2, 1.3, 0.9)
+                got = torch.ops.vkernels.spade_norm_act_train(x, g, b, per_sample, 1e-5, *args)
+                want = _two_op_train(x, g, b, per_sample, 1e-5, *args)
+                for k, (u, v) in enumerate(zip(got, want)):
+                    assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride(), (shape, k)
+                    assert torch.equal(u, v), f"{shape} {layout} per_sample={per_sample} output {k}"
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_cpu_fused_train_public_path_and_opcheck():
+    """The public CPU function runs the fused op (FUSED_TRAIN) and gives the two-op path's bits and running stats."""
+    mod = importlib.import_module("vkernels.ops.spade_norm_act")  # the attribute of vkernels.ops is the function
+    assert mod.FUSED_TRAIN
+    x = randn((4, 12, 9, 10), torch.float32, "cpu") + 2
+    g, b = maps(x.shape, torch.float32, "cpu")
+    outs = []
+    for fused in (True, False):
+        rm, rv = torch.zeros(12), torch.ones(12)
+        mod.FUSED_TRAIN = fused
+        try:
+            outs.append((vkernels.spade_norm_act(x, g, b, "batch", rm, rv, impl="cpu"), rm, rv))
+        finally:
+            mod.FUSED_TRAIN = True
+    for u, v in zip(*outs):
+        assert torch.equal(u, v)
+    torch.testing.assert_close(outs[0][0], reference(x, g, b, "batch"), rtol=1e-5, atol=1e-5)
+    op = torch.ops.vkernels.spade_norm_act_train
+    torch.library.opcheck(op, (x, g, b, False, 1e-5, "lrelu", 0.2, 1.0, None))
+    torch.library.opcheck(op, (x.contiguous(memory_format=torch.channels_last), g, b, True, 1e-3, "tanh", 0.2, 2.0,
+                               0.7))
+    empty = op(x[:, :, :0], g[:, :, :0], b[:, :, :0], False, 1e-5, "lrelu", 0.2, 1.0, None)
+    assert empty[0].shape == (4, 12, 0, 10) and all(t.isnan().all() for t in empty[1:])
+    with pytest.raises(RuntimeError, match="eps"):
+        op(x, g, b, False, -1.0, "lrelu", 0.2, 1.0, None)
+    with pytest.raises(RuntimeError, match="gamma"):
+        op(x, g[:1], b, False, 1e-5, "lrelu", 0.2, 1.0, None)

@@ -55,6 +55,11 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // clamp(act((x - mean[n, c]) * rstd[n, c] * (1 + gamma) + beta) * gain, -clamp, clamp).
   m.def("spade_norm_act(Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta, str act, float alpha, float gain, "
         "float? clamp) -> Tensor");
+  // Training forward with the statistics of x itself, fused where the kernel can: (out, mean, var, rstd), out as
+  // spade_norm_act(x, mean, rstd, ...) with mean / var as upsample_norm_act_stats(x, 1, "nearest", per_sample) and
+  // rstd = rsqrt(var + eps) (shape (C,) or (N, C), compute dtype).
+  m.def("spade_norm_act_train(Tensor x, Tensor gamma, Tensor beta, bool per_sample, float eps, str act, float alpha, "
+        "float gain, float? clamp) -> (Tensor, Tensor, Tensor, Tensor)");
   // Backward ops (first order; their own gradients are the differentiable composites in vkernels/ops/*.py).
   // Outputs whose output_mask entry is False come back as empty (0-element) tensors.
   // (dx, dmean, da, db) of upsample_norm_act given dy = dL/dout.

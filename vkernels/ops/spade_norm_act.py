@@ -85,11 +85,17 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
 
 
 def _ops(tri):
-    """(stats, apply, backward) ops of one implementation."""
+    """(stats, apply, backward, fused training forward or None) ops of one implementation."""
     v = torch.ops.vkernels
     if tri:
-        return v.upsample_norm_act_stats_triton, v.spade_norm_act_triton, v.spade_norm_act_backward_triton
-    return v.upsample_norm_act_stats, v.spade_norm_act, v.spade_norm_act_backward
+        return v.upsample_norm_act_stats_triton, v.spade_norm_act_triton, v.spade_norm_act_backward_triton, None
+    return (v.upsample_norm_act_stats, v.spade_norm_act, v.spade_norm_act_backward,
+            v.spade_norm_act_train if FUSED_TRAIN else None)
+
+
+# The fused CPU training forward (spade_norm_act_train); False selects the two-op path (stats, rsqrt, apply), kept
+# for the GPU backends and as the comparison point of tests and benchmarks.
+FUSED_TRAIN = True
 
 
 class _SpadePlan:
@@ -100,7 +106,11 @@ class _SpadePlan:
     def __init__(self, ops, N, C, per_sample, eps, args):
         self.ops, self.N, self.C, self.per_sample, self.eps, self.args = ops, N, C, per_sample, eps, args
 
-    def forward(self, x, params):
+    def forward(self, x, params, fused=True):
+        if fused and self.ops[3] is not None and x.device.type == "cpu":
+            # One op: the C++ kernel normalises each statistics group while it is still cached (x read from DRAM
+            # once); same bits as the two ops below, which stay the differentiable form (double backward).
+            return self.ops[3](x, *params, self.per_sample, self.eps, *self.args)
         mean, var = self.ops[0](x, 1, "nearest", self.per_sample)
         rstd = torch.rsqrt(var + self.eps)
         return self.apply(x, self.coefs(mean, rstd, ()), params), mean, var, rstd
@@ -145,6 +155,13 @@ def _register(name: str, bwd: str) -> None:
     @torch.library.register_fake(f"vkernels::{name}")
     def _fake(x, m, r, gamma, beta, act, alpha, gain, clamp):
         return _empty_fmt(x, x.shape)
+
+    if name == "spade_norm_act":
+        @torch.library.register_fake("vkernels::spade_norm_act_train")
+        def _fake_train(x, gamma, beta, per_sample, eps, act, alpha, gain, clamp):
+            ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+            shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
+            return _empty_fmt(x, x.shape), *(x.new_empty(shape, dtype=ct) for _ in range(3))
 
     @torch.library.register_fake(f"vkernels::{bwd}")
     def _fake_bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):

@@ -97,7 +97,8 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
 
 class StatsOfX(torch.autograd.Function):
     """A fused norm op whose statistics are of x itself (training batch norm, instance / AdaIN norm) as ONE autograd
-    node: forward `plan.forward(x, params) -> (y, mean, var, rstd)`; the outputs mean, var are for the running
+    node: forward `plan.forward(x, params, fused) -> (y, mean, var, rstd)` (fused=False: the differentiable
+    two-op form, which a plan may replace by one non-differentiable op otherwise); mean, var are for the running
     statistics only (not differentiable).
 
     As two nodes (stats op, apply op) autograd receives two x-sized gradients for x, the apply backward's and the
@@ -130,7 +131,7 @@ class StatsOfX(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: differentiate the two-node graph instead
             with torch.enable_grad():
                 leaves = [None if t is None else _alias(t, n) for t, n in zip((x, *params), need)]
-                y = plan.forward(leaves[0], leaves[1:])[0]
+                y = plan.forward(leaves[0], leaves[1:], fused=False)[0]
                 wrt = [lf for lf, n in zip(leaves, need) if n]
                 res = iter(torch.autograd.grad(y, wrt, dy, create_graph=True, allow_unused=True))
             return None, *[next(res) if n else None for n in need]
@@ -169,7 +170,7 @@ class _UpsamplePlan:
         self.N, self.C, self.scale, self.mode, self.per_sample, self.eps, self.args = (N, C, scale, mode, per_sample,
                                                                                         eps, args)
 
-    def forward(self, x, params):
+    def forward(self, x, params, fused=True):  # no fused form: always the two ops
         mean, var = self.ops[0](x, self.scale, self.mode, self.per_sample)
         rstd = torch.rsqrt(var + self.eps)
         return self.apply(x, self.coefs(mean, rstd, params), ()), mean, var, rstd
