@@ -5,13 +5,14 @@
 //    formula free of cancellation when |mean| >> std); NCHW: fp32 vector block sums (4 chains, <= 256 values)
 //    folded into fp64 (shifted_sums), channels_last: fp64. Nearest: nearest upsampling by an integer factor
 //    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
-//    Bilinear: the upsampled rows are formed from horizontally interpolated input rows (each input row
-//    interpolated once per plane, RowPair) and never written. channels_last: per-channel partial sums per
+//    Bilinear NCHW: from x alone through the Gram form of the interpolation (BilStats): reads x once, ~8 FLOPs
+//    per input element, no upsampled value is formed. Bilinear channels_last: blended per output pixel. channels_last: per-channel partial sums per
 //    (sample, block of rows), combined in a fixed order (deterministic for any thread count).
 //  - apply: reads x once, writes the s*s*M outputs once, vectorised with at::vec; nearest evaluates the activation
 //    once per input element (1 FMA + act per input) and for s == 2 interleaves each result vector with itself and
 //    stores it to both output rows from registers; bilinear interpolates each input row horizontally once, then
-//    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output).
+//    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output); s == 2 NCHW normalises x
+//    before interpolating and writes both output rows of an input row pair in one loop (mul + FMA + act per output).
 //  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.
 // The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h, bias_act::apply, instantiated on
 // scalars for the tails and on at::vec vectors for the body, as bias_act's own CPU loop does).
