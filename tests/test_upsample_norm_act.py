@@ -570,3 +570,61 @@ def test_cpu_backward_channels_last_row_blocks(mode):
                 stats_backward_composite(d(gm), d(gv), d(x), d(mean), s, mode, True))
         for k, (o, lp, orc) in enumerate(zip(outs[0], lowp, orac)):
             check_close(o, lp, orc, o.dtype, f"{mode}/{dtype} output {k}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bilinear CPU fast paths: statistics from the Gram form of the interpolation, fused s == 2 NCHW apply
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_cpu_bilinear_stats_gram_form(per_sample):
+    """The bilinear statistics are computed from x (column sums and the tridiagonal Gram matrix of the interpolation),
+    never from upsampled values: against mean / var of F.interpolate in fp64 over edge cases of the tables (H or W of
+    1, odd sizes, W not a multiple of the vector width, scales 2-4), NCHW and channels_last. fp64 must agree to
+    rounding (a wrong Gram weight or edge term is off by O(1e-2) relative); low precision to 1e-5 relative of the
+    std / variance (fp32 blend in the kernel, exact in the oracle)."""
+    import torch.nn.functional as F
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        for (N, C, H, W) in ((2, 3, 1, 1), (2, 3, 1, 9), (1, 2, 7, 1), (3, 4, 5, 13), (2, 2, 16, 33), (1, 2, 9, 17)):
+            for s in (2, 3, 4):
+                x = randn((N, C, H, W), dtype, "cpu") * 2 + 3
+                for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+                    mean, var = torch.ops.vkernels.upsample_norm_act_stats(xx, s, "bilinear", per_sample)
+                    u = F.interpolate(x.double(), scale_factor=s, mode="bilinear", align_corners=False)
+                    dims = (2, 3) if per_sample else (0, 2, 3)
+                    rm, rv = u.mean(dims), u.var(dims, unbiased=False)
+                    tol = 1e-12 if dtype == torch.float64 else 1e-5
+                    where = f"{dtype}/{(N, C, H, W)}/s={s}/{'cl' if xx is not x else 'nchw'}"
+                    sd = x.double().std()  # groups of one value (1x1 planes per sample) have variance 0
+                    assert ((mean.double() - rm).abs() / (rv.sqrt() + sd)).max().item() <= tol, where
+                    assert ((var.double() - rv).abs() / (rv + sd ** 2)).max().item() <= tol, where
+
+
+def test_cpu_bilinear_apply_s2_edges():
+    """The s == 2 NCHW apply normalises x before interpolating and writes two output rows per input row pair: against
+    the fp64 composition over H of 1 and 2 (edge rows only), widths below / not a multiple of the vector width (scalar
+    tails, edge columns), every dtype, a large mean (cancellation) and both threads counts (planes split across
+    threads give identical results)."""
+    import torch.nn.functional as F
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        for (N, C, H, W) in ((2, 3, 1, 1), (1, 2, 2, 3), (2, 3, 5, 13), (1, 2, 4, 40), (2, 2, 9, 17)):
+            x = randn((N, C, H, W), dtype, "cpu") * 0.5 + (100.0 if dtype in (torch.float32, torch.float64) else 1.0)
+            ct = torch.float64 if dtype == torch.float64 else torch.float32
+            m = x.to(ct).mean((2, 3)) + randn((N, C), ct, "cpu") * 0.1
+            a, b = randn((N, C), ct, "cpu").abs() + 0.5, randn((N, C), ct, "cpu")
+            outs = []
+            n = torch.get_num_threads()
+            for threads in (1, n):
+                try:
+                    torch.set_num_threads(threads)
+                    outs.append(torch.ops.vkernels.upsample_norm_act(x, m, a, b, 2, "bilinear", "lrelu", 0.2, 1.4,
+                                                                     None))
+                finally:
+                    torch.set_num_threads(n)
+            assert torch.equal(*outs)
+            u = F.interpolate(x.double(), scale_factor=2, mode="bilinear", align_corners=False)
+            z = (u - m.double()[..., None, None]) * a.double()[..., None, None] + b.double()[..., None, None]
+            oracle = torch.where(z >= 0, z, 0.2 * z) * 1.4
+            uf = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            zf = (uf - m.to(dtype)[..., None, None]) * a.to(dtype)[..., None, None] + b.to(dtype)[..., None, None]
+            lowp = torch.where(zf >= 0, zf, 0.2 * zf) * 1.4
+            check_close(outs[0], lowp, oracle, dtype, f"{dtype}/{(N, C, H, W)}")

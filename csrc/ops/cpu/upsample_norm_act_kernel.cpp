@@ -5,13 +5,14 @@
 //    formula free of cancellation when |mean| >> std); NCHW: fp32 vector block sums (4 chains, <= 256 values)
 //    folded into fp64 (shifted_sums), channels_last: fp64. Nearest: nearest upsampling by an integer factor
 //    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
-//    Bilinear: the upsampled rows are formed from horizontally interpolated input rows (each input row
-//    interpolated once per plane, RowPair) and never written. channels_last: per-channel partial sums per
+//    Bilinear NCHW: from x alone through the Gram form of the interpolation (BilStats): reads x once, ~8 FLOPs
+//    per input element, no upsampled value is formed. Bilinear channels_last: blended per output pixel. channels_last: per-channel partial sums per
 //    (sample, block of rows), combined in a fixed order (deterministic for any thread count).
 //  - apply: reads x once, writes the s*s*M outputs once, vectorised with at::vec; nearest evaluates the activation
 //    once per input element (1 FMA + act per input) and for s == 2 interleaves each result vector with itself and
 //    stores it to both output rows from registers; bilinear interpolates each input row horizontally once, then
-//    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output).
+//    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output); s == 2 NCHW normalises x
+//    before interpolating and writes both output rows of an input row pair in one loop (mul + FMA + act per output).
 //  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.
 //    spade training forward (spade_train_cpu, NCHW): statistics and apply per statistics group in one parallel
 //    region, the group re-read from L2 / L3: DRAM traffic 4 * M * 4 bytes (x, gamma, beta, out) instead of 5.
@@ -242,6 +243,112 @@ void finish_stats(const Acc& a, double shift, double count, opmath_t& mean, opma
   var = static_cast<opmath_t>(std::max(0.0, a.s2 / count - d * d));
 }
 
+// Bilinear statistics without forming the upsampled values. Separable linear interpolation is u = A_h X A_w^T
+// (A: make_lin's table as a matrix, every output row blending two neighbouring inputs), so with d = x - shift
+// (the weights sum to 1: up(x) - shift = up(x - shift)):
+//   sum(u - shift)   = ch^T D cw                                    (ch, cw: column sums of A_h, A_w)
+//   sum((u-shift)^2) = sum_{i,i'} Gh[i][i'] d_i^T Gw d_i'           (G = A^T A, tridiagonal)
+// i.e. per input element one 3-tap product g = Gw d_i and two FMAs (d_i . g weighted by Gh's diagonal, d_{i-1} . g
+// by twice Gh's off-diagonal) instead of s*s blended values each summed and squared. G is positive definite (s = 2:
+// eigenvalues of Gw in [0.5, 2], condition <= 16), so the quadratic form does not cancel. Reads x once; ~8 FLOPs per
+// input element (vs ~6 per output = 24 per input for s = 2 through the blended rows).
+template <class scalar_t>
+struct BilStats {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  static constexpr int64_t F = fVec::size();
+  int64_t H, W, Wp;
+  std::vector<opmath_t> cw, gd, gl, gr;  // per input column (zero past W): column sum, Gram diagonal, left, right
+  std::vector<opmath_t> ch, hd, ho;      // per input row: column sum, Gram diagonal, 2 * Gram to the previous row
+  std::vector<opmath_t> buf;             // three zero-padded rows of d: current, previous, zeros
+
+  // Column sums, diagonal and superdiagonal of A^T A, accumulated in fp64 from the compute-type weights.
+  static void gram(int64_t in, int64_t s, std::vector<double>& c, std::vector<double>& d, std::vector<double>& o) {
+    c.assign(in, 0.0), d.assign(in, 0.0), o.assign(in, 0.0);
+    for (const auto& q : make_lin<opmath_t>(in, s)) {
+      const double l0 = double(q.l0), l1 = double(q.l1);
+      if (q.i0 == q.i1) {
+        c[q.i0] += l0 + l1;
+        d[q.i0] += (l0 + l1) * (l0 + l1);
+      } else {
+        c[q.i0] += l0, c[q.i1] += l1;
+        d[q.i0] += l0 * l0, d[q.i1] += l1 * l1;
+        o[q.i0] += l0 * l1;
+      }
+    }
+  }
+
+  BilStats(int64_t h, int64_t w, int64_t s) : H(h), W(w), Wp((w + F - 1) / F * F) {
+    std::vector<double> c, d, o;
+    gram(W, s, c, d, o);
+    cw.assign(Wp, 0), gd.assign(Wp, 0), gl.assign(Wp, 0), gr.assign(Wp, 0);
+    for (int64_t j = 0; j < W; ++j) {
+      cw[j] = opmath_t(c[j]), gd[j] = opmath_t(d[j]), gr[j] = opmath_t(o[j]);
+      gl[j] = j > 0 ? opmath_t(o[j - 1]) : opmath_t(0);
+    }
+    gram(H, s, c, d, o);
+    ch.resize(H), hd.resize(H), ho.resize(H);
+    for (int64_t i = 0; i < H; ++i) {
+      ch[i] = opmath_t(c[i]), hd[i] = opmath_t(d[i]);
+      ho[i] = i > 0 ? opmath_t(2 * o[i - 1]) : opmath_t(0);
+    }
+    buf.assign(3 * (Wp + 2), opmath_t(0));
+  }
+
+  // Adds the shifted sums of one plane's upsampled values to a.
+  void plane(const scalar_t* p, opmath_t shift, Acc& a) {
+    const int64_t L = Wp + 2;
+    opmath_t* rows[2] = {buf.data(), buf.data() + L};
+    const opmath_t* zero = buf.data() + 2 * L;
+    const fVec sh(shift);
+    fVec A1[4], A2[4];
+    auto reset = [&] {
+      for (int k = 0; k < 4; ++k) A1[k] = fVec(0), A2[k] = fVec(0);
+    };
+    auto fold = [&] {
+      alignas(64) opmath_t b1[F], b2[F];
+      ((A1[0] + A1[1]) + (A1[2] + A1[3])).store(b1);
+      ((A2[0] + A2[1]) + (A2[2] + A2[3])).store(b2);
+      for (int64_t l = 0; l < F; ++l) a.s1 += double(b1[l]), a.s2 += double(b2[l]);
+      reset();
+    };
+    reset();
+    // fp32 partial sums of <= kTerms vector terms per accumulator before folding into fp64 (terms are O(var)).
+    constexpr int64_t kTerms = std::is_same_v<opmath_t, float> ? 32 : 1024;
+    int64_t terms = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      opmath_t* cur = rows[i & 1] + 1;
+      const opmath_t* prev = i > 0 ? rows[(i - 1) & 1] + 1 : zero + 1;
+      const scalar_t* src = p + i * W;
+      int64_t j = 0;
+      if constexpr (V<scalar_t>::kReduced) {
+        V<scalar_t>::to_opmath(src, cur, W);
+        for (; j + F <= W; j += F) (fVec::loadu(cur + j) - sh).store(cur + j);
+        for (; j < W; ++j) cur[j] -= shift;
+      } else {
+        for (; j + F <= W; j += F) (fVec::loadu(src + j) - sh).store(cur + j);
+        for (; j < W; ++j) cur[j] = src[j] - shift;
+      }
+      const fVec chv(ch[i]), hdv(hd[i]), hov(ho[i]);
+      int k = 0;
+      for (j = 0; j < Wp; j += F, k = (k + 1) & 3) {
+        const fVec d = fVec::loadu(cur + j);
+        const fVec g = at::vec::fmadd(fVec::loadu(gr.data() + j), fVec::loadu(cur + j + 1),
+                                      at::vec::fmadd(fVec::loadu(gl.data() + j), fVec::loadu(cur + j - 1),
+                                                     fVec::loadu(gd.data() + j) * d));
+        const fVec e = at::vec::fmadd(hov, fVec::loadu(prev + j), hdv * d);
+        A2[k] = at::vec::fmadd(e, g, A2[k]);
+        A1[k] = at::vec::fmadd(chv, fVec::loadu(cw.data() + j) * d, A1[k]);
+      }
+      terms += Wp / F;
+      if (terms >= 4 * kTerms || i == H - 1) {
+        fold();
+        terms = 0;
+      }
+    }
+  }
+};
+
 template <class scalar_t>
 void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean,
                     at::Tensor& var) {
@@ -265,9 +372,9 @@ void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, 
     // NCHW: parallel over groups; a group is n_per contiguous planes.
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       using fVec = Vectorized<opmath_t>;
-      std::optional<RowPair<scalar_t>> rp;
+      std::optional<BilStats<scalar_t>> bs;
       std::vector<opmath_t> row(V<scalar_t>::kReduced && !bil ? std::min(kSumChunk, H * W) : 0);
-      if (bil) rp.emplace(lw, W, s);
+      if (bil) bs.emplace(H, W, s);
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t c = g % C, nb = per_sample ? g / C : 0;
         const opmath_t sh = opmath_t(xp[(nb * C + c) * H * W]);
@@ -279,15 +386,7 @@ void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, 
             plane_sums<scalar_t>(p, H * W, sh, a, row);
             continue;
           }
-          for (int64_t oh = 0; oh < OH; ++oh) {
-            const auto& y = lh[oh];
-            const opmath_t* r0 = rp->get(plane * H + y.i0, p + y.i0 * W, plane * H + y.i1);
-            const opmath_t* r1 = rp->get(plane * H + y.i1, p + y.i1 * W, plane * H + y.i0);
-            const fVec l0(y.l0), l1(y.l1);
-            shifted_sums<opmath_t>(
-                OW, sh, [&](int64_t i) { return l0 * fVec::loadu(r0 + i) + l1 * fVec::loadu(r1 + i); },
-                [&](int64_t i) { return opmath_t(y.l0 * r0[i] + y.l1 * r1[i]); }, a);
-          }
+          bs->plane(p, sh, a);
         }
         finish(g, a);
       }
@@ -483,7 +582,85 @@ void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& 
     return;
   }
   const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
-  if (!cl) {
+  if (!cl && s == 2) {
+    // s == 2: output rows 2k+1, 2k+2 both blend input rows k, k+1 with the constant weights (3/4, 1/4), (1/4, 3/4)
+    // (make_lin's, exact in binary); columns likewise. The affine is applied to x before interpolating (the weights
+    // sum to 1: (up(x) - m) * a = up((x - m) * a)): 2 FLOPs per input instead of per output. Each input row is
+    // normalised (t), interpolated horizontally once (h, 2 mul + 2 FMA + interleave per input vector), and both
+    // output rows it shares with the previous input row are emitted in one loop from the same loads (mul + FMA +
+    // the activation per output). Rows 0 and OH-1 are the edge rows' h itself.
+    const int64_t Wr = (W + kF - 1) / kF * kF;
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (OH * OW)), [&](int64_t p0, int64_t p1) {
+      std::vector<opmath_t> t(Wr + 2), hb(2 * 2 * Wr);
+      const fVec q1(opmath_t(0.25)), q3(opmath_t(0.75)), zv(0);
+      for (int64_t p = p0; p < p1; ++p) {
+        const opmath_t mv = mp[p], av = ap[p], bv = bp[p];
+        const fVec mvv(mv), avv(av), bvv(bv);
+        const scalar_t* src = xp + p * H * W;
+        scalar_t* dst = op + p * OH * OW;
+        auto hrow = [&](int64_t k, opmath_t* h) {
+          const scalar_t* r = src + k * W;
+          opmath_t* tt = t.data() + 1;
+          int64_t j = 0;
+          for (; j + kStep <= W; j += kStep) {
+            const auto v = T::load(r + j);
+            for (int q = 0; q < kN; ++q) ((v.v[q] - mvv) * avv).store(tt + j + q * kF);
+          }
+          for (; j < W; ++j) tt[j] = (opmath_t(r[j]) - mv) * av;
+          tt[-1] = tt[0], tt[W] = tt[W - 1];  // edge columns blend with themselves (make_lin clamps)
+          for (j = 0; j + kF <= W; j += kF) {
+            const fVec xm = fVec::loadu(tt + j - 1), x0 = fVec::loadu(tt + j), xq = fVec::loadu(tt + j + 1);
+            auto [lo, hi] = at::vec::interleave2(at::vec::fmadd(q3, x0, q1 * xm), at::vec::fmadd(q1, xq, q3 * x0));
+            lo.store(h + 2 * j);
+            hi.store(h + 2 * j + kF);
+          }
+          for (; j < W; ++j) {
+            h[2 * j] = opmath_t(0.75) * tt[j] + opmath_t(0.25) * tt[j - 1];
+            h[2 * j + 1] = opmath_t(0.25) * tt[j + 1] + opmath_t(0.75) * tt[j];
+          }
+          h[0] = tt[0];
+        };
+        auto epi = [&](const fVec& u) { return bias_act::apply<A, bias_act::Mode::kForward>(u, bvv, zv, f.pv); };
+        auto epis = [&](opmath_t u) {
+          return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>(u, bv, opmath_t(0), f.ps));
+        };
+        auto emit1 = [&](const opmath_t* h, scalar_t* d) {
+          int64_t o = 0;
+          for (; o + kStep <= OW; o += kStep) {
+            fVec z[kN];
+            for (int q = 0; q < kN; ++q) z[q] = epi(fVec::loadu(h + o + q * kF));
+            T::pack(z).store(d + o);
+          }
+          for (; o < OW; ++o) d[o] = epis(h[o]);
+        };
+        auto emit2 = [&](const opmath_t* h0, const opmath_t* h1, scalar_t* d) {
+          int64_t o = 0;
+          for (; o + kStep <= OW; o += kStep) {
+            fVec z0[kN], z1[kN];
+            for (int q = 0; q < kN; ++q) {
+              const fVec a0 = fVec::loadu(h0 + o + q * kF), a1 = fVec::loadu(h1 + o + q * kF);
+              z0[q] = epi(at::vec::fmadd(q1, a1, q3 * a0));
+              z1[q] = epi(at::vec::fmadd(q3, a1, q1 * a0));
+            }
+            T::pack(z0).store(d + o);
+            T::pack(z1).store(d + OW + o);
+          }
+          for (; o < OW; ++o) {
+            d[o] = epis(opmath_t(0.75) * h0[o] + opmath_t(0.25) * h1[o]);
+            d[OW + o] = epis(opmath_t(0.25) * h0[o] + opmath_t(0.75) * h1[o]);
+          }
+        };
+        opmath_t* hr[2] = {hb.data(), hb.data() + 2 * Wr};
+        hrow(0, hr[0]);
+        emit1(hr[0], dst);
+        for (int64_t k = 1; k < H; ++k) {
+          hrow(k, hr[k & 1]);
+          emit2(hr[(k - 1) & 1], hr[k & 1], dst + (2 * k - 1) * OW);
+        }
+        emit1(hr[(H - 1) & 1], dst + (OH - 1) * OW);
+      }
+    });
+  } else if (!cl) {
     // Output rows of a plane in order; each input row is horizontally interpolated once (RowPair), then every
     // output row is a vertical blend of two such rows + the epilogue, one vector pass.
     at::parallel_for(0, N * C * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
