@@ -305,15 +305,6 @@ def test_forcing_an_impl(monkeypatch):
         vkernels.set_impl("gpu")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape,layout", [((2, 63, 257, 261), "contiguous"), ((2, 65, 255, 131), "channels_last")])
-def test_cpu_streaming_stores(dtype, shape, layout):
-    # Past the LLC the CPU kernel streams its output; work items start at arbitrary elements (odd sizes), so each
-    # run first stores scalars up to a 32-byte boundary. Forward and backward (lrelu: the backward streams too),
-    # against the reference in the same dtype.
-    run_case("cpu", "cpu", dtype, "lrelu", shape, 1, True, layout, 100.0)
-
-
 @pytest.mark.large
 @pytest.mark.parametrize("device", DEVICES)
 def test_past_int32_elements(device):

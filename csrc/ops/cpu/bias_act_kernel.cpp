@@ -1,7 +1,6 @@
 // bias_act on CPU: one pass over the tensor in storage order, vectorised with at::vec (AVX2 when built for it),
 // fp16/bf16 computed in fp32. Memory-bound: reads v (and g in backward), writes out; the bias is broadcast from
-// a register (channel-outer layouts) or read as a contiguous row (channels-last: dim innermost in memory). Outputs
-// whose traffic exceeds the LLC are written with streaming stores (no read-for-ownership of the output lines).
+// a register (channel-outer layouts) or read as a contiguous row (channels-last: dim innermost in memory).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,7 +12,6 @@
 #include <type_traits>
 
 #include "ops/bias_act.h"
-#include "ops/cpu/stream_store.h"
 
 namespace vkernels::bias_act {
 namespace {
@@ -33,15 +31,6 @@ struct Loop {
   scalar_t* out;
   Params<opmath_t> ps;
   Params<fVec> pv;
-  bool nt;  // streaming stores (see stream_store.h): a few scalar elements first so that the vector stores align
-
-  void put(int64_t i, const sVec& y) const {
-    if (nt) {
-      cpu::stream_store(out + i, y);
-    } else {
-      y.store(out + i);
-    }
-  }
 
   void scalar(int64_t i, opmath_t bias) const {
     opmath_t gi = kHasGrad ? opmath_t(g[i]) : opmath_t(0);
@@ -51,14 +40,12 @@ struct Loop {
   // Elements [i, i1), bias either a constant (bias_row == nullptr) or bias_row[k] for element i + k.
   void run(int64_t i, int64_t i1, opmath_t bias, const scalar_t* bias_row) const {
     const int64_t i0 = i;
-    if (nt)
-      for (; i < i1 && !cpu::aligned32(out + i); ++i) scalar(i, bias_row ? opmath_t(bias_row[i - i0]) : bias);
     if constexpr (!kReduced) {
       const fVec bc(bias);
       for (; i + fVec::size() <= i1; i += fVec::size()) {
         fVec bv = bias_row ? fVec::loadu(bias_row + (i - i0)) : bc;
         fVec gv = kHasGrad ? fVec::loadu(g + i) : fVec(0);
-        put(i, apply<A, M>(fVec::loadu(v + i), bv, gv, pv));
+        apply<A, M>(fVec::loadu(v + i), bv, gv, pv).store(out + i);
       }
     } else {
       const fVec bc(bias);
@@ -67,7 +54,8 @@ struct Loop {
         fVec b0 = bc, b1 = bc, g0(0), g1(0);
         if (bias_row) std::tie(b0, b1) = at::vec::convert_to_float<scalar_t>(sVec::loadu(bias_row + (i - i0)));
         if constexpr (kHasGrad) std::tie(g0, g1) = at::vec::convert_to_float<scalar_t>(sVec::loadu(g + i));
-        put(i, at::vec::convert_from_float<scalar_t>(apply<A, M>(v0, b0, g0, pv), apply<A, M>(v1, b1, g1, pv)));
+        at::vec::convert_from_float<scalar_t>(apply<A, M>(v0, b0, g0, pv), apply<A, M>(v1, b1, g1, pv))
+            .store(out + i);
       }
     }
     for (; i < i1; ++i) scalar(i, bias_row ? opmath_t(bias_row[i - i0]) : bias);
@@ -83,10 +71,8 @@ struct Launch {
     using L = Loop<A, M, scalar_t>;
     using opmath_t = typename L::opmath_t;
     const auto ps = cast_params<opmath_t>(p.params);
-    const int64_t traffic = p.numel * int64_t(sizeof(scalar_t)) * (L::kHasGrad ? 3 : 2);
     const L loop{p.v.const_data_ptr<scalar_t>(), p.g.defined() ? p.g.const_data_ptr<scalar_t>() : nullptr,
-                 p.out.mutable_data_ptr<scalar_t>(), ps, cast_params<typename L::fVec>(ps),
-                 cpu::streaming_pays(traffic)};
+                 p.out.mutable_data_ptr<scalar_t>(), ps, cast_params<typename L::fVec>(ps)};
     const scalar_t* b = p.b.defined() ? p.b.const_data_ptr<scalar_t>() : nullptr;
     const int64_t cs = p.cs, C = p.C;
     at::parallel_for(0, p.numel, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
@@ -106,7 +92,6 @@ struct Launch {
           i = stop;
         }
       }
-      if (loop.nt) cpu::stream_fence();
     });
   }
 };

@@ -23,6 +23,7 @@
 namespace vkernels::modulated_conv2d {
 namespace {
 
+namespace cpu = vkernels::cpu;
 
 using at::vec::Vectorized;
 namespace ba = vkernels::bias_act;
