@@ -238,9 +238,8 @@ def test_bad_input():
 @pytest.mark.parametrize("shape", [(2, 64, 128, 256), (2, 64, 127, 129)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_epilogue_cpu_large(shape, dtype):
-    # Outputs past half the LLC take the CPU kernel's streaming-store path when planes are 32-byte aligned
-    # (128x256), else ordinary stores (127x129: every plane misaligned); fp32 and the vectorised bf16 path, forward
-    # and backward, against the epilogue written in torch ops (fp32 math).
+    # Large planes, 32-byte aligned (128x256) or not (127x129), fp32 and the vectorised bf16 path, forward and
+    # backward, against the epilogue written in torch ops (fp32 math).
     n, o, h, w = shape
     x, g = randn(shape, dtype, "cpu") * 8, randn(shape, dtype, "cpu")
     d, noise, b = randn((n, o), dtype, "cpu").abs() + 0.5, randn((n, 1, h, w), dtype, "cpu"), randn((o,), dtype, "cpu")

@@ -1,8 +1,11 @@
 // Streaming (non-temporal) vector stores for CPU kernels whose output cannot stay cached for its consumer.
 // An ordinary store to a line that is not cached first reads the line from DRAM (write-allocate): for an op that
 // reads x and writes y of x's size that is a third stream of traffic. Streaming stores skip that read. They pay only
-// when the data does not fit the last-level cache anyway (else the output would have been consumed from cache):
-// the same rule of thumb glibc's memcpy uses (which is why x.clone(), our floor, streams at these sizes).
+// when the data does not fit the last-level cache anyway (else the output would have been consumed from cache), the
+// rule of thumb glibc's memcpy uses, AND when the output's pages are already mapped: outputs of >= 32 MiB come from
+// a fresh mmap per call, the kernel zeroes each page at first touch and leaves its lines cached, and streaming stores
+// to them measured slower (bias_act, modulated_conv2d's epilogue, spade_norm_act, upsample_norm_act; idle 2-core
+// EPYC VM). Measure before using them.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>

@@ -371,7 +371,6 @@ void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, 
   if (!cl) {
     // NCHW: parallel over groups; a group is n_per contiguous planes.
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      using fVec = Vectorized<opmath_t>;
       std::optional<BilStats<scalar_t>> bs;
       std::vector<opmath_t> row(V<scalar_t>::kReduced && !bil ? std::min(kSumChunk, H * W) : 0);
       if (bil) bs.emplace(H, W, s);
