@@ -42,3 +42,13 @@ def check_close(out, lowp_ref, oracle, dtype, what="", same_dtype=True):
     ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs().max()
     bound = 2 * ref_err + ATOL[dtype] * (1 + oracle.double().abs().max().cpu())
     assert err <= bound, f"{what} max error {err:.3g} > bound {bound:.3g}"
+
+
+def cpu_peak_bytes(fn):
+    """Peak bytes of CPU memory allocated during fn() (its result included), from the profiler's allocation
+    events, as the benchmarks measure it."""
+    from benchmarks._harness import _peak_bytes_cpu
+
+    peak = _peak_bytes_cpu({"fn": fn})["fn"]
+    assert peak is not None, "torch profiler internals changed: CPU peak memory not measurable"
+    return peak

@@ -4,7 +4,7 @@ import torch
 
 import vkernels
 from vkernels.reference.upsample_norm_act import upsample_norm_act as reference
-from _common import check_close, impl_params, randn
+from _common import check_close, cpu_peak_bytes, impl_params, randn
 
 IMPLS = impl_params("upsample_norm_act")
 NORMS = ["batch", "instance", "adain", "none"]
@@ -363,21 +363,14 @@ def test_one_node_backward_low_precision_shifted(device, impl, norm, mode):
 
 
 def _fwd_bwd_peak(mode, norm):
-    from torch.profiler import ProfilerActivity, profile
-
     x = randn((2, 16, 16, 16), torch.float32, "cpu").requires_grad_()
     w = (torch.rand(16) + 0.5).requires_grad_()
     b = torch.randn(16).requires_grad_()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+    def step():
         y = vkernels.upsample_norm_act(x, 2, mode, norm, w, b, impl="cpu")
-        grads = torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
-        del y, grads
-    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    run = peak = 0
-    for _, nbytes in mem:
-        run += nbytes
-        peak = max(peak, run)
-    return peak / x.nbytes
+        return torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
+    return cpu_peak_bytes(step) / x.nbytes
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])
