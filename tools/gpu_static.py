@@ -1,0 +1,653 @@
+"""Static GPU check: compile every Triton kernel the launchers would launch for sm_80 and sm_90, without a GPU.
+
+Phases (each a function below, run as `python tools/gpu_static.py [run|report] ...`):
+  RECORD      a child process with TRITON_INTERPRET=1 runs every op's static cases (`gpu_static_cases()` in
+              tests/test_<op>.py: public ops with impl="triton", forward / backward / double backward) inside
+              `_launch.tune_for(arch)`, so launchers pick the blocks and num_warps they would pick on that GPU, and
+              `_launch.recording()` sees every launch.
+  SPECIALISE  each launch becomes a compile key exactly as Triton's runtime makes it on a CUDA device: the binder
+              Triton builds for the kernel (create_function_from_signature) for a CUDA backend, then
+              JITFunction._pack_args: signature types, 16-byte pointer alignment, ints divisible by 16, ints == 1 as
+              constexprs, the constexprs, num_warps / num_stages. Keys are deduplicated.
+  COMPILE     fresh child processes without TRITON_INTERPRET (kernels are JITFunctions) run
+              triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32)) with an empty cache; ptxas' -v log
+              gives registers, spills and stack, metadata.shared the shared memory, the PTX the tensor-core use.
+  CHECK       a compile error, any spill in fp16/bf16/fp32 configurations (fp64: more than 128 B), shared memory over
+              the per-block limit of the arch the launcher chose for, a launched kernel that no case recorded, a case
+              that failed, a launch that bypassed vkernels/triton/_launch.launch.
+  CUDA C++    the same spill / shared-memory rule for csrc/ops/cuda kernels, from `cuobjdump --dump-resource-usage`
+              on the built extension.
+  REPORT      docs/gpu-static.md + docs/gpu-static.csv: every kernel x configuration x arch, and the H100 roofline of
+              the headline ops at their benchmark sizes (bytes / FLOPs from benchmarks/bench_<op>.py).
+
+`--ci` compiles a subset: per kernel x arch x dtype class x constexpr branch (every constexpr that is not a tile
+size) the configuration with the largest tiles. The full set is `make gpu-static`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import csv
+import importlib
+import io
+import json
+import math
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHS = (80, 90)
+SMEM_PER_BLOCK = {80: 166_912, 90: 232_448}  # opt-in maximum per block
+SMEM_PER_SM = {80: 167_936, 90: 233_472}  # 164 KiB / 228 KiB
+SMEM_RESERVED_PER_BLOCK = 1024  # the driver's per-block reservation on sm_80+
+REGS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM, REG_ALLOC_UNIT = 65_536, 64, 32, 256
+FP64_SPILL_LIMIT = 128
+_FLOAT_CLASS = {"fp64": "fp64", "fp32": "fp32", "fp16": "16bit", "bf16": "16bit"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Records and results
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    """One compile key: what Triton's runtime would compile for one launch on a CUDA device of `arch`."""
+    kernel: str  # module:qualname
+    arch: int
+    signature: dict  # arg name -> "*fp32" | "i32" | "constexpr" ...
+    constexprs: dict  # path tuple -> value (values already made picklable, see _portable)
+    attrs: dict  # path tuple -> [[attr, value]]
+    options: dict  # num_warps / num_stages / ... as the launcher passed them
+    num_warps: int
+    num_stages: int
+    cases: list = field(default_factory=list)  # "op: label" of the cases that launched it
+    via: set = field(default_factory=set)  # "launch" (through _launch.launch) and/or "raw"
+
+    def key(self):
+        return (self.kernel, self.arch, repr(sorted(self.signature.items())), repr(sorted(self.constexprs.items())),
+                repr(sorted(self.attrs.items())), repr(sorted(self.options.items())))
+
+    @property
+    def name(self):
+        return self.kernel.split(":")[1]
+
+    def dtype_class(self):
+        """fp64, fp32 or 16bit: the float type most pointer arguments have (a scalar or accumulator pointer of
+        another type does not change the class), ties to the first."""
+        floats = [t[1:] for t in self.signature.values() if isinstance(t, str) and t[1:] in _FLOAT_CLASS]
+        if not floats:
+            return "fp32"
+        top = max(floats, key=lambda t: (floats.count(t), -floats.index(t)))
+        return _FLOAT_CLASS[top]
+
+    def constexpr_text(self):
+        names = list(self.signature)
+        parts = []
+        for path, v in sorted(self.constexprs.items()):
+            n = names[path[0]] if len(path) == 1 and path[0] < len(names) else str(path)
+            parts.append(f"{n}={v}")
+        return " ".join(parts)
+
+    def types_text(self):
+        return ",".join(sorted({t[1:] for t in self.signature.values() if isinstance(t, str) and t.startswith("*")}))
+
+
+@dataclass
+class Result:
+    ok: bool = False
+    error: str = ""
+    regs: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    stack: int = 0
+    shared: int = 0
+    mma: bool = False
+    wgmma: bool = False
+    seconds: float = 0.0
+
+    @property
+    def spills(self):
+        return self.spill_stores + self.spill_loads
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RECORD + SPECIALISE (child process, TRITON_INTERPRET=1)
+# ----------------------------------------------------------------------------------------------------------------
+
+def discover_cases(ops_filter: str | None):
+    """(op, module) for every tests/test_<op>.py that defines gpu_static_cases (no central list of ops)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        op = path.stem[len("test_"):]
+        if ops_filter and not any(s in op for s in ops_filter.split(",")):
+            continue
+        if "def gpu_static_cases" not in path.read_text():
+            continue
+        found.append((op, importlib.import_module(path.stem)))
+    return found
+
+
+class _Specialiser:
+    """Turns a recorded launch into a Config with Triton's own runtime binder for a CUDA target."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        self._backends = {a: make_backend(GPUTarget("cuda", a, 32)) for a in ARCHS}
+        self._jit = {}
+        self._binders = {}
+
+    def jit_function(self, kernel):
+        from triton.runtime.jit import JITFunction
+        if isinstance(kernel, JITFunction):
+            return kernel
+        if kernel not in self._jit:  # an InterpretedFunction: the same function and decorator arguments
+            self._jit[kernel] = JITFunction(kernel.fn, **getattr(kernel, "kwargs", {}))
+        return self._jit[kernel]
+
+    def __call__(self, kernel, arch, args, kwargs) -> Config:
+        from triton.runtime.jit import create_function_from_signature
+        jf = self.jit_function(kernel)
+        backend = self._backends[arch]
+        if (kernel, arch) not in self._binders:
+            self._binders[kernel, arch] = create_function_from_signature(jf.signature, jf.params, backend)
+        bound, specialization, opts = self._binders[kernel, arch](*args, **kwargs)
+        options, signature, constexprs, attrs = jf._pack_args(backend, dict(kwargs), bound, specialization, opts)
+        return Config(kernel=f"{jf.fn.__module__}:{jf.fn.__qualname__}", arch=arch, signature=dict(signature),
+                      constexprs={k: _portable(v) for k, v in constexprs.items()},
+                      attrs={k: [list(a) for a in v] for k, v in attrs.items()}, options=dict(opts),
+                      num_warps=options.num_warps, num_stages=options.num_stages)
+
+
+def _portable(v):
+    """A constexpr value that survives pickling into a process where kernels are JITFunctions."""
+    fn = getattr(v, "fn", None)
+    if fn is not None and callable(fn) and hasattr(v, "arg_names"):
+        return ("__jit__", fn.__module__, fn.__qualname__)
+    if type(v).__name__ == "dtype" and type(v).__module__.startswith("triton"):
+        return ("__tl_dtype__", str(v))
+    return v
+
+
+def _unportable(v):
+    if isinstance(v, tuple) and len(v) == 3 and v[0] == "__jit__":
+        return getattr(importlib.import_module(v[1]), v[2])
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == "__tl_dtype__":
+        import triton.language as tl
+        return tl.dtype(v[1])
+    return v
+
+
+@contextlib.contextmanager
+def _raw_launch_hook(callback):
+    """Also see launches made as kernel[grid](...) outside _launch.launch (kernels not yet migrated to it): the
+    interpreter's run() is the one path they all take. Launches through _launch.launch are skipped here."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from vkernels.triton import _launch
+    original = InterpretedFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        if sys._getframe(2).f_code is not _launch.launch.__code__ and not warmup:  # run <- __getitem__ <- caller
+            g = grid(kwargs) if callable(grid) else grid
+            callback(self, tuple(int(v) for v in g) + (1,) * (3 - len(g)), args, kwargs)
+        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = run
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = original
+
+
+def record(ops_filter: str | None, full: bool) -> dict:
+    """Run the cases for every arch and return {"configs": [Config], "case_errors": [...], "grid_errors": [...]}."""
+    import torch
+    from vkernels.triton import _launch
+
+    torch.set_num_threads(1)
+    spec = _Specialiser()
+    configs: dict = {}
+    case_errors, grid_errors = [], []
+    current = {"arch": None, "case": None}
+
+    def on_launch(via):
+        def cb(kernel, grid, args, kwargs):
+            cfg = spec(kernel, current["arch"], args, kwargs)
+            cfg = configs.setdefault(cfg.key(), cfg)
+            if current["case"] not in cfg.cases:
+                cfg.cases.append(current["case"])
+            cfg.via.add(via)
+            if via == "raw" and (grid[1] > _launch.MAX_GRID[1] or grid[2] > _launch.MAX_GRID[2]):
+                grid_errors.append((cfg.name, current["case"], grid))
+        return cb
+
+    cases = [(op, label, thunk) for op, mod in discover_cases(ops_filter) for label, thunk in mod.gpu_static_cases(full)]
+    for arch in ARCHS:
+        current["arch"] = arch
+        with _launch.tune_for(arch), _launch.recording(on_launch("launch")), _raw_launch_hook(on_launch("raw")):
+            for op, label, thunk in cases:
+                current["case"] = f"{op}: {label}"
+                try:
+                    thunk()
+                except Exception as e:  # a case that cannot run hides its launches: a failure of the check
+                    case_errors.append((arch, current["case"], f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+    return {"configs": list(configs.values()), "case_errors": case_errors, "grid_errors": grid_errors,
+            "n_cases": len(cases)}
+
+
+def launched_kernels() -> dict:
+    """module:name of every @triton.jit function in vkernels/triton that a launcher launches (kernel[grid](...) or
+    launch(kernel, ...)), found in the source: the kernels the cases must cover."""
+    out = {}
+    for path in sorted((ROOT / "vkernels" / "triton").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        jitted = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                  and any("jit" in ast.unparse(d) for d in n.decorator_list)}
+        launched = set()
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name) and n.value.id in jitted:
+                launched.add(n.value.id)
+            if isinstance(n, ast.Call) and ast.unparse(n.func).split(".")[-1] == "launch" and n.args:
+                a = n.args[0]
+                if isinstance(a, ast.Name) and a.id in jitted:
+                    launched.add(a.id)
+        for name in launched:
+            out[f"vkernels.triton.{path.stem}:{name}"] = path.name
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COMPILE (worker processes, no TRITON_INTERPRET)
+# ----------------------------------------------------------------------------------------------------------------
+
+_PTXAS_RE = {
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+    "regs": re.compile(r"Used (\d+) registers"),
+}
+
+
+def _worker_init(cache_dir):
+    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+    sys.path.insert(0, str(ROOT))
+
+
+def _ptxas_log_knob(on: bool):
+    """Make Triton print ptxas' -v log (it runs ptxas -v and throws the log away otherwise)."""
+    try:
+        from triton import knobs
+        knobs.nvidia.dump_ptxas_log = on
+        return True
+    except (ImportError, AttributeError):
+        os.environ["TRITON_DUMP_PTXAS_LOG"] = "1" if on else "0"
+        return True
+
+
+def compile_one(cfg: Config) -> Result:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    t0 = time.perf_counter()
+    res = Result()
+    module, name = cfg.kernel.split(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+        constexprs = {k: _unportable(v) for k, v in cfg.constexprs.items()}
+        src = _ast_source(ASTSource, fn, cfg.signature, constexprs, cfg.attrs)
+        _ptxas_log_knob(True)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=GPUTarget("cuda", cfg.arch, 32), options=dict(cfg.options))
+        text = log.getvalue()
+        for k, rx in _PTXAS_RE.items():
+            m = rx.search(text)
+            if m is None:
+                raise RuntimeError(f"no '{k}' in ptxas' log: {text[:500]!r}")
+            setattr(res, k, int(m.group(1)))
+        res.shared = int(compiled.metadata.shared)
+        ptx = compiled.asm["ptx"]
+        res.wgmma = "wgmma.mma_async" in ptx
+        res.mma = res.wgmma or re.search(r"\bmma\.sync", ptx) is not None
+        res.ok = True
+    except Exception as e:
+        msg = f"{type(e).__name__}: {e}"
+        lines = [ln for ln in msg.splitlines() if ln.strip()]
+        res.error = "\n".join(lines[:12])[:2000]
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _ast_source(ASTSource, fn, signature, constexprs, attrs):
+    import inspect
+    params = inspect.signature(ASTSource.__init__).parameters
+    if "constexprs" in params:
+        return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return ASTSource(fn=fn, signature=signature, constants=constexprs, attrs=attrs)  # older spelling
+
+
+def compile_all(configs: list[Config], jobs: int, progress=True) -> list[Result]:
+    """Compile in `jobs` spawned workers with a fresh, empty Triton cache (no result is reused)."""
+    import multiprocessing as mp
+    if not configs:
+        return []
+    env_interp = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpu-static-cache-") as cache:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(jobs, initializer=_worker_init, initargs=(cache,)) as pool:
+                out = []
+                order = sorted(range(len(configs)), key=lambda i: configs[i].kernel)
+                done = {}
+                t0 = time.perf_counter()
+                for n, (i, r) in enumerate(pool.imap_unordered(_compile_indexed, [(i, configs[i]) for i in order],
+                                                               chunksize=1), 1):
+                    done[i] = r
+                    if progress and (n % 25 == 0 or n == len(configs)):
+                        print(f"  compiled {n}/{len(configs)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+                out = [done[i] for i in range(len(configs))]
+    finally:
+        if env_interp is not None:
+            os.environ["TRITON_INTERPRET"] = env_interp
+    return out
+
+
+def _compile_indexed(item):
+    i, cfg = item
+    return i, compile_one(cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CHECK
+# ----------------------------------------------------------------------------------------------------------------
+
+def occupancy(regs: int, shared: int, num_warps: int, arch: int) -> int:
+    """Resident warps per SM from registers, shared memory and warps per block (CUDA occupancy rules)."""
+    if regs <= 0:
+        return 0
+    regs_per_warp = math.ceil(regs * 32 / REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    by_regs = (REGS_PER_SM // regs_per_warp) // num_warps
+    by_smem = SMEM_PER_SM[arch] // (shared + SMEM_RESERVED_PER_BLOCK) if shared else MAX_BLOCKS_PER_SM
+    by_warps = MAX_WARPS_PER_SM // num_warps
+    return min(by_regs, by_smem, by_warps, MAX_BLOCKS_PER_SM) * num_warps
+
+
+def violations(cfg: Config, res: Result) -> list[str]:
+    """What fails the check for one compiled configuration (empty when it passes)."""
+    if not res.ok:
+        return ["compile error: " + res.error.splitlines()[0][:200] if res.error else "compile error"]
+    out = []
+    limit = FP64_SPILL_LIMIT if cfg.dtype_class() == "fp64" else 0
+    if res.spills > limit:
+        out.append(f"spills {res.spills} B (stores {res.spill_stores} + loads {res.spill_loads}; limit {limit})")
+    if res.shared > SMEM_PER_BLOCK[cfg.arch]:
+        out.append(f"shared memory {res.shared} B > {SMEM_PER_BLOCK[cfg.arch]} B per block on sm_{cfg.arch}")
+    return out
+
+
+def ci_subset(configs: list[Config]) -> list[Config]:
+    """Per kernel x arch x dtype class x constexpr branch, the configuration with the largest tiles. Tile sizes are
+    the constexpr ints >= 16 (block shapes); everything else (bools, strings, enums, ints == 1, num_stages) names a
+    branch; fp16 and bf16 are one class."""
+    best = {}
+    for cfg in configs:
+        branch, tile = [], 1
+        for path, v in sorted(cfg.constexprs.items()):
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 16:
+                tile *= v
+            else:
+                branch.append((path, repr(v)))
+        k = (cfg.kernel, cfg.arch, cfg.dtype_class(), tuple(branch))
+        score = (tile, cfg.num_warps)
+        if k not in best or score > best[k][0]:
+            best[k] = (score, cfg)
+    return [c for _, c in best.values()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA C++ kernels (ptxas resource usage of the built extension)
+# ----------------------------------------------------------------------------------------------------------------
+
+def cuda_home() -> Path | None:
+    """The CUDA toolkit folder behind the nvcc on PATH (a shim may sit in front of it), as setup.py finds it."""
+    if os.environ.get("CUDA_HOME"):
+        return Path(os.environ["CUDA_HOME"])
+    try:
+        out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True)
+        if out.returncode != 0:
+            return None
+    except OSError:
+        return None
+    for cand in sorted(Path("/usr/local").glob("cuda*")):
+        if (cand / "bin" / "cuobjdump").exists():
+            return cand
+    return None
+
+
+_CUOBJ_FN = re.compile(r"Function (\S+):")
+_CUOBJ_RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def cuda_resources() -> tuple[list[dict], str]:
+    """One row per (CUDA kernel, sm_XX) of vkernels/_C*.so, or ([], why not)."""
+    so = sorted((ROOT / "vkernels").glob("_C*.so"))
+    home = cuda_home()
+    if not so:
+        return [], "no vkernels/_C*.so built"
+    tool = home / "bin" / "cuobjdump" if home else None
+    if tool is None or not tool.exists():
+        return [], "no cuobjdump (CUDA toolkit not found)"
+    out = subprocess.run([str(tool), "--dump-resource-usage", str(so[0])], capture_output=True, text=True)
+    if out.returncode != 0:
+        return [], f"cuobjdump failed: {out.stderr.strip()[:200]}"
+    rows, arch = [], None
+    for line in out.stdout.splitlines():
+        m = re.search(r"arch = sm_(\d+)", line)
+        if m:
+            arch = int(m.group(1))
+        m = _CUOBJ_FN.search(line)
+        if m:
+            rows.append({"kernel": _demangle(m.group(1)), "arch": arch})
+            continue
+        m = _CUOBJ_RES.search(line)
+        if m and rows:
+            r = rows[-1]
+            r.update(regs=int(m.group(1)), stack=int(m.group(2)), shared=int(m.group(3)), local=int(m.group(4)))
+    rows = [r for r in rows if "regs" in r]
+    return rows, ""
+
+
+def _demangle(name: str) -> str:
+    try:
+        out = subprocess.run(["c++filt", name], capture_output=True, text=True)
+        return out.stdout.strip() or name
+    except OSError:
+        return name
+
+
+def cuda_violations(row: dict) -> list[str]:
+    # cuobjdump reports no spill counts; a per-thread stack / local frame is where ptxas puts spilled registers
+    # (fp64 kernels get the same 128 B allowance as Triton's fp64 configurations).
+    out = []
+    limit = FP64_SPILL_LIMIT if "double" in row["kernel"] else 0
+    if row["local"] + row["stack"] > limit and row["local"] > 0:
+        out.append(f"local memory {row['local']} B (spills / local arrays)")
+    if row.get("arch") in SMEM_PER_BLOCK and row["shared"] > SMEM_PER_BLOCK[row["arch"]]:
+        out.append(f"shared memory {row['shared']} B > {SMEM_PER_BLOCK[row['arch']]} B")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------------
+
+def run_record_child(ops_filter, full, python=None) -> dict:
+    """RECORD in a child process with TRITON_INTERPRET=1 (kernels must be defined under it)."""
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        out = f.name
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [python or sys.executable, str(Path(__file__).resolve()), "_record", "--out", out]
+    if ops_filter:
+        cmd += ["--ops", ops_filter]
+    if full:
+        cmd += ["--full"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"recording failed (exit {proc.returncode})")
+    with open(out, "rb") as f:
+        data = pickle.load(f)
+    os.unlink(out)
+    return data
+
+
+def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, csv_path=None, archs=ARCHS,
+          verbose=True):
+    """The whole check; returns a summary dict (rows, failures, timings)."""
+    t0 = time.perf_counter()
+    rec = run_record_child(ops_filter, full)
+    t_rec = time.perf_counter() - t0
+    configs = [c for c in rec["configs"] if c.arch in archs]
+    if kernels_filter:
+        configs = [c for c in configs if any(s in c.kernel for s in kernels_filter.split(","))]
+    n_recorded = len(configs)
+    if ci:
+        configs = ci_subset(configs)
+    if verbose:
+        print(f"recorded {n_recorded} configurations from {rec['n_cases']} cases x {len(ARCHS)} archs in "
+              f"{t_rec:.0f} s; compiling {len(configs)} with {jobs} workers", file=sys.stderr)
+    t1 = time.perf_counter()
+    results = compile_all(configs, jobs, progress=verbose)
+    t_comp = time.perf_counter() - t1
+    rows, failures = [], []
+    for cfg, res in zip(configs, results):
+        bad = violations(cfg, res)
+        rows.append((cfg, res, bad))
+        if bad:
+            failures.append((cfg, bad))
+    coverage = []
+    if not ops_filter and not kernels_filter:
+        seen = {c.kernel for c in rec["configs"]}
+        coverage = [k for k in launched_kernels() if k not in seen]
+    raw = sorted({c.name for c in rec["configs"] if "raw" in c.via})
+    summary = dict(rows=rows, failures=failures, coverage=coverage, case_errors=rec["case_errors"],
+                   grid_errors=rec["grid_errors"], raw=raw, n_recorded=n_recorded, t_record=t_rec,
+                   t_compile=t_comp, n_cases=rec["n_cases"])
+    if csv_path:
+        write_csv(rows, csv_path)
+    return summary
+
+
+def failure_table(summary, raw_is_failure=False) -> str:
+    lines = []
+    for cfg, bad in summary["failures"]:
+        for b in bad:
+            lines.append(f"  sm_{cfg.arch}  {cfg.name:<28} {cfg.types_text():<14} w{cfg.num_warps} s{cfg.num_stages}  "
+                         f"{cfg.constexpr_text()[:90]:<90}  {b}")
+    for k in summary["coverage"]:
+        lines.append(f"  {k}: launched by a launcher but recorded by no case (add a gpu_static_cases entry)")
+    for arch, case, err in summary["case_errors"]:
+        lines.append(f"  sm_{arch} case '{case}' failed: {err}")
+    for name, case, grid in summary["grid_errors"]:
+        lines.append(f"  {name} (case '{case}'): grid {grid} passes CUDA's 65,535 on axis 1/2")
+    if raw_is_failure:
+        for name in summary["raw"]:
+            lines.append(f"  {name}: launched as kernel[grid](...), not through vkernels/triton/_launch.launch")
+    return "\n".join(lines)
+
+
+def n_failures(summary, raw_is_failure=False) -> int:
+    return (sum(len(b) for _, b in summary["failures"]) + len(summary["coverage"]) + len(summary["case_errors"])
+            + len(summary["grid_errors"]) + (len(summary["raw"]) if raw_is_failure else 0))
+
+
+CSV_FIELDS = ["kernel", "arch", "dtypes", "constexprs", "num_warps", "num_stages", "ok", "regs", "spill_stores",
+              "spill_loads", "stack", "shared", "warps_per_sm", "tensor_cores", "violations", "triton", "error",
+              "cases"]
+
+
+def csv_row(cfg: Config, res: Result, bad: list[str]) -> dict:
+    import triton
+    tc = "wgmma" if res.wgmma else ("mma" if res.mma else "no")
+    return dict(kernel=cfg.kernel, arch=f"sm_{cfg.arch}", dtypes=cfg.types_text(), constexprs=cfg.constexpr_text(),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages, ok=int(res.ok), regs=res.regs,
+                spill_stores=res.spill_stores, spill_loads=res.spill_loads, stack=res.stack, shared=res.shared,
+                warps_per_sm=occupancy(res.regs, res.shared, cfg.num_warps, cfg.arch) if res.ok else 0,
+                tensor_cores=tc if res.ok else "", violations="; ".join(bad), triton=triton.__version__,
+                error=res.error.splitlines()[0][:200] if res.error else "", cases="; ".join(cfg.cases[:3]))
+
+
+def write_csv(rows, path):
+    rows = sorted(rows, key=lambda r: (r[0].kernel, r[0].arch, r[0].types_text(), r[0].constexpr_text()))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for cfg, res, bad in rows:
+            w.writerow(csv_row(cfg, res, bad))
+
+
+def print_summary(summary, raw_is_failure=False):
+    rows = summary["rows"]
+    ok = sum(r.ok for _, r, _ in rows)
+    spilling = sum(1 for c, r, _ in rows if r.ok and r.spills)
+    smem = sum(1 for c, r, _ in rows if r.ok and r.shared > SMEM_PER_BLOCK[c.arch])
+    print(f"{len(rows)} compiles ({ok} ok, {len(rows) - ok} errors, {spilling} spilling, {smem} over shared memory); "
+          f"record {summary['t_record']:.0f} s, compile {summary['t_compile']:.0f} s")
+    if summary["raw"]:
+        print(f"launched outside _launch.launch (seen through the interpreter fallback): {', '.join(summary['raw'])}")
+    n = n_failures(summary, raw_is_failure)
+    if n:
+        print(f"FAILED: {n} violations\n" + failure_table(summary, raw_is_failure))
+    else:
+        print("PASSED")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    for name in ("run", "report"):
+        s = sub.add_parser(name)
+        s.add_argument("--ops", help="comma-separated substrings of op names (tests/test_<op>.py) to run")
+        s.add_argument("--kernels", help="comma-separated substrings of kernel names to compile")
+        s.add_argument("--ci", action="store_true", help="compile the CI subset (largest tiles per branch)")
+        s.add_argument("--quick", action="store_true", help="the cases' small set (as CI) instead of the full one")
+        s.add_argument("--jobs", type=int, default=2)
+        s.add_argument("--arch", default="80,90")
+        s.add_argument("--csv", help="write every compiled configuration to this CSV")
+        s.add_argument("--strict-launch", action="store_true", help="fail on launches outside _launch.launch")
+    r = sub.add_parser("_record")
+    r.add_argument("--out", required=True)
+    r.add_argument("--ops")
+    r.add_argument("--full", action="store_true")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "report", "_record", "-h", "--help"):
+        argv = ["run"] + argv
+    args = p.parse_args(argv)
+    if args.cmd == "_record":
+        sys.path.insert(0, str(ROOT))
+        data = record(args.ops, args.full)
+        with open(args.out, "wb") as f:
+            pickle.dump(data, f)
+        return 0
+    cmd = args.cmd
+    archs = tuple(int(a) for a in args.arch.split(","))
+    full = not (args.quick or args.ci)
+    summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv, archs=archs)
+    print_summary(summary, args.strict_launch)
+    if cmd == "report":
+        import report_gpu_static  # noqa: F401  (filled in below)
+    return 1 if n_failures(summary, args.strict_launch) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
