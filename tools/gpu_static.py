@@ -489,6 +489,209 @@ def cuda_violations(row: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# REPORT
+# ----------------------------------------------------------------------------------------------------------------
+
+# H100 SXM datasheet peaks (dense, not measured): HBM3 bandwidth and FLOP/s per precision, with and without tensor
+# cores. fp16/bf16 without tensor cores computes in fp32 in our kernels, so it gets the fp32 figure.
+H100_BW = 3.35e12
+H100_PEAK = {("16bit", True): 989e12, ("fp32", True): 495e12, ("fp64", True): 67e12,
+             ("16bit", False): 67e12, ("fp32", False): 67e12, ("fp64", False): 34e12}
+HEADLINE_OPS = ("infonce_bank_loss", "infonce_bank_partial", "compact_bilinear_pooling", "upsample_norm_act",
+                "spade_norm_act", "filtered_lrelu", "bias_act", "upfirdn2d")
+DOCS = ROOT / "docs"
+
+
+def benchmark_cases(op: str):
+    """The CUDA cases of benchmarks/bench_<op>.py (their headline sizes, bytes and FLOPs per call), built on the meta
+    device so that no GPU and no memory is needed."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class CudaToMeta(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if str(kwargs.get("device", "")).startswith("cuda"):
+                kwargs["device"] = "meta"
+            if func is torch.Tensor.cuda:
+                return args[0]
+            if func is torch.Tensor.to:
+                args = tuple("meta" if isinstance(a, (str, torch.device)) and str(a).startswith("cuda") else a
+                             for a in args)
+            return func(*args, **kwargs)
+
+    sys.path.insert(0, str(ROOT))
+    mod = importlib.import_module(f"benchmarks.bench_{op}")
+    with CudaToMeta():
+        return mod.cases("cuda", False)
+
+
+def roofline_rows(rows) -> tuple[list[dict], list[str]]:
+    """H100 roofline time of each headline op's benchmark case; the peak is the tensor-core one when the op's
+    kernels for that dtype class use mma / wgmma on sm_90 (from this run's compiles)."""
+    import torch
+    tc = {}
+    for cfg, res, _ in rows:
+        if cfg.arch == 90 and res.ok:
+            for case in cfg.cases:
+                key = (case.split(":")[0], cfg.dtype_class())
+                tc[key] = tc.get(key, False) or res.mma
+    out, notes = [], []
+    for op in HEADLINE_OPS:
+        try:
+            cases = benchmark_cases(op)
+        except Exception as e:
+            notes.append(f"{op}: benchmark cases not built on meta ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        for c in cases:
+            cls = {torch.float64: "fp64", torch.float32: "fp32"}.get(c.dtype, "16bit")
+            uses_tc = tc.get((op, cls), False)
+            peak = H100_PEAK[cls, uses_tc]
+            t_mem, t_flop = c.bytes / H100_BW, c.flops / peak
+            out.append(dict(op=op, case=c.size, dtype=str(c.dtype).removeprefix("torch."), bytes=c.bytes,
+                            flops=c.flops, peak=f"{peak / 1e12:.0f} TFLOP/s {'tensor' if uses_tc else 'no tensor'}",
+                            t_mem_us=t_mem * 1e6, t_flop_us=t_flop * 1e6, t_us=max(t_mem, t_flop) * 1e6,
+                            bound="memory" if t_mem >= t_flop else "compute"))
+    return out, notes
+
+
+def _per_kernel(rows):
+    agg = {}
+    for cfg, res, bad in rows:
+        a = agg.setdefault((cfg.kernel, cfg.arch), dict(n=0, errors=0, spilling=0, smem=0, regs=0, spill=0,
+                                                         shared=0, warps=None, tc=set(), bad=0))
+        a["n"] += 1
+        a["bad"] += bool(bad)
+        if not res.ok:
+            a["errors"] += 1
+            continue
+        a["spilling"] += res.spills > 0
+        a["smem"] += res.shared > SMEM_PER_BLOCK[cfg.arch]
+        a["regs"], a["spill"], a["shared"] = max(a["regs"], res.regs), max(a["spill"], res.spills), max(a["shared"],
+                                                                                                       res.shared)
+        w = occupancy(res.regs, res.shared, cfg.num_warps, cfg.arch)
+        a["warps"] = w if a["warps"] is None else min(a["warps"], w)
+        a["tc"].add("wgmma" if res.wgmma else "mma" if res.mma else "no")
+    return agg
+
+
+def _git_head():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _compare_other_triton(rows) -> list[str]:
+    """Lines comparing this run with the CSV of a run under another Triton version (docs/gpu-static-triton-*.csv)."""
+    import triton
+    lines = []
+    mine = {(r[0].kernel, f"sm_{r[0].arch}", r[0].types_text(), r[0].constexpr_text(), str(r[0].num_warps),
+             str(r[0].num_stages)): r for r in rows}
+    for path in sorted(DOCS.glob("gpu-static-triton-*.csv")):
+        with open(path) as f:
+            other = list(csv.DictReader(f))
+        if not other or other[0]["triton"] == triton.__version__:
+            continue
+        ver = other[0]["triton"]
+        n_bad = sum(1 for r in other if r["violations"])
+        lines += [f"### Triton {ver} (`{path.relative_to(ROOT)}`)", "",
+                  f"{len(other)} compiles: {sum(1 for r in other if r['ok'] == '0')} errors, "
+                  f"{sum(1 for r in other if int(r['spill_stores']) + int(r['spill_loads']) > 0)} spilling, "
+                  f"{sum(1 for r in other if int(r['shared']) > SMEM_PER_BLOCK[int(r['arch'][3:])])} over shared "
+                  f"memory; {n_bad} configurations fail the check.", ""]
+        diffs = []
+        for r in other:
+            k = (r["kernel"], r["arch"], r["dtypes"], r["constexprs"], r["num_warps"], r["num_stages"])
+            if k not in mine:
+                continue
+            cfg, res, bad = mine[k]
+            o_spill = int(r["spill_stores"]) + int(r["spill_loads"])
+            if bool(r["violations"]) != bool(bad) or abs(int(r["regs"]) - res.regs) > 16 or o_spill != res.spills:
+                diffs.append(f"| {cfg.name} | {r['arch']} | {r['dtypes']} | {r['constexprs'][:60]} | "
+                             f"{r['regs']} / {res.regs} | {o_spill} / {res.spills} | {r['shared']} / {res.shared} | "
+                             f"{r['violations'] or r['error'] or 'ok'} / {'; '.join(bad) or 'ok'} |")
+        lines += [f"Configurations where {ver} and {triton.__version__} differ (registers by more than 16, spills, "
+                  f"or the verdict), {ver} / {triton.__version__}:", ""]
+        if diffs:
+            lines += ["| kernel | arch | dtypes | constexprs | regs | spill B | shared B | verdict |",
+                      "|---|---|---|---|---|---|---|---|", *diffs[:80]]
+            if len(diffs) > 80:
+                lines.append(f"\n... and {len(diffs) - 80} more (compare the two CSVs).")
+        else:
+            lines.append("none.")
+        lines.append("")
+    return lines
+
+
+def write_report(summary, cuda_rows, cuda_note):
+    """docs/gpu-static.md + docs/gpu-static.csv from a full run."""
+    import triton
+    DOCS.mkdir(exist_ok=True)
+    rows = summary["rows"]
+    write_csv(rows, DOCS / "gpu-static.csv")
+    agg = _per_kernel(rows)
+    n_err = sum(1 for _, r, _ in rows if not r.ok)
+    n_spill = sum(1 for _, r, _ in rows if r.ok and r.spills)
+    n_smem = sum(1 for c, r, _ in rows if r.ok and r.shared > SMEM_PER_BLOCK[c.arch])
+    L = ["# Static GPU report", "",
+         f"Generated by `python tools/gpu_static.py report` (`make gpu-static`) at commit {_git_head()} with triton "
+         f"{triton.__version__}, without a GPU: {summary['n_cases']} op cases were run through the Triton "
+         f"interpreter with the launchers tuned for sm_80 and sm_90, every launch specialised by Triton's CUDA "
+         f"binder, and each distinct configuration compiled for its arch (ptxas from Triton's bundle). Every "
+         f"configuration is a row of [gpu-static.csv](gpu-static.csv).", "",
+         f"**{len(rows)} compiles of {len({c.kernel for c, _, _ in rows})} kernels: {n_err} compile errors, "
+         f"{n_spill} spilling, {n_smem} over the per-block shared memory limit; "
+         f"{n_failures(summary)} violations of the check** (rules: no compile error; no spill for fp16/bf16/fp32, "
+         f"at most {FP64_SPILL_LIMIT} B for fp64; shared memory within {SMEM_PER_BLOCK[80]:,} B on sm_80, "
+         f"{SMEM_PER_BLOCK[90]:,} B on sm_90; every launched kernel recorded).", "",
+         "Warps/SM is the occupancy the registers, shared memory and num_warps allow (65,536 registers, 64 warps, "
+         "32 blocks per SM; 164 KiB / 228 KiB shared memory per SM with 1 KiB reserved per block).", ""]
+    table = failure_table(summary)
+    if table:
+        L += ["## Violations", "", "```", table, "```", ""]
+    if summary["raw"]:
+        L += ["Kernels still launched as `kernel[grid](...)` outside `_launch.launch` (recorded through the "
+              "interpreter fallback): " + ", ".join(f"`{k}`" for k in summary["raw"]) + ".", ""]
+    L += ["## Triton kernels", "",
+          "| kernel | arch | configs | errors | spilling | over smem | max regs | max spill B | max shared B | "
+          "min warps/SM | tensor cores |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (kernel, arch), a in sorted(agg.items()):
+        L.append(f"| {kernel.replace('vkernels.triton.', '')} | sm_{arch} | {a['n']} | {a['errors']} | "
+                 f"{a['spilling']} | {a['smem']} | {a['regs']} | {a['spill']} | {a['shared']} | "
+                 f"{a['warps'] if a['warps'] is not None else '-'} | {'/'.join(sorted(a['tc'])) or '-'} |")
+    L += ["", "## CUDA C++ kernels", ""]
+    if cuda_rows:
+        L += ["From `cuobjdump --dump-resource-usage` on the built extension (ptxas' allocation: local memory is "
+              "where spills go).", "", "| kernel | arch | regs | stack B | local B | shared B | verdict |",
+              "|---|---|---|---|---|---|---|"]
+        for r in sorted(cuda_rows, key=lambda r: (r["kernel"], r["arch"] or 0)):
+            bad = cuda_violations(r)
+            L.append(f"| `{r['kernel'][:110]}` | sm_{r['arch']} | {r['regs']} | {r['stack']} | {r['local']} | "
+                     f"{r['shared']} | {'; '.join(bad) or 'ok'} |")
+    else:
+        L.append(f"Not checked: {cuda_note}.")
+    roof, notes = roofline_rows(rows)
+    L += ["", "## H100 roofline of the headline ops at their benchmark sizes", "",
+          "Bytes and FLOPs per call are the benchmark cases' own (`benchmarks/bench_<op>.py`, CUDA sizes). Peaks "
+          "are H100 SXM datasheet figures, not measurements: HBM3 3.35 TB/s; dense fp16/bf16 tensor 989 TFLOP/s, "
+          "tf32 tensor 495, fp32 non-tensor 67, fp64 tensor 67 / non-tensor 34. The tensor-core peak is used where "
+          "the op's compiled sm_90 kernels for that dtype contain mma/wgmma. The first GPU run is compared with "
+          "these times.", "",
+          "| op | case | dtype | MB | GFLOP | peak used | memory µs | compute µs | roofline µs | bound |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in roof:
+        L.append(f"| {r['op']} | {r['case']} | {r['dtype']} | {r['bytes'] / 1e6:.1f} | {r['flops'] / 1e9:.2f} | "
+                 f"{r['peak']} | {r['t_mem_us']:.1f} | {r['t_flop_us']:.1f} | {r['t_us']:.1f} | {r['bound']} |")
+    L += [f"\n{n}" for n in notes]
+    other = _compare_other_triton(rows)
+    if other:
+        L += ["", "## Other Triton versions", "", *other]
+    (DOCS / "gpu-static.md").write_text("\n".join(L) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -540,9 +743,10 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
         seen = {c.kernel for c in rec["configs"]}
         coverage = [k for k in launched_kernels() if k not in seen]
     raw = sorted({c.name for c in rec["configs"] if "raw" in c.via})
+    cuda_rows, cuda_note = ([], "filtered run") if ops_filter or kernels_filter else cuda_resources()
     summary = dict(rows=rows, failures=failures, coverage=coverage, case_errors=rec["case_errors"],
                    grid_errors=rec["grid_errors"], raw=raw, n_recorded=n_recorded, t_record=t_rec,
-                   t_compile=t_comp, n_cases=rec["n_cases"])
+                   t_compile=t_comp, n_cases=rec["n_cases"], cuda=cuda_rows, cuda_note=cuda_note)
     if csv_path:
         write_csv(rows, csv_path)
     return summary
@@ -560,6 +764,9 @@ def failure_table(summary, raw_is_failure=False) -> str:
         lines.append(f"  sm_{arch} case '{case}' failed: {err}")
     for name, case, grid in summary["grid_errors"]:
         lines.append(f"  {name} (case '{case}'): grid {grid} passes CUDA's 65,535 on axis 1/2")
+    for r in summary.get("cuda", []):
+        for b in cuda_violations(r):
+            lines.append(f"  sm_{r['arch']}  CUDA {r['kernel'][:100]}  {b}")
     if raw_is_failure:
         for name in summary["raw"]:
             lines.append(f"  {name}: launched as kernel[grid](...), not through vkernels/triton/_launch.launch")
@@ -568,7 +775,8 @@ def failure_table(summary, raw_is_failure=False) -> str:
 
 def n_failures(summary, raw_is_failure=False) -> int:
     return (sum(len(b) for _, b in summary["failures"]) + len(summary["coverage"]) + len(summary["case_errors"])
-            + len(summary["grid_errors"]) + (len(summary["raw"]) if raw_is_failure else 0))
+            + len(summary["grid_errors"]) + (len(summary["raw"]) if raw_is_failure else 0)
+            + sum(len(cuda_violations(r)) for r in summary.get("cuda", [])))
 
 
 CSV_FIELDS = ["kernel", "arch", "dtypes", "constexprs", "num_warps", "num_stages", "ok", "regs", "spill_stores",
@@ -603,6 +811,10 @@ def print_summary(summary, raw_is_failure=False):
     smem = sum(1 for c, r, _ in rows if r.ok and r.shared > SMEM_PER_BLOCK[c.arch])
     print(f"{len(rows)} compiles ({ok} ok, {len(rows) - ok} errors, {spilling} spilling, {smem} over shared memory); "
           f"record {summary['t_record']:.0f} s, compile {summary['t_compile']:.0f} s")
+    if summary.get("cuda"):
+        print(f"CUDA C++: {len(summary['cuda'])} kernel x arch entries checked")
+    elif summary.get("cuda_note") != "filtered run":
+        print(f"CUDA C++ kernels not checked: {summary.get('cuda_note')}")
     if summary["raw"]:
         print(f"launched outside _launch.launch (seen through the interpreter fallback): {', '.join(summary['raw'])}")
     n = n_failures(summary, raw_is_failure)
@@ -641,11 +853,14 @@ def main(argv=None):
         return 0
     cmd = args.cmd
     archs = tuple(int(a) for a in args.arch.split(","))
+    if cmd == "report" and (args.ci or args.quick or args.ops or args.kernels or archs != ARCHS):
+        raise SystemExit("report covers the whole set: no --ci / --quick / --ops / --kernels / --arch")
     full = not (args.quick or args.ci)
     summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv, archs=archs)
     print_summary(summary, args.strict_launch)
     if cmd == "report":
-        import report_gpu_static  # noqa: F401  (filled in below)
+        write_report(summary, summary["cuda"], summary["cuda_note"])
+        print(f"wrote {DOCS / 'gpu-static.md'} and {DOCS / 'gpu-static.csv'}")
     return 1 if n_failures(summary, args.strict_launch) else 0
 
 
