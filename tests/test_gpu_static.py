@@ -17,6 +17,7 @@ TOOL = ROOT / "tools" / "gpu_static.py"
 def _tool():
     spec = importlib.util.spec_from_file_location("gpu_static", TOOL)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 

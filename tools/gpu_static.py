@@ -188,9 +188,11 @@ def _unportable(v):
 
 
 @contextlib.contextmanager
-def _raw_launch_hook(callback):
-    """Also see launches made as kernel[grid](...) outside _launch.launch (kernels not yet migrated to it): the
-    interpreter's run() is the one path they all take. Launches through _launch.launch are skipped here."""
+def _launch_hook(callback, execute: bool):
+    """Hook the interpreter's run(), the one path every launch takes: (1) record launches made as kernel[grid](...)
+    outside _launch.launch (kernels not yet migrated to it; those through launch() are recorded by its own
+    recording()); (2) unless `execute`, skip running the kernel: a launch's configuration depends on shapes, dtypes
+    and strides, not on values, so the check needs no results and the interpreter's cost goes away."""
     from triton.runtime.interpreter import InterpretedFunction
     from vkernels.triton import _launch
     original = InterpretedFunction.run
@@ -199,7 +201,9 @@ def _raw_launch_hook(callback):
         if sys._getframe(2).f_code is not _launch.launch.__code__ and not warmup:  # run <- __getitem__ <- caller
             g = grid(kwargs) if callable(grid) else grid
             callback(self, tuple(int(v) for v in g) + (1,) * (3 - len(g)), args, kwargs)
-        return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        if execute:
+            return original(self, *args, grid=grid, warmup=warmup, **kwargs)
+        return None
 
     InterpretedFunction.run = run
     try:
@@ -208,7 +212,7 @@ def _raw_launch_hook(callback):
         InterpretedFunction.run = original
 
 
-def record(ops_filter: str | None, full: bool) -> dict:
+def record(ops_filter: str | None, full: bool, execute: bool = False) -> dict:
     """Run the cases for every arch and return {"configs": [Config], "case_errors": [...], "grid_errors": [...]}."""
     import torch
     from vkernels.triton import _launch
@@ -233,7 +237,8 @@ def record(ops_filter: str | None, full: bool) -> dict:
     cases = [(op, label, thunk) for op, mod in discover_cases(ops_filter) for label, thunk in mod.gpu_static_cases(full)]
     for arch in ARCHS:
         current["arch"] = arch
-        with _launch.tune_for(arch), _launch.recording(on_launch("launch")), _raw_launch_hook(on_launch("raw")):
+        with _launch.tune_for(arch), _launch.recording(on_launch("launch")), \
+                _launch_hook(on_launch("raw"), execute):
             for op, label, thunk in cases:
                 current["case"] = f"{op}: {label}"
                 try:
@@ -695,12 +700,13 @@ def write_report(summary, cuda_rows, cuda_note):
 # Driver
 # ----------------------------------------------------------------------------------------------------------------
 
-def run_record_child(ops_filter, full, python=None) -> dict:
+def run_record_child(ops_filter, full, execute=False) -> dict:
     """RECORD in a child process with TRITON_INTERPRET=1 (kernels must be defined under it)."""
     with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
         out = f.name
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [python or sys.executable, str(Path(__file__).resolve()), "_record", "--out", out]
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_record", "--out", out] + (["--execute"] if execute else [])
     if ops_filter:
         cmd += ["--ops", ops_filter]
     if full:
@@ -715,10 +721,10 @@ def run_record_child(ops_filter, full, python=None) -> dict:
 
 
 def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, csv_path=None, archs=ARCHS,
-          verbose=True):
+          verbose=True, execute=False):
     """The whole check; returns a summary dict (rows, failures, timings)."""
     t0 = time.perf_counter()
-    rec = run_record_child(ops_filter, full)
+    rec = run_record_child(ops_filter, full, execute)
     t_rec = time.perf_counter() - t0
     configs = [c for c in rec["configs"] if c.arch in archs]
     if kernels_filter:
@@ -836,18 +842,21 @@ def main(argv=None):
         s.add_argument("--jobs", type=int, default=2)
         s.add_argument("--arch", default="80,90")
         s.add_argument("--csv", help="write every compiled configuration to this CSV")
+        s.add_argument("--execute", action="store_true",
+                       help="also run the kernels in the interpreter while recording (slow; values are not needed)")
         s.add_argument("--strict-launch", action="store_true", help="fail on launches outside _launch.launch")
     r = sub.add_parser("_record")
     r.add_argument("--out", required=True)
     r.add_argument("--ops")
     r.add_argument("--full", action="store_true")
+    r.add_argument("--execute", action="store_true")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("run", "report", "_record", "-h", "--help"):
         argv = ["run"] + argv
     args = p.parse_args(argv)
     if args.cmd == "_record":
         sys.path.insert(0, str(ROOT))
-        data = record(args.ops, args.full)
+        data = record(args.ops, args.full, args.execute)
         with open(args.out, "wb") as f:
             pickle.dump(data, f)
         return 0
@@ -856,7 +865,8 @@ def main(argv=None):
     if cmd == "report" and (args.ci or args.quick or args.ops or args.kernels or archs != ARCHS):
         raise SystemExit("report covers the whole set: no --ci / --quick / --ops / --kernels / --arch")
     full = not (args.quick or args.ci)
-    summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv, archs=archs)
+    summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv, archs=archs,
+                    execute=args.execute)
     print_summary(summary, args.strict_launch)
     if cmd == "report":
         write_report(summary, summary["cuda"], summary["cuda_note"])
