@@ -68,6 +68,7 @@ class Config:
     options: dict  # num_warps / num_stages / ... as the launcher passed them
     num_warps: int
     num_stages: int
+    declared: list = field(default_factory=list)  # paths of the tl.constexpr parameters (others: ints == 1)
     cases: list = field(default_factory=list)  # "op: label" of the cases that launched it
     via: set = field(default_factory=set)  # "launch" (through _launch.launch) and/or "raw"
 
@@ -165,7 +166,8 @@ class _Specialiser:
         return Config(kernel=f"{jf.fn.__module__}:{jf.fn.__qualname__}", arch=arch, signature=dict(signature),
                       constexprs={k: _portable(v) for k, v in constexprs.items()},
                       attrs={k: [list(a) for a in v] for k, v in attrs.items()}, options=dict(opts),
-                      num_warps=options.num_warps, num_stages=options.num_stages)
+                      num_warps=options.num_warps, num_stages=options.num_stages,
+                      declared=[(p.num,) for p in jf.params if p.is_constexpr])
 
 
 def _portable(v):
@@ -402,41 +404,65 @@ def violations(cfg: Config, res: Result) -> list[str]:
 
 
 def ci_subset(configs: list[Config]) -> list[Config]:
-    """Per kernel x arch x dtype class x constexpr branch, the configuration with the largest tiles. Tile sizes are
-    the constexpr ints >= 16 (block shapes); everything else (bools, strings, enums, ints == 1, num_stages) names a
-    branch; fp16 and bf16 are one class."""
-    best = {}
+    """A covering subset: per kernel x arch x dtype class (fp16 and bf16 are one), every value that any declared
+    constexpr takes (branch flags, activation / mode enums, filter sizes), every tile shape and every num_warps /
+    num_stages the launchers chose appear in at least one compiled configuration. Greedy: the configuration that
+    covers the most values not yet covered, larger tiles first on ties. Combinations are not all compiled: that is
+    the full set (`make gpu-static`)."""
+    groups = {}
     for cfg in configs:
-        branch, tile = [], 1
-        for path, v in sorted(cfg.constexprs.items()):
-            if isinstance(v, int) and not isinstance(v, bool) and v >= 16:
-                tile *= v
-            else:
-                branch.append((path, repr(v)))
-        k = (cfg.kernel, cfg.arch, cfg.dtype_class(), tuple(branch))
-        score = (tile, cfg.num_warps)
-        if k not in best or score > best[k][0]:
-            best[k] = (score, cfg)
-    return [c for _, c in best.values()]
+        groups.setdefault((cfg.kernel, cfg.arch, cfg.dtype_class()), []).append(cfg)
+    picked = []
+    for group in groups.values():
+        features = {id(c): _branch_values(c) for c in group}
+        todo = set().union(*features.values())
+        while todo:
+            best = max(group, key=lambda c: (len(features[id(c)] & todo), _tile_size(c), c.num_warps))
+            picked.append(best)
+            todo -= features[id(best)]
+    return picked
+
+
+def _tile_size(cfg: Config) -> int:
+    return math.prod(v for v in cfg.constexprs.values() if _is_tile(v))
+
+
+def _is_tile(v) -> bool:
+    # Block shapes are the constexpr ints >= 16; flags, enums and unit strides are smaller or not ints.
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 16
+
+
+def _branch_values(cfg: Config) -> set:
+    declared = {tuple(p) for p in cfg.declared}
+    vals = {(path, repr(v)) for path, v in cfg.constexprs.items() if not _is_tile(v) and path in declared}
+    vals.add(("tiles", tuple(sorted((p, v) for p, v in cfg.constexprs.items() if _is_tile(v)))))
+    return vals | {("num_warps", cfg.num_warps), ("num_stages", cfg.num_stages)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # CUDA C++ kernels (ptxas resource usage of the built extension)
 # ----------------------------------------------------------------------------------------------------------------
 
-def cuda_home() -> Path | None:
-    """The CUDA toolkit folder behind the nvcc on PATH (a shim may sit in front of it), as setup.py finds it."""
-    if os.environ.get("CUDA_HOME"):
-        return Path(os.environ["CUDA_HOME"])
-    try:
-        out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True)
-        if out.returncode != 0:
-            return None
-    except OSError:
-        return None
-    for cand in sorted(Path("/usr/local").glob("cuda*")):
-        if (cand / "bin" / "cuobjdump").exists():
-            return cand
+def cuobjdump() -> Path | None:
+    """cuobjdump from the CUDA toolkit behind nvcc (CUDA_HOME or the folder a PATH shim execs, as setup.py finds it),
+    else the copy Triton bundles."""
+    import importlib.util
+    import shutil
+    try:  # setup.py's own _cuda_home (importing setup.py would run setup(), so only that function is taken)
+        tree = ast.parse((ROOT / "setup.py").read_text())
+        fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_cuda_home")
+        ns = {"os": os, "shutil": shutil}
+        exec(compile(ast.Module([fn], []), "setup.py", "exec"), ns)
+        home = ns["_cuda_home"]()
+    except Exception:
+        home = os.environ.get("CUDA_HOME")
+    if home and (Path(home) / "bin" / "cuobjdump").exists():
+        return Path(home) / "bin" / "cuobjdump"
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.origin:
+        bundled = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if bundled.exists():
+            return bundled
     return None
 
 
@@ -447,12 +473,11 @@ _CUOBJ_RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 def cuda_resources() -> tuple[list[dict], str]:
     """One row per (CUDA kernel, sm_XX) of vkernels/_C*.so, or ([], why not)."""
     so = sorted((ROOT / "vkernels").glob("_C*.so"))
-    home = cuda_home()
     if not so:
         return [], "no vkernels/_C*.so built"
-    tool = home / "bin" / "cuobjdump" if home else None
-    if tool is None or not tool.exists():
-        return [], "no cuobjdump (CUDA toolkit not found)"
+    tool = cuobjdump()
+    if tool is None:
+        return [], "no cuobjdump (neither in the CUDA toolkit nor bundled with Triton)"
     out = subprocess.run([str(tool), "--dump-resource-usage", str(so[0])], capture_output=True, text=True)
     if out.returncode != 0:
         return [], f"cuobjdump failed: {out.stderr.strip()[:200]}"
@@ -717,6 +742,7 @@ def run_record_child(ops_filter, full, execute=False) -> dict:
     with open(out, "rb") as f:
         data = pickle.load(f)
     os.unlink(out)
+    data["configs"] = [Config(**c) for c in data["configs"]]
     return data
 
 
@@ -857,6 +883,7 @@ def main(argv=None):
     if args.cmd == "_record":
         sys.path.insert(0, str(ROOT))
         data = record(args.ops, args.full, args.execute)
+        data["configs"] = [asdict(c) for c in data["configs"]]  # plain data: readable whatever __main__ is
         with open(args.out, "wb") as f:
             pickle.dump(data, f)
         return 0
