@@ -25,4 +25,5 @@ def anchor_module(env: str, relpath: str, name: str):
 
 def report(what: str, diff) -> None:
     """One line of the integration report (run with -s to see them)."""
-    print(f"[anchor] {what}: max |diff| = {float(diff):.3e}")
+    diff = float(diff.detach()) if hasattr(diff, "detach") else float(diff)
+    print(f"[anchor] {what}: max |diff| = {diff:.3e}")

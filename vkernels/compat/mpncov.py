@@ -20,7 +20,9 @@ How each path runs:
   TriuvecLayer`), with neither tensor modified since: the fused op again, from CovpoolLayer's features (the
   gradient then reaches the features directly, not through the covariance tensor; hooks on it see nothing).
   SqrtmLayer on any other matrix: the same Newton-Schulz iteration in plain PyTorch with autograd (our op takes
-  features, not a matrix).
+  features, not a matrix). Its gradient is theirs: their hand-written backward returns the transpose of the exact
+  gradient (equal to it for symmetric output gradients, i.e. wherever Covpool comes next upstream, and torch's
+  gradcheck fails on theirs), so this path transposes autograd's gradient to match.
 - TriuvecLayer: indexing, (B, C, C) -> (B, C(C+1)/2, 1).
 """
 from __future__ import annotations
@@ -102,7 +104,7 @@ def SqrtmLayer(var, iterN):
     src = getattr(var, _SOURCE, None)
     if src is not None and src[0]._version == src[1] and var._version == src[2] and iterN >= 1:
         return _nan_where_zero_trace(isqrt_cov(src[0], iterN, triu=False), src[0])
-    return _newton_schulz(var, iterN)
+    return _newton_schulz(_TransposedGrad.apply(var), iterN)
 
 
 def TriuvecLayer(var):
@@ -117,6 +119,18 @@ def _covariance(x):
     X = x.reshape(B, C, H * W)
     Xc = X - X.mean(2, keepdim=True)
     return torch.bmm(Xc, Xc.transpose(1, 2)) / (H * W)
+
+
+class _TransposedGrad(torch.autograd.Function):
+    """Identity whose backward transposes the last two axes of the gradient (their Sqrtm's gradient convention)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.mT
 
 
 def _newton_schulz(sigma, iters):
