@@ -83,7 +83,8 @@ class MPNCOV(torch.nn.Module):
         if self.dr is not None:
             x = self.conv_dr_block(x)
         if self.is_sqrt:
-            out = _nan_where_zero_trace(isqrt_cov(x, self.iterNum, triu=bool(self.is_vec)), x)
+            # Theirs runs one step for iterNum < 1 too.
+            out = _nan_where_zero_trace(isqrt_cov(x, max(int(self.iterNum), 1), triu=bool(self.is_vec)), x)
             return out.unsqueeze(-1) if self.is_vec else out
         x = _covariance(x)
         return self._triuvec(x) if self.is_vec else x
@@ -102,8 +103,8 @@ def CovpoolLayer(var):
 def SqrtmLayer(var, iterN):
     """(B, C, C) -> sqrt(tr) Y_iterN, the coupled Newton-Schulz iterate of var / tr(var) (theirs: iterN >= 1)."""
     src = getattr(var, _SOURCE, None)
-    if src is not None and src[0]._version == src[1] and var._version == src[2] and iterN >= 1:
-        return _nan_where_zero_trace(isqrt_cov(src[0], iterN, triu=False), src[0])
+    if src is not None and src[0]._version == src[1] and var._version == src[2]:
+        return _nan_where_zero_trace(isqrt_cov(src[0], max(int(iterN), 1), triu=False), src[0])
     return _newton_schulz(_TransposedGrad.apply(var), iterN)
 
 
