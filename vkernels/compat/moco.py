@@ -25,14 +25,18 @@ Single process: theirs needs torch.distributed initialised (its shuffle gathers 
 otherwise) and CUDA (`.cuda()` calls). Ours runs as theirs does in a one-process group when torch.distributed is not
 initialised (the shuffle is a permutation of the local batch, drawn the same way) and on any device.
 
-Memory: the loss needs the queue unchanged until backward, while the enqueue overwrites it in place at the end of
-forward, so (as theirs, which clones it) the queue is copied once per training forward, as the (K, dim) row-major
-bank the op reads best; without autograd (no_grad / eval) the op reads a transposed view of the queue, no copy.
+Memory: no copy of the queue (theirs clones it every step, and builds N x (1 + K) logits). The loss reads the queue
+in place as a (K, dim) transposed view, and its backward needs the queue as it was before this step's enqueue: the
+forward keeps the N overwritten columns, and the backward swaps them in while the loss's gradient is computed and
+the new keys back afterwards. If the queue changed in between (a second forward's enqueue before this backward,
+e.g. two forwards then one backward; a load_state_dict), the backward raises; set `model.snapshot_queue = True` to
+copy the queue per step as theirs does instead.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.autograd import Variable
 
 from vkernels.ops.infonce_bank_loss import infonce_bank_loss
 
@@ -46,7 +50,12 @@ class MoCo(torch.nn.Module):
         base_encoder: a callable `base_encoder(num_classes=dim)` returning a network whose last layer is `.fc`.
         dim: feature dimension. K: queue size (negatives). m: momentum of the key encoder. T: temperature.
         mlp: replace `fc` by Linear-ReLU-fc (MoCo v2).
+
+    Attributes beyond theirs: snapshot_queue (False): copy the queue for the loss's backward each training step
+    instead of swapping the overwritten columns back in during backward.
     """
+
+    snapshot_queue = False
 
     def __init__(self, base_encoder, dim=128, K=65536, m=0.999, T=0.07, mlp=False):
         super().__init__()
@@ -115,14 +124,43 @@ class MoCo(torch.nn.Module):
             k = torch.nn.functional.normalize(self.encoder_k(im_k), dim=1)
             k = self._batch_unshuffle_ddp(k, idx_unshuffle)
 
-        # The enqueue below writes the queue in place; the op keeps its bank for backward, so it gets a snapshot.
-        bank = self.queue.t()
-        if torch.is_grad_enabled() and q.requires_grad:
-            bank = bank.contiguous()
-        loss, rank = infonce_bank_loss(q, k, bank.to(q.dtype), self.T, return_rank=True)
+        training = torch.is_grad_enabled() and q.requires_grad
+        swap = training and not self.snapshot_queue and self.queue.dtype == q.dtype
+        if swap:  # .data: the enqueue below must not invalidate the bank the op saves; _swap_in_backward repairs it
+            bank = self.queue.data.t()
+        elif training:
+            bank = self.queue.t().to(q.dtype, memory_format=torch.contiguous_format, copy=True)
+        else:
+            bank = self.queue.t().to(q.dtype)
+        rows, rank = infonce_bank_loss(q, k, bank, self.T, reduction="none", return_rank=True)
 
+        if swap:
+            ptr, n_all = int(self.queue_ptr), k.shape[0] * _world_size()
+            old = self.queue[:, ptr:ptr + n_all].clone()
         self._dequeue_and_enqueue(k)
-        return loss, rank
+        if swap:
+            self._swap_in_backward(rows.grad_fn, slice(ptr, ptr + n_all), old)
+        return rows.mean(), rank
+
+    def _swap_in_backward(self, node, cols, old):
+        """While `node` (the loss op) and the nodes after it run backward, queue[:, cols] holds `old` again."""
+        version = self.queue._version
+
+        def swap_old_in(grad_outputs):
+            if self.queue._version != version:
+                raise RuntimeError(
+                    "MoCo (vkernels.compat): the queue changed between a forward and its backward (another "
+                    "forward's enqueue or a load_state_dict came first); the loss's backward needs the queue as it "
+                    "was. Run backward before the next forward, or set model.snapshot_queue = True to copy the "
+                    "queue per step as the original MoCo does.")
+            new = self.queue.data[:, cols].clone()
+            self.queue.data[:, cols] = old  # .data: no version bump, so a later check still sees the enqueue's
+
+            def swap_new_back():
+                self.queue.data[:, cols] = new
+            Variable._execution_engine.queue_callback(swap_new_back)  # once this backward pass is over
+
+        node.register_prehook(swap_old_in)
 
 
 def _world_size():
