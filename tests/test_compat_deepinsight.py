@@ -85,6 +85,13 @@ def test_state_dict_is_theirs_empty_and_hashes_follow_the_module():
     assert layer.rand_h_1.dtype == torch.int64 and layer.rand_h_1.device.type == "cpu"
 
 
+def test_default_cuda_flag_follows_the_machine():
+    layer = CompactBilinearPooling(6, 5, 7)  # cuda=True: theirs moves the sketch to the GPU (and fails without one)
+    assert layer.rand_h_1.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.randn(1, 6, 2, 2, device=layer.rand_h_1.device)
+    assert layer(x, torch.randn(1, 5, 2, 2, device=x.device)).shape == (1, 7)
+
+
 @pytest.mark.parametrize("sum_pool", [True, False])
 def test_values_layouts_and_gradients(sum_pool):
     layer = CompactBilinearPooling(6, 5, 11, sum_pool, False)
