@@ -139,6 +139,33 @@ def test_queue_size_must_be_a_multiple_of_the_batch():
         model(torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5))
 
 
+def test_group_of_one_equals_no_group(tmp_path):
+    import torch.distributed as dist
+
+    def run():
+        torch.manual_seed(4)
+        model = MoCo(Tiny, 8, 16, 0.9, 0.2).double()
+        gen = torch.Generator().manual_seed(9)
+        out = []
+        for step in range(2):
+            x = [torch.randn(4, 3, 5, 5, dtype=torch.float64, generator=gen) for _ in range(2)]
+            torch.manual_seed(step)
+            loss, rank = model(*x)
+            loss.backward()
+            out.append((loss.detach(), rank, model.queue.clone(), model.encoder_q.conv.weight.grad.clone()))
+        return out
+
+    alone = run()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        grouped = run()
+    finally:
+        dist.destroy_process_group()
+    for a, b in zip(alone, grouped):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+
+
 def train(model, dtype, steps, theirs=False):
     """`steps` SGD steps of N = 8 on fixed random views: per step (loss, rank, (top-1, top-5), queue, state)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)
