@@ -1,7 +1,8 @@
 """The static GPU compile check in its CI mode (tools/gpu_static.py --ci): every launched Triton kernel x constexpr
 branch x dtype class, recorded from the public ops with the launchers tuned for sm_80 and sm_90, compiled for both
-without a GPU; no compile error, no spill (fp64: at most 128 B), shared memory within the per-block limit; the CUDA
-C++ kernels of the built extension by the same rule. The whole set is `make gpu-static`."""
+without a GPU; no compile error, no spill (fp64: at most 128 B), shared memory within the per-block limit, every
+launch through vkernels/triton/_launch.launch; the CUDA C++ kernels of the built extension by the same rule. The whole
+set is `make gpu-static`."""
 import importlib.util
 import os
 import subprocess
@@ -46,8 +47,8 @@ def test_ci_subset_covers_every_branch_value_and_tile_shape():
 
 def test_triton_and_cuda_kernels_compile_for_sm80_sm90_within_limits():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, str(TOOL), "run", "--ci"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run([sys.executable, str(TOOL), "run", "--ci", "--strict-launch"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         pytest.fail(f"static GPU check failed:\n{proc.stdout[-20000:]}\n{proc.stderr[-3000:]}", pytrace=False)
 
