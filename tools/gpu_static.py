@@ -91,13 +91,17 @@ class Config:
         top = max(floats, key=lambda t: (floats.count(t), -floats.index(t)))
         return _FLOAT_CLASS[top]
 
-    def constexpr_text(self):
+    def constexpr_text(self, declared_only=False):
+        """NAME=value of the constexprs; ints the runtime specialised to 1 come after "|" (or not at all)."""
         names = list(self.signature)
-        parts = []
+        declared = {tuple(p) for p in self.declared}
+        parts, ones = [], []
         for path, v in sorted(self.constexprs.items()):
             n = names[path[0]] if len(path) == 1 and path[0] < len(names) else str(path)
-            parts.append(f"{n}={v}")
-        return " ".join(parts)
+            (parts if path in declared or not declared else ones).append(f"{n}={v}")
+        if declared_only or not ones:
+            return " ".join(parts)
+        return " ".join(parts) + " | " + " ".join(ones)
 
     def types_text(self):
         return ",".join(sorted({t[1:] for t in self.signature.values() if isinstance(t, str) and t.startswith("*")}))
@@ -591,10 +595,12 @@ def roofline_rows(rows) -> tuple[list[dict], list[str]]:
         for c in cases:
             cls = {torch.float64: "fp64", torch.float32: "fp32"}.get(c.dtype, "16bit")
             uses_tc = tc.get((op, cls), False)
+            known = (op, cls) in tc  # else the op's kernels were not compiled in this run
             peak = H100_PEAK[cls, uses_tc]
             t_mem, t_flop = c.bytes / H100_BW, c.flops / peak
             out.append(dict(op=op, case=c.size, dtype=str(c.dtype).removeprefix("torch."), bytes=c.bytes,
-                            flops=c.flops, peak=f"{peak / 1e12:.0f} TFLOP/s {'tensor' if uses_tc else 'no tensor'}",
+                            flops=c.flops, peak=f"{peak / 1e12:.0f} TFLOP/s {'tensor' if uses_tc else 'no tensor'}"
+                            + ("" if known else " (not compiled in this run)"),
                             t_mem_us=t_mem * 1e6, t_flop_us=t_flop * 1e6, t_us=max(t_mem, t_flop) * 1e6,
                             bound="memory" if t_mem >= t_flop else "compute"))
     return out, notes
@@ -803,8 +809,8 @@ def failure_table(summary, raw_is_failure=False) -> str:
     lines = []
     for cfg, bad in summary["failures"]:
         for b in bad:
-            lines.append(f"  sm_{cfg.arch}  {cfg.name:<28} {cfg.types_text():<14} w{cfg.num_warps} s{cfg.num_stages}  "
-                         f"{cfg.constexpr_text()[:90]:<90}  {b}")
+            lines.append(f"  sm_{cfg.arch}  {cfg.name:<24} {cfg.types_text():<10} warps={cfg.num_warps} "
+                         f"stages={cfg.num_stages}  {b}\n        {cfg.constexpr_text(declared_only=True)}")
     for k in summary["coverage"]:
         lines.append(f"  {k}: launched by a launcher but recorded by no case (add a gpu_static_cases entry)")
     for arch, case, err in summary["case_errors"]:
@@ -916,6 +922,8 @@ def main(argv=None):
             summary = pickle.load(f)
         summary["rows"] = [(Config(**c), Result(**r), bad) for c, r, bad in summary["rows"]]
         summary["failures"] = [(c, bad) for c, _, bad in summary["rows"] if bad]
+        if args.csv:
+            write_csv(summary["rows"], args.csv)
     else:
         summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv,
                         archs=archs, execute=args.execute)
