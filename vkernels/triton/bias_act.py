@@ -16,8 +16,9 @@ from vkernels._backend import TRITON_INTERPRET
 ACT_IDS = {a: i for i, a in enumerate(["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus",
                                        "swish"])}
 FORWARD, GRAD1_Y, GRAD2_Y, GRAD1_X, GRAD2_X = range(5)
-SELU_L = 1.0507009873554804934193349852946
-SELU_A = 1.6732632423543772848170429916717
+# tl.constexpr: the GPU compiler rejects plain Python float globals inside @triton.jit code (the interpreter does not).
+SELU_L = tl.constexpr(1.0507009873554804934193349852946)
+SELU_A = tl.constexpr(1.6732632423543772848170429916717)
 
 
 @triton.jit
