@@ -83,13 +83,12 @@ class Config:
         return self.kernel.split(":")[1]
 
     def dtype_class(self):
-        """fp64, fp32 or 16bit: the float type most pointer arguments have (a scalar or accumulator pointer of
-        another type does not change the class), ties to the first."""
-        floats = [t[1:] for t in self.signature.values() if isinstance(t, str) and t[1:] in _FLOAT_CLASS]
-        if not floats:
-            return "fp32"
-        top = max(floats, key=lambda t: (floats.count(t), -floats.index(t)))
-        return _FLOAT_CLASS[top]
+        """fp64, fp32 or 16bit: the type of the first floating-point pointer argument (by the kernels' convention
+        the output or the main input; scalar, filter and accumulator pointers come later)."""
+        for t in self.signature.values():
+            if isinstance(t, str) and t[1:] in _FLOAT_CLASS:
+                return _FLOAT_CLASS[t[1:]]
+        return "fp32"
 
     def constexpr_text(self, declared_only=False):
         """NAME=value of the constexprs; ints the runtime specialised to 1 come after "|" (or not at all)."""
@@ -920,7 +919,8 @@ def main(argv=None):
     if args.load:
         with open(args.load, "rb") as f:
             summary = pickle.load(f)
-        summary["rows"] = [(Config(**c), Result(**r), bad) for c, r, bad in summary["rows"]]
+        rows = [(Config(**c), Result(**r)) for c, r, _ in summary["rows"]]
+        summary["rows"] = [(c, r, violations(c, r)) for c, r in rows]  # today's rules
         summary["failures"] = [(c, bad) for c, _, bad in summary["rows"] if bad]
         if args.csv:
             write_csv(summary["rows"], args.csv)
