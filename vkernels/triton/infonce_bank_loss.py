@@ -3,14 +3,22 @@
 Forward: grid (query tiles x bank splits); each program sweeps its split's bank tiles and writes per-row partials
 (max, sumexp, rank count, logit sum) to [splits, N] buffers; a second small kernel merges them in split order
 (deterministic), so small N still fills the GPU. Backward recomputes the tiles from the saved per-row lse: one kernel
-over query tiles accumulates dq = sum_j w_ij b_j (and E_i = sum_j p_ij l_ij for the temperature's gradient), one over
-bank tiles accumulates dbank_j = sum_i w_ij q_i; every output element is written by one program (no atomics).
-FLOPs: forward 2 N K d, backward 6 N K d; N K exps each. Bytes: bank read once per query tile (L2-resident at MoCo
-sizes), q, k once.
+over (query tiles x dq column blocks) accumulates dq = sum_j w_ij b_j (and E_i = sum_j p_ij l_ij for the
+temperature's gradient), one over (bank tiles x dbank column blocks) accumulates dbank_j = sum_i w_ij q_i; every
+output element is written by one program (no atomics). FLOPs: forward 2 N K d, backward 6 N K d (2 N K d more per
+extra column block); N K exps each. Bytes: bank read once per query tile (L2-resident at MoCo sizes), q, k once.
 
-Limits: d <= 256 (the d axis is one block: q and the dq accumulator live in registers). In the Triton interpreter
-(TRITON_INTERPRET=1, how CI runs this) tl.dot on bf16 multiplies raw bits (triton issue 11584), so bf16 tiles are
-cast to fp32 there; blocks are small so that CI's small shapes still cross tile and split boundaries.
+On the GPU: every dtype runs on tensor cores (fp16/bf16 mma; fp32 3xTF32 or TF32 as
+torch.get_float32_matmul_precision() says, read by the launcher; fp64 DMMA with IEEE products). A score tile sums
+q . b over d in chunks of BD, so registers do not grow with d (d <= BD: one chunk, q or the bank tile stays on chip
+for the whole sweep); tile shapes, warps and stages are chosen per dtype and architecture (`_blocks`) so that no
+configuration spills or passes the shared memory per block of sm_80 / sm_90. exp/log are the GPU's approximate ones
+(ex2.approx, about 2^-22 relative, below the dots' rounding); the smoothing mean divides with div_rn. Offsets into
+q / bank / outputs are 64-bit.
+
+Limits: d <= 256. In the Triton interpreter (TRITON_INTERPRET=1, how CI runs this) tl.dot on bf16 multiplies raw bits
+(triton issue 11584), so bf16 tiles are cast to fp32 there, and dots are exact fp32 whatever the precision; blocks are
+small so that CI's small shapes still cross tile, split, d-chunk and column-block boundaries.
 """
 import contextlib
 
@@ -57,7 +65,7 @@ def _scores_chunked(q_ptr, b_ptr, rows, rmask, cols, cmask, D, sqn, sqd, sbk, sb
     return x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tiles_per_split"])  # 1 or more: one compiled kernel
 def _fwd_split_kernel(q_ptr, b_ptr, ex_ptr, lpos_ptr, invt_ptr, pm_ptr, ps_ptr, pc_ptr, px_ptr,
                       N, K, D, E, tiles_per_split, sqn, sqd, sbk, sbd,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, ONE_D: tl.constexpr,
@@ -250,22 +258,25 @@ def _blocks(dtype, d, tgt):
         one = p2 <= 16
         cfg = dict(BM=16, BN=32, BD=bd, DO=bd if one else 16, ONE_D=one, num_warps=4, num_stages=1)
         return {"fwd": cfg, "bwd": cfg}
-    if dtype == torch.float64:
-        bd = min(p2, 32)
+    # maxnreg: without it ptxas may cap a 256-thread kernel at 128 registers and spill rather than use more.
+    gpu = dict(num_warps=8, maxnreg=255)
+    if dtype == torch.float64:  # DMMA tiles; 4 warps
         one = p2 <= 32
-        fwd = dict(BM=32, BN=32, BD=bd, DO=bd, ONE_D=one, num_warps=4, num_stages=2)
-        bwd = dict(BM=32, BN=32, BD=bd, DO=bd if one else min(p2, 64), ONE_D=one, num_warps=4, num_stages=2)
+        bd = p2 if one else 32
+        fwd = dict(BM=32, BN=32, BD=bd, DO=bd, ONE_D=one, num_warps=4, num_stages=2, maxnreg=255)
+        return {"fwd": fwd, "bwd": dict(fwd, DO=bd if one else 64)}
+    if dtype == torch.float32:  # 3xTF32 ("highest") splits each operand into two TF32 halves: the tightest budget
+        one = p2 <= 32
+        bd = p2 if one else 16
+        x3 = dot_precision(dtype) == "tf32x3"
+        fwd = dict(BM=64, BN=32, BD=bd, DO=bd, ONE_D=one, num_stages=3, **gpu)
+        bwd = dict(BM=32 if (x3 and tgt.arch < 90) else 64, BN=32, BD=bd,
+                   DO=bd if one else (64 if tgt.arch < 90 else 128), ONE_D=one, num_stages=2, **gpu)
         return {"fwd": fwd, "bwd": bwd}
-    if dtype == torch.float32:
-        bd = min(p2, 64)
-        one = p2 <= 64
-        fwd = dict(BM=64, BN=64, BD=bd, DO=bd, ONE_D=one, num_warps=8, num_stages=3)
-        bwd = dict(BM=64, BN=64, BD=bd, DO=bd if one else min(p2, 128), ONE_D=one, num_warps=8, num_stages=2)
-        return {"fwd": fwd, "bwd": bwd}
-    bd = min(p2, 128)
-    one = p2 <= 128
-    fwd = dict(BM=128, BN=64, BD=bd, DO=bd, ONE_D=one, num_warps=8, num_stages=3)
-    bwd = dict(BM=64, BN=64, BD=bd, DO=bd if one else min(p2, 128), ONE_D=one, num_warps=8, num_stages=2)
+    one = p2 <= 128  # fp16 / bf16
+    bd = p2 if one else 64
+    fwd = dict(BM=128, BN=64, BD=bd, DO=bd, ONE_D=one, num_stages=3, **gpu)
+    bwd = dict(BM=64, BN=64, BD=bd, DO=bd if one else 128, ONE_D=one, num_stages=2, **gpu)
     return {"fwd": fwd, "bwd": bwd}
 
 
