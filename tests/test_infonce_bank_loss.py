@@ -139,7 +139,8 @@ def test_smoothing_and_exclusion(device, impl, dtype, smoothing, exclude):
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
-@pytest.mark.parametrize("sizes", [(1, 1, 3), (5, 1, 7), (33, 65, 17), (2, 200, 1)], ids=str)
+# (3, 70, 40): d past the Triton interpreter's d chunk and dq / dbank column block (32)
+@pytest.mark.parametrize("sizes", [(1, 1, 3), (5, 1, 7), (33, 65, 17), (2, 200, 1), (3, 70, 40)], ids=str)
 def test_odd_sizes(device, impl, sizes):
     run_case(device, impl, torch.float32, 0.1, 0.1, "self", sizes=sizes)
 
@@ -344,7 +345,8 @@ def test_triton_fp32_dot_precision_follows_torch(precision, want):
     saved = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision(precision)
-        for dtype, expect in ((torch.float32, want), (torch.float64, "ieee")):
+        # fp64 once, where TF32 is allowed: it must stay IEEE
+        for dtype, expect in ((torch.float32, want),) + (((torch.float64, "ieee"),) if precision == "high" else ()):
             q, k, bank = make_inputs(3, 5, 4, device, dtype)
             t = torch.tensor(0.1, dtype=dtype, device=device)
             ex = torch.tensor([0, -1, 4], device=device)
@@ -357,8 +359,8 @@ def test_triton_fp32_dot_precision_follows_torch(precision, want):
             assert precs == {expect}, (dtype, precs)
     finally:
         torch.set_float32_matmul_precision(saved)
-    # forward split (twice: loss and partial), dq, dbank (twice) per dtype
-    assert sum("BM" in kw for _, _, kw in seen) == 2 * 6
+    # forward split, dq, dbank, each for the loss and the partial, per dtype
+    assert sum("BM" in kw for _, _, kw in seen) == 6 * (2 if precision == "high" else 1)
 
 
 @pytest.mark.cuda

@@ -253,10 +253,11 @@ def _blocks(dtype, d, tgt):
     program accumulates (ONE_D: DO = BD). Chosen so that nothing spills and shared memory fits the architecture
     (checked by compiling every choice for sm_80 and sm_90)."""
     p2 = max(16, triton.next_power_of_2(d))
-    if tgt.interpret:  # small blocks: CI's small shapes still cover several tiles, splits, d chunks and dq columns
-        bd = min(p2, 16)
-        one = p2 <= 16
-        cfg = dict(BM=16, BN=32, BD=bd, DO=bd if one else 16, ONE_D=one, num_warps=4, num_stages=1)
+    if tgt.interpret:  # small blocks: CI's small shapes still cover several tiles and splits; d > 32 (a test with
+        # d = 40) covers d chunks and dq / dbank column blocks
+        one = p2 <= 32
+        bd = p2 if one else 32
+        cfg = dict(BM=16, BN=32, BD=bd, DO=bd, ONE_D=one, num_warps=4, num_stages=1)
         return {"fwd": cfg, "bwd": cfg}
     # maxnreg: without it ptxas may cap a 256-thread kernel at 128 registers and spill rather than use more.
     gpu = dict(num_warps=8, maxnreg=255)
