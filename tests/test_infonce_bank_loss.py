@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import vkernels
+from vkernels._backend import TRITON_INTERPRET
 from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
 from conftest import DEVICES
-from _common import impl_params, kernels
+from _common import ATOL, impl_params, kernels
 from _common import check_close as _check_close
 
 OP = "infonce_bank_loss"
@@ -21,8 +22,29 @@ SIZES = {"cpu": (37, 301, 24), "triton": (19, 133, 20)}
 IMPLS = impl_params(OP)
 
 
-def check_close(out, lowp_ref, oracle, dtype, what=""):
-    return _check_close(out, lowp_ref, oracle, dtype, what, same_dtype=False)  # loss/lse are fp32 for fp16 inputs
+def gpu_slack(device, dtype, temperature):
+    """Extra absolute slack, relative to (1 + max |oracle|), for fp32 on a GPU, where the Triton kernel's dots run
+    3xTF32 (torch's default "highest" float32 matmul precision) and exp/log are ex2.approx/lg2.approx; the CPU
+    reference and the interpreter compute both exactly in fp32. 3xTF32 keeps about 21 of fp32's 24 bits per
+    product, so a logit q.b / T of unit features is off by <= 2^-21 / T; the approximate exp/log add ~2^-22
+    relative. lse and the loss move by at most the logits' error; a gradient's weights p_ij / T move by ~2x it,
+    relative. 4x margin: 2^-19 / T. Nothing extra elsewhere (fp64: libdevice exp and IEEE dots; fp16/bf16: the
+    dtype's own rounding, already in the 2x-the-reference's-error rule, dwarfs 2^-21)."""
+    return 2.0**-19 / temperature if device == "cuda" and dtype == torch.float32 else 0.0
+
+
+def check_close(out, lowp_ref, oracle, dtype, what="", slack=0.0):
+    """_common.check_close (loss/lse are fp32 for fp16 inputs), with `slack` more absolute error allowed, relative
+    to (1 + max |oracle|) (see gpu_slack)."""
+    if not slack:
+        return _check_close(out, lowp_ref, oracle, dtype, what, same_dtype=False)
+    assert out.shape == oracle.shape, (what, out.shape, oracle.shape)
+    if out.numel() == 0:
+        return
+    err = (out.double().cpu() - oracle.double().cpu()).abs().max()
+    ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs().max()
+    bound = 2 * ref_err + (ATOL[dtype] + slack) * (1 + oracle.double().abs().max().cpu())
+    assert err <= bound, f"{what} max error {err:.3g} > bound {bound:.3g}"
 
 
 def features(n, d, device, dtype=torch.float64, near=None):
@@ -85,10 +107,11 @@ def run_case(device, impl, dtype, temperature, smoothing=0.0, exclude=None, size
 
     L64, LSE64, _, g64 = ref_run(torch.float64)
     Ll, LSEl, _, gl = ref_run(dtype)
-    check_close(loss, Ll, L64, dtype, "loss")
-    check_close(lse, LSEl, LSE64, dtype, "lse")
+    slack = gpu_slack(device, dtype, temperature)
+    check_close(loss, Ll, L64, dtype, "loss", slack)
+    check_close(lse, LSEl, LSE64, dtype, "lse", slack)
     for name, a, b, c in zip(("dq", "dk", "dbank", "dtemperature"), grads, gl, g64):
-        check_close(a, b, c, dtype, name)
+        check_close(a, b, c, dtype, name, slack)
     # Rank: exact, except where a bank logit is within rounding of the positive's (a near-tie can go either way).
     want, logits = oracle_rank(q, k, bank, ex)
     # The kernels accumulate in fp32 from the same (rounded) inputs, so only logits within ~1e-5 relative can flip.
@@ -116,7 +139,8 @@ def test_smoothing_and_exclusion(device, impl, dtype, smoothing, exclude):
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
-@pytest.mark.parametrize("sizes", [(1, 1, 3), (5, 1, 7), (33, 65, 17), (2, 200, 1)], ids=str)
+# (3, 70, 40): d past the Triton interpreter's d chunk and dq / dbank column block (32)
+@pytest.mark.parametrize("sizes", [(1, 1, 3), (5, 1, 7), (33, 65, 17), (2, 200, 1), (3, 70, 40)], ids=str)
 def test_odd_sizes(device, impl, sizes):
     run_case(device, impl, torch.float32, 0.1, 0.1, "self", sizes=sizes)
 
@@ -304,6 +328,78 @@ def test_module_learnable_temperature(device, impl):
     assert list(fixed.parameters()) == []
     torch.testing.assert_close(fixed(q, k, bank, label_smoothing=0.1), loss.detach())
     assert "learnable_temperature=True" in repr(m)
+
+
+@pytest.mark.parametrize("precision,want", [("highest", "tf32x3"), ("high", "tf32"), ("medium", "tf32")])
+def test_triton_fp32_dot_precision_follows_torch(precision, want):
+    """The Triton launchers read torch.get_float32_matmul_precision() when they run and pass tl.dot's input_precision
+    to every matmul kernel as a constexpr: fp32 on tensor cores, 3xTF32 (fp32 accuracy) unless TF32 is allowed;
+    fp64 stays IEEE, fp16/bf16 ignore it. Checked on the launches themselves (forward, backward, partial)."""
+    pytest.importorskip("triton")
+    from vkernels.triton import _launch
+    from vkernels.triton import infonce_bank_loss as tri
+    if not (torch.cuda.is_available() or TRITON_INTERPRET):
+        pytest.skip("Triton kernels need a GPU or the interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seen = []
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        # fp64 once, where TF32 is allowed: it must stay IEEE
+        for dtype, expect in ((torch.float32, want),) + (((torch.float64, "ieee"),) if precision == "high" else ()):
+            q, k, bank = make_inputs(3, 5, 4, device, dtype)
+            t = torch.tensor(0.1, dtype=dtype, device=device)
+            ex = torch.tensor([0, -1, 4], device=device)
+            with _launch.recording(lambda kern, grid, args, kw: seen.append((dtype, kw.get("PREC"), kw))):
+                loss, lse, _ = tri.forward(q, k, bank, t, 0.1, ex)
+                tri.backward(torch.ones_like(loss), torch.ones_like(lse), q, k, bank, t, 0.1, ex, lse, loss, True)
+                plse, _ = tri.partial(q, k, bank, t, ex)
+                tri.partial_backward(torch.ones_like(plse), q, bank, t, ex, plse, True)
+            precs = {p for d, p, kw in seen if d == dtype and "BM" in kw}
+            assert precs == {expect}, (dtype, precs)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    # forward split, dq, dbank, each for the loss and the partial, per dtype
+    assert sum("BM" in kw for _, _, kw in seen) == 6 * (2 if precision == "high" else 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [100, 256])
+def test_triton_tf32_within_tf32_rounding_on_gpu(d):
+    """fp32 with TF32 allowed ("high"): inputs rounded to TF32's 10-bit mantissa, so a logit q.b / T of unit
+    features is off by <= 2 * 2^-11 / T (both operands rounded), lse and the loss by at most that; the gradients'
+    weights p / T move by ~2x it, relative, and the second matmul rounds w and b again (2^-10). Bounds below are those
+    with 2x margin, against the fp64 oracle. "highest" (3xTF32) must be far closer than TF32, which shows the
+    precision reaches the kernels on the GPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    n, kk, temperature = 96, 1000, 0.1
+    q, k, bank = make_inputs(n, kk, d, "cuda", torch.float32)
+    ex = torch.randint(-1, kk, (n,), device="cuda")
+    g = torch.randn(n, dtype=torch.float64)
+    leaves64 = [t.detach().cpu().double().requires_grad_() for t in (q, k, bank)]
+    L64, _, _ = reference(*leaves64, torch.tensor(temperature, dtype=torch.float64), 0.1, ex.cpu())
+    g64 = torch.autograd.grad((L64 * g).sum(), leaves64)
+    errs = {}
+    saved = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("high", "highest"):
+            torch.set_float32_matmul_precision(precision)
+            leaves = [t.clone().requires_grad_() for t in (q, k, bank)]
+            loss = vkernels.infonce_bank_loss(*leaves, temperature, reduction="none", label_smoothing=0.1,
+                                              exclude=ex, impl="triton")
+            grads = torch.autograd.grad((loss.double().cpu() * g).sum(), leaves)
+            errs[precision] = [((a.double().cpu() - b).abs().max() / (1 + b.abs().max())).item()
+                               for a, b in zip((loss,) + grads, (L64,) + g64)]
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    delta = 2 * 2.0**-11 / temperature  # the logits' error bound under TF32
+    bounds = [2 * delta] + [2 * (2 * delta + 2.0**-10)] * 3
+    for name, err, bound in zip(("loss", "dq", "dk", "dbank"), errs["high"], bounds):
+        assert err <= bound, f"TF32 {name}: relative error {err:.3g} > {bound:.3g}"
+    for name, err, bound in zip(("loss", "dq", "dk", "dbank"), errs["highest"], bounds):
+        assert err <= bound / 64, f"3xTF32 {name}: relative error {err:.3g} > {bound / 64:.3g}"
+    assert errs["highest"][0] < errs["high"][0] / 4, errs  # TF32 really ran under "high"
 
 
 def test_auto_is_the_cpu_kernel():

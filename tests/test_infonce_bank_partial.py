@@ -7,16 +7,17 @@ import torch.nn.functional as F
 
 import vkernels
 from vkernels.reference.infonce_bank_partial import infonce_bank_partial as reference
-from _common import check_close as _check_close
 from _common import impl_params
+from test_infonce_bank_loss import check_close as _check_close
+from test_infonce_bank_loss import gpu_slack
 
 OP = "infonce_bank_partial"
 IMPLS = impl_params(OP)
 SIZES = {"cpu": (37, 301, 24), "triton": (19, 133, 20)}
 
 
-def check_close(out, lowp_ref, oracle, dtype, what=""):
-    return _check_close(out, lowp_ref, oracle, dtype, what, same_dtype=False)
+def check_close(out, lowp_ref, oracle, dtype, what="", slack=0.0):
+    return _check_close(out, lowp_ref, oracle, dtype, what, slack)
 
 
 def make_inputs(n, kk, d, device, dtype):
@@ -53,9 +54,10 @@ def test_matches_reference(device, impl, dtype, exclude):
 
     L64, R64, g64 = ref_run(torch.float64)
     Ll, _, gl = ref_run(dtype)
-    check_close(lse, Ll, L64, dtype, "lse")
+    slack = gpu_slack(device, dtype, 0.05)
+    check_close(lse, Ll, L64, dtype, "lse", slack)
     for name, a, b, c in zip(("dq", "dbank", "dtemperature"), grads, gl, g64):
-        check_close(a, b, c, dtype, name)
+        check_close(a, b, c, dtype, name, slack)
     if dtype == torch.float64:
         assert torch.equal(rank.cpu(), R64)
     else:
