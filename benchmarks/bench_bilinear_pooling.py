@@ -63,14 +63,11 @@ def cases(device: str, quick: bool) -> list[Case]:
             for mode in ("fwd", "fwd+bwd"):
                 wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
                 nflops = gemm * (2 if mode == "fwd+bwd" else 1)
-                out.append(Case(op="bilinear_pooling", size=f"{size}-{mode}-gemm-floor", dtype=dtype, inputs=(x,),
-                                reference=_gemm_fwd_bwd if mode == "fwd+bwd" else _gemm, impls={},
-                                bytes=x.nbytes, flops=nflops, bound="compute"))
                 for triu in (False, True):
                     out.append(Case(
                         op="bilinear_pooling", size=f"{size}-{'triu' if triu else 'full'}-{mode}", dtype=dtype,
                         inputs=(x,), reference=wrap(_bcnn(triu)),
                         impls={f"vkernels-{i}": wrap(_impl(i, triu)) for i in impls},
                         bytes=x.nbytes + B * C * C * x.element_size() // (2 if triu else 1), flops=nflops,
-                        bound="compute"))
+                        bound="compute", floor=_gemm_fwd_bwd if mode == "fwd+bwd" else _gemm))
     return out

@@ -52,12 +52,11 @@ def cases(device: str, quick: bool) -> list[Case]:
             x = torch.relu(torch.randn(B, C, H, W, device=device)).to(dtype)
             size = f"{B}x{C}x{H}x{W}"
             fwd_flops = 2 * B * C * C * H * W + (3 * ITERS - 1) * 2 * B * C ** 3
-            out.append(Case(op="isqrt_cov", size=f"{size}-fwd-gemm-floor", dtype=dtype, inputs=(x,),
-                            reference=_gemms, impls={}, bytes=x.nbytes, flops=fwd_flops, bound="compute"))
             for mode in ("fwd", "fwd+bwd"):
                 wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
                 out.append(Case(
                     op="isqrt_cov", size=f"{size}-{mode}", dtype=dtype, inputs=(x,), reference=wrap(_ref),
                     impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls}, bytes=x.nbytes,
-                    flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute"))
+                    flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute",
+                    floor=_gemms if mode == "fwd" else None))
     return out
