@@ -304,7 +304,7 @@ def env_info(device: str) -> dict:
 def _git_commit() -> str:
     import os
 
-    if os.environ.get("VKERNELS_COMMIT"):  # a GPU machine gets the tree without .git; gpu_check.sh passes it on
+    if os.environ.get("VKERNELS_COMMIT"):  # a GPU machine gets the tree without .git; gpu_check passes it on
         return os.environ["VKERNELS_COMMIT"]
     root = Path(__file__).resolve().parent.parent
 
