@@ -1,9 +1,9 @@
 """bilinear_pooling cases: B-CNN pooling of (B, C, H, W) features with itself, signed sqrt + L2 (the fine-grained
 head), full C x C output and its upper triangle.
 
-Compute-bound: the Gram GEMM is 2 B C^2 HW FLOPs; the epilogue is O(B C^2). The floor is that GEMM alone (the case
-"<size>-gemm-floor": eager = torch.bmm of the fp32 features, the same call vkernels makes), so the issue's target
-"within 1.3x of the Gram GEMM" reads off vkernels' time over that row's eager time. fwd+bwd adds two GEMMs of the
+Compute-bound: the Gram GEMM is 2 B C^2 HW FLOPs; the epilogue is O(B C^2). The floor ("floor-gemm") is that GEMM
+alone (torch.bmm of the fp32 features, the same call vkernels makes), so the goal "within 1.3x of the Gram GEMM"
+reads off vs_floor. fwd+bwd adds two GEMMs of the
 same size (dX = dG X, with dG symmetrised).
 """
 import torch
