@@ -85,13 +85,13 @@ TARGETS: list[Target] = [
 ]
 
 HEADLINE: dict[str, dict[str, str]] = {
-    "bias_act": {"cpu": "8x512x32x32", "cuda": "32x512x64x64"},
+    "bias_act": {"cpu": "^32x512x64x64$", "cuda": "^32x512x64x64$"},
     "upfirdn2d": {"cpu": "up-8x512x32x32", "cuda": "up-32x512x32x32"},
     "filtered_lrelu": {"cpu": "8x256x74x74", "cuda": "32x512x74x74"},
     "modulated_conv2d": {"cpu": "epilogue-8x256x64x64", "cuda": "epilogue-32x256x64x64"},
     "pixel_norm": {"cpu": "8x512x32x32", "cuda": "32x512x32x32"},
     "upsample_norm_act": {"cpu": "sg2-32to64-nearest-32x256", "cuda": "sg2-32to64-nearest-32x256"},
-    "spade_norm_act": {"cpu": "8x256x64x64-fwd", "cuda": "8x256x64x64-fwd"},
+    "spade_norm_act": {"cpu": "^8x256x64x64$", "cuda": "^8x256x64x64$"},
     "compact_bilinear_pooling": {"cpu": "8x2048x14x14-D8192-fwd", "cuda": "32x2048x14x14-D8192-fwd"},
     "random_maclaurin_pooling": {"cpu": "8x512x28x28-D8192", "cuda": "32x512x28x28-D8192"},
     "bilinear_pooling": {"cpu": "32x512x28x28-full-fwd", "cuda": "32x2048x14x14-full-fwd"},
