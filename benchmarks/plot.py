@@ -57,7 +57,7 @@ def _plot_op(op: str, op_rows: list[dict], out_dir: Path) -> Path:
     nrow = math.ceil(len(groups) / ncol)
     panel_h = 0.42 * len(providers) + 1.3
     legend_h = 0.2 * (len(providers) + len(floors)) + 0.5
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, panel_h * nrow + legend_h), squeeze=False,
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(6.4 * ncol, 9.0), panel_h * nrow + legend_h), squeeze=False,
                              layout="constrained")
     for ax, (size, dtype) in zip(axes.flat, groups):
         g = {r["provider"]: r for r in op_rows if (r["size"], r["dtype"]) == (size, dtype)}
@@ -68,20 +68,25 @@ def _plot_op(op: str, op_rows: list[dict], out_dir: Path) -> Path:
         hi = [float(g[p]["p80_ms"]) - m for m, p in zip(med, names)]
         y = list(range(len(names)))[::-1]
         ax.barh(y, med, xerr=[lo, hi], color=[colors[p] for p in names], capsize=3, height=0.7)
+        values = med + ([float(floor["median_ms"])] if floor else [])
+        log = max(values) > 10 * min(values)
+        # Axes from the medians: a noisy call's whisker is clipped at the edge rather than squeezing every bar.
+        hi_lim = max(values) * (8 if log else 1.8)
+        label_room = max(values) * (2 if log else 1.15)
         comp = float(g["compile"]["median_ms"]) if "compile" in g else None
         for yi, p, m, up in zip(y, names, med, hi):
             label = f"{m:.3g} ms"
             if comp and p.startswith("vkernels-"):
                 label += f"  ({comp / m:.2f}x vs compile)"
-            ax.annotate(label, (m + up, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+            x_label = m + up if m + up < label_room else m
+            ax.annotate(label, (x_label, yi), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
         ax.set_yticks(y, names, fontsize=8)
-        values = med + ([float(floor["median_ms"])] if floor else [])
-        if max(values) > 10 * min(values):
+        if log:
             ax.set_xscale("log")
-            ax.set_xlim(min(values) / 1.5, max(values) * 8)  # room for the labels on a log axis
+            ax.set_xlim(min(values) / 1.5, hi_lim)
             ax.set_xlabel("median ms, log scale (lower is better)", fontsize=8)
         else:
-            ax.set_xlim(0, max(values) * 1.6)
+            ax.set_xlim(0, hi_lim)
             ax.set_xlabel("median ms (lower is better)", fontsize=8)
         if floor:
             fm = float(floor["median_ms"])
@@ -93,8 +98,8 @@ def _plot_op(op: str, op_rows: list[dict], out_dir: Path) -> Path:
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     r0 = op_rows[0]
-    fig.suptitle(f"{op} on {r0['device']} (torch {r0['torch_version']}, commit {r0['commit']}); "
-                 "bars: median, whiskers: p20-p80", fontsize=10)
+    fig.suptitle(f"{op} on {r0['device']}\ntorch {r0['torch_version']}, commit {r0['commit']}; "
+                 "bars: median ms, whiskers: 20th-80th percentile of the timed calls", fontsize=10)
     legend = "\n".join(f"{p}: {describe(p)}" for p in providers + floors)
     fig.supxlabel(legend, fontsize=7, ha="left", x=0.01, multialignment="left")
     path = out_dir / f"{op}.png"
