@@ -119,6 +119,7 @@ class CaseProgress:
         from tqdm import tqdm
 
         self.tqdm, self.n_ops, self.t0, self.n = tqdm, n_ops, time.perf_counter(), 0
+        self.lines: list[str] = []  # the tables as printed, for DIR/table.txt
         self.total = total or None
         self.bar = tqdm(total=self.total, file=sys.stderr, bar_format=self._fmt(0) + "  {desc}",
                         dynamic_ncols=True) if sys.stderr.isatty() else None
@@ -149,6 +150,7 @@ class CaseProgress:
 
     def echo(self, text: str) -> None:
         """Print a table line to stdout without tearing the progress bar."""
+        self.lines.append(text)
         if self.bar is not None:
             self.tqdm.write(text, file=sys.stdout)
         else:
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     write(rows, out)
     with open(out / "goals.json", "w") as f:
         json.dump(goals, f, indent=1)
-    written = [out / "results.csv", out / "results.json"]
+    (out / "table.txt").write_text("\n".join(progress.lines).lstrip("\n") + "\n")
+    written = [out / "results.csv", out / "results.json", out / "table.txt"]
     if not args.no_plot:
         try:
             from benchmarks import plot
