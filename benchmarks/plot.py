@@ -75,7 +75,7 @@ def _plot_op(op: str, op_rows: list[dict], out_dir: Path) -> Path:
         label_room = max(values) * (2 if log else 1.15)
         comp = float(g["compile"]["median_ms"]) if "compile" in g else None
         for yi, p, m, up in zip(y, names, med, hi):
-            label = f"{m:.3g} ms"
+            label = f"{m:.4g} ms"
             if comp and p.startswith("vkernels-"):
                 label += f"  ({comp / m:.2f}x vs compile)"
             x_label = m + up if m + up < label_room else m
@@ -91,7 +91,7 @@ def _plot_op(op: str, op_rows: list[dict], out_dir: Path) -> Path:
         if floor:
             fm = float(floor["median_ms"])
             ax.axvline(fm, ls="--", color="k", lw=1)
-            ax.annotate(f"{floor['provider']} {fm:.3g} ms", (fm, 1.0), xycoords=("data", "axes fraction"),
+            ax.annotate(f"{floor['provider']} {fm:.4g} ms", (fm, 1.0), xycoords=("data", "axes fraction"),
                         xytext=(3, -10), textcoords="offset points", fontsize=7)
         ax.set_title(f"{size}\n{dtype}", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
