@@ -1,4 +1,6 @@
 # `make test` and `make bench` set everything up on a fresh machine (venv, torch, build) and then run.
+# `make bench`: one headline case per op (minutes); `make bench-full`: every case; options pass through ARGS,
+# e.g. make bench ARGS="--ops bias_act --quick".
 # Environment knobs: VKERNELS_CUDA=auto|0|1 (build CUDA sources), TORCH_CUDA_ARCH_LIST, MAX_JOBS, PYTHON.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,13 +8,18 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 
-.PHONY: test bench build info clean gpu-static
+ARGS ?=
+
+.PHONY: test bench bench-full build info clean gpu-static
 
 test: $(VENV)/.built
 	$(PY) -m pytest tests -q
 
 bench: $(VENV)/.built
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(ARGS)
+
+bench-full: $(VENV)/.built
+	$(PY) -m benchmarks --full $(ARGS)
 
 # Every Triton kernel configuration the launchers choose, compiled for sm_80 and sm_90 without a GPU, and the
 # CUDA C++ kernels' resource usage: regenerates docs/gpu-static.md and docs/gpu-static.csv (run before a kernel
@@ -28,10 +35,11 @@ build: $(VENV)/.built
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy pytest pytest-timeout hypothesis ninja pybind11 matplotlib scikit-learn scikit-image
+	$(PY) -m pip install -q "$(TORCH)" numpy tqdm pytest pytest-timeout hypothesis ninja pybind11 matplotlib scikit-learn scikit-image
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
+	@$(PY) setup.py plan
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 

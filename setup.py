@@ -73,8 +73,29 @@ def _cpu_isa():
     return isa
 
 
+# Minutes a build takes on the project's 2-core VM (the commit that sets them says how they were measured).
+BUILD_MINUTES = {"cpu": 8, "cuda": 21}
+
+
+def _announce(with_cuda, why, isa, n_cpp, n_cu):
+    """Say what is built and how long it usually takes: pip shows nothing while the compilers run."""
+    jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+    what = f"{n_cpp} C++ sources (CPU kernels, {isa})"
+    if with_cuda:
+        what += f" + {n_cu} CUDA sources for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}"
+    else:
+        what += f"; no CUDA sources ({why})"
+    minutes = BUILD_MINUTES["cuda" if with_cuda else "cpu"]
+    print(f"vkernels: building vkernels._C from {what} with {jobs} parallel jobs; on 2 cores this usually takes about "
+          f"{minutes} minutes, fewer with more cores", file=sys.stderr, flush=True)
+
+
 def extensions():
     with_cuda, why = _want_cuda()
+    import logging
+
+    # cpp_extension logs "No CUDA runtime is found" at import on any machine without a GPU: expected when building.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     isa = _cpu_isa()
@@ -88,23 +109,33 @@ def extensions():
     sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     include_dirs = [os.path.join(ROOT, "csrc")]
     macros = []
+    n_cpp = len(sources)
     if with_cuda:
         sources += sorted(glob.glob("csrc/**/*.cu", recursive=True))
         macros.append(("VKERNELS_WITH_CUDA", "1"))
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    if _BUILDING:
+        _announce(with_cuda, why, isa, n_cpp, len(sources) - n_cpp)
+    if with_cuda:
         nvcc = ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension(
             "vkernels._C", sources, include_dirs=include_dirs, define_macros=macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)
     else:
-        print(f"vkernels: building without CUDA sources ({why})", file=sys.stderr)
         ext = cpp_extension.CppExtension(
             "vkernels._C", sources, include_dirs=include_dirs, define_macros=macros,
             extra_compile_args={"cxx": cxx}, extra_link_args=link)
     return [ext], cpp_extension.BuildExtension.with_options(use_ninja=True)
 
 
+# Only commands that compile announce the build (not egg_info, --version, ...). Under pip, setup.py runs with
+# "bdist_wheel" / "editable_wheel" / "develop"; `make` prints the plan itself because `pip -q` hides this output.
+_BUILDING = any(a in ("build_ext", "build", "bdist_wheel", "editable_wheel", "develop", "install", "plan")
+                for a in sys.argv[1:])
+if sys.argv[1:] == ["plan"]:  # `python setup.py plan`: print what a build would compile and exit
+    extensions()
+    sys.exit(0)
 exts, build_ext = extensions()
 setup(
     name="vkernels",
@@ -114,7 +145,7 @@ setup(
     ext_modules=exts,
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.11",
-    install_requires=["torch>=2.11", "numpy"],
+    install_requires=["torch>=2.11", "numpy", "tqdm"],
     extras_require={"triton": ["triton>=3.6"], "test": ["pytest", "hypothesis"], "bench": ["matplotlib"]},
     zip_safe=False,
 )

@@ -18,10 +18,14 @@ import numpy as np
 import torch
 
 import vkernels
+from vkernels.utils.profile import peak_bytes
+from vkernels.utils.quiet import quiet_torch_logs  # noqa: F401 - __main__ calls it
 
 FIELDS = ["op", "size", "dtype", "provider", "median_ms", "p20_ms", "p80_ms", "peak_mem_bytes", "bytes", "flops",
-          "gbps", "frac_copy_bw", "tflops", "frac_matmul", "ratio_vs_clone", "speedup_vs_eager",
-          "speedup_vs_compile", "bound", "device", "torch_version", "triton_version", "commit", "timestamp"]
+          "gbps", "frac_copy_bw", "tflops", "frac_matmul", "ratio_vs_floor", "speedup_vs_eager",
+          "speedup_vs_compile", "peak_vs_eager", "bound", "device", "torch_version", "triton_version", "commit",
+          "timestamp"]
+
 
 # Fused kernels keep fp32 between steps where eager rounds after every op, so allow a few ulps of the dtype
 # (eps: fp16 1e-3, bf16 8e-3). A real bug (wrong bias channel, missing clamp) is off by far more.
@@ -37,10 +41,13 @@ class Case:
         timed eagerly ("eager") and under torch.compile ("compile").
     impls: the vkernels providers, "vkernels-<impl>" -> fn(*inputs) -> Tensor.
     bytes, flops: the least bytes moved and the FLOPs of one call (what the roofline fractions divide by).
-    bound: "memory" or "compute", the ceiling the case is judged against.
-    clone_of: index in inputs of the tensor whose x.clone() is the case's floor (an op that returns a new tensor of
-        that size cannot beat allocating and writing it).
-    targets: (provider, row field, "<=" | ">=", threshold) goals, printed MET/MISSED and never asserted.
+    bound: "memory" or "compute", the ceiling the case is judged against (GB/s and % of copy for memory-bound
+        cases, GFLOP/s and % of GEMM for compute-bound ones).
+    floor: fn(*inputs), the op's GEMM(s) alone: a compute-bound case's floor ("floor-gemm"; floor_flops: its
+        FLOPs when they differ from the case's). Without it a
+        memory-bound case's floor is inputs[clone_of].clone() ("floor-clone": an op that returns a new tensor of
+        that size cannot beat allocating and writing it); a compute-bound case without it has no floor.
+    Goals (MET / MISSED) are not part of a case: benchmarks/targets.py holds them all.
     loose: provider -> tolerance relative to the largest |eager| value, for baselines whose algorithm rounds
         differently from the reference (an fp32 FFT per location vs a GEMM) and so cannot meet the dtype's rtol.
     """
@@ -54,7 +61,8 @@ class Case:
     flops: int
     bound: str = "memory"
     clone_of: int = 0
-    targets: list = field(default_factory=list)
+    floor: Callable | None = None
+    floor_flops: int | None = None
     loose: dict = field(default_factory=dict)
 
 
@@ -107,13 +115,10 @@ def check(case: Case, fns: dict) -> None:
     for name, fn in fns.items():
         if name == "eager":
             continue
-        t0 = time.perf_counter()
         try:
             got = fn()
         except Exception as e:  # noqa: BLE001 - any failure of a provider fails the case, loudly
             raise CaseError(f"{name} raised {type(e).__name__}: {e}") from e
-        if name == "compile":
-            log(f"    compile: first call (compiling) took {time.perf_counter() - t0:.1f} s")
         tol = (rtol, atol)
         if name in case.loose:
             scale = max(float(t.abs().max()) for t in _tensors(want) if t.numel())
@@ -176,54 +181,6 @@ def _time_cuda(fn: Callable, quick: bool, repeats: int | None) -> np.ndarray:
     return np.array(run(n))
 
 
-# --------------------------------------------------------------------------------------------------- peak memory
-def peak_bytes(fns: dict, device: str) -> dict[str, int | None]:
-    """Peak bytes allocated by one call of each provider, above what was allocated before the call."""
-    if device == "cuda":
-        out = {}
-        for name, fn in fns.items():
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            y = fn()
-            torch.cuda.synchronize()
-            out[name] = torch.cuda.max_memory_allocated() - base
-            del y
-        return out
-    return _peak_bytes_cpu(fns)
-
-
-def _peak_bytes_cpu(fns: dict) -> dict[str, int | None]:
-    # torch keeps no peak statistics for CPU memory, but the profiler records every allocation and free of torch's
-    # CPU allocator ("[memory]" events: +bytes / -bytes). The peak of their running sum inside one call is the
-    # call's peak. The raw events are read because FunctionEvent.cpu_memory_usage counts an allocation once for the
-    # op and again for each enclosing op (x.clone() would show 2x its size).
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        for name, fn in fns.items():
-            with record_function(f"bench::{name}"):
-                y = fn()
-            del y  # freed outside the range: the output counts toward the peak, its later free does not
-    try:
-        events = list(prof.profiler.kineto_results.events())
-    except AttributeError:  # a private attribute; if a torch release moves it, report no number rather than a wrong one
-        log("    peak memory: torch profiler internals changed, CPU peak memory not measured")
-        return dict.fromkeys(fns)
-    mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-    ranges = {e.name(): (e.start_ns(), e.end_ns()) for e in events if e.name().startswith("bench::")}
-    out = {}
-    for name in fns:
-        lo, hi = ranges[f"bench::{name}"]
-        run = peak = 0
-        for t, nbytes in mem:
-            if lo <= t <= hi:
-                run += nbytes
-                peak = max(peak, run)
-        out[name] = peak
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------- rows
 def make_row(op, size, dtype, provider, times, nbytes, flops, peak=None, bound="memory") -> dict:
     p20, med, p80 = np.percentile(times, [20, 50, 80])
@@ -235,40 +192,65 @@ def make_row(op, size, dtype, provider, times, nbytes, flops, peak=None, bound="
 
 
 def run_case(case: Case, device: str, quick: bool, repeats: int | None, ceil: dict) -> list[dict]:
-    """Check, time and measure one case; returns its rows (the clone floor first, then each provider)."""
+    """Check, time and measure one case; returns its rows (the floor first, if any, then each provider)."""
     fns = providers(case)
     check(case, fns)
-    x = case.inputs[case.clone_of]
-    fns = {"ceiling-clone": x.clone, **fns}
+    floor_bytes, floor_flops = 0, 0
+    if case.floor is not None:
+        fns = {"floor-gemm": (lambda: case.floor(*case.inputs)), **fns}
+        floor_flops = case.floor_flops or case.flops
+    elif case.bound == "memory":
+        x = case.inputs[case.clone_of]
+        fns = {"floor-clone": x.clone, **fns}
+        floor_bytes = 2 * x.nbytes  # moves x's bytes in and out, computes nothing
     peaks = peak_bytes(fns, device)
     rows = []
     for name, times in time_all(fns, device, quick, repeats).items():
-        if name == "ceiling-clone":  # moves x's bytes in and out, computes nothing
-            rows.append(make_row(case.op, case.size, case.dtype, name, times, 2 * x.nbytes, 0, peaks[name]))
+        if name.startswith("floor-"):
+            rows.append(make_row(case.op, case.size, case.dtype, name, times, floor_bytes or case.bytes,
+                                 floor_flops, peaks[name], case.bound))
         else:
             rows.append(make_row(case.op, case.size, case.dtype, name, times, case.bytes, case.flops, peaks[name],
                                  case.bound))
     med = {r["provider"]: r["median_ms"] for r in rows}
+    floor = next((r for r in rows if r["provider"].startswith("floor-")), None)
     matmul = ceil["matmul_tflops"].get(dtype_name(case.dtype)) or max(ceil["matmul_tflops"].values())
     for r in rows:
         r["frac_copy_bw"] = r["gbps"] / ceil["copy_gbps"] if r["gbps"] else None
         r["frac_matmul"] = r["tflops"] / matmul if r["tflops"] else None
-        r["ratio_vs_clone"] = r["median_ms"] / med["ceiling-clone"]
+        r["ratio_vs_floor"] = r["median_ms"] / floor["median_ms"] if floor else None
         r["speedup_vs_eager"] = med["eager"] / r["median_ms"]
         r["speedup_vs_compile"] = med["compile"] / r["median_ms"]
+        pe = peaks.get("eager")
+        r["peak_vs_eager"] = r["peak_mem_bytes"] / pe if pe and r["peak_mem_bytes"] is not None else None
     return rows
 
 
-def evaluate_targets(case: Case, rows: list[dict]) -> list[str]:
-    by_provider = {r["provider"]: r for r in rows}
-    lines = []
-    for provider, metric, cmp, thr in case.targets:
-        if provider not in by_provider:
-            continue  # that impl is not built or not available on this device
-        v = by_provider[provider][metric]
-        met = v <= thr if cmp == "<=" else v >= thr
-        lines.append(f"target {provider}: {metric} {cmp} {thr:g}: {'MET' if met else 'MISSED'} ({v:.3g})")
-    return lines
+def metric(rows: list[dict], provider: str, name: str) -> float | None:
+    """A row field of `provider`, or "speedup_vs:<other>" (other's median over this provider's)."""
+    by = {r["provider"]: r for r in rows}
+    if name.startswith("speedup_vs:"):
+        other = by.get(name.split(":", 1)[1])
+        return other["median_ms"] / by[provider]["median_ms"] if other else None
+    return by[provider].get(name)
+
+
+def evaluate_targets(case: Case, rows: list[dict], device: str) -> list[dict]:
+    """The goals of benchmarks/targets.py that apply to this case, each with its value and MET / MISSED."""
+    from benchmarks import targets as T
+
+    have = [r["provider"] for r in rows]
+    out = []
+    for t in T.targets_for(case.op, case.size, dtype_name(case.dtype), device):
+        provs = [p for p in have if T.is_ours(p)] if t.provider == "vkernels" else [t.provider]
+        for p in provs:
+            if p not in have:
+                continue  # that impl is not built or not available on this device
+            v = metric(rows, p, t.metric)
+            met = None if v is None else (v <= t.value if t.cmp == "<=" else v >= t.value)
+            out.append(dict(op=case.op, size=case.size, dtype=dtype_name(case.dtype), provider=p, goal=t.describe(),
+                            value=v, met=met, source=t.source))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ ceilings
@@ -322,7 +304,7 @@ def env_info(device: str) -> dict:
 def _git_commit() -> str:
     import os
 
-    if os.environ.get("VKERNELS_COMMIT"):  # a GPU machine gets the tree without .git; gpu_check.sh passes it on
+    if os.environ.get("VKERNELS_COMMIT"):  # a GPU machine gets the tree without .git; gpu_check passes it on
         return os.environ["VKERNELS_COMMIT"]
     root = Path(__file__).resolve().parent.parent
 

@@ -65,14 +65,5 @@ def cases(device: str, quick: bool) -> list[Case]:
             out.append(Case(op="filtered_lrelu", size="x".join(map(str, shape)) + ("-cl" if channels_last else ""),
                             dtype=dtype, inputs=(x, fu, fd, b, floor), reference=_reference, impls=impls,
                             bytes=x.nbytes + floor.nbytes, flops=int(2 * macs * n * c), bound="compute",
-                            clone_of=4, targets=_targets(device, dtype, impls)))
+                            clone_of=4))
     return out
-
-
-def _targets(device, dtype, impls):
-    # The project's goals for this op (reported MET/MISSED, never asserted).
-    if device == "cuda":
-        return [(p, "speedup_vs_compile", ">=", 1.3) for p in impls]
-    if dtype == torch.float32:
-        return [("vkernels-cpu", "speedup_vs_compile", ">=", 1.0)]
-    return []

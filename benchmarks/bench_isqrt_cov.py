@@ -1,11 +1,11 @@
 """isqrt_cov cases: iSQRT-COV pooling (5 Newton-Schulz iterations, triu output) of (B, C, H, W) features.
 
-Compute-bound. Forward: covariance 2 B C^2 HW + Newton-Schulz (3 iters - 1) C x C GEMMs of 2 C^3 each. The floor
-row "<size>-gemm-floor" times those GEMMs alone (eager torch.bmm on fp32). The eager reference is MPNCOV's iteration
+Compute-bound. Forward: covariance 2 B C^2 HW + Newton-Schulz (3 iters - 1) C x C GEMMs of 2 C^3 each. The forward's
+floor ("floor-gemm") times those GEMMs alone (torch.bmm on fp32). The eager reference is MPNCOV's iteration
 in plain PyTorch (autograd keeps every iterate); vkernels keeps only A and recomputes the iterates in its backward.
 The CPU kernel computes the symmetric products (covariance, every forward iterate, two of six GEMMs per backward
 step) as upper triangles only (10/16 of the FLOPs at C = 256) and runs a symmetrised backward, so it does fewer
-GEMM FLOPs than the "gemm-floor" row (full batched GEMMs): at C = 256, N = 5 per image 33.75 C x C GEMMs + 1.625
+GEMM FLOPs than its floor (full batched GEMMs): at C = 256, N = 5 per image 33.75 C x C GEMMs + 1.625
 covariance-sized ones for fwd+bwd, against 40 + 3 in torch.compile's graph of the reference.
 """
 import torch
@@ -52,12 +52,11 @@ def cases(device: str, quick: bool) -> list[Case]:
             x = torch.relu(torch.randn(B, C, H, W, device=device)).to(dtype)
             size = f"{B}x{C}x{H}x{W}"
             fwd_flops = 2 * B * C * C * H * W + (3 * ITERS - 1) * 2 * B * C ** 3
-            out.append(Case(op="isqrt_cov", size=f"{size}-fwd-gemm-floor", dtype=dtype, inputs=(x,),
-                            reference=_gemms, impls={}, bytes=x.nbytes, flops=fwd_flops, bound="compute"))
             for mode in ("fwd", "fwd+bwd"):
                 wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
                 out.append(Case(
                     op="isqrt_cov", size=f"{size}-{mode}", dtype=dtype, inputs=(x,), reference=wrap(_ref),
                     impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls}, bytes=x.nbytes,
-                    flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute"))
+                    flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute",
+                    floor=_gemms if mode == "fwd" else None))
     return out

@@ -67,12 +67,9 @@ def cases(device: str, quick: bool) -> list[Case]:
             noise = torch.randn(n, 1, h, w, device=device).to(dtype)
             ns = torch.tensor(0.3, device=device)
             b = torch.randn(o, device=device).to(dtype)
-            tg = []
-            if device == "cpu":
-                tg = [("vkernels-cpu", "speedup_vs_compile", ">=", 1.0), ("vkernels-cpu", "ratio_vs_clone", "<=", 1.15)]
             out.append(Case(op="modulated_conv2d", size="epilogue-" + "x".join(map(str, shape)), dtype=dtype,
                             inputs=(x, d, noise, ns, b), reference=_epi_reference, impls=eimpls,
-                            bytes=2 * x.nbytes + noise.nbytes, flops=7 * x.numel(), bound="memory", targets=tg))
+                            bytes=2 * x.nbytes + noise.nbytes, flops=7 * x.numel(), bound="memory"))
     for n, i, o, h, w in layers:
         for dtype in dtypes:
             x = torch.randn(n, i, h, w, device=device).to(dtype)
@@ -88,6 +85,5 @@ def cases(device: str, quick: bool) -> list[Case]:
                             bound="compute",
                             # A 512 x 9-tap fp32 conv: inductor and our transposed-conv path sum in other orders
                             # (1.1e-5 absolute seen at 512 -> 256 channels against a fixed 1e-5 bound).
-                            loose={p: 1e-5 for p in ("compile", *limpls)},
-                            targets=[(p, "speedup_vs_eager", ">=", 1.0) for p in limpls]))
+                            loose={p: 1e-5 for p in ("compile", *limpls)}))
     return out

@@ -52,7 +52,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             b = (torch.randn(shape, device=device) * 0.3).to(dtype)
             out.append(Case(op="spade_norm_act", size="x".join(map(str, shape)), dtype=dtype, inputs=(x, g, b),
                             reference=_reference, impls=impls, bytes=5 * x.nbytes, flops=6 * x.numel(),
-                            bound="memory", targets=_targets(device, dtype, impls)))
+                            bound="memory"))
             if shape[-1] == 128:
                 continue
             # Training: forward + backward w.r.t. x, gamma, beta (fused spade backward: reads dy, x, gamma, beta,
@@ -70,11 +70,3 @@ def cases(device: str, quick: bool) -> list[Case]:
 # eager and compile disagree by ~1e-5 of the largest value themselves), so fwd+bwd cases compare at 1e-4.
 _LOOSE = {"compile": 1e-4, "vkernels-cpu": 1e-4, "vkernels-cpu-twoop": 1e-4, "vkernels-triton": 1e-4,
           "vkernels-cuda": 1e-4}
-
-
-def _targets(device, dtype, impls):
-    if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return [t for p in impls for t in ((p, "frac_copy_bw", ">=", 0.8), (p, "speedup_vs_compile", ">=", 1.3))]
-    if device == "cpu" and dtype == torch.float32:
-        return [("vkernels-cpu", "ratio_vs_clone", "<=", 1.15), ("vkernels-cpu", "speedup_vs_compile", ">=", 1.0)]
-    return []

@@ -55,15 +55,5 @@ def cases(device: str, quick: bool) -> list[Case]:
             macs = 4 if kind == "up" else 16
             out.append(Case(op="upfirdn2d", size=f"{kind}-" + "x".join(map(str, shape)) + ("-cl" if channels_last else ""),
                             dtype=dtype, inputs=(x, f, floor), reference=_reference(kind), impls=impls,
-                            bytes=x.nbytes + floor.nbytes, flops=2 * macs * y_numel, bound="memory", clone_of=2 if kind == "up" else 0,
-                            targets=_targets(device, dtype, impls)))
+                            bytes=x.nbytes + floor.nbytes, flops=2 * macs * y_numel, bound="memory", clone_of=2 if kind == "up" else 0))
     return out
-
-
-def _targets(device, dtype, impls):
-    # The project's goals for this op (reported MET/MISSED, never asserted).
-    if device == "cuda":
-        return [(p, "speedup_vs_compile", ">=", 1.0) for p in impls]
-    if dtype == torch.float32:
-        return [("vkernels-cpu", "speedup_vs_compile", ">=", 1.0), ("vkernels-cpu", "ratio_vs_clone", "<=", 1.5)]
-    return []

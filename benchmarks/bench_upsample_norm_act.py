@@ -50,7 +50,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             out.append(Case(op="upsample_norm_act", size=name + "-" + "x".join(map(str, shape)), dtype=dtype,
                             inputs=(x, w, b, ss, sb, floor), reference=_reference(args), impls=impls,
                             bytes=2 * x.nbytes + floor.nbytes, flops=(10 if mode == "bilinear" else 4) * out_elems,
-                            bound="memory", clone_of=5, targets=_targets(device, dtype, impls)))
+                            bound="memory", clone_of=5))
             if cond or dtype != dtypes[-1] and device == "cpu":
                 continue
             # Training: forward + backward w.r.t. x, weight, bias (the fused backward kernels: apply backward
@@ -69,11 +69,3 @@ def cases(device: str, quick: bool) -> list[Case]:
 # Weight/bias/gamma gradients are sums over N*H*W terms: compiled and fused backends sum them in other orders (fp32
 # eager and compile disagree by ~1e-5 of the largest value themselves), so fwd+bwd cases compare at 1e-4.
 _LOOSE = {"compile": 1e-4, "vkernels-cpu": 1e-4, "vkernels-triton": 1e-4, "vkernels-cuda": 1e-4}
-
-
-def _targets(device, dtype, impls):
-    if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return [t for p in impls for t in ((p, "frac_copy_bw", ">=", 0.8), (p, "speedup_vs_compile", ">=", 1.3))]
-    if device == "cpu" and dtype == torch.float32:
-        return [("vkernels-cpu", "ratio_vs_clone", "<=", 1.15), ("vkernels-cpu", "speedup_vs_compile", ">=", 1.0)]
-    return []

@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 import vkernels
 from vkernels._backend import IMPLS
+from vkernels.utils.quiet import quiet_torch_logs
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -91,6 +92,7 @@ class Run:
 
 def setup(args: argparse.Namespace) -> Run:
     """Process group from torchrun's environment (gloo on CPU, NCCL on GPU), device, seeds, vkernels impl."""
+    quiet_torch_logs()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -162,31 +164,44 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict | No
 
 # ------------------------------------------------------------------------------------------------------ progress
 class Progress:
-    """A one-line progress bar on stderr (redrawn on a terminal, a plain line every `every` steps otherwise)."""
+    """Training progress on stderr through tqdm: steps done / total, s/iter, elapsed and ETA, and the latest values
+    (losses, accuracy). Redrawn in place on a terminal; one plain line every `every` steps (and at the end)
+    otherwise, so logs stay readable."""
+
+    FMT = "{desc} {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]{postfix}"
+    PLAIN = "{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_inv_fmt}]"
 
     def __init__(self, total: int, start: int = 0, desc: str = "", enabled: bool = True, every: int = 10):
-        self.total, self.start, self.desc, self.enabled, self.every = total, start, desc, enabled, max(1, every)
+        from tqdm import tqdm
+
+        self.tqdm, self.total, self.start, self.desc, self.every = tqdm, total, start, desc, max(1, every)
+        self.enabled = enabled
         self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, bar_format=self.FMT,
+                            dynamic_ncols=True, unit="step")
 
     def update(self, step: int, **values) -> None:
         """`step`: steps done so far; `values`: numbers shown after the bar (losses, accuracy...)."""
-        if not self.enabled or (not self.tty and step % self.every and step != self.total):
+        if not self.enabled:
             return
-        done = step - self.start
-        el = time.perf_counter() - self.t0
-        rate = el / done if done else float("nan")
-        eta = rate * (self.total - step) if done else float("nan")
-        frac = step / self.total if self.total else 1.0
-        bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-        vals = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
-        line = f"{self.desc} [{bar}] {step}/{self.total} {rate:.3f}s/it eta {eta:.0f}s {vals}"
-        sys.stderr.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
-        sys.stderr.flush()
+        post = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        if self.bar is not None:
+            self.bar.postfix = post
+            self.bar.update(step - self.bar.n)
+            return
+        if step % self.every and step != self.total:
+            return
+        # tqdm's rate and ETA count only the steps of this process (a resumed run starts at `start`).
+        line = self.tqdm.format_meter(step - self.start, self.total - self.start, time.perf_counter() - self.t0,
+                                      prefix=self.desc, bar_format=self.PLAIN, unit="step")
+        line = line.replace(f"{step - self.start}/{self.total - self.start}", f"{step}/{self.total}", 1)
+        print(f"{line} {post}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _fmt(v) -> str:
@@ -229,8 +244,8 @@ def measure_peak(fn, device: torch.device) -> int | None:
     """Peak bytes allocated by torch during one call of fn() above what was allocated before it.
 
     CUDA: the caching allocator's statistics. CPU: torch keeps none, so the profiler's allocation events are summed
-    (benchmarks/_harness.py explains the method; one step under the profiler is slow, so call this once)."""
-    from benchmarks._harness import peak_bytes
+    (vkernels/utils/profile.py explains the method; one step under the profiler is slow, so call this once)."""
+    from vkernels.utils.profile import peak_bytes
 
     return peak_bytes({"step": fn}, torch.device(device).type)["step"]
 

@@ -5,6 +5,7 @@ import torch
 import vkernels
 from vkernels import _backend
 from conftest import DEVICES
+from vkernels.utils.profile import cpu_peak_bytes  # noqa: F401 - the tests' import point
 
 # Absolute slack on top of the 2x-the-reference's-error rule (flash-attention's), per dtype, relative to max |oracle|.
 ATOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -42,16 +43,6 @@ def check_close(out, lowp_ref, oracle, dtype, what="", same_dtype=True):
     ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs().max()
     bound = 2 * ref_err + ATOL[dtype] * (1 + oracle.double().abs().max().cpu())
     assert err <= bound, f"{what} max error {err:.3g} > bound {bound:.3g}"
-
-
-def cpu_peak_bytes(fn):
-    """Peak bytes of CPU memory allocated during fn() (its result included), from the profiler's allocation
-    events, as the benchmarks measure it."""
-    from benchmarks._harness import _peak_bytes_cpu
-
-    peak = _peak_bytes_cpu({"fn": fn})["fn"]
-    assert peak is not None, "torch profiler internals changed: CPU peak memory not measurable"
-    return peak
 
 
 def static_grads(out, inputs, order=2):

@@ -31,3 +31,15 @@ def test_info_runs():
     assert ["bias_act", "cpu", "cpu"] in rows
     if torch.cuda.is_available():
         assert ["bias_act", "cuda", "cuda"] in rows or ["bias_act", "cuda", "triton"] in rows
+
+
+def test_info_aligns_long_op_names_and_explains_cuda_kernels():
+    out = subprocess.run([sys.executable, "-m", "vkernels", "info"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    table = out[next(i for i, line in enumerate(out) if line.startswith("op ")):]
+    starts = {line.index(" cpu ") if " cpu " in line else line.index(" cuda ") for line in table[1:]}
+    assert len(starts) == 1, table  # the device column starts at one offset for every op name
+    built = next(line for line in out if line.startswith("vkernels._C: built"))
+    assert "CUDA kernels: no (built without CUDA sources)" in built or "CUDA kernels: yes (compiled in)" in built
+    if "yes" in built and not torch.cuda.is_available():
+        assert "not on this machine" in built

@@ -276,7 +276,7 @@ def test_freq_route_memory_is_bounded():
     """The frequency route never holds every location's sketch or spectrum: its peak allocation (one thread, so the
     profiler sees every allocation) stays within the inputs' size plus a chunk's buffers, whatever H W is; all
     per-location spectra at 64x64 would be 2 * HW * (D/2 + 1) * 8 B = 134 MB."""
-    from benchmarks._harness import peak_bytes
+    from vkernels.utils.profile import peak_bytes
 
     D = 4096
     threads = torch.get_num_threads()
@@ -412,6 +412,18 @@ def test_module_buffers_state_dict_and_to(device):
                                                                           m.h2, m.s2, 31))
     mcb = vkernels.nn.CompactBilinearPooling(6, 5, 31, sum_pool=False, seed=3, input_layout="NHWC").to(device)
     assert mcb(x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)).shape == (2, 3, 4, 31)
+
+
+def test_module_blames_the_input_for_a_channel_mismatch():
+    """A 256-channel input to a module built for 512 channels names the input and input_dim1, not a hash buffer."""
+    m = vkernels.nn.CompactBilinearPooling(8, 8, 16, seed=0)
+    with pytest.raises(ValueError, match=r"x has 4 channels \(\(B, C, H, W\) layout\), but this module was built "
+                                         r"for input_dim1=8"):
+        m(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"y has 5 channels \(\(B, C\) layout\).*input_dim2=8"):
+        m(torch.randn(2, 8), torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"h1 must have shape \(4,\), one hash per channel of x"):
+        vkernels.compact_bilinear_pooling(torch.randn(2, 4, 3, 3), torch.randn(2, 8, 3, 3), m.h1, m.s1, m.h2, m.s2, 16)
 
 
 def test_module_accepts_the_ports_argument_names():

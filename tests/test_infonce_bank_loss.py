@@ -10,7 +10,7 @@ import vkernels
 from vkernels._backend import TRITON_INTERPRET
 from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
 from conftest import DEVICES
-from _common import ATOL, impl_params, kernels
+from _common import ATOL, cpu_peak_bytes, impl_params, kernels
 from _common import check_close as _check_close
 
 OP = "infonce_bank_loss"
@@ -282,18 +282,6 @@ def test_saves_only_per_row_tensors(device, impl):
     assert sorted(t.numel() for t in saved if t.numel() not in (n * d, kk * d, 1, 0)) == [n, n]
 
 
-def _peak_bytes(fn):
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = list(prof.profiler.kineto_results.events())
-    run = peak = 0
-    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
-        run += nbytes
-        peak = max(peak, run)
-    return peak
-
-
 def test_cpu_peak_memory_is_far_below_n_by_k():
     n, kk, d = 512, 8192, 32
     q, k, bank = [t.requires_grad_() for t in make_inputs(n, kk, d, "cpu", torch.float32)]
@@ -307,7 +295,7 @@ def test_cpu_peak_memory_is_far_below_n_by_k():
 
     ours()
     logits_bytes = n * kk * 4  # one N x K fp32 tensor: 16 MB
-    peak, peak_eager = _peak_bytes(ours), _peak_bytes(eager)
+    peak, peak_eager = cpu_peak_bytes(ours), cpu_peak_bytes(eager)
     assert peak_eager > logits_bytes
     assert peak < logits_bytes / 4, f"peak {peak / 2**20:.1f} MB"
 

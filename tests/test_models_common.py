@@ -66,3 +66,15 @@ def test_setup_single_process_sets_impl(tmp_path):
         assert vkernels.resolve_impl("bias_act", x) == "reference"
     finally:
         vkernels.set_impl("auto")
+
+
+def test_progress_prints_steps_rate_and_values_when_not_a_terminal(capsys):
+    """Logs (no terminal): one plain line every `every` steps and at the end, with step/total of the whole run (a
+    resumed run included), time per step, ETA and the values passed."""
+    bar = C.Progress(7, start=2, desc="gan/stylegan2", every=2)
+    for step in range(3, 8):
+        bar.update(step, loss_g=1.23456, acc=0.5)
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split()[1] for ln in lines] == ["4/7", "6/7", "7/7"], lines
+    assert all(ln.startswith("gan/stylegan2 ") and "s/step" in ln and "loss_g=1.235 acc=0.5" in ln for ln in lines)

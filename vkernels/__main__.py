@@ -22,15 +22,19 @@ def info() -> str:
     if C is None:
         lines.append(f"vkernels._C: NOT BUILT ({_backend.C_ERROR})")
     else:
-        lines.append(f"vkernels._C: built; CPU kernels ({C.cpu_isa}); CUDA kernels: "
-                     f"{'yes' if C.with_cuda else 'no'}")
+        cuda = "no (built without CUDA sources)"
+        if C.with_cuda:
+            cuda = "yes (compiled in)" + ("" if torch.cuda.is_available() else
+                                          "; they run only where torch sees a GPU, not on this machine")
+        lines.append(f"vkernels._C: built; CPU kernels ({C.cpu_isa}); CUDA kernels: {cuda}")
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name()}")
     forced = _backend._forced
     if forced != "auto":
         lines.append(f"VKERNELS_IMPL={forced}: every op is forced to this impl")
     lines.append("")
-    lines.append(f"{'op':<20} {'device':<7} {'auto runs':<11} available")
+    width = max([len("op"), *map(len, _backend.OPS)])
+    lines.append(f"{'op':<{width}} {'device':<7} {'auto runs':<11} available")
 
     class _Probe:  # resolve_impl only needs .device; no tensor on a missing device is made
         def __init__(self, d):
@@ -43,7 +47,7 @@ def info() -> str:
                 chosen = _backend.resolve_impl(op, _Probe(dev), "auto")
             except RuntimeError as e:
                 chosen = f"error: {e}"
-            lines.append(f"{op:<20} {dev:<7} {chosen:<11} {', '.join(avail)}")
+            lines.append(f"{op:<{width}} {dev:<7} {chosen:<11} {', '.join(avail)}")
     return "\n".join(lines)
 
 

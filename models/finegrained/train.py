@@ -25,7 +25,8 @@ from models.finegrained.model import HEADS, FineGrainedClassifier
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.finegrained.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--head", default="gap,bilinear,isqrt", help=f"comma-separated, from {', '.join(HEADS)}")
     p.add_argument("--backbone", default="resnet", choices=("resnet", "linear"),
                    help="resnet: SmallResNet; linear: two convs without nonlinearity (see model.LinearBackbone)")
@@ -72,6 +73,10 @@ def train_head(args, run, head, data):
             sched.load_state_dict(state["sched"])
             step = state["step"]
             C.set_rng_state(state["rng"])
+            if run.is_main:
+                print(f"[{head}] resumed from {ckpt} at step {step} of {args.steps}", file=sys.stderr)
+        elif run.is_main:
+            print(f"[{head}] --resume: no {ckpt} yet, starting at step 0", file=sys.stderr)
     net = run.ddp(model)
     stats = C.StepStats()
     bar = C.Progress(args.steps, start=step, desc=f"finegrained/{head}", enabled=run.is_main, every=args.log_every)

@@ -1,4 +1,4 @@
-"""Train a small GAN on an offline dataset: `python -m models.gan.train --arch stylegan2|biggan|spade [--impl reference]`.
+r"""Train a small GAN on an offline dataset: `python -m models.gan.train --arch stylegan2|biggan|spade [--impl reference]`.
 
     python -m models.gan.train --data faces --res 16 --steps 400 --out runs/gan
     python -m models.gan.train --data faces --res 16 --steps 400 --out runs/gan --resume   # continue
@@ -50,7 +50,8 @@ DEFAULT_LR = {"stylegan2": 2e-3, "biggan": 2e-4, "spade": 2e-4}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m models.gan.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p, steps=400, batch_size=16, lr=None, data=None, log_every=10, sample_every=200,
                       ckpt_every=100)
     p.add_argument("--arch", default="stylegan2", choices=ARCHS)
@@ -331,6 +332,10 @@ def train(args, run):
         st = C.load_checkpoint(ckpt, run.device)
         if st is not None:
             t.load(st)
+            if run.is_main:
+                print(f"resumed from {ckpt} at step {t.step} of {args.steps}", file=sys.stderr)
+        elif run.is_main:
+            print(f"--resume: no {ckpt} yet, starting at step 0", file=sys.stderr)
     stats = C.StepStats()
     bar = C.Progress(args.steps, start=t.step, desc=t.desc, enabled=run.is_main, every=args.log_every)
     logs = {}

@@ -69,6 +69,11 @@ class CompactBilinearPooling(torch.nn.Module):
             x, y = x[:, :, None, None], y[:, :, None, None]
         elif self.input_layout == "NHWC":
             x, y = x.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2)
+        for name, t, want, dim in (("x", x, self.input_dim1, "input_dim1"), ("y", y, self.input_dim2, "input_dim2")):
+            if t.ndim == 4 and t.shape[1] != want:  # other ranks: the op's own shape check names the problem
+                layout = "(B, C)" if vector else ("(B, H, W, C)" if self.input_layout == "NHWC" else "(B, C, H, W)")
+                raise ValueError(f"CompactBilinearPooling: {name} has {t.shape[1]} channels ({layout} layout), but "
+                                 f"this module was built for {dim}={want}")
         out = compact_bilinear_pooling(x, y, self.h1, self.s1, self.h2, self.s2, self.output_dim,
                                        sum_pool=self.sum_pool or vector, impl=self.impl, route=self.route)
         if not self.sum_pool and not vector and self.input_layout == "NHWC":

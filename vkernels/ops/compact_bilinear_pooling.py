@@ -98,13 +98,16 @@ def _check(x, y, h1, s1, h2, s2, output_dim):
                          f"{(x.shape[0], x.shape[2], x.shape[3])}, got y.shape {tuple(y.shape)}")
     if not isinstance(output_dim, int) or isinstance(output_dim, bool) or output_dim < 1:
         raise ValueError(f"{_NAME}: output_dim must be an int >= 1, got {output_dim!r}")
-    for (hn, h), (sn, s), c in ((("h1", h1), ("s1", s1), x.shape[1]), (("h2", h2), ("s2", s2), y.shape[1])):
+    for (hn, h), (sn, s), (xn, c) in ((("h1", h1), ("s1", s1), ("x", x.shape[1])),
+                                      (("h2", h2), ("s2", s2), ("y", y.shape[1]))):
         if h.dtype != torch.int64:
             raise TypeError(f"{_NAME}: {hn} must be int64, got {h.dtype}")
         if h.shape != (c,):
-            raise ValueError(f"{_NAME}: {hn} must have shape ({c},), got {tuple(h.shape)}")
+            raise ValueError(f"{_NAME}: {hn} must have shape ({c},), one hash per channel of {xn}; got "
+                             f"{tuple(h.shape)} ({xn} has {c} channels: is {xn} the input you meant?)")
         if s.shape != (c,):
-            raise ValueError(f"{_NAME}: {sn} must have shape ({c},), got {tuple(s.shape)}")
+            raise ValueError(f"{_NAME}: {sn} must have shape ({c},), one sign per channel of {xn}; got "
+                             f"{tuple(s.shape)}")
         if s.is_complex() or s.dtype == torch.bool:
             raise TypeError(f"{_NAME}: {sn} must be a real tensor of +1/-1, got {s.dtype}")
     check_devices(_NAME, x, y=y, h1=h1, s1=s1, h2=h2, s2=s2)

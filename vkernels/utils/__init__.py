@@ -1,0 +1,1 @@
+"""Helpers that are not ops: measuring peak memory and time of a call (vkernels.utils.profile)."""
