@@ -184,12 +184,12 @@ def _p2(v):
 _PER_THREAD = {torch.float32: 16, torch.float64: 8}
 
 
-def _tiles(tgt, up, down, ah, aw, bh, bw, acc):
+def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight):
     """(TOH, TOW, MTHB, MTWB, IRB, num_warps): output tile, mid tile (rows, columns: the mid samples an output tile
     reads, to powers of two), input rows of the separable up pass, warps. On a GPU: the largest output tile of 16, 8
     or 4 (TOW stays a multiple of 4: whole mask bytes) whose mid tile fits _PER_THREAD samples a thread with 4 or 8
-    warps, so no geometry spills (up=2/down=4 with 24 taps, the backward of up=4/down=2, gets 8x8 output tiles).
-    The interpreter (programs one after another) gets 8x8 tiles and 4 warps, as CI always had."""
+    warps, so no geometry spills (up=2/down=4 with 24 taps, the backward of up=4/down=2, gets 8x8 output tiles);
+    `tight` (the masked pass with a 2-D filter: more live tile values) halves the samples a thread. The interpreter (programs one after another) gets 8x8 tiles and 4 warps, as CI always had."""
     def mid(to):
         return _p2((to - 1) * down + bh), max(_p2((to - 1) * down + bw), 4)
 
@@ -198,7 +198,8 @@ def _tiles(tgt, up, down, ah, aw, bh, bw, acc):
     else:
         for to in (16, 8, 4):
             mthb, mtwb = mid(to)
-            warps = next((w for w in (4, 8) if mthb * mtwb <= _PER_THREAD[acc] * 32 * w), None)
+            per_thread = _PER_THREAD[acc] // (2 if tight else 1)
+            warps = next((w for w in (4, 8) if mthb * mtwb <= per_thread * 32 * w), None)
             if warps is not None:
                 break
         else:
@@ -222,7 +223,7 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
     prm = torch.tensor([gain, slope, float("inf") if clamp is None else clamp], dtype=acc, device=x.device)
     aw, ah, bw, bh = fa.shape[-1], fa.shape[0], fb.shape[-1], fb.shape[0]
     tgt = target(x.device)
-    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc)
+    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc, masked and (fa.ndim == 2 or fb.ndim == 2))
     n, c = x.shape[0], x.shape[1]
     tiles_x, tiles_y = triton.cdiv(ow, tow), triton.cdiv(oh, toh)
     n_tiles = n * c * tiles_x * tiles_y
