@@ -11,7 +11,10 @@ FLOPs per mid sample: polyphase, only the taps that land on input samples: 2*(fu
 2*fuh*fuw/up**2 2-D (each column/row loops over ceil(f/up) taps of its own phase);
 down: 2*(fdw + fdh) / down per mid sample. Bytes: x read ~once (tile halos re-read, from cache), y written once,
 mask Mh*Mw/4 bytes. Index arithmetic is kept non-negative (padding folded into positive offsets) because `//` and
-`%` on negative integers differ between Triton on GPU and the interpreter. Not yet run or timed on a GPU.
+`%` on negative integers differ between Triton on GPU and the interpreter. Plane bases and row / column offsets
+are int64 (no 2^31-element limit). Tile sizes and warps per geometry and dtype come from _tiles(target(device)):
+the mid tile bounds the registers, so long filters at down = 4 get smaller output tiles. No approximate math: the
+kernel only adds and multiplies (no division, exp or sqrt on floats). Not yet run or timed on a GPU.
 """
 import contextlib
 
@@ -137,7 +140,8 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                 qcol = mx0 // 4 + q
                 own_x = (qcol < (mx0 + TOW * D) // 4) | (tx == tiles_x - 1)
                 wm = own_y & (my < MH) & own_x & (qcol < RB)
-                tl.store(mask_ptr + pl.to(tl.int64) * mask_h * RB + my.to(tl.int64) * RB + qcol, packed.to(tl.uint8), mask=wm)
+                tl.store(mask_ptr + pl.to(tl.int64) * mask_h * RB + my.to(tl.int64) * RB + qcol, packed.to(tl.uint8),
+                         mask=wm)
         tl.store(s2 + r_m * MTWB + c_m, act)
         tl.debug_barrier()
         oy = oy0 + r_o
@@ -164,8 +168,8 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                     cc = c_o * D + l
                     y += tl.load(wb_ptr + k * BW + l).to(acc_ty) * tl.load(s2 + rr * MTWB + cc,
                                                                            mask=(rr < MTHB) & (cc < MTWB), other=0.0)
-        tl.store(out_ptr + n * son + c * soc + oy.to(tl.int64) * soh + ox.to(tl.int64) * sow, y.to(out_ptr.dtype.element_ty),
-                 mask=(oy < OH) & (ox < OW))
+        tl.store(out_ptr + n * son + c * soc + oy.to(tl.int64) * soh + ox.to(tl.int64) * sow,
+                 y.to(out_ptr.dtype.element_ty), mask=(oy < OH) & (ox < OW))
         tl.debug_barrier()
 
 
@@ -189,7 +193,9 @@ def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight):
     reads, to powers of two), input rows of the separable up pass, warps. On a GPU: the largest output tile of 16, 8
     or 4 (TOW stays a multiple of 4: whole mask bytes) whose mid tile fits _PER_THREAD samples a thread with 4 or 8
     warps, so no geometry spills (up=2/down=4 with 24 taps, the backward of up=4/down=2, gets 8x8 output tiles);
-    `tight` (the masked pass with a 2-D filter: more live tile values) halves the samples a thread. The interpreter (programs one after another) gets 8x8 tiles and 4 warps, as CI always had."""
+    `tight` (a 2-D filter: its taps gather from full-tile addresses, more live tile values) halves the samples a
+    thread and takes 8 warps.
+    The interpreter (programs one after another) gets 8x8 tiles and 4 warps, as CI always had."""
     def mid(to):
         return _p2((to - 1) * down + bh), max(_p2((to - 1) * down + bw), 4)
 
@@ -199,7 +205,7 @@ def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight):
         for to in (16, 8, 4):
             mthb, mtwb = mid(to)
             per_thread = _PER_THREAD[acc] // (2 if tight else 1)
-            warps = next((w for w in (4, 8) if mthb * mtwb <= per_thread * 32 * w), None)
+            warps = next((w for w in ((8,) if tight else (4, 8)) if mthb * mtwb <= per_thread * 32 * w), None)
             if warps is not None:
                 break
         else:
@@ -223,7 +229,8 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
     prm = torch.tensor([gain, slope, float("inf") if clamp is None else clamp], dtype=acc, device=x.device)
     aw, ah, bw, bh = fa.shape[-1], fa.shape[0], fb.shape[-1], fb.shape[0]
     tgt = target(x.device)
-    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc, masked and (fa.ndim == 2 or fb.ndim == 2))
+    tight = fa.ndim == 2 or fb.ndim == 2
+    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight)
     n, c = x.shape[0], x.shape[1]
     tiles_x, tiles_y = triton.cdiv(ow, tow), triton.cdiv(oh, toh)
     n_tiles = n * c * tiles_x * tiles_y
@@ -233,9 +240,10 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
     b_arg = b if b is not None else wa
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _launch_kernel(
-            _flrelu_kernel, (grid,), out, x, b_arg, wa, wb, prm, mask, scratch, c, x.shape[2], x.shape[3], oh, ow, mh, mw, n_tiles, tiles_x,
-            tiles_y, *x.stride(), *out.stride(), up, down, px0, py0, offx, offy,
+            _flrelu_kernel, (grid,), out, x, b_arg, wa, wb, prm, mask, scratch, c, x.shape[2], x.shape[3], oh, ow, mh,
+            mw, n_tiles, tiles_x, tiles_y, *x.stride(), *out.stride(), up, down, px0, py0, offx, offy,
             mask.shape[2] if mask.ndim == 4 else 0, mask_w, (mask_w + 3) // 4, sx, sy,
-            AW=aw, AH=ah, AJW=triton.cdiv(aw, up), AJH=triton.cdiv(ah, up), BW=bw, BH=bh, SEP_A=fa.ndim == 1, SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write,
-            HAS_B=b is not None, TOH=toh, TOW=tow, IRB=irb, MTHB=mthb, MTWB=mtwb, num_warps=warps)
+            AW=aw, AH=ah, AJW=triton.cdiv(aw, up), AJH=triton.cdiv(ah, up), BW=bw, BH=bh, SEP_A=fa.ndim == 1,
+            SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write, HAS_B=b is not None, TOH=toh, TOW=tow, IRB=irb, MTHB=mthb,
+            MTWB=mtwb, num_warps=warps)
     return out

@@ -149,24 +149,28 @@ def _precision(dtype):
     return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-# Tile shapes (BD or BM, BN, BK, num_warps, num_stages) per kernel and accumulation dtype, for sm_80 and sm_90 alike:
-# what compiled without spills and within shared memory for both (the commit message has registers and shared
-# memory); "tf32" and "tf32x3" share them (tf32x3 needs the registers: 8 warps). The interpreter runs programs one
-# after another: big tiles keep CI fast; tl.dot needs every dim >= 16.
+# Tile shapes (BD or BM, BN, BK, num_warps, num_stages) per kernel and accumulation dtype, for sm_90 (and newer) and
+# sm_80: what compiled without spills and within shared memory (registers and shared memory per configuration are in
+# the commit messages). "tf32" and "tf32x3" share them; tf32x3 holds three operand splits in registers, hence 8 warps
+# for fp32. sm_80's mma.sync keeps dot operands in registers (sm_90's wgmma reads them from shared memory): smaller
+# K / N blocks there. The interpreter runs programs one after another: big tiles keep CI fast; tl.dot needs every
+# dim >= 16.
 _INTERPRET_TILES = (32, 32, 32, 4, 1)
+_FP64 = (32, 32, 16, 4, 2)
 _TILES = {
-    "gram": {torch.float32: (64, 64, 32, 8, 3), torch.float64: (32, 32, 16, 4, 2)},
-    "proj": {torch.float32: (64, 64, 16, 8, 3), torch.float64: (32, 32, 16, 4, 2)},  # two accumulators: BK 16
-    "dg": {torch.float32: (64, 64, 32, 8, 3), torch.float64: (32, 32, 16, 4, 2)},
-    "dw": {torch.float32: (64, 64, 32, 8, 3), torch.float64: (32, 32, 16, 4, 2)},
+    90: {"gram": (64, 64, 32, 8, 3), "proj": (64, 64, 16, 8, 3), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 32, 8, 3)},
+    80: {"gram": (64, 32, 16, 8, 3), "proj": (64, 32, 16, 8, 2), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 16, 8, 3)},
 }
 
 
 def _config(kernel, device, acc):
     """(BD, BN, BK, num_warps, num_stages) of `kernel` for this device (target(device): interpreter or GPU)."""
-    if target(device).interpret:
+    tgt = target(device)
+    if tgt.interpret:
         return _INTERPRET_TILES
-    return _TILES[kernel][acc]
+    if acc == torch.float64:
+        return _FP64
+    return _TILES[80 if tgt.arch < 90 else 90][kernel]
 
 
 def _images_per_split(B, tiles, sms):
