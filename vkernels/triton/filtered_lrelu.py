@@ -188,13 +188,13 @@ def _p2(v):
 _PER_THREAD = {torch.float32: 16, torch.float64: 8}
 
 
-def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight):
+def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight, masked):
     """(TOH, TOW, MTHB, MTWB, IRB, num_warps): output tile, mid tile (rows, columns: the mid samples an output tile
     reads, to powers of two), input rows of the separable up pass, warps. On a GPU: the largest output tile of 16, 8
     or 4 (TOW stays a multiple of 4: whole mask bytes) whose mid tile fits _PER_THREAD samples a thread with 4 or 8
     warps, so no geometry spills (up=2/down=4 with 24 taps, the backward of up=4/down=2, gets 8x8 output tiles);
     `tight` (a 2-D filter: its taps gather from full-tile addresses, more live tile values) halves the samples a
-    thread and takes 8 warps.
+    thread, and 8 warps outside the masked pass (ptxas spilled 4-8 B at 4 warps there, and in the masked pass at 8).
     The interpreter (programs one after another) gets 8x8 tiles and 4 warps, as CI always had."""
     def mid(to):
         return _p2((to - 1) * down + bh), max(_p2((to - 1) * down + bw), 4)
@@ -205,7 +205,8 @@ def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight):
         for to in (16, 8, 4):
             mthb, mtwb = mid(to)
             per_thread = _PER_THREAD[acc] // (2 if tight else 1)
-            warps = next((w for w in ((8,) if tight else (4, 8)) if mthb * mtwb <= per_thread * 32 * w), None)
+            warps = next((w for w in ((8,) if tight and not masked else (4, 8)) if mthb * mtwb <= per_thread * 32 * w),
+                         None)
             if warps is not None:
                 break
         else:
@@ -230,7 +231,7 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
     aw, ah, bw, bh = fa.shape[-1], fa.shape[0], fb.shape[-1], fb.shape[0]
     tgt = target(x.device)
     tight = fa.ndim == 2 or fb.ndim == 2
-    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight)
+    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight, masked)
     n, c = x.shape[0], x.shape[1]
     tiles_x, tiles_y = triton.cdiv(ow, tow), triton.cdiv(oh, toh)
     n_tiles = n * c * tiles_x * tiles_y
