@@ -352,9 +352,8 @@ def test_triton_dot_precision_follows_torch(device, impl):
     tf32) and is "ieee" for fp64, in every kernel of both routes, forward and backward."""
     from vkernels.triton import _launch
 
-    want = {("highest", torch.float32): "tf32x3", ("high", torch.float32): "tf32",
-            ("medium", torch.float32): "tf32", ("highest", torch.bfloat16): "tf32x3",
-            ("high", torch.float16): "tf32", ("high", torch.float64): "ieee", ("highest", torch.float64): "ieee"}
+    want = {("highest", torch.float32): "tf32x3", ("medium", torch.float32): "tf32",
+            ("high", torch.bfloat16): "tf32", ("high", torch.float64): "ieee"}  # few: each runs 6 interpreted kernels
     saved = torch.get_float32_matmul_precision()
     try:
         for (prec, dtype), expected in want.items():
