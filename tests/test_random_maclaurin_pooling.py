@@ -367,3 +367,34 @@ def gpu_static_cases(full):
     layouts = ("contiguous", "channels_last") if full else ("contiguous",)
     return [case(dtype, route, same, layout) for dtype in DTYPES for route in ROUTES for same in (False, True)
             for layout in layouts]
+
+
+@pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values[1] == "triton"])
+def test_triton_dot_precision_follows_torch(device, impl):
+    """The Triton kernels' tl.dot input_precision (the PREC constexpr the launcher passes) follows
+    torch.get_float32_matmul_precision() for fp32/fp16/bf16 inputs ("highest" -> the exact-ish tf32x3, otherwise
+    tf32) and is "ieee" for fp64, in every kernel of both routes, forward and backward."""
+    from vkernels.triton import _launch
+
+    want = {("highest", torch.float32): "tf32x3", ("medium", torch.float32): "tf32",
+            ("high", torch.bfloat16): "tf32", ("high", torch.float64): "ieee"}  # few: each runs 6 interpreted kernels
+    saved = torch.get_float32_matmul_precision()
+    try:
+        for (prec, dtype), expected in want.items():
+            torch.set_float32_matmul_precision(prec)
+            seen = {}
+
+            def record(kernel, grid, args, kwargs):
+                name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "?")
+                seen.setdefault(name, set()).add(kwargs["PREC"])
+
+            x, y = randn((2, 3, 2, 1), dtype, device), randn((2, 4, 2, 1), dtype, device)
+            w1, w2 = randn((5, 3), torch.float32, device), randn((5, 4), torch.float32, device)
+            with _launch.recording(record):
+                for route in ("gram", "project"):
+                    leaves = [t.clone().requires_grad_() for t in (x, y, w1, w2)]
+                    rmp(*leaves, route, impl).float().sum().backward()
+            assert len(seen) == 4, (prec, dtype, sorted(seen))  # gram and project forward, dG, dW
+            assert all(v == {expected} for v in seen.values()), (prec, dtype, seen)
+    finally:
+        torch.set_float32_matmul_precision(saved)

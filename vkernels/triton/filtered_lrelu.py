@@ -11,7 +11,10 @@ FLOPs per mid sample: polyphase, only the taps that land on input samples: 2*(fu
 2*fuh*fuw/up**2 2-D (each column/row loops over ceil(f/up) taps of its own phase);
 down: 2*(fdw + fdh) / down per mid sample. Bytes: x read ~once (tile halos re-read, from cache), y written once,
 mask Mh*Mw/4 bytes. Index arithmetic is kept non-negative (padding folded into positive offsets) because `//` and
-`%` on negative integers differ between Triton on GPU and the interpreter. Not yet run or timed on a GPU.
+`%` on negative integers differ between Triton on GPU and the interpreter. Plane bases and row / column offsets
+are int64 (no 2^31-element limit). Tile sizes and warps per geometry and dtype come from _tiles(target(device)):
+the mid tile bounds the registers, so long filters at down = 4 get smaller output tiles. No approximate math: the
+kernel only adds and multiplies (no division, exp or sqrt on floats). Not yet run or timed on a GPU.
 """
 import contextlib
 
@@ -19,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton._launch import launch as _launch_kernel, target
 
 
 @triton.jit
@@ -50,8 +53,8 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
         t2 = t // tiles_x
         ty = t2 % tiles_y
         pl = t2 // tiles_y
-        n = pl // C
-        c = pl % C
+        n = (pl // C).to(tl.int64)
+        c = (pl % C).to(tl.int64)
         oy0 = ty * TOH
         ox0 = tx * TOW
         my0 = oy0 * D
@@ -77,7 +80,7 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                 u = mx + j - P0X + OFFX
                 ix = u // U - OFFX // U
                 v = vrow & (j < AW) & (ix >= 0) & (ix < W)
-                xv = tl.load(xb + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
+                xv = tl.load(xb + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw, mask=v, other=0.0).to(acc_ty)
                 xv = tl.where(v, xv + bias, 0.0)
                 h += tl.load(wa_ptr + j, mask=j < AW, other=0.0).to(acc_ty) * xv
             tl.store(s1 + r_i * MTWB + c_m, h)
@@ -103,16 +106,19 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                     ux = mx + j - P0X + OFFX
                     ix = ux // U - OFFX // U
                     v = vy & (j < AW) & (ix >= 0) & (ix < W)
-                    xv = tl.load(xb + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
+                    xv = tl.load(xb + iy.to(tl.int64) * sxh + ix.to(tl.int64) * sxw, mask=v, other=0.0).to(acc_ty)
                     xv = tl.where(v, xv + bias, 0.0)
                     mid += tl.load(wa_ptr + i * AW + j, mask=v, other=0.0).to(acc_ty) * xv
         if MASKED:
+            # Row and column validity apart ([MTHB, 1] and [1, MTWB]): one full-tile value fewer live.
             row = my + SY
             col = mx + SX
-            vm = (row >= 0) & (row < mask_h) & (col >= 0) & (col < mask_w)
-            rowc = tl.where(vm, row, 0)
-            colc = tl.where(vm, col, 0)
-            byte = tl.load(mask_ptr + (pl * mask_h + rowc) * RB + colc // 4, mask=vm, other=0).to(tl.int32)
+            vr = (row >= 0) & (row < mask_h)
+            vc = (col >= 0) & (col < mask_w)
+            rowc = tl.where(vr, row, 0)
+            colc = tl.where(vc, col, 0)
+            mb = mask_ptr + pl.to(tl.int64) * mask_h * RB
+            byte = tl.load(mb + rowc.to(tl.int64) * RB + colc // 4, mask=vr & vc, other=0).to(tl.int32)
             code = (byte >> ((colc % 4) * 2)) & 3
             fac = tl.where(code == 1, gain, tl.where(code == 2, gain * slope, 0.0))
             act = mid * fac
@@ -134,7 +140,8 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                 qcol = mx0 // 4 + q
                 own_x = (qcol < (mx0 + TOW * D) // 4) | (tx == tiles_x - 1)
                 wm = own_y & (my < MH) & own_x & (qcol < RB)
-                tl.store(mask_ptr + (pl * mask_h + my) * RB + qcol, packed.to(tl.uint8), mask=wm)
+                tl.store(mask_ptr + pl.to(tl.int64) * mask_h * RB + my.to(tl.int64) * RB + qcol, packed.to(tl.uint8),
+                         mask=wm)
         tl.store(s2 + r_m * MTWB + c_m, act)
         tl.debug_barrier()
         oy = oy0 + r_o
@@ -161,8 +168,8 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                     cc = c_o * D + l
                     y += tl.load(wb_ptr + k * BW + l).to(acc_ty) * tl.load(s2 + rr * MTWB + cc,
                                                                            mask=(rr < MTHB) & (cc < MTWB), other=0.0)
-        tl.store(out_ptr + n * son + c * soc + oy * soh + ox * sow, y.to(out_ptr.dtype.element_ty),
-                 mask=(oy < OH) & (ox < OW))
+        tl.store(out_ptr + n * son + c * soc + oy.to(tl.int64) * soh + ox.to(tl.int64) * sow,
+                 y.to(out_ptr.dtype.element_ty), mask=(oy < OH) & (ox < OW))
         tl.debug_barrier()
 
 
@@ -176,6 +183,41 @@ def _p2(v):
     return 1 << max(0, int(v) - 1).bit_length()
 
 
+# Mid samples per thread in one [MTHB, MTWB] tile value: the kernel keeps a few such values live (mid, the mask code,
+# the activation, their addresses), so this bounds its registers; fp64 values take two registers each.
+_PER_THREAD = {torch.float32: 16, torch.float64: 8}
+
+
+def _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight, masked):
+    """(TOH, TOW, MTHB, MTWB, IRB, num_warps): output tile, mid tile (rows, columns: the mid samples an output tile
+    reads, to powers of two), input rows of the separable up pass, warps. On a GPU: the largest output tile of 16, 8
+    or 4 (TOW stays a multiple of 4: whole mask bytes) whose mid tile fits _PER_THREAD samples a thread with 4 or 8
+    warps, so no geometry spills (up=2/down=4 with 24 taps, the backward of up=4/down=2, gets 8x8 output tiles);
+    `tight` (a 2-D filter: its taps gather from full-tile addresses, more live tile values) halves the samples a
+    thread, and 8 warps outside the masked pass (ptxas spilled 4-8 B at 4 warps there, and in the masked pass at 8).
+    The interpreter (programs one after another) gets 8x8 tiles and 4 warps, as CI always had."""
+    def mid(to):
+        return _p2((to - 1) * down + bh), max(_p2((to - 1) * down + bw), 4)
+
+    if tgt.interpret:
+        to, warps = 8, 4
+    else:
+        for to in (16, 8, 4):
+            mthb, mtwb = mid(to)
+            per_thread = _PER_THREAD[acc] // (2 if tight else 1)
+            warps = next((w for w in ((8,) if tight and not masked else (4, 8)) if mthb * mtwb <= per_thread * 32 * w),
+                         None)
+            if warps is not None:
+                break
+        else:
+            warps = 8  # filters too long for any tile within the budget: the smallest tile, the most warps
+    mthb, mtwb = mid(to)
+    # Input rows the separable up pass reads: (MTHB + AH - 2) // up + 2 cover every phase; with up = 1 exactly
+    # MTHB + AH - 1.
+    irb = _p2((mthb + ah - 2) // up + 2 if up > 1 else mthb + ah - 1)
+    return to, to, mthb, mtwb, irb, warps
+
+
 def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, clamp, flip_filter, masked,
            write, sx, sy, mask_w, out_size, out_format, geometry):
     """Runs the kernel; arguments already checked. geometry = ((OW, MW), (OH, MH)). Returns out."""
@@ -183,34 +225,26 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
     out = torch.empty(out_size, dtype=x.dtype, device=x.device, memory_format=out_format)
     if out.numel() == 0:
         return out
-    big = max(out.numel(), x.numel(), mask.numel()) >= 2**31 - 2**20
-    if big:
-        raise RuntimeError("filtered_lrelu_triton: tensors past 2**31 elements are not supported by the Triton "
-                           "kernel (int32 indexing); use impl='cpu' or split the batch")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     wa, wb = _taps(fa.to(x.device), flip_filter, gain_a, acc), _taps(fb.to(x.device), flip_filter, gain_b, acc)
     prm = torch.tensor([gain, slope, float("inf") if clamp is None else clamp], dtype=acc, device=x.device)
     aw, ah, bw, bh = fa.shape[-1], fa.shape[0], fb.shape[-1], fb.shape[0]
-    toh = tow = 8 if TRITON_INTERPRET else 16
-    mthb, mtwb = _p2((toh - 1) * down + bh), _p2((tow - 1) * down + bw)
-    mtwb = max(mtwb, 4)
-    irb = _p2((mthb + ah - 2) // up + 2)
+    tgt = target(x.device)
+    tight = fa.ndim == 2 or fb.ndim == 2
+    toh, tow, mthb, mtwb, irb, warps = _tiles(tgt, up, down, ah, aw, bh, bw, acc, tight, masked)
     n, c = x.shape[0], x.shape[1]
     tiles_x, tiles_y = triton.cdiv(ow, tow), triton.cdiv(oh, toh)
     n_tiles = n * c * tiles_x * tiles_y
-    if x.is_cuda:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        grid = min(n_tiles, sms * 8)
-    else:
-        grid = min(n_tiles, 4)
+    grid = min(n_tiles, 4 if tgt.interpret else tgt.sms * 8)
     scratch = torch.empty(grid * (irb * mtwb + mthb * mtwb + mthb * tow), dtype=acc, device=x.device)
     offx, offy = up * (max(px0, 0) // up + 1), up * (max(py0, 0) // up + 1)
     b_arg = b if b is not None else wa
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _flrelu_kernel[(grid,)](
-            out, x, b_arg, wa, wb, prm, mask, scratch, c, x.shape[2], x.shape[3], oh, ow, mh, mw, n_tiles, tiles_x,
-            tiles_y, *x.stride(), *out.stride(), up, down, px0, py0, offx, offy,
+        _launch_kernel(
+            _flrelu_kernel, (grid,), out, x, b_arg, wa, wb, prm, mask, scratch, c, x.shape[2], x.shape[3], oh, ow, mh,
+            mw, n_tiles, tiles_x, tiles_y, *x.stride(), *out.stride(), up, down, px0, py0, offx, offy,
             mask.shape[2] if mask.ndim == 4 else 0, mask_w, (mask_w + 3) // 4, sx, sy,
-            AW=aw, AH=ah, AJW=triton.cdiv(aw, up), AJH=triton.cdiv(ah, up), BW=bw, BH=bh, SEP_A=fa.ndim == 1, SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write,
-            HAS_B=b is not None, TOH=toh, TOW=tow, IRB=irb, MTHB=mthb, MTWB=mtwb, num_warps=4)
+            AW=aw, AH=ah, AJW=triton.cdiv(aw, up), AJH=triton.cdiv(ah, up), BW=bw, BH=bh, SEP_A=fa.ndim == 1,
+            SEP_B=fb.ndim == 1, MASKED=masked, WRITE=write, HAS_B=b is not None, TOH=toh, TOW=tow, IRB=irb, MTHB=mthb,
+            MTWB=mtwb, num_warps=warps)
     return out

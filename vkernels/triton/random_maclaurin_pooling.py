@@ -13,11 +13,16 @@ the rows of W2 scaled by s g in registers); then cuBLAS dX = dG Y, dY = dG^T X. 
 (W1^T (s g . W2 Y_b)) is not written in Triton: it only saves FLOPs when HW is far below C (see the CPU kernel).
 With a gradient to take, the project route's forward instead stores its tiles of W1 X_b, W2 Y_b (forward_saved) and
 the backward is cuBLAS GEMMs from them (backward_saved): 4 GEMMs for x, y, w1, w2 instead of recomputing.
-dW1 = s sum_b diag(g_b) W2 G_b^T, dW2 = s sum_b diag(g_b) W1 G_b: grid (D / BD, C / BN), the image loop inside the
-program (every element written by one program: deterministic, no atomics).
+dW1 = s sum_b diag(g_b) W2 G_b^T, dW2 = s sum_b diag(g_b) W1 G_b: grid (D / BD, C / BN, splits), each program
+summing the images of one split of the batch into its own slice of a (splits, D, C) buffer, summed afterwards in a
+fixed order (deterministic, no atomics); splits are only added while D x C has too few tiles to fill the GPU.
 
-All tiles are in the accumulation dtype (fp32, fp64 for fp64 inputs); fp32 dots use input_precision="ieee" (no TF32:
-the result is a sum of D C1 C2 products, TF32's 1e-3 relative rounding would exceed the fp32 error bound).
+All tiles are in the accumulation dtype (fp32, fp64 for fp64 inputs). The dots run on tensor cores for fp32, fp16
+and bf16 inputs, with the precision torch's own fp32 matmuls get from torch.get_float32_matmul_precision():
+"highest" (torch's default) -> input_precision="tf32x3" (three TF32 products, about fp32's rounding: the result is a
+sum of D C1 C2 products and plain TF32's ~1e-3 relative rounding would exceed the fp32 error bound), "high" /
+"medium" -> "tf32". fp64 runs "ieee" (DMMA on sm_80 / sm_90). The launcher picks it (_precision) and passes it as a
+constexpr. Index arithmetic is int64 wherever a product of a row index and a stride can pass 2^31.
 """
 import math
 
@@ -25,39 +30,37 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
-
-# The interpreter runs programs one after another: big tiles keep CI fast; tl.dot needs every dim >= 16.
-BD, BN, BK = (32, 32, 32) if TRITON_INTERPRET else (64, 64, 32)
-NUM_WARPS = 4
+from vkernels.triton._launch import launch, target
 
 
 @triton.jit
 def _tile_dot(a_ptr, sam, sak, b_ptr, sbk, sbn, s_ptr, m, mm, n, nm, K, acc,
-              BK: tl.constexpr, SCALE: tl.constexpr):
+              BK: tl.constexpr, SCALE: tl.constexpr, PREC: tl.constexpr):
     """acc[m, n] += sum_k A[m, k] B[k, n] over k in [0, K), the tile loop of every kernel here (A and B by strides,
-    B cast to acc's dtype). SCALE 1: A's rows scaled by s[m]; SCALE 2: B's rows by s[k]; 0: no scaling."""
+    both cast to acc's dtype; m, n int64 so row * stride never wraps). SCALE 1: A's rows scaled by s[m]; SCALE 2: B's
+    rows by s[k]; 0: no scaling. PREC: tl.dot's input_precision (see _precision)."""
     if SCALE == 1:
         sm = tl.load(s_ptr + m, mask=mm, other=0.0)
     for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
         km = k < K
-        a = tl.load(a_ptr + m[:, None] * sam + k[None, :] * sak, mask=mm[:, None] & km[None, :], other=0.0)
+        a = tl.load(a_ptr + m[:, None] * sam + k[None, :] * sak, mask=mm[:, None] & km[None, :],
+                    other=0.0).to(acc.dtype)
         bt = tl.load(b_ptr + k[:, None] * sbk + n[None, :] * sbn, mask=km[:, None] & nm[None, :],
                      other=0.0).to(acc.dtype)
         if SCALE == 1:
             a = a * sm[:, None]
         if SCALE == 2:
             bt = bt * tl.load(s_ptr + k, mask=km, other=0.0)[:, None]
-        acc += tl.dot(a, bt, input_precision="ieee")
+        acc = tl.dot(a, bt, acc, input_precision=PREC)
     return acc
 
 
 @triton.jit
-def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale,
-                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale, pid1_base,
+                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    d = (tl.program_id(1) + pid1_base).to(tl.int64) * BD + tl.arange(0, BD)
     dm = d < D
     acc_t = out_ptr.dtype.element_ty
     row = tl.zeros([BD], dtype=acc_t)
@@ -65,7 +68,8 @@ def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale,
     for n0 in range(0, C2, BN):
         n = n0 + tl.arange(0, BN)
         nm = n < C2
-        acc = _tile_dot(w1_ptr, C1, 1, gb, C2, 1, w1_ptr, d, dm, n, nm, C1, tl.zeros([BD, BN], dtype=acc_t), BK, 0)
+        acc = _tile_dot(w1_ptr, C1, 1, gb, C2, 1, w1_ptr, d, dm, n, nm, C1, tl.zeros([BD, BN], dtype=acc_t), BK, 0,
+                        PREC)
         w2 = tl.load(w2_ptr + d[:, None] * C2 + n[None, :], mask=dm[:, None] & nm[None, :], other=0.0)
         row += tl.sum(acc * w2, 1)
     tl.store(out_ptr + b * D + d, row * scale, mask=dm)
@@ -73,23 +77,23 @@ def _gram_fwd_kernel(w1_ptr, g_ptr, w2_ptr, out_ptr, D, C1, C2, scale,
 
 @triton.jit
 def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, proj_ptr, B, D, C1, C2, M, scale,
-                     sxb, sxc, sxl, syb, syc, syl,
-                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SAVE: tl.constexpr):
+                     sxb, sxc, sxl, syb, syc, syl, pid1_base,
+                     BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):
     # SAVE: also store the projection tiles into proj (2, D, B, M) for the backward (random_maclaurin_pooling_saved).
     b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BD + tl.arange(0, BD)
+    d = (tl.program_id(1) + pid1_base).to(tl.int64) * BD + tl.arange(0, BD)
     dm = d < D
     acc_t = out_ptr.dtype.element_ty
     row = tl.zeros([BD], dtype=acc_t)
     for l0 in range(0, M, BN):
-        l = l0 + tl.arange(0, BN)
+        l = l0 + tl.arange(0, BN).to(tl.int64)
         lm = l < M
         p1 = _tile_dot(w1_ptr, C1, 1, x_ptr + b * sxb, sxc, sxl, w1_ptr, d, dm, l, lm, C1,
-                       tl.zeros([BD, BN], dtype=acc_t), BK, 0)
+                       tl.zeros([BD, BN], dtype=acc_t), BK, 0, PREC)
         p2 = _tile_dot(w2_ptr, C2, 1, y_ptr + b * syb, syc, syl, w2_ptr, d, dm, l, lm, C2,
-                       tl.zeros([BD, BN], dtype=acc_t), BK, 0)
+                       tl.zeros([BD, BN], dtype=acc_t), BK, 0, PREC)
         if SAVE:
-            off = (d.to(tl.int64)[:, None] * B + b) * M + l[None, :]
+            off = (d[:, None] * B + b) * M + l[None, :]
             pm = dm[:, None] & lm[None, :]
             tl.store(proj_ptr + off, p1, mask=pm)
             tl.store(proj_ptr + D * B * M + off, p2, mask=pm)
@@ -98,39 +102,83 @@ def _proj_fwd_kernel(w1_ptr, x_ptr, w2_ptr, y_ptr, out_ptr, proj_ptr, B, D, C1, 
 
 
 @triton.jit
-def _dg_kernel(w1_ptr, w2_ptr, gs_ptr, dg_ptr, D, C1, C2,
-               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _dg_kernel(w1_ptr, w2_ptr, gs_ptr, dg_ptr, D, C1, C2, pid1_base, pid2_base,
+               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     # dG_b[i, j] = sum_d W1[d, i] (s g_bd) W2[d, j]
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1) * BM + tl.arange(0, BM)
-    j = tl.program_id(2) * BN + tl.arange(0, BN)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64) * BM + tl.arange(0, BM)
+    j = (tl.program_id(2) + pid2_base).to(tl.int64) * BN + tl.arange(0, BN)
     im = i < C1
     jm = j < C2
     acc_t = dg_ptr.dtype.element_ty
     # A = W1^T (strides 1, C1), B = W2 with its rows d scaled by s g_bd.
     acc = _tile_dot(w1_ptr, 1, C1, w2_ptr, C2, 1, gs_ptr + b * D, i, im, j, jm, D, tl.zeros([BM, BN], dtype=acc_t),
-                    BK, 2)
+                    BK, 2, PREC)
     tl.store(dg_ptr + b * C1 * C2 + i[:, None] * C2 + j[None, :], acc, mask=im[:, None] & jm[None, :])
 
 
 @triton.jit
-def _dw_kernel(wo_ptr, g_ptr, gs_ptr, dw_ptr, B, D, K, N, sgb, sgk, sgn,
-               BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    # dW[d, n] = sum_b sum_k (s g_bd) Wo[d, k] Gm_b[k, n]  (Gm_b: G_b or G_b^T, by strides)
-    d = tl.program_id(0) * BD + tl.arange(0, BD)
-    n = tl.program_id(1) * BN + tl.arange(0, BN)
+def _dw_kernel(wo_ptr, g_ptr, gs_ptr, dw_ptr, B, D, K, N, sgb, sgk, sgn, per_split, pid1_base,
+               BD: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    # dW_s[d, n] = sum_{b in split s} sum_k (s g_bd) Wo[d, k] Gm_b[k, n]  (Gm_b: G_b or G_b^T, by strides); split s
+    # (program axis 2) covers images [s per_split, (s + 1) per_split) and writes its own slice dw[s] (S, D, N): the
+    # launcher sums the slices (a fixed order: deterministic, no atomics).
+    d = tl.program_id(0).to(tl.int64) * BD + tl.arange(0, BD)
+    n = (tl.program_id(1) + pid1_base).to(tl.int64) * BN + tl.arange(0, BN)
+    sp = tl.program_id(2).to(tl.int64)
     dm = d < D
     nm = n < N
     acc_t = dw_ptr.dtype.element_ty
     acc = tl.zeros([BD, BN], dtype=acc_t)
-    # Pointers advanced per image rather than g_ptr + b * sgb: b and sgb = C1 C2 are int32, their product is not
-    # bounded by the checks (B C1 C2 may pass 2^31); pointer arithmetic is 64-bit.
-    gb, sb = g_ptr, gs_ptr
-    for _ in range(0, B):
-        acc = _tile_dot(wo_ptr, K, 1, gb, sgk, sgn, sb, d, dm, n, nm, K, acc, BK, 1)
+    b0 = sp * per_split
+    gb = g_ptr + b0 * sgb
+    sb = gs_ptr + b0 * D
+    for _ in range(0, tl.minimum(per_split, B - b0)):
+        acc = _tile_dot(wo_ptr, K, 1, gb, sgk, sgn, sb, d, dm, n, nm, K, acc, BK, 1, PREC)
         gb += sgb
         sb += D
-    tl.store(dw_ptr + d[:, None] * N + n[None, :], acc, mask=dm[:, None] & nm[None, :])
+    tl.store(dw_ptr + sp * D * N + d[:, None] * N + n[None, :], acc, mask=dm[:, None] & nm[None, :])
+
+
+def _precision(dtype):
+    """tl.dot's input_precision for a call on `dtype` inputs. Every tile is fp32 (fp64 for fp64): fp64 runs "ieee";
+    fp32, fp16 and bf16 run on tensor cores as torch's own fp32 matmuls do under torch.get_float32_matmul_precision():
+    "highest" -> "tf32x3" (3 TF32 products: about fp32's rounding), "high" / "medium" -> "tf32"."""
+    if dtype == torch.float64:
+        return "ieee"
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+# Tile shapes (BD or BM, BN, BK, num_warps, num_stages) per kernel and accumulation dtype, for sm_90 (and newer) and
+# sm_80: what compiled without spills and within shared memory (registers and shared memory per configuration are in
+# the commit messages). "tf32" and "tf32x3" share them; tf32x3 holds three operand splits in registers, hence 8 warps
+# for fp32. sm_80's mma.sync keeps dot operands in registers (sm_90's wgmma reads them from shared memory): smaller
+# K / N blocks there. The interpreter runs programs one after another: big tiles keep CI fast; tl.dot needs every
+# dim >= 16.
+_INTERPRET_TILES = (32, 32, 32, 4, 1)
+_FP64 = (32, 32, 16, 4, 2)
+_TILES = {
+    90: {"gram": (64, 64, 32, 8, 3), "proj": (64, 64, 16, 8, 3), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 32, 8, 3)},
+    80: {"gram": (64, 32, 16, 8, 3), "proj": (64, 32, 16, 8, 2), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 16, 8, 3)},
+}
+
+
+def _config(kernel, device, acc):
+    """(BD, BN, BK, num_warps, num_stages) of `kernel` for this device (target(device): interpreter or GPU)."""
+    tgt = target(device)
+    if tgt.interpret:
+        return _INTERPRET_TILES
+    if acc == torch.float64:
+        return _FP64
+    return _TILES[80 if tgt.arch < 90 else 90][kernel]
+
+
+def _images_per_split(B, tiles, sms):
+    """Images each program of _dw_kernel sums: enough splits of the batch that tiles x splits fills every SM twice
+    (dW is (D, C): a few dozen tiles at most), at least 2 images a split; the (splits, D, C) partial sums stay a
+    small extra pass."""
+    splits = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(B, 2)))
+    return triton.cdiv(B, splits)
 
 
 def _acc(dtype):
@@ -162,15 +210,21 @@ class _Call:
         self.M = x.shape[2] * x.shape[3]
         self.D = w1.shape[0]
         self.W1, self.W2 = w1.to(self.acc).contiguous(), w2.to(self.acc).contiguous()
+        self.prec = _precision(x.dtype)
+        self.device = x.device
+
+    def config(self, kernel):
+        return _config(kernel, self.device, self.acc)
 
     def project_forward(self, x, y, out, proj=None):
         """The project route's forward into out (B, D); with proj (2, D, B, HW), also its tiles of W1 X_b, W2 Y_b."""
         X = _mat(x)
         Y = X if y is None else _mat(y)
-        _proj_fwd_kernel[(self.B, triton.cdiv(self.D, BD))](
-            self.W1, X, self.W2, Y, out, out if proj is None else proj, self.B, self.D, self.C1, self.C2, self.M,
-            1.0 / math.sqrt(self.D), *X.stride(), *Y.stride(), BD=BD, BN=BN, BK=BK, SAVE=proj is not None,
-            num_warps=NUM_WARPS)
+        BD, BN, BK, warps, stages = self.config("proj")
+        launch(_proj_fwd_kernel, (self.B, triton.cdiv(self.D, BD)),
+               self.W1, X, self.W2, Y, out, out if proj is None else proj, self.B, self.D, self.C1, self.C2, self.M,
+               1.0 / math.sqrt(self.D), *X.stride(), *Y.stride(), BD=BD, BN=BN, BK=BK, SAVE=proj is not None,
+               PREC=self.prec, num_warps=warps, num_stages=stages)
 
     def no_grads(self, x, w1, w2, output_mask):
         """(need_x, need_y) and the (0,) placeholders of the backward's four outputs (grad_y is never needed when y is
@@ -186,8 +240,9 @@ def forward(x, y, w1, w2, route):
         return out.to(x.dtype)
     if route == "gram":
         G = _gram(x, y, c.acc).contiguous()
-        _gram_fwd_kernel[(c.B, triton.cdiv(c.D, BD))](c.W1, G, c.W2, out, c.D, c.C1, c.C2, 1.0 / math.sqrt(c.D),
-                                                        BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+        BD, BN, BK, warps, stages = c.config("gram")
+        launch(_gram_fwd_kernel, (c.B, triton.cdiv(c.D, BD)), c.W1, G, c.W2, out, c.D, c.C1, c.C2,
+               1.0 / math.sqrt(c.D), BD=BD, BN=BN, BK=BK, PREC=c.prec, num_warps=warps, num_stages=stages)
     else:
         c.project_forward(x, y, out)
     return out.to(x.dtype)
@@ -245,8 +300,10 @@ def backward(grad_out, x, y, w1, w2, route, output_mask):
     if need_x or need_y:
         dG = torch.empty((B, C1, C2), dtype=acc, device=x.device)
         if B > 0:
-            grid = (B, triton.cdiv(C1, BD), triton.cdiv(C2, BN))
-            _dg_kernel[grid](W1, W2, gs, dG, D, C1, C2, BM=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+            BM, BN, BK, warps, stages = c.config("dg")
+            grid = (B, triton.cdiv(C1, BM), triton.cdiv(C2, BN))
+            launch(_dg_kernel, grid, W1, W2, gs, dG, D, C1, C2, BM=BM, BN=BN, BK=BK, PREC=c.prec, num_warps=warps,
+                   num_stages=stages)
         X = _mat(x).to(acc)
         if sym:
             gx = torch.bmm(dG + dG.transpose(1, 2), X)
@@ -263,10 +320,17 @@ def backward(grad_out, x, y, w1, w2, route, output_mask):
                                                (1, W1, C2, C1, (C1 * C2, C2, 1), output_mask[3])):
             if not need:
                 continue
-            dW = torch.zeros((D, N), dtype=acc, device=x.device)
             if B > 0:
-                grid = (triton.cdiv(D, BD), triton.cdiv(N, BN))
-                _dw_kernel[grid](wo, G, gs, dW, B, D, K, N, *strides, BD=BD, BN=BN, BK=BK, num_warps=NUM_WARPS)
+                BD, BN, BK, warps, stages = c.config("dw")
+                tiles = triton.cdiv(D, BD) * triton.cdiv(N, BN)
+                per_split = _images_per_split(B, tiles, target(x.device).sms)
+                splits = triton.cdiv(B, per_split)
+                dW = torch.empty((splits, D, N), dtype=acc, device=x.device)
+                launch(_dw_kernel, (triton.cdiv(D, BD), triton.cdiv(N, BN), splits), wo, G, gs, dW, B, D, K, N,
+                       *strides, per_split, BD=BD, BN=BN, BK=BK, PREC=c.prec, num_warps=warps, num_stages=stages)
+                dW = dW[0] if splits == 1 else dW.sum(0)
+            else:
+                dW = torch.zeros((D, N), dtype=acc, device=x.device)
             if w_out == 0:
                 gw1 = dW.to(w1.dtype)
             else:
