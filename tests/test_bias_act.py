@@ -10,7 +10,7 @@ import vkernels
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as reference
 from conftest import DEVICES
-from _common import check_close, check_inplace_on_output, impl_params
+from _common import INPLACE_ERROR, check_close, check_inplace_on_output, impl_params
 from _common import randn as _randn
 
 ACTS = list(ACTIVATIONS)
@@ -166,6 +166,17 @@ def test_inplace_add_on_output(device, impl, act, clamp):
         error = NVLABS_SAVES[act] == "y"
     check_inplace_on_output(lambda x, b: vkernels.bias_act(x, b, 1, act, clamp=clamp, impl=impl),
                             lambda x, b: reference(x, b, 1, act, clamp=clamp), (x, b), double=True, error=error)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_clamp_keeps_y_read_only(device, impl, dtype):
+    """With a clamp in fp16/bf16 backward computes from x (exact mask) but y stays read-only, as with NVlabs."""
+    x = randn((2, 3, 4), dtype, device).requires_grad_()
+    y = vkernels.bias_act(x * 1, None, 1, "lrelu", clamp=0.8, impl=impl)
+    y.add_(1)
+    with pytest.raises(RuntimeError, match=INPLACE_ERROR):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
