@@ -180,7 +180,8 @@ FAKE = {
                 super().__init__()
                 self.weight = torch.nn.Parameter(torch.randn(cout, cin, k, k))
                 self.bias = torch.nn.Parameter(torch.randn(cout) * 0.1) if bias else None
-                self.wg, self.act, self.up, self.down, self.f, self.clamp = 1 / np.sqrt(cin * k * k), act, up, down, f, conv_clamp
+                self.wg, self.act, self.clamp = 1 / np.sqrt(cin * k * k), act, conv_clamp
+                self.up, self.down, self.f = up, down, f
             def forward(self, x, gain=1):
                 w = self.weight * self.wg
                 if self.up > 1:
@@ -342,9 +343,9 @@ FAKE = {
                 x = modulated_conv(x, self.weight.to(x.dtype), styles, demodulate=not self.is_torgb)
                 if self.is_torgb:
                     return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=256)
-                return filtered_lrelu.filtered_lrelu(x=x, fu=self.fu.float(), fd=self.fd.float(), b=self.bias.to(x.dtype), up=2,
-                                                     down=2, padding=self.taps - 1, gain=np.sqrt(2), slope=0.2,
-                                                     clamp=256)
+                return filtered_lrelu.filtered_lrelu(x=x, fu=self.fu.float(), fd=self.fd.float(),
+                                                     b=self.bias.to(x.dtype), up=2, down=2, padding=self.taps - 1,
+                                                     gain=np.sqrt(2), slope=0.2, clamp=256)
         class SG3Synthesis(torch.nn.Module):
             def __init__(self, w_dim=6, ch=4, res=8):
                 super().__init__()

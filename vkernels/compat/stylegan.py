@@ -135,7 +135,8 @@ def install(torch_utils: types.ModuleType | str | None = None, rebind_imported: 
     """
     prefix = torch_utils.__name__ if isinstance(torch_utils, types.ModuleType) else (torch_utils or "torch_utils")
     if not isinstance(prefix, str):
-        raise TypeError(f"vkernels.compat.stylegan.install: torch_utils must be a module, a name or None, got {torch_utils!r}")
+        raise TypeError(f"vkernels.compat.stylegan.install: torch_utils must be a module, a name or None, got "
+                        f"{torch_utils!r}")
     if "current" in _STATE:
         _STATE["current"].uninstall()
     ours = sys.modules[__name__]
