@@ -56,3 +56,48 @@ def static_grads(out, inputs, order=2):
         live = [(g * torch.randn_like(g)).sum() for g in grads if g is not None and g.requires_grad]
         if live:
             torch.autograd.grad(sum(live), inputs, allow_unused=True)
+
+
+# What autograd says when a tensor saved for backward was modified in place.
+INPLACE_ERROR = "modified by an inplace operation"
+
+
+def inplace_grads(fn, inputs, pick=None, double=False, inplace=True):
+    """StyleGAN's `y.add_(x)` on an op's output, then backward (and, with double=True, the backward of the squared
+    gradient norm, as an R1 penalty does). fn(*leaves) returns the output, or a tuple of which `pick` is taken;
+    every floating-point tensor of `inputs` becomes a leaf. inplace=False adds out of place (the same gradients when
+    nothing breaks). Returns (output after the add, first-order grads incl. the added tensor's, second-order grads);
+    raises what autograd raises."""
+    leaves = [t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+              for t in inputs]
+    diff = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+    out = fn(*leaves)
+    y = out if pick is None else out[pick]
+    gen = torch.Generator().manual_seed(1)
+    c = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y).requires_grad_()
+    w = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y)
+    z = y.add_(c) if inplace else y + c
+    grads = torch.autograd.grad((z * w).sum(), diff + [c], create_graph=double, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, diff + [c])]
+    if not double:
+        return z.detach(), grads, []
+    penalty = sum(g.square().sum() for g in grads[:-1])
+    if not penalty.requires_grad:  # the gradients do not depend on the inputs (a linear op)
+        return z.detach(), grads, [torch.zeros_like(t) for t in diff]
+    grads2 = torch.autograd.grad(penalty, diff, allow_unused=True)
+    return z.detach(), grads, [torch.zeros_like(t) if g is None else g for g, t in zip(grads2, diff)]
+
+
+def check_inplace_on_output(fn, ref, inputs, pick=None, double=False, error=False, ref_inplace=True, **tol):
+    """fn with an in-place add on its output must raise autograd's in-place error exactly when `error` (the
+    equivalent PyTorch/NVlabs code keeps that output for backward), and otherwise give ref's values and first (and
+    second) order gradients, ref doing the same add (in place, or out of place with ref_inplace=False)."""
+    if error:
+        with pytest.raises(RuntimeError, match=INPLACE_ERROR):
+            inplace_grads(fn, inputs, pick, double)
+        return
+    got = inplace_grads(fn, inputs, pick, double)
+    want = inplace_grads(ref, inputs, pick, double, inplace=ref_inplace)
+    torch.testing.assert_close(got[0], want[0], **tol)
+    for i, (g, r) in enumerate(zip(got[1] + got[2], want[1] + want[2])):
+        torch.testing.assert_close(g, r, **tol, msg=lambda m, i=i: f"gradient {i}: {m}")

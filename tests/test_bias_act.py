@@ -10,7 +10,7 @@ import vkernels
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as reference
 from conftest import DEVICES
-from _common import check_close, impl_params
+from _common import INPLACE_ERROR, check_close, check_inplace_on_output, impl_params
 from _common import randn as _randn
 
 ACTS = list(ACTIVATIONS)
@@ -141,6 +141,60 @@ def test_r1_penalty_matches_reference(device, impl):
     torch.testing.assert_close(r1, r1_ref)
     for g, gr in zip(grads, grads_ref):
         torch.testing.assert_close(g, gr)
+
+
+# What NVlabs' bias_act (torch_utils/ops/bias_act.py, its CUDA path) keeps for backward: "y" = the output.
+NVLABS_SAVES = {"linear": "", "relu": "y", "lrelu": "y", "tanh": "y", "sigmoid": "y", "elu": "y", "selu": "y",
+                "softplus": "y", "swish": "x"}
+# PyTorch's composite (our reference, NVlabs' impl='ref') ends in an op that keeps its result only for these
+# activations, when no gain multiply and no clamp follow (then the result is the output).
+TORCH_KEEPS_RESULT = {"relu", "tanh", "sigmoid"}
+
+
+@pytest.mark.parametrize("device,impl", IMPLS + [pytest.param("cpu", "reference", id="cpu-reference")])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("clamp", [None, 0.9])
+def test_inplace_add_on_output(device, impl, act, clamp):
+    """StyleGAN's `y.add_(x)` on a bias_act output, then backward and double backward: raises autograd's error
+    exactly where NVlabs' op keeps y (where PyTorch's composite does, for the reference), else matches the
+    reference doing the same."""
+    x = randn((2, 3, 4), torch.float64, device)
+    b = randn((3,), torch.float64, device)
+    if impl == "reference":
+        error = act in TORCH_KEEPS_RESULT and ACTIVATIONS[act][2] == 1 and clamp is None
+    else:
+        error = NVLABS_SAVES[act] == "y"
+    check_inplace_on_output(lambda x, b: vkernels.bias_act(x, b, 1, act, clamp=clamp, impl=impl),
+                            lambda x, b: reference(x, b, 1, act, clamp=clamp), (x, b), double=True, error=error)
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_clamp_keeps_y_read_only(device, impl, dtype):
+    """With a clamp in fp16/bf16 backward computes from x (exact mask) but y stays read-only, as with NVlabs."""
+    x = randn((2, 3, 4), dtype, device).requires_grad_()
+    y = vkernels.bias_act(x * 1, None, 1, "lrelu", clamp=0.8, impl=impl)
+    y.add_(1)
+    with pytest.raises(RuntimeError, match=INPLACE_ERROR):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_stylegan_skip_add_then_r1(device, impl):
+    """NVlabs' resnet blocks: `y = skip(x, gain=sqrt(.5))` (linear bias_act, no bias, no clamp) then `y.add_(h)`;
+    the R1 penalty through it (create_graph) equals the reference's."""
+    x = randn((2, 3, 4, 4), torch.float64, device)
+    b = randn((3,), torch.float64, device)
+
+    def block(impl):
+        def f(x, b):
+            y = vkernels.bias_act(x, None, 1, "linear", gain=math.sqrt(0.5), impl=impl) if impl else \
+                reference(x, None, 1, "linear", gain=math.sqrt(0.5))
+            h = vkernels.bias_act(x, b, 1, "lrelu", impl=impl) if impl else reference(x, b, 1, "lrelu")
+            return y.add_(h)
+        return f
+
+    check_inplace_on_output(block(impl), block(None), (x, b), double=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -37,8 +37,12 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
 
     Returns:
         A tensor of x's shape, dtype and layout. Differentiable twice w.r.t. x and b (R1 penalties).
-        Backward keeps y (not x) alive, as StyleGAN does, unless act is swish, lrelu with alpha < 0, or clamp is
-        set (then it keeps x, so the clamp mask is exact even where rounding lands a value on +-clamp).
+        What backward keeps follows NVlabs' bias_act: the output y for relu, lrelu, tanh, sigmoid, elu, selu and
+        softplus (so an in-place change of y before backward raises autograd's error, as it does there), x and b
+        for swish, nothing for linear. Exceptions, for exact gradients where NVlabs' rule gives none: linear with
+        a clamp, lrelu with alpha < 0, and gain == 0 keep x and b (NVlabs keeps nothing / y).
+        NVlabs also keeps x and b for tanh..softplus, for its double backward; ours needs only y. With a clamp
+        in fp16/bf16 those activations keep x and b too (y rounded after the clamp does not give the exact mask).
     """
     _check(x, b, dim, act, alpha, gain, clamp)
     _, def_alpha, def_gain = ACTIVATIONS[act]
@@ -69,11 +73,29 @@ def _check(x, b, dim, act, alpha, gain, clamp):
     check_devices("bias_act", x, b=b)
 
 
-def _ref_is_y(act: str, alpha: float, gain: float, clamp: float | None) -> bool:
-    # The derivative is a function of the output y for these; saving y lets x be freed (StyleGAN's memory trick).
-    # Not with clamp: an unclamped value that rounds to exactly +-clamp would look clamped and lose its gradient,
-    # so clamped layers keep x and recompute the mask exactly.
-    return act != "swish" and gain != 0 and not (act == "lrelu" and alpha < 0) and clamp is None
+# What NVlabs' bias_act keeps for backward (its activation_funcs' `ref`): "y" = the output, "x" = x and b, "" =
+# nothing. Saving y lets x be freed, but makes y read-only until backward: StyleGAN's code relies on being able to
+# modify in place exactly the outputs whose activation saves nothing (`y.add_(x)` after a linear skip layer).
+_REF = {"linear": "", "relu": "y", "lrelu": "y", "tanh": "y", "sigmoid": "y", "elu": "y", "selu": "y",
+        "softplus": "y", "swish": "x"}
+
+
+def _saves(act: str, alpha: float, gain: float, clamp: float | None, dtype: torch.dtype) -> str:
+    """What the forward keeps for backward: "y", "x" (x and b), "xy" (x and b to compute with, y kept as NVlabs
+    keeps it) or "" (nothing)."""
+    ref = _REF[act]
+    if ref == "":
+        # NVlabs keeps nothing for linear even with a clamp, and then lets clamped elements' gradients through;
+        # x gives the exact clamp mask without touching y.
+        return "" if clamp is None else "x"
+    if ref == "y" and (gain == 0 or (act == "lrelu" and alpha < 0)):
+        return "x"  # y does not determine the derivative (y = 0 everywhere; lrelu's sign flips)
+    if ref == "y" and clamp is not None and dtype in (torch.float16, torch.bfloat16):
+        # |y| < clamp is the exact clamp mask only when y is not rounded after the clamp: in fp16/bf16 an
+        # unclamped value can round onto +-clamp, and a clamp bound that is not representable rounds inside it.
+        # x gives the exact mask; y is kept too, so that it stays read-only until backward as with NVlabs' op.
+        return "xy"
+    return ref
 
 
 def _sum_to_bias(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -95,13 +117,21 @@ def _register(fwd: str, grad: str) -> None:
     def setup_fwd(ctx, inputs, output):
         x, b, dim, act, alpha, gain, clamp = inputs
         ctx.args = (dim, act, alpha, gain, clamp)
-        ctx.ref_is_y = _ref_is_y(act, alpha, gain, clamp)
-        ctx.save_for_backward(output if ctx.ref_is_y else x, None if ctx.ref_is_y else b)
+        ctx.saves = _saves(act, alpha, gain, clamp, x.dtype)
+        if ctx.saves == "y":
+            ctx.save_for_backward(output, None)
+        elif ctx.saves == "x":
+            ctx.save_for_backward(x, b)
+        elif ctx.saves == "xy":
+            ctx.save_for_backward(x, b, output)
 
     def backward_fwd(ctx, dy):
-        ref, b = ctx.saved_tensors
-        dim = ctx.args[0]
-        dz = grad_op(dy, ref, b, *ctx.args, ctx.ref_is_y, 1)
+        dim, act, alpha, gain, clamp = ctx.args
+        if ctx.saves == "":  # linear without clamp: dz = dy * gain, differentiable as it stands
+            dz = dy if gain == 1 else dy * gain
+        else:
+            ref, b = ctx.saved_tensors[:2]  # "xy": reading y too raises if it was modified, as NVlabs' op does
+            dz = grad_op(dy, ref, b, *ctx.args, ctx.saves == "y", 1)
         db = _sum_to_bias(dz, dim) if ctx.needs_input_grad[1] else None
         return dz if ctx.needs_input_grad[0] else None, db, None, None, None, None, None
 

@@ -93,16 +93,33 @@ def _register(fwd: str, bwd: str) -> None:
     def _fake_bwd(grad_out, x, y, out, norm, normalize, triu, eps):
         return x.new_empty(x.shape), (x.new_empty((0,)) if y is None else y.new_empty(y.shape))
 
+    fwd_op = getattr(torch.ops.vkernels, fwd).default
+
     def setup(ctx, inputs, output):
         x, y, normalize, triu, eps = inputs
         ctx.args = (normalize, triu, eps)
         ctx.has_y = y is not None
-        # The output itself (s = out * norm in the backward) and the per-image norm: nothing else of size B x P.
-        norm = normalize == "signed_sqrt_l2"
-        ctx.save_for_backward(x, y, output[0] if norm else None, output[1])
+        # The normalised backward reads the output (s = out * norm) and the per-image norm: nothing else of size
+        # B x P. The output is the caller's tensor, which PyTorch's composite (F.normalize of the signed sqrt) does
+        # not keep, so callers may modify it in place: keep a detached alias (same storage and version counter, no
+        # reference cycle) and recompute it in backward if its version moved. Traced graphs have no such aliasing.
+        ctx.out = ctx.out_version = None
+        out = None
+        if normalize == "signed_sqrt_l2":
+            if torch.compiler.is_compiling():
+                out = output[0]
+            else:
+                ctx.out = output[0].detach()
+                ctx.out_version = ctx.out._version
+        ctx.save_for_backward(x, y, out, output[1])
 
     def backward(ctx, g_out, _g_norm):
         x, y, out, nrm = ctx.saved_tensors
+        if ctx.out is not None:
+            out = ctx.out
+            if out._version != ctx.out_version:  # modified in place after the forward: recompute it
+                with torch.no_grad():
+                    out, nrm = fwd_op(x, y if ctx.has_y else None, *ctx.args)
         if out is None:
             out = g_out
         gx, gy = bwd_op(g_out.contiguous(), x, y if ctx.has_y else None, out, nrm, *ctx.args)

@@ -1,7 +1,7 @@
 """filtered_lrelu: bias -> upsample FIR -> gain -> leaky ReLU -> clamp -> downsample FIR in one kernel.
 
 Same arguments and results as StyleGAN3's torch_utils/ops/filtered_lrelu.py `filtered_lrelu` (impl names are
-vkernels', see `vkernels.stylegan_compat` for 'ref'/'cuda'), so switching is an import change.
+vkernels', see `vkernels.compat.stylegan` for 'ref'/'cuda'), so switching is an import change.
 
 Registration: the schemas live in csrc/ops/filtered_lrelu.cpp: `filtered_lrelu` (returns y and the 2-bit mask) and
 `filtered_lrelu_masked` (the linear map its gradient is). This file adds the fake kernels, autograd (the gradient of

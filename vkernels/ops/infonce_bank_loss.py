@@ -151,7 +151,10 @@ def _register(fwd: str, bwd: str) -> None:
         loss, lse, rank = output
         ctx.mark_non_differentiable(rank)
         ctx.label_smoothing = label_smoothing
-        ctx.save_for_backward(q, k, bank, temperature, exclude, lse, loss)
+        # loss is returned to the caller (as is for reduction='none' in q's accumulation dtype), and
+        # F.cross_entropy does not keep its output, so callers may modify it in place: keep a copy (N values).
+        # lse is kept as torch.logsumexp keeps its result (modifying it raises autograd's error, as there).
+        ctx.save_for_backward(q, k, bank, temperature, exclude, lse, loss.clone())
 
     def backward(ctx, g_loss, g_lse, _g_rank):
         q, k, bank, temperature, exclude, lse, loss = ctx.saved_tensors
