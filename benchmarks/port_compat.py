@@ -1,11 +1,11 @@
 """The measured effect of porting each anchor's real code to vkernels.compat: forward + backward time and CPU peak
 memory of their module against ours, in one process, on the same inputs.
 
-    VKERNELS_DEEPINSIGHT_CBP=... VKERNELS_MPNCOV=... VKERNELS_MOCO=... python -m benchmarks.compat_port_timing
+    VKERNELS_DEEPINSIGHT_CBP=... VKERNELS_MPNCOV=... VKERNELS_MOCO=... python -m benchmarks.port_compat
 
 Each variable points at a checkout of the anchor (MoCo: the commit before their empty tree); an unset one skips that
 anchor. Times rotate theirs / ours call by call (benchmarks._harness.time_all), so a shared machine's drift hits
-both; peak memory is the profiler's running sum of torch's CPU allocations inside one call (_peak_bytes_cpu).
+both; peak memory is the profiler's running sum of torch's CPU allocations inside one call (vkernels.utils.profile.peak_bytes).
 Before timing, the two outputs and input gradients are compared.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 import vkernels as vk
-from benchmarks._harness import _peak_bytes_cpu, time_all
+from benchmarks._harness import time_all
+from vkernels.utils.profile import peak_bytes
 
 OPS = ("compact_bilinear_pooling", "isqrt_cov", "infonce_bank_loss")
 
@@ -55,7 +56,7 @@ def compare(name, theirs, ours):
 
 def measure(name, fns):
     times = time_all(fns, "cpu", quick=False)
-    peaks = _peak_bytes_cpu(fns)
+    peaks = peak_bytes(fns, "cpu")
     med = {k: float(np.median(v)) for k, v in times.items()}
     rows = []
     for k in fns:
