@@ -137,3 +137,23 @@ def test_pixel_norm_split_grid_equals_unsplit(monkeypatch, backward):
     if not backward:
         ref = x * (x.pow(2).mean(1, keepdim=True) + 1e-8).rsqrt()  # the op's definition
         torch.testing.assert_close(split, ref)
+
+
+def test_upsample_stats_chunks_split_grid_match_reference(monkeypatch):
+    """Batch-norm statistics of a bilinear 2x upsampling as the GPU launcher cuts them (tune_for(90): chunks of at
+    least 4 blocks of 1024, enough for ~4 programs per SM): 2 chunks of one channel's 2 * 48 * 48 values, the chunk
+    axis (grid axis 1) split into 2 launches by a small artificial limit. The partials combined must give the
+    reference mean and biased variance of up(x)."""
+    from vkernels.triton import upsample_norm_act as una
+
+    x = torch.randn(2, 1, 24, 24, dtype=torch.float64, device=DEVICE) * 2 + 0.5
+    up = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    launches = []
+    real = _launch.split_grid
+    monkeypatch.setattr(_launch, "MAX_GRID", (2**31 - 1, 1, 1))
+    monkeypatch.setattr(_launch, "split_grid", lambda grid, bases: launches.append(real(grid, bases)) or launches[-1])
+    with _launch.tune_for(90):
+        mean, var = una.stats(x, 2, "bilinear", False)
+    assert launches == [[((1, 1, 1), {"pid1_base": 0}), ((1, 1, 1), {"pid1_base": 1})]]
+    torch.testing.assert_close(mean, up.mean((0, 2, 3)), rtol=0, atol=1e-13)
+    torch.testing.assert_close(var, up.var((0, 2, 3), unbiased=False), rtol=0, atol=1e-12)
