@@ -6,13 +6,19 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 
-.PHONY: test bench build info clean
+.PHONY: test bench build info clean gpu-static
 
 test: $(VENV)/.built
 	$(PY) -m pytest tests -q
 
 bench: $(VENV)/.built
 	$(PY) -m benchmarks
+
+# Every Triton kernel configuration the launchers choose, compiled for sm_80 and sm_90 without a GPU, and the
+# CUDA C++ kernels' resource usage: regenerates docs/gpu-static.md and docs/gpu-static.csv (run before a kernel
+# change lands; CI runs the --ci subset through tests/test_gpu_static.py).
+gpu-static: $(VENV)/.built
+	$(PY) tools/gpu_static.py report
 
 info: $(VENV)/.built
 	$(PY) -m vkernels info

@@ -52,3 +52,16 @@ def cpu_peak_bytes(fn):
     peak = _peak_bytes_cpu({"fn": fn})["fn"]
     assert peak is not None, "torch profiler internals changed: CPU peak memory not measurable"
     return peak
+
+
+def static_grads(out, inputs, order=2):
+    """Backward (order 1) and, for order 2, double backward through the op: what the gpu_static_cases of each test
+    file run so that tools/gpu_static.py records every backward kernel launch (values are not checked there)."""
+    outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(o) and o.requires_grad]
+    inputs = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
+    grads = torch.autograd.grad(outs, inputs, [torch.randn_like(o) for o in outs], create_graph=order > 1,
+                                allow_unused=True)
+    if order > 1:
+        live = [(g * torch.randn_like(g)).sum() for g in grads if g is not None and g.requires_grad]
+        if live:
+            torch.autograd.grad(sum(live), inputs, allow_unused=True)

@@ -326,3 +326,24 @@ def test_past_int32_elements(device):
     xt = x.t()  # dim 0 of the transposed view is innermost in memory
     y = vkernels.bias_act(xt, b, dim=0, act="lrelu", impl=impl)
     torch.testing.assert_close(y.t()[-3:], expect)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: every activation x clamp x bias branch per dtype, forward, backward
+    (saving y or x) and double backward, with impl="triton"."""
+    from _common import static_grads
+
+    def case(dtype, act, clamp, bias, alpha=None):
+        def run():
+            x = torch.randn(2, 8, 3, 5, dtype=dtype, requires_grad=True)
+            b = torch.randn(8, dtype=dtype, requires_grad=True) if bias else None
+            y = vkernels.bias_act(x, b, act=act, alpha=alpha, clamp=clamp, impl="triton")
+            static_grads(y, (x, b), order=2)
+        return f"{act} alpha={alpha} clamp={clamp} bias={bias} {dtype}", run
+
+    out = []
+    for dtype in DTYPES:
+        for act in ACTS:
+            out += [case(dtype, act, None, True), case(dtype, act, 1.0, True)]
+        out += [case(dtype, "lrelu", None, False), case(dtype, "lrelu", None, True, alpha=-0.2)]
+    return out

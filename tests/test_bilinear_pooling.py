@@ -244,3 +244,20 @@ def test_cpp_checks_name_the_argument():
         torch.ops.vkernels.bilinear_pooling_backward(out, x, None, out[:, :4], nrm, "signed_sqrt_l2", False, 1e-10)
     with pytest.raises(RuntimeError, match="norm must be the forward's"):
         torch.ops.vkernels.bilinear_pooling_backward(out, x, None, out, nrm.double(), "signed_sqrt_l2", False, 1e-10)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: forward, backward and double backward per dtype over normalize x triu
+    x symmetric (y None) / two inputs."""
+    from _common import static_grads
+
+    def case(dtype, y_is_x, triu, normalize):
+        def run():
+            x = torch.randn(2, 24, 5, 5, dtype=dtype, requires_grad=True)
+            y = None if y_is_x else torch.randn(2, 24 if triu else 40, 5, 5, dtype=dtype, requires_grad=True)
+            out = vkernels.bilinear_pooling(x, y, normalize, triu, impl="triton")
+            static_grads(out, (x, y), order=1)
+        return f"y_is_x={y_is_x} triu={triu} normalize={normalize} {dtype}", run
+
+    return [case(dtype, yx, triu, norm) for dtype in DTYPES for yx in (True, False) for triu in (False, True)
+            for norm in (None, "signed_sqrt_l2")]

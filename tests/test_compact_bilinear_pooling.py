@@ -438,3 +438,23 @@ def test_module_route():
     assert "route='freq'" in repr(freq)
     with pytest.raises(ValueError, match="route must be"):
         vkernels.nn.CompactBilinearPooling(6, 6, 13, route="fft")
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: both routes (gram: scatter / gather kernels; freq: sketch / spectrum
+    kernels), y distinct or x itself, contiguous and channels_last, forward + backward per dtype."""
+
+    def case(dtype, route, same, layout):
+        def run():
+            x, y, h1, s1, h2, s2 = make(2, 24, 40, 5, 6, 64, dtype, "cpu", layout)[:6]
+            x.requires_grad_()
+            y = x if same else y.requires_grad_()
+            if same:
+                h2, s2 = h1, s1
+            out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 64, impl="triton", route=route)
+            torch.autograd.grad(out, (x,) if same else (x, y), torch.randn_like(out))
+        return f"route={route} y_is_x={same} {layout} {dtype}", run
+
+    layouts = ("contiguous", "channels_last") if full else ("contiguous",)
+    return [case(dtype, route, same, layout) for dtype in DTYPES for route in ROUTES for same in (False, True)
+            for layout in layouts]

@@ -405,3 +405,25 @@ def test_identity_filters_are_bias_act():
     y = vkernels.filtered_lrelu(x, b=b, gain=1.7, slope=0.3, clamp=0.9)
     torch.testing.assert_close(y, vkernels.bias_act(x, b, act="lrelu", alpha=0.3, gain=1.7, clamp=0.9), rtol=0,
                                atol=1e-15)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: the non-empty CASES geometries (separable / 2-D filters, up / down
+    factors, clamp, bias, layouts) per dtype, forward, backward and double backward."""
+    from _common import static_grads
+
+    rows = [c for c in CASES if 0 not in c[0]]
+    if not full:
+        rows = [rows[i] for i in (0, 1, 3, 5, 6, 7)]
+
+    def case(dtype, c):
+        def run():
+            shape, fus, fds, up, down, pad, flip, gain, slope, clamp, layout = c
+            x = make_x(shape, layout, dtype, "cpu").requires_grad_()
+            b = randn((shape[1],), dtype, "cpu", 0.5).requires_grad_()
+            y = vkernels.filtered_lrelu(x, make_f(fus), make_f(fds), b, up=up, down=down, padding=pad, gain=gain,
+                                        slope=slope, clamp=clamp, flip_filter=flip, impl="triton")
+            static_grads(y, (x, b), order=2)
+        return f"{case_id(c)} {dtype}", run
+
+    return [case(dtype, c) for dtype in DTYPES for c in rows]

@@ -365,3 +365,37 @@ def test_ops_check_their_own_arguments(impl):
     else:
         with pytest.raises(RuntimeError, match="exclude holds an index out of range"):
             op(q, k, bank, t, 0.0, torch.tensor([0, 1, 6, -1]))
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: forward + backward (q, bank, temperature) per dtype, over the feature
+    sizes that change the launcher's tiles (up to d = 256), with and without exclude ((N,) makes E == 1) and label
+    smoothing; fp32 under each torch.get_float32_matmul_precision() setting."""
+    dims = (20, 64, 128, 256) if full else (32, 256)
+    excludes = (None, "row", "matrix")
+
+    def case(dtype, d, exclude, smoothing, precision="highest"):
+        def run():
+            n, kk = 40, 150
+            q, k, bank = (t.requires_grad_() for t in make_inputs(n, kk, d, "cpu", dtype))
+            ex = None
+            if exclude == "row":
+                ex = torch.randint(0, kk, (n,))
+            elif exclude == "matrix":
+                ex = torch.randint(-1, kk, (n, 3))
+            t = torch.tensor(0.1, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                             requires_grad=True)
+            saved = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(precision)
+            try:
+                loss, lse = vkernels.infonce_bank_loss(q, k, bank, t, label_smoothing=smoothing, exclude=ex,
+                                                       return_lse=True, impl="triton")
+                torch.autograd.grad(loss + lse.sum(), (q, k, bank, t))
+            finally:
+                torch.set_float32_matmul_precision(saved)
+        return f"d={d} exclude={exclude} smoothing={smoothing} precision={precision} {dtype}", run
+
+    out = [case(dtype, d, ex, s) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+           for d in dims for ex in excludes for s in ((0.0, 0.1) if ex is None else (0.0,))]
+    out += [case(torch.float32, d, None, 0.0, p) for d in dims for p in ("high", "medium")]
+    return out

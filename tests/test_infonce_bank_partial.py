@@ -178,3 +178,21 @@ def test_bad_input_names_the_argument(impl):
         with pytest.raises(RuntimeError, match="infonce_bank_partial_backward: lse"):
             torch.ops.vkernels.infonce_bank_partial_backward(torch.zeros(3), q, bank, torch.tensor(0.1), None,
                                                              torch.zeros(4), True)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: lse / rank forward and the lse backward per dtype, with and without
+    exclude, at a small and the largest feature size."""
+
+    def case(dtype, d, exclude):
+        def run():
+            n, kk = 40, 150
+            q, k, bank = (F.normalize(torch.randn(m, d, dtype=torch.float64), dim=1).to(dtype).requires_grad_()
+                          for m in (n, n, kk))
+            ex = torch.randint(-1, kk, (n, 2)) if exclude else None
+            lse, _ = vkernels.infonce_bank_partial(q, k, bank, 0.1, exclude=ex, impl="triton")
+            torch.autograd.grad(lse.sum(), (q, bank))
+        return f"d={d} exclude={exclude} {dtype}", run
+
+    return [case(dtype, d, ex) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+            for d in ((24, 256) if full else (256,)) for ex in (False, True)]

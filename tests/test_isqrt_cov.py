@@ -239,3 +239,18 @@ def test_cpp_checks_name_the_argument():
     out, A, t = torch.ops.vkernels.isqrt_cov(x, 2, True)
     with pytest.raises(RuntimeError, match="grad_out must have shape"):
         torch.ops.vkernels.isqrt_cov_backward(torch.randn(2, 5), x, A, t, 2, True)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: iters 1 (no Z) and 5, triu or full output, forward + backward per
+    dtype, at a small and a wide channel count."""
+    from _common import static_grads
+
+    def case(dtype, iters, triu, c):
+        def run():
+            x = torch.randn(2, c, 4, 5, dtype=dtype, requires_grad=True)
+            static_grads(vkernels.isqrt_cov(x, iters, triu, impl="triton"), (x,), order=1)
+        return f"iters={iters} triu={triu} C={c} {dtype}", run
+
+    return [case(dtype, iters, triu, c) for dtype in DTYPES for iters in (1, 5) for triu in (False, True)
+            for c in ((7, 130) if full else (130,))]

@@ -359,3 +359,30 @@ def test_empty_batch_reference_matches_kernels(fused_modconv, up):
                                               impl=impl).shape
               for impl in ["reference"] + vkernels.available_impls("modulated_conv2d_epilogue", "cpu")}
     assert set(shapes.values()) == {torch.Size([0, 2, 5 * up, 4 * up])}, shapes
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: the weight kernel (demodulate x fused) and the epilogue (activation,
+    noise, clamp, bias), forward + backward per dtype; up / down run upfirdn2d's kernels through the same op."""
+    from _common import static_grads
+
+    def case(dtype, demod, fused, act, noise, clamp, up=1, down=1):
+        def run():
+            x, weight, styles, nz, ns, bias = make("cpu", dtype, up=up, down=down, noise=noise)
+            leaves = [t.requires_grad_() if t is not None else None for t in (x, weight, styles, nz, ns, bias)]
+            y = vkernels.modulated_conv2d(leaves[0], leaves[1], leaves[2], demodulate=demod, up=up, down=down,
+                                          fused_modconv=fused, noise=leaves[3],
+                                          noise_strength=leaves[4] if noise else None, bias=leaves[5], act=act,
+                                          clamp=clamp, impl="triton")
+            static_grads(y, leaves, order=1)
+        return f"demod={demod} fused={fused} act={act} noise={noise} clamp={clamp} up={up} down={down} {dtype}", run
+
+    out = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for demod, fused in itertools.product((True, False), (True, False)):
+            out.append(case(dtype, demod, fused, "lrelu", True, None))
+        acts = ("linear", "relu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish") if full else ("linear", "selu")
+        out += [case(dtype, True, True, act, False, 0.5) for act in acts]
+        out += [case(dtype, True, True, "lrelu", True, 256.0, up=2), case(dtype, True, False, "lrelu", False, None,
+                                                                          down=2)]
+    return out

@@ -236,3 +236,25 @@ def test_double_backward_matches_reference(device, impl):
         out.append(ddx)
     torch.testing.assert_close(out[0], out[1], rtol=1e-4, atol=1e-5)
     assert out[0].abs().sum() > 0
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: forward, backward and double backward per dtype, over the layouts
+    and sizes that change the launcher's tiles (inner == 1 rows, a long inner axis, many channels)."""
+    from _common import static_grads
+
+    shapes = [((2, 8, 4, 4), 1, False), ((2, 64, 16, 16), 1, False), ((2, 600, 3, 3), 1, True), ((4, 1024), -1, False),
+              ((3, 5000), 1, False)]
+    if not full:
+        shapes = shapes[1:4]
+
+    def case(dtype, shape, dim, channels_last):
+        def run():
+            x = torch.randn(shape, dtype=dtype)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            x.requires_grad_()
+            static_grads(vkernels.pixel_norm(x, dim, impl="triton"), (x,), order=2)
+        return f"{shape} dim={dim} cl={channels_last} {dtype}", run
+
+    return [case(dtype, *s) for dtype in DTYPES for s in shapes]

@@ -343,3 +343,27 @@ def test_module():
         torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="output_dim must be"):
         vkernels.nn.RandomMaclaurinPooling(5, 4, 0)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: the gram, project and saved-projections routes, y distinct or x
+    itself, forward + backward per dtype."""
+
+    def case(dtype, route, same, layout):
+        def run():
+            wdtype = torch.float64 if dtype == torch.float64 else torch.float32
+            x = randn((2, 24, 5, 6), dtype, "cpu")
+            y = randn((2, 40, 5, 6), dtype, "cpu")
+            if layout == "channels_last":
+                x, y = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
+            x.requires_grad_()
+            y = x if same else y.requires_grad_()
+            w1 = randn((96, 24), wdtype, "cpu").requires_grad_()
+            w2 = randn((96, x.shape[1] if same else 40), wdtype, "cpu").requires_grad_()
+            out = rmp(x, y, w1, w2, route, impl="triton")
+            torch.autograd.grad(out, [x, w1, w2] + ([] if same else [y]), torch.randn_like(out))
+        return f"route={route} y_is_x={same} {layout} {dtype}", run
+
+    layouts = ("contiguous", "channels_last") if full else ("contiguous",)
+    return [case(dtype, route, same, layout) for dtype in DTYPES for route in ROUTES for same in (False, True)
+            for layout in layouts]

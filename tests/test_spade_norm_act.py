@@ -354,3 +354,29 @@ def test_cpu_fused_train_public_path_and_opcheck():
         op(x, g, b, False, -1.0, "lrelu", 0.2, 1.0, None)
     with pytest.raises(RuntimeError, match="gamma"):
         op(x, g[:1], b, False, 1e-5, "lrelu", 0.2, 1.0, None)
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: batch (training / eval) and instance norm, activations with and without
+    clamp, channels_last, forward + backward + double backward per dtype."""
+    from _common import static_grads
+
+    def case(dtype, norm, training=True, act="lrelu", clamp=None, cl=False, C=6):
+        def run():
+            x = randn((2, C, 5, 6), dtype, "cpu") + 0.5
+            gamma, beta = maps(x.shape, dtype, "cpu")
+            if cl:
+                x, gamma, beta = (t.to(memory_format=torch.channels_last) for t in (x, gamma, beta))
+            leaves = [t.requires_grad_() for t in (x, gamma, beta)]
+            kw = dict(running_mean=torch.zeros(C), running_var=torch.ones(C)) if norm == "batch" else {}
+            y = vkernels.spade_norm_act(*leaves, norm, training=training, act=act, clamp=clamp, **kw, impl="triton")
+            static_grads(y, leaves, order=2)
+        return f"norm={norm} training={training} act={act} clamp={clamp} cl={cl} C={C} {dtype}", run
+
+    out = []
+    for dtype in DTYPES:
+        out += [case(dtype, "batch"), case(dtype, "instance"), case(dtype, "batch", training=False),
+                case(dtype, "instance", cl=True), case(dtype, "batch", C=300)]
+        acts = ("linear", "relu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish") if full else ("selu", "swish")
+        out += [case(dtype, "instance", act=act, clamp=0.5) for act in acts]
+    return out

@@ -377,3 +377,23 @@ def test_modules_survive_dtype_casts(dtype):
         assert out.dtype == dtype
         torch.testing.assert_close(out.float(), y, rtol=1e-2, atol=1e-2)
         m.load_state_dict(m.state_dict())
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: StyleGAN's filters (separable 4 and 12 taps, 2-D 4x4) at up 2,
+    down 2 and both, contiguous and channels_last, forward + backward + double backward per dtype."""
+    from _common import static_grads
+
+    geoms = [((4,), 2, 1, 2), ((4,), 1, 2, 1), ((12,), 2, 2, 5), ((4, 4), 2, 1, 1)]
+    if full:
+        geoms += [((6,), 4, 2, 3), ((3, 5), 1, 1, (1, -1, 2, 0))]
+
+    def case(dtype, fshape, up, down, pad, layout):
+        def run():
+            x = make_x((2, 3, 9, 8), layout, dtype, "cpu").requires_grad_()
+            f = torch.rand(fshape) + 0.5
+            y = vkernels.upfirdn2d(x, f, up=up, down=down, padding=pad, impl="triton")
+            static_grads(y, (x,), order=2)
+        return f"f={fshape} up={up} down={down} pad={pad} {layout} {dtype}", run
+
+    return [case(dtype, *g, layout) for dtype in DTYPES for g in geoms for layout in ("contiguous", "channels_last")]

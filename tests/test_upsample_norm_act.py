@@ -621,3 +621,33 @@ def test_cpu_bilinear_apply_s2_edges():
             zf = (uf - m.to(dtype)[..., None, None]) * a.to(dtype)[..., None, None] + b.to(dtype)[..., None, None]
             lowp = torch.where(zf >= 0, zf, 0.2 * zf) * 1.4
             check_close(outs[0], lowp, oracle, dtype, f"{dtype}/{(N, C, H, W)}")
+
+
+def gpu_static_cases(full):
+    """(label, thunk) for tools/gpu_static.py: every norm x mode, batch norm in eval, scale 1, activations with clamp,
+    channels_last and a wide channel count, forward + backward + double backward per dtype."""
+    from _common import static_grads
+
+    def case(dtype, norm, mode="nearest", scale=2, training=True, act="lrelu", clamp=None, cl=False, C=6, style=False):
+        def run():
+            x, kw = make_inputs(2, C, dtype, "cpu", norm, style=style)
+            if cl:
+                x = x.to(memory_format=torch.channels_last)
+            x.requires_grad_()
+            kw = {n: v.requires_grad_() for n, v in kw.items()}
+            if norm == "batch":
+                kw.update(running_mean=torch.zeros(C), running_var=torch.ones(C))
+            y = vkernels.upsample_norm_act(x, scale, mode, norm, training=training, act=act, clamp=clamp, **kw,
+                                           impl="triton")
+            static_grads(y, [x] + [v for v in kw.values() if v.requires_grad], order=2)
+        return (f"norm={norm} mode={mode} scale={scale} training={training} act={act} clamp={clamp} cl={cl} C={C} "
+                f"style={style} {dtype}"), run
+
+    out = []
+    for dtype in DTYPES:
+        out += [case(dtype, norm, mode) for norm in NORMS for mode in ("nearest", "bilinear")]
+        out += [case(dtype, "batch", training=False), case(dtype, "instance", scale=1), case(dtype, "batch", scale=1),
+                case(dtype, "batch", style=True), case(dtype, "instance", cl=True), case(dtype, "batch", C=300)]
+        acts = ("linear", "relu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish") if full else ("selu", "swish")
+        out += [case(dtype, "batch", act=act, clamp=0.5) for act in acts]
+    return out
