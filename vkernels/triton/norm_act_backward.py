@@ -77,8 +77,10 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     OW = W * s
     if INT64:
         OHW = tl.cast(OH, tl.int64) * OW
+        HW = tl.cast(H, tl.int64) * W
     else:
         OHW = OH * OW
+        HW = H * W
     if NEED_RED:
         s1 = tl.zeros([BLOCK], dtype=tl.float64)
         s2 = tl.zeros([BLOCK], dtype=tl.float64)
@@ -100,11 +102,11 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     if NEED_DX:
         post = post_mult if STATS else av
         ob = n * osn + c * osc
-        for start in range(0, H * W, BLOCK):
+        for start in range(0, HW, BLOCK):
             i = start + tl.arange(0, BLOCK)
             if INT64:
                 i = i.to(tl.int64)
-            mask = i < H * W
+            mask = i < HW
             h = i // W
             w = i % W
             acc = tl.zeros([BLOCK], dtype=ct)
