@@ -4,7 +4,9 @@ Phases (each a function below, run as `python tools/gpu_static.py [run|report] .
   RECORD      a child process with TRITON_INTERPRET=1 runs every op's static cases (`gpu_static_cases()` in
               tests/test_<op>.py: public ops with impl="triton", forward / backward / double backward) inside
               `_launch.tune_for(arch)`, so launchers pick the blocks and num_warps they would pick on that GPU, and
-              `_launch.recording()` sees every launch.
+              `_launch.recording()` sees every launch. Kernels are not run (a launch's configuration depends on
+              shapes, dtypes and strides, not values); --execute runs them too. Launches made outside
+              _launch.launch are seen through the interpreter's run() (listed; failures with --strict-launch).
   SPECIALISE  each launch becomes a compile key exactly as Triton's runtime makes it on a CUDA device: the binder
               Triton builds for the kernel (create_function_from_signature) for a CUDA backend, then
               JITFunction._pack_args: signature types, 16-byte pointer alignment, ints divisible by 16, ints == 1 as
@@ -81,21 +83,24 @@ class Config:
         return self.kernel.split(":")[1]
 
     def dtype_class(self):
-        """fp64, fp32 or 16bit: the float type most pointer arguments have (a scalar or accumulator pointer of
-        another type does not change the class), ties to the first."""
-        floats = [t[1:] for t in self.signature.values() if isinstance(t, str) and t[1:] in _FLOAT_CLASS]
-        if not floats:
-            return "fp32"
-        top = max(floats, key=lambda t: (floats.count(t), -floats.index(t)))
-        return _FLOAT_CLASS[top]
+        """fp64, fp32 or 16bit: the type of the first floating-point pointer argument (by the kernels' convention
+        the output or the main input; scalar, filter and accumulator pointers come later)."""
+        for t in self.signature.values():
+            if isinstance(t, str) and t[1:] in _FLOAT_CLASS:
+                return _FLOAT_CLASS[t[1:]]
+        return "fp32"
 
-    def constexpr_text(self):
+    def constexpr_text(self, declared_only=False):
+        """NAME=value of the constexprs; ints the runtime specialised to 1 come after "|" (or not at all)."""
         names = list(self.signature)
-        parts = []
+        declared = {tuple(p) for p in self.declared}
+        parts, ones = [], []
         for path, v in sorted(self.constexprs.items()):
             n = names[path[0]] if len(path) == 1 and path[0] < len(names) else str(path)
-            parts.append(f"{n}={v}")
-        return " ".join(parts)
+            (parts if path in declared or not declared else ones).append(f"{n}={v}")
+        if declared_only or not ones:
+            return " ".join(parts)
+        return " ".join(parts) + " | " + " ".join(ones)
 
     def types_text(self):
         return ",".join(sorted({t[1:] for t in self.signature.values() if isinstance(t, str) and t.startswith("*")}))
@@ -112,7 +117,8 @@ class Result:
     shared: int = 0
     mma: bool = False
     wgmma: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the compile
+    cpu_seconds: float = 0.0  # CPU time of the compile, ptxas included: what an idle machine would take
 
     @property
     def spills(self):
@@ -306,7 +312,8 @@ def compile_one(cfg: Config) -> Result:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    t0 = time.perf_counter()
+    import resource
+    t0, c0 = time.perf_counter(), _cpu_time(resource)
     res = Result()
     module, name = cfg.kernel.split(":")
     try:
@@ -333,7 +340,13 @@ def compile_one(cfg: Config) -> Result:
         lines = [ln for ln in msg.splitlines() if ln.strip()]
         res.error = "\n".join(lines[:12])[:2000]
     res.seconds = time.perf_counter() - t0
+    res.cpu_seconds = _cpu_time(resource) - c0
     return res
+
+
+def _cpu_time(resource):
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _ast_source(ASTSource, fn, signature, constexprs, attrs):
@@ -470,9 +483,9 @@ _CUOBJ_FN = re.compile(r"Function (\S+):")
 _CUOBJ_RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 
 
-def cuda_resources() -> tuple[list[dict], str]:
+def cuda_resources(so=None) -> tuple[list[dict], str]:
     """One row per (CUDA kernel, sm_XX) of vkernels/_C*.so, or ([], why not)."""
-    so = sorted((ROOT / "vkernels").glob("_C*.so"))
+    so = [so] if so else sorted((ROOT / "vkernels").glob("_C*.so"))
     if not so:
         return [], "no vkernels/_C*.so built"
     tool = cuobjdump()
@@ -481,8 +494,13 @@ def cuda_resources() -> tuple[list[dict], str]:
     out = subprocess.run([str(tool), "--dump-resource-usage", str(so[0])], capture_output=True, text=True)
     if out.returncode != 0:
         return [], f"cuobjdump failed: {out.stderr.strip()[:200]}"
+    return parse_resource_usage(out.stdout), ""
+
+
+def parse_resource_usage(text: str) -> list[dict]:
+    """cuobjdump --dump-resource-usage output -> [{kernel, arch, regs, stack, shared, local}]."""
     rows, arch = [], None
-    for line in out.stdout.splitlines():
+    for line in text.splitlines():
         m = re.search(r"arch = sm_(\d+)", line)
         if m:
             arch = int(m.group(1))
@@ -494,8 +512,7 @@ def cuda_resources() -> tuple[list[dict], str]:
         if m and rows:
             r = rows[-1]
             r.update(regs=int(m.group(1)), stack=int(m.group(2)), shared=int(m.group(3)), local=int(m.group(4)))
-    rows = [r for r in rows if "regs" in r]
-    return rows, ""
+    return [r for r in rows if "regs" in r]
 
 
 def _demangle(name: str) -> str:
@@ -507,14 +524,15 @@ def _demangle(name: str) -> str:
 
 
 def cuda_violations(row: dict) -> list[str]:
-    # cuobjdump reports no spill counts; a per-thread stack / local frame is where ptxas puts spilled registers
-    # (fp64 kernels get the same 128 B allowance as Triton's fp64 configurations).
+    """cuobjdump gives ptxas' allocation but no spill count: a stack frame is local memory, where ptxas puts spilled
+    registers (and local arrays), so the spill rule applies to it (fp64 kernels: up to 128 B, as in Triton's rule).
+    SHARED is static shared memory; dynamic shared memory is sized at launch and not seen here."""
     out = []
     limit = FP64_SPILL_LIMIT if "double" in row["kernel"] else 0
-    if row["local"] + row["stack"] > limit and row["local"] > 0:
-        out.append(f"local memory {row['local']} B (spills / local arrays)")
+    if row["stack"] + row["local"] > limit:
+        out.append(f"stack frame {row['stack']} B + local {row['local']} B (spills or local arrays; limit {limit})")
     if row.get("arch") in SMEM_PER_BLOCK and row["shared"] > SMEM_PER_BLOCK[row["arch"]]:
-        out.append(f"shared memory {row['shared']} B > {SMEM_PER_BLOCK[row['arch']]} B")
+        out.append(f"static shared memory {row['shared']} B > {SMEM_PER_BLOCK[row['arch']]} B")
     return out
 
 
@@ -576,10 +594,12 @@ def roofline_rows(rows) -> tuple[list[dict], list[str]]:
         for c in cases:
             cls = {torch.float64: "fp64", torch.float32: "fp32"}.get(c.dtype, "16bit")
             uses_tc = tc.get((op, cls), False)
+            known = (op, cls) in tc  # else the op's kernels were not compiled in this run
             peak = H100_PEAK[cls, uses_tc]
             t_mem, t_flop = c.bytes / H100_BW, c.flops / peak
             out.append(dict(op=op, case=c.size, dtype=str(c.dtype).removeprefix("torch."), bytes=c.bytes,
-                            flops=c.flops, peak=f"{peak / 1e12:.0f} TFLOP/s {'tensor' if uses_tc else 'no tensor'}",
+                            flops=c.flops, peak=f"{peak / 1e12:.0f} TFLOP/s {'tensor' if uses_tc else 'no tensor'}"
+                            + ("" if known else " (not compiled in this run)"),
                             t_mem_us=t_mem * 1e6, t_flop_us=t_flop * 1e6, t_us=max(t_mem, t_flop) * 1e6,
                             bound="memory" if t_mem >= t_flop else "compute"))
     return out, notes
@@ -655,7 +675,7 @@ def _compare_other_triton(rows) -> list[str]:
     return lines
 
 
-def write_report(summary, cuda_rows, cuda_note):
+def write_report(summary, cuda_rows, cuda_note, scope="the whole set"):
     """docs/gpu-static.md + docs/gpu-static.csv from a full run."""
     import triton
     DOCS.mkdir(exist_ok=True)
@@ -667,7 +687,7 @@ def write_report(summary, cuda_rows, cuda_note):
     n_smem = sum(1 for c, r, _ in rows if r.ok and r.shared > SMEM_PER_BLOCK[c.arch])
     L = ["# Static GPU report", "",
          f"Generated by `python tools/gpu_static.py report` (`make gpu-static`) at commit {_git_head()} with triton "
-         f"{triton.__version__}, without a GPU: {summary['n_cases']} op cases were run through the Triton "
+         f"{triton.__version__}, over {scope}, without a GPU: {summary['n_cases']} op cases were run through the Triton "
          f"interpreter with the launchers tuned for sm_80 and sm_90, every launch specialised by Triton's CUDA "
          f"binder, and each distinct configuration compiled for its arch (ptxas from Triton's bundle). Every "
          f"configuration is a row of [gpu-static.csv](gpu-static.csv).", "",
@@ -788,8 +808,8 @@ def failure_table(summary, raw_is_failure=False) -> str:
     lines = []
     for cfg, bad in summary["failures"]:
         for b in bad:
-            lines.append(f"  sm_{cfg.arch}  {cfg.name:<28} {cfg.types_text():<14} w{cfg.num_warps} s{cfg.num_stages}  "
-                         f"{cfg.constexpr_text()[:90]:<90}  {b}")
+            lines.append(f"  sm_{cfg.arch}  {cfg.name:<24} {cfg.types_text():<10} warps={cfg.num_warps} "
+                         f"stages={cfg.num_stages}  {b}\n        {cfg.constexpr_text(declared_only=True)}")
     for k in summary["coverage"]:
         lines.append(f"  {k}: launched by a launcher but recorded by no case (add a gpu_static_cases entry)")
     for arch, case, err in summary["case_errors"]:
@@ -841,8 +861,10 @@ def print_summary(summary, raw_is_failure=False):
     ok = sum(r.ok for _, r, _ in rows)
     spilling = sum(1 for c, r, _ in rows if r.ok and r.spills)
     smem = sum(1 for c, r, _ in rows if r.ok and r.shared > SMEM_PER_BLOCK[c.arch])
+    cpu = sum(r.cpu_seconds for _, r, _ in rows)
     print(f"{len(rows)} compiles ({ok} ok, {len(rows) - ok} errors, {spilling} spilling, {smem} over shared memory); "
-          f"record {summary['t_record']:.0f} s, compile {summary['t_compile']:.0f} s")
+          f"record {summary['t_record']:.0f} s, compile {summary['t_compile']:.0f} s wall, {cpu:.0f} s CPU in the "
+          f"workers (idle-machine compile time ~ CPU / workers)")
     if summary.get("cuda"):
         print(f"CUDA C++: {len(summary['cuda'])} kernel x arch entries checked")
     elif summary.get("cuda_note") != "filtered run":
@@ -870,6 +892,8 @@ def main(argv=None):
         s.add_argument("--csv", help="write every compiled configuration to this CSV")
         s.add_argument("--execute", action="store_true",
                        help="also run the kernels in the interpreter while recording (slow; values are not needed)")
+        s.add_argument("--save", help="pickle the run's results here (for report --load)")
+        s.add_argument("--load", help="report from a run saved with --save instead of running")
         s.add_argument("--strict-launch", action="store_true", help="fail on launches outside _launch.launch")
     r = sub.add_parser("_record")
     r.add_argument("--out", required=True)
@@ -889,14 +913,30 @@ def main(argv=None):
         return 0
     cmd = args.cmd
     archs = tuple(int(a) for a in args.arch.split(","))
-    if cmd == "report" and (args.ci or args.quick or args.ops or args.kernels or archs != ARCHS):
-        raise SystemExit("report covers the whole set: no --ci / --quick / --ops / --kernels / --arch")
+    if cmd == "report" and (args.kernels or archs != ARCHS):
+        raise SystemExit("report covers every kernel of the ops run and both archs: no --kernels / --arch")
     full = not (args.quick or args.ci)
-    summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv, archs=archs,
-                    execute=args.execute)
+    if args.load:
+        with open(args.load, "rb") as f:
+            summary = pickle.load(f)
+        rows = [(Config(**c), Result(**r)) for c, r, _ in summary["rows"]]
+        summary["rows"] = [(c, r, violations(c, r)) for c, r in rows]  # today's rules
+        summary["failures"] = [(c, bad) for c, _, bad in summary["rows"] if bad]
+        if args.csv:
+            write_csv(summary["rows"], args.csv)
+    else:
+        summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv,
+                        archs=archs, execute=args.execute)
+    if args.save:
+        with open(args.save, "wb") as f:
+            pickle.dump({**summary, "failures": [], "rows": [(asdict(c), asdict(r), bad)
+                                                            for c, r, bad in summary["rows"]]}, f)
     print_summary(summary, args.strict_launch)
     if cmd == "report":
-        write_report(summary, summary["cuda"], summary["cuda_note"])
+        scope = "the CI subset (`--ci`)" if args.ci else "the quick cases" if args.quick else "the whole set"
+        if args.ops:
+            scope += f" of the ops {args.ops} only"
+        write_report(summary, summary["cuda"], summary["cuda_note"], scope)
         print(f"wrote {DOCS / 'gpu-static.md'} and {DOCS / 'gpu-static.csv'}")
     return 1 if n_failures(summary, args.strict_launch) else 0
 
