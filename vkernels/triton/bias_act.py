@@ -4,6 +4,8 @@ Memory-bound: reads v (and g in backward), writes out; the bias is gathered per 
 Only tl.exp / tl.log are used for transcendentals (libdevice does not run in the Triton interpreter, where CI tests
 this code), with Kahan's accurate forms of expm1 and log1p. Triton passes Python floats as fp32, so for fp64 tensors
 alpha/gain/clamp travel in a small fp64 tensor instead (exact, at the cost of one tiny copy per call).
+On a GPU, fp32 tl.exp is ex2.approx and `/` div.full (a few ulp; tl.log stays accurate): fine for an elementwise
+activation, whose fp32 tests allow 2e-5 relative to the output's magnitude, so no correctly rounded forms here.
 """
 import contextlib
 
@@ -11,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
 
 ACT_IDS = {a: i for i, a in enumerate(["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus",
                                        "swish"])}
@@ -180,6 +182,12 @@ def _bias_act_kernel(out_ptr, v_ptr, g_ptr, b_ptr, numel, cs, C, alpha, gain, in
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def elementwise_block(t):
+    """Elements per program of the elementwise kernels (bias_act's, modulated_conv2d's epilogue, upsample_norm_act's
+    apply and spade) on target t: the interpreter runs programs one by one, so fewer, larger blocks there."""
+    return 8192 if t.interpret else 1024
+
+
 def _like(t, out):
     return t if t.stride() == out.stride() else torch.empty_like(out).copy_(t)
 
@@ -199,15 +207,15 @@ def launch(v, g, b, dim, act, alpha, gain, clamp, mode):
         C = v.shape[dim]
         cs = out.stride(dim) if C > 1 else 1
         b = b.contiguous()
-    # The interpreter runs programs one by one: fewer, larger blocks are much faster there.
-    block = 8192 if TRITON_INTERPRET else 1024
+    block = elementwise_block(_launch.target(v.device))
     scalars = (float(alpha), float(gain), float(1.0 / gain) if gain != 0 else 0.0,
                float(clamp if clamp is not None else 0.0))
     exact = v.dtype == torch.float64
     scalars_t = torch.tensor(scalars, dtype=torch.float64, device=v.device) if exact else v
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():
-        _bias_act_kernel[(triton.cdiv(n, block),)](
-            out, v, g, b if has_bias else v, n, cs, C, *scalars, scalars_t, SCALARS_IN_TENSOR=exact, ACT=ACT_IDS[act], MODE=mode, HAS_BIAS=has_bias, HAS_CLAMP=clamp is not None, BLOCK=block,
-            INT64=n + block >= 2**31, num_warps=4)
+        _launch.launch(_bias_act_kernel, (triton.cdiv(n, block),),
+            out, v, g, b if has_bias else v, n, cs, C, *scalars,
+            scalars_t, SCALARS_IN_TENSOR=exact, ACT=ACT_IDS[act], MODE=mode, HAS_BIAS=has_bias,
+            HAS_CLAMP=clamp is not None, BLOCK=block, INT64=n + block >= 2**31, num_warps=4)
     return out
 

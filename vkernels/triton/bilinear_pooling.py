@@ -8,30 +8,39 @@ values, all the backward keeps besides out: s = out * norm there). No fp32 (B, P
 Backward: (1) per-row partials of <out, g>; (2) per row of dG (C1 x C2): the derivative of the epilogue at the packed
 positions (i, j) (and (j, i) when y is x: dG + dG^T) from out and norm, written densely, then cuBLAS dX = dG Y,
 dY = dG^T X. Bytes per pooled element: forward reads G twice (8) + writes out (2-4); ~8 FLOPs.
+Grids are (image, row); rows (axis 1) past CUDA's 65,535 are split by _launch through pid1_base. Row offsets are int64
+(i * C1 passes 2^31 from C1 = 46,341). The signed square root, the L2 norm and the divisions are correctly rounded
+on the GPU too (_math), as the interpreter computes them: the tests compare them with the reference.
 """
 import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
+from vkernels.triton._math import div_rn, sqrt_rn
 
 L2_EPS = 1e-12
-BLOCK = 64 if TRITON_INTERPRET else 1024
+
+
+def _block(t):
+    """Columns per step of the row loops on target t (the interpreter: small, it runs a vector op per step)."""
+    return 64 if t.interpret else 1024
 
 
 @triton.jit
 def _signed_sqrt(z, eps):
-    s = tl.sqrt(tl.abs(z) + eps)
+    s = sqrt_rn(tl.abs(z) + eps)
     return tl.where(z > 0, s, tl.where(z < 0, -s, 0.0 * z))
 
 
 @triton.jit
 def _row_span(i, C1, C2, TRIU: tl.constexpr):
-    # Packed row i: first column j0 and the offset of (i, j0) in the image's packed vector.
+    # Packed row i (int64): first column j0 (int32: column vectors stay 32-bit) and the offset of (i, j0) in the
+    # image's packed vector (int64).
     if TRIU:
-        return i, i * C1 - (i * (i - 1)) // 2
+        return i.to(tl.int32), i * C1 - (i * (i - 1)) // 2
     else:
-        return 0 * i, i * C2
+        return 0 * i.to(tl.int32), i * C2
 
 
 @triton.jit
@@ -44,13 +53,13 @@ def _triu_index(i, j, C):
 
 
 @triton.jit
-def _fwd_rows_kernel(g_ptr, out_ptr, ss_ptr, M, C1, C2, P, eps,
+def _fwd_rows_kernel(g_ptr, out_ptr, ss_ptr, M, C1, C2, P, eps, pid1_base,
                      TRIU: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
     # Without normalisation: out = G / HW (gathered). With it: only the row's partial sum of s^2 = |z| + eps.
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = g_ptr.dtype.element_ty
-    inv_m = 1.0 / M.to(acc_t)
+    inv_m = div_rn(1.0, tl.cast(M, acc_t))
     j0, off = _row_span(i, C1, C2, TRIU)
     ss = tl.zeros([BLOCK], dtype=acc_t)
     for jb in range(j0, C2, BLOCK):
@@ -75,17 +84,17 @@ def _image_sum(ptr, b, C1, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd_norm_kernel(g_ptr, out_ptr, ss_ptr, norm_ptr, M, C1, C2, P, eps, l2_eps,
+def _fwd_norm_kernel(g_ptr, out_ptr, ss_ptr, norm_ptr, M, C1, C2, P, eps, l2_eps, pid1_base,
                      TRIU: tl.constexpr, BLOCK: tl.constexpr):
     # Re-reads G (instead of writing and re-reading an fp32 z): out = s(G / HW) / max(||s||, 1e-12).
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = g_ptr.dtype.element_ty
-    inv_m = 1.0 / M.to(acc_t)
-    d = tl.maximum(tl.sqrt(_image_sum(ss_ptr, b, C1, BLOCK)), l2_eps)
+    inv_m = div_rn(1.0, tl.cast(M, acc_t))
+    d = tl.maximum(sqrt_rn(_image_sum(ss_ptr, b, C1, BLOCK)), l2_eps)
     if i == 0:
         tl.store(norm_ptr + b, d)
-    inv_n = 1.0 / d
+    inv_n = div_rn(1.0, d)
     j0, off = _row_span(i, C1, C2, TRIU)
     for jb in range(j0, C2, BLOCK):
         j = jb + tl.arange(0, BLOCK)
@@ -96,10 +105,10 @@ def _fwd_norm_kernel(g_ptr, out_ptr, ss_ptr, norm_ptr, M, C1, C2, P, eps, l2_eps
 
 
 @triton.jit
-def _bwd_rows_kernel(g_ptr, o_ptr, dot_ptr, C1, C2, P, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+def _bwd_rows_kernel(g_ptr, o_ptr, dot_ptr, C1, C2, P, pid1_base, TRIU: tl.constexpr, BLOCK: tl.constexpr):
     # Row partials of <out, grad_out>.
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = dot_ptr.dtype.element_ty
     j0, off = _row_span(i, C1, C2, TRIU)
     dot = tl.zeros([BLOCK], dtype=acc_t)
@@ -120,25 +129,25 @@ def _dz(g_ptr, o_ptr, src, m, k, h, inv_m, acc_t, NORMALIZE: tl.constexpr):
     g = tl.load(g_ptr + src, mask=m, other=0.0).to(acc_t)
     if NORMALIZE:
         o = tl.load(o_ptr + src, mask=m, other=0.0).to(acc_t)
-        d = tl.where(o != 0, (g - o * k) * h / tl.abs(tl.where(o != 0, o, 1.0)), 0.0)
+        d = tl.where(o != 0, div_rn((g - o * k) * h, tl.abs(tl.where(o != 0, o, 1.0))), 0.0)
     else:
         d = g * inv_m
     return d
 
 
 @triton.jit
-def _bwd_dg_kernel(g_ptr, o_ptr, norm_ptr, dot_ptr, dg_ptr, M, C1, C2, P, l2_eps,
+def _bwd_dg_kernel(g_ptr, o_ptr, norm_ptr, dot_ptr, dg_ptr, M, C1, C2, P, l2_eps, pid1_base,
                    TRIU: tl.constexpr, SYM: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = dg_ptr.dtype.element_ty
-    inv_m = 1.0 / M.to(acc_t)
+    inv_m = div_rn(1.0, tl.cast(M, acc_t))
     k = inv_m * 0
     h = inv_m
     if NORMALIZE:
         d = tl.load(norm_ptr + b)
         k = tl.where(d > l2_eps, _image_sum(dot_ptr, b, C1, BLOCK), 0.0 * d)
-        h = 0.5 / (d * d) * inv_m
+        h = div_rn(0.5, d * d) * inv_m
     for jb in range(0, C2, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
@@ -196,10 +205,10 @@ def forward(x, y, normalize, triu, eps):
         return out, nrm
     G = _gram(x, y).contiguous()
     ss = torch.empty((B, C1), dtype=acc, device=x.device)
-    grid = (B, C1)
-    _fwd_rows_kernel[grid](G, out, ss, M, C1, C2, P, eps, TRIU=triu, NORMALIZE=norm, BLOCK=BLOCK)
+    grid, block = (B, C1), _block(_launch.target(x.device))
+    _launch.launch(_fwd_rows_kernel, grid, G, out, ss, M, C1, C2, P, eps, TRIU=triu, NORMALIZE=norm, BLOCK=block)
     if norm:
-        _fwd_norm_kernel[grid](G, out, ss, nrm, M, C1, C2, P, eps, L2_EPS, TRIU=triu, BLOCK=BLOCK)
+        _launch.launch(_fwd_norm_kernel, grid, G, out, ss, nrm, M, C1, C2, P, eps, L2_EPS, TRIU=triu, BLOCK=block)
     return out, nrm
 
 
@@ -215,12 +224,12 @@ def backward(grad_out, x, y, out, nrm, normalize, triu, eps):
     oc = out.contiguous() if norm else g
     nc = nrm.contiguous() if norm else torch.empty((1,), dtype=acc, device=x.device)
     dot = torch.empty((B, C1), dtype=acc, device=x.device)
-    grid = (B, C1)
+    grid, block = (B, C1), _block(_launch.target(x.device))
     if norm:
-        _bwd_rows_kernel[grid](g, oc, dot, C1, C2, P, TRIU=triu, BLOCK=BLOCK)
+        _launch.launch(_bwd_rows_kernel, grid, g, oc, dot, C1, C2, P, TRIU=triu, BLOCK=block)
     dG = torch.empty((B, C1, C2), dtype=acc, device=x.device)
-    _bwd_dg_kernel[grid](g, oc, nc, dot, dG, M, C1, C2, P, L2_EPS, TRIU=triu, SYM=y is None,
-                         NORMALIZE=norm, BLOCK=BLOCK)
+    _launch.launch(_bwd_dg_kernel, grid, g, oc, nc, dot, dG, M, C1, C2, P, L2_EPS, TRIU=triu, SYM=y is None,
+                   NORMALIZE=norm, BLOCK=block)
     X = _mat(x, acc)
     if y is None:
         return torch.bmm(dG, X).view(x.shape).to(x.dtype), gy_empty

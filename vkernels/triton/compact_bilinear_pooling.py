@@ -7,6 +7,8 @@ the C1 C2 pair bins, offsets by bincount), built from h1, h2 and D (O(C1 C2 log)
 `_csr_cache`: reused while the same h/s tensors are unchanged, rebuilt when they are modified, replaced or moved). Bytes per image: G read once (4 C1 C2) + the pair list (8 C1 C2, L2-resident across images); FLOPs
 2 C1 C2. Backward: `_gather_kernel` writes dG[b, i, j] = s1[i] s2[j] grad_out[b, (h1[i] + h2[j]) mod D] (4 C1 C2
 bytes written per image, D read), then dX = dG Y and dY = dG^T X by torch.bmm.
+Grid axes 1 and 2 (images, column / location blocks) past CUDA's 65,535 are split by _launch through pid1_base /
+pid2_base. Pair indices and bin offsets are int32 while C1 C2 < 2^31, int64 beyond.
 """
 import weakref
 from collections import OrderedDict
@@ -15,16 +17,18 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
 
-BLOCK_D = 32 if TRITON_INTERPRET else 128
-BLOCK_J = 32 if TRITON_INTERPRET else 256
+
+def _blocks(t):
+    """(bins per program of the scatter / sketch kernels, columns per program of the gather kernel) on target t."""
+    return (32, 32) if t.interpret else (128, 256)
 
 
 @triton.jit
-def _scatter_kernel(g_ptr, idx_ptr, coef_ptr, off_ptr, out_ptr, CC, D, BLOCK: tl.constexpr):
+def _scatter_kernel(g_ptr, idx_ptr, coef_ptr, off_ptr, out_ptr, CC, D, pid1_base, BLOCK: tl.constexpr):
     pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    b = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = tl.float64 if g_ptr.dtype.element_ty == tl.float64 else tl.float32
     bins = pid_d * BLOCK + tl.arange(0, BLOCK)
     bmask = bins < D
@@ -41,12 +45,12 @@ def _scatter_kernel(g_ptr, idx_ptr, coef_ptr, off_ptr, out_ptr, CC, D, BLOCK: tl
 
 
 @triton.jit
-def _gather_kernel(go_ptr, h1_ptr, s1_ptr, h2_ptr, s2_ptr, dg_ptr, C1, C2, D, BLOCK: tl.constexpr):
+def _gather_kernel(go_ptr, h1_ptr, s1_ptr, h2_ptr, s2_ptr, dg_ptr, C1, C2, D, pid1_base, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # b * C1 + i
     b = row // C1
     i = row % C1
     acc_t = dg_ptr.dtype.element_ty
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cols = (tl.program_id(1) + pid1_base) * BLOCK + tl.arange(0, BLOCK)
     m = cols < C2
     hi = tl.load(h1_ptr + i)
     si = tl.load(s1_ptr + i).to(acc_t)
@@ -103,24 +107,25 @@ def _cached(kind, tensors, extra, build):
 
 
 def pair_lists(h1, s1, h2, s2, output_dim, acc):
-    """The forward's scatter lists, cached: flat pair indices sorted by bin (int32), their signs s1[i] s2[j] in that
-    order (acc dtype) and the bin offsets (D + 1,) int32."""
+    """The forward's scatter lists, cached: flat pair indices sorted by bin, their signs s1[i] s2[j] in that order
+    (acc dtype) and the bin offsets (D + 1,); indices and offsets int32 while C1 C2 < 2^31, else int64."""
     def build():
         order, off = pair_csr(h1, h2, output_dim, acc)
         coef = (s1.to(acc)[:, None] * s2.to(acc)[None, :]).reshape(-1)[order].contiguous()
-        return order.to(torch.int32).contiguous(), coef, off
+        it = torch.int32 if order.numel() < 2**31 else torch.int64
+        return order.to(it).contiguous(), coef, off.to(it)
     return _cached("pair", (h1, s1, h2, s2), (output_dim, acc), build)
 
 
 def pair_csr(h1, h2, output_dim, dtype):
-    """Pairs (i, j) sorted by output bin: flat indices i * C2 + j (int32, row-major inside a bin), their signs
-    s1[i] s2[j] are applied by the caller through `coef`; offsets (D + 1,) int32."""
+    """Pairs (i, j) sorted by output bin: flat indices i * C2 + j (int64, row-major inside a bin), their signs
+    s1[i] s2[j] are applied by the caller through `coef`; offsets (D + 1,) int64."""
     bins = ((h1[:, None] + h2[None, :]) % output_dim).reshape(-1)
     order = torch.argsort(bins, stable=True)
     counts = torch.bincount(bins, minlength=output_dim)
     off = torch.zeros(output_dim + 1, dtype=torch.int64, device=h1.device)
     off[1:] = torch.cumsum(counts, 0)
-    return order, off.to(torch.int32)
+    return order, off
 
 
 def forward(x, y, h1, s1, h2, s2, output_dim):
@@ -131,8 +136,9 @@ def forward(x, y, h1, s1, h2, s2, output_dim):
         return out.to(x.dtype)
     G = gram(x, y).contiguous()
     idx, coef, off = pair_lists(h1, s1, h2, s2, output_dim, acc)
-    grid = (triton.cdiv(output_dim, BLOCK_D), B)
-    _scatter_kernel[grid](G, idx, coef, off, out, C1 * C2, output_dim, BLOCK=BLOCK_D)
+    block_d = _blocks(_launch.target(x.device))[0]
+    _launch.launch(_scatter_kernel, (triton.cdiv(output_dim, block_d), B), G, idx, coef, off, out, C1 * C2,
+                   output_dim, BLOCK=block_d)
     return out.to(x.dtype)
 
 
@@ -145,9 +151,11 @@ def backward(grad_out, x, y, h1, s1, h2, s2):
                                                                                  device=y.device)
     g = grad_out.to(acc).contiguous()
     dG = torch.empty(B, C1, C2, dtype=acc, device=x.device)
-    _gather_kernel[(B * C1, triton.cdiv(C2, BLOCK_J))](
-        g, h1.to(torch.int32).contiguous(), s1.to(acc).contiguous(), h2.to(torch.int32).contiguous(),
-        s2.to(acc).contiguous(), dG, C1, C2, D, BLOCK=BLOCK_J)
+    block_j = _blocks(_launch.target(x.device))[1]
+    _launch.launch(
+        _gather_kernel, (B * C1, triton.cdiv(C2, block_j)), g, h1.to(torch.int32).contiguous(),
+        s1.to(acc).contiguous(), h2.to(torch.int32).contiguous(), s2.to(acc).contiguous(), dG, C1, C2, D,
+        BLOCK=block_j)
     X, Y = x.to(acc).flatten(2), y.to(acc).flatten(2)
     dX = torch.bmm(dG, Y).reshape(x.shape).to(x.dtype)
     dY = torch.bmm(dG.transpose(1, 2), X).reshape(y.shape).to(y.dtype)
@@ -162,17 +170,20 @@ def backward(grad_out, x, y, h1, s1, h2, s2):
 # into the (B, K) fp32 spectrum (4 B L K complex reads, 8 FLOPs per complex pair). One irfft at the end. Memory: the
 # chunk's sketches and spectra, bounded by FREQ_CHUNK_ELEMS, never all locations.
 # ---------------------------------------------------------------------------------------------------------------------
-FREQ_CHUNK_ELEMS = 1 << 22 if TRITON_INTERPRET else 1 << 24  # B * L * D reals per sketch per chunk
-BLOCK_L = 8 if TRITON_INTERPRET else 16
-BLOCK_K = 32 if TRITON_INTERPRET else 256
+FREQ_CHUNK_ELEMS = 1 << 24  # B * L * D reals per sketch per chunk (at most)
+
+
+def _freq_sizes(t):
+    """(reals per sketch per chunk, locations per sketch program, spectrum bins per MAC program) on target t."""
+    return (1 << 22, 8, 32) if t.interpret else (FREQ_CHUNK_ELEMS, 16, 256)
 
 
 @triton.jit
-def _sketch_kernel(x_ptr, sxb, sxc, sxl, ch_ptr, sg_ptr, off_ptr, cs_ptr, l0, L, LC, D,
+def _sketch_kernel(x_ptr, sxb, sxc, sxl, ch_ptr, sg_ptr, off_ptr, cs_ptr, l0, L, LC, D, pid1_base, pid2_base,
                    BLOCK_L: tl.constexpr, BLOCK: tl.constexpr):
     pid_d = tl.program_id(0)
-    pid_l = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
+    pid_l = tl.program_id(1) + pid1_base
+    b = (tl.program_id(2) + pid2_base).to(tl.int64)
     acc_t = tl.float64 if cs_ptr.dtype.element_ty == tl.float64 else tl.float32
     bins = pid_d * BLOCK + tl.arange(0, BLOCK)
     bmask = bins < D
@@ -193,10 +204,10 @@ def _sketch_kernel(x_ptr, sxb, sxc, sxl, ch_ptr, sg_ptr, off_ptr, cs_ptr, l0, L,
 
 
 @triton.jit
-def _spec_mac_kernel(f1_ptr, f2_ptr, spec_ptr, L, K, BLOCK: tl.constexpr):
+def _spec_mac_kernel(f1_ptr, f2_ptr, spec_ptr, L, K, pid1_base, BLOCK: tl.constexpr):
     # f1, f2: (B, L, K, 2) real views of the chunk's spectra; spec: (B, K, 2) running sum, updated in place.
     pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
+    b = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = spec_ptr.dtype.element_ty
     ks = pid * BLOCK + tl.arange(0, BLOCK)
     m = ks < K
@@ -229,9 +240,9 @@ def _channel_csr(h, s, output_dim, acc):
     return order.to(torch.int32).contiguous(), s.to(acc)[order].contiguous(), off.to(torch.int32)
 
 
-def freq_chunk(B, D, HW):
-    """Locations per chunk: keeps B L D (per sketch) under FREQ_CHUNK_ELEMS."""
-    return max(1, min(HW, FREQ_CHUNK_ELEMS // max(1, B * D)))
+def freq_chunk(B, D, HW, elems=FREQ_CHUNK_ELEMS):
+    """Locations per chunk: keeps B L D (per sketch) under elems."""
+    return max(1, min(HW, elems // max(1, B * D)))
 
 
 class _FreqChunks:
@@ -242,7 +253,9 @@ class _FreqChunks:
         self.B, self.HW, self.D = x.shape[0], x.shape[2] * x.shape[3], D
         self.X, self.Y = x.flatten(2), y.flatten(2)  # views for NCHW and channels_last (strides passed)
         self.csr = (channel_csr(h1, s1, D, self.acc), channel_csr(h2, s2, D, self.acc))
-        self.L = freq_chunk(self.B, D, self.HW)
+        elems, self.block_l, _ = _freq_sizes(_launch.target(x.device))
+        self.block_d = _blocks(_launch.target(x.device))[0]
+        self.L = freq_chunk(self.B, D, self.HW, elems)
         self.cs = torch.empty(2, self.B, self.L, D, dtype=self.acc, device=x.device)
 
     def __iter__(self):
@@ -251,9 +264,9 @@ class _FreqChunks:
             cs = self.cs[:, :, :L] if L == self.L else torch.empty(2, self.B, L, self.D, dtype=self.acc,
                                                                    device=self.cs.device)
             for t, M, (ch, sg, off) in ((0, self.X, self.csr[0]), (1, self.Y, self.csr[1])):
-                grid = (triton.cdiv(self.D, BLOCK_D), triton.cdiv(L, BLOCK_L), self.B)
-                _sketch_kernel[grid](M, M.stride(0), M.stride(1), M.stride(2), ch, sg, off, cs[t], l0, L, L, self.D,
-                                     BLOCK_L=BLOCK_L, BLOCK=BLOCK_D)
+                grid = (triton.cdiv(self.D, self.block_d), triton.cdiv(L, self.block_l), self.B)
+                _launch.launch(_sketch_kernel, grid, M, M.stride(0), M.stride(1), M.stride(2), ch, sg, off, cs[t], l0,
+                               L, L, self.D, BLOCK_L=self.block_l, BLOCK=self.block_d)
             yield l0, L, torch.fft.rfft(cs, dim=-1)  # (2, B, L, K)
 
 
@@ -264,9 +277,10 @@ def forward_freq(x, y, h1, s1, h2, s2, output_dim):
         return torch.zeros(B, output_dim, dtype=x.dtype, device=x.device)
     K = output_dim // 2 + 1
     spec = torch.zeros(B, K, 2, dtype=acc, device=x.device)
+    block_k = _freq_sizes(_launch.target(x.device))[2]
     for _, L, F in _FreqChunks(x, y, h1, s1, h2, s2, output_dim):
         F = torch.view_as_real(F)
-        _spec_mac_kernel[(triton.cdiv(K, BLOCK_K), B)](F[0], F[1], spec, L, K, BLOCK=BLOCK_K)
+        _launch.launch(_spec_mac_kernel, (triton.cdiv(K, block_k), B), F[0], F[1], spec, L, K, BLOCK=block_k)
     return torch.fft.irfft(torch.view_as_complex(spec), n=output_dim, dim=-1).to(x.dtype)
 
 

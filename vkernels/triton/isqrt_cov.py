@@ -6,6 +6,8 @@ baddbmm's alpha/beta), the remaining elementwise passes in Triton, one program p
            d = a s + b (q + q^T) (+ e u) (+ diag I), per-image coefficients: the symmetric combinations of each step
            back and, fused with the last one, S = gSigma + gSigma^T (q read twice, s, u once, one write).
 Each pass moves O(C^2) fp32 per image (4-16 bytes per element, a few FLOPs); the GEMMs are O(C^3) + O(C^2 HW).
+Rows (grid axis 1) past CUDA's 65,535 are split by _launch through pid1_base; row offsets are int64. The trace
+normalisation and sqrt(t) are correctly rounded on the GPU too (_math): the tests compare them with the reference.
 
 The backward works as the CPU kernel's (csrc/ops/cpu/isqrt_cov_kernel.cpp): every iterate Y_k, Z_k, P_k = Z_{k-1}
 Y_{k-1} is a polynomial in the symmetric A, so they are symmetric and commute, and the incoming gradient can be
@@ -24,11 +26,16 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
+from vkernels.triton._math import div_rn, sqrt_rn
 from vkernels.triton.bilinear_pooling import _triu_index
 
 TRACE_FLOOR = 1e-30
-BLOCK = 64 if TRITON_INTERPRET else 1024
+
+
+def _block(t):
+    """Columns per step of the row loops on target t (the interpreter: small, it runs a vector op per step)."""
+    return 64 if t.interpret else 1024
 
 
 @triton.jit
@@ -36,20 +43,20 @@ def _trace(g_ptr, b, C, BLOCK: tl.constexpr):
     acc = tl.zeros([BLOCK], dtype=g_ptr.dtype.element_ty)
     for r in range(0, C, BLOCK):
         k = r + tl.arange(0, BLOCK)
-        acc += tl.load(g_ptr + b * C * C + k * (C + 1), mask=k < C, other=0.0)
+        acc += tl.load(g_ptr + b * C * C + k.to(tl.int64) * (C + 1), mask=k < C, other=0.0)
     return tl.sum(acc, 0)
 
 
 @triton.jit
-def _normalise_kernel(g_ptr, a_ptr, z_ptr, t_ptr, M, C, floor, WITH_Z: tl.constexpr, BLOCK: tl.constexpr):
+def _normalise_kernel(g_ptr, a_ptr, z_ptr, t_ptr, M, C, floor, pid1_base, WITH_Z: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = g_ptr.dtype.element_ty
-    mf = M.to(acc_t)
-    t = tl.maximum(_trace(g_ptr, b, C, BLOCK) / mf, floor)
+    mf = tl.cast(M, acc_t)
+    t = tl.maximum(div_rn(_trace(g_ptr, b, C, BLOCK), mf), floor)
     if i == 0:
         tl.store(t_ptr + b, t)
-    s = 1.0 / (t * mf)
+    s = div_rn(1.0, t * mf)
     for jb in range(0, C, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C
@@ -61,12 +68,12 @@ def _normalise_kernel(g_ptr, a_ptr, z_ptr, t_ptr, M, C, floor, WITH_Z: tl.conste
 
 
 @triton.jit
-def _pack_kernel(y_ptr, t_ptr, out_ptr, C, P, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+def _pack_kernel(y_ptr, t_ptr, out_ptr, C, P, pid1_base, TRIU: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
-    s = tl.sqrt(tl.load(t_ptr + b))
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
+    s = sqrt_rn(tl.load(t_ptr + b))
     if TRIU:
-        j0 = i
+        j0 = i.to(tl.int32)
         off = i * C - (i * (i - 1)) // 2
     else:
         j0 = 0
@@ -79,13 +86,13 @@ def _pack_kernel(y_ptr, t_ptr, out_ptr, C, P, TRIU: tl.constexpr, BLOCK: tl.cons
 
 
 @triton.jit
-def _unpack_sym_kernel(g_ptr, t_ptr, gy_ptr, C, P, TRIU: tl.constexpr, BLOCK: tl.constexpr):
+def _unpack_sym_kernel(g_ptr, t_ptr, gy_ptr, C, P, pid1_base, TRIU: tl.constexpr, BLOCK: tl.constexpr):
     # gY[i, j] = sqrt(t) sym(g)[i, j]: triu: g's (min, max) entry, halved off the diagonal (the packed entry stands for
     # both halves); full: (g[i, j] + g[j, i]) / 2.
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     acc_t = gy_ptr.dtype.element_ty
-    s = tl.sqrt(tl.load(t_ptr + b))
+    s = sqrt_rn(tl.load(t_ptr + b))
     for jb in range(0, C, BLOCK):
         j = jb + tl.arange(0, BLOCK)
         m = j < C
@@ -99,12 +106,12 @@ def _unpack_sym_kernel(g_ptr, t_ptr, gy_ptr, C, P, TRIU: tl.constexpr, BLOCK: tl
 
 
 @triton.jit
-def _sym_combine_kernel(s_ptr, q_ptr, u_ptr, coef_ptr, d_ptr, coef_sb, C,
+def _sym_combine_kernel(s_ptr, q_ptr, u_ptr, coef_ptr, d_ptr, coef_sb, C, pid1_base,
                         HAS_U: tl.constexpr, BLOCK: tl.constexpr):
     # d = a s + b (q + q^T) + e u + diag I with (a, b, e, diag) = coef[image] (coef_sb = 0: one set for all images);
     # d must not alias q.
     b = tl.program_id(0).to(tl.int64)
-    i = tl.program_id(1)
+    i = (tl.program_id(1) + pid1_base).to(tl.int64)
     cf = coef_ptr + b * coef_sb
     ca = tl.load(cf)
     cb = tl.load(cf + 1)
@@ -160,9 +167,10 @@ def forward(x, iters, triu):
         Xc = _centered(x)
         G = torch.bmm(Xc, Xc.transpose(1, 2))
         Z1 = torch.empty_like(A) if iters >= 2 else A
-        _normalise_kernel[(B, C)](G, A, Z1, t, H * W, C, TRACE_FLOOR, WITH_Z=iters >= 2, BLOCK=BLOCK)
+        block = _block(_launch.target(x.device))
+        _launch.launch(_normalise_kernel, (B, C), G, A, Z1, t, H * W, C, TRACE_FLOOR, WITH_Z=iters >= 2, BLOCK=block)
         Y = _newton_schulz(A, Z1, iters).contiguous()
-        _pack_kernel[(B, C)](Y, t, out, C, P, TRIU=triu, BLOCK=BLOCK)
+        _launch.launch(_pack_kernel, (B, C), Y, t, out, C, P, TRIU=triu, BLOCK=block)
     return (out if triu else out.view(B, C, C)), A, t
 
 
@@ -174,8 +182,9 @@ def _dot(a, b):
 
 def _sym_combine(s, q, coef, d, u=None):
     B, C = q.shape[:2]
-    _sym_combine_kernel[(B, C)](s, q, q if u is None else u, coef, d, coef.stride(0) if coef.dim() == 2 else 0, C,
-                                HAS_U=u is not None, BLOCK=BLOCK)
+    _launch.launch(_sym_combine_kernel, (B, C), s, q, q if u is None else u, coef, d,
+                   coef.stride(0) if coef.dim() == 2 else 0, C, HAS_U=u is not None,
+                   BLOCK=_block(_launch.target(q.device)))
     return d
 
 
@@ -194,7 +203,8 @@ def backward(grad_out, x, A, t, iters, triu):
     # Y_{N-1} and P_N (Y_0 = P_1 = A when N = 1).
     Yl, Pl = (keep[-1][0], keep[-1][2]) if keep else (A, A)
     gY, gZ = torch.empty_like(A), None
-    _unpack_sym_kernel[(B, C)](grad_out.contiguous(), t, gY, C, P, TRIU=triu, BLOCK=BLOCK)
+    _launch.launch(_unpack_sym_kernel, (B, C), grad_out.contiguous(), t, gY, C, P, TRIU=triu,
+                   BLOCK=_block(_launch.target(x.device)))
     Wk = torch.bmm(gY, Pl)  # the step's first GEMM; holds each GEMM's result before it is combined
     st = t.sqrt()
     # <g, Y_N> (the trace's gradient through sqrt(t)) from Y_N = 1.5 Y_{N-1} - 0.5 Y_{N-1} P_N, for symmetric

@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
-from vkernels.triton.bias_act import ACT_IDS, _act, _block_offsets, _grad_x
+from vkernels.triton import _launch
+from vkernels.triton._math import div_rn, sqrt_rn
+from vkernels.triton.bias_act import ACT_IDS, _act, _block_offsets, _grad_x, elementwise_block
 
 
 @triton.jit
@@ -34,7 +35,7 @@ def _weight_kernel(wmod_ptr, dco_ptr, w_ptr, s_ptr, O, I, K, DEMOD: tl.constexpr
             sv = tl.load(s_ptr + n * I + j // K, mask=m, other=0.0).to(ct)
             v = wv * sv
             acc += v * v
-        d = 1.0 / tl.sqrt(tl.sum(acc, axis=0) + 1e-8)
+        d = div_rn(1.0, sqrt_rn(tl.sum(acc, axis=0) + 1e-8))  # correctly rounded on the GPU too (_math)
         tl.store(dco_ptr + no, d.to(dco_ptr.dtype.element_ty))
     if FUSED:
         for j0 in range(0, IK, BLOCK):
@@ -52,9 +53,9 @@ def launch_weight(weight, styles, demodulate, fused):
     dco = torch.empty((N, O) if demodulate else (0,), dtype=w.dtype, device=w.device)
     if N * O == 0 or not (fused or demodulate):
         return wmod, dco
-    block = min(triton.next_power_of_2(I * kh * kw), 8192 if TRITON_INTERPRET else 1024)
+    block = min(triton.next_power_of_2(I * kh * kw), elementwise_block(_launch.target(w.device)))
     with torch.cuda.device(w.device) if w.is_cuda else contextlib.nullcontext():
-        _weight_kernel[(N * O,)](wmod if fused else w, dco if demodulate else w, w, s, O, I, kh * kw,
+        _launch.launch(_weight_kernel, (N * O,), wmod if fused else w, dco if demodulate else w, w, s, O, I, kh * kw,
                                  DEMOD=demodulate, FUSED=fused, BLOCK=block, num_warps=4)
     return wmod, dco
 
@@ -101,11 +102,11 @@ def launch_epilogue(x, g, dcoefs, noise, noise_strength, b, act, alpha, gain, cl
     sc = torch.tensor([alpha, gain, clamp if clamp is not None else 0.0, 1.0], dtype=torch.float64, device=x.device)
     if noise is not None and noise_strength is not None:
         sc[3:] = noise_strength.detach().reshape(1).to(torch.float64)
-    block = 8192 if TRITON_INTERPRET else 1024
+    block = elementwise_block(_launch.target(x.device))
     gg = g.contiguous() if g is not None else x
     nz = noise.contiguous() if noise is not None else x
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _epilogue_kernel[(triton.cdiv(n, block),)](
+        _launch.launch(_epilogue_kernel, (triton.cdiv(n, block),),
             out, x, gg, dcoefs.contiguous() if dcoefs is not None else x, nz,
             b.contiguous() if b is not None else x, sc, n, O, H * W,
             (H * W if noise.shape[0] != 1 else 0) if noise is not None else 0,

@@ -15,12 +15,14 @@ fp64, and nothing of output size is ever written except dx's own plane:
   dz (1 + gamma) (x - m).
 The activation derivative is bias_act's (_grad_x of vkernels/triton/bias_act.py), clamped elements get zero
 gradient exactly as bias_act_grad's x-ref mode does. fp64 tensors take alpha/gain/clamp from an fp64 tensor.
+Plane offsets are int64; the flat indices inside a plane are int32 unless one image of a tensor spans 2^31 elements
+or more (a channels_last row stride times the height can), then INT64 makes them int64. Grids are 1-D (N C planes).
 """
 import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
 from vkernels.triton.bias_act import ACT_IDS, _act, _grad_x
 from vkernels.triton.upsample_norm_act import _device, _is_cl, _lin, _lin64, _scalar_args, _scalars, _up_value
 
@@ -40,9 +42,9 @@ def _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.
 
 @triton.jit
 def _plane(C):
-    # This program's (n, c) plane: flat index g = n * C + c, n in int64 for the plane offsets.
+    # This program's (n, c) plane: flat index g = n * C + c; n, c in int64 for the plane offsets.
     g = tl.program_id(0)
-    return g, (g // C).to(tl.int64), g % C
+    return g, (g // C).to(tl.int64), (g % C).to(tl.int64)
 
 
 @triton.jit
@@ -62,7 +64,7 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
                     dsh, dsw, osn, osc, osh, osw, s, post_mult, alpha, gain, clamp, scalars_ptr,
                     SCALARS_IN_TENSOR: tl.constexpr, BILINEAR: tl.constexpr, ACT: tl.constexpr,
                     HAS_CLAMP: tl.constexpr, F64: tl.constexpr, NEED_DX: tl.constexpr, NEED_RED: tl.constexpr,
-                    STATS: tl.constexpr, BLOCK: tl.constexpr):
+                    STATS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     g, n, c = _plane(C)
     ct = tl.float64 if F64 else tl.float32
     alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
@@ -73,12 +75,20 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     db_ = n * dsn + c * dsc
     OH = H * s
     OW = W * s
+    if INT64:
+        OHW = tl.cast(OH, tl.int64) * OW
+        HW = tl.cast(H, tl.int64) * W
+    else:
+        OHW = OH * OW
+        HW = H * W
     if NEED_RED:
         s1 = tl.zeros([BLOCK], dtype=tl.float64)
         s2 = tl.zeros([BLOCK], dtype=tl.float64)
-        for start in range(0, OH * OW, BLOCK):
+        for start in range(0, OHW, BLOCK):
             i = start + tl.arange(0, BLOCK)
-            mask = i < OH * OW
+            if INT64:
+                i = i.to(tl.int64)
+            mask = i < OHW
             oh = i // OW
             ow = i % OW
             u = _up_value(x_ptr, xb, oh, ow, H, W, sh, sw, s, mask, BILINEAR, F64)
@@ -92,9 +102,11 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     if NEED_DX:
         post = post_mult if STATS else av
         ob = n * osn + c * osc
-        for start in range(0, H * W, BLOCK):
+        for start in range(0, HW, BLOCK):
             i = start + tl.arange(0, BLOCK)
-            mask = i < H * W
+            if INT64:
+                i = i.to(tl.int64)
+            mask = i < HW
             h = i // W
             w = i % W
             acc = tl.zeros([BLOCK], dtype=ct)
@@ -133,7 +145,7 @@ def _spade_bwd_kernel(dx_ptr, dg_ptr, dt_ptr, s1_ptr, s2_ptr, dy_ptr, x_ptr, g_p
                       sy0, sy1, sy2, sy3, sx0, sx1, sx2, sx3, sg0, sg1, sg2, sg3, st0, st1, st2, st3,
                       so0, so1, so2, so3, alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr,
                       ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr, NEED_DX: tl.constexpr,
-                      NEED_DG: tl.constexpr, NEED_DT: tl.constexpr, BLOCK: tl.constexpr):
+                      NEED_DG: tl.constexpr, NEED_DT: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     g, n, c = _plane(C)
     ct = tl.float64 if F64 else tl.float32
     alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
@@ -143,6 +155,8 @@ def _spade_bwd_kernel(dx_ptr, dg_ptr, dt_ptr, s1_ptr, s2_ptr, dy_ptr, x_ptr, g_p
     a2 = tl.zeros([BLOCK], dtype=tl.float64)
     for start in range(0, HW, BLOCK):
         i = start + tl.arange(0, BLOCK)
+        if INT64:
+            i = i.to(tl.int64)
         mask = i < HW
         h = i // W
         w = i % W
@@ -177,21 +191,32 @@ def _empty_fmt(x, shape):
                        memory_format=torch.channels_last if _is_cl(x) else torch.contiguous_format)
 
 
-def _block(n):
-    return min(4096 if TRITON_INTERPRET else 1024, max(16, triton.next_power_of_2(max(n, 1))))
+def _block(t, n, fp64_bilinear=False):
+    """Elements per step of the per-plane loops over n elements on target t (bigger in the interpreter). The fp64
+    bilinear adjoint (9 s^2 neighbours' dz recomputed per input pixel) spilled 312 B at 1024 on sm_80: 512 there."""
+    gpu = 512 if fp64_bilinear else 1024
+    return min(4096 if t.interpret else gpu, max(16, triton.next_power_of_2(max(n, 1))))
 
 
-def _launch(dx, db, da, dy, x, m, a, b, scale, bil, act, alpha, gain, clamp, post_mult, need_dx, need_red, stats):
+def _image_int64(*tensors):
+    """True when a flat index inside one image of any of `tensors` ((N, C, H, W), any strides) may pass int32."""
+    return any(sum((d - 1) * abs(st) for d, st in zip(t.shape[1:], t.stride()[1:])) + 1 + 4096 >= 2**31
+               for t in tensors if t is not None and t.numel() > 0)
+
+
+def _adjoint(dx, db, da, dy, x, m, a, b, scale, bil, act, alpha, gain, clamp, post_mult, need_dx, need_red, stats):
     N, C, H, W = x.shape
     vals, st, exact = _scalars(x, alpha, gain, clamp)
     dxs = dx.stride() if need_dx else (0, 0, 0, 0)
     dys = dy.stride() if dy is not None else (0, 0, 0, 0)
+    t = _launch.target(x.device)
     with _device(x):
-        _adjoint_kernel[(N * C,)](
+        _launch.launch(_adjoint_kernel, (N * C,),
             dx if need_dx else x, db, da, dy if dy is not None else x, x, m, a, b, C, H, W, *x.stride(), *dys, *dxs,
             scale, float(post_mult), *vals, st, SCALARS_IN_TENSOR=exact, BILINEAR=bil, ACT=ACT_IDS[act],
             HAS_CLAMP=clamp is not None, F64=x.dtype == torch.float64, NEED_DX=need_dx, NEED_RED=need_red,
-            STATS=stats, BLOCK=_block(H * W * scale * scale if need_red else H * W), num_warps=4)
+            STATS=stats, BLOCK=_block(t, H * W * scale * scale if need_red else H * W, bil and exact),
+            INT64=_image_int64(x, dy, dx if need_dx else None) or H * W * scale * scale + 4096 >= 2**31, num_warps=4)
 
 
 def apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
@@ -202,7 +227,7 @@ def apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
     db = torch.zeros((N, C), dtype=ct, device=x.device)
     da = torch.zeros((N, C), dtype=ct, device=x.device)
     if x.numel() > 0 and (mask[0] or red):
-        _launch(dx, db, da, dy, x, m.contiguous(), a.contiguous(), b.contiguous(), scale,
+        _adjoint(dx, db, da, dy, x, m.contiguous(), a.contiguous(), b.contiguous(), scale,
                 mode == "bilinear" and scale > 1, act, alpha, gain, clamp, 1.0, mask[0], red, False)
     e = m.new_empty(0)
     return dx, -(db * a) if mask[1] else e, da if mask[2] else e, db if mask[3] else e
@@ -219,7 +244,7 @@ def stats_backward(gmean, gvar, x, mean, scale, mode, per_sample):
     mc = mean.expand(N, C).contiguous()
     bil = mode == "bilinear" and scale > 1
     # Nearest: the adjoint of repeating each pixel s^2 times is s^2 times the pixel's own du (run as scale 1).
-    _launch(dx, c1, c1, None, x, mc, c1, c2, scale if bil else 1, bil, "linear", 0.0, 1.0, None,
+    _adjoint(dx, c1, c1, None, x, mc, c1, c2, scale if bil else 1, bil, "linear", 0.0, 1.0, None,
             1.0 if bil else scale * scale, True, False, True)
     return dx
 
@@ -235,11 +260,12 @@ def spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
         so = ref.stride() if ref is not None else (0, 0, 0, 0)
         vals, st, exact = _scalars(x, alpha, gain, clamp)
         with _device(x):
-            _spade_bwd_kernel[(N * C,)](
+            _launch.launch(_spade_bwd_kernel, (N * C,),
                 *(t if t.numel() > 0 else x for t in full), s1, s2, dy, x, gamma, beta, m.contiguous(),
                 r.contiguous(), C, W, H * W, *dy.stride(), *x.stride(), *gamma.stride(), *beta.stride(), *so, *vals,
                 st, SCALARS_IN_TENSOR=exact, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
-                F64=x.dtype == torch.float64, NEED_DX=mask[0], NEED_DG=mask[3], NEED_DT=mask[4], BLOCK=_block(H * W),
+                F64=x.dtype == torch.float64, NEED_DX=mask[0], NEED_DG=mask[3], NEED_DT=mask[4],
+                BLOCK=_block(_launch.target(x.device), H * W), INT64=_image_int64(dy, x, gamma, beta, ref),
                 num_warps=4)
     e = m.new_empty(0)
     return full[0], -(s1 * r) if mask[1] else e, s2 if mask[2] else e, full[1], full[2]

@@ -6,6 +6,8 @@ place as (N*H*W, C, 1)) are one contiguous run of C values per program.
 
 Forward reads x twice (sum of squares over C, then scale) and writes y; backward reads x and g twice, writes dx.
 Accumulation in fp32 (fp64 for fp64 inputs).
+Offsets are int64 (row * C * inner and c * inner pass 2^31 on large images); axis 1 (column blocks) can pass CUDA's
+65,535 and is split by _launch through pid1_base.
 """
 import contextlib
 
@@ -13,14 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
+from vkernels.triton._math import sqrt_rn
 
 
 @triton.jit
-def _pixel_norm_kernel(out_ptr, x_ptr, g_ptr, eps_ptr, C, inner, BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_J: tl.constexpr):
+def _pixel_norm_kernel(out_ptr, x_ptr, g_ptr, eps_ptr, C, inner, pid1_base, BACKWARD: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    jb = tl.program_id(1)
+    jb = tl.program_id(1).to(tl.int64) + pid1_base
     ct = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     eps = tl.load(eps_ptr).to(ct)
     cols = jb * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -31,18 +34,18 @@ def _pixel_norm_kernel(out_ptr, x_ptr, g_ptr, eps_ptr, C, inner, BACKWARD: tl.co
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
         m = (cs[:, None] < C) & cmask[None, :]
-        offs = base + cs[:, None] * inner + cols[None, :]
+        offs = base + cs[:, None].to(tl.int64) * inner + cols[None, :]
         xv = tl.load(x_ptr + offs, mask=m, other=0.0).to(ct)
         ss += tl.sum(xv * xv, axis=0)
         if BACKWARD:
             gv = tl.load(g_ptr + offs, mask=m, other=0.0).to(ct)
             gx += tl.sum(gv * xv, axis=0)
-    r = 1.0 / tl.sqrt(ss / C + eps)
+    r = 1.0 / sqrt_rn(ss / C + eps)  # divisions div.full: div_rn spills here (see _math)
     coef = gx / C * r * r * r
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
         m = (cs[:, None] < C) & cmask[None, :]
-        offs = base + cs[:, None] * inner + cols[None, :]
+        offs = base + cs[:, None].to(tl.int64) * inner + cols[None, :]
         xv = tl.load(x_ptr + offs, mask=m, other=0.0).to(ct)
         if BACKWARD:
             gv = tl.load(g_ptr + offs, mask=m, other=0.0).to(ct)
@@ -77,9 +80,14 @@ def launch(x, g, dim, eps):
         inner = x.numel() // (outer * C)
         gg = g.contiguous() if g is not None else x
     block_j = min(triton.next_power_of_2(inner), 64)
-    block_c = min(triton.next_power_of_2(C), max(16, (8192 if TRITON_INTERPRET else 2048) // block_j))
+    block_c = min(triton.next_power_of_2(C), max(16, _tile_elems(_launch.target(x.device)) // block_j))
     eps_t = torch.tensor([eps], dtype=torch.float64, device=x.device)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _pixel_norm_kernel[(outer, triton.cdiv(inner, block_j))](out, x, gg, eps_t, C, inner, BACKWARD=g is not None,
-                                                                BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
+        _launch.launch(_pixel_norm_kernel, (outer, triton.cdiv(inner, block_j)), out, x, gg, eps_t, C, inner,
+                       BACKWARD=g is not None, BLOCK_C=block_c, BLOCK_J=block_j, num_warps=4)
     return out
+
+
+def _tile_elems(t):
+    # The interpreter runs programs one by one: bigger tiles there.
+    return 8192 if t.interpret else 2048

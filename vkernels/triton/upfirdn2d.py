@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
+from vkernels.triton import _launch
 
 
 @triton.jit
@@ -77,11 +77,11 @@ def _pass(x, w, fh, fw, up, down, pad0, out):
     kx, ky = -(-max(px0, 0) // upx), -(-max(py0, 0) // upy)  # ceil: makes cx, cy >= 0
     cx, cy = upx * kx - px0, upy * ky - py0
     cl = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-    block = 4096 if TRITON_INTERPRET else 256
+    block = 4096 if _launch.target(x.device).interpret else 256  # the interpreter runs programs one by one
     big = max(total, x.numel() and (x.stride(0) * (x.shape[0] - 1) + x.stride(1) * (c - 1) + x.stride(2) *
                                     (x.shape[2] - 1) + x.stride(3) * (x.shape[3] - 1) + 1)) + block >= 2**31
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _upfirdn2d_kernel[(triton.cdiv(total, block),)](
+        _launch.launch(_upfirdn2d_kernel, (triton.cdiv(total, block),),
             out, x, w, total, c, x.shape[2], x.shape[3], out.shape[2], out.shape[3], *x.stride(), *out.stride(),
             upx, upy, downx, downy, cx, cy, kx, ky, FH=fh, FW=fw, CL=cl, BLOCK=block, INT64=big, num_warps=4)
     return out

@@ -10,6 +10,7 @@
 - spade: elementwise, reads x, gamma, beta with their own strides, writes out.
 Bilinear weights use the exact rational source coordinate (2*o + 1 - s) / (2*s) (align_corners=False), rounded once.
 Python floats become fp32 kernel arguments, so for fp64 tensors alpha/gain/clamp travel in an fp64 tensor.
+Divisions (bilinear weights, means) are div.full.f32 on the GPU, at most 2 ulp (see vkernels/triton/_math.py).
 """
 import contextlib
 
@@ -17,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels._backend import TRITON_INTERPRET
-from vkernels.triton.bias_act import ACT_IDS, _act
+from vkernels.triton import _launch
+from vkernels.triton.bias_act import ACT_IDS, _act, elementwise_block
 
 
 @triton.jit
@@ -69,36 +70,44 @@ def _up_value(x_ptr, base, oh, ow, H, W, sh, sw, s, mask, BILINEAR: tl.constexpr
 
 
 @triton.jit
-def _stats_kernel(x_ptr, mean_ptr, var_ptr, C, H, W, sn, sc, sh, sw, s, n_per, BILINEAR: tl.constexpr,
-                  PER_SAMPLE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+def _stats_kernel(x_ptr, mean_ptr, m2_ptr, C, H, W, sn, sc, sh, sw, s, n_per, chunk, n_chunks, pid1_base,
+                  BILINEAR: tl.constexpr, PER_SAMPLE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+                  INT64: tl.constexpr):
+    # Program (g, k): chunk k (elements [k chunk, (k + 1) chunk) of the group's n_per * OH * OW upsampled values) of
+    # group g; writes the chunk's mean and sum of squared deviations (two passes over the chunk).
     g = tl.program_id(0)
-    c = g % C
+    k = tl.program_id(1) + pid1_base
+    c = (g % C).to(tl.int64)
     nb = g // C if PER_SAMPLE else 0
-    OH = H * s
     OW = W * s
-    plane = OH * OW
-    total = n_per * plane
+    if INT64:  # n_per * OH * OW and the flat indices pass int32
+        plane = tl.cast(H, tl.int64) * s * OW
+        lo = tl.cast(k, tl.int64) * chunk
+    else:
+        plane = H * s * OW
+        lo = k * chunk
+    hi = tl.minimum(lo + chunk, n_per * plane)
     ct = tl.float64 if F64 else tl.float32
     acc = tl.zeros([BLOCK], dtype=ct)
-    for start in range(0, total, BLOCK):
+    for start in range(lo, hi, BLOCK):
         i = start + tl.arange(0, BLOCK)
-        mask = i < total
+        mask = i < hi
         n = nb + i // plane
         r = i % plane
         u = _up_value(x_ptr, n.to(tl.int64) * sn + c * sc, r // OW, r % OW, H, W, sh, sw, s, mask, BILINEAR, F64)
         acc += tl.where(mask, u, 0.0)
-    mu = tl.sum(acc, axis=0) / total
+    mu = tl.sum(acc, axis=0) / (hi - lo).to(ct)
     acc2 = tl.zeros([BLOCK], dtype=ct)
-    for start in range(0, total, BLOCK):
+    for start in range(lo, hi, BLOCK):
         i = start + tl.arange(0, BLOCK)
-        mask = i < total
+        mask = i < hi
         n = nb + i // plane
         r = i % plane
         u = _up_value(x_ptr, n.to(tl.int64) * sn + c * sc, r // OW, r % OW, H, W, sh, sw, s, mask, BILINEAR, F64)
         d = tl.where(mask, u - mu, 0.0)
         acc2 += d * d
-    tl.store(mean_ptr + g, mu)
-    tl.store(var_ptr + g, tl.sum(acc2, axis=0) / total)
+    tl.store(mean_ptr + g * n_chunks + k, mu)
+    tl.store(m2_ptr + g * n_chunks + k, tl.sum(acc2, axis=0))
 
 
 @triton.jit
@@ -202,6 +211,10 @@ def _scalars(x, alpha, gain, clamp):
 
 
 def stats(x, scale, mode, per_sample):
+    """Mean and biased variance of up(x) per channel (per (n, c) with per_sample): each group's values are cut into
+    chunks, one program per (group, chunk) with its exact two-pass mean and squared deviations, combined in a fixed
+    order (Chan et al.'s pairwise formula): batch norm (C groups of N H W s^2 values) gets enough programs to fill
+    the GPU instead of C programs scanning everything twice."""
     N, C, H, W = x.shape
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     shape = (N, C) if per_sample else (C,)
@@ -215,11 +228,38 @@ def stats(x, scale, mode, per_sample):
     s = scale if bil else 1  # nearest: the statistics of x are those of up(x)
     groups = N * C if per_sample else C
     total = (1 if per_sample else N) * H * W * s * s
-    block = min(4096 if TRITON_INTERPRET else 1024, triton.next_power_of_2(total))
+    t = _launch.target(x.device)
+    block, chunk = _stats_sizes(t, groups, total)
+    n_chunks = triton.cdiv(total, chunk)
+    pm = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
+    pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
+    extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
+    big = max(total + chunk, extent) + block >= 2**31
     with _device(x):
-        _stats_kernel[(groups,)](x, mean, var, C, H, W, *x.stride(), s, 1 if per_sample else N, BILINEAR=bil,
-                                 PER_SAMPLE=per_sample, F64=ct == torch.float64, BLOCK=block, num_warps=4)
+        _launch.launch(_stats_kernel, (groups, n_chunks), x, pm, pm2, C, H, W, *x.stride(), s,
+                       1 if per_sample else N, chunk, n_chunks, BILINEAR=bil, PER_SAMPLE=per_sample,
+                       F64=ct == torch.float64, BLOCK=block, INT64=big, num_warps=4)
+    if n_chunks == 1:
+        mean.copy_(pm.view(shape))
+        var.copy_((pm2 / total).view(shape))
+        return mean, var
+    cnt = torch.full((n_chunks,), float(chunk), dtype=torch.float64, device=x.device)
+    cnt[-1] = total - chunk * (n_chunks - 1)
+    pm, pm2 = pm.double(), pm2.double()
+    mu = (pm * cnt).sum(1) / total
+    m2 = pm2.sum(1) + (cnt * (pm - mu[:, None]) ** 2).sum(1)
+    mean.copy_(mu.view(shape))
+    var.copy_((m2 / total).view(shape))
     return mean, var
+
+
+def _stats_sizes(t, groups, total):
+    """(BLOCK, chunk) of the statistics kernel on target t: chunks of at least 4 blocks, enough of them for about
+    4 programs per SM (the interpreter counts 4 "SMs"), one chunk when the groups alone fill the GPU."""
+    block = min(4096 if t.interpret else 1024, triton.next_power_of_2(total))
+    want = triton.cdiv(4 * t.sms, groups)
+    chunk = max(4 * block, triton.cdiv(total, want))
+    return block, triton.cdiv(chunk, block) * block
 
 
 def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
@@ -232,9 +272,9 @@ def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
         return out
     m, a, b = m.contiguous(), a.contiguous(), b.contiguous()
     vals, st, exact = _scalars(x, alpha, gain, clamp)
-    block = 8192 if TRITON_INTERPRET else 1024
+    block = elementwise_block(_launch.target(x.device))
     with _device(x):
-        _apply_kernel[(triton.cdiv(n, block),)](
+        _launch.launch(_apply_kernel, (triton.cdiv(n, block),),
             out, x, m, a, b, n, C, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact, CL=cl,
             BILINEAR=mode == "bilinear" and scale > 1, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
             F64=x.dtype == torch.float64, BLOCK=block, INT64=max(n, x.numel() * 4) + block >= 2**31, num_warps=4)
@@ -251,10 +291,10 @@ def spade(x, m, r, gamma, beta, act, alpha, gain, clamp):
         return out
     m, r = m.contiguous(), r.contiguous()
     vals, st, exact = _scalars(x, alpha, gain, clamp)
-    block = 8192 if TRITON_INTERPRET else 1024
+    block = elementwise_block(_launch.target(x.device))
     big = max(n, max((t.shape[d] - 1) * abs(t.stride(d)) for t in (x, gamma, beta) for d in range(4)) + 1)
     with _device(x):
-        _spade_kernel[(triton.cdiv(n, block),)](
+        _launch.launch(_spade_kernel, (triton.cdiv(n, block),),
             out, x, gamma, beta, m, r, n, C, H, W, *x.stride(), *gamma.stride(), *beta.stride(), *vals, st,
             SCALARS_IN_TENSOR=exact, CL=cl, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
             F64=x.dtype == torch.float64, BLOCK=block, INT64=big + block >= 2**31, num_warps=4)
