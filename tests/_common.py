@@ -65,3 +65,10 @@ def static_grads(out, inputs, order=2):
         live = [(g * torch.randn_like(g)).sum() for g in grads if g is not None and g.requires_grad]
         if live:
             torch.autograd.grad(sum(live), inputs, allow_unused=True)
+
+
+def examples(full, ci):
+    """Hypothesis max_examples: `full` under VKERNELS_TEST_FULL=1 (`make test-full`), `ci` otherwise."""
+    from conftest import FULL
+
+    return full if FULL else ci
