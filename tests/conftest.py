@@ -33,7 +33,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "ci_cover(*names): of the interpreter's cases, run only enough to take every value of each named parameter"
-        " at least once per combination of the other parameters",
+        " (\"a,b\": every (a, b) pair) at least once per combination of the other parameters",
     )
     config.addinivalue_line("markers", "full_only(where): the interpreter's cases with where(params) true")
 
@@ -58,11 +58,12 @@ def _ci_dropped(items):
         mark = item.get_closest_marker("ci_cover")
         if mark is None:
             continue
-        names = mark.args or tuple(params)
-        missing = [n for n in names if n not in params]
+        names = [n.split(",") for n in mark.args or tuple(params)]  # "a,b": the pair (a, b) as one value
+        missing = [k for n in names for k in n if k not in params]
         assert not missing, f"{item.nodeid}: ci_cover names {missing}, not parameters of the test"
-        rest = tuple((k, repr(v)) for k, v in sorted(params.items()) if k not in names)
-        pairs = {(n, repr(params[n])) for n in names}
+        named = {k for n in names for k in n}
+        rest = tuple((k, repr(v)) for k, v in sorted(params.items()) if k not in named)
+        pairs = {(tuple(n), repr([params[k] for k in n])) for n in names}
         groups.setdefault((item.module.__name__, item.originalname, rest), []).append((item, pairs))
     for cases in groups.values():
         kept = set()
