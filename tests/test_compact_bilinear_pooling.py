@@ -200,6 +200,8 @@ def test_deterministic(device, impl, B, route):
         assert torch.equal(a, b)
 
 
+# In the interpreter each input form and route once (test_y_is_x checks both routes' y-is-x gradients).
+@pytest.mark.ci_cover("same", "route")
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("same", [False, True], ids=["x,y", "y_is_x"])
