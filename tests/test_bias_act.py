@@ -10,7 +10,7 @@ import vkernels
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.bias_act import bias_act as reference
 from conftest import DEVICES
-from _common import check_close, examples, impl_params
+from _common import check_close, impl_params
 from _common import randn as _randn
 
 ACTS = list(ACTIVATIONS)
@@ -147,7 +147,7 @@ def test_r1_penalty_matches_reference(device, impl):
         torch.testing.assert_close(g, gr)
 
 
-@settings(max_examples=examples(60, 15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_property_random_shapes_strides(device, impl, data):

@@ -11,7 +11,7 @@ import vkernels
 from vkernels.ops.upfirdn2d import _parse
 from vkernels.reference.upfirdn2d import upfirdn2d as _ref
 from conftest import DEVICES
-from _common import check_close, examples, impl_params, randn
+from _common import check_close, impl_params, randn
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 IMPLS = impl_params("upfirdn2d")
@@ -99,7 +99,7 @@ def test_matches_reference(device, impl, dtype, case):
     run_case(device, impl, dtype, case)
 
 
-@settings(max_examples=examples(40, 15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_property_random_configs(device, impl, data):
