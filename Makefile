@@ -10,10 +10,19 @@ SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.
 
 ARGS ?=
 
-.PHONY: test bench bench-full build info clean gpu-static
+.PHONY: test test-full test-times bench bench-full build info clean gpu-static
 
 test: $(VENV)/.built
 	$(PY) -m pytest tests -q
+
+# The full matrices: every interpreter (impl="triton") combination that `ci_cover` markers thin out in `make test`,
+# and the full hypothesis example counts.
+test-full: $(VENV)/.built
+	VKERNELS_TEST_FULL=1 $(PY) -m pytest tests -q
+
+# `make test` with each test's time written to test-times.tsv and the per-file totals printed at the end.
+test-times: $(VENV)/.built
+	VKERNELS_TEST_TIMES=test-times.tsv $(PY) -m pytest tests -q
 
 bench: $(VENV)/.built
 	$(PY) -m benchmarks $(ARGS)

@@ -101,3 +101,10 @@ def check_inplace_on_output(fn, ref, inputs, pick=None, double=False, error=Fals
     torch.testing.assert_close(got[0], want[0], **tol)
     for i, (g, r) in enumerate(zip(got[1] + got[2], want[1] + want[2])):
         torch.testing.assert_close(g, r, **tol, msg=lambda m, i=i: f"gradient {i}: {m}")
+
+
+def examples(full, ci):
+    """Hypothesis max_examples: `full` under VKERNELS_TEST_FULL=1 (`make test-full`), `ci` otherwise."""
+    from conftest import FULL
+
+    return full if FULL else ci

@@ -77,6 +77,7 @@ def run_case(device, impl, dtype, act, shape, dim, has_bias, layout, clamp, grad
         check_close(gb[0], gbl[0], gb64[0], dtype, "db")
 
 
+@pytest.mark.ci_cover("dtype", "act")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("act", ACTS)
@@ -85,6 +86,7 @@ def test_matches_reference_all_acts(device, impl, dtype, act):
         run_case(device, impl, dtype, act, (3, 13, 6, 5), 1, True, "contiguous", clamp)
 
 
+@pytest.mark.ci_cover("dtype", "case", "act")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-d{c[1]}-{c[3]}-{'b' if c[2] else 'nob'}")
@@ -94,6 +96,8 @@ def test_shapes_and_layouts(device, impl, dtype, case, act):
     run_case(device, impl, dtype, act, shape, dim, has_bias, layout, clamp=2.0)
 
 
+# In the interpreter: every act with the clamp (lrelu's x-ref path included), the unclamped path through lrelu.
+@pytest.mark.full_only(lambda p: p["clamp"] is None and p["act"] != "lrelu")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("clamp", [None, 0.8])

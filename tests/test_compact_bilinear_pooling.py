@@ -70,6 +70,7 @@ def run_case(device, impl, dtype, B, C1, C2, H, W, D, layout="contiguous", same=
             check_close(a, b, c, dtype, name)
 
 
+@pytest.mark.ci_cover("dtype", "route")
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -83,6 +84,8 @@ SHAPES = [(2, 7, 5, 3, 4, 11), (1, 3, 9, 1, 6, 1), (5, 4, 4, 2, 3, 100), (9, 16,
           (17, 5, 3, 2, 2, 12)]
 
 
+# B above the thread count is a CPU-kernel path; in the interpreter those two shapes cost 2/3 of this test.
+@pytest.mark.full_only(lambda p: p["shape"][0] > 8)
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -90,6 +93,8 @@ def test_odd_shapes(device, impl, shape, route):
     run_case(device, impl, torch.float32, *shape, route=route)
 
 
+# B = 5 vs 1 matters to the CPU kernel's thread split; the Triton path's chunk length does not depend on it here.
+@pytest.mark.full_only(lambda p: p["B"] == 5)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("B", [1, 5])
 def test_freq_route_many_chunks(device, impl, B):
@@ -99,6 +104,7 @@ def test_freq_route_many_chunks(device, impl, B):
     run_case(device, impl, torch.float32, B, 6, 5, 9, 11, 20, layout="channels_last", route="freq")
 
 
+@pytest.mark.ci_cover("layout", "dtype", "route")
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
@@ -148,6 +154,9 @@ def test_per_location_sketch_is_the_pair_hash():
     torch.testing.assert_close(definition(x, y, h1, s1, h2, s2, 5)[0], want)
 
 
+# The 1500 interpreter draws of the Triton gram route run under make test-full; in CI its equality with the
+# definition on fresh hashes is what every other test checks (as for the Triton freq route).
+@pytest.mark.full_only(lambda p: True)
 @pytest.mark.parametrize("impl,route", [(i, "gram") for i in kernels(OP, "cpu")] + [("cpu", "freq")])
 def test_unbiased_over_hash_draws(impl, route):
     # (The Triton freq path is not drawn 1500 times through the interpreter: its equality with the definition on
@@ -175,6 +184,7 @@ def test_unbiased_over_hash_draws(impl, route):
     assert se > 1e-3 * abs(exact)
 
 
+@pytest.mark.full_only(lambda p: p["B"] == 9)  # B above the thread count: the CPU kernel's other path
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("B", [1, 9])
@@ -190,6 +200,8 @@ def test_deterministic(device, impl, B, route):
         assert torch.equal(a, b)
 
 
+# In the interpreter each input form and route once (test_y_is_x checks both routes' y-is-x gradients).
+@pytest.mark.ci_cover("same", "route")
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("same", [False, True], ids=["x,y", "y_is_x"])

@@ -93,6 +93,7 @@ def run_case(device, impl, dtype, case, grads=True):
     check_close(gb, gbl, gb64, dtype, "db")
 
 
+@pytest.mark.ci_cover("dtype", "case")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=case_id)

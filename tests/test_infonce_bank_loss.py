@@ -124,6 +124,7 @@ def run_case(device, impl, dtype, temperature, smoothing=0.0, exclude=None, size
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
+@pytest.mark.ci_cover("dtype", "temperature")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("temperature", [0.07, 0.02])
@@ -131,6 +132,7 @@ def test_matches_reference(device, impl, dtype, temperature):
     run_case(device, impl, dtype, temperature)
 
 
+@pytest.mark.ci_cover("dtype", "smoothing,exclude")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("smoothing,exclude", [(0.1, None), (0.0, "self"), (0.2, "multi")])

@@ -27,6 +27,7 @@ def make_inputs(n, kk, d, device, dtype):
     return [t.to(device=device, dtype=dtype) for t in (q, k, bank)]
 
 
+@pytest.mark.ci_cover("dtype", "exclude")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("exclude", [None, "multi"])

@@ -47,6 +47,7 @@ def run_case(device, impl, dtype, iters, triu, sizes=None, layout="contiguous"):
     check_close(grad, gl, g64, dtype, "dx")
 
 
+@pytest.mark.ci_cover("dtype", "iters,triu")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("iters,triu", [(5, True), (1, False), (2, True), (3, False)])

@@ -68,6 +68,7 @@ def compare(device, impl, dtype, grads=True, inputs=None, **kw):
             check_close(a, b.to(dt) if b is not None else torch.zeros_like(c).to(dt), c, dt, name)
 
 
+@pytest.mark.ci_cover("demodulate,fused", "up,down,k")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("demodulate,fused", list(itertools.product([True, False], [True, False])))
 @pytest.mark.parametrize("up,down,k", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 1, 1), (2, 1, 1), (1, 2, 1)])
@@ -85,6 +86,7 @@ def test_epilogue_variants(device, impl, act, clamp, noise):
     compare(device, impl, torch.float64, inputs=inputs, act=act, clamp=clamp, fused_modconv=True)
 
 
+@pytest.mark.ci_cover("dtype", "fused")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("fused", [True, False])

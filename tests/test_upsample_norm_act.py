@@ -44,6 +44,7 @@ def run_both(impl, x, kw, dtype, **opts):
     return outs, stats
 
 
+@pytest.mark.ci_cover("norm", "mode,scale")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("scale", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
