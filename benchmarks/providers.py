@@ -1,4 +1,4 @@
-"""What each provider name in the results means: the one list the table legends, the plots and the README draw on.
+"""What each provider name in the results means: the one list the table legends, the plots and docs/performance.md use.
 Plain data (no torch import), so plots can be redrawn anywhere. A bench file that adds a provider adds its line here.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The project's performance goals and headline cases, as data: the one place the harness, the verdict
-(benchmarks/summary.py) and the README read them from. Goals are reported MET / MISSED, never asserted.
+(benchmarks/summary.py) and docs/performance.md read them from. Goals are reported MET / MISSED, never asserted.
 
 TARGETS rows: op, device ("cpu" | "cuda"), dtypes (names; () = any), case (a regular expression searched in the size
 label; "" = every case of the op), provider ("vkernels" = every "vkernels-<impl>" provider without a suffix such as -gram / -twoop,
