@@ -8,11 +8,10 @@ import numbers
 
 import torch
 
+from vkernels._dtypes import FLOAT_DTYPES
 from vkernels.reference.bias_act import ACTIVATIONS
 
 __all__: list[str] = []
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_tensors(op: str, **tensors) -> None:

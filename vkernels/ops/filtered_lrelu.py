@@ -17,13 +17,13 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import FLOAT_DTYPES
 from vkernels.ops.upfirdn2d import _is_int, _out_format, _parse_padding
 from vkernels.reference.filtered_lrelu import filtered_lrelu as _reference
 
 __all__ = ["filtered_lrelu"]
 
 _INFO = _backend.register_op("filtered_lrelu", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Tensor | None = None,
@@ -73,7 +73,7 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Te
 def _parse(x, fu, fd, b, up, down, padding, gain, slope, clamp):
     if x.ndim != 4:
         raise ValueError(f"filtered_lrelu: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"filtered_lrelu: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     filters = []
     for name, f in (("fu", fu), ("fd", fd)):
@@ -247,7 +247,7 @@ def _define_triton() -> None:
 
 def _check_launch(name, x, fa, fb, up, down, geom):
     # What the C++ op checks, for direct torch.ops calls of the Triton variants.
-    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+    if x.ndim != 4 or x.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{name}: x must be a 4-D float tensor, got {x.dtype} {tuple(x.shape)}")
     for fname, f in (("fu", fa), ("fd", fb)):
         if f.ndim not in (1, 2) or f.dtype != torch.float32 or f.numel() == 0:

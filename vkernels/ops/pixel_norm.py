@@ -16,12 +16,12 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import FLOAT_DTYPES
 from vkernels.reference.pixel_norm import pixel_norm as _reference
 
 __all__ = ["pixel_norm"]
 
 _INFO = _backend.register_op("pixel_norm", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "auto") -> torch.Tensor:
@@ -49,7 +49,7 @@ def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "au
 def _check(x, dim, eps):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pixel_norm: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"pixel_norm: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError("pixel_norm: x must have at least one dimension, got a 0-dim tensor")

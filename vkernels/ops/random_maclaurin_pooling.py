@@ -11,7 +11,7 @@ import math
 import torch
 
 from vkernels import _backend
-from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
 from vkernels.ops._checks import check_devices, check_float_pair, check_tensors
 from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as _reference
 
@@ -114,7 +114,7 @@ def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False, saved
 
 
 def _not_pooled(x, y, w1, w2):
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     D = w1.shape[0]
     X, Y = x.to(acc).flatten(2), y.to(acc).flatten(2)
     out = torch.matmul(w1.to(acc), X) * torch.matmul(w2.to(acc), Y) * (1.0 / math.sqrt(D))
@@ -125,7 +125,7 @@ def _check(x, y, w1, w2, route):
     check_tensors(_NAME, x=x, y=y, w1=w1, w2=w2)
     check_float_pair(_NAME, x, y)
     for name, w in (("w1", w1), ("w2", w2)):
-        if w.dtype not in _FLOAT_DTYPES:
+        if w.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{_NAME}: {name} must be a float tensor, got {w.dtype}")
     if x.ndim != 4:
         raise ValueError(f"{_NAME}: x must have shape (B, C1, H, W), got {tuple(x.shape)}")
@@ -199,7 +199,7 @@ def _register_saved(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{fwd}")
     def _fake_fwd(x, y, w1, w2):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(x.dtype)
         B, D = x.shape[0], w1.shape[0]
         return x.new_empty((B, D)), x.new_empty((2, D, B, x.shape[2] * x.shape[3]), dtype=acc)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, StatsOfX, _empty_fmt, _nc4, _sum_to, act_grad,
+from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
+from vkernels.ops.upsample_norm_act import (StatsOfX, _empty_fmt, _nc4, _sum_to, act_grad,
                                            add_stats_affine_, check_act, check_dy, check_nc, check_running, check_x,
                                            double_backward, norm_stats, update_running)
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
@@ -159,7 +160,7 @@ def _register(name: str, bwd: str) -> None:
     if name == "spade_norm_act":
         @torch.library.register_fake("vkernels::spade_norm_act_train")
         def _fake_train(x, gamma, beta, per_sample, eps, act, alpha, gain, clamp):
-            ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+            ct = acc_dtype(x.dtype)
             shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
             return _empty_fmt(x, x.shape), *(x.new_empty(shape, dtype=ct) for _ in range(3))
 
@@ -194,7 +195,7 @@ def _register(name: str, bwd: str) -> None:
 
 def _check_raw(op, x, m, r, gamma, beta, act, alpha, gain, clamp):
     # The checks csrc/ops/upsample_norm_act.cpp makes for the same schemas (the public function never trips them).
-    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+    if x.ndim != 4 or x.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
     for name, t in (("gamma", gamma), ("beta", beta)):
         if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:

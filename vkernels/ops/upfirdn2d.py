@@ -16,12 +16,12 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import FLOAT_DTYPES
 from vkernels.reference.upfirdn2d import upfirdn2d as _reference
 
 __all__ = ["upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d"]
 
 _INFO = _backend.register_op("upfirdn2d", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, flip_filter: bool = False,
@@ -173,7 +173,7 @@ def _parse(x, f, up, down, padding, flip_filter, gain):
     """Checks every argument; returns the op's scalar arguments (upx, upy, downx, downy, x0, x1, y0, y1, flip, gain)."""
     if x.ndim != 4:
         raise ValueError(f"upfirdn2d: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"upfirdn2d: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if not isinstance(f, torch.Tensor):
         raise TypeError(f"upfirdn2d: f must be a torch.Tensor or None, got {type(f).__name__}")

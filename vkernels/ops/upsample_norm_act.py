@@ -21,6 +21,7 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
 from vkernels.reference.bias_act import ACTIVATIONS
 from vkernels.reference.upsample_norm_act import MODES, NORMS, combine_affine, upsample
 from vkernels.reference.upsample_norm_act import upsample_norm_act as _reference
@@ -28,7 +29,6 @@ from vkernels.reference.upsample_norm_act import upsample_norm_act as _reference
 __all__ = ["upsample_norm_act"]
 
 _INFO = _backend.register_op("upsample_norm_act")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", norm: str = "batch",
@@ -84,7 +84,7 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
         if norm == "batch":
             update_running(running_mean, running_var, mean, var, x, scale, momentum)
         return y
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = acc_dtype(x.dtype)
     mean, rstd = norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps)
     s, t = combine_affine(weight, bias, style_scale, style_bias)
     a = rstd if s is None else (s.to(ct) if rstd is None else rstd * s.to(ct))
@@ -224,7 +224,7 @@ class _UpsamplePlan:
 def norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps):
     """(mean, rstd) of the normalization, shape (C,) or (N, C) in the compute type, or (None, None) for norm none.
     Updates the running statistics of a training batch norm in place, as nn.BatchNorm2d does."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = acc_dtype(x.dtype)
     if norm == "none":
         return None, None
     if norm == "batch" and not training:
@@ -280,7 +280,7 @@ def check_x(op, x):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
 
 
@@ -301,7 +301,7 @@ def check_param(op, name, v, shape, x):
         raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(v).__name__}")
     if tuple(v.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(v.shape)}")
-    if v.dtype not in _FLOAT_DTYPES:
+    if v.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a floating tensor, got {v.dtype}")
     if v.device != x.device:
         raise ValueError(f"{op}: {name} is on {v.device} but x is on {x.device}")
@@ -419,7 +419,7 @@ def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{stats}")
     def _fake_stats(x, scale, mode, per_sample):
-        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        ct = acc_dtype(x.dtype)
         shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
         return x.new_empty(shape, dtype=ct), x.new_empty(shape, dtype=ct)
 
@@ -520,7 +520,7 @@ def _define_triton() -> None:
         from vkernels.triton import norm_act_backward as tb
         op = "upsample_norm_act_stats_backward"
         _check_raw(op, x, scale, mode)
-        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        ct = acc_dtype(x.dtype)
         shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
         for name, t in (("gmean", gmean), ("gvar", gvar), ("mean", mean)):
             if tuple(t.shape) != shape or t.dtype != ct or t.device != x.device:
@@ -542,7 +542,7 @@ def check_dy(op, dy, x, shape):
 
 def _check_raw(op, x, scale, mode):
     # The checks csrc/ops/upsample_norm_act.cpp makes for the same schema (the public function never trips them).
-    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+    if x.ndim != 4 or x.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{op}: x must be a 4-D float16/bfloat16/float32/float64 tensor, got shape "
                            f"{tuple(x.shape)} and dtype {x.dtype}")
     if scale < 1:
@@ -552,7 +552,7 @@ def _check_raw(op, x, scale, mode):
 
 
 def check_nc(op, x, named):
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = acc_dtype(x.dtype)
     for name, t in named:
         if tuple(t.shape) != tuple(x.shape[:2]) or t.dtype != ct or t.device != x.device:
             raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape (N, C) = {tuple(x.shape[:2])} on "
