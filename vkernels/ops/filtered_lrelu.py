@@ -18,7 +18,8 @@ import torch
 
 from vkernels import _backend
 from vkernels._dtypes import FLOAT_DTYPES
-from vkernels.ops.upfirdn2d import _is_int, _out_format, _parse_padding
+from vkernels.ops._checks import is_int, parse_padding
+from vkernels.ops._layout import out_format
 from vkernels.reference.filtered_lrelu import filtered_lrelu as _reference
 
 __all__ = ["filtered_lrelu"]
@@ -103,12 +104,12 @@ def _parse(x, fu, fd, b, up, down, padding, gain, slope, clamp):
         if b.device != x.device:
             raise ValueError(f"filtered_lrelu: b is on {b.device} but x is on {x.device}")
     for name, v in (("up", up), ("down", down)):
-        if not _is_int(v):
+        if not is_int(v):
             raise ValueError(f"filtered_lrelu: {name} must be an int, got {v!r}")
         if v < 1:
             raise ValueError(f"filtered_lrelu: {name} must be >= 1, got {v}")
     try:
-        pad = _parse_padding(padding)
+        pad = parse_padding(padding)
     except ValueError as e:
         raise ValueError(str(e).replace("upfirdn2d:", "filtered_lrelu:")) from None
     for name, v in (("gain", gain), ("slope", slope)):
@@ -154,7 +155,7 @@ def _register(suffix: str) -> None:
     def _fake(x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip_filter, write_mask):
         (ow, mw), (oh, mh) = _geometry(x.shape[3], x.shape[2], fu, fd, up, down, (px0, px1, py0, py1))
         y = torch.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype, device=x.device,
-                        memory_format=_out_format(x))
+                        memory_format=out_format(x))
         shape = (x.shape[0], x.shape[1], mh, (mw + 3) // 4) if write_mask else (0,)
         return y, torch.empty(shape, dtype=torch.uint8, device=x.device)
 
@@ -163,7 +164,7 @@ def _register(suffix: str) -> None:
                      flip_filter):
         (ow, _), (oh, _) = _geometry(z.shape[3], z.shape[2], fa, fb, up, down, (px0, px1, py0, py1))
         return torch.empty((z.shape[0], z.shape[1], oh, ow), dtype=z.dtype, device=z.device,
-                           memory_format=_out_format(z))
+                           memory_format=out_format(z))
 
     def setup(ctx, inputs, output):
         x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip, write = inputs
@@ -224,7 +225,7 @@ def _define_triton() -> None:
         shape = (x.shape[0], x.shape[1], mh, (mw + 3) // 4) if write_mask else (0,)
         mask = torch.zeros(shape, dtype=torch.uint8, device=x.device)
         y = tk.launch(x, fu, fd, b, mask, up, down, px0, py0, float(up * up), 1.0, gain, slope, clamp, flip_filter,
-                      False, bool(write_mask), 0, 0, mw, (x.shape[0], x.shape[1], oh, ow), _out_format(x), geom)
+                      False, bool(write_mask), 0, 0, mw, (x.shape[0], x.shape[1], oh, ow), out_format(x), geom)
         return y, mask
 
     def fwd_masked(z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope,
@@ -238,7 +239,7 @@ def _define_triton() -> None:
                                f"{z.shape[1]}, mask_h, {(mask_w + 3) // 4}), got {mask.dtype} {tuple(mask.shape)}")
         (ow, _), (oh, _) = geom
         return tk.launch(z, fa, fb, None, mask.contiguous(), up, down, px0, py0, gain_a, gain_b, gain, slope, None,
-                         flip_filter, True, False, sx, sy, mask_w, (z.shape[0], z.shape[1], oh, ow), _out_format(z),
+                         flip_filter, True, False, sx, sy, mask_w, (z.shape[0], z.shape[1], oh, ow), out_format(z),
                          geom)
 
     _backend.define_triton_variant("filtered_lrelu", fwd)
