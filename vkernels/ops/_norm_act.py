@@ -212,25 +212,43 @@ def check_running(op, norm, x, running_mean, running_var, training):
         check_param(op, name, v, (C,), x)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# checks of the raw ops' Triton variants (RuntimeError, as the C++ TORCH_CHECKs raise)
-# --------------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------------------
+# the raw ops' checks, for their Triton variants: what csrc/ops/upsample_norm_act.cpp and the CPU kernels check (the
+# tensors a kernel indexes), rule by rule in the same words (RuntimeError, as TORCH_CHECK raises)
+# ----------------------------------------------------------------------------------------------------------------------
 def check_raw_x(op, x):
-    """x as the C++ ops check it (csrc/ops/upsample_norm_act.cpp), for the Triton variants of the same schemas."""
-    if x.ndim != 4 or x.dtype not in FLOAT_DTYPES:
-        raise RuntimeError(f"{op}: x must be a 4-D float16/bfloat16/float32/float64 tensor, got shape "
-                           f"{tuple(x.shape)} and dtype {x.dtype}")
+    if x.ndim != 4:
+        raise RuntimeError(f"{op}: x must be 4-D (N, C, H, W), got shape {list(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise RuntimeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+
+
+def check_vectors(op, x, shape, shape_text, named):
+    """Per-channel or per-(n, c) vectors: `shape` (`shape_text` in the message), x's accumulator dtype and device."""
+    ct = acc_dtype(x.dtype)
+    for name, t in named:
+        if tuple(t.shape) != tuple(shape):
+            raise RuntimeError(f"{op}: {name} must have shape {shape_text}, got {list(t.shape)}")
+        if t.dtype != ct:
+            raise RuntimeError(f"{op}: {name} must be {ct} for x of dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but x is on {x.device}")
 
 
 def check_nc(op, x, named):
-    ct = acc_dtype(x.dtype)
+    """The apply ops' per-(n, c) coefficients."""
+    N, C = x.shape[:2]
+    check_vectors(op, x, (N, C), f"(N, C) = ({N}, {C})", named)
+
+
+def check_like_x(op, x, named, shape=None):
+    """Tensors in x's dtype, on x's device, of `shape` (default: x's shape): dy, SPADE's gamma and beta."""
+    want = list(x.shape if shape is None else shape)
+    shape_text = f"x's shape {want}" if shape is None else f"shape {want}"
     for name, t in named:
-        if tuple(t.shape) != tuple(x.shape[:2]) or t.dtype != ct or t.device != x.device:
-            raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape (N, C) = {tuple(x.shape[:2])} on "
-                               f"{x.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-
-
-def check_dy(op, dy, x, shape):
-    if tuple(dy.shape) != tuple(shape) or dy.dtype != x.dtype or dy.device != x.device:
-        raise RuntimeError(f"{op}: dy must be a {x.dtype} tensor of shape {tuple(shape)} on {x.device}, got "
-                           f"{dy.dtype} {tuple(dy.shape)} on {dy.device}")
+        if list(t.shape) != want:
+            raise RuntimeError(f"{op}: {name} must have {shape_text}, got {list(t.shape)}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{op}: {name} dtype {t.dtype} must equal x dtype {x.dtype}")
+        if t.device != x.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but x is on {x.device}")

@@ -18,7 +18,7 @@ from vkernels.reference.bilinear_pooling import bilinear_pooling as _reference
 __all__ = ["bilinear_pooling"]
 
 # No CUDA C++ kernel: on GPU the GEMM is cuBLAS (torch.bmm) and the epilogue is Triton.
-_INFO = _backend.register_op("bilinear_pooling", cuda_order=("triton",))
+_backend.register_op("bilinear_pooling", cuda_order=("triton",))
 _NORMALIZE = (None, "none", "signed_sqrt_l2")
 
 

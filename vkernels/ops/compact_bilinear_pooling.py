@@ -17,7 +17,7 @@ from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling
 __all__ = ["compact_bilinear_pooling"]
 
 # No CUDA C++ kernel: the GPU path is cuBLAS GEMMs + Triton scatter/gather.
-_INFO = _backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
+_backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
 _NAME = "compact_bilinear_pooling"
 _ROUTES = ("auto", "gram", "freq")
 
@@ -146,24 +146,23 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton(base: str, fwd_name: str, bwd_name: str) -> None:
+def _triton_launchers(base: str, fwd_name: str, bwd_name: str):
     """vkernels::<base>_triton / <base>_backward_triton: the C++ schemas, Triton (+ cuBLAS / cuFFT) behind."""
 
     def fwd(x, y, h1, s1, h2, s2, output_dim):
-        from vkernels.triton import compact_bilinear_pooling as tk
+        from vkernels.triton import compact_bilinear_pooling as kernels
         _check_shapes(x, y, h1, s1, h2, s2, output_dim)
-        return getattr(tk, fwd_name)(x, y, h1, s1, h2, s2, output_dim)
+        return getattr(kernels, fwd_name)(x, y, h1, s1, h2, s2, output_dim)
 
     def bwd(grad_out, x, y, h1, s1, h2, s2):
-        from vkernels.triton import compact_bilinear_pooling as tk
+        from vkernels.triton import compact_bilinear_pooling as kernels
         _check_shapes(x, y, h1, s1, h2, s2, grad_out.shape[1] if grad_out.ndim == 2 else 1)
         if grad_out.ndim != 2 or grad_out.shape[0] != x.shape[0]:
             raise RuntimeError(f"{base}_backward: grad_out must have shape [{x.shape[0]}, "
                                f"output_dim], got {list(grad_out.shape)}")
-        return getattr(tk, bwd_name)(grad_out, x, y, h1, s1, h2, s2)
+        return getattr(kernels, bwd_name)(grad_out, x, y, h1, s1, h2, s2)
 
-    _backend.define_triton_variant(base, fwd)
-    _backend.define_triton_variant(f"{base}_backward", bwd)
+    return fwd, bwd
 
 
 def _check_shapes(x, y, h1, s1, h2, s2, output_dim):
@@ -174,13 +173,7 @@ def _check_shapes(x, y, h1, s1, h2, s2, output_dim):
         raise RuntimeError(str(e)) from None
 
 
-if _backend.has_op(_NAME):
-    _register(_NAME, "compact_bilinear_pooling_backward")
-    if _backend.HAS_TRITON:
-        _define_triton(_NAME, "forward", "backward")
-        _register("compact_bilinear_pooling_triton", "compact_bilinear_pooling_backward_triton")
-if _backend.has_op(_NAME + "_freq"):
-    _register(_NAME + "_freq", "compact_bilinear_pooling_freq_backward")
-    if _backend.HAS_TRITON:
-        _define_triton(_NAME + "_freq", "forward_freq", "backward_freq")
-        _register("compact_bilinear_pooling_freq_triton", "compact_bilinear_pooling_freq_backward_triton")
+_backend.register_backends(_register, (_NAME, f"{_NAME}_backward"),
+                           lambda: _triton_launchers(_NAME, "forward", "backward"))
+_backend.register_backends(_register, (f"{_NAME}_freq", f"{_NAME}_freq_backward"),
+                           lambda: _triton_launchers(f"{_NAME}_freq", "forward_freq", "backward_freq"))

@@ -24,7 +24,7 @@ from vkernels.reference.filtered_lrelu import filtered_lrelu as _reference
 
 __all__ = ["filtered_lrelu"]
 
-_INFO = _backend.register_op("filtered_lrelu", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
+_backend.register_op("filtered_lrelu", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
 
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Tensor | None = None,
@@ -147,11 +147,10 @@ def _transpose(fa, fb, mask_w, sx, sy, up, down, pad, gain_a, gain_b, flip, z_hw
 
 
 # ---------------------------------------------------------------------------------------------------- registration
-def _register(suffix: str) -> None:
-    fwd = getattr(torch.ops.vkernels, "filtered_lrelu" + suffix).default
-    masked = getattr(torch.ops.vkernels, "filtered_lrelu_masked" + suffix).default
+def _register(name: str, masked_name: str) -> None:
+    masked = getattr(torch.ops.vkernels, masked_name).default
 
-    @torch.library.register_fake("vkernels::filtered_lrelu" + suffix)
+    @torch.library.register_fake(f"vkernels::{name}")
     def _fake(x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip_filter, write_mask):
         (ow, mw), (oh, mh) = _geometry(x.shape[3], x.shape[2], fu, fd, up, down, (px0, px1, py0, py1))
         y = torch.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype, device=x.device,
@@ -159,7 +158,7 @@ def _register(suffix: str) -> None:
         shape = (x.shape[0], x.shape[1], mh, (mw + 3) // 4) if write_mask else (0,)
         return y, torch.empty(shape, dtype=torch.uint8, device=x.device)
 
-    @torch.library.register_fake("vkernels::filtered_lrelu_masked" + suffix)
+    @torch.library.register_fake(f"vkernels::{masked_name}")
     def _fake_masked(z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope,
                      flip_filter):
         (ow, _), (oh, _) = _geometry(z.shape[3], z.shape[2], fa, fb, up, down, (px0, px1, py0, py1))
@@ -189,7 +188,7 @@ def _register(suffix: str) -> None:
         db = dx.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[3] else None
         return (dx if ctx.needs_input_grad[0] else None, None, None, db) + (None,) * 11
 
-    torch.library.register_autograd("vkernels::filtered_lrelu" + suffix, backward, setup_context=setup)
+    torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
     def setup_masked(ctx, inputs, output):
         z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope, flip = inputs
@@ -209,28 +208,28 @@ def _register(suffix: str) -> None:
                   masked(dout, a[0], a[1], mask, *a[2:13], gain, slope, a[13]))
         return (dz,) + (None,) * 17
 
-    torch.library.register_autograd("vkernels::filtered_lrelu_masked" + suffix, backward_masked,
+    torch.library.register_autograd(f"vkernels::{masked_name}", backward_masked,
                                     setup_context=setup_masked)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     """vkernels::filtered_lrelu_triton / filtered_lrelu_masked_triton: the C++ schemas, Triton kernels behind."""
 
     def fwd(x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip_filter, write_mask):
-        from vkernels.triton import filtered_lrelu as tk
+        from vkernels.triton import filtered_lrelu as kernels
         pad = (px0, px1, py0, py1)
         geom = _geometry(x.shape[3], x.shape[2], fu, fd, up, down, pad)
         _check_launch("filtered_lrelu_triton", x, fu, fd, up, down, geom)
         (ow, mw), (oh, mh) = geom
         shape = (x.shape[0], x.shape[1], mh, (mw + 3) // 4) if write_mask else (0,)
         mask = torch.zeros(shape, dtype=torch.uint8, device=x.device)
-        y = tk.launch(x, fu, fd, b, mask, up, down, px0, py0, float(up * up), 1.0, gain, slope, clamp, flip_filter,
+        y = kernels.launch(x, fu, fd, b, mask, up, down, px0, py0, float(up * up), 1.0, gain, slope, clamp, flip_filter,
                       False, bool(write_mask), 0, 0, mw, (x.shape[0], x.shape[1], oh, ow), out_format(x), geom)
         return y, mask
 
     def fwd_masked(z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope,
                    flip_filter):
-        from vkernels.triton import filtered_lrelu as tk
+        from vkernels.triton import filtered_lrelu as kernels
         geom = _geometry(z.shape[3], z.shape[2], fa, fb, up, down, (px0, px1, py0, py1))
         _check_launch("filtered_lrelu_masked_triton", z, fa, fb, up, down, geom)
         if mask.dtype != torch.uint8 or mask.ndim != 4 or tuple(mask.shape[:2]) != tuple(z.shape[:2]) or \
@@ -238,12 +237,11 @@ def _define_triton() -> None:
             raise RuntimeError(f"filtered_lrelu_masked_triton: mask must be uint8 of shape ({z.shape[0]}, "
                                f"{z.shape[1]}, mask_h, {(mask_w + 3) // 4}), got {mask.dtype} {tuple(mask.shape)}")
         (ow, _), (oh, _) = geom
-        return tk.launch(z, fa, fb, None, mask.contiguous(), up, down, px0, py0, gain_a, gain_b, gain, slope, None,
+        return kernels.launch(z, fa, fb, None, mask.contiguous(), up, down, px0, py0, gain_a, gain_b, gain, slope, None,
                          flip_filter, True, False, sx, sy, mask_w, (z.shape[0], z.shape[1], oh, ow), out_format(z),
                          geom)
 
-    _backend.define_triton_variant("filtered_lrelu", fwd)
-    _backend.define_triton_variant("filtered_lrelu_masked", fwd_masked)
+    return fwd, fwd_masked
 
 
 def _check_launch(name, x, fa, fb, up, down, geom):
@@ -260,8 +258,4 @@ def _check_launch(name, x, fa, fb, up, down, geom):
         raise RuntimeError(f"{name}: output size must be >= 1, got {geom[1][0]}x{geom[0][0]}")
 
 
-if _backend.has_op("filtered_lrelu"):
-    _register("")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("_triton")
+_backend.register_backends(_register, ("filtered_lrelu", "filtered_lrelu_masked"), _triton_launchers)

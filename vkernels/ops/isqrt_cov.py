@@ -17,7 +17,7 @@ from vkernels.reference.isqrt_cov import isqrt_cov as _reference
 __all__ = ["isqrt_cov"]
 
 # No CUDA C++ kernel: on GPU the GEMMs are cuBLAS (torch.bmm / baddbmm) and the elementwise passes are Triton.
-_INFO = _backend.register_op("isqrt_cov", cuda_order=("triton",))
+_backend.register_op("isqrt_cov", cuda_order=("triton",))
 
 
 def isqrt_cov(x: torch.Tensor, iters: int = 5, triu: bool = True, *, impl: str = "auto") -> torch.Tensor:

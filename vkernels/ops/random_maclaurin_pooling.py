@@ -19,7 +19,7 @@ __all__ = ["random_maclaurin_pooling"]
 
 _NAME = "random_maclaurin_pooling"
 # No CUDA C++ kernel: on GPU the Gram GEMM is cuBLAS (torch.bmm) and the fused W1 G W2 contraction is Triton.
-_INFO = _backend.register_op(_NAME, cuda_order=("triton",))
+_backend.register_op(_NAME, cuda_order=("triton",))
 _ROUTES = ("auto", "gram", "project")
 
 
@@ -225,33 +225,7 @@ def _register_saved(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(x, y, w1, w2, route):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.forward(x, y, w1, w2, route)
-
-    def bwd(grad_out, x, y, w1, w2, route, output_mask):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.backward(grad_out, x, y, w1, w2, route, output_mask)
-
-    def fwd_saved(x, y, w1, w2):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.forward_saved(x, y, w1, w2)
-
-    def bwd_saved(grad_out, x, y, w1, w2, proj, output_mask):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.backward_saved(grad_out, x, y, w1, w2, proj, output_mask)
-
-    _backend.define_triton_variant(_NAME, fwd)
-    _backend.define_triton_variant(f"{_NAME}_backward", bwd)
-    _backend.define_triton_variant(f"{_NAME}_saved", fwd_saved)
-    _backend.define_triton_variant(f"{_NAME}_saved_backward", bwd_saved)
-
-
-if _backend.has_op(_NAME):
-    _register(_NAME, f"{_NAME}_backward")
-    _register_saved(f"{_NAME}_saved", f"{_NAME}_saved_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register(f"{_NAME}_triton", f"{_NAME}_backward_triton")
-        _register_saved(f"{_NAME}_saved_triton", f"{_NAME}_saved_backward_triton")
+_backend.register_backends(_register, (_NAME, f"{_NAME}_backward"),
+                           lambda: _backend.triton_launchers(_NAME, "forward", "backward"))
+_backend.register_backends(_register_saved, (f"{_NAME}_saved", f"{_NAME}_saved_backward"),
+                           lambda: _backend.triton_launchers(_NAME, "forward_saved", "backward_saved"))

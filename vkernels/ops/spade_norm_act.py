@@ -12,15 +12,15 @@ import torch
 
 from vkernels import _backend
 from vkernels._dtypes import acc_dtype
-from vkernels.ops._norm_act import (NormActOps, StatsOfX, act_grad, add_stats_affine_, check_act, check_dy,
-                                    check_momentum_eps, check_nc, check_raw_x, check_running, check_x,
-                                    double_backward, nc4, norm_stats, sum_to, update_running)
+from vkernels.ops._norm_act import (NormActOps, StatsOfX, act_grad, add_stats_affine_, check_act, check_like_x,
+                                    check_momentum_eps, check_nc, check_raw_x, check_running, check_x, double_backward,
+                                    nc4, norm_stats, sum_to, update_running)
 from vkernels.ops._layout import empty_in_format
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
 
 __all__ = ["spade_norm_act"]
 
-_INFO = _backend.register_op("spade_norm_act")
+_backend.register_op("spade_norm_act")
 SPADE_NORMS = ("batch", "instance")
 
 
@@ -192,34 +192,29 @@ def _register(name: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
-def _check_raw(op, x, m, r, gamma, beta, act, alpha, gain, clamp):
-    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schemas (the public function never trips them).
+def _check_raw(op, x, m, r, gamma, beta):
     check_raw_x(op, x)
-    for name, t in (("gamma", gamma), ("beta", beta)):
-        if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-            raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
-    check_act(op, act, alpha, gain, clamp)
     check_nc(op, x, (("mean", m), ("rstd", r)))
+    check_like_x(op, x, (("gamma", gamma), ("beta", beta)))
 
 
-def _define_triton() -> None:
-    def fwd(x, m, r, gamma, beta, act, alpha, gain, clamp):
-        from vkernels.triton import upsample_norm_act as tk
-        _check_raw("spade_norm_act", x, m, r, gamma, beta, act, alpha, gain, clamp)
-        return tk.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
+def _triton_launchers():
+    """The Triton variants of spade_norm_act and its backward (same schemas). Each checks what the C++ op checks to
+    stay in bounds (the tensors' shapes, dtypes, devices), with the C++ wording; rules on the user's arguments (act,
+    alpha, gain, clamp, ...) are the public function's, which every backend passes through."""
+    def forward(x, m, r, gamma, beta, act, alpha, gain, clamp):
+        from vkernels.triton import upsample_norm_act as kernels  # on the first call: importing Triton is slow
+        _check_raw("spade_norm_act", x, m, r, gamma, beta)
+        return kernels.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
 
-    def bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
-        from vkernels.triton import norm_act_backward as tb
-        _check_raw("spade_norm_act_backward", x, m, r, gamma, beta, act, alpha, gain, clamp)
-        check_dy("spade_norm_act_backward", dy, x, x.shape)
-        return tb.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
+    def backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
+        from vkernels.triton import norm_act_backward as backward_kernels
+        op = "spade_norm_act_backward"
+        _check_raw(op, x, m, r, gamma, beta)
+        check_like_x(op, x, (("dy", dy),), x.shape)
+        return backward_kernels.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
 
-    _backend.define_triton_variant("spade_norm_act", fwd)
-    _backend.define_triton_variant("spade_norm_act_backward", bwd)
+    return forward, backward
 
 
-if _backend.has_op("spade_norm_act"):
-    _register("spade_norm_act", "spade_norm_act_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("spade_norm_act_triton", "spade_norm_act_backward_triton")
+_backend.register_backends(_register, ("spade_norm_act", "spade_norm_act_backward"), _triton_launchers)

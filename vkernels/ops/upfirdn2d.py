@@ -23,7 +23,7 @@ from vkernels.reference.upfirdn2d import upfirdn2d as _reference
 
 __all__ = ["upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d"]
 
-_INFO = _backend.register_op("upfirdn2d", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
+_backend.register_op("upfirdn2d", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, flip_filter: bool = False,
@@ -225,19 +225,15 @@ def _register(name: str) -> None:
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     """vkernels::upfirdn2d_triton: the C++ schema under a new name, Triton kernels behind."""
 
     def fwd(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
-        from vkernels.triton import upfirdn2d as tk
-        return tk.launch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain,
+        from vkernels.triton import upfirdn2d as kernels
+        return kernels.launch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain,
                          _out_size(x, f, upx, upy, downx, downy, px0, px1, py0, py1), out_format(x))
 
-    _backend.define_triton_variant("upfirdn2d", fwd)
+    return (fwd,)
 
 
-if _backend.has_op("upfirdn2d"):
-    _register("upfirdn2d")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("upfirdn2d_triton")
+_backend.register_backends(_register, ("upfirdn2d",), _triton_launchers)

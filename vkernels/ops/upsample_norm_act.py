@@ -23,16 +23,16 @@ import torch
 
 from vkernels import _backend
 from vkernels._dtypes import acc_dtype
-from vkernels.ops._norm_act import (NormActOps, StatsOfX, add_stats_affine_, act_grad, check_act, check_dy,
-                                    check_momentum_eps, check_nc, check_param, check_raw_x, check_running, check_x,
-                                    double_backward, nc4, norm_stats, sum_to, update_running)
+from vkernels.ops._norm_act import (NormActOps, StatsOfX, act_grad, add_stats_affine_, check_act, check_like_x,
+                                    check_momentum_eps, check_nc, check_param, check_raw_x, check_running,
+                                    check_vectors, check_x, double_backward, nc4, norm_stats, sum_to, update_running)
 from vkernels.ops._layout import empty_in_format
 from vkernels.reference.upsample_norm_act import MODES, NORMS, combine_affine, upsample
 from vkernels.reference.upsample_norm_act import upsample_norm_act as _reference
 
 __all__ = ["upsample_norm_act"]
 
-_INFO = _backend.register_op("upsample_norm_act")
+_backend.register_op("upsample_norm_act")
 
 
 def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", norm: str = "batch",
@@ -320,49 +320,43 @@ def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{apply}", backward_apply, setup_context=setup_apply)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
+    """The Triton variants of the four ops (same schemas). Each checks what the C++ op checks to stay in bounds (the
+    tensors' shapes, dtypes, devices; scale, mode), with the C++ wording; rules on the user's arguments (act, alpha,
+    gain, clamp, ...) are the public function's, which every backend passes through."""
     def stats(x, scale, mode, per_sample):
-        from vkernels.triton import upsample_norm_act as tk
+        from vkernels.triton import upsample_norm_act as kernels  # on the first call: importing Triton is slow
         _check_raw("upsample_norm_act_stats", x, scale, mode)
-        return tk.stats(x, scale, mode, per_sample)
+        return kernels.stats(x, scale, mode, per_sample)
 
     def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
-        from vkernels.triton import upsample_norm_act as tk
+        from vkernels.triton import upsample_norm_act as kernels
         _check_raw("upsample_norm_act", x, scale, mode)
-        check_act("upsample_norm_act", act, alpha, gain, clamp)
         check_nc("upsample_norm_act", x, (("mean", m), ("a", a), ("b", b)))
-        return tk.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
-
-    def apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
-        from vkernels.triton import norm_act_backward as tb
-        op = "upsample_norm_act_backward"
-        _check_raw(op, x, scale, mode)
-        check_act(op, act, alpha, gain, clamp)
-        check_nc(op, x, (("mean", m), ("a", a), ("b", b)))
-        N, C, H, W = x.shape
-        check_dy(op, dy, x, (N, C, H * scale, W * scale))
-        return tb.apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, list(mask))
+        return kernels.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
 
     def stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
-        from vkernels.triton import norm_act_backward as tb
+        from vkernels.triton import norm_act_backward as backward_kernels
         op = "upsample_norm_act_stats_backward"
         _check_raw(op, x, scale, mode)
-        ct = acc_dtype(x.dtype)
         shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
-        for name, t in (("gmean", gmean), ("gvar", gvar), ("mean", mean)):
-            if tuple(t.shape) != shape or t.dtype != ct or t.device != x.device:
-                raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape {shape} on {x.device}, got "
-                                   f"{t.dtype} {tuple(t.shape)} on {t.device}")
-        return tb.stats_backward(gmean, gvar, x, mean, scale, mode, per_sample)
+        check_vectors(op, x, shape, f"{list(shape)} (per_sample={per_sample})",
+                      (("gmean", gmean), ("gvar", gvar), ("mean", mean)))
+        return backward_kernels.stats_backward(gmean, gvar, x, mean, scale, mode, per_sample)
 
-    _backend.define_triton_variant("upsample_norm_act_stats", stats)
-    _backend.define_triton_variant("upsample_norm_act", apply)
-    _backend.define_triton_variant("upsample_norm_act_stats_backward", stats_bwd)
-    _backend.define_triton_variant("upsample_norm_act_backward", apply_bwd)
+    def apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
+        from vkernels.triton import norm_act_backward as backward_kernels
+        op = "upsample_norm_act_backward"
+        _check_raw(op, x, scale, mode)
+        check_nc(op, x, (("mean", m), ("a", a), ("b", b)))
+        N, C, H, W = x.shape
+        check_like_x(op, x, (("dy", dy),), (N, C, H * scale, W * scale))
+        return backward_kernels.apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, list(mask))
+
+    return stats, apply, stats_bwd, apply_bwd
 
 
 def _check_raw(op, x, scale, mode):
-    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schema (the public function never trips them).
     check_raw_x(op, x)
     if scale < 1:
         raise RuntimeError(f"{op}: scale must be an integer >= 1, got {scale}")
@@ -370,10 +364,6 @@ def _check_raw(op, x, scale, mode):
         raise RuntimeError(f"{op}: mode must be 'nearest' or 'bilinear', got '{mode}'")
 
 
-if _backend.has_op("upsample_norm_act"):
-    _register("upsample_norm_act_stats", "upsample_norm_act", "upsample_norm_act_stats_backward",
-              "upsample_norm_act_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("upsample_norm_act_stats_triton", "upsample_norm_act_triton", "upsample_norm_act_stats_backward_triton",
-                  "upsample_norm_act_backward_triton")
+_backend.register_backends(_register, ("upsample_norm_act_stats", "upsample_norm_act",
+                                       "upsample_norm_act_stats_backward", "upsample_norm_act_backward"),
+                           _triton_launchers)
