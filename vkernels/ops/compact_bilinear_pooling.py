@@ -21,14 +21,11 @@ _backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
 _NAME = "compact_bilinear_pooling"
 _ROUTES = ("auto", "gram", "freq")
 
-# Route cost model, fitted on this project's CPU (AMD EPYC, 1 thread, shared/noisy; fp32, forward, B=2, medians of
-# 7): per image the Gram route costs ~a HW C1 C2 (the GEMM; the scatter is O(C1 C2)) and the frequency route
-# ~FREQ_COST a HW D log2(D) (two rffts per location; the sketch and the spectrum MACs ride along). Measured ratios
-# freq / gram (ms): C=2048 14x14 D=8192 123.6 / 251.2; C=1024 14x14 D=8192 104.9 / 55.1; C=512 28x28 D=8192
-# 433.4 / 48.1; C=512 28x28 D=16000 776.0 / 47.6 -> FREQ_COST = 19, 19, 22, 19. The backward keeps the ratio
-# (4 FFTs per location against 2 GEMMs; freq / gram backward 200 / 428 at C=2048, 210 / 121 at C=1024). H W and B
-# cancel, so the choice is C1 C2 > FREQ_COST D log2(D): freq from C ~ 1450 at D = 8192. The same rule is used on
-# CUDA, where it has NOT been measured (no GPU in this project's sessions so far).
+# Route cost model (fitted to CPU timings of both routes, fp32 forward): per image the Gram route costs ~a HW C1 C2
+# (the GEMM; the scatter is O(C1 C2)) and the frequency route ~FREQ_COST a HW D log2(D) (two rffts per location; the
+# sketch and the spectrum MACs ride along). The backward keeps the ratio (4 FFTs per location against 2 GEMMs). H W
+# and B cancel, so the choice is C1 C2 > FREQ_COST D log2(D): freq from C ~ 1450 at D = 8192. CUDA uses the same
+# rule (not fitted there).
 FREQ_COST = 20.0
 
 
