@@ -213,7 +213,7 @@ def check_running(op, norm, x, running_mean, running_var, training):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# the raw ops' checks, for their Triton variants: what csrc/ops/upsample_norm_act.cpp and the CPU kernels check (the
+# the raw ops' checks, for their Triton variants: what csrc/ops/upsample_norm_act.h and the CPU kernels check (the
 # tensors a kernel indexes), rule by rule in the same words (RuntimeError, as TORCH_CHECK raises)
 # ----------------------------------------------------------------------------------------------------------------------
 def check_raw_x(op, x):

@@ -1,7 +1,7 @@
 """spade_norm_act: SPADE (Park et al. 2019) -- parameter-free batch / instance norm, spatial modulation
 norm(x) * (1 + gamma) + beta with per-pixel gamma/beta maps, then activation, gain and clamp -- in one apply pass.
 
-Registration: the schemas live in csrc/ops/upsample_norm_act.cpp (`spade_norm_act`, `spade_norm_act_backward`); the
+Registration: the schemas live in csrc/ops/spade_norm_act.cpp (`spade_norm_act`, `spade_norm_act_backward`); the
 statistics come from `upsample_norm_act_stats` with scale 1. This file adds the fake kernels, autograd (first order:
 the fused `spade_norm_act_backward`; its own gradient: `backward_composite`, differentiable PyTorch ops, so double
 backward works), the Triton variants and the public function.

@@ -1,4 +1,5 @@
-// upsample_norm_act / spade_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply).
+// upsample_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply; the vector helpers and the
+// shifted statistics it shares with spade_norm_act are in norm_act_cpu_common.h).
 // fp16/bf16 computed in fp32 (loaded / stored through at::vec conversions), fp64 in fp64.
 // Per element of the output (s = scale, M = N*C*H*W input elements, 4 = sizeof(fp32)):
 //  - stats: one pass, sums of (u - shift) and (u - shift)^2, shift = the group's first value (keeps the one-pass
@@ -6,16 +7,14 @@
 //    folded into fp64 (shifted_sums), channels_last: fp64. Nearest: nearest upsampling by an integer factor
 //    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
 //    Bilinear NCHW: from x alone through the Gram form of the interpolation (BilStats): reads x once, ~8 FLOPs
-//    per input element, no upsampled value is formed. Bilinear channels_last: blended per output pixel. channels_last: per-channel partial sums per
-//    (sample, block of rows), combined in a fixed order (deterministic for any thread count).
+//    per input element, no upsampled value is formed. Bilinear channels_last: blended per output pixel.
+//    channels_last: per-channel partial sums per (sample, block of rows), combined in a fixed order (deterministic
+//    for any thread count).
 //  - apply: reads x once, writes the s*s*M outputs once, vectorised with at::vec; nearest evaluates the activation
 //    once per input element (1 FMA + act per input) and for s == 2 interleaves each result vector with itself and
 //    stores it to both output rows from registers; bilinear interpolates each input row horizontally once, then
 //    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output); s == 2 NCHW normalises x
 //    before interpolating and writes both output rows of an input row pair in one loop (mul + FMA + act per output).
-//  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.
-//    spade training forward (spade_train_cpu, NCHW): statistics and apply per statistics group in one parallel
-//    region, the group re-read from L2 / L3: DRAM traffic 4 * M * 4 bytes (x, gamma, beta, out) instead of 5.
 // The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h, bias_act::apply, instantiated on
 // scalars for the tails and on at::vec vectors for the body, as bias_act's own CPU loop does).
 // Layouts: NCHW (and any non-channels_last strides, read through a contiguous copy): parallel over planes / input
@@ -44,72 +43,6 @@ namespace {
 
 using at::vec::Vectorized;
 using bias_act::Act;
-
-// ---------------------------------------------------------------------------------------------------------------
-// vector helpers: a step is one Vectorized<scalar_t> (8 fp32, 4 fp64, 16 fp16/bf16 = two fp32 vectors)
-// ---------------------------------------------------------------------------------------------------------------
-template <class scalar_t>
-struct V {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = Vectorized<opmath_t>;
-  using sVec = Vectorized<scalar_t>;
-  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
-  static constexpr int kN = kReduced ? 2 : 1;
-  static constexpr int64_t kF = fVec::size();
-  static constexpr int64_t kStep = sVec::size();
-  static_assert(kStep == kN * kF);
-  struct Pack {
-    fVec v[kN];
-  };
-  static Pack load(const scalar_t* p) {
-    Pack r;
-    if constexpr (kReduced) {
-      std::tie(r.v[0], r.v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
-    } else {
-      r.v[0] = fVec::loadu(p);
-    }
-    return r;
-  }
-  static Pack loadf(const opmath_t* p) {
-    Pack r;
-    for (int k = 0; k < kN; ++k) r.v[k] = fVec::loadu(p + k * kF);
-    return r;
-  }
-  static sVec pack(const fVec* v) {
-    if constexpr (kReduced) {
-      return at::vec::convert_from_float<scalar_t>(v[0], v[1]);
-    } else {
-      return v[0];
-    }
-  }
-  static void to_opmath(const scalar_t* src, opmath_t* dst, int64_t n) {
-    int64_t i = 0;
-    for (; i + kStep <= n; i += kStep) {
-      const Pack p = load(src + i);
-      for (int k = 0; k < kN; ++k) p.v[k].store(dst + i + k * kF);
-    }
-    for (; i < n; ++i) dst[i] = opmath_t(src[i]);
-  }
-};
-
-// The epilogue clamp(act((u - m) * a + b) * gain), scalar and vector: bias_act's math (bias_act::apply), so the
-// vector lanes compute what bias_act's own vector loop computes. The mean is subtracted before scaling (not
-// folded into b) so that large means do not cancel in fp32.
-template <Act A, class scalar_t>
-struct Epi {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = Vectorized<opmath_t>;
-  bias_act::Params<opmath_t> ps;
-  bias_act::Params<fVec> pv;
-  explicit Epi(const bias_act::Params<double>& pd)
-      : ps(bias_act::cast_params<opmath_t>(pd)), pv(bias_act::cast_params<fVec>(ps)) {}
-  scalar_t operator()(opmath_t u, opmath_t m, opmath_t a, opmath_t b) const {
-    return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, opmath_t(0), ps));
-  }
-  fVec operator()(const fVec& u, const fVec& m, const fVec& a, const fVec& b) const {
-    return bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, fVec(0), pv);
-  }
-};
 
 // Horizontal linear interpolation of one input row (W values) into OW = W * s opmath values. For s == 2 the interior
 // is vectorised: even outputs blend x[k-1], x[k], odd ones x[k], x[k+1], with the same (constant) weights make_lin
@@ -172,76 +105,6 @@ struct RowPair {
     return buf.data() + j * h.OW;
   }
 };
-
-// ---------------------------------------------------------------------------------------------------------------
-// statistics: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = one value of the group (a
-// representative value keeps the one-pass formula free of cancellation when |mean| >> std).
-// ---------------------------------------------------------------------------------------------------------------
-struct Acc {
-  double s1 = 0, s2 = 0;
-};
-
-// Adds the sums of (u_i - shift) and (u_i - shift)^2, i in [0, n), to a; lv(i) gives the opmath vector u_i..u_i+F-1,
-// ls(i) one value (tail). Four independent vector chains: a single fp64 add chain ran at the add latency (the
-// statistics pass of spade_norm_act took ~0.4x a clone of x; now ~0.2x). fp32: differences and squares are summed in
-// fp32 over blocks of at most kBlk values, and each block's totals are added to the fp64 sums (the shift keeps the
-// terms O(std), so a <= 256-term fp32 block sum loses ~1e-6 relative). Fixed order: deterministic.
-template <class opmath_t, class LV, class LS>
-void shifted_sums(int64_t n, opmath_t shift, const LV& lv, const LS& ls, Acc& a) {
-  using fVec = Vectorized<opmath_t>;
-  constexpr int64_t F = fVec::size(), kU = 4 * F;
-  constexpr int64_t kBlk = std::is_same_v<opmath_t, float> ? 8 * kU : 64 * kU;
-  const fVec sh(shift);
-  int64_t i = 0;
-  while (i + kU <= n) {
-    const int64_t e = std::min(i + kBlk, n - (n - i) % kU);
-    fVec s1[4] = {fVec(0), fVec(0), fVec(0), fVec(0)}, s2[4] = {fVec(0), fVec(0), fVec(0), fVec(0)};
-    for (; i < e; i += kU)
-      for (int k = 0; k < 4; ++k) {
-        const fVec d = lv(i + k * F) - sh;
-        s1[k] = s1[k] + d;
-        s2[k] = at::vec::fmadd(d, d, s2[k]);
-      }
-    alignas(64) opmath_t b1[F], b2[F];
-    ((s1[0] + s1[1]) + (s1[2] + s1[3])).store(b1);
-    ((s2[0] + s2[1]) + (s2[2] + s2[3])).store(b2);
-    for (int64_t l = 0; l < F; ++l) a.s1 += double(b1[l]), a.s2 += double(b2[l]);
-  }
-  for (; i < n; ++i) {
-    const double d = double(ls(i)) - double(shift);
-    a.s1 += d;
-    a.s2 += d * d;
-  }
-}
-
-// The shifted sums of one contiguous NCHW plane of n values (nearest / scale 1: the statistics of x itself).
-// fp16/bf16 are converted to opmath in chunks of kSumChunk values through row (kSumChunk values or more).
-constexpr int64_t kSumChunk = 1024;
-template <class scalar_t>
-void plane_sums(const scalar_t* p, int64_t n, at::opmath_type<scalar_t> sh, Acc& a,
-                std::vector<at::opmath_type<scalar_t>>& row) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = Vectorized<opmath_t>;
-  if constexpr (V<scalar_t>::kReduced) {
-    for (int64_t i0 = 0; i0 < n; i0 += kSumChunk) {
-      const int64_t len = std::min(kSumChunk, n - i0);
-      V<scalar_t>::to_opmath(p + i0, row.data(), len);
-      const opmath_t* q = row.data();
-      shifted_sums<opmath_t>(len, sh, [&](int64_t i) { return fVec::loadu(q + i); }, [&](int64_t i) { return q[i]; },
-                             a);
-    }
-  } else {
-    shifted_sums<opmath_t>(n, sh, [&](int64_t i) { return fVec::loadu(p + i); }, [&](int64_t i) { return p[i]; }, a);
-  }
-}
-
-// mean and biased variance of a group of count values from its shifted sums (shift: the group's first value).
-template <class opmath_t>
-void finish_stats(const Acc& a, double shift, double count, opmath_t& mean, opmath_t& var) {
-  const double d = a.s1 / count;
-  mean = static_cast<opmath_t>(shift + d);
-  var = static_cast<opmath_t>(std::max(0.0, a.s2 / count - d * d));
-}
 
 // Bilinear statistics without forming the upsampled values. Separable linear interpolation is u = A_h X A_w^T
 // (A: make_lin's table as a matrix, every output row blending two neighbouring inputs), so with d = x - shift
@@ -470,8 +333,7 @@ std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x_in, int64_t sca
   }
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_cpu",
-                                  [&] { stats_cpu_impl<scalar_t>(x, scale, mode, per_sample, cl, mean, var); });
+  stats_into(x, scale, mode, per_sample, cl, mean, var);
   return {mean, var};
 }
 
@@ -744,211 +606,16 @@ at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tens
   return out;
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// spade: out = clamp(act((x - mean) * rstd * (1 + gamma) + beta) * gain), one vector pass over x, gamma, beta
-// ---------------------------------------------------------------------------------------------------------------
-// Elements [i0, i1) (contiguous in storage) of out = clamp(act((x - mean) * rstd * (1 + gamma) + beta) * gain),
-// mean / rstd broadcast (av, bv; cm == nullptr) or per-element rows cm / cr (channels_last).
-template <Act A, class scalar_t>
-void spade_elems(const Epi<A, scalar_t>& f, const scalar_t* xp, const scalar_t* gp, const scalar_t* tp, scalar_t* op,
-                 int64_t i0, int64_t i1, at::opmath_type<scalar_t> av, at::opmath_type<scalar_t> bv,
-                 const at::opmath_type<scalar_t>* cm, const at::opmath_type<scalar_t>* cr) {
-  using T = V<scalar_t>;
-  using opmath_t = typename T::opmath_t;
-  using fVec = typename T::fVec;
-  constexpr int kN = T::kN;
-  constexpr int64_t kStep = T::kStep;
-  const fVec avc(av), bvc(bv), onev(1), zerov(0);
-  int64_t i = i0;
-  for (; i + kStep <= i1; i += kStep) {
-    const auto xv = T::load(xp + i), gv = T::load(gp + i), tv = T::load(tp + i);
-    typename T::Pack mv, rv;
-    if (cm) {
-      mv = T::loadf(cm + (i - i0));
-      rv = T::loadf(cr + (i - i0));
-    } else {
-      for (int k = 0; k < kN; ++k) mv.v[k] = avc, rv.v[k] = bvc;
-    }
-    fVec z[kN];
-    for (int k = 0; k < kN; ++k) z[k] = f((xv.v[k] - mv.v[k]) * rv.v[k], zerov, onev + gv.v[k], tv.v[k]);
-    T::pack(z).store(op + i);
-  }
-  for (; i < i1; ++i) {
-    const opmath_t mv = cm ? cm[i - i0] : av, rv = cm ? cr[i - i0] : bv;
-    op[i] = f((opmath_t(xp[i]) - mv) * rv, opmath_t(0), opmath_t(1) + opmath_t(gp[i]), opmath_t(tp[i]));
-  }
-}
-
-template <Act A, class scalar_t>
-void spade_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, const at::Tensor& a,
-                    const at::Tensor& b, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const Epi<A, scalar_t> f(pd);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
-  const opmath_t* ap = a.const_data_ptr<opmath_t>();
-  const opmath_t* bp = b.const_data_ptr<opmath_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  if (!cl) {
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        spade_elems<A, scalar_t>(f, xp, gp, tp, op, p * HW, (p + 1) * HW, ap[p], bp[p], nullptr, nullptr);
-    });
-  } else {
-    at::parallel_for(0, N * HW, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t n = q / HW;
-        spade_elems<A, scalar_t>(f, xp, gp, tp, op, q * C, (q + 1) * C, 0, 0, ap + n * C, bp + n * C);
-      }
-    });
-  }
-}
-
-// rstd = 1 / sqrt(var + eps) in opmath: the same roundings as torch.rsqrt(var + eps) on an opmath tensor (a
-// correctly rounded add, sqrt and divide), so the fused training op gives the two-op path's bits.
-template <class opmath_t>
-opmath_t rstd_of(opmath_t var, double eps) {
-  return opmath_t(1) / std::sqrt(var + static_cast<opmath_t>(eps));
-}
-
-// Training forward (statistics of x itself) for NCHW, one parallel region: every work item is one statistics group
-// (batch norm: channel c, its N planes; instance norm: one plane), whose sums are taken and which is then normalised
-// right away, while the group is still in L2 (a 8x256x64x64 fp32 channel is 128 KiB) or at worst in L3. So x is
-// read from DRAM once instead of twice: per element 4 reads (x, its cached re-read, gamma, beta) + 1 write, DRAM
-// traffic x + gamma + beta + out instead of 2x + gamma + beta + out. The apply walks the group's planes in reverse
-// order of the statistics pass (the last-read planes are the likeliest to be cached when a group exceeds L2).
-// Statistics are the same sums in the same order as stats_cpu_impl's and rstd is torch.rsqrt's rounding, so the
-// result has the bits of the two-op path (upsample_norm_act_stats, rsqrt, spade_norm_act) for any thread count.
-template <Act A, class scalar_t>
-void spade_train_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, bool per_sample,
-                          double eps, const bias_act::Params<double>& pd, at::Tensor& out, at::Tensor& mean,
-                          at::Tensor& var, at::Tensor& rstd) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const Epi<A, scalar_t> f(pd);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  auto* mp = mean.mutable_data_ptr<opmath_t>();
-  auto* vp = var.mutable_data_ptr<opmath_t>();
-  auto* rp = rstd.mutable_data_ptr<opmath_t>();
-  const int64_t groups = per_sample ? N * C : C, n_per = per_sample ? 1 : N;
-  const double count = static_cast<double>(n_per * HW);
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<opmath_t> row(V<scalar_t>::kReduced ? std::min(kSumChunk, HW) : 0);
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t c = g % C, nb = per_sample ? g / C : 0;
-      const opmath_t sh = opmath_t(xp[(nb * C + c) * HW]);
-      Acc a;
-      for (int64_t n = nb; n < nb + n_per; ++n) plane_sums<scalar_t>(xp + (n * C + c) * HW, HW, sh, a, row);
-      finish_stats(a, double(sh), count, mp[g], vp[g]);
-      const opmath_t m = mp[g], r = rp[g] = rstd_of(vp[g], eps);
-      for (int64_t n = nb + n_per - 1; n >= nb; --n) {
-        const int64_t i0 = (n * C + c) * HW;
-        spade_elems<A, scalar_t>(f, xp, gp, tp, op, i0, i0 + HW, m, r, nullptr, nullptr);
-      }
-    }
-  });
-}
-
-at::Tensor like(const at::Tensor& t, const at::Tensor& out) {
-  if (t.strides() == out.strides()) return t;
-  return at::empty_like(out).copy_(t);
-}
-
-// The checks spade_norm_act and spade_norm_act_train share; returns the activation.
-Act check_spade(std::string_view op, const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
-                c10::string_view act_s, std::optional<double> clamp) {
-  check_x(op, x_in);
-  const Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
-  TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
-  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"gamma", &gamma}, {"beta", &beta}}) {
-    TORCH_CHECK(t->sizes() == x_in.sizes(), op, ": ", name, " must have x's shape ", x_in.sizes(), ", got ",
-                t->sizes());
-    TORCH_CHECK(t->scalar_type() == x_in.scalar_type(), op, ": ", name, " dtype ", t->scalar_type(),
-                " must equal x dtype ", x_in.scalar_type());
-    TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x_in.device());
-  }
-  return act;
-}
-
-at::Tensor spade_cpu(const at::Tensor& x_in, const at::Tensor& a, const at::Tensor& b, const at::Tensor& gamma,
-                     const at::Tensor& beta, c10::string_view act_s, double alpha, double gain,
-                     std::optional<double> clamp) {
-  constexpr std::string_view op = "spade_norm_act";
-  const Act act = check_spade(op, x_in, gamma, beta, act_s, clamp);
-  check_ab(op, x_in, a, "mean");
-  check_ab(op, x_in, b, "rstd");
-  const bool cl = is_channels_last(x_in);
-  at::Tensor out =
-      at::empty(x_in.sizes(), x_in.options(), cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) return out;
-  const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
-  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  const auto pd = make_params(alpha, gain, clamp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_cpu", [&] {
-    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gm, bt, ac, bc, pd, out, cl); });
-  });
-  return out;
-}
-
-// The fused path needs enough groups to keep every thread busy (a group is one work item); with fewer (a few
-// channels of large planes) the two-op passes, parallel over planes / pixels, balance better. channels_last: two
-// passes as well (its statistics are per-row partial sums, combined after all rows are read).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_train_cpu(
-    const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta, bool per_sample, double eps,
-    c10::string_view act_s, double alpha, double gain, std::optional<double> clamp) {
-  constexpr std::string_view op = "spade_norm_act_train";
-  const Act act = check_spade(op, x_in, gamma, beta, act_s, clamp);
-  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  const auto ct = compute_type(x_in.scalar_type());
-  const int64_t N = x_in.size(0), C = x_in.size(1);
-  auto shape = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
-  at::Tensor mean = at::empty(shape, x_in.options().dtype(ct));
-  at::Tensor var = at::empty(shape, x_in.options().dtype(ct));
-  at::Tensor rstd = at::empty(shape, x_in.options().dtype(ct));
-  const bool cl = is_channels_last(x_in);
-  at::Tensor out =
-      at::empty(x_in.sizes(), x_in.options(), cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (mean.numel() == 0) return {out, mean, var, rstd};
-  if (x_in.numel() == 0) {  // statistics of an empty set, as torch's mean / var / rsqrt give them
-    mean.fill_(std::numeric_limits<double>::quiet_NaN());
-    var.fill_(std::numeric_limits<double>::quiet_NaN());
-    rstd.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {out, mean, var, rstd};
-  }
-  const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
-  const auto pd = make_params(alpha, gain, clamp);
-  const int64_t groups = per_sample ? N * C : C;
-  const bool fused = !cl && groups >= 4 * int64_t(at::get_num_threads());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_train_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    if (fused) {
-      dispatch_act(act, [&]<Act A>() {
-        spade_train_cpu_impl<A, scalar_t>(x, gm, bt, per_sample, eps, pd, out, mean, var, rstd);
-      });
-      return;
-    }
-    stats_cpu_impl<scalar_t>(x, 1, Mode::kNearest, per_sample, cl, mean, var);
-    const opmath_t* vp = var.const_data_ptr<opmath_t>();
-    opmath_t* rp = rstd.mutable_data_ptr<opmath_t>();
-    for (int64_t g = 0; g < mean.numel(); ++g) rp[g] = rstd_of(vp[g], eps);
-    const at::Tensor m2 = mean.expand({N, C}).contiguous(), r2 = rstd.expand({N, C}).contiguous();
-    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gm, bt, m2, r2, pd, out, cl); });
-  });
-  return {out, mean, var, rstd};
-}
-
 }  // namespace
+
+void stats_into(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean, at::Tensor& var) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_cpu",
+                                  [&] { stats_cpu_impl<scalar_t>(x, s, mode, per_sample, cl, mean, var); });
+}
 
 TORCH_LIBRARY_IMPL(vkernels, CPU, m) {
   m.impl("upsample_norm_act_stats", &stats_cpu);
   m.impl("upsample_norm_act", &apply_cpu);
-  m.impl("spade_norm_act", &spade_cpu);
-  m.impl("spade_norm_act_train", &spade_train_cpu);
 }
 
 }  // namespace vkernels::norm_act
