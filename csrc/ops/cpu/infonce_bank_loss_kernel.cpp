@@ -1,6 +1,7 @@
-// infonce_bank_loss on CPU (and the tile loops infonce_bank_partial_kernel.cpp runs): logits S = Q B^T / T tile by tile (a GEMM of RB query rows x KT bank rows into a
-// tile-sized buffer), with the exponentials, the online log-sum-exp, the rank count and the label-smoothing sum
-// fused into one vectorised pass over the tile while it is still in cache. Nothing of size N x K exists.
+// infonce_bank_loss on CPU (and the tile loops infonce_bank_partial_kernel.cpp runs): logits S = Q B^T / T tile
+// by tile (a GEMM of RB query rows x KT bank rows into a tile-sized buffer), with the exponentials, the online
+// log-sum-exp, the rank count and the label-smoothing sum fused into one vectorised pass over the tile while it is
+// still in cache. Nothing of size N x K exists.
 //
 // Work: forward 2 N K d FLOPs (one GEMM) + N K exps; backward 6 N K d FLOPs (recompute S; dQ += W B; dB += W^T Q)
 // + N K exps. Bytes: q, k, bank read once per tile sweep (bank (K d) once per forward, per row block in cache).
