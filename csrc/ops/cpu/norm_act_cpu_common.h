@@ -143,8 +143,8 @@ struct Epi {
   using fVec = Vectorized<opmath_t>;
   bias_act::Params<opmath_t> ps;
   bias_act::Params<fVec> pv;
-  explicit Epi(const bias_act::Params<double>& pd)
-      : ps(bias_act::cast_params<opmath_t>(pd)), pv(bias_act::cast_params<fVec>(ps)) {}
+  explicit Epi(const bias_act::Params<double>& params)
+      : ps(bias_act::cast_params<opmath_t>(params)), pv(bias_act::cast_params<fVec>(ps)) {}
   scalar_t operator()(opmath_t u, opmath_t m, opmath_t a, opmath_t b) const {
     return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, opmath_t(0), ps));
   }
@@ -162,10 +162,10 @@ struct Acc {
 };
 
 // Adds the sums of (u_i - shift) and (u_i - shift)^2, i in [0, n), to a; lv(i) gives the opmath vector u_i..u_i+F-1,
-// ls(i) one value (tail). Four independent vector chains: a single fp64 add chain ran at the add latency (the
-// statistics pass of spade_norm_act took ~0.4x a clone of x; now ~0.2x). fp32: differences and squares are summed in
-// fp32 over blocks of at most kBlk values, and each block's totals are added to the fp64 sums (the shift keeps the
-// terms O(std), so a <= 256-term fp32 block sum loses ~1e-6 relative). Fixed order: deterministic.
+// ls(i) one value (tail). Four independent vector chains: a single fp64 add chain runs at the add latency. fp32:
+// differences and squares are summed in fp32 over blocks of at most kBlk values, and each block's totals are added
+// to the fp64 sums (the shift keeps the terms O(std), so a <= 256-term fp32 block sum loses ~1e-6 relative). Fixed
+// order: deterministic.
 template <class opmath_t, class LV, class LS>
 void shifted_sums(int64_t n, opmath_t shift, const LV& lv, const LS& ls, Acc& a) {
   using fVec = Vectorized<opmath_t>;

@@ -65,14 +65,14 @@ void spade_elems(const Epi<A, scalar_t>& f, const scalar_t* xp, const scalar_t* 
 }
 
 template <Act A, class scalar_t>
-void spade_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, const at::Tensor& a,
-                    const at::Tensor& b, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
+void spade_cpu_impl(const at::Tensor& x, const at::Tensor& gamma_c, const at::Tensor& beta_c, const at::Tensor& a,
+                    const at::Tensor& b, const bias_act::Params<double>& params, at::Tensor& out, bool cl) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Epi<A, scalar_t> f(pd);
+  const Epi<A, scalar_t> f(params);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
+  const scalar_t* gp = gamma_c.const_data_ptr<scalar_t>();
+  const scalar_t* tp = beta_c.const_data_ptr<scalar_t>();
   const opmath_t* ap = a.const_data_ptr<opmath_t>();
   const opmath_t* bp = b.const_data_ptr<opmath_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
@@ -107,15 +107,15 @@ opmath_t rstd_of(opmath_t var, double eps) {
 // Statistics are the same sums in the same order as stats_cpu_impl's and rstd is torch.rsqrt's rounding, so the
 // result has the bits of the two-op path (upsample_norm_act_stats, rsqrt, spade_norm_act) for any thread count.
 template <Act A, class scalar_t>
-void spade_train_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, bool per_sample,
-                          double eps, const bias_act::Params<double>& pd, at::Tensor& out, at::Tensor& mean,
+void spade_train_cpu_impl(const at::Tensor& x, const at::Tensor& gamma_c, const at::Tensor& beta_c, bool per_sample,
+                          double eps, const bias_act::Params<double>& params, at::Tensor& out, at::Tensor& mean,
                           at::Tensor& var, at::Tensor& rstd) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const Epi<A, scalar_t> f(pd);
+  const Epi<A, scalar_t> f(params);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
+  const scalar_t* gp = gamma_c.const_data_ptr<scalar_t>();
+  const scalar_t* tp = beta_c.const_data_ptr<scalar_t>();
   scalar_t* op = out.mutable_data_ptr<scalar_t>();
   auto* mp = mean.mutable_data_ptr<opmath_t>();
   auto* vp = var.mutable_data_ptr<opmath_t>();
@@ -171,11 +171,11 @@ at::Tensor spade_cpu(const at::Tensor& x_in, const at::Tensor& a, const at::Tens
   at::Tensor out =
       at::empty(x_in.sizes(), x_in.options(), cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
-  const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
+  const at::Tensor x = like(x_in, out), gamma_c = like(gamma, out), beta_c = like(beta, out);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  const auto pd = make_params(alpha, gain, clamp);
+  const auto params = make_params(alpha, gain, clamp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_cpu", [&] {
-    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gm, bt, ac, bc, pd, out, cl); });
+    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gamma_c, beta_c, ac, bc, params, out, cl); });
   });
   return out;
 }
@@ -205,15 +205,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_train_cpu(
     rstd.fill_(std::numeric_limits<double>::quiet_NaN());
     return {out, mean, var, rstd};
   }
-  const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
-  const auto pd = make_params(alpha, gain, clamp);
+  const at::Tensor x = like(x_in, out), gamma_c = like(gamma, out), beta_c = like(beta, out);
+  const auto params = make_params(alpha, gain, clamp);
   const int64_t groups = per_sample ? N * C : C;
   const bool fused = !cl && groups >= 4 * int64_t(at::get_num_threads());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_train_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     if (fused) {
       dispatch_act(act, [&]<Act A>() {
-        spade_train_cpu_impl<A, scalar_t>(x, gm, bt, per_sample, eps, pd, out, mean, var, rstd);
+        spade_train_cpu_impl<A, scalar_t>(x, gamma_c, beta_c, per_sample, eps, params, out, mean, var, rstd);
       });
       return;
     }
@@ -222,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_train_cpu(
     opmath_t* rp = rstd.mutable_data_ptr<opmath_t>();
     for (int64_t g = 0; g < mean.numel(); ++g) rp[g] = rstd_of(vp[g], eps);
     const at::Tensor m2 = mean.expand({N, C}).contiguous(), r2 = rstd.expand({N, C}).contiguous();
-    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gm, bt, m2, r2, pd, out, cl); });
+    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gamma_c, beta_c, m2, r2, params, out, cl); });
   });
   return {out, mean, var, rstd};
 }

@@ -340,252 +340,343 @@ std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x_in, int64_t sca
 // ---------------------------------------------------------------------------------------------------------------
 // apply: out = clamp(act(up(x) * a + b) * gain)
 // ---------------------------------------------------------------------------------------------------------------
+// What every apply path reads: the input, the per-(n, c) mean / a / b (opmath), the output and the epilogue.
 template <Act A, class scalar_t>
-void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b, int64_t s,
-                    Mode mode, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
+struct ApplyArgs {
+  const scalar_t* x;
+  const at::opmath_type<scalar_t>* mean;
+  const at::opmath_type<scalar_t>* a;
+  const at::opmath_type<scalar_t>* b;
+  scalar_t* out;
+  int64_t N, C, H, W, s;
+  Epi<A, scalar_t> f;
+};
+
+// Vector epilogue of kStep values u (opmath) with per-channel constants (broadcast or rows).
+template <Act A, class scalar_t>
+inline void epilogue_step(const Epi<A, scalar_t>& f, const typename V<scalar_t>::fVec* u,
+                          const typename V<scalar_t>::fVec* mv, const typename V<scalar_t>::fVec* av,
+                          const typename V<scalar_t>::fVec* bv, typename V<scalar_t>::fVec* y) {
+  for (int k = 0; k < V<scalar_t>::kN; ++k) y[k] = f(u[k], mv[k], av[k], bv[k]);
+}
+
+// Nearest (or no) upsampling, NCHW.
+template <Act A, class scalar_t>
+void apply_nearest_nchw(const ApplyArgs<A, scalar_t>& g) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, s = g.s, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // One input row -> s output rows: the activation runs once per input element; for s == 2 each result vector
+  // is interleaved with itself and stored to both output rows from registers.
+  at::parallel_for(0, N * C * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1)),
+                   [&](int64_t r0, int64_t r1) {
+    std::vector<scalar_t> tmp(s > 2 ? W : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t nc = r / H, h = r % H;
+      const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+      fVec mvv[kN], avv[kN], bvv[kN];
+      for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
+      const scalar_t* src = xp + r * W;
+      scalar_t* dst = op + (nc * OH + h * s) * OW;
+      int64_t w = 0;
+      if (s == 1) {
+        for (; w + kStep <= W; w += kStep) {
+          fVec y[kN];
+          epilogue_step(f, T::load(src + w).v, mvv, avv, bvv, y);
+          T::pack(y).store(dst + w);
+        }
+        for (; w < W; ++w) dst[w] = f(opmath_t(src[w]), mv, av, bv);
+      } else if (s == 2) {
+        for (; w + kStep <= W; w += kStep) {
+          fVec y[kN], z[2 * kN];
+          epilogue_step(f, T::load(src + w).v, mvv, avv, bvv, y);
+          for (int k = 0; k < kN; ++k) std::tie(z[2 * k], z[2 * k + 1]) = at::vec::interleave2(y[k], y[k]);
+          for (int k = 0; k < 2; ++k) {
+            const auto sv = T::pack(z + k * kN);
+            sv.store(dst + 2 * w + k * kStep);
+            sv.store(dst + OW + 2 * w + k * kStep);
+          }
+        }
+        for (; w < W; ++w) {
+          const scalar_t t = f(opmath_t(src[w]), mv, av, bv);
+          dst[2 * w] = dst[2 * w + 1] = dst[OW + 2 * w] = dst[OW + 2 * w + 1] = t;
+        }
+      } else {
+        for (; w + kStep <= W; w += kStep) {
+          fVec y[kN];
+          epilogue_step(f, T::load(src + w).v, mvv, avv, bvv, y);
+          T::pack(y).store(tmp.data() + w);
+        }
+        for (; w < W; ++w) tmp[w] = f(opmath_t(src[w]), mv, av, bv);
+        for (int64_t i = 0; i < W; ++i)
+          for (int64_t k = 0; k < s; ++k) dst[i * s + k] = tmp[i];
+        for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW, dst, OW * sizeof(scalar_t));
+      }
+    }
+  });
+}
+
+// Nearest (or no) upsampling, channels_last.
+template <Act A, class scalar_t>
+void apply_nearest_cl(const ApplyArgs<A, scalar_t>& g) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, s = g.s, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // channels_last: each pixel's C values are one vector run, stored to its s*s output pixels.
+  at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / H, h = r % H;
+      const opmath_t* mr = mp + n * C;
+      const opmath_t* ar = ap + n * C;
+      const opmath_t* br = bp + n * C;
+      const scalar_t* src = xp + r * W * C;
+      scalar_t* dst = op + ((n * OH + h * s) * OW) * C;
+      for (int64_t w = 0; w < W; ++w) {
+        const scalar_t* sp = src + w * C;
+        scalar_t* d0 = dst + w * s * C;
+        int64_t c = 0;
+        for (; c + kStep <= C; c += kStep) {
+          fVec y[kN];
+          epilogue_step(f, T::load(sp + c).v, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, y);
+          const auto sv = T::pack(y);
+          for (int64_t dy = 0; dy < s; ++dy)
+            for (int64_t dx = 0; dx < s; ++dx) sv.store(d0 + (dy * OW + dx) * C + c);
+        }
+        for (; c < C; ++c) {
+          const scalar_t t = f(opmath_t(sp[c]), mr[c], ar[c], br[c]);
+          for (int64_t dy = 0; dy < s; ++dy)
+            for (int64_t dx = 0; dx < s; ++dx) d0[(dy * OW + dx) * C + c] = t;
+        }
+      }
+    }
+  });
+}
+
+// Bilinear upsampling by 2, NCHW.
+template <Act A, class scalar_t>
+void apply_bilinear2_nchw(const ApplyArgs<A, scalar_t>& g) {
   using T = V<scalar_t>;
   using opmath_t = typename T::opmath_t;
   using fVec = typename T::fVec;
   constexpr int kN = T::kN;
   constexpr int64_t kF = T::kF, kStep = T::kStep;
-  const Epi<A, scalar_t> f(pd);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OH = H * s, OW = W * s;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const opmath_t* mp = m.const_data_ptr<opmath_t>();
-  const opmath_t* ap = a.const_data_ptr<opmath_t>();
-  const opmath_t* bp = b.const_data_ptr<opmath_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  const bool bil = mode == Mode::kBilinear && s > 1;
-  // Vector epilogue of kStep values u (opmath) with per-channel constants (broadcast or rows).
-  auto vf = [&](const fVec* u, const fVec* mv, const fVec* av, const fVec* bv, fVec* y) {
-    for (int k = 0; k < kN; ++k) y[k] = f(u[k], mv[k], av[k], bv[k]);
-  };
-  if (!bil) {
-    if (!cl) {
-      // One input row -> s output rows: the activation runs once per input element; for s == 2 each result vector
-      // is interleaved with itself and stored to both output rows from registers.
-      at::parallel_for(0, N * C * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1)),
-                       [&](int64_t r0, int64_t r1) {
-        std::vector<scalar_t> tmp(s > 2 ? W : 0);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t nc = r / H, h = r % H;
-          const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
-          fVec mvv[kN], avv[kN], bvv[kN];
-          for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
-          const scalar_t* src = xp + r * W;
-          scalar_t* dst = op + (nc * OH + h * s) * OW;
-          int64_t w = 0;
-          if (s == 1) {
-            for (; w + kStep <= W; w += kStep) {
-              fVec y[kN];
-              vf(T::load(src + w).v, mvv, avv, bvv, y);
-              T::pack(y).store(dst + w);
-            }
-            for (; w < W; ++w) dst[w] = f(opmath_t(src[w]), mv, av, bv);
-          } else if (s == 2) {
-            for (; w + kStep <= W; w += kStep) {
-              fVec y[kN], z[2 * kN];
-              vf(T::load(src + w).v, mvv, avv, bvv, y);
-              for (int k = 0; k < kN; ++k) std::tie(z[2 * k], z[2 * k + 1]) = at::vec::interleave2(y[k], y[k]);
-              for (int k = 0; k < 2; ++k) {
-                const auto sv = T::pack(z + k * kN);
-                sv.store(dst + 2 * w + k * kStep);
-                sv.store(dst + OW + 2 * w + k * kStep);
-              }
-            }
-            for (; w < W; ++w) {
-              const scalar_t t = f(opmath_t(src[w]), mv, av, bv);
-              dst[2 * w] = dst[2 * w + 1] = dst[OW + 2 * w] = dst[OW + 2 * w + 1] = t;
-            }
-          } else {
-            for (; w + kStep <= W; w += kStep) {
-              fVec y[kN];
-              vf(T::load(src + w).v, mvv, avv, bvv, y);
-              T::pack(y).store(tmp.data() + w);
-            }
-            for (; w < W; ++w) tmp[w] = f(opmath_t(src[w]), mv, av, bv);
-            for (int64_t i = 0; i < W; ++i)
-              for (int64_t k = 0; k < s; ++k) dst[i * s + k] = tmp[i];
-            for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW, dst, OW * sizeof(scalar_t));
-          }
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // s == 2: output rows 2k+1, 2k+2 both blend input rows k, k+1 with the constant weights (3/4, 1/4), (1/4, 3/4)
+  // (make_lin's, exact in binary); columns likewise. The affine is applied to x before interpolating (the weights
+  // sum to 1: (up(x) - m) * a = up((x - m) * a)): 2 FLOPs per input instead of per output. Each input row is
+  // normalised (t), interpolated horizontally once (h, 2 mul + 2 FMA + interleave per input vector), and both
+  // output rows it shares with the previous input row are emitted in one loop from the same loads (mul + FMA +
+  // the activation per output). Rows 0 and OH-1 are the edge rows' h itself.
+  const int64_t Wr = (W + kF - 1) / kF * kF;
+  at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (OH * OW)), [&](int64_t p0, int64_t p1) {
+    std::vector<opmath_t> t(Wr + 2), hb(2 * 2 * Wr);
+    const fVec q1(opmath_t(0.25)), q3(opmath_t(0.75)), zv(0);
+    for (int64_t p = p0; p < p1; ++p) {
+      const opmath_t mv = mp[p], av = ap[p], bv = bp[p];
+      const fVec mvv(mv), avv(av), bvv(bv);
+      const scalar_t* src = xp + p * H * W;
+      scalar_t* dst = op + p * OH * OW;
+      auto hrow = [&](int64_t k, opmath_t* h) {
+        const scalar_t* r = src + k * W;
+        opmath_t* tt = t.data() + 1;
+        int64_t j = 0;
+        for (; j + kStep <= W; j += kStep) {
+          const auto v = T::load(r + j);
+          for (int q = 0; q < kN; ++q) ((v.v[q] - mvv) * avv).store(tt + j + q * kF);
         }
-      });
-    } else {
-      // channels_last: each pixel's C values are one vector run, stored to its s*s output pixels.
-      at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t n = r / H, h = r % H;
-          const opmath_t* mr = mp + n * C;
-          const opmath_t* ar = ap + n * C;
-          const opmath_t* br = bp + n * C;
-          const scalar_t* src = xp + r * W * C;
-          scalar_t* dst = op + ((n * OH + h * s) * OW) * C;
-          for (int64_t w = 0; w < W; ++w) {
-            const scalar_t* sp = src + w * C;
-            scalar_t* d0 = dst + w * s * C;
-            int64_t c = 0;
-            for (; c + kStep <= C; c += kStep) {
-              fVec y[kN];
-              vf(T::load(sp + c).v, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, y);
-              const auto sv = T::pack(y);
-              for (int64_t dy = 0; dy < s; ++dy)
-                for (int64_t dx = 0; dx < s; ++dx) sv.store(d0 + (dy * OW + dx) * C + c);
-            }
-            for (; c < C; ++c) {
-              const scalar_t t = f(opmath_t(sp[c]), mr[c], ar[c], br[c]);
-              for (int64_t dy = 0; dy < s; ++dy)
-                for (int64_t dx = 0; dx < s; ++dx) d0[(dy * OW + dx) * C + c] = t;
-            }
-          }
+        for (; j < W; ++j) tt[j] = (opmath_t(r[j]) - mv) * av;
+        tt[-1] = tt[0], tt[W] = tt[W - 1];  // edge columns blend with themselves (make_lin clamps)
+        for (j = 0; j + kF <= W; j += kF) {
+          const fVec xm = fVec::loadu(tt + j - 1), x0 = fVec::loadu(tt + j), xq = fVec::loadu(tt + j + 1);
+          auto [lo, hi] = at::vec::interleave2(at::vec::fmadd(q3, x0, q1 * xm), at::vec::fmadd(q1, xq, q3 * x0));
+          lo.store(h + 2 * j);
+          hi.store(h + 2 * j + kF);
         }
-      });
-    }
-    return;
-  }
-  const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
-  if (!cl && s == 2) {
-    // s == 2: output rows 2k+1, 2k+2 both blend input rows k, k+1 with the constant weights (3/4, 1/4), (1/4, 3/4)
-    // (make_lin's, exact in binary); columns likewise. The affine is applied to x before interpolating (the weights
-    // sum to 1: (up(x) - m) * a = up((x - m) * a)): 2 FLOPs per input instead of per output. Each input row is
-    // normalised (t), interpolated horizontally once (h, 2 mul + 2 FMA + interleave per input vector), and both
-    // output rows it shares with the previous input row are emitted in one loop from the same loads (mul + FMA +
-    // the activation per output). Rows 0 and OH-1 are the edge rows' h itself.
-    const int64_t Wr = (W + kF - 1) / kF * kF;
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (OH * OW)), [&](int64_t p0, int64_t p1) {
-      std::vector<opmath_t> t(Wr + 2), hb(2 * 2 * Wr);
-      const fVec q1(opmath_t(0.25)), q3(opmath_t(0.75)), zv(0);
-      for (int64_t p = p0; p < p1; ++p) {
-        const opmath_t mv = mp[p], av = ap[p], bv = bp[p];
-        const fVec mvv(mv), avv(av), bvv(bv);
-        const scalar_t* src = xp + p * H * W;
-        scalar_t* dst = op + p * OH * OW;
-        auto hrow = [&](int64_t k, opmath_t* h) {
-          const scalar_t* r = src + k * W;
-          opmath_t* tt = t.data() + 1;
-          int64_t j = 0;
-          for (; j + kStep <= W; j += kStep) {
-            const auto v = T::load(r + j);
-            for (int q = 0; q < kN; ++q) ((v.v[q] - mvv) * avv).store(tt + j + q * kF);
-          }
-          for (; j < W; ++j) tt[j] = (opmath_t(r[j]) - mv) * av;
-          tt[-1] = tt[0], tt[W] = tt[W - 1];  // edge columns blend with themselves (make_lin clamps)
-          for (j = 0; j + kF <= W; j += kF) {
-            const fVec xm = fVec::loadu(tt + j - 1), x0 = fVec::loadu(tt + j), xq = fVec::loadu(tt + j + 1);
-            auto [lo, hi] = at::vec::interleave2(at::vec::fmadd(q3, x0, q1 * xm), at::vec::fmadd(q1, xq, q3 * x0));
-            lo.store(h + 2 * j);
-            hi.store(h + 2 * j + kF);
-          }
-          for (; j < W; ++j) {
-            h[2 * j] = opmath_t(0.75) * tt[j] + opmath_t(0.25) * tt[j - 1];
-            h[2 * j + 1] = opmath_t(0.25) * tt[j + 1] + opmath_t(0.75) * tt[j];
-          }
-          h[0] = tt[0];
-        };
-        auto epi = [&](const fVec& u) { return bias_act::apply<A, bias_act::Mode::kForward>(u, bvv, zv, f.pv); };
-        auto epis = [&](opmath_t u) {
-          return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>(u, bv, opmath_t(0), f.ps));
-        };
-        auto emit1 = [&](const opmath_t* h, scalar_t* d) {
-          int64_t o = 0;
-          for (; o + kStep <= OW; o += kStep) {
-            fVec z[kN];
-            for (int q = 0; q < kN; ++q) z[q] = epi(fVec::loadu(h + o + q * kF));
-            T::pack(z).store(d + o);
-          }
-          for (; o < OW; ++o) d[o] = epis(h[o]);
-        };
-        auto emit2 = [&](const opmath_t* h0, const opmath_t* h1, scalar_t* d) {
-          int64_t o = 0;
-          for (; o + kStep <= OW; o += kStep) {
-            fVec z0[kN], z1[kN];
-            for (int q = 0; q < kN; ++q) {
-              const fVec a0 = fVec::loadu(h0 + o + q * kF), a1 = fVec::loadu(h1 + o + q * kF);
-              z0[q] = epi(at::vec::fmadd(q1, a1, q3 * a0));
-              z1[q] = epi(at::vec::fmadd(q3, a1, q1 * a0));
-            }
-            T::pack(z0).store(d + o);
-            T::pack(z1).store(d + OW + o);
-          }
-          for (; o < OW; ++o) {
-            d[o] = epis(opmath_t(0.75) * h0[o] + opmath_t(0.25) * h1[o]);
-            d[OW + o] = epis(opmath_t(0.25) * h0[o] + opmath_t(0.75) * h1[o]);
-          }
-        };
-        opmath_t* hr[2] = {hb.data(), hb.data() + 2 * Wr};
-        hrow(0, hr[0]);
-        emit1(hr[0], dst);
-        for (int64_t k = 1; k < H; ++k) {
-          hrow(k, hr[k & 1]);
-          emit2(hr[(k - 1) & 1], hr[k & 1], dst + (2 * k - 1) * OW);
+        for (; j < W; ++j) {
+          h[2 * j] = opmath_t(0.75) * tt[j] + opmath_t(0.25) * tt[j - 1];
+          h[2 * j + 1] = opmath_t(0.25) * tt[j + 1] + opmath_t(0.75) * tt[j];
         }
-        emit1(hr[(H - 1) & 1], dst + (OH - 1) * OW);
+        h[0] = tt[0];
+      };
+      auto epi = [&](const fVec& u) { return bias_act::apply<A, bias_act::Mode::kForward>(u, bvv, zv, f.pv); };
+      auto epis = [&](opmath_t u) {
+        return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>(u, bv, opmath_t(0), f.ps));
+      };
+      auto emit1 = [&](const opmath_t* h, scalar_t* d) {
+        int64_t o = 0;
+        for (; o + kStep <= OW; o += kStep) {
+          fVec z[kN];
+          for (int q = 0; q < kN; ++q) z[q] = epi(fVec::loadu(h + o + q * kF));
+          T::pack(z).store(d + o);
+        }
+        for (; o < OW; ++o) d[o] = epis(h[o]);
+      };
+      auto emit2 = [&](const opmath_t* h0, const opmath_t* h1, scalar_t* d) {
+        int64_t o = 0;
+        for (; o + kStep <= OW; o += kStep) {
+          fVec z0[kN], z1[kN];
+          for (int q = 0; q < kN; ++q) {
+            const fVec a0 = fVec::loadu(h0 + o + q * kF), a1 = fVec::loadu(h1 + o + q * kF);
+            z0[q] = epi(at::vec::fmadd(q1, a1, q3 * a0));
+            z1[q] = epi(at::vec::fmadd(q3, a1, q1 * a0));
+          }
+          T::pack(z0).store(d + o);
+          T::pack(z1).store(d + OW + o);
+        }
+        for (; o < OW; ++o) {
+          d[o] = epis(opmath_t(0.75) * h0[o] + opmath_t(0.25) * h1[o]);
+          d[OW + o] = epis(opmath_t(0.25) * h0[o] + opmath_t(0.75) * h1[o]);
+        }
+      };
+      opmath_t* hr[2] = {hb.data(), hb.data() + 2 * Wr};
+      hrow(0, hr[0]);
+      emit1(hr[0], dst);
+      for (int64_t k = 1; k < H; ++k) {
+        hrow(k, hr[k & 1]);
+        emit2(hr[(k - 1) & 1], hr[k & 1], dst + (2 * k - 1) * OW);
       }
-    });
-  } else if (!cl) {
-    // Output rows of a plane in order; each input row is horizontally interpolated once (RowPair), then every
-    // output row is a vertical blend of two such rows + the epilogue, one vector pass.
-    at::parallel_for(0, N * C * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
-      RowPair<scalar_t> rp(lw, W, s);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t nc = r / OH, oh = r % OH;
-        const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
-        fVec mvv[kN], avv[kN], bvv[kN];
-        for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
-        const auto& y = lh[oh];
-        const scalar_t* plane = xp + nc * H * W;
-        const opmath_t* h0 = rp.get(nc * H + y.i0, plane + y.i0 * W, nc * H + y.i1);
-        const opmath_t* h1 = rp.get(nc * H + y.i1, plane + y.i1 * W, nc * H + y.i0);
-        scalar_t* dst = op + r * OW;
-        const fVec l0(y.l0), l1(y.l1);
-        int64_t ow = 0;
-        for (; ow + kStep <= OW; ow += kStep) {
+      emit1(hr[(H - 1) & 1], dst + (OH - 1) * OW);
+    }
+  });
+}
+
+// Bilinear upsampling by any s > 1, NCHW.
+template <Act A, class scalar_t>
+void apply_bilinear_nchw(const ApplyArgs<A, scalar_t>& g,
+                         const std::vector<Lin<at::opmath_type<scalar_t>>>& lh,
+                         const std::vector<Lin<at::opmath_type<scalar_t>>>& lw) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kF = T::kF, kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, s = g.s, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // Output rows of a plane in order; each input row is horizontally interpolated once (RowPair), then every
+  // output row is a vertical blend of two such rows + the epilogue, one vector pass.
+  at::parallel_for(0, N * C * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
+    RowPair<scalar_t> rp(lw, W, s);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t nc = r / OH, oh = r % OH;
+      const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+      fVec mvv[kN], avv[kN], bvv[kN];
+      for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
+      const auto& y = lh[oh];
+      const scalar_t* plane = xp + nc * H * W;
+      const opmath_t* h0 = rp.get(nc * H + y.i0, plane + y.i0 * W, nc * H + y.i1);
+      const opmath_t* h1 = rp.get(nc * H + y.i1, plane + y.i1 * W, nc * H + y.i0);
+      scalar_t* dst = op + r * OW;
+      const fVec l0(y.l0), l1(y.l1);
+      int64_t ow = 0;
+      for (; ow + kStep <= OW; ow += kStep) {
+        fVec u[kN], z[kN];
+        for (int k = 0; k < kN; ++k)
+          u[k] = l0 * fVec::loadu(h0 + ow + k * kF) + l1 * fVec::loadu(h1 + ow + k * kF);
+        epilogue_step(f, u, mvv, avv, bvv, z);
+        T::pack(z).store(dst + ow);
+      }
+      for (; ow < OW; ++ow) dst[ow] = f(y.l0 * h0[ow] + y.l1 * h1[ow], mv, av, bv);
+    }
+  });
+}
+
+// Bilinear upsampling by any s > 1, channels_last.
+template <Act A, class scalar_t>
+void apply_bilinear_cl(const ApplyArgs<A, scalar_t>& g,
+                       const std::vector<Lin<at::opmath_type<scalar_t>>>& lh,
+                       const std::vector<Lin<at::opmath_type<scalar_t>>>& lw) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  at::parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      const opmath_t* mr = mp + n * C;
+      const opmath_t* ar = ap + n * C;
+      const opmath_t* br = bp + n * C;
+      const auto& y = lh[oh];
+      const scalar_t* s0 = xp + (n * H + y.i0) * W * C;
+      const scalar_t* s1 = xp + (n * H + y.i1) * W * C;
+      scalar_t* dst = op + r * OW * C;
+      const fVec yl0(y.l0), yl1(y.l1);
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const auto& q = lw[ow];
+        const fVec ql0(q.l0), ql1(q.l1);
+        const scalar_t* p00 = s0 + q.i0 * C;
+        const scalar_t* p01 = s0 + q.i1 * C;
+        const scalar_t* p10 = s1 + q.i0 * C;
+        const scalar_t* p11 = s1 + q.i1 * C;
+        scalar_t* d = dst + ow * C;
+        int64_t c = 0;
+        for (; c + kStep <= C; c += kStep) {
+          const auto a00 = T::load(p00 + c), a01 = T::load(p01 + c), a10 = T::load(p10 + c), a11 = T::load(p11 + c);
           fVec u[kN], z[kN];
           for (int k = 0; k < kN; ++k)
-            u[k] = l0 * fVec::loadu(h0 + ow + k * kF) + l1 * fVec::loadu(h1 + ow + k * kF);
-          vf(u, mvv, avv, bvv, z);
-          T::pack(z).store(dst + ow);
+            u[k] = yl0 * (ql0 * a00.v[k] + ql1 * a01.v[k]) + yl1 * (ql0 * a10.v[k] + ql1 * a11.v[k]);
+          epilogue_step(f, u, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, z);
+          T::pack(z).store(d + c);
         }
-        for (; ow < OW; ++ow) dst[ow] = f(y.l0 * h0[ow] + y.l1 * h1[ow], mv, av, bv);
-      }
-    });
-  } else {
-    at::parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / OH, oh = r % OH;
-        const opmath_t* mr = mp + n * C;
-        const opmath_t* ar = ap + n * C;
-        const opmath_t* br = bp + n * C;
-        const auto& y = lh[oh];
-        const scalar_t* s0 = xp + (n * H + y.i0) * W * C;
-        const scalar_t* s1 = xp + (n * H + y.i1) * W * C;
-        scalar_t* dst = op + r * OW * C;
-        const fVec yl0(y.l0), yl1(y.l1);
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const auto& q = lw[ow];
-          const fVec ql0(q.l0), ql1(q.l1);
-          const scalar_t* p00 = s0 + q.i0 * C;
-          const scalar_t* p01 = s0 + q.i1 * C;
-          const scalar_t* p10 = s1 + q.i0 * C;
-          const scalar_t* p11 = s1 + q.i1 * C;
-          scalar_t* d = dst + ow * C;
-          int64_t c = 0;
-          for (; c + kStep <= C; c += kStep) {
-            const auto a00 = T::load(p00 + c), a01 = T::load(p01 + c), a10 = T::load(p10 + c), a11 = T::load(p11 + c);
-            fVec u[kN], z[kN];
-            for (int k = 0; k < kN; ++k)
-              u[k] = yl0 * (ql0 * a00.v[k] + ql1 * a01.v[k]) + yl1 * (ql0 * a10.v[k] + ql1 * a11.v[k]);
-            vf(u, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, z);
-            T::pack(z).store(d + c);
-          }
-          for (; c < C; ++c) {
-            const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
-            const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
-            d[c] = f(y.l0 * t0 + y.l1 * t1, mr[c], ar[c], br[c]);
-          }
+        for (; c < C; ++c) {
+          const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
+          const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
+          d[c] = f(y.l0 * t0 + y.l1 * t1, mr[c], ar[c], br[c]);
         }
       }
-    });
-  }
+    }
+  });
+}
+
+// One pass over x: every path evaluates the epilogue once per output (nearest: once per input) with u = up(x).
+template <Act A, class scalar_t>
+void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b, int64_t s,
+                    Mode mode, const bias_act::Params<double>& params, at::Tensor& out, bool cl) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const ApplyArgs<A, scalar_t> g{x.const_data_ptr<scalar_t>(),    m.const_data_ptr<opmath_t>(),
+                                 a.const_data_ptr<opmath_t>(),    b.const_data_ptr<opmath_t>(),
+                                 out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2), x.size(3), s,
+                                 Epi<A, scalar_t>(params)};
+  if (mode != Mode::kBilinear || s == 1) return cl ? apply_nearest_cl(g) : apply_nearest_nchw(g);
+  if (!cl && s == 2) return apply_bilinear2_nchw(g);
+  const auto lh = make_lin<opmath_t>(g.H, s), lw = make_lin<opmath_t>(g.W, s);
+  cl ? apply_bilinear_cl(g, lh, lw) : apply_bilinear_nchw(g, lh, lw);
 }
 
 at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b,
@@ -598,17 +689,18 @@ at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tens
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale}, x.options(), fmt);
   if (out.numel() == 0) return out;
-  const at::Tensor mc = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
-  const auto pd = make_params(alpha, gain, clamp);
+  const at::Tensor mean_c = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
+  const auto params = make_params(alpha, gain, clamp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_cpu", [&] {
-    dispatch_act(act, [&]<Act A>() { apply_cpu_impl<A, scalar_t>(x, mc, ac, bc, scale, mode, pd, out, cl); });
+    dispatch_act(act, [&]<Act A>() { apply_cpu_impl<A, scalar_t>(x, mean_c, ac, bc, scale, mode, params, out, cl); });
   });
   return out;
 }
 
 }  // namespace
 
-void stats_into(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean, at::Tensor& var) {
+void stats_into(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean,
+                at::Tensor& var) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_cpu",
                                   [&] { stats_cpu_impl<scalar_t>(x, s, mode, per_sample, cl, mean, var); });
 }
