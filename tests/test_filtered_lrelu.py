@@ -9,7 +9,7 @@ import torch
 
 import vkernels
 from vkernels.ops.filtered_lrelu import _geometry, _parse
-from vkernels.ops.upfirdn2d import _parse_padding
+from vkernels.ops._checks import parse_padding
 from vkernels.reference.filtered_lrelu import filtered_lrelu as _ref
 from conftest import DEVICES
 from _common import check_close, impl_params, randn
@@ -155,7 +155,7 @@ def test_random_configs(device, impl, dtype):
         fu, fd = make_f(fus, device), make_f(fds, device)
         x = make_x(shape, ["contiguous", "channels_last", "sliced"][ri(0, 2)], dtype, device)
         (ow, _), (oh, _) = _geometry(shape[3], shape[2], fu if fu is not None else torch.ones(1, 1),
-                                     fd if fd is not None else torch.ones(1, 1), up, down, _parse_padding(pad))
+                                     fd if fd is not None else torch.ones(1, 1), up, down, parse_padding(pad))
         if ow < 1 or oh < 1:
             continue
         done += 1

@@ -1,4 +1,5 @@
-// infonce_bank_loss schema (forward and backward, defined once here) and the argument checks shared by backends.
+// infonce_bank_loss schema (forward and backward, defined once here) and the argument checks shared by backends
+// and by infonce_bank_partial (ops/infonce_bank_partial.cpp).
 //
 // loss_i = logsumexp_c(l_ic) - (1 - eps) l_i0 - eps mean_c(l_ic), over the candidates c of row i: the positive
 // l_i0 = q_i.k_i / T and the bank l_ij = q_i.b_j / T, minus the bank entries that `exclude` names for row i.
@@ -19,15 +20,14 @@ bool is_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
 }
 
-void check_rows(const at::Tensor& t, const char* name, int64_t N, const at::Tensor& q,
-                const char* op = "infonce_bank_loss_backward") {
+}  // namespace
+
+void check_rows(const at::Tensor& t, const char* name, int64_t N, const at::Tensor& q, const char* op) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": ", name, " must have shape [", N, "], got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
               " must be float32 or float64, got ", t.scalar_type());
   TORCH_CHECK(t.device() == q.device(), op, ": ", name, " is on ", t.device(), " but q is on ", q.device());
 }
-
-}  // namespace
 
 Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
                      double label_smoothing, const std::optional<at::Tensor>& exclude, const char* op) {
@@ -98,21 +98,6 @@ Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return p;
 }
 
-Problem make_partial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
-                     const std::optional<at::Tensor>& exclude) {
-  return make_forward(q, k, bank, temperature, 0.0, exclude, "infonce_bank_partial");
-}
-
-Problem make_partial_backward(const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& bank,
-                              const at::Tensor& temperature, const std::optional<at::Tensor>& exclude,
-                              const at::Tensor& lse) {
-  const char* op = "infonce_bank_partial_backward";
-  Problem p = make_forward(q, q, bank, temperature, 0.0, exclude, op);
-  check_rows(grad_lse, "grad_lse", p.N, q, op);
-  check_rows(lse, "lse", p.N, q, op);
-  return p;
-}
-
 Problem make_backward(const at::Tensor& grad_loss, const at::Tensor& grad_lse, const at::Tensor& q,
                       const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
                       double label_smoothing, const std::optional<at::Tensor>& exclude, const at::Tensor& lse,
@@ -136,17 +121,6 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   m.def("infonce_bank_loss_backward(Tensor grad_loss, Tensor grad_lse, Tensor q, Tensor k, Tensor bank, "
         "Tensor temperature, float label_smoothing, Tensor? exclude, Tensor lse, Tensor loss, bool bank_grad) -> "
         "(Tensor grad_q, Tensor grad_k, Tensor grad_bank, Tensor grad_temperature)");
-  // The bank candidates alone, for a bank sharded across ranks: lse_i = logsumexp over the kept j of q_i.b_j / T
-  // (-inf when every entry is excluded) and rank_i = kept entries with q_i.b_j > q_i.k_i (k only sets the
-  // comparison). The caller merges the shards' (lse, rank) with the positive. Its gradient (lse w.r.t. q, bank,
-  // temperature) is infonce_bank_loss_backward's with grad_loss = 0, k = 0 and this lse.
-  m.def("infonce_bank_partial(Tensor q, Tensor k, Tensor bank, Tensor temperature, Tensor? exclude) -> "
-        "(Tensor lse, Tensor rank)");
-  // Gradients of sum_i grad_lse_i lse_i (lse: the partial's, or any per-row log-normaliser such as the merged lse of
-  // a sharded bank, where p_ij = exp(q_i.b_j / T - lse_i)) w.r.t. q, the bank (shape [0, d] unless bank_grad) and
-  // temperature, over the kept bank entries only.
-  m.def("infonce_bank_partial_backward(Tensor grad_lse, Tensor q, Tensor bank, Tensor temperature, Tensor? exclude, "
-        "Tensor lse, bool bank_grad) -> (Tensor grad_q, Tensor grad_bank, Tensor grad_temperature)");
 }
 
 }  // namespace vkernels::infonce_bank_loss

@@ -1,4 +1,5 @@
-// infonce_bank_loss: what the schema file shares with the kernels (argument checks and the normalised problem).
+// infonce_bank_loss / infonce_bank_partial: what the schema files share with the kernels (argument checks and the
+// normalised problem).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,7 +21,11 @@ struct Problem {
 Problem make_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
                      double label_smoothing, const std::optional<at::Tensor>& exclude,
                      const char* op = "infonce_bank_loss");
-// infonce_bank_partial's checks (the forward's, messages naming that op; label smoothing 0).
+// A per-row (N,) float32 / float64 tensor on q's device (the backward ops' grad_loss, grad_lse, lse, loss).
+void check_rows(const at::Tensor& t, const char* name, int64_t N, const at::Tensor& q,
+                const char* op = "infonce_bank_loss_backward");
+// infonce_bank_partial's checks (the forward's, messages naming that op; label smoothing 0); in
+// ops/infonce_bank_partial.cpp.
 Problem make_partial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& bank, const at::Tensor& temperature,
                      const std::optional<at::Tensor>& exclude);
 // infonce_bank_partial_backward's checks: the partial's (k = q, unused) and grad_lse, lse of shape (N,).

@@ -1,4 +1,5 @@
-// upsample_norm_act and spade_norm_act schemas (defined once here) and the argument checks every backend shares.
+// upsample_norm_act schemas (defined once here) and the argument checks both norm ops' kernels share
+// (spade_norm_act's schemas: ops/spade_norm_act.cpp).
 #include "ops/upsample_norm_act.h"
 
 #include <ATen/ATen.h>
@@ -52,14 +53,6 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // clamp(act((up(x) - mean[n, c]) * a[n, c] + b[n, c]) * gain, -clamp, clamp).
   m.def("upsample_norm_act(Tensor x, Tensor mean, Tensor a, Tensor b, int scale, str mode, str act, float alpha, float gain, "
         "float? clamp) -> Tensor");
-  // clamp(act((x - mean[n, c]) * rstd[n, c] * (1 + gamma) + beta) * gain, -clamp, clamp).
-  m.def("spade_norm_act(Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta, str act, float alpha, float gain, "
-        "float? clamp) -> Tensor");
-  // Training forward with the statistics of x itself, fused where the kernel can: (out, mean, var, rstd), out as
-  // spade_norm_act(x, mean, rstd, ...) with mean / var as upsample_norm_act_stats(x, 1, "nearest", per_sample) and
-  // rstd = rsqrt(var + eps) (shape (C,) or (N, C), compute dtype).
-  m.def("spade_norm_act_train(Tensor x, Tensor gamma, Tensor beta, bool per_sample, float eps, str act, float alpha, "
-        "float gain, float? clamp) -> (Tensor, Tensor, Tensor, Tensor)");
   // Backward ops (first order; their own gradients are the differentiable composites in vkernels/ops/*.py).
   // Outputs whose output_mask entry is False come back as empty (0-element) tensors.
   // (dx, dmean, da, db) of upsample_norm_act given dy = dL/dout.
@@ -68,9 +61,6 @@ TORCH_LIBRARY_FRAGMENT(vkernels, m) {
   // dx of upsample_norm_act_stats given the gradients of its (mean, var) outputs.
   m.def("upsample_norm_act_stats_backward(Tensor gmean, Tensor gvar, Tensor x, Tensor mean, int scale, str mode, "
         "bool per_sample) -> Tensor");
-  // (dx, dmean, drstd, dgamma, dbeta) of spade_norm_act given dy.
-  m.def("spade_norm_act_backward(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor gamma, Tensor beta, str act, "
-        "float alpha, float gain, float? clamp, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace vkernels::norm_act

@@ -17,13 +17,13 @@ import numbers
 import torch
 import torch.distributed as dist
 
+from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
 from vkernels.ops.infonce_bank_loss import _acc_temperature, _outputs, infonce_bank_loss
 
 __all__ = ["MemoryBank", "ddp_ignore_banks", "sharded_infonce_bank_loss"]
 
 _MODES = ("queue", "momentum")
 _SYNCS = ("local", "gather", "sharded")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INIT_CHUNK = 1 << 16  # rows drawn per step at init: a shard never materialises the full bank
 
 
@@ -95,7 +95,7 @@ class MemoryBank(torch.nn.Module):
             raise ValueError(f"MemoryBank: sync must be one of {', '.join(_SYNCS)}; got {sync!r}")
         if not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"MemoryBank: momentum must be in [0, 1], got {momentum!r}")
-        if dtype not in _FLOAT_DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise TypeError(f"MemoryBank: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
         self.size, self.dim, self.mode, self.sync = int(size), int(dim), mode, sync
         self.momentum = float(momentum)
@@ -208,7 +208,7 @@ class MemoryBank(torch.nn.Module):
         rows, pos = rows[local] - self.offset, pos[local]
         if rows.numel() == 0:
             return
-        acc = torch.float64 if self.memory.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(self.memory.dtype)
         v = self.memory.index_select(0, rows).to(acc) * self.momentum + keys.index_select(0, pos).to(acc) * (
             1.0 - self.momentum)
         v = torch.nn.functional.normalize(v, dim=1)
@@ -337,7 +337,7 @@ class _ShardedInfoNCE(torch.autograd.Function):
     def forward(ctx, q, k, shard, t, offset, size, group, eps, exclude, impl):
         from vkernels.ops.infonce_bank_partial import infonce_bank_partial
         world, me = dist.get_world_size(group), dist.get_rank(group)
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(q.dtype)
         impl = _backend_impl(q, impl)
         qa, counts = _gather_rows(q.detach().contiguous(), group, world)
         ka, _ = _gather_rows(k.detach().contiguous(), group, world)

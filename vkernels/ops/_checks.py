@@ -8,11 +8,10 @@ import numbers
 
 import torch
 
+from vkernels._dtypes import FLOAT_DTYPES
 from vkernels.reference.bias_act import ACTIVATIONS
 
 __all__: list[str] = []
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_tensors(op: str, **tensors) -> None:
@@ -63,3 +62,19 @@ def check_act_args(op: str, act, alpha, gain, clamp) -> None:
             raise ValueError(f"{op}: {name} must be a finite number or None, got {val!r}")
     if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
         raise ValueError(f"{op}: clamp must be None or a number >= 0, got {clamp!r}")
+
+
+def is_int(v) -> bool:
+    """An integer that is not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def parse_padding(padding) -> tuple[int, int, int, int]:
+    """upfirdn2d's padding argument (an int, (px, py) or (x0, x1, y0, y1)) as (x0, x1, y0, y1)."""
+    if is_int(padding):
+        padding = (padding, padding)
+    if not isinstance(padding, (list, tuple)) or len(padding) not in (2, 4) or not all(is_int(v) for v in padding):
+        raise ValueError(f"upfirdn2d: padding must be an int, (px, py) or (x0, x1, y0, y1) of ints, got {padding!r}")
+    if len(padding) == 2:
+        padding = (padding[0], padding[0], padding[1], padding[1])
+    return tuple(int(v) for v in padding)

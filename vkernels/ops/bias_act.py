@@ -14,7 +14,7 @@ from vkernels.reference.bias_act import bias_act as _reference
 
 __all__ = ["bias_act"]
 
-_INFO = _backend.register_op("bias_act")
+_backend.register_op("bias_act")
 # Activations with a nonzero second derivative (the rest need no order-2 kernel in double backward).
 _HAS_2ND = {"tanh", "sigmoid", "elu", "selu", "softplus", "swish"}
 

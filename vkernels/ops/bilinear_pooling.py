@@ -11,13 +11,14 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import acc_dtype
 from vkernels.ops._checks import check_devices, check_float_tensor, check_same_dtype
 from vkernels.reference.bilinear_pooling import bilinear_pooling as _reference
 
 __all__ = ["bilinear_pooling"]
 
 # No CUDA C++ kernel: on GPU the GEMM is cuBLAS (torch.bmm) and the epilogue is Triton.
-_INFO = _backend.register_op("bilinear_pooling", cuda_order=("triton",))
+_backend.register_op("bilinear_pooling", cuda_order=("triton",))
 _NORMALIZE = (None, "none", "signed_sqrt_l2")
 
 
@@ -84,7 +85,7 @@ def _register(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{fwd}")
     def _fake_fwd(x, y, normalize, triu, eps):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(x.dtype)
         P = _pooled_size(x, y, triu)
         n_shape = (x.shape[0],) if normalize == "signed_sqrt_l2" else (0,)
         return x.new_empty((x.shape[0], P)), x.new_empty(n_shape, dtype=acc)

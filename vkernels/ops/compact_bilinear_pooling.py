@@ -17,18 +17,15 @@ from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling
 __all__ = ["compact_bilinear_pooling"]
 
 # No CUDA C++ kernel: the GPU path is cuBLAS GEMMs + Triton scatter/gather.
-_INFO = _backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
+_backend.register_op("compact_bilinear_pooling", cuda_order=("triton",))
 _NAME = "compact_bilinear_pooling"
 _ROUTES = ("auto", "gram", "freq")
 
-# Route cost model, fitted on this project's CPU (AMD EPYC, 1 thread, shared/noisy; fp32, forward, B=2, medians of
-# 7): per image the Gram route costs ~a HW C1 C2 (the GEMM; the scatter is O(C1 C2)) and the frequency route
-# ~FREQ_COST a HW D log2(D) (two rffts per location; the sketch and the spectrum MACs ride along). Measured ratios
-# freq / gram (ms): C=2048 14x14 D=8192 123.6 / 251.2; C=1024 14x14 D=8192 104.9 / 55.1; C=512 28x28 D=8192
-# 433.4 / 48.1; C=512 28x28 D=16000 776.0 / 47.6 -> FREQ_COST = 19, 19, 22, 19. The backward keeps the ratio
-# (4 FFTs per location against 2 GEMMs; freq / gram backward 200 / 428 at C=2048, 210 / 121 at C=1024). H W and B
-# cancel, so the choice is C1 C2 > FREQ_COST D log2(D): freq from C ~ 1450 at D = 8192. The same rule is used on
-# CUDA, where it has NOT been measured (no GPU in this project's sessions so far).
+# Route cost model (fitted to CPU timings of both routes, fp32 forward): per image the Gram route costs ~a HW C1 C2
+# (the GEMM; the scatter is O(C1 C2)) and the frequency route ~FREQ_COST a HW D log2(D) (two rffts per location; the
+# sketch and the spectrum MACs ride along). The backward keeps the ratio (4 FFTs per location against 2 GEMMs). H W
+# and B cancel, so the choice is C1 C2 > FREQ_COST D log2(D): freq from C ~ 1450 at D = 8192. CUDA uses the same
+# rule (not fitted there).
 FREQ_COST = 20.0
 
 
@@ -149,24 +146,23 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton(base: str, fwd_name: str, bwd_name: str) -> None:
+def _triton_launchers(base: str, fwd_name: str, bwd_name: str):
     """vkernels::<base>_triton / <base>_backward_triton: the C++ schemas, Triton (+ cuBLAS / cuFFT) behind."""
 
     def fwd(x, y, h1, s1, h2, s2, output_dim):
-        from vkernels.triton import compact_bilinear_pooling as tk
+        from vkernels.triton import compact_bilinear_pooling as kernels
         _check_shapes(x, y, h1, s1, h2, s2, output_dim)
-        return getattr(tk, fwd_name)(x, y, h1, s1, h2, s2, output_dim)
+        return getattr(kernels, fwd_name)(x, y, h1, s1, h2, s2, output_dim)
 
     def bwd(grad_out, x, y, h1, s1, h2, s2):
-        from vkernels.triton import compact_bilinear_pooling as tk
+        from vkernels.triton import compact_bilinear_pooling as kernels
         _check_shapes(x, y, h1, s1, h2, s2, grad_out.shape[1] if grad_out.ndim == 2 else 1)
         if grad_out.ndim != 2 or grad_out.shape[0] != x.shape[0]:
             raise RuntimeError(f"{base}_backward: grad_out must have shape [{x.shape[0]}, "
                                f"output_dim], got {list(grad_out.shape)}")
-        return getattr(tk, bwd_name)(grad_out, x, y, h1, s1, h2, s2)
+        return getattr(kernels, bwd_name)(grad_out, x, y, h1, s1, h2, s2)
 
-    _backend.define_triton_variant(base, fwd)
-    _backend.define_triton_variant(f"{base}_backward", bwd)
+    return fwd, bwd
 
 
 def _check_shapes(x, y, h1, s1, h2, s2, output_dim):
@@ -177,13 +173,7 @@ def _check_shapes(x, y, h1, s1, h2, s2, output_dim):
         raise RuntimeError(str(e)) from None
 
 
-if _backend.has_op(_NAME):
-    _register(_NAME, "compact_bilinear_pooling_backward")
-    if _backend.HAS_TRITON:
-        _define_triton(_NAME, "forward", "backward")
-        _register("compact_bilinear_pooling_triton", "compact_bilinear_pooling_backward_triton")
-if _backend.has_op(_NAME + "_freq"):
-    _register(_NAME + "_freq", "compact_bilinear_pooling_freq_backward")
-    if _backend.HAS_TRITON:
-        _define_triton(_NAME + "_freq", "forward_freq", "backward_freq")
-        _register("compact_bilinear_pooling_freq_triton", "compact_bilinear_pooling_freq_backward_triton")
+_backend.register_backends(_register, (_NAME, f"{_NAME}_backward"),
+                           lambda: _triton_launchers(_NAME, "forward", "backward"))
+_backend.register_backends(_register, (f"{_NAME}_freq", f"{_NAME}_freq_backward"),
+                           lambda: _triton_launchers(f"{_NAME}_freq", "forward_freq", "backward_freq"))

@@ -17,13 +17,14 @@ import numbers
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upfirdn2d import _is_int, _out_format, _parse_padding
+from vkernels._dtypes import FLOAT_DTYPES
+from vkernels.ops._checks import is_int, parse_padding
+from vkernels.ops._layout import out_format
 from vkernels.reference.filtered_lrelu import filtered_lrelu as _reference
 
 __all__ = ["filtered_lrelu"]
 
-_INFO = _backend.register_op("filtered_lrelu", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_backend.register_op("filtered_lrelu", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
 
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Tensor | None = None,
@@ -73,7 +74,7 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None = None, fd: torch.Te
 def _parse(x, fu, fd, b, up, down, padding, gain, slope, clamp):
     if x.ndim != 4:
         raise ValueError(f"filtered_lrelu: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"filtered_lrelu: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     filters = []
     for name, f in (("fu", fu), ("fd", fd)):
@@ -103,12 +104,12 @@ def _parse(x, fu, fd, b, up, down, padding, gain, slope, clamp):
         if b.device != x.device:
             raise ValueError(f"filtered_lrelu: b is on {b.device} but x is on {x.device}")
     for name, v in (("up", up), ("down", down)):
-        if not _is_int(v):
+        if not is_int(v):
             raise ValueError(f"filtered_lrelu: {name} must be an int, got {v!r}")
         if v < 1:
             raise ValueError(f"filtered_lrelu: {name} must be >= 1, got {v}")
     try:
-        pad = _parse_padding(padding)
+        pad = parse_padding(padding)
     except ValueError as e:
         raise ValueError(str(e).replace("upfirdn2d:", "filtered_lrelu:")) from None
     for name, v in (("gain", gain), ("slope", slope)):
@@ -146,24 +147,23 @@ def _transpose(fa, fb, mask_w, sx, sy, up, down, pad, gain_a, gain_b, flip, z_hw
 
 
 # ---------------------------------------------------------------------------------------------------- registration
-def _register(suffix: str) -> None:
-    fwd = getattr(torch.ops.vkernels, "filtered_lrelu" + suffix).default
-    masked = getattr(torch.ops.vkernels, "filtered_lrelu_masked" + suffix).default
+def _register(name: str, masked_name: str) -> None:
+    masked = getattr(torch.ops.vkernels, masked_name).default
 
-    @torch.library.register_fake("vkernels::filtered_lrelu" + suffix)
+    @torch.library.register_fake(f"vkernels::{name}")
     def _fake(x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip_filter, write_mask):
         (ow, mw), (oh, mh) = _geometry(x.shape[3], x.shape[2], fu, fd, up, down, (px0, px1, py0, py1))
         y = torch.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype, device=x.device,
-                        memory_format=_out_format(x))
+                        memory_format=out_format(x))
         shape = (x.shape[0], x.shape[1], mh, (mw + 3) // 4) if write_mask else (0,)
         return y, torch.empty(shape, dtype=torch.uint8, device=x.device)
 
-    @torch.library.register_fake("vkernels::filtered_lrelu_masked" + suffix)
+    @torch.library.register_fake(f"vkernels::{masked_name}")
     def _fake_masked(z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope,
                      flip_filter):
         (ow, _), (oh, _) = _geometry(z.shape[3], z.shape[2], fa, fb, up, down, (px0, px1, py0, py1))
         return torch.empty((z.shape[0], z.shape[1], oh, ow), dtype=z.dtype, device=z.device,
-                           memory_format=_out_format(z))
+                           memory_format=out_format(z))
 
     def setup(ctx, inputs, output):
         x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip, write = inputs
@@ -188,7 +188,7 @@ def _register(suffix: str) -> None:
         db = dx.sum(dim=(0, 2, 3)) if ctx.needs_input_grad[3] else None
         return (dx if ctx.needs_input_grad[0] else None, None, None, db) + (None,) * 11
 
-    torch.library.register_autograd("vkernels::filtered_lrelu" + suffix, backward, setup_context=setup)
+    torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
     def setup_masked(ctx, inputs, output):
         z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope, flip = inputs
@@ -208,28 +208,28 @@ def _register(suffix: str) -> None:
                   masked(dout, a[0], a[1], mask, *a[2:13], gain, slope, a[13]))
         return (dz,) + (None,) * 17
 
-    torch.library.register_autograd("vkernels::filtered_lrelu_masked" + suffix, backward_masked,
+    torch.library.register_autograd(f"vkernels::{masked_name}", backward_masked,
                                     setup_context=setup_masked)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     """vkernels::filtered_lrelu_triton / filtered_lrelu_masked_triton: the C++ schemas, Triton kernels behind."""
 
     def fwd(x, fu, fd, b, up, down, px0, px1, py0, py1, gain, slope, clamp, flip_filter, write_mask):
-        from vkernels.triton import filtered_lrelu as tk
+        from vkernels.triton import filtered_lrelu as kernels
         pad = (px0, px1, py0, py1)
         geom = _geometry(x.shape[3], x.shape[2], fu, fd, up, down, pad)
         _check_launch("filtered_lrelu_triton", x, fu, fd, up, down, geom)
         (ow, mw), (oh, mh) = geom
         shape = (x.shape[0], x.shape[1], mh, (mw + 3) // 4) if write_mask else (0,)
         mask = torch.zeros(shape, dtype=torch.uint8, device=x.device)
-        y = tk.launch(x, fu, fd, b, mask, up, down, px0, py0, float(up * up), 1.0, gain, slope, clamp, flip_filter,
-                      False, bool(write_mask), 0, 0, mw, (x.shape[0], x.shape[1], oh, ow), _out_format(x), geom)
+        y = kernels.launch(x, fu, fd, b, mask, up, down, px0, py0, float(up * up), 1.0, gain, slope, clamp, flip_filter,
+                      False, bool(write_mask), 0, 0, mw, (x.shape[0], x.shape[1], oh, ow), out_format(x), geom)
         return y, mask
 
     def fwd_masked(z, fa, fb, mask, mask_w, sx, sy, up, down, px0, px1, py0, py1, gain_a, gain_b, gain, slope,
                    flip_filter):
-        from vkernels.triton import filtered_lrelu as tk
+        from vkernels.triton import filtered_lrelu as kernels
         geom = _geometry(z.shape[3], z.shape[2], fa, fb, up, down, (px0, px1, py0, py1))
         _check_launch("filtered_lrelu_masked_triton", z, fa, fb, up, down, geom)
         if mask.dtype != torch.uint8 or mask.ndim != 4 or tuple(mask.shape[:2]) != tuple(z.shape[:2]) or \
@@ -237,17 +237,16 @@ def _define_triton() -> None:
             raise RuntimeError(f"filtered_lrelu_masked_triton: mask must be uint8 of shape ({z.shape[0]}, "
                                f"{z.shape[1]}, mask_h, {(mask_w + 3) // 4}), got {mask.dtype} {tuple(mask.shape)}")
         (ow, _), (oh, _) = geom
-        return tk.launch(z, fa, fb, None, mask.contiguous(), up, down, px0, py0, gain_a, gain_b, gain, slope, None,
-                         flip_filter, True, False, sx, sy, mask_w, (z.shape[0], z.shape[1], oh, ow), _out_format(z),
+        return kernels.launch(z, fa, fb, None, mask.contiguous(), up, down, px0, py0, gain_a, gain_b, gain, slope, None,
+                         flip_filter, True, False, sx, sy, mask_w, (z.shape[0], z.shape[1], oh, ow), out_format(z),
                          geom)
 
-    _backend.define_triton_variant("filtered_lrelu", fwd)
-    _backend.define_triton_variant("filtered_lrelu_masked", fwd_masked)
+    return fwd, fwd_masked
 
 
 def _check_launch(name, x, fa, fb, up, down, geom):
     # What the C++ op checks, for direct torch.ops calls of the Triton variants.
-    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+    if x.ndim != 4 or x.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{name}: x must be a 4-D float tensor, got {x.dtype} {tuple(x.shape)}")
     for fname, f in (("fu", fa), ("fd", fb)):
         if f.ndim not in (1, 2) or f.dtype != torch.float32 or f.numel() == 0:
@@ -259,8 +258,4 @@ def _check_launch(name, x, fa, fb, up, down, geom):
         raise RuntimeError(f"{name}: output size must be >= 1, got {geom[1][0]}x{geom[0][0]}")
 
 
-if _backend.has_op("filtered_lrelu"):
-    _register("")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("_triton")
+_backend.register_backends(_register, ("filtered_lrelu", "filtered_lrelu_masked"), _triton_launchers)

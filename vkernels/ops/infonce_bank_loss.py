@@ -18,7 +18,7 @@ from vkernels.reference.infonce_bank_loss import infonce_bank_loss as _reference
 __all__ = ["infonce_bank_loss"]
 
 # No CUDA C++ kernel: the GPU path is Triton.
-_INFO = _backend.register_op("infonce_bank_loss", cuda_order=("triton",))
+_backend.register_op("infonce_bank_loss", cuda_order=("triton",))
 _REDUCTIONS = ("mean", "sum", "none")
 
 

@@ -14,7 +14,7 @@ from vkernels.reference.infonce_bank_partial import infonce_bank_partial as _ref
 
 __all__ = ["infonce_bank_partial"]
 
-_INFO = _backend.register_op("infonce_bank_partial", cuda_order=("triton",))
+_backend.register_op("infonce_bank_partial", cuda_order=("triton",))
 
 
 def infonce_bank_partial(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,

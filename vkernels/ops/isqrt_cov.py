@@ -10,13 +10,14 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import acc_dtype
 from vkernels.ops._checks import check_float_tensor
 from vkernels.reference.isqrt_cov import isqrt_cov as _reference
 
 __all__ = ["isqrt_cov"]
 
 # No CUDA C++ kernel: on GPU the GEMMs are cuBLAS (torch.bmm / baddbmm) and the elementwise passes are Triton.
-_INFO = _backend.register_op("isqrt_cov", cuda_order=("triton",))
+_backend.register_op("isqrt_cov", cuda_order=("triton",))
 
 
 def isqrt_cov(x: torch.Tensor, iters: int = 5, triu: bool = True, *, impl: str = "auto") -> torch.Tensor:
@@ -63,7 +64,7 @@ def _register(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{fwd}")
     def _fake_fwd(x, iters, triu):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(x.dtype)
         B, C = x.shape[0], x.shape[1]
         out = x.new_empty((B, C * (C + 1) // 2) if triu else (B, C, C))
         return out, x.new_empty((B, C, C), dtype=acc), x.new_empty((B,), dtype=acc)

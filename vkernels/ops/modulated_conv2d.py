@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from vkernels import _backend
-from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
 from vkernels.ops._checks import check_act_args, check_float_tensor
 from vkernels.ops.upfirdn2d import setup_filter, upfirdn2d
 from vkernels.reference.bias_act import ACTIVATIONS
@@ -33,8 +33,8 @@ from vkernels.reference.modulated_conv2d import resample_padding
 
 __all__ = ["modulated_conv2d"]
 
-_INFO_W = _backend.register_op("modulated_conv2d_weight", cuda_order=("triton",))
-_INFO_E = _backend.register_op("modulated_conv2d_epilogue", cuda_order=("triton",))
+_backend.register_op("modulated_conv2d_weight", cuda_order=("triton",))
+_backend.register_op("modulated_conv2d_epilogue", cuda_order=("triton",))
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
@@ -180,7 +180,7 @@ def _check(x, weight, styles, up, down, padding, f, noise, noise_strength, bias,
         raise ValueError(f"{name}: padding must be an int or None, got {padding!r}")
     check_act_args(name, act, alpha, gain, clamp)
     if noise is not None:
-        if not isinstance(noise, torch.Tensor) or noise.dtype not in _FLOAT_DTYPES:
+        if not isinstance(noise, torch.Tensor) or noise.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name}: noise must be a floating torch.Tensor or None, got {type(noise).__name__}")
         if noise.ndim != 4 or noise.shape[1] != 1 or noise.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"{name}: noise must have shape ({x.shape[0]} or 1, 1, outH, outW), got "
@@ -188,7 +188,7 @@ def _check(x, weight, styles, up, down, padding, f, noise, noise_strength, bias,
     if isinstance(noise_strength, torch.Tensor) and noise_strength.numel() != 1:
         raise ValueError(f"{name}: noise_strength must be a scalar, got shape {tuple(noise_strength.shape)}")
     if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dtype not in _FLOAT_DTYPES:
+        if not isinstance(bias, torch.Tensor) or bias.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name}: bias must be a floating torch.Tensor or None")
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"{name}: bias must have shape (out_channels,) = ({weight.shape[0]},), got "
@@ -215,7 +215,7 @@ def _epi_bwd(op, g, x, d, noise, ns, b, act, alpha, gain, clamp, needs):
             if noise.shape[0] == 1:
                 dnoise = dnoise.sum(0, keepdim=True)
         if needs[3] and ns is not None:
-            dns = (dzs.to(torch.float64 if ns.dtype == torch.float64 else torch.float32) * noise).sum()
+            dns = (dzs.to(acc_dtype(ns.dtype)) * noise).sum()
             dns = dns.reshape(ns.shape).to(ns.dtype)
     if needs[4] and b is not None:
         db = dz.sum((0, 2, 3))
@@ -340,18 +340,18 @@ def _register(wname: str, ename: str, ebname: str) -> None:
     torch.library.register_autograd(f"vkernels::{ename}", backward_e, setup_context=setup_e)
 
 
-def _define_triton() -> None:
-    def wfwd(weight, styles, demodulate, fused):
-        from vkernels.triton import modulated_conv2d as tk
+def _triton_launchers():
+    def weight(weight, styles, demodulate, fused):
+        from vkernels.triton import modulated_conv2d as kernels
         if weight.ndim != 4 or styles.ndim != 2 or styles.shape[1] != weight.shape[1]:
             raise RuntimeError(f"modulated_conv2d: styles must have shape (N, in_channels={weight.shape[1]}), got "
                                f"{tuple(styles.shape)} with weight {tuple(weight.shape)}")
         if styles.dtype != weight.dtype:
             raise RuntimeError(f"modulated_conv2d: styles dtype {styles.dtype} must match weight dtype {weight.dtype}")
-        return tk.launch_weight(weight, styles, demodulate, fused)
+        return kernels.launch_weight(weight, styles, demodulate, fused)
 
-    def _echeck(x, dcoefs, noise, noise_strength, b, act, clamp):
-        if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
+    def check_epilogue(x, dcoefs, noise, noise_strength, b, act, clamp):
+        if x.ndim != 4 or x.dtype not in FLOAT_DTYPES:
             raise RuntimeError(f"modulated_conv2d: x must be a floating (N, C, H, W) tensor, got {tuple(x.shape)}")
         if act not in ACTIVATIONS:
             raise RuntimeError(f"modulated_conv2d: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
@@ -365,26 +365,20 @@ def _define_triton() -> None:
             raise RuntimeError(f"modulated_conv2d: noise must have shape ({N} or 1, 1, {H}, {W}), got "
                                f"{tuple(noise.shape)}")
 
-    def efwd(x, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp):
-        from vkernels.triton import modulated_conv2d as tk
-        _echeck(x, dcoefs, noise, noise_strength, b, act, clamp)
-        return tk.launch_epilogue(x, None, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp)
+    def epilogue(x, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp):
+        from vkernels.triton import modulated_conv2d as kernels
+        check_epilogue(x, dcoefs, noise, noise_strength, b, act, clamp)
+        return kernels.launch_epilogue(x, None, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp)
 
-    def ebwd(grad, x, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp):
-        from vkernels.triton import modulated_conv2d as tk
-        _echeck(x, dcoefs, noise, noise_strength, b, act, clamp)
+    def epilogue_backward(grad, x, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp):
+        from vkernels.triton import modulated_conv2d as kernels
+        check_epilogue(x, dcoefs, noise, noise_strength, b, act, clamp)
         if grad.shape != x.shape or grad.dtype != x.dtype:
             raise RuntimeError("modulated_conv2d_epilogue_backward: grad must match x in shape and dtype")
-        return tk.launch_epilogue(x, grad, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp)
+        return kernels.launch_epilogue(x, grad, dcoefs, noise, noise_strength, b, act, alpha, gain, clamp)
 
-    _backend.define_triton_variant("modulated_conv2d_weight", wfwd)
-    _backend.define_triton_variant("modulated_conv2d_epilogue", efwd)
-    _backend.define_triton_variant("modulated_conv2d_epilogue_backward", ebwd)
+    return weight, epilogue, epilogue_backward
 
 
-if _backend.has_op("modulated_conv2d_weight"):
-    _register("modulated_conv2d_weight", "modulated_conv2d_epilogue", "modulated_conv2d_epilogue_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("modulated_conv2d_weight_triton", "modulated_conv2d_epilogue_triton",
-                  "modulated_conv2d_epilogue_backward_triton")
+_backend.register_backends(_register, ("modulated_conv2d_weight", "modulated_conv2d_epilogue",
+                                       "modulated_conv2d_epilogue_backward"), _triton_launchers)

@@ -16,12 +16,12 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import FLOAT_DTYPES
 from vkernels.reference.pixel_norm import pixel_norm as _reference
 
 __all__ = ["pixel_norm"]
 
-_INFO = _backend.register_op("pixel_norm", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_backend.register_op("pixel_norm", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
 
 
 def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "auto") -> torch.Tensor:
@@ -42,14 +42,14 @@ def pixel_norm(x: torch.Tensor, dim: int = 1, eps: float = 1e-8, impl: str = "au
     impl = _backend.resolve_impl("pixel_norm", x, impl)
     if impl == "reference":
         return _reference(x, dim, float(eps))
-    op = _TRITON_OP if impl == "triton" else _CPP_OP
+    op = (torch.ops.vkernels.pixel_norm_triton if impl == "triton" else torch.ops.vkernels.pixel_norm).default
     return op(x, dim, float(eps))
 
 
 def _check(x, dim, eps):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pixel_norm: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"pixel_norm: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.ndim < 1:
         raise ValueError("pixel_norm: x must have at least one dimension, got a 0-dim tensor")
@@ -114,29 +114,21 @@ def _register(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     def fwd(x, dim, eps):
-        from vkernels.triton import pixel_norm as tk
+        from vkernels.triton import pixel_norm as kernels
         _check(x, dim, eps)
-        return tk.launch(x, None, dim, eps)
+        return kernels.launch(x, None, dim, eps)
 
     def bwd(grad, x, dim, eps):
-        from vkernels.triton import pixel_norm as tk
+        from vkernels.triton import pixel_norm as kernels
         _check(x, dim, eps)
         if grad.shape != x.shape or grad.dtype != x.dtype:
             raise RuntimeError(f"pixel_norm_backward: grad ({tuple(grad.shape)}, {grad.dtype}) must match x "
                                f"({tuple(x.shape)}, {x.dtype})")
-        return tk.launch(x, grad, dim, eps)
+        return kernels.launch(x, grad, dim, eps)
 
-    _backend.define_triton_variant("pixel_norm", fwd)
-    _backend.define_triton_variant("pixel_norm_backward", bwd)
+    return fwd, bwd
 
 
-_CPP_OP = _TRITON_OP = None
-if _backend.has_op("pixel_norm"):
-    _register("pixel_norm", "pixel_norm_backward")
-    _CPP_OP = torch.ops.vkernels.pixel_norm.default
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("pixel_norm_triton", "pixel_norm_backward_triton")
-        _TRITON_OP = torch.ops.vkernels.pixel_norm_triton.default
+_backend.register_backends(_register, ("pixel_norm", "pixel_norm_backward"), _triton_launchers)

@@ -11,7 +11,7 @@ import math
 import torch
 
 from vkernels import _backend
-from vkernels.ops._checks import FLOAT_DTYPES as _FLOAT_DTYPES
+from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
 from vkernels.ops._checks import check_devices, check_float_pair, check_tensors
 from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as _reference
 
@@ -19,7 +19,7 @@ __all__ = ["random_maclaurin_pooling"]
 
 _NAME = "random_maclaurin_pooling"
 # No CUDA C++ kernel: on GPU the Gram GEMM is cuBLAS (torch.bmm) and the fused W1 G W2 contraction is Triton.
-_INFO = _backend.register_op(_NAME, cuda_order=("triton",))
+_backend.register_op(_NAME, cuda_order=("triton",))
 _ROUTES = ("auto", "gram", "project")
 
 
@@ -114,7 +114,7 @@ def choose_gram(HW: int, C1: int, C2: int, D: int, backward: bool = False, saved
 
 
 def _not_pooled(x, y, w1, w2):
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     D = w1.shape[0]
     X, Y = x.to(acc).flatten(2), y.to(acc).flatten(2)
     out = torch.matmul(w1.to(acc), X) * torch.matmul(w2.to(acc), Y) * (1.0 / math.sqrt(D))
@@ -125,7 +125,7 @@ def _check(x, y, w1, w2, route):
     check_tensors(_NAME, x=x, y=y, w1=w1, w2=w2)
     check_float_pair(_NAME, x, y)
     for name, w in (("w1", w1), ("w2", w2)):
-        if w.dtype not in _FLOAT_DTYPES:
+        if w.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{_NAME}: {name} must be a float tensor, got {w.dtype}")
     if x.ndim != 4:
         raise ValueError(f"{_NAME}: x must have shape (B, C1, H, W), got {tuple(x.shape)}")
@@ -199,7 +199,7 @@ def _register_saved(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{fwd}")
     def _fake_fwd(x, y, w1, w2):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(x.dtype)
         B, D = x.shape[0], w1.shape[0]
         return x.new_empty((B, D)), x.new_empty((2, D, B, x.shape[2] * x.shape[3]), dtype=acc)
 
@@ -225,33 +225,7 @@ def _register_saved(fwd: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{fwd}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
-    def fwd(x, y, w1, w2, route):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.forward(x, y, w1, w2, route)
-
-    def bwd(grad_out, x, y, w1, w2, route, output_mask):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.backward(grad_out, x, y, w1, w2, route, output_mask)
-
-    def fwd_saved(x, y, w1, w2):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.forward_saved(x, y, w1, w2)
-
-    def bwd_saved(grad_out, x, y, w1, w2, proj, output_mask):
-        from vkernels.triton import random_maclaurin_pooling as tk
-        return tk.backward_saved(grad_out, x, y, w1, w2, proj, output_mask)
-
-    _backend.define_triton_variant(_NAME, fwd)
-    _backend.define_triton_variant(f"{_NAME}_backward", bwd)
-    _backend.define_triton_variant(f"{_NAME}_saved", fwd_saved)
-    _backend.define_triton_variant(f"{_NAME}_saved_backward", bwd_saved)
-
-
-if _backend.has_op(_NAME):
-    _register(_NAME, f"{_NAME}_backward")
-    _register_saved(f"{_NAME}_saved", f"{_NAME}_saved_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register(f"{_NAME}_triton", f"{_NAME}_backward_triton")
-        _register_saved(f"{_NAME}_saved_triton", f"{_NAME}_saved_backward_triton")
+_backend.register_backends(_register, (_NAME, f"{_NAME}_backward"),
+                           lambda: _backend.triton_launchers(_NAME, "forward", "backward"))
+_backend.register_backends(_register_saved, (f"{_NAME}_saved", f"{_NAME}_saved_backward"),
+                           lambda: _backend.triton_launchers(_NAME, "forward_saved", "backward_saved"))

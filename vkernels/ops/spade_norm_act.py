@@ -1,7 +1,7 @@
 """spade_norm_act: SPADE (Park et al. 2019) -- parameter-free batch / instance norm, spatial modulation
 norm(x) * (1 + gamma) + beta with per-pixel gamma/beta maps, then activation, gain and clamp -- in one apply pass.
 
-Registration: the schemas live in csrc/ops/upsample_norm_act.cpp (`spade_norm_act`, `spade_norm_act_backward`); the
+Registration: the schemas live in csrc/ops/spade_norm_act.cpp (`spade_norm_act`, `spade_norm_act_backward`); the
 statistics come from `upsample_norm_act_stats` with scale 1. This file adds the fake kernels, autograd (first order:
 the fused `spade_norm_act_backward`; its own gradient: `backward_composite`, differentiable PyTorch ops, so double
 backward works), the Triton variants and the public function.
@@ -11,14 +11,16 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.upsample_norm_act import (_FLOAT_DTYPES, StatsOfX, _empty_fmt, _nc4, _sum_to, act_grad,
-                                           add_stats_affine_, check_act, check_dy, check_nc, check_running, check_x,
-                                           double_backward, norm_stats, update_running)
+from vkernels._dtypes import acc_dtype
+from vkernels.ops._norm_act import (NormActOps, StatsOfX, act_grad, add_stats_affine_, check_act, check_like_x,
+                                    check_momentum_eps, check_nc, check_raw_x, check_running, check_x, double_backward,
+                                    nc4, norm_stats, sum_to, update_running)
+from vkernels.ops._layout import empty_in_format
 from vkernels.reference.spade_norm_act import spade_norm_act as _reference
 
 __all__ = ["spade_norm_act"]
 
-_INFO = _backend.register_op("spade_norm_act")
+_backend.register_op("spade_norm_act")
 SPADE_NORMS = ("batch", "instance")
 
 
@@ -58,9 +60,7 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
     if norm not in SPADE_NORMS:
         raise ValueError(f"{op}: norm must be one of {', '.join(SPADE_NORMS)}; got {norm!r}")
     check_act(op, act, alpha, gain, clamp)
-    for name, val in (("momentum", momentum), ("eps", eps)):
-        if not isinstance(val, (int, float)) or val < 0:
-            raise ValueError(f"{op}: {name} must be a finite number >= 0, got {val!r}")
+    check_momentum_eps(op, momentum, eps)
     check_running(op, norm, x, running_mean, running_var, training)
     N, C, H, W = x.shape
     if norm == "batch" and training and N * H * W == 1:
@@ -76,8 +76,8 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
     ops = _ops(impl == "triton")
     args = (act, float(alpha), float(gain), None if clamp is None else float(clamp))
     if norm == "batch" and not training:
-        mean, rstd = norm_stats(ops[0], x, 1, "nearest", norm, running_mean, running_var, training, momentum, eps)
-        return ops[1](x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, *args)
+        mean, rstd = norm_stats(ops.stats, x, 1, "nearest", norm, running_mean, running_var, training, momentum, eps)
+        return ops.apply(x, mean.expand(N, C), rstd.expand(N, C), gamma, beta, *args)
     y, mean, var = StatsOfX.apply(_SpadePlan(ops, N, C, norm == "instance", float(eps), args), x, gamma, beta)
     if norm == "batch":
         update_running(running_mean, running_var, mean, var, x, 1, momentum)
@@ -85,12 +85,12 @@ def spade_norm_act(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, nor
 
 
 def _ops(tri):
-    """(stats, apply, backward, fused training forward or None) ops of one implementation."""
+    """The ops of one implementation (C++ or Triton); the fused training forward is C++ only."""
     v = torch.ops.vkernels
     if tri:
-        return v.upsample_norm_act_stats_triton, v.spade_norm_act_triton, v.spade_norm_act_backward_triton, None
-    return (v.upsample_norm_act_stats, v.spade_norm_act, v.spade_norm_act_backward,
-            v.spade_norm_act_train if FUSED_TRAIN else None)
+        return NormActOps(v.upsample_norm_act_stats_triton, v.spade_norm_act_triton, v.spade_norm_act_backward_triton)
+    return NormActOps(v.upsample_norm_act_stats, v.spade_norm_act, v.spade_norm_act_backward,
+                      train=v.spade_norm_act_train if FUSED_TRAIN else None)
 
 
 # The fused CPU training forward (spade_norm_act_train); False selects the two-op path (stats, rsqrt, apply), kept
@@ -107,11 +107,11 @@ class _SpadePlan:
         self.ops, self.N, self.C, self.per_sample, self.eps, self.args = ops, N, C, per_sample, eps, args
 
     def forward(self, x, params, fused=True):
-        if fused and self.ops[3] is not None and x.device.type == "cpu":
+        if fused and self.ops.train is not None and x.device.type == "cpu":
             # One op: the C++ kernel normalises each statistics group while it is still cached (x read from DRAM
             # once); same bits as the two ops below, which stay the differentiable form (double backward).
-            return self.ops[3](x, *params, self.per_sample, self.eps, *self.args)
-        mean, var = self.ops[0](x, 1, "nearest", self.per_sample)
+            return self.ops.train(x, *params, self.per_sample, self.eps, *self.args)
+        mean, var = self.ops.stats(x, 1, "nearest", self.per_sample)
         rstd = torch.rsqrt(var + self.eps)
         return self.apply(x, self.coefs(mean, rstd, ()), params), mean, var, rstd
 
@@ -119,12 +119,12 @@ class _SpadePlan:
         return mean.expand(self.N, self.C), rstd.expand(self.N, self.C)
 
     def apply(self, x, coefs, big):
-        return self.ops[1](x, *coefs, *big, *self.args)
+        return self.ops.apply(x, *coefs, *big, *self.args)
 
     def backward(self, dy, x, mean, rstd, big, small, need):
-        dx, dm, dr, dg, db = self.ops[2](dy, x, *self.coefs(mean, rstd, ()), *big, *self.args,
-                                         [need[0], need[0], need[0], need[1], need[2]])
-        stats = (_sum_to(dm, mean), _sum_to(dr, rstd)) if need[0] else (None, None)
+        dx, dm, dr, dg, db = self.ops.backward(dy, x, *self.coefs(mean, rstd, ()), *big, *self.args,
+                                               [need[0], need[0], need[0], need[1], need[2]])
+        stats = (sum_to(dm, mean), sum_to(dr, rstd)) if need[0] else (None, None)
         return dx, (dg if need[1] else None, db if need[2] else None), *stats, ()
 
     def add_stats_(self, dx, x, mean, gmean, gvar):
@@ -136,12 +136,12 @@ def backward_composite(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
     """(dx, dm, dr, dgamma, dbeta) of spade_norm_act in differentiable torch ops (None where mask is False): the
     reference for the fused `spade_norm_act_backward` and the formula its own (second-order) gradient comes from."""
     ct = m.dtype
-    xc = x.to(ct) - _nc4(m)
-    xn = xc * _nc4(r)
+    xc = x.to(ct) - nc4(m)
+    xn = xc * nc4(r)
     g1 = 1 + gamma.to(ct)
     dz = act_grad(dy.to(ct), xn * g1 + beta.to(ct), act, alpha, gain, clamp)
     dxn = dz * g1
-    dx = (dxn * _nc4(r)).to(x.dtype) if mask[0] else None
+    dx = (dxn * nc4(r)).to(x.dtype) if mask[0] else None
     dm = -(dxn.sum((2, 3)) * r) if mask[1] else None
     dr = (dxn * xc).sum((2, 3)) if mask[2] else None
     dgamma = (dz * xn).to(gamma.dtype) if mask[3] else None
@@ -154,19 +154,19 @@ def _register(name: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{name}")
     def _fake(x, m, r, gamma, beta, act, alpha, gain, clamp):
-        return _empty_fmt(x, x.shape)
+        return empty_in_format(x, x.shape)
 
     if name == "spade_norm_act":
         @torch.library.register_fake("vkernels::spade_norm_act_train")
         def _fake_train(x, gamma, beta, per_sample, eps, act, alpha, gain, clamp):
-            ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+            ct = acc_dtype(x.dtype)
             shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
-            return _empty_fmt(x, x.shape), *(x.new_empty(shape, dtype=ct) for _ in range(3))
+            return empty_in_format(x, x.shape), *(x.new_empty(shape, dtype=ct) for _ in range(3))
 
     @torch.library.register_fake(f"vkernels::{bwd}")
     def _fake_bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
         nc = tuple(x.shape[:2])
-        full = [_empty_fmt(x, x.shape) if k else x.new_empty(0) for k in (mask[0], mask[3], mask[4])]
+        full = [empty_in_format(x, x.shape) if k else x.new_empty(0) for k in (mask[0], mask[3], mask[4])]
         return full[0], *(m.new_empty(nc) if k else m.new_empty(0) for k in mask[1:3]), full[1], full[2]
 
     def setup(ctx, inputs, output):
@@ -192,35 +192,29 @@ def _register(name: str, bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
-def _check_raw(op, x, m, r, gamma, beta, act, alpha, gain, clamp):
-    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schemas (the public function never trips them).
-    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
-        raise RuntimeError(f"{op}: x must be a 4-D float tensor, got shape {tuple(x.shape)}, dtype {x.dtype}")
-    for name, t in (("gamma", gamma), ("beta", beta)):
-        if t.shape != x.shape or t.dtype != x.dtype or t.device != x.device:
-            raise RuntimeError(f"{op}: {name} must match x's shape, dtype and device")
-    check_act(op, act, alpha, gain, clamp)
+def _check_raw(op, x, m, r, gamma, beta):
+    check_raw_x(op, x)
     check_nc(op, x, (("mean", m), ("rstd", r)))
+    check_like_x(op, x, (("gamma", gamma), ("beta", beta)))
 
 
-def _define_triton() -> None:
-    def fwd(x, m, r, gamma, beta, act, alpha, gain, clamp):
-        from vkernels.triton import upsample_norm_act as tk
-        _check_raw("spade_norm_act", x, m, r, gamma, beta, act, alpha, gain, clamp)
-        return tk.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
+def _triton_launchers():
+    """The Triton variants of spade_norm_act and its backward (same schemas). Each checks what the C++ op checks to
+    stay in bounds (the tensors' shapes, dtypes, devices), with the C++ wording; rules on the user's arguments (act,
+    alpha, gain, clamp, ...) are the public function's, which every backend passes through."""
+    def forward(x, m, r, gamma, beta, act, alpha, gain, clamp):
+        from vkernels.triton import upsample_norm_act as kernels  # on the first call: importing Triton is slow
+        _check_raw("spade_norm_act", x, m, r, gamma, beta)
+        return kernels.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
 
-    def bwd(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
-        from vkernels.triton import norm_act_backward as tb
-        _check_raw("spade_norm_act_backward", x, m, r, gamma, beta, act, alpha, gain, clamp)
-        check_dy("spade_norm_act_backward", dy, x, x.shape)
-        return tb.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
+    def backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
+        from vkernels.triton import norm_act_backward as backward_kernels
+        op = "spade_norm_act_backward"
+        _check_raw(op, x, m, r, gamma, beta)
+        check_like_x(op, x, (("dy", dy),), x.shape)
+        return backward_kernels.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
 
-    _backend.define_triton_variant("spade_norm_act", fwd)
-    _backend.define_triton_variant("spade_norm_act_backward", bwd)
+    return forward, backward
 
 
-if _backend.has_op("spade_norm_act"):
-    _register("spade_norm_act", "spade_norm_act_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("spade_norm_act_triton", "spade_norm_act_backward_triton")
+_backend.register_backends(_register, ("spade_norm_act", "spade_norm_act_backward"), _triton_launchers)

@@ -16,12 +16,14 @@ import numbers
 import torch
 
 from vkernels import _backend
+from vkernels._dtypes import FLOAT_DTYPES
+from vkernels.ops._checks import is_int, parse_padding
+from vkernels.ops._layout import out_format
 from vkernels.reference.upfirdn2d import upfirdn2d as _reference
 
 __all__ = ["upfirdn2d", "setup_filter", "upsample2d", "downsample2d", "filter2d"]
 
-_INFO = _backend.register_op("upfirdn2d", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_backend.register_op("upfirdn2d", cuda_order=("triton",))  # no CUDA C++ kernel: Triton is the GPU path
 
 
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, flip_filter: bool = False,
@@ -107,7 +109,7 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up=2, padding=0, flip_fi
     The gain is multiplied by ux*uy so that the zero insertion keeps the mean; arguments as in `upfirdn2d`.
     """
     upx, upy = _parse_scaling(up, "up")
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    padx0, padx1, pady0, pady1 = parse_padding(padding)
     fw, fh = _filter_size(f)
     p = [padx0 + (fw + upx - 1) // 2, padx1 + (fw - upx) // 2, pady0 + (fh + upy - 1) // 2, pady1 + (fh - upy) // 2]
     return upfirdn2d(x, f, up=(upx, upy), padding=p, flip_filter=flip_filter, gain=gain * upx * upy, impl=impl)
@@ -118,7 +120,7 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down=2, padding=0, fli
     r"""Filter, then downsample by `down` (StyleGAN's `downsample2d`): output (N, C, H//dy, W//dx) for padding 0
     and even sizes; arguments as in `upfirdn2d`."""
     downx, downy = _parse_scaling(down, "down")
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    padx0, padx1, pady0, pady1 = parse_padding(padding)
     fw, fh = _filter_size(f)
     p = [padx0 + (fw - downx + 1) // 2, padx1 + (fw - downx) // 2, pady0 + (fh - downy + 1) // 2,
          pady1 + (fh - downy) // 2]
@@ -128,36 +130,22 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down=2, padding=0, fli
 def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding=0, flip_filter: bool = False, gain: float = 1,
              impl: str = "auto") -> torch.Tensor:
     r"""Filter with f keeping the size (StyleGAN's `filter2d`): output (N, C, H, W) for padding 0."""
-    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    padx0, padx1, pady0, pady1 = parse_padding(padding)
     fw, fh = _filter_size(f)
     p = [padx0 + fw // 2, padx1 + (fw - 1) // 2, pady0 + fh // 2, pady1 + (fh - 1) // 2]
     return upfirdn2d(x, f, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
 # ------------------------------------------------------------------------------------------------ argument parsing
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _parse_scaling(s, name: str) -> tuple[int, int]:
-    if _is_int(s):
+    if is_int(s):
         s = (s, s)
-    if not isinstance(s, (list, tuple)) or len(s) != 2 or not all(_is_int(v) for v in s):
+    if not isinstance(s, (list, tuple)) or len(s) != 2 or not all(is_int(v) for v in s):
         raise ValueError(f"upfirdn2d: {name} must be an int or a pair of ints (x, y), got {s!r}")
     sx, sy = int(s[0]), int(s[1])
     if sx < 1 or sy < 1:
         raise ValueError(f"upfirdn2d: {name} must be >= 1, got {(sx, sy)}")
     return sx, sy
-
-
-def _parse_padding(padding) -> tuple[int, int, int, int]:
-    if _is_int(padding):
-        padding = (padding, padding)
-    if not isinstance(padding, (list, tuple)) or len(padding) not in (2, 4) or not all(_is_int(v) for v in padding):
-        raise ValueError(f"upfirdn2d: padding must be an int, (px, py) or (x0, x1, y0, y1) of ints, got {padding!r}")
-    if len(padding) == 2:
-        padding = (padding[0], padding[0], padding[1], padding[1])
-    return tuple(int(v) for v in padding)
 
 
 def _filter_size(f) -> tuple[int, int]:
@@ -173,7 +161,7 @@ def _parse(x, f, up, down, padding, flip_filter, gain):
     """Checks every argument; returns the op's scalar arguments (upx, upy, downx, downy, x0, x1, y0, y1, flip, gain)."""
     if x.ndim != 4:
         raise ValueError(f"upfirdn2d: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"upfirdn2d: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if not isinstance(f, torch.Tensor):
         raise TypeError(f"upfirdn2d: f must be a torch.Tensor or None, got {type(f).__name__}")
@@ -188,7 +176,7 @@ def _parse(x, f, up, down, padding, flip_filter, gain):
         raise ValueError(f"upfirdn2d: f is on {f.device} but x is on {x.device}")
     upx, upy = _parse_scaling(up, "up")
     downx, downy = _parse_scaling(down, "down")
-    px0, px1, py0, py1 = _parse_padding(padding)
+    px0, px1, py0, py1 = parse_padding(padding)
     if not isinstance(gain, numbers.Real) or not math.isfinite(gain):
         raise ValueError(f"upfirdn2d: gain must be a finite number, got {gain!r}")
     _, _, h, w = x.shape
@@ -197,13 +185,6 @@ def _parse(x, f, up, down, padding, flip_filter, gain):
         raise ValueError(f"upfirdn2d: output size must be >= 1, but the upsampled, padded input is {up_h}x{up_w} "
                          f"and the filter is {fh}x{fw}; check padding={padding!r} (negative values crop)")
     return upx, upy, downx, downy, px0, px1, py0, py1, bool(flip_filter), float(gain)
-
-
-def _out_format(x: torch.Tensor) -> torch.memory_format:
-    # The rule of csrc/ops/upfirdn2d.cpp: channels_last in, channels_last out; otherwise contiguous.
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _out_size(x, f, upx, upy, downx, downy, px0, px1, py0, py1):
@@ -219,7 +200,7 @@ def _register(name: str) -> None:
     @torch.library.register_fake(f"vkernels::{name}")
     def _fake(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
         size = _out_size(x, f, upx, upy, downx, downy, px0, px1, py0, py1)
-        return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+        return torch.empty(size, dtype=x.dtype, device=x.device, memory_format=out_format(x))
 
     def setup(ctx, inputs, output):
         x, f, *args = inputs
@@ -244,19 +225,15 @@ def _register(name: str) -> None:
     torch.library.register_autograd(f"vkernels::{name}", backward, setup_context=setup)
 
 
-def _define_triton() -> None:
+def _triton_launchers():
     """vkernels::upfirdn2d_triton: the C++ schema under a new name, Triton kernels behind."""
 
     def fwd(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain):
-        from vkernels.triton import upfirdn2d as tk
-        return tk.launch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain,
-                         _out_size(x, f, upx, upy, downx, downy, px0, px1, py0, py1), _out_format(x))
+        from vkernels.triton import upfirdn2d as kernels
+        return kernels.launch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain,
+                         _out_size(x, f, upx, upy, downx, downy, px0, px1, py0, py1), out_format(x))
 
-    _backend.define_triton_variant("upfirdn2d", fwd)
+    return (fwd,)
 
 
-if _backend.has_op("upfirdn2d"):
-    _register("upfirdn2d")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("upfirdn2d_triton")
+_backend.register_backends(_register, ("upfirdn2d",), _triton_launchers)

@@ -12,23 +12,27 @@ Triton in vkernels/triton/norm_act_backward.py) that recompute the upsampled val
 ops have their own autograd, whose formulas are the differentiable composites below (`apply_backward_composite`,
 `stats_backward_composite`: upsampled values recomputed transiently, the activation's derivative from bias_act's
 grad kernel), so double backward (gradgradcheck, R1) works through them; the composites are also the tests' oracle.
+The one-node training autograd (StatsOfX), the running-statistics update and the checks spade_norm_act shares with
+this op live in ops/_norm_act.py.
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 
 from vkernels import _backend
-from vkernels.reference.bias_act import ACTIVATIONS
+from vkernels._dtypes import acc_dtype
+from vkernels.ops._norm_act import (NormActOps, StatsOfX, act_grad, add_stats_affine_, check_act, check_like_x,
+                                    check_momentum_eps, check_nc, check_param, check_raw_x, check_running,
+                                    check_vectors, check_x, double_backward, nc4, norm_stats, sum_to, update_running)
+from vkernels.ops._layout import empty_in_format
 from vkernels.reference.upsample_norm_act import MODES, NORMS, combine_affine, upsample
 from vkernels.reference.upsample_norm_act import upsample_norm_act as _reference
 
 __all__ = ["upsample_norm_act"]
 
-_INFO = _backend.register_op("upsample_norm_act")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_backend.register_op("upsample_norm_act")
 
 
 def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", norm: str = "batch",
@@ -72,106 +76,44 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
     if impl == "reference":
         return _reference(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var,
                           training, momentum, eps, act, alpha, gain, clamp)
-    tri = impl == "triton"
-    stats_op = torch.ops.vkernels.upsample_norm_act_stats_triton if tri else torch.ops.vkernels.upsample_norm_act_stats
-    apply_op = torch.ops.vkernels.upsample_norm_act_triton if tri else torch.ops.vkernels.upsample_norm_act
+    ops = _ops(impl == "triton")
     N, C = x.shape[:2]
     if norm != "none" and (norm != "batch" or training):
         # Statistics of x itself: one autograd node (see StatsOfX), so the backward holds one x-sized dx.
-        plan = _UpsamplePlan(tri, N, C, int(scale), mode, norm != "batch", float(eps),
+        plan = _UpsamplePlan(ops, N, C, int(scale), mode, norm != "batch", float(eps),
                              (act, float(alpha), float(gain), None if clamp is None else float(clamp)))
         y, mean, var = StatsOfX.apply(plan, x, weight, bias, style_scale, style_bias)
         if norm == "batch":
             update_running(running_mean, running_var, mean, var, x, scale, momentum)
         return y
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mean, rstd = norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps)
+    ct = acc_dtype(x.dtype)
+    mean, rstd = norm_stats(ops.stats, x, scale, mode, norm, running_mean, running_var, training, momentum, eps)
     s, t = combine_affine(weight, bias, style_scale, style_bias)
     a = rstd if s is None else (s.to(ct) if rstd is None else rstd * s.to(ct))
     a = torch.ones((), dtype=ct, device=x.device) if a is None else a
     b = torch.zeros((), dtype=ct, device=x.device) if t is None else t.to(ct)
     mean = torch.zeros((), dtype=ct, device=x.device) if mean is None else mean
-    return apply_op(x, mean.expand(N, C), a.expand(N, C), b.expand(N, C), int(scale), mode, act, float(alpha),
+    return ops.apply(x, mean.expand(N, C), a.expand(N, C), b.expand(N, C), int(scale), mode, act, float(alpha),
                     float(gain), None if clamp is None else float(clamp))
 
 
-class StatsOfX(torch.autograd.Function):
-    """A fused norm op whose statistics are of x itself (training batch norm, instance / AdaIN norm) as ONE autograd
-    node: forward `plan.forward(x, params, fused) -> (y, mean, var, rstd)` (fused=False: the differentiable
-    two-op form, which a plan may replace by one non-differentiable op otherwise); mean, var are for the running
-    statistics only (not differentiable).
-
-    As two nodes (stats op, apply op) autograd receives two x-sized gradients for x, the apply backward's and the
-    stats backward's, and holds both (and then their sum). Here the fused apply backward runs first; the chain rule
-    through its per-(n, c) coefficients (mean, rstd and the small affine params combined) gives the gradients of
-    mean and rstd, hence gvar = grstd * -rstd^3 / 2, and `plan.add_stats_` adds the statistics' term A^T (gmean / K +
-    2 gvar / K * (up(x) - mean)) to the apply backward's dx in place, so dx is one buffer. Higher orders: a backward
-    that builds a graph re-runs the two-node forward and differentiates it (its own gradients are the ops'
-    composites), so gradgradcheck / R1 see exactly the two-node formulas.
-
-    A plan provides: n_big (how many leading params go to the kernels as x-sized tensors, e.g. SPADE's gamma/beta;
-    the rest are small ones coefs() turns into per-(n, c) vectors), forward,
-    backward(dy, x, mean, rstd, big, small, need) -> (dx, dbig, gmean, grstd, dsmall) (the apply backward and the
-    chain rule through coefs written out by hand: dynamo cannot trace torch.autograd.grad inside a backward) and
-    add_stats_(dx, x, mean, gmean, gvar)."""
-
-    @staticmethod
-    def forward(ctx, plan, x, *params):
-        y, mean, var, rstd = plan.forward(x, params)
-        ctx.save_for_backward(x, mean, rstd, *params)
-        ctx.plan = plan
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, dy, _gmean, _gvar):
-        x, mean, rstd, *params = ctx.saved_tensors
-        plan = ctx.plan
-        need = ctx.needs_input_grad[1:]
-        if torch.is_grad_enabled():  # create_graph: differentiate the two-node graph instead
-            with torch.enable_grad():
-                leaves = [None if t is None else _alias(t, n) for t, n in zip((x, *params), need)]
-                y = plan.forward(leaves[0], leaves[1:], fused=False)[0]
-                wrt = [lf for lf, n in zip(leaves, need) if n]
-                res = iter(torch.autograd.grad(y, wrt, dy, create_graph=True, allow_unused=True))
-            return None, *[next(res) if n else None for n in need]
-        nb = plan.n_big
-        dx, dbig, gmean, grstd, gsmall = plan.backward(dy, x, mean, rstd, params[:nb], params[nb:], need)
-        if need[0] and x.numel() > 0:
-            gvar = grstd * rstd.pow(3) * -0.5
-            plan.add_stats_(dx, x, mean, gmean, gvar)
-        return (None, dx if need[0] else None, *dbig, *gsmall)
-
-
-def _sum_to(g, like):
-    """g (N, C) summed to like's shape ((C,) or (N, C)) and dtype."""
-    return (g.sum(0) if like.ndim == 1 else g).to(like.dtype)
-
-
-def add_stats_affine_(dx, mean, gmean, gvar, x, K, mult):
-    """dx += mult * (gmean / K + 2 gvar / K * (x - mean)), per (n, c): the statistics' gradient when the adjoint of
-    the upsampling maps an affine function of up(x) to mult times the same function of x (nearest: mult = s^2;
-    no upsampling: 1). Two in-place passes over dx, no x-sized temporary."""
-    N, C = x.shape[:2]
-    c2 = (gvar * (2.0 * mult / K)).expand(N, C)
-    c0 = (gmean * (mult / K)).expand(N, C) - c2 * mean.expand(N, C)
-    dx.addcmul_(x, c2[:, :, None, None]).add_(c0[:, :, None, None])
+def _ops(tri):
+    """The ops of one implementation (C++ or Triton)."""
+    names = ("upsample_norm_act_stats", "upsample_norm_act", "upsample_norm_act_backward",
+             "upsample_norm_act_stats_backward")
+    return NormActOps(*(getattr(torch.ops.vkernels, n + ("_triton" if tri else "")) for n in names))
 
 
 class _UpsamplePlan:
     """StatsOfX plan of upsample_norm_act: params (weight, bias, style_scale, style_bias), all small."""
     n_big = 0
 
-    def __init__(self, tri, N, C, scale, mode, per_sample, eps, args):
-        v = torch.ops.vkernels
-        sfx = "_triton" if tri else ""
-        self.ops = [getattr(v, n + sfx) for n in ("upsample_norm_act_stats", "upsample_norm_act",
-                                                   "upsample_norm_act_backward", "upsample_norm_act_stats_backward")]
-        self.N, self.C, self.scale, self.mode, self.per_sample, self.eps, self.args = (N, C, scale, mode, per_sample,
-                                                                                        eps, args)
+    def __init__(self, ops, N, C, scale, mode, per_sample, eps, args):
+        self.ops, self.N, self.C, self.scale, self.mode, self.per_sample, self.eps, self.args = (
+            ops, N, C, scale, mode, per_sample, eps, args)
 
     def forward(self, x, params, fused=True):  # no fused form: always the two ops
-        mean, var = self.ops[0](x, self.scale, self.mode, self.per_sample)
+        mean, var = self.ops.stats(x, self.scale, self.mode, self.per_sample)
         rstd = torch.rsqrt(var + self.eps)
         return self.apply(x, self.coefs(mean, rstd, params), ()), mean, var, rstd
 
@@ -183,20 +125,20 @@ class _UpsamplePlan:
         return mean.expand(N, C), a.expand(N, C), b.expand(N, C)
 
     def apply(self, x, coefs, big):
-        return self.ops[1](x, *coefs, self.scale, self.mode, *self.args)
+        return self.ops.apply(x, *coefs, self.scale, self.mode, *self.args)
 
     def backward(self, dy, x, mean, rstd, big, small, need):
         weight, bias, ss, sb = small
         need_s = need[1] or need[3]
         need_t = need[2] or need[4]
         coefs = self.coefs(mean, rstd, small)
-        dx, dm, da, db = self.ops[2](dy, x, *coefs, self.scale, self.mode, *self.args,
-                                     [need[0], need[0], need[0] or need_s, need_t])
+        dx, dm, da, db = self.ops.backward(dy, x, *coefs, self.scale, self.mode, *self.args,
+                                           [need[0], need[0], need[0] or need_s, need_t])
         gmean = grstd = None
         s, _ = combine_affine(weight, None, ss, None)
         if need[0]:
-            gmean = _sum_to(dm, mean)
-            grstd = _sum_to(da if s is None else da * s.to(da.dtype), rstd)
+            gmean = sum_to(dm, mean)
+            grstd = sum_to(da if s is None else da * s.to(da.dtype), rstd)
         gs = da * rstd.expand(self.N, self.C) if need_s else None  # d loss / d s, s = weight * style_scale
         gw = gss = gb = gsb = None
         if need[1]:
@@ -218,31 +160,7 @@ class _UpsamplePlan:
         else:
             # Bilinear: A^T up(x) is a stencil of x, not pointwise; the stats backward kernel applies it (one
             # x-sized temporary, freed at once).
-            dx.add_(self.ops[3](gmean, gvar, x, mean, s, self.mode, self.per_sample))
-
-
-def norm_stats(stats_op, x, scale, mode, norm, running_mean, running_var, training, momentum, eps):
-    """(mean, rstd) of the normalization, shape (C,) or (N, C) in the compute type, or (None, None) for norm none.
-    Updates the running statistics of a training batch norm in place, as nn.BatchNorm2d does."""
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if norm == "none":
-        return None, None
-    if norm == "batch" and not training:
-        return running_mean.detach().to(ct), torch.rsqrt(running_var.detach().to(ct) + eps)
-    mean, var = stats_op(x, int(scale), mode, norm != "batch")
-    if norm == "batch":
-        update_running(running_mean, running_var, mean, var, x, scale, momentum)
-    return mean, torch.rsqrt(var + eps)
-
-
-def update_running(running_mean, running_var, mean, var, x, scale, momentum):
-    """nn.BatchNorm2d's in-place running-statistics update from a batch's (mean, biased var) of up(x)."""
-    if running_mean is None or x.numel() == 0:  # F.batch_norm skips empty batches too
-        return
-    n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
-    with torch.no_grad():
-        running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-        running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype), alpha=momentum)
+            dx.add_(self.ops.stats_backward(gmean, gvar, x, mean, s, self.mode, self.per_sample))
 
 
 def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
@@ -255,9 +173,7 @@ def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_
     if norm not in NORMS:
         raise ValueError(f"{op}: norm must be one of {', '.join(NORMS)}; got {norm!r}")
     check_act(op, act, alpha, gain, clamp)
-    for name, val in (("momentum", momentum), ("eps", eps)):
-        if not isinstance(val, numbers.Real) or not math.isfinite(val) or val < 0:
-            raise ValueError(f"{op}: {name} must be a finite number >= 0, got {val!r}")
+    check_momentum_eps(op, momentum, eps)
     N, C = x.shape[:2]
     for name, v, shape in (("weight", weight, (C,)), ("bias", bias, (C,)), ("style_scale", style_scale, (N, C)),
                            ("style_bias", style_bias, (N, C))):
@@ -273,52 +189,6 @@ def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_
     if norm in ("instance", "adain") and OH * OW == 1:
         raise ValueError(f"{op}: expected more than 1 spatial element for instance norm, got x of shape "
                          f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
-
-
-def check_x(op, x):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
-
-
-def check_act(op, act, alpha, gain, clamp):
-    if act not in ACTIVATIONS:
-        raise ValueError(f"{op}: act must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
-    for name, val in (("alpha", alpha), ("gain", gain)):
-        if not isinstance(val, numbers.Real) or not math.isfinite(val):
-            raise ValueError(f"{op}: {name} must be a finite number, got {val!r}")
-    if clamp is not None and (not isinstance(clamp, numbers.Real) or not clamp >= 0):
-        raise ValueError(f"{op}: clamp must be None or a number >= 0, got {clamp!r}")
-
-
-def check_param(op, name, v, shape, x):
-    if v is None:
-        return
-    if not isinstance(v, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(v).__name__}")
-    if tuple(v.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(v.shape)}")
-    if v.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be a floating tensor, got {v.dtype}")
-    if v.device != x.device:
-        raise ValueError(f"{op}: {name} is on {v.device} but x is on {x.device}")
-
-
-def check_running(op, norm, x, running_mean, running_var, training):
-    C = x.shape[1]
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{op}: running_mean and running_var must be given together")
-    if norm != "batch":
-        if running_mean is not None:
-            raise ValueError(f"{op}: running_mean/running_var are only used by norm='batch', got norm={norm!r}")
-        return
-    if not training and running_mean is None:
-        raise ValueError(f"{op}: norm='batch' with training=False needs running_mean and running_var")
-    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
-        check_param(op, name, v, (C,), x)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -352,22 +222,13 @@ def _linear_adjoint_1d(g, dim, size, s):
     return out.index_add(dim, i0, g * (1 - l1)).index_add(dim, i1, g * l1)
 
 
-def act_grad(dy, z, act, alpha, gain, clamp):
-    """dL/dz of clamp(act(z) * gain): bias_act's own gradient kernel (x-ref form), itself differentiable."""
-    return torch.ops.vkernels.bias_act_grad(dy, z, None, 1, act, alpha, gain, clamp, False, 1)
-
-
-def _nc4(v):
-    return v[:, :, None, None]
-
-
 def apply_backward_composite(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
     """(dx, dm, da, db) of upsample_norm_act in differentiable torch ops (None where mask is False): the reference
     for the fused `upsample_norm_act_backward` and the formula its own (second-order) gradient comes from."""
     H, W = x.shape[2:]
-    xc = upsample(x.to(m.dtype), scale, mode) - _nc4(m)
-    dz = act_grad(dy.to(m.dtype), xc * _nc4(a) + _nc4(b), act, alpha, gain, clamp)
-    dx = upsample_adjoint(dz * _nc4(a), scale, mode, H, W).to(x.dtype) if mask[0] else None
+    xc = upsample(x.to(m.dtype), scale, mode) - nc4(m)
+    dz = act_grad(dy.to(m.dtype), xc * nc4(a) + nc4(b), act, alpha, gain, clamp)
+    dx = upsample_adjoint(dz * nc4(a), scale, mode, H, W).to(x.dtype) if mask[0] else None
     db = dz.sum((2, 3)) if mask[3] or mask[1] else None
     dm = -(db * a) if mask[1] else None
     da = (dz * xc).sum((2, 3)) if mask[2] else None
@@ -381,36 +242,9 @@ def stats_backward_composite(gmean, gvar, x, mean, scale, mode, per_sample):
     N, C, H, W = x.shape
     u = upsample(x.to(ct), scale, mode)
     K = u.numel() // (N * C if per_sample else C)
-    view = _nc4 if per_sample else (lambda v: v.reshape(1, -1, 1, 1))
+    view = nc4 if per_sample else (lambda v: v.reshape(1, -1, 1, 1))
     du = view(gmean) / K + view(gvar) * (2.0 / K) * (u - view(mean))
     return upsample_adjoint(du, scale, mode, H, W).to(x.dtype)
-
-
-def _alias(t, need):
-    """The composite's input for saved tensor t: a fresh view of t when its gradient is needed (differentiating
-    w.r.t. the view gives the partial derivative through this formula only, while higher orders still flow into t's
-    own graph), else t detached."""
-    if not need:
-        return t.detach()
-    return t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
-
-
-def double_backward(composite, tensors, args, grads, needs):
-    """Gradients of the fused backward op (the composite's outputs paired with `grads`) w.r.t. `tensors` through
-    the composite's autograd, any order (create_graph when the caller's backward builds a graph)."""
-    create_graph = torch.is_grad_enabled()  # True inside a create_graph=True backward
-    if not any(needs):
-        return [None] * len(tensors)
-    with torch.enable_grad():
-        leaves = [_alias(t, n) for t, n in zip(tensors, needs)]
-        outs = composite(*leaves, *args)
-        pairs = [(o, g) for o, g in zip(outs, grads) if o is not None and g is not None and g.numel() > 0]
-        wrt = [lf for lf, n in zip(leaves, needs) if n]
-        if not pairs:
-            return [None] * len(tensors)
-        res = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=create_graph,
-                                       allow_unused=True))
-    return [next(res) if n else None for n in needs]
 
 
 def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
@@ -419,23 +253,23 @@ def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{stats}")
     def _fake_stats(x, scale, mode, per_sample):
-        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        ct = acc_dtype(x.dtype)
         shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
         return x.new_empty(shape, dtype=ct), x.new_empty(shape, dtype=ct)
 
     @torch.library.register_fake(f"vkernels::{apply}")
     def _fake_apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
         N, C, H, W = x.shape
-        return _empty_fmt(x, (N, C, H * scale, W * scale))
+        return empty_in_format(x, (N, C, H * scale, W * scale))
 
     @torch.library.register_fake(f"vkernels::{stats_bwd}")
     def _fake_stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
-        return _empty_fmt(x, x.shape)
+        return empty_in_format(x, x.shape)
 
     @torch.library.register_fake(f"vkernels::{apply_bwd}")
     def _fake_apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
         nc = tuple(x.shape[:2])
-        return (_empty_fmt(x, x.shape) if mask[0] else x.new_empty(0),
+        return (empty_in_format(x, x.shape) if mask[0] else x.new_empty(0),
                 *(m.new_empty(nc) if k else m.new_empty(0) for k in mask[1:]))
 
     def setup_stats(ctx, inputs, output):
@@ -486,83 +320,50 @@ def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
     torch.library.register_autograd(f"vkernels::{apply}", backward_apply, setup_context=setup_apply)
 
 
-def _empty_fmt(x, shape):
-    """An empty tensor of `shape` in x's memory format (channels_last kept), as the kernels allocate outputs."""
-    cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.empty(shape, dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if cl else torch.contiguous_format)
-
-
-def _define_triton() -> None:
+def _triton_launchers():
+    """The Triton variants of the four ops (same schemas). Each checks what the C++ op checks to stay in bounds (the
+    tensors' shapes, dtypes, devices; scale, mode), with the C++ wording; rules on the user's arguments (act, alpha,
+    gain, clamp, ...) are the public function's, which every backend passes through."""
     def stats(x, scale, mode, per_sample):
-        from vkernels.triton import upsample_norm_act as tk
+        from vkernels.triton import upsample_norm_act as kernels  # on the first call: importing Triton is slow
         _check_raw("upsample_norm_act_stats", x, scale, mode)
-        return tk.stats(x, scale, mode, per_sample)
+        return kernels.stats(x, scale, mode, per_sample)
 
     def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
-        from vkernels.triton import upsample_norm_act as tk
+        from vkernels.triton import upsample_norm_act as kernels
         _check_raw("upsample_norm_act", x, scale, mode)
-        check_act("upsample_norm_act", act, alpha, gain, clamp)
         check_nc("upsample_norm_act", x, (("mean", m), ("a", a), ("b", b)))
-        return tk.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
-
-    def apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
-        from vkernels.triton import norm_act_backward as tb
-        op = "upsample_norm_act_backward"
-        _check_raw(op, x, scale, mode)
-        check_act(op, act, alpha, gain, clamp)
-        check_nc(op, x, (("mean", m), ("a", a), ("b", b)))
-        N, C, H, W = x.shape
-        check_dy(op, dy, x, (N, C, H * scale, W * scale))
-        return tb.apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, list(mask))
+        return kernels.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
 
     def stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
-        from vkernels.triton import norm_act_backward as tb
+        from vkernels.triton import norm_act_backward as backward_kernels
         op = "upsample_norm_act_stats_backward"
         _check_raw(op, x, scale, mode)
-        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
         shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
-        for name, t in (("gmean", gmean), ("gvar", gvar), ("mean", mean)):
-            if tuple(t.shape) != shape or t.dtype != ct or t.device != x.device:
-                raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape {shape} on {x.device}, got "
-                                   f"{t.dtype} {tuple(t.shape)} on {t.device}")
-        return tb.stats_backward(gmean, gvar, x, mean, scale, mode, per_sample)
+        check_vectors(op, x, shape, f"{list(shape)} (per_sample={per_sample})",
+                      (("gmean", gmean), ("gvar", gvar), ("mean", mean)))
+        return backward_kernels.stats_backward(gmean, gvar, x, mean, scale, mode, per_sample)
 
-    _backend.define_triton_variant("upsample_norm_act_stats", stats)
-    _backend.define_triton_variant("upsample_norm_act", apply)
-    _backend.define_triton_variant("upsample_norm_act_stats_backward", stats_bwd)
-    _backend.define_triton_variant("upsample_norm_act_backward", apply_bwd)
+    def apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
+        from vkernels.triton import norm_act_backward as backward_kernels
+        op = "upsample_norm_act_backward"
+        _check_raw(op, x, scale, mode)
+        check_nc(op, x, (("mean", m), ("a", a), ("b", b)))
+        N, C, H, W = x.shape
+        check_like_x(op, x, (("dy", dy),), (N, C, H * scale, W * scale))
+        return backward_kernels.apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, list(mask))
 
-
-def check_dy(op, dy, x, shape):
-    if tuple(dy.shape) != tuple(shape) or dy.dtype != x.dtype or dy.device != x.device:
-        raise RuntimeError(f"{op}: dy must be a {x.dtype} tensor of shape {tuple(shape)} on {x.device}, got "
-                           f"{dy.dtype} {tuple(dy.shape)} on {dy.device}")
+    return stats, apply, stats_bwd, apply_bwd
 
 
 def _check_raw(op, x, scale, mode):
-    # The checks csrc/ops/upsample_norm_act.cpp makes for the same schema (the public function never trips them).
-    if x.ndim != 4 or x.dtype not in _FLOAT_DTYPES:
-        raise RuntimeError(f"{op}: x must be a 4-D float16/bfloat16/float32/float64 tensor, got shape "
-                           f"{tuple(x.shape)} and dtype {x.dtype}")
+    check_raw_x(op, x)
     if scale < 1:
         raise RuntimeError(f"{op}: scale must be an integer >= 1, got {scale}")
     if mode not in MODES:
         raise RuntimeError(f"{op}: mode must be 'nearest' or 'bilinear', got '{mode}'")
 
 
-def check_nc(op, x, named):
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    for name, t in named:
-        if tuple(t.shape) != tuple(x.shape[:2]) or t.dtype != ct or t.device != x.device:
-            raise RuntimeError(f"{op}: {name} must be a {ct} tensor of shape (N, C) = {tuple(x.shape[:2])} on "
-                               f"{x.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-
-
-if _backend.has_op("upsample_norm_act"):
-    _register("upsample_norm_act_stats", "upsample_norm_act", "upsample_norm_act_stats_backward",
-              "upsample_norm_act_backward")
-    if _backend.HAS_TRITON:
-        _define_triton()
-        _register("upsample_norm_act_stats_triton", "upsample_norm_act_triton", "upsample_norm_act_stats_backward_triton",
-                  "upsample_norm_act_backward_triton")
+_backend.register_backends(_register, ("upsample_norm_act_stats", "upsample_norm_act",
+                                       "upsample_norm_act_stats_backward", "upsample_norm_act_backward"),
+                           _triton_launchers)

@@ -8,6 +8,8 @@ Two formulations of the same Tensor Sketch (Gao et al., CVPR 2016):
 """
 import torch
 
+from vkernels._dtypes import acc_dtype
+
 
 def count_sketch(x, h, s, output_dim):
     """CS(x)[..., d] = sum_{i: h[i] = d} s[i] x[..., i] along the last axis (x: (..., C) -> (..., D))."""
@@ -44,7 +46,7 @@ def compact_bilinear_pooling(x, y, h1, s1, h2, s2, output_dim, sum_pool=True):
     returned in x's dtype. Not sum-pooled: the per-location definition, (B, D, H, W) in x's dtype."""
     if not sum_pool:
         return tensor_sketch_per_location(x, y, h1, s1, h2, s2, output_dim, sum_pool=False).to(x.dtype)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     X = x.to(acc).flatten(2)
     Y = y.to(acc).flatten(2)
     G = torch.bmm(X, Y.transpose(1, 2))  # (B, C1, C2)
@@ -58,7 +60,7 @@ def compact_bilinear_pooling_freq(x, y, h1, s1, h2, s2, output_dim, chunk=64):
     """Sum-pooled, through the frequency-pooled route in plain PyTorch: out_b = irfft(sum_l rfft(CS1(x_l))
     rfft(CS2(y_l)), n=D), locations `chunk` at a time (never all per-location spectra at once), accumulated in fp32
     complex (fp64 for fp64). Returns (B, D) in x's dtype."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     B, D = x.shape[0], output_dim
     X = x.to(acc).flatten(2).transpose(1, 2)  # (B, HW, C1)
     Y = y.to(acc).flatten(2).transpose(1, 2)

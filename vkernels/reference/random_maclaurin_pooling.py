@@ -7,11 +7,13 @@ import math
 
 import torch
 
+from vkernels._dtypes import acc_dtype
+
 
 def random_maclaurin_pooling(x, y, w1, w2, sum_pool=True):
     """x: (B, C1, H, W), y: (B, C2, H, W), w1: (D, C1), w2: (D, C2) -> (B, D) (sum_pool) or (B, D, H, W), computed
     per location from the definition in fp32 (fp64 for fp64) and returned in x's dtype."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     p1 = torch.einsum("dc,bchw->bdhw", w1.to(acc), x.to(acc))
     p2 = torch.einsum("dc,bchw->bdhw", w2.to(acc), y.to(acc))
     out = p1 * p2 / math.sqrt(w1.shape[0])

@@ -1,6 +1,7 @@
-// infonce_bank_loss on CPU: logits S = Q B^T / T tile by tile (a GEMM of RB query rows x KT bank rows into a
-// tile-sized buffer), with the exponentials, the online log-sum-exp, the rank count and the label-smoothing sum
-// fused into one vectorised pass over the tile while it is still in cache. Nothing of size N x K exists.
+// infonce_bank_loss on CPU (and the tile loops infonce_bank_partial_kernel.cpp runs): logits S = Q B^T / T tile
+// by tile (a GEMM of RB query rows x KT bank rows into a tile-sized buffer), with the exponentials, the online
+// log-sum-exp, the rank count and the label-smoothing sum fused into one vectorised pass over the tile while it is
+// still in cache. Nothing of size N x K exists.
 //
 // Work: forward 2 N K d FLOPs (one GEMM) + N K exps; backward 6 N K d FLOPs (recompute S; dQ += W B; dB += W^T Q)
 // + N K exps. Bytes: q, k, bank read once per tile sweep (bank (K d) once per forward, per row block in cache).
@@ -22,6 +23,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "ops/cpu/infonce_bank_cpu_common.h"
 #include "ops/infonce_bank_loss.h"
 
 namespace vkernels::infonce_bank_loss {
@@ -313,10 +315,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> infonce_bank_loss_cpu(const at::T
                                                                      const std::optional<at::Tensor>& exclude) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the tile GEMMs (mm_out) are internal, never differentiated
   const Problem p = make_forward(q, k, bank, temperature, label_smoothing, exclude);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "infonce_bank_loss_cpu",
-                                  [&] { out = forward<scalar_t>(p); });
-  return out;
+  return forward_cpu(p, /*with_positive=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_bank_loss_backward_cpu(
@@ -325,42 +324,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_bank_loss_bac
     const std::optional<at::Tensor>& exclude, const at::Tensor& lse, const at::Tensor& loss, bool bank_grad) {
   at::AutoDispatchBelowADInplaceOrView guard;
   const Problem p = make_backward(grad_loss, grad_lse, q, k, bank, temperature, label_smoothing, exclude, lse, loss);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "infonce_bank_loss_backward_cpu", [&] {
-    out = backward<scalar_t>(p, grad_loss, grad_lse, lse, loss, bank_grad, temperature);
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> infonce_bank_partial_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                             const at::Tensor& bank, const at::Tensor& temperature,
-                                                             const std::optional<at::Tensor>& exclude) {
-  at::AutoDispatchBelowADInplaceOrView guard;
-  const Problem p = make_partial(q, k, bank, temperature, exclude);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "infonce_bank_partial_cpu",
-                                  [&] { out = forward<scalar_t>(p, /*with_positive=*/false); });
-  return {std::get<1>(out), std::get<2>(out)};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> infonce_bank_partial_backward_cpu(
-    const at::Tensor& grad_lse, const at::Tensor& q, const at::Tensor& bank, const at::Tensor& temperature,
-    const std::optional<at::Tensor>& exclude, const at::Tensor& lse, bool bank_grad) {
-  at::AutoDispatchBelowADInplaceOrView guard;
-  const Problem p = make_partial_backward(grad_lse, q, bank, temperature, exclude, lse);
-  const at::Tensor zero = at::zeros_like(lse);
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "infonce_bank_partial_backward_cpu", [&] {
-    out = backward<scalar_t>(p, zero, grad_lse, lse, zero, bank_grad, temperature, /*with_positive=*/false);
-  });
-  return {std::get<0>(out), std::get<2>(out), std::get<3>(out)};
+  return backward_cpu(p, grad_loss, grad_lse, lse, loss, bank_grad, temperature, /*with_positive=*/true);
 }
 
 }  // namespace
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const Problem& p, bool with_positive) {
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.q.scalar_type(), "infonce_bank_cpu_forward",
+                                  [&] { out = forward<scalar_t>(p, with_positive); });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const Problem& p, const at::Tensor& grad_loss, const at::Tensor& grad_lse, const at::Tensor& lse,
+    const at::Tensor& loss, bool bank_grad, const at::Tensor& temperature, bool with_positive) {
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.q.scalar_type(), "infonce_bank_cpu_backward", [&] {
+    out = backward<scalar_t>(p, grad_loss, grad_lse, lse, loss, bank_grad, temperature, with_positive);
+  });
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(vkernels, CPU, m) {
-  m.impl("infonce_bank_partial_backward", &infonce_bank_partial_backward_cpu);
-  m.impl("infonce_bank_partial", &infonce_bank_partial_cpu);
   m.impl("infonce_bank_loss", &infonce_bank_loss_cpu);
   m.impl("infonce_bank_loss_backward", &infonce_bank_loss_backward_cpu);
 }

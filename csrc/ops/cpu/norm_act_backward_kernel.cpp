@@ -147,93 +147,113 @@ void sum_blocks(const std::vector<double>& part, int64_t N, int64_t nb, int64_t 
   });
 }
 
-// dx = post * A^T dz(up(x), dy) for the upsampling A (nearest or bilinear by s; s == 1 is the identity), with the
-// per-group sums of G written to r1, r2 (N * C doubles each, may be null when G has none).
+// What both layouts' adjoint passes read (see adjoint_impl).
+template <class scalar_t>
+struct AdjointArgs {
+  const scalar_t* x;
+  const scalar_t* dy;  // nullptr when the row functor takes no dy
+  scalar_t* dx;        // nullptr: statistics only
+  int64_t N, C, H, W, s;
+  bool bil;
+  std::vector<Lin<at::opmath_type<scalar_t>>> lh, lw;
+};
+
+// NCHW: one task per plane, output rows in order, the plane's dx accumulated in an opmath buffer.
 template <class scalar_t, class G>
-void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil, bool cl, const G& gr,
-                  at::Tensor* dx, double* r1, double* r2) {
+void adjoint_nchw(const AdjointArgs<scalar_t>& args, const G& gr, double* r1, double* r2) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OH = H * s, OW = W * s;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* dyp = G::kHasDy ? dy->const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
-  const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
-  if (!cl) {
-    at::parallel_for(0, N * C, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<opmath_t> acc(dxp ? H * W : 0), u(OW), dz(OW), hadj(bil ? W : 0), hr(bil ? 2 * OW : 0);
-      int64_t key[2] = {-1, -1};
-      // Horizontally interpolated input row h of the plane (two cached: consecutive output rows share them).
-      auto hrow = [&](const scalar_t* plane, int64_t h, int64_t keep) -> const opmath_t* {
-        for (int j = 0; j < 2; ++j)
-          if (key[j] == h) return hr.data() + j * OW;
-        const int j = key[0] == keep ? 1 : 0;
-        opmath_t* d = hr.data() + j * OW;
-        const scalar_t* r = plane + h * W;
-        for (int64_t ow = 0; ow < OW; ++ow) d[ow] = lw[ow].l0 * opmath_t(r[lw[ow].i0]) + lw[ow].l1 * opmath_t(r[lw[ow].i1]);
-        key[j] = h;
-        return d;
-      };
-      for (int64_t g = g0; g < g1; ++g) {
-        const scalar_t* plane = xp + g * H * W;
-        const scalar_t* dyg = G::kHasDy ? dyp + g * OH * OW : nullptr;
-        std::fill(acc.begin(), acc.end(), opmath_t(0));
-        key[0] = key[1] = -1;
-        double s1 = 0, s2 = 0;
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          const Lin<opmath_t>& y = lh[oh];
-          if (!bil) {
-            const scalar_t* r = plane + (oh / s) * W;
-            if (s == 1) {
-              for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow]);
-            } else if (s == 2) {
-              for (int64_t w = 0; w < W; ++w) u[2 * w] = u[2 * w + 1] = opmath_t(r[w]);
-            } else {
-              for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow / s]);
-            }
+  const int64_t N = args.N, C = args.C, H = args.H, W = args.W, s = args.s, OH = H * s, OW = W * s;
+  const bool bil = args.bil;
+  const scalar_t* xp = args.x;
+  const scalar_t* dyp = args.dy;
+  scalar_t* dxp = args.dx;
+  const auto& lh = args.lh;
+  const auto& lw = args.lw;
+  at::parallel_for(0, N * C, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<opmath_t> acc(dxp ? H * W : 0), u(OW), dz(OW), hadj(bil ? W : 0), hr(bil ? 2 * OW : 0);
+    int64_t key[2] = {-1, -1};
+    // Horizontally interpolated input row h of the plane (two cached: consecutive output rows share them).
+    auto hrow = [&](const scalar_t* plane, int64_t h, int64_t keep) -> const opmath_t* {
+      for (int j = 0; j < 2; ++j)
+        if (key[j] == h) return hr.data() + j * OW;
+      const int j = key[0] == keep ? 1 : 0;
+      opmath_t* d = hr.data() + j * OW;
+      const scalar_t* r = plane + h * W;
+      for (int64_t ow = 0; ow < OW; ++ow) d[ow] = lw[ow].l0 * opmath_t(r[lw[ow].i0]) + lw[ow].l1 * opmath_t(r[lw[ow].i1]);
+      key[j] = h;
+      return d;
+    };
+    for (int64_t g = g0; g < g1; ++g) {
+      const scalar_t* plane = xp + g * H * W;
+      const scalar_t* dyg = G::kHasDy ? dyp + g * OH * OW : nullptr;
+      std::fill(acc.begin(), acc.end(), opmath_t(0));
+      key[0] = key[1] = -1;
+      double s1 = 0, s2 = 0;
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        const Lin<opmath_t>& y = lh[oh];
+        if (!bil) {
+          const scalar_t* r = plane + (oh / s) * W;
+          if (s == 1) {
+            for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow]);
+          } else if (s == 2) {
+            for (int64_t w = 0; w < W; ++w) u[2 * w] = u[2 * w + 1] = opmath_t(r[w]);
           } else {
-            const opmath_t* h0 = hrow(plane, y.i0, y.i1);
-            const opmath_t* h1 = hrow(plane, y.i1, y.i0);
-            for (int64_t ow = 0; ow < OW; ++ow) u[ow] = y.l0 * h0[ow] + y.l1 * h1[ow];
+            for (int64_t ow = 0; ow < OW; ++ow) u[ow] = opmath_t(r[ow / s]);
           }
-          gr.template row<scalar_t>(g, u.data(), G::kHasDy ? dyg + oh * OW : nullptr, dz.data(), OW, s1, s2);
-          if (!dxp) continue;
-          if (!bil) {
-            opmath_t* ar = acc.data() + (oh / s) * W;
-            if (s == 1) {
-              for (int64_t ow = 0; ow < OW; ++ow) ar[ow] += dz[ow];
-            } else if (s == 2) {
-              for (int64_t w = 0; w < W; ++w) ar[w] += dz[2 * w] + dz[2 * w + 1];
-            } else {
-              for (int64_t ow = 0; ow < OW; ++ow) ar[ow / s] += dz[ow];
-            }
-          } else {
-            std::fill(hadj.begin(), hadj.end(), opmath_t(0));
-            for (int64_t ow = 0; ow < OW; ++ow) {
-              hadj[lw[ow].i0] += lw[ow].l0 * dz[ow];
-              hadj[lw[ow].i1] += lw[ow].l1 * dz[ow];
-            }
-            opmath_t* a0 = acc.data() + y.i0 * W;
-            opmath_t* a1 = acc.data() + y.i1 * W;
-            for (int64_t w = 0; w < W; ++w) a0[w] += y.l0 * hadj[w];
-            for (int64_t w = 0; w < W; ++w) a1[w] += y.l1 * hadj[w];
-          }
+        } else {
+          const opmath_t* h0 = hrow(plane, y.i0, y.i1);
+          const opmath_t* h1 = hrow(plane, y.i1, y.i0);
+          for (int64_t ow = 0; ow < OW; ++ow) u[ow] = y.l0 * h0[ow] + y.l1 * h1[ow];
         }
-        if (r1) r1[g] = s1, r2[g] = s2;
-        if (dxp) {
-          const opmath_t p = gr.post(g);
-          scalar_t* d = dxp + g * H * W;
-          for (int64_t i = 0; i < H * W; ++i) d[i] = static_cast<scalar_t>(acc[i] * p);
+        gr.template row<scalar_t>(g, u.data(), G::kHasDy ? dyg + oh * OW : nullptr, dz.data(), OW, s1, s2);
+        if (!dxp) continue;
+        if (!bil) {
+          opmath_t* ar = acc.data() + (oh / s) * W;
+          if (s == 1) {
+            for (int64_t ow = 0; ow < OW; ++ow) ar[ow] += dz[ow];
+          } else if (s == 2) {
+            for (int64_t w = 0; w < W; ++w) ar[w] += dz[2 * w] + dz[2 * w + 1];
+          } else {
+            for (int64_t ow = 0; ow < OW; ++ow) ar[ow / s] += dz[ow];
+          }
+        } else {
+          std::fill(hadj.begin(), hadj.end(), opmath_t(0));
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            hadj[lw[ow].i0] += lw[ow].l0 * dz[ow];
+            hadj[lw[ow].i1] += lw[ow].l1 * dz[ow];
+          }
+          opmath_t* a0 = acc.data() + y.i0 * W;
+          opmath_t* a1 = acc.data() + y.i1 * W;
+          for (int64_t w = 0; w < W; ++w) a0[w] += y.l0 * hadj[w];
+          for (int64_t w = 0; w < W; ++w) a1[w] += y.l1 * hadj[w];
         }
       }
-    });
-    return;
-  }
-  // channels_last: tasks are (sample, block of hb input rows), C contiguous. A task owns dx rows [h0, h1) and
-  // visits every output row whose taps reach them (bilinear: also the rows next to the block, recomputing their dz),
-  // adding only the taps that land in its rows, in output-row order as a whole-sample pass would (so dx does not
-  // depend on the blocking). The sums count the output rows [h0 s, h1 s) only, per-channel fp64 per block, summed
-  // over blocks in block order afterwards (deterministic for any thread count; the block size depends on the
-  // shape only).
+      if (r1) r1[g] = s1, r2[g] = s2;
+      if (dxp) {
+        const opmath_t p = gr.post(g);
+        scalar_t* d = dxp + g * H * W;
+        for (int64_t i = 0; i < H * W; ++i) d[i] = static_cast<scalar_t>(acc[i] * p);
+      }
+    }
+  });
+}
+
+// channels_last: tasks are (sample, block of hb input rows), C contiguous. A task owns dx rows [h0, h1) and
+// visits every output row whose taps reach them (bilinear: also the rows next to the block, recomputing their dz),
+// adding only the taps that land in its rows, in output-row order as a whole-sample pass would (so dx does not
+// depend on the blocking). The sums count the output rows [h0 s, h1 s) only, per-channel fp64 per block, summed
+// over blocks in block order afterwards (deterministic for any thread count; the block size depends on the
+// shape only).
+template <class scalar_t, class G>
+void adjoint_cl(const AdjointArgs<scalar_t>& args, const G& gr, double* r1, double* r2) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t N = args.N, C = args.C, H = args.H, W = args.W, s = args.s, OH = H * s, OW = W * s;
+  const bool bil = args.bil;
+  const scalar_t* xp = args.x;
+  const scalar_t* dyp = args.dy;
+  scalar_t* dxp = args.dx;
+  const auto& lh = args.lh;
+  const auto& lw = args.lw;
   const int64_t hb = std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1));
   const int64_t nb = (H + hb - 1) / hb;
   std::vector<double> part(r1 ? 2 * N * nb * C : 0);
@@ -308,6 +328,19 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
   if (r1) sum_blocks(part, N, nb, C, r1, r2);
 }
 
+// dx = post * A^T dz(up(x), dy) for the upsampling A (nearest or bilinear by s; s == 1 is the identity), with the
+// per-group sums of G written to r1, r2 (N * C doubles each, may be null when G has none).
+template <class scalar_t, class G>
+void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil, bool cl, const G& gr,
+                  at::Tensor* dx, double* r1, double* r2) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t H = x.size(2), W = x.size(3);
+  const AdjointArgs<scalar_t> args{x.const_data_ptr<scalar_t>(), G::kHasDy ? dy->const_data_ptr<scalar_t>() : nullptr,
+                                   dx ? dx->mutable_data_ptr<scalar_t>() : nullptr, x.size(0), x.size(1), H, W, s, bil,
+                                   make_lin<opmath_t>(H, s), make_lin<opmath_t>(W, s)};
+  cl ? adjoint_cl(args, gr, r1, r2) : adjoint_nchw(args, gr, r1, r2);
+}
+
 at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
 at::MemoryFormat fmt_of(bool cl) { return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
@@ -334,13 +367,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apply_backward_cpu(
   const bool red = mask[1] || mask[2] || mask[3];
   at::Tensor s1 = at::zeros({N, C}, x.options().dtype(at::kDouble)), s2 = at::zeros_like(s1);
   if (x.numel() > 0 && (mask[0] || red)) {
-    const at::Tensor mc = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
-    const auto pd = make_params(alpha, gain, clamp);
+    const at::Tensor mean_c = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
+    const auto params = make_params(alpha, gain, clamp);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_backward_cpu", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
       dispatch_act(act, [&]<Act A>() {
-        const ApplyGrad<A, opmath_t> gr{mc.const_data_ptr<opmath_t>(), ac.const_data_ptr<opmath_t>(),
-                                        bc.const_data_ptr<opmath_t>(), bias_act::cast_params<opmath_t>(pd)};
+        const ApplyGrad<A, opmath_t> gr{mean_c.const_data_ptr<opmath_t>(), ac.const_data_ptr<opmath_t>(),
+                                        bc.const_data_ptr<opmath_t>(), bias_act::cast_params<opmath_t>(params)};
         adjoint_impl<scalar_t>(x, &dy, scale, mode == Mode::kBilinear && scale > 1, cl, gr, mask[0] ? &dx : nullptr,
                                s1.mutable_data_ptr<double>(), s2.mutable_data_ptr<double>());
       });
@@ -377,13 +410,13 @@ at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, c
   const double K = double((per_sample ? 1 : N) * H * W * scale * scale);
   const at::Tensor c1 = (gmean / K).expand({N, C}).contiguous();
   const at::Tensor c2 = (gvar * (2.0 / K)).expand({N, C}).contiguous();
-  const at::Tensor mc = mean.expand({N, C}).contiguous();
+  const at::Tensor mean_c = mean.expand({N, C}).contiguous();
   const bool bil = mode == Mode::kBilinear && scale > 1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_backward_cpu",
                                   [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const StatsGrad<opmath_t> gr{c1.const_data_ptr<opmath_t>(), c2.const_data_ptr<opmath_t>(),
-                                 mc.const_data_ptr<opmath_t>(), bil ? opmath_t(1) : opmath_t(scale * scale)};
+                                 mean_c.const_data_ptr<opmath_t>(), bil ? opmath_t(1) : opmath_t(scale * scale)};
     adjoint_impl<scalar_t>(x, nullptr, bil ? scale : 1, bil, cl, gr, &dx, nullptr, nullptr);
   });
   return dx;
@@ -395,21 +428,21 @@ at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, c
 // accumulate in opmath over blocks of at most kBlock values per lane / channel and are folded into fp64 after
 // each block, in an order fixed by the shape alone (deterministic for any thread count).
 template <Act A, class scalar_t>
-void spade_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt,
-                         const at::Tensor& m, const at::Tensor& r, const bias_act::Params<double>& pd, bool cl,
+void spade_backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& gamma_c, const at::Tensor& beta_c,
+                         const at::Tensor& m, const at::Tensor& r, const bias_act::Params<double>& params, bool cl,
                          scalar_t* dxp, scalar_t* dgp, scalar_t* dbp, double* s1, double* s2) {
   using opmath_t = at::opmath_type<scalar_t>;
   using IO = VecIO<scalar_t>;
   using fVec = typename IO::fVec;
   constexpr int kN = IO::kN;
   constexpr int64_t kStep = IO::kStep, kF = IO::kF, kBlock = 256;
-  const auto ps = bias_act::cast_params<opmath_t>(pd);
+  const auto ps = bias_act::cast_params<opmath_t>(params);
   const auto pv = bias_act::cast_params<fVec>(ps);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
+  const scalar_t* gp = gamma_c.const_data_ptr<scalar_t>();
+  const scalar_t* tp = beta_c.const_data_ptr<scalar_t>();
   const opmath_t* mp = m.const_data_ptr<opmath_t>();
   const opmath_t* rp = r.const_data_ptr<opmath_t>();
   // kStep elements from offset i with per-lane mean / rstd mv, rv; accumulates dxn and dxn * xc into a1, a2.
@@ -515,17 +548,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_bac
   }
   const bool cl = is_channels_last(x_in);
   const auto f = fmt_of(cl);
-  const at::Tensor x = x_in.contiguous(f), dy = dy_in.contiguous(f), gm = gamma.contiguous(f), bt = beta.contiguous(f);
+  const at::Tensor x = x_in.contiguous(f), dy = dy_in.contiguous(f);
+  const at::Tensor gamma_c = gamma.contiguous(f), beta_c = beta.contiguous(f);
   auto full = [&](bool need) { return need ? at::empty(x.sizes(), x.options(), f) : empty0(x); };
   at::Tensor dx = full(mask[0]), dg = full(mask[3]), dbt = full(mask[4]);
   const int64_t N = x.size(0), C = x.size(1);
   at::Tensor s1 = at::zeros({N, C}, x.options().dtype(at::kDouble)), s2 = at::zeros_like(s1);
   if (x.numel() > 0) {
-    const at::Tensor mc = m.contiguous(), rc = r.contiguous();
-    const auto pd = make_params(alpha, gain, clamp);
+    const at::Tensor mean_c = m.contiguous(), rstd_c = r.contiguous();
+    const auto params = make_params(alpha, gain, clamp);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_backward_cpu", [&] {
       dispatch_act(act, [&]<Act A>() {
-        spade_backward_impl<A, scalar_t>(dy, x, gm, bt, mc, rc, pd, cl,
+        spade_backward_impl<A, scalar_t>(dy, x, gamma_c, beta_c, mean_c, rstd_c, params, cl,
                                          mask[0] ? dx.mutable_data_ptr<scalar_t>() : nullptr,
                                          mask[3] ? dg.mutable_data_ptr<scalar_t>() : nullptr,
                                          mask[4] ? dbt.mutable_data_ptr<scalar_t>() : nullptr,

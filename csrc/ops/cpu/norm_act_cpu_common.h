@@ -1,13 +1,18 @@
-// Small helpers shared by the upsample_norm_act / spade_norm_act CPU kernels (forward in
-// upsample_norm_act_kernel.cpp, backward in norm_act_backward_kernel.cpp).
+// What the upsample_norm_act / spade_norm_act CPU kernels share (forward: upsample_norm_act_kernel.cpp,
+// spade_norm_act_kernel.cpp; backward: norm_act_backward_kernel.cpp): interpolation tables, argument checks, the
+// vector load / store helpers (V), the fused epilogue (Epi) and the one-pass shifted statistics.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -79,5 +84,148 @@ inline std::pair<Mode, bias_act::Act> check_apply_args(std::string_view op, cons
 inline bias_act::Params<double> make_params(double alpha, double gain, std::optional<double> clamp) {
   return {alpha, gain, gain != 0 ? 1.0 / gain : 0.0, clamp.value_or(0.0), -clamp.value_or(0.0), clamp.has_value()};
 }
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------------------------------------------------------
+// vector helpers: a step is one Vectorized<scalar_t> (8 fp32, 4 fp64, 16 fp16/bf16 = two fp32 vectors)
+// ---------------------------------------------------------------------------------------------------------------
+template <class scalar_t>
+struct V {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  using sVec = Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  static constexpr int kN = kReduced ? 2 : 1;
+  static constexpr int64_t kF = fVec::size();
+  static constexpr int64_t kStep = sVec::size();
+  static_assert(kStep == kN * kF);
+  struct Pack {
+    fVec v[kN];
+  };
+  static Pack load(const scalar_t* p) {
+    Pack r;
+    if constexpr (kReduced) {
+      std::tie(r.v[0], r.v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
+    } else {
+      r.v[0] = fVec::loadu(p);
+    }
+    return r;
+  }
+  static Pack loadf(const opmath_t* p) {
+    Pack r;
+    for (int k = 0; k < kN; ++k) r.v[k] = fVec::loadu(p + k * kF);
+    return r;
+  }
+  static sVec pack(const fVec* v) {
+    if constexpr (kReduced) {
+      return at::vec::convert_from_float<scalar_t>(v[0], v[1]);
+    } else {
+      return v[0];
+    }
+  }
+  static void to_opmath(const scalar_t* src, opmath_t* dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + kStep <= n; i += kStep) {
+      const Pack p = load(src + i);
+      for (int k = 0; k < kN; ++k) p.v[k].store(dst + i + k * kF);
+    }
+    for (; i < n; ++i) dst[i] = opmath_t(src[i]);
+  }
+};
+
+// The epilogue clamp(act((u - m) * a + b) * gain), scalar and vector: bias_act's math (bias_act::apply), so the
+// vector lanes compute what bias_act's own vector loop computes. The mean is subtracted before scaling (not
+// folded into b) so that large means do not cancel in fp32.
+template <bias_act::Act A, class scalar_t>
+struct Epi {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  bias_act::Params<opmath_t> ps;
+  bias_act::Params<fVec> pv;
+  explicit Epi(const bias_act::Params<double>& params)
+      : ps(bias_act::cast_params<opmath_t>(params)), pv(bias_act::cast_params<fVec>(ps)) {}
+  scalar_t operator()(opmath_t u, opmath_t m, opmath_t a, opmath_t b) const {
+    return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, opmath_t(0), ps));
+  }
+  fVec operator()(const fVec& u, const fVec& m, const fVec& a, const fVec& b) const {
+    return bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, fVec(0), pv);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// statistics: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = one value of the group (a
+// representative value keeps the one-pass formula free of cancellation when |mean| >> std).
+// ---------------------------------------------------------------------------------------------------------------
+struct Acc {
+  double s1 = 0, s2 = 0;
+};
+
+// Adds the sums of (u_i - shift) and (u_i - shift)^2, i in [0, n), to a; lv(i) gives the opmath vector u_i..u_i+F-1,
+// ls(i) one value (tail). Four independent vector chains: a single fp64 add chain runs at the add latency. fp32:
+// differences and squares are summed in fp32 over blocks of at most kBlk values, and each block's totals are added
+// to the fp64 sums (the shift keeps the terms O(std), so a <= 256-term fp32 block sum loses ~1e-6 relative). Fixed
+// order: deterministic.
+template <class opmath_t, class LV, class LS>
+void shifted_sums(int64_t n, opmath_t shift, const LV& lv, const LS& ls, Acc& a) {
+  using fVec = Vectorized<opmath_t>;
+  constexpr int64_t F = fVec::size(), kU = 4 * F;
+  constexpr int64_t kBlk = std::is_same_v<opmath_t, float> ? 8 * kU : 64 * kU;
+  const fVec sh(shift);
+  int64_t i = 0;
+  while (i + kU <= n) {
+    const int64_t e = std::min(i + kBlk, n - (n - i) % kU);
+    fVec s1[4] = {fVec(0), fVec(0), fVec(0), fVec(0)}, s2[4] = {fVec(0), fVec(0), fVec(0), fVec(0)};
+    for (; i < e; i += kU)
+      for (int k = 0; k < 4; ++k) {
+        const fVec d = lv(i + k * F) - sh;
+        s1[k] = s1[k] + d;
+        s2[k] = at::vec::fmadd(d, d, s2[k]);
+      }
+    alignas(64) opmath_t b1[F], b2[F];
+    ((s1[0] + s1[1]) + (s1[2] + s1[3])).store(b1);
+    ((s2[0] + s2[1]) + (s2[2] + s2[3])).store(b2);
+    for (int64_t l = 0; l < F; ++l) a.s1 += double(b1[l]), a.s2 += double(b2[l]);
+  }
+  for (; i < n; ++i) {
+    const double d = double(ls(i)) - double(shift);
+    a.s1 += d;
+    a.s2 += d * d;
+  }
+}
+
+// The shifted sums of one contiguous NCHW plane of n values (nearest / scale 1: the statistics of x itself).
+// fp16/bf16 are converted to opmath in chunks of kSumChunk values through row (kSumChunk values or more).
+inline constexpr int64_t kSumChunk = 1024;
+template <class scalar_t>
+void plane_sums(const scalar_t* p, int64_t n, at::opmath_type<scalar_t> sh, Acc& a,
+                std::vector<at::opmath_type<scalar_t>>& row) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  if constexpr (V<scalar_t>::kReduced) {
+    for (int64_t i0 = 0; i0 < n; i0 += kSumChunk) {
+      const int64_t len = std::min(kSumChunk, n - i0);
+      V<scalar_t>::to_opmath(p + i0, row.data(), len);
+      const opmath_t* q = row.data();
+      shifted_sums<opmath_t>(len, sh, [&](int64_t i) { return fVec::loadu(q + i); }, [&](int64_t i) { return q[i]; },
+                             a);
+    }
+  } else {
+    shifted_sums<opmath_t>(n, sh, [&](int64_t i) { return fVec::loadu(p + i); }, [&](int64_t i) { return p[i]; }, a);
+  }
+}
+
+// mean and biased variance of a group of count values from its shifted sums (shift: the group's first value).
+template <class opmath_t>
+void finish_stats(const Acc& a, double shift, double count, opmath_t& mean, opmath_t& var) {
+  const double d = a.s1 / count;
+  mean = static_cast<opmath_t>(shift + d);
+  var = static_cast<opmath_t>(std::max(0.0, a.s2 / count - d * d));
+}
+
+// The statistics pass of upsample_norm_act_stats on a prepared x (contiguous NCHW, or channels_last when cl) into
+// mean / var (shape (C,) or (N, C), compute type); defined in upsample_norm_act_kernel.cpp. spade_norm_act_train's
+// two-pass path uses it, so both ops give the same bits.
+void stats_into(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean, at::Tensor& var);
 
 }  // namespace vkernels::norm_act

@@ -363,12 +363,10 @@ void run(const View& v, double eps) {
   // Spatial dims innermost (NCHW, dim=1). Work items are (outer row, chunk of inner columns) with chunks as wide as
   // an L1-resident accumulator array allows (whole 32x32 and 64x64 planes), because the cost here is DRAM access
   // pattern, not arithmetic: the sums pass then reads each outer row's C x chunk block as long sequential runs the
-  // hardware prefetchers follow (measured: 256-column chunks, i.e. 1 KB runs that hop 4 KB pages, and
-  // register-blocked 64-column strips were 1.4-1.6x slower than whole-plane chunks at 8x512x32x32; re-measured in
-  // pixnorm3 for 64/128/256 columns, which keep a C x chunk block L2-resident for the scale pass: still slower).
-  // The scale pass re-reads the block from L2/L3. The sums pass folds two channel rows into each load/fma/store of
-  // the accumulators to halve that L1 round trip. Chunks are narrowed only to give every thread work when outer is
-  // small.
+  // hardware prefetchers follow (narrower chunks, even ones that keep the block L2-resident for the scale pass, were
+  // slower: commit 95c1d5e). The scale pass re-reads the block from L2/L3. The sums pass folds two channel rows
+  // into each load/fma/store of the accumulators to halve that L1 round trip. Chunks are narrowed only to give every
+  // thread work when outer is small.
   constexpr int64_t kMaxChunk = max_chunk<scalar_t, kBackward>();
   static_assert(kMaxChunk % kStep == 0);
   const int64_t threads = at::get_num_threads();

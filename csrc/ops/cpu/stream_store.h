@@ -4,8 +4,7 @@
 // when the data does not fit the last-level cache anyway (else the output would have been consumed from cache), the
 // rule of thumb glibc's memcpy uses, AND when the output's pages are already mapped: outputs of >= 32 MiB come from
 // a fresh mmap per call, the kernel zeroes each page at first touch and leaves its lines cached, and streaming stores
-// to them measured slower (bias_act, modulated_conv2d's epilogue, spade_norm_act, upsample_norm_act; idle 2-core
-// EPYC VM). Measure before using them.
+// to them are slower (commit 19db2af). Measure before using them.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>

@@ -1,4 +1,5 @@
-// upsample_norm_act / spade_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply).
+// upsample_norm_act on CPU (see ops/upsample_norm_act.h for the split into stats + apply; the vector helpers and the
+// shifted statistics it shares with spade_norm_act are in norm_act_cpu_common.h).
 // fp16/bf16 computed in fp32 (loaded / stored through at::vec conversions), fp64 in fp64.
 // Per element of the output (s = scale, M = N*C*H*W input elements, 4 = sizeof(fp32)):
 //  - stats: one pass, sums of (u - shift) and (u - shift)^2, shift = the group's first value (keeps the one-pass
@@ -6,16 +7,14 @@
 //    folded into fp64 (shifted_sums), channels_last: fp64. Nearest: nearest upsampling by an integer factor
 //    repeats every input value s*s times, so the statistics are those of x itself: reads x once (M*4 bytes).
 //    Bilinear NCHW: from x alone through the Gram form of the interpolation (BilStats): reads x once, ~8 FLOPs
-//    per input element, no upsampled value is formed. Bilinear channels_last: blended per output pixel. channels_last: per-channel partial sums per
-//    (sample, block of rows), combined in a fixed order (deterministic for any thread count).
+//    per input element, no upsampled value is formed. Bilinear channels_last: blended per output pixel.
+//    channels_last: per-channel partial sums per (sample, block of rows), combined in a fixed order (deterministic
+//    for any thread count).
 //  - apply: reads x once, writes the s*s*M outputs once, vectorised with at::vec; nearest evaluates the activation
 //    once per input element (1 FMA + act per input) and for s == 2 interleaves each result vector with itself and
 //    stores it to both output rows from registers; bilinear interpolates each input row horizontally once, then
 //    every output row is one vector pass (2 mul + 1 add blend, FMA + act per output); s == 2 NCHW normalises x
 //    before interpolating and writes both output rows of an input row pair in one loop (mul + FMA + act per output).
-//  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.
-//    spade training forward (spade_train_cpu, NCHW): statistics and apply per statistics group in one parallel
-//    region, the group re-read from L2 / L3: DRAM traffic 4 * M * 4 bytes (x, gamma, beta, out) instead of 5.
 // The per-element activation / gain / clamp is bias_act's (ops/bias_act_math.h, bias_act::apply, instantiated on
 // scalars for the tails and on at::vec vectors for the body, as bias_act's own CPU loop does).
 // Layouts: NCHW (and any non-channels_last strides, read through a contiguous copy): parallel over planes / input
@@ -44,72 +43,6 @@ namespace {
 
 using at::vec::Vectorized;
 using bias_act::Act;
-
-// ---------------------------------------------------------------------------------------------------------------
-// vector helpers: a step is one Vectorized<scalar_t> (8 fp32, 4 fp64, 16 fp16/bf16 = two fp32 vectors)
-// ---------------------------------------------------------------------------------------------------------------
-template <class scalar_t>
-struct V {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = Vectorized<opmath_t>;
-  using sVec = Vectorized<scalar_t>;
-  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
-  static constexpr int kN = kReduced ? 2 : 1;
-  static constexpr int64_t kF = fVec::size();
-  static constexpr int64_t kStep = sVec::size();
-  static_assert(kStep == kN * kF);
-  struct Pack {
-    fVec v[kN];
-  };
-  static Pack load(const scalar_t* p) {
-    Pack r;
-    if constexpr (kReduced) {
-      std::tie(r.v[0], r.v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
-    } else {
-      r.v[0] = fVec::loadu(p);
-    }
-    return r;
-  }
-  static Pack loadf(const opmath_t* p) {
-    Pack r;
-    for (int k = 0; k < kN; ++k) r.v[k] = fVec::loadu(p + k * kF);
-    return r;
-  }
-  static sVec pack(const fVec* v) {
-    if constexpr (kReduced) {
-      return at::vec::convert_from_float<scalar_t>(v[0], v[1]);
-    } else {
-      return v[0];
-    }
-  }
-  static void to_opmath(const scalar_t* src, opmath_t* dst, int64_t n) {
-    int64_t i = 0;
-    for (; i + kStep <= n; i += kStep) {
-      const Pack p = load(src + i);
-      for (int k = 0; k < kN; ++k) p.v[k].store(dst + i + k * kF);
-    }
-    for (; i < n; ++i) dst[i] = opmath_t(src[i]);
-  }
-};
-
-// The epilogue clamp(act((u - m) * a + b) * gain), scalar and vector: bias_act's math (bias_act::apply), so the
-// vector lanes compute what bias_act's own vector loop computes. The mean is subtracted before scaling (not
-// folded into b) so that large means do not cancel in fp32.
-template <Act A, class scalar_t>
-struct Epi {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = Vectorized<opmath_t>;
-  bias_act::Params<opmath_t> ps;
-  bias_act::Params<fVec> pv;
-  explicit Epi(const bias_act::Params<double>& pd)
-      : ps(bias_act::cast_params<opmath_t>(pd)), pv(bias_act::cast_params<fVec>(ps)) {}
-  scalar_t operator()(opmath_t u, opmath_t m, opmath_t a, opmath_t b) const {
-    return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, opmath_t(0), ps));
-  }
-  fVec operator()(const fVec& u, const fVec& m, const fVec& a, const fVec& b) const {
-    return bias_act::apply<A, bias_act::Mode::kForward>((u - m) * a, b, fVec(0), pv);
-  }
-};
 
 // Horizontal linear interpolation of one input row (W values) into OW = W * s opmath values. For s == 2 the interior
 // is vectorised: even outputs blend x[k-1], x[k], odd ones x[k], x[k+1], with the same (constant) weights make_lin
@@ -172,76 +105,6 @@ struct RowPair {
     return buf.data() + j * h.OW;
   }
 };
-
-// ---------------------------------------------------------------------------------------------------------------
-// statistics: one pass, sums of (u - shift) and (u - shift)^2 in fp64, shift = one value of the group (a
-// representative value keeps the one-pass formula free of cancellation when |mean| >> std).
-// ---------------------------------------------------------------------------------------------------------------
-struct Acc {
-  double s1 = 0, s2 = 0;
-};
-
-// Adds the sums of (u_i - shift) and (u_i - shift)^2, i in [0, n), to a; lv(i) gives the opmath vector u_i..u_i+F-1,
-// ls(i) one value (tail). Four independent vector chains: a single fp64 add chain ran at the add latency (the
-// statistics pass of spade_norm_act took ~0.4x a clone of x; now ~0.2x). fp32: differences and squares are summed in
-// fp32 over blocks of at most kBlk values, and each block's totals are added to the fp64 sums (the shift keeps the
-// terms O(std), so a <= 256-term fp32 block sum loses ~1e-6 relative). Fixed order: deterministic.
-template <class opmath_t, class LV, class LS>
-void shifted_sums(int64_t n, opmath_t shift, const LV& lv, const LS& ls, Acc& a) {
-  using fVec = Vectorized<opmath_t>;
-  constexpr int64_t F = fVec::size(), kU = 4 * F;
-  constexpr int64_t kBlk = std::is_same_v<opmath_t, float> ? 8 * kU : 64 * kU;
-  const fVec sh(shift);
-  int64_t i = 0;
-  while (i + kU <= n) {
-    const int64_t e = std::min(i + kBlk, n - (n - i) % kU);
-    fVec s1[4] = {fVec(0), fVec(0), fVec(0), fVec(0)}, s2[4] = {fVec(0), fVec(0), fVec(0), fVec(0)};
-    for (; i < e; i += kU)
-      for (int k = 0; k < 4; ++k) {
-        const fVec d = lv(i + k * F) - sh;
-        s1[k] = s1[k] + d;
-        s2[k] = at::vec::fmadd(d, d, s2[k]);
-      }
-    alignas(64) opmath_t b1[F], b2[F];
-    ((s1[0] + s1[1]) + (s1[2] + s1[3])).store(b1);
-    ((s2[0] + s2[1]) + (s2[2] + s2[3])).store(b2);
-    for (int64_t l = 0; l < F; ++l) a.s1 += double(b1[l]), a.s2 += double(b2[l]);
-  }
-  for (; i < n; ++i) {
-    const double d = double(ls(i)) - double(shift);
-    a.s1 += d;
-    a.s2 += d * d;
-  }
-}
-
-// The shifted sums of one contiguous NCHW plane of n values (nearest / scale 1: the statistics of x itself).
-// fp16/bf16 are converted to opmath in chunks of kSumChunk values through row (kSumChunk values or more).
-constexpr int64_t kSumChunk = 1024;
-template <class scalar_t>
-void plane_sums(const scalar_t* p, int64_t n, at::opmath_type<scalar_t> sh, Acc& a,
-                std::vector<at::opmath_type<scalar_t>>& row) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  using fVec = Vectorized<opmath_t>;
-  if constexpr (V<scalar_t>::kReduced) {
-    for (int64_t i0 = 0; i0 < n; i0 += kSumChunk) {
-      const int64_t len = std::min(kSumChunk, n - i0);
-      V<scalar_t>::to_opmath(p + i0, row.data(), len);
-      const opmath_t* q = row.data();
-      shifted_sums<opmath_t>(len, sh, [&](int64_t i) { return fVec::loadu(q + i); }, [&](int64_t i) { return q[i]; },
-                             a);
-    }
-  } else {
-    shifted_sums<opmath_t>(n, sh, [&](int64_t i) { return fVec::loadu(p + i); }, [&](int64_t i) { return p[i]; }, a);
-  }
-}
-
-// mean and biased variance of a group of count values from its shifted sums (shift: the group's first value).
-template <class opmath_t>
-void finish_stats(const Acc& a, double shift, double count, opmath_t& mean, opmath_t& var) {
-  const double d = a.s1 / count;
-  mean = static_cast<opmath_t>(shift + d);
-  var = static_cast<opmath_t>(std::max(0.0, a.s2 / count - d * d));
-}
 
 // Bilinear statistics without forming the upsampled values. Separable linear interpolation is u = A_h X A_w^T
 // (A: make_lin's table as a matrix, every output row blending two neighbouring inputs), so with d = x - shift
@@ -470,260 +333,350 @@ std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x_in, int64_t sca
   }
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_cpu",
-                                  [&] { stats_cpu_impl<scalar_t>(x, scale, mode, per_sample, cl, mean, var); });
+  stats_into(x, scale, mode, per_sample, cl, mean, var);
   return {mean, var};
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // apply: out = clamp(act(up(x) * a + b) * gain)
 // ---------------------------------------------------------------------------------------------------------------
+// What every apply path reads: the input, the per-(n, c) mean / a / b (opmath), the output and the epilogue.
 template <Act A, class scalar_t>
-void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b, int64_t s,
-                    Mode mode, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
+struct ApplyArgs {
+  const scalar_t* x;
+  const at::opmath_type<scalar_t>* mean;
+  const at::opmath_type<scalar_t>* a;
+  const at::opmath_type<scalar_t>* b;
+  scalar_t* out;
+  int64_t N, C, H, W, s;
+  Epi<A, scalar_t> f;
+};
+
+// Vector epilogue of kStep values u (opmath) with per-channel constants (broadcast or rows).
+template <Act A, class scalar_t>
+inline void epilogue_step(const Epi<A, scalar_t>& f, const typename V<scalar_t>::fVec* u,
+                          const typename V<scalar_t>::fVec* mv, const typename V<scalar_t>::fVec* av,
+                          const typename V<scalar_t>::fVec* bv, typename V<scalar_t>::fVec* y) {
+  for (int k = 0; k < V<scalar_t>::kN; ++k) y[k] = f(u[k], mv[k], av[k], bv[k]);
+}
+
+// Nearest (or no) upsampling, NCHW.
+template <Act A, class scalar_t>
+void apply_nearest_nchw(const ApplyArgs<A, scalar_t>& g) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, s = g.s, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // One input row -> s output rows: the activation runs once per input element; for s == 2 each result vector
+  // is interleaved with itself and stored to both output rows from registers.
+  at::parallel_for(0, N * C * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1)),
+                   [&](int64_t r0, int64_t r1) {
+    std::vector<scalar_t> tmp(s > 2 ? W : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t nc = r / H, h = r % H;
+      const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+      fVec mvv[kN], avv[kN], bvv[kN];
+      for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
+      const scalar_t* src = xp + r * W;
+      scalar_t* dst = op + (nc * OH + h * s) * OW;
+      int64_t w = 0;
+      if (s == 1) {
+        for (; w + kStep <= W; w += kStep) {
+          fVec y[kN];
+          epilogue_step(f, T::load(src + w).v, mvv, avv, bvv, y);
+          T::pack(y).store(dst + w);
+        }
+        for (; w < W; ++w) dst[w] = f(opmath_t(src[w]), mv, av, bv);
+      } else if (s == 2) {
+        for (; w + kStep <= W; w += kStep) {
+          fVec y[kN], z[2 * kN];
+          epilogue_step(f, T::load(src + w).v, mvv, avv, bvv, y);
+          for (int k = 0; k < kN; ++k) std::tie(z[2 * k], z[2 * k + 1]) = at::vec::interleave2(y[k], y[k]);
+          for (int k = 0; k < 2; ++k) {
+            const auto sv = T::pack(z + k * kN);
+            sv.store(dst + 2 * w + k * kStep);
+            sv.store(dst + OW + 2 * w + k * kStep);
+          }
+        }
+        for (; w < W; ++w) {
+          const scalar_t t = f(opmath_t(src[w]), mv, av, bv);
+          dst[2 * w] = dst[2 * w + 1] = dst[OW + 2 * w] = dst[OW + 2 * w + 1] = t;
+        }
+      } else {
+        for (; w + kStep <= W; w += kStep) {
+          fVec y[kN];
+          epilogue_step(f, T::load(src + w).v, mvv, avv, bvv, y);
+          T::pack(y).store(tmp.data() + w);
+        }
+        for (; w < W; ++w) tmp[w] = f(opmath_t(src[w]), mv, av, bv);
+        for (int64_t i = 0; i < W; ++i)
+          for (int64_t k = 0; k < s; ++k) dst[i * s + k] = tmp[i];
+        for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW, dst, OW * sizeof(scalar_t));
+      }
+    }
+  });
+}
+
+// Nearest (or no) upsampling, channels_last.
+template <Act A, class scalar_t>
+void apply_nearest_cl(const ApplyArgs<A, scalar_t>& g) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, s = g.s, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // channels_last: each pixel's C values are one vector run, stored to its s*s output pixels.
+  at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / H, h = r % H;
+      const opmath_t* mr = mp + n * C;
+      const opmath_t* ar = ap + n * C;
+      const opmath_t* br = bp + n * C;
+      const scalar_t* src = xp + r * W * C;
+      scalar_t* dst = op + ((n * OH + h * s) * OW) * C;
+      for (int64_t w = 0; w < W; ++w) {
+        const scalar_t* sp = src + w * C;
+        scalar_t* d0 = dst + w * s * C;
+        int64_t c = 0;
+        for (; c + kStep <= C; c += kStep) {
+          fVec y[kN];
+          epilogue_step(f, T::load(sp + c).v, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, y);
+          const auto sv = T::pack(y);
+          for (int64_t dy = 0; dy < s; ++dy)
+            for (int64_t dx = 0; dx < s; ++dx) sv.store(d0 + (dy * OW + dx) * C + c);
+        }
+        for (; c < C; ++c) {
+          const scalar_t t = f(opmath_t(sp[c]), mr[c], ar[c], br[c]);
+          for (int64_t dy = 0; dy < s; ++dy)
+            for (int64_t dx = 0; dx < s; ++dx) d0[(dy * OW + dx) * C + c] = t;
+        }
+      }
+    }
+  });
+}
+
+// Bilinear upsampling by 2, NCHW.
+template <Act A, class scalar_t>
+void apply_bilinear2_nchw(const ApplyArgs<A, scalar_t>& g) {
   using T = V<scalar_t>;
   using opmath_t = typename T::opmath_t;
   using fVec = typename T::fVec;
   constexpr int kN = T::kN;
   constexpr int64_t kF = T::kF, kStep = T::kStep;
-  const Epi<A, scalar_t> f(pd);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OH = H * s, OW = W * s;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const opmath_t* mp = m.const_data_ptr<opmath_t>();
-  const opmath_t* ap = a.const_data_ptr<opmath_t>();
-  const opmath_t* bp = b.const_data_ptr<opmath_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  const bool bil = mode == Mode::kBilinear && s > 1;
-  // Vector epilogue of kStep values u (opmath) with per-channel constants (broadcast or rows).
-  auto vf = [&](const fVec* u, const fVec* mv, const fVec* av, const fVec* bv, fVec* y) {
-    for (int k = 0; k < kN; ++k) y[k] = f(u[k], mv[k], av[k], bv[k]);
-  };
-  if (!bil) {
-    if (!cl) {
-      // One input row -> s output rows: the activation runs once per input element; for s == 2 each result vector
-      // is interleaved with itself and stored to both output rows from registers.
-      at::parallel_for(0, N * C * H, std::max<int64_t>(1, 4096 / std::max<int64_t>(W * s * s, 1)),
-                       [&](int64_t r0, int64_t r1) {
-        std::vector<scalar_t> tmp(s > 2 ? W : 0);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t nc = r / H, h = r % H;
-          const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
-          fVec mvv[kN], avv[kN], bvv[kN];
-          for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
-          const scalar_t* src = xp + r * W;
-          scalar_t* dst = op + (nc * OH + h * s) * OW;
-          int64_t w = 0;
-          if (s == 1) {
-            for (; w + kStep <= W; w += kStep) {
-              fVec y[kN];
-              vf(T::load(src + w).v, mvv, avv, bvv, y);
-              T::pack(y).store(dst + w);
-            }
-            for (; w < W; ++w) dst[w] = f(opmath_t(src[w]), mv, av, bv);
-          } else if (s == 2) {
-            for (; w + kStep <= W; w += kStep) {
-              fVec y[kN], z[2 * kN];
-              vf(T::load(src + w).v, mvv, avv, bvv, y);
-              for (int k = 0; k < kN; ++k) std::tie(z[2 * k], z[2 * k + 1]) = at::vec::interleave2(y[k], y[k]);
-              for (int k = 0; k < 2; ++k) {
-                const auto sv = T::pack(z + k * kN);
-                sv.store(dst + 2 * w + k * kStep);
-                sv.store(dst + OW + 2 * w + k * kStep);
-              }
-            }
-            for (; w < W; ++w) {
-              const scalar_t t = f(opmath_t(src[w]), mv, av, bv);
-              dst[2 * w] = dst[2 * w + 1] = dst[OW + 2 * w] = dst[OW + 2 * w + 1] = t;
-            }
-          } else {
-            for (; w + kStep <= W; w += kStep) {
-              fVec y[kN];
-              vf(T::load(src + w).v, mvv, avv, bvv, y);
-              T::pack(y).store(tmp.data() + w);
-            }
-            for (; w < W; ++w) tmp[w] = f(opmath_t(src[w]), mv, av, bv);
-            for (int64_t i = 0; i < W; ++i)
-              for (int64_t k = 0; k < s; ++k) dst[i * s + k] = tmp[i];
-            for (int64_t k = 1; k < s; ++k) std::memcpy(dst + k * OW, dst, OW * sizeof(scalar_t));
-          }
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // s == 2: output rows 2k+1, 2k+2 both blend input rows k, k+1 with the constant weights (3/4, 1/4), (1/4, 3/4)
+  // (make_lin's, exact in binary); columns likewise. The affine is applied to x before interpolating (the weights
+  // sum to 1: (up(x) - m) * a = up((x - m) * a)): 2 FLOPs per input instead of per output. Each input row is
+  // normalised (t), interpolated horizontally once (h, 2 mul + 2 FMA + interleave per input vector), and both
+  // output rows it shares with the previous input row are emitted in one loop from the same loads (mul + FMA +
+  // the activation per output). Rows 0 and OH-1 are the edge rows' h itself.
+  const int64_t Wr = (W + kF - 1) / kF * kF;
+  at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (OH * OW)), [&](int64_t p0, int64_t p1) {
+    std::vector<opmath_t> t(Wr + 2), hb(2 * 2 * Wr);
+    const fVec q1(opmath_t(0.25)), q3(opmath_t(0.75)), zv(0);
+    for (int64_t p = p0; p < p1; ++p) {
+      const opmath_t mv = mp[p], av = ap[p], bv = bp[p];
+      const fVec mvv(mv), avv(av), bvv(bv);
+      const scalar_t* src = xp + p * H * W;
+      scalar_t* dst = op + p * OH * OW;
+      auto hrow = [&](int64_t k, opmath_t* h) {
+        const scalar_t* r = src + k * W;
+        opmath_t* tt = t.data() + 1;
+        int64_t j = 0;
+        for (; j + kStep <= W; j += kStep) {
+          const auto v = T::load(r + j);
+          for (int q = 0; q < kN; ++q) ((v.v[q] - mvv) * avv).store(tt + j + q * kF);
         }
-      });
-    } else {
-      // channels_last: each pixel's C values are one vector run, stored to its s*s output pixels.
-      at::parallel_for(0, N * H, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t n = r / H, h = r % H;
-          const opmath_t* mr = mp + n * C;
-          const opmath_t* ar = ap + n * C;
-          const opmath_t* br = bp + n * C;
-          const scalar_t* src = xp + r * W * C;
-          scalar_t* dst = op + ((n * OH + h * s) * OW) * C;
-          for (int64_t w = 0; w < W; ++w) {
-            const scalar_t* sp = src + w * C;
-            scalar_t* d0 = dst + w * s * C;
-            int64_t c = 0;
-            for (; c + kStep <= C; c += kStep) {
-              fVec y[kN];
-              vf(T::load(sp + c).v, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, y);
-              const auto sv = T::pack(y);
-              for (int64_t dy = 0; dy < s; ++dy)
-                for (int64_t dx = 0; dx < s; ++dx) sv.store(d0 + (dy * OW + dx) * C + c);
-            }
-            for (; c < C; ++c) {
-              const scalar_t t = f(opmath_t(sp[c]), mr[c], ar[c], br[c]);
-              for (int64_t dy = 0; dy < s; ++dy)
-                for (int64_t dx = 0; dx < s; ++dx) d0[(dy * OW + dx) * C + c] = t;
-            }
-          }
+        for (; j < W; ++j) tt[j] = (opmath_t(r[j]) - mv) * av;
+        tt[-1] = tt[0], tt[W] = tt[W - 1];  // edge columns blend with themselves (make_lin clamps)
+        for (j = 0; j + kF <= W; j += kF) {
+          const fVec xm = fVec::loadu(tt + j - 1), x0 = fVec::loadu(tt + j), xq = fVec::loadu(tt + j + 1);
+          auto [lo, hi] = at::vec::interleave2(at::vec::fmadd(q3, x0, q1 * xm), at::vec::fmadd(q1, xq, q3 * x0));
+          lo.store(h + 2 * j);
+          hi.store(h + 2 * j + kF);
         }
-      });
-    }
-    return;
-  }
-  const auto lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
-  if (!cl && s == 2) {
-    // s == 2: output rows 2k+1, 2k+2 both blend input rows k, k+1 with the constant weights (3/4, 1/4), (1/4, 3/4)
-    // (make_lin's, exact in binary); columns likewise. The affine is applied to x before interpolating (the weights
-    // sum to 1: (up(x) - m) * a = up((x - m) * a)): 2 FLOPs per input instead of per output. Each input row is
-    // normalised (t), interpolated horizontally once (h, 2 mul + 2 FMA + interleave per input vector), and both
-    // output rows it shares with the previous input row are emitted in one loop from the same loads (mul + FMA +
-    // the activation per output). Rows 0 and OH-1 are the edge rows' h itself.
-    const int64_t Wr = (W + kF - 1) / kF * kF;
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / (OH * OW)), [&](int64_t p0, int64_t p1) {
-      std::vector<opmath_t> t(Wr + 2), hb(2 * 2 * Wr);
-      const fVec q1(opmath_t(0.25)), q3(opmath_t(0.75)), zv(0);
-      for (int64_t p = p0; p < p1; ++p) {
-        const opmath_t mv = mp[p], av = ap[p], bv = bp[p];
-        const fVec mvv(mv), avv(av), bvv(bv);
-        const scalar_t* src = xp + p * H * W;
-        scalar_t* dst = op + p * OH * OW;
-        auto hrow = [&](int64_t k, opmath_t* h) {
-          const scalar_t* r = src + k * W;
-          opmath_t* tt = t.data() + 1;
-          int64_t j = 0;
-          for (; j + kStep <= W; j += kStep) {
-            const auto v = T::load(r + j);
-            for (int q = 0; q < kN; ++q) ((v.v[q] - mvv) * avv).store(tt + j + q * kF);
-          }
-          for (; j < W; ++j) tt[j] = (opmath_t(r[j]) - mv) * av;
-          tt[-1] = tt[0], tt[W] = tt[W - 1];  // edge columns blend with themselves (make_lin clamps)
-          for (j = 0; j + kF <= W; j += kF) {
-            const fVec xm = fVec::loadu(tt + j - 1), x0 = fVec::loadu(tt + j), xq = fVec::loadu(tt + j + 1);
-            auto [lo, hi] = at::vec::interleave2(at::vec::fmadd(q3, x0, q1 * xm), at::vec::fmadd(q1, xq, q3 * x0));
-            lo.store(h + 2 * j);
-            hi.store(h + 2 * j + kF);
-          }
-          for (; j < W; ++j) {
-            h[2 * j] = opmath_t(0.75) * tt[j] + opmath_t(0.25) * tt[j - 1];
-            h[2 * j + 1] = opmath_t(0.25) * tt[j + 1] + opmath_t(0.75) * tt[j];
-          }
-          h[0] = tt[0];
-        };
-        auto epi = [&](const fVec& u) { return bias_act::apply<A, bias_act::Mode::kForward>(u, bvv, zv, f.pv); };
-        auto epis = [&](opmath_t u) {
-          return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>(u, bv, opmath_t(0), f.ps));
-        };
-        auto emit1 = [&](const opmath_t* h, scalar_t* d) {
-          int64_t o = 0;
-          for (; o + kStep <= OW; o += kStep) {
-            fVec z[kN];
-            for (int q = 0; q < kN; ++q) z[q] = epi(fVec::loadu(h + o + q * kF));
-            T::pack(z).store(d + o);
-          }
-          for (; o < OW; ++o) d[o] = epis(h[o]);
-        };
-        auto emit2 = [&](const opmath_t* h0, const opmath_t* h1, scalar_t* d) {
-          int64_t o = 0;
-          for (; o + kStep <= OW; o += kStep) {
-            fVec z0[kN], z1[kN];
-            for (int q = 0; q < kN; ++q) {
-              const fVec a0 = fVec::loadu(h0 + o + q * kF), a1 = fVec::loadu(h1 + o + q * kF);
-              z0[q] = epi(at::vec::fmadd(q1, a1, q3 * a0));
-              z1[q] = epi(at::vec::fmadd(q3, a1, q1 * a0));
-            }
-            T::pack(z0).store(d + o);
-            T::pack(z1).store(d + OW + o);
-          }
-          for (; o < OW; ++o) {
-            d[o] = epis(opmath_t(0.75) * h0[o] + opmath_t(0.25) * h1[o]);
-            d[OW + o] = epis(opmath_t(0.25) * h0[o] + opmath_t(0.75) * h1[o]);
-          }
-        };
-        opmath_t* hr[2] = {hb.data(), hb.data() + 2 * Wr};
-        hrow(0, hr[0]);
-        emit1(hr[0], dst);
-        for (int64_t k = 1; k < H; ++k) {
-          hrow(k, hr[k & 1]);
-          emit2(hr[(k - 1) & 1], hr[k & 1], dst + (2 * k - 1) * OW);
+        for (; j < W; ++j) {
+          h[2 * j] = opmath_t(0.75) * tt[j] + opmath_t(0.25) * tt[j - 1];
+          h[2 * j + 1] = opmath_t(0.25) * tt[j + 1] + opmath_t(0.75) * tt[j];
         }
-        emit1(hr[(H - 1) & 1], dst + (OH - 1) * OW);
+        h[0] = tt[0];
+      };
+      auto epi = [&](const fVec& u) { return bias_act::apply<A, bias_act::Mode::kForward>(u, bvv, zv, f.pv); };
+      auto epis = [&](opmath_t u) {
+        return static_cast<scalar_t>(bias_act::apply<A, bias_act::Mode::kForward>(u, bv, opmath_t(0), f.ps));
+      };
+      auto emit1 = [&](const opmath_t* h, scalar_t* d) {
+        int64_t o = 0;
+        for (; o + kStep <= OW; o += kStep) {
+          fVec z[kN];
+          for (int q = 0; q < kN; ++q) z[q] = epi(fVec::loadu(h + o + q * kF));
+          T::pack(z).store(d + o);
+        }
+        for (; o < OW; ++o) d[o] = epis(h[o]);
+      };
+      auto emit2 = [&](const opmath_t* h0, const opmath_t* h1, scalar_t* d) {
+        int64_t o = 0;
+        for (; o + kStep <= OW; o += kStep) {
+          fVec z0[kN], z1[kN];
+          for (int q = 0; q < kN; ++q) {
+            const fVec a0 = fVec::loadu(h0 + o + q * kF), a1 = fVec::loadu(h1 + o + q * kF);
+            z0[q] = epi(at::vec::fmadd(q1, a1, q3 * a0));
+            z1[q] = epi(at::vec::fmadd(q3, a1, q1 * a0));
+          }
+          T::pack(z0).store(d + o);
+          T::pack(z1).store(d + OW + o);
+        }
+        for (; o < OW; ++o) {
+          d[o] = epis(opmath_t(0.75) * h0[o] + opmath_t(0.25) * h1[o]);
+          d[OW + o] = epis(opmath_t(0.25) * h0[o] + opmath_t(0.75) * h1[o]);
+        }
+      };
+      opmath_t* hr[2] = {hb.data(), hb.data() + 2 * Wr};
+      hrow(0, hr[0]);
+      emit1(hr[0], dst);
+      for (int64_t k = 1; k < H; ++k) {
+        hrow(k, hr[k & 1]);
+        emit2(hr[(k - 1) & 1], hr[k & 1], dst + (2 * k - 1) * OW);
       }
-    });
-  } else if (!cl) {
-    // Output rows of a plane in order; each input row is horizontally interpolated once (RowPair), then every
-    // output row is a vertical blend of two such rows + the epilogue, one vector pass.
-    at::parallel_for(0, N * C * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
-      RowPair<scalar_t> rp(lw, W, s);
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t nc = r / OH, oh = r % OH;
-        const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
-        fVec mvv[kN], avv[kN], bvv[kN];
-        for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
-        const auto& y = lh[oh];
-        const scalar_t* plane = xp + nc * H * W;
-        const opmath_t* h0 = rp.get(nc * H + y.i0, plane + y.i0 * W, nc * H + y.i1);
-        const opmath_t* h1 = rp.get(nc * H + y.i1, plane + y.i1 * W, nc * H + y.i0);
-        scalar_t* dst = op + r * OW;
-        const fVec l0(y.l0), l1(y.l1);
-        int64_t ow = 0;
-        for (; ow + kStep <= OW; ow += kStep) {
+      emit1(hr[(H - 1) & 1], dst + (OH - 1) * OW);
+    }
+  });
+}
+
+// Bilinear upsampling by any s > 1, NCHW.
+template <Act A, class scalar_t>
+void apply_bilinear_nchw(const ApplyArgs<A, scalar_t>& g,
+                         const std::vector<Lin<at::opmath_type<scalar_t>>>& lh,
+                         const std::vector<Lin<at::opmath_type<scalar_t>>>& lw) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kF = T::kF, kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, s = g.s, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  // Output rows of a plane in order; each input row is horizontally interpolated once (RowPair), then every
+  // output row is a vertical blend of two such rows + the epilogue, one vector pass.
+  at::parallel_for(0, N * C * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
+    RowPair<scalar_t> rp(lw, W, s);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t nc = r / OH, oh = r % OH;
+      const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+      fVec mvv[kN], avv[kN], bvv[kN];
+      for (int k = 0; k < kN; ++k) mvv[k] = fVec(mv), avv[k] = fVec(av), bvv[k] = fVec(bv);
+      const auto& y = lh[oh];
+      const scalar_t* plane = xp + nc * H * W;
+      const opmath_t* h0 = rp.get(nc * H + y.i0, plane + y.i0 * W, nc * H + y.i1);
+      const opmath_t* h1 = rp.get(nc * H + y.i1, plane + y.i1 * W, nc * H + y.i0);
+      scalar_t* dst = op + r * OW;
+      const fVec l0(y.l0), l1(y.l1);
+      int64_t ow = 0;
+      for (; ow + kStep <= OW; ow += kStep) {
+        fVec u[kN], z[kN];
+        for (int k = 0; k < kN; ++k)
+          u[k] = l0 * fVec::loadu(h0 + ow + k * kF) + l1 * fVec::loadu(h1 + ow + k * kF);
+        epilogue_step(f, u, mvv, avv, bvv, z);
+        T::pack(z).store(dst + ow);
+      }
+      for (; ow < OW; ++ow) dst[ow] = f(y.l0 * h0[ow] + y.l1 * h1[ow], mv, av, bv);
+    }
+  });
+}
+
+// Bilinear upsampling by any s > 1, channels_last.
+template <Act A, class scalar_t>
+void apply_bilinear_cl(const ApplyArgs<A, scalar_t>& g,
+                       const std::vector<Lin<at::opmath_type<scalar_t>>>& lh,
+                       const std::vector<Lin<at::opmath_type<scalar_t>>>& lw) {
+  using T = V<scalar_t>;
+  using opmath_t = typename T::opmath_t;
+  using fVec = typename T::fVec;
+  constexpr int kN = T::kN;
+  constexpr int64_t kStep = T::kStep;
+  const Epi<A, scalar_t> f = g.f;
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W, OH = g.H * g.s, OW = g.W * g.s;
+  const scalar_t* xp = g.x;
+  const opmath_t* mp = g.mean;
+  const opmath_t* ap = g.a;
+  const opmath_t* bp = g.b;
+  scalar_t* op = g.out;
+  at::parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      const opmath_t* mr = mp + n * C;
+      const opmath_t* ar = ap + n * C;
+      const opmath_t* br = bp + n * C;
+      const auto& y = lh[oh];
+      const scalar_t* s0 = xp + (n * H + y.i0) * W * C;
+      const scalar_t* s1 = xp + (n * H + y.i1) * W * C;
+      scalar_t* dst = op + r * OW * C;
+      const fVec yl0(y.l0), yl1(y.l1);
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        const auto& q = lw[ow];
+        const fVec ql0(q.l0), ql1(q.l1);
+        const scalar_t* p00 = s0 + q.i0 * C;
+        const scalar_t* p01 = s0 + q.i1 * C;
+        const scalar_t* p10 = s1 + q.i0 * C;
+        const scalar_t* p11 = s1 + q.i1 * C;
+        scalar_t* d = dst + ow * C;
+        int64_t c = 0;
+        for (; c + kStep <= C; c += kStep) {
+          const auto a00 = T::load(p00 + c), a01 = T::load(p01 + c), a10 = T::load(p10 + c), a11 = T::load(p11 + c);
           fVec u[kN], z[kN];
           for (int k = 0; k < kN; ++k)
-            u[k] = l0 * fVec::loadu(h0 + ow + k * kF) + l1 * fVec::loadu(h1 + ow + k * kF);
-          vf(u, mvv, avv, bvv, z);
-          T::pack(z).store(dst + ow);
+            u[k] = yl0 * (ql0 * a00.v[k] + ql1 * a01.v[k]) + yl1 * (ql0 * a10.v[k] + ql1 * a11.v[k]);
+          epilogue_step(f, u, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, z);
+          T::pack(z).store(d + c);
         }
-        for (; ow < OW; ++ow) dst[ow] = f(y.l0 * h0[ow] + y.l1 * h1[ow], mv, av, bv);
-      }
-    });
-  } else {
-    at::parallel_for(0, N * OH, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / OH, oh = r % OH;
-        const opmath_t* mr = mp + n * C;
-        const opmath_t* ar = ap + n * C;
-        const opmath_t* br = bp + n * C;
-        const auto& y = lh[oh];
-        const scalar_t* s0 = xp + (n * H + y.i0) * W * C;
-        const scalar_t* s1 = xp + (n * H + y.i1) * W * C;
-        scalar_t* dst = op + r * OW * C;
-        const fVec yl0(y.l0), yl1(y.l1);
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const auto& q = lw[ow];
-          const fVec ql0(q.l0), ql1(q.l1);
-          const scalar_t* p00 = s0 + q.i0 * C;
-          const scalar_t* p01 = s0 + q.i1 * C;
-          const scalar_t* p10 = s1 + q.i0 * C;
-          const scalar_t* p11 = s1 + q.i1 * C;
-          scalar_t* d = dst + ow * C;
-          int64_t c = 0;
-          for (; c + kStep <= C; c += kStep) {
-            const auto a00 = T::load(p00 + c), a01 = T::load(p01 + c), a10 = T::load(p10 + c), a11 = T::load(p11 + c);
-            fVec u[kN], z[kN];
-            for (int k = 0; k < kN; ++k)
-              u[k] = yl0 * (ql0 * a00.v[k] + ql1 * a01.v[k]) + yl1 * (ql0 * a10.v[k] + ql1 * a11.v[k]);
-            vf(u, T::loadf(mr + c).v, T::loadf(ar + c).v, T::loadf(br + c).v, z);
-            T::pack(z).store(d + c);
-          }
-          for (; c < C; ++c) {
-            const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
-            const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
-            d[c] = f(y.l0 * t0 + y.l1 * t1, mr[c], ar[c], br[c]);
-          }
+        for (; c < C; ++c) {
+          const opmath_t t0 = q.l0 * opmath_t(p00[c]) + q.l1 * opmath_t(p01[c]);
+          const opmath_t t1 = q.l0 * opmath_t(p10[c]) + q.l1 * opmath_t(p11[c]);
+          d[c] = f(y.l0 * t0 + y.l1 * t1, mr[c], ar[c], br[c]);
         }
       }
-    });
-  }
+    }
+  });
+}
+
+// One pass over x: every path evaluates the epilogue once per output (nearest: once per input) with u = up(x).
+template <Act A, class scalar_t>
+void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b, int64_t s,
+                    Mode mode, const bias_act::Params<double>& params, at::Tensor& out, bool cl) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const ApplyArgs<A, scalar_t> g{x.const_data_ptr<scalar_t>(),    m.const_data_ptr<opmath_t>(),
+                                 a.const_data_ptr<opmath_t>(),    b.const_data_ptr<opmath_t>(),
+                                 out.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2), x.size(3), s,
+                                 Epi<A, scalar_t>(params)};
+  if (mode != Mode::kBilinear || s == 1) return cl ? apply_nearest_cl(g) : apply_nearest_nchw(g);
+  if (!cl && s == 2) return apply_bilinear2_nchw(g);
+  const auto lh = make_lin<opmath_t>(g.H, s), lw = make_lin<opmath_t>(g.W, s);
+  cl ? apply_bilinear_cl(g, lh, lw) : apply_bilinear_nchw(g, lh, lw);
 }
 
 at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b,
@@ -736,219 +689,25 @@ at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tens
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale}, x.options(), fmt);
   if (out.numel() == 0) return out;
-  const at::Tensor mc = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
-  const auto pd = make_params(alpha, gain, clamp);
+  const at::Tensor mean_c = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
+  const auto params = make_params(alpha, gain, clamp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_cpu", [&] {
-    dispatch_act(act, [&]<Act A>() { apply_cpu_impl<A, scalar_t>(x, mc, ac, bc, scale, mode, pd, out, cl); });
+    dispatch_act(act, [&]<Act A>() { apply_cpu_impl<A, scalar_t>(x, mean_c, ac, bc, scale, mode, params, out, cl); });
   });
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// spade: out = clamp(act((x - mean) * rstd * (1 + gamma) + beta) * gain), one vector pass over x, gamma, beta
-// ---------------------------------------------------------------------------------------------------------------
-// Elements [i0, i1) (contiguous in storage) of out = clamp(act((x - mean) * rstd * (1 + gamma) + beta) * gain),
-// mean / rstd broadcast (av, bv; cm == nullptr) or per-element rows cm / cr (channels_last).
-template <Act A, class scalar_t>
-void spade_elems(const Epi<A, scalar_t>& f, const scalar_t* xp, const scalar_t* gp, const scalar_t* tp, scalar_t* op,
-                 int64_t i0, int64_t i1, at::opmath_type<scalar_t> av, at::opmath_type<scalar_t> bv,
-                 const at::opmath_type<scalar_t>* cm, const at::opmath_type<scalar_t>* cr) {
-  using T = V<scalar_t>;
-  using opmath_t = typename T::opmath_t;
-  using fVec = typename T::fVec;
-  constexpr int kN = T::kN;
-  constexpr int64_t kStep = T::kStep;
-  const fVec avc(av), bvc(bv), onev(1), zerov(0);
-  int64_t i = i0;
-  for (; i + kStep <= i1; i += kStep) {
-    const auto xv = T::load(xp + i), gv = T::load(gp + i), tv = T::load(tp + i);
-    typename T::Pack mv, rv;
-    if (cm) {
-      mv = T::loadf(cm + (i - i0));
-      rv = T::loadf(cr + (i - i0));
-    } else {
-      for (int k = 0; k < kN; ++k) mv.v[k] = avc, rv.v[k] = bvc;
-    }
-    fVec z[kN];
-    for (int k = 0; k < kN; ++k) z[k] = f((xv.v[k] - mv.v[k]) * rv.v[k], zerov, onev + gv.v[k], tv.v[k]);
-    T::pack(z).store(op + i);
-  }
-  for (; i < i1; ++i) {
-    const opmath_t mv = cm ? cm[i - i0] : av, rv = cm ? cr[i - i0] : bv;
-    op[i] = f((opmath_t(xp[i]) - mv) * rv, opmath_t(0), opmath_t(1) + opmath_t(gp[i]), opmath_t(tp[i]));
-  }
-}
-
-template <Act A, class scalar_t>
-void spade_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, const at::Tensor& a,
-                    const at::Tensor& b, const bias_act::Params<double>& pd, at::Tensor& out, bool cl) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const Epi<A, scalar_t> f(pd);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
-  const opmath_t* ap = a.const_data_ptr<opmath_t>();
-  const opmath_t* bp = b.const_data_ptr<opmath_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  if (!cl) {
-    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(HW, 1)), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p)
-        spade_elems<A, scalar_t>(f, xp, gp, tp, op, p * HW, (p + 1) * HW, ap[p], bp[p], nullptr, nullptr);
-    });
-  } else {
-    at::parallel_for(0, N * HW, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t n = q / HW;
-        spade_elems<A, scalar_t>(f, xp, gp, tp, op, q * C, (q + 1) * C, 0, 0, ap + n * C, bp + n * C);
-      }
-    });
-  }
-}
-
-// rstd = 1 / sqrt(var + eps) in opmath: the same roundings as torch.rsqrt(var + eps) on an opmath tensor (a
-// correctly rounded add, sqrt and divide), so the fused training op gives the two-op path's bits.
-template <class opmath_t>
-opmath_t rstd_of(opmath_t var, double eps) {
-  return opmath_t(1) / std::sqrt(var + static_cast<opmath_t>(eps));
-}
-
-// Training forward (statistics of x itself) for NCHW, one parallel region: every work item is one statistics group
-// (batch norm: channel c, its N planes; instance norm: one plane), whose sums are taken and which is then normalised
-// right away, while the group is still in L2 (a 8x256x64x64 fp32 channel is 128 KiB) or at worst in L3. So x is
-// read from DRAM once instead of twice: per element 4 reads (x, its cached re-read, gamma, beta) + 1 write, DRAM
-// traffic x + gamma + beta + out instead of 2x + gamma + beta + out. The apply walks the group's planes in reverse
-// order of the statistics pass (the last-read planes are the likeliest to be cached when a group exceeds L2).
-// Statistics are the same sums in the same order as stats_cpu_impl's and rstd is torch.rsqrt's rounding, so the
-// result has the bits of the two-op path (upsample_norm_act_stats, rsqrt, spade_norm_act) for any thread count.
-template <Act A, class scalar_t>
-void spade_train_cpu_impl(const at::Tensor& x, const at::Tensor& gm, const at::Tensor& bt, bool per_sample,
-                          double eps, const bias_act::Params<double>& pd, at::Tensor& out, at::Tensor& mean,
-                          at::Tensor& var, at::Tensor& rstd) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const Epi<A, scalar_t> f(pd);
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* tp = bt.const_data_ptr<scalar_t>();
-  scalar_t* op = out.mutable_data_ptr<scalar_t>();
-  auto* mp = mean.mutable_data_ptr<opmath_t>();
-  auto* vp = var.mutable_data_ptr<opmath_t>();
-  auto* rp = rstd.mutable_data_ptr<opmath_t>();
-  const int64_t groups = per_sample ? N * C : C, n_per = per_sample ? 1 : N;
-  const double count = static_cast<double>(n_per * HW);
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<opmath_t> row(V<scalar_t>::kReduced ? std::min(kSumChunk, HW) : 0);
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t c = g % C, nb = per_sample ? g / C : 0;
-      const opmath_t sh = opmath_t(xp[(nb * C + c) * HW]);
-      Acc a;
-      for (int64_t n = nb; n < nb + n_per; ++n) plane_sums<scalar_t>(xp + (n * C + c) * HW, HW, sh, a, row);
-      finish_stats(a, double(sh), count, mp[g], vp[g]);
-      const opmath_t m = mp[g], r = rp[g] = rstd_of(vp[g], eps);
-      for (int64_t n = nb + n_per - 1; n >= nb; --n) {
-        const int64_t i0 = (n * C + c) * HW;
-        spade_elems<A, scalar_t>(f, xp, gp, tp, op, i0, i0 + HW, m, r, nullptr, nullptr);
-      }
-    }
-  });
-}
-
-at::Tensor like(const at::Tensor& t, const at::Tensor& out) {
-  if (t.strides() == out.strides()) return t;
-  return at::empty_like(out).copy_(t);
-}
-
-// The checks spade_norm_act and spade_norm_act_train share; returns the activation.
-Act check_spade(std::string_view op, const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta,
-                c10::string_view act_s, std::optional<double> clamp) {
-  check_x(op, x_in);
-  const Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
-  TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
-  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"gamma", &gamma}, {"beta", &beta}}) {
-    TORCH_CHECK(t->sizes() == x_in.sizes(), op, ": ", name, " must have x's shape ", x_in.sizes(), ", got ",
-                t->sizes());
-    TORCH_CHECK(t->scalar_type() == x_in.scalar_type(), op, ": ", name, " dtype ", t->scalar_type(),
-                " must equal x dtype ", x_in.scalar_type());
-    TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x_in.device());
-  }
-  return act;
-}
-
-at::Tensor spade_cpu(const at::Tensor& x_in, const at::Tensor& a, const at::Tensor& b, const at::Tensor& gamma,
-                     const at::Tensor& beta, c10::string_view act_s, double alpha, double gain,
-                     std::optional<double> clamp) {
-  constexpr std::string_view op = "spade_norm_act";
-  const Act act = check_spade(op, x_in, gamma, beta, act_s, clamp);
-  check_ab(op, x_in, a, "mean");
-  check_ab(op, x_in, b, "rstd");
-  const bool cl = is_channels_last(x_in);
-  at::Tensor out =
-      at::empty(x_in.sizes(), x_in.options(), cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (out.numel() == 0) return out;
-  const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
-  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  const auto pd = make_params(alpha, gain, clamp);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_cpu", [&] {
-    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gm, bt, ac, bc, pd, out, cl); });
-  });
-  return out;
-}
-
-// The fused path needs enough groups to keep every thread busy (a group is one work item); with fewer (a few
-// channels of large planes) the two-op passes, parallel over planes / pixels, balance better. channels_last: two
-// passes as well (its statistics are per-row partial sums, combined after all rows are read).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spade_train_cpu(
-    const at::Tensor& x_in, const at::Tensor& gamma, const at::Tensor& beta, bool per_sample, double eps,
-    c10::string_view act_s, double alpha, double gain, std::optional<double> clamp) {
-  constexpr std::string_view op = "spade_norm_act_train";
-  const Act act = check_spade(op, x_in, gamma, beta, act_s, clamp);
-  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  const auto ct = compute_type(x_in.scalar_type());
-  const int64_t N = x_in.size(0), C = x_in.size(1);
-  auto shape = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
-  at::Tensor mean = at::empty(shape, x_in.options().dtype(ct));
-  at::Tensor var = at::empty(shape, x_in.options().dtype(ct));
-  at::Tensor rstd = at::empty(shape, x_in.options().dtype(ct));
-  const bool cl = is_channels_last(x_in);
-  at::Tensor out =
-      at::empty(x_in.sizes(), x_in.options(), cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  if (mean.numel() == 0) return {out, mean, var, rstd};
-  if (x_in.numel() == 0) {  // statistics of an empty set, as torch's mean / var / rsqrt give them
-    mean.fill_(std::numeric_limits<double>::quiet_NaN());
-    var.fill_(std::numeric_limits<double>::quiet_NaN());
-    rstd.fill_(std::numeric_limits<double>::quiet_NaN());
-    return {out, mean, var, rstd};
-  }
-  const at::Tensor x = like(x_in, out), gm = like(gamma, out), bt = like(beta, out);
-  const auto pd = make_params(alpha, gain, clamp);
-  const int64_t groups = per_sample ? N * C : C;
-  const bool fused = !cl && groups >= 4 * int64_t(at::get_num_threads());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spade_norm_act_train_cpu", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    if (fused) {
-      dispatch_act(act, [&]<Act A>() {
-        spade_train_cpu_impl<A, scalar_t>(x, gm, bt, per_sample, eps, pd, out, mean, var, rstd);
-      });
-      return;
-    }
-    stats_cpu_impl<scalar_t>(x, 1, Mode::kNearest, per_sample, cl, mean, var);
-    const opmath_t* vp = var.const_data_ptr<opmath_t>();
-    opmath_t* rp = rstd.mutable_data_ptr<opmath_t>();
-    for (int64_t g = 0; g < mean.numel(); ++g) rp[g] = rstd_of(vp[g], eps);
-    const at::Tensor m2 = mean.expand({N, C}).contiguous(), r2 = rstd.expand({N, C}).contiguous();
-    dispatch_act(act, [&]<Act A>() { spade_cpu_impl<A, scalar_t>(x, gm, bt, m2, r2, pd, out, cl); });
-  });
-  return {out, mean, var, rstd};
 }
 
 }  // namespace
 
+void stats_into(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean,
+                at::Tensor& var) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_cpu",
+                                  [&] { stats_cpu_impl<scalar_t>(x, s, mode, per_sample, cl, mean, var); });
+}
+
 TORCH_LIBRARY_IMPL(vkernels, CPU, m) {
   m.impl("upsample_norm_act_stats", &stats_cpu);
   m.impl("upsample_norm_act", &apply_cpu);
-  m.impl("spade_norm_act", &spade_cpu);
-  m.impl("spade_norm_act_train", &spade_train_cpu);
 }
 
 }  // namespace vkernels::norm_act
