@@ -276,7 +276,8 @@ def _blocks(dtype, d, tgt):
         return {"fwd": fwd, "bwd": bwd}
     one = p2 <= 128  # fp16 / bf16
     bd = p2 if one else 64
-    fwd = dict(BM=128, BN=64, BD=bd, DO=bd, ONE_D=one, num_stages=3, **gpu)
+    # sm_80 with d chunks: 128-row tiles spill (the chunk loop keeps both operands' pipeline stages live)
+    fwd = dict(BM=128 if (one or tgt.arch >= 90) else 64, BN=64, BD=bd, DO=bd, ONE_D=one, num_stages=3, **gpu)
     bwd = dict(BM=64, BN=64, BD=bd, DO=bd if one else 128, ONE_D=one, num_stages=2, **gpu)
     return {"fwd": fwd, "bwd": bwd}
 
