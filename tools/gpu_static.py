@@ -338,7 +338,8 @@ def compile_one(cfg: Config) -> Result:
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         lines = [ln for ln in msg.splitlines() if ln.strip()]
-        res.error = "\n".join(lines[:12])[:2000]
+        # the head names the kernel line, the tail says what the compiler objected to
+        res.error = "\n".join(lines if len(lines) <= 16 else lines[:8] + ["..."] + lines[-8:])[:3000]
     res.seconds = time.perf_counter() - t0
     res.cpu_seconds = _cpu_time(resource) - c0
     return res

@@ -61,7 +61,7 @@ def _scores_chunked(q_ptr, b_ptr, rows, rmask, cols, cmask, D, sqn, sqd, sbk, sb
         dm = dc < D
         qc = _load_rows(q_ptr, rows, rmask, dc, dm, sqn, sqd, CAST_F32)
         bc = _load_rows(b_ptr, cols, cmask, dc, dm, sbk, sbd, CAST_F32)
-        x = tl.dot(qc, tl.trans(bc), x, input_precision=PREC)
+        x = tl.dot(qc, tl.trans(bc), x, input_precision=PREC, out_dtype=x.dtype)
     return x
 
 
@@ -91,7 +91,7 @@ def _fwd_split_kernel(q_ptr, b_ptr, ex_ptr, lpos_ptr, invt_ptr, pm_ptr, ps_ptr, 
         x = tl.zeros([BM, BN], acc_t)
         if ONE_D:
             b = _load_rows(b_ptr, cols, cmask, dcols, dmask, sbk, sbd, CAST_F32)
-            x = tl.dot(q, tl.trans(b), x, input_precision=PREC)
+            x = tl.dot(q, tl.trans(b), x, input_precision=PREC, out_dtype=x.dtype)
         else:
             x = _scores_chunked(q_ptr, b_ptr, rows, rmask, cols, cmask, D, sqn, sqd, sbk, sbd, x, BD, CAST_F32, PREC)
         x = x * inv_t
@@ -184,13 +184,13 @@ def _bwd_dq_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr, dq
         x = tl.zeros([BM, BN], acc_t)
         if ONE_D:
             bo = _load_rows(b_ptr, cols, cmask, ocols, omask, sbk, sbd, CAST_F32)
-            x = tl.dot(q, tl.trans(bo), x, input_precision=PREC)
+            x = tl.dot(q, tl.trans(bo), x, input_precision=PREC, out_dtype=x.dtype)
         else:
             x = _scores_chunked(q_ptr, b_ptr, rows, rmask, cols, cmask, D, sqn, sqd, sbk, sbd, x, BD, CAST_F32, PREC)
             bo = _load_rows(b_ptr, cols, cmask, ocols, omask, sbk, sbd, CAST_F32)
         w, px = _weights(x * inv_t, rows, rmask, cols, cmask, ex_ptr, E, lse, coef, sm, inv_t)
         es += tl.sum(px, 1)
-        dq = tl.dot(w.to(bo.dtype), bo, dq, input_precision=PREC)
+        dq = tl.dot(w.to(bo.dtype), bo, dq, input_precision=PREC, out_dtype=dq.dtype)
     tl.store(dq_ptr + rows.to(tl.int64)[:, None] * D + ocols[None, :], dq, mask=rmask[:, None] & omask[None, :])
     tl.store(es_ptr + rows, es, mask=rmask & (tl.program_id(1) == 0))
 
@@ -216,7 +216,7 @@ def _bwd_dbank_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr,
         x = tl.zeros([BM, BN], acc_t)
         if ONE_D:
             qo = _load_rows(q_ptr, rows, rmask, ocols, omask, sqn, sqd, CAST_F32)
-            x = tl.dot(qo, tl.trans(b), x, input_precision=PREC)
+            x = tl.dot(qo, tl.trans(b), x, input_precision=PREC, out_dtype=x.dtype)
         else:
             x = _scores_chunked(q_ptr, b_ptr, rows, rmask, cols, cmask, D, sqn, sqd, sbk, sbd, x, BD, CAST_F32, PREC)
             qo = _load_rows(q_ptr, rows, rmask, ocols, omask, sqn, sqd, CAST_F32)
@@ -224,7 +224,7 @@ def _bwd_dbank_kernel(q_ptr, b_ptr, ex_ptr, invt_ptr, lse_ptr, coef_ptr, sm_ptr,
         coef = tl.load(coef_ptr + rows, mask=rmask, other=0.0)
         sm = tl.load(sm_ptr + rows, mask=rmask, other=0.0)
         w, px = _weights(x * inv_t, rows, rmask, cols, cmask, ex_ptr, E, lse, coef, sm, inv_t)
-        db = tl.dot(tl.trans(w.to(qo.dtype)), qo, db, input_precision=PREC)
+        db = tl.dot(tl.trans(w.to(qo.dtype)), qo, db, input_precision=PREC, out_dtype=db.dtype)
     tl.store(db_ptr + cols.to(tl.int64)[:, None] * D + ocols[None, :], db.to(db_ptr.dtype.element_ty),
              mask=cmask[:, None] & omask[None, :])
 
@@ -276,8 +276,8 @@ def _blocks(dtype, d, tgt):
         return {"fwd": fwd, "bwd": bwd}
     one = p2 <= 128  # fp16 / bf16
     bd = p2 if one else 64
-    # sm_80 with d chunks: 128-row tiles spill (the chunk loop keeps both operands' pipeline stages live)
-    fwd = dict(BM=128 if (one or tgt.arch >= 90) else 64, BN=64, BD=bd, DO=bd, ONE_D=one, num_stages=3, **gpu)
+    # sm_80's mma.sync keeps the operands in registers: 128-row tiles spill there (24-76 B, triton 3.6 and 3.8)
+    fwd = dict(BM=128 if tgt.arch >= 90 else 64, BN=64, BD=bd, DO=bd, ONE_D=one, num_stages=3, **gpu)
     bwd = dict(BM=64, BN=64, BD=bd, DO=bd if one else 128, ONE_D=one, num_stages=2, **gpu)
     return {"fwd": fwd, "bwd": bwd}
 

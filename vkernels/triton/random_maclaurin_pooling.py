@@ -52,7 +52,7 @@ def _tile_dot(a_ptr, sam, sak, b_ptr, sbk, sbn, s_ptr, m, mm, n, nm, K, acc,
             a = a * sm[:, None]
         if SCALE == 2:
             bt = bt * tl.load(s_ptr + k, mask=km, other=0.0)[:, None]
-        acc = tl.dot(a, bt, acc, input_precision=PREC)
+        acc = tl.dot(a, bt, acc, input_precision=PREC, out_dtype=acc.dtype)
     return acc
 
 
@@ -153,12 +153,12 @@ def _precision(dtype):
 # sm_80: what compiled without spills and within shared memory (registers and shared memory per configuration are in
 # the commit messages). "tf32" and "tf32x3" share them; tf32x3 holds three operand splits in registers, hence 8 warps
 # for fp32. sm_80's mma.sync keeps dot operands in registers (sm_90's wgmma reads them from shared memory): smaller
-# K / N blocks there. The interpreter runs programs one after another: big tiles keep CI fast; tl.dot needs every
-# dim >= 16.
+# K / N blocks there; dw keeps K = 16 on sm_90 too (triton 3.6 spilled its tf32x3 tile at K = 32). The interpreter
+# runs programs one after another: big tiles keep CI fast; tl.dot needs every dim >= 16.
 _INTERPRET_TILES = (32, 32, 32, 4, 1)
 _FP64 = (32, 32, 16, 4, 2)
 _TILES = {
-    90: {"gram": (64, 64, 32, 8, 3), "proj": (64, 64, 16, 8, 3), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 32, 8, 3)},
+    90: {"gram": (64, 64, 32, 8, 3), "proj": (64, 64, 16, 8, 3), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 16, 8, 3)},
     80: {"gram": (64, 32, 16, 8, 3), "proj": (64, 32, 16, 8, 2), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 16, 8, 3)},
 }
 
