@@ -247,9 +247,10 @@ def evaluate_targets(case: Case, rows: list[dict], device: str) -> list[dict]:
             if p not in have:
                 continue  # that impl is not built or not available on this device
             v = metric(rows, p, t.metric)
-            met = None if v is None else (v <= t.value if t.cmp == "<=" else v >= t.value)
+            # plain Python values: numpy's bool / float64 from the timing arrays do not go into goals.json
+            met = None if v is None else bool(v <= t.value if t.cmp == "<=" else v >= t.value)
             out.append(dict(op=case.op, size=case.size, dtype=dtype_name(case.dtype), provider=p, goal=t.describe(),
-                            value=v, met=met, source=t.source))
+                            value=None if v is None else float(v), met=met, source=t.source))
     return out
 
 
