@@ -4,6 +4,9 @@
 same spatial smoothness; classes differ only in the correlations between channels (each class its own correlation
 matrix R_k = D^-1/2 L L^T D^-1/2). First-order pooling of such images sees the same statistics for every class;
 second-order pooling reads R_k off directly.
+"covpatch:<seed>": the same textures, but only a square part (half the image side, at a random place) carries the
+class's correlations; the rest is one class-independent texture. Whole-image pooling sees the class signal diluted
+by 3/4 of background; a model that finds the part and zooms in sees it undiluted (models.finegrained.archs.RACNN).
 Anything else goes to models._common.load_images ("digits", "faces", "synthetic:<seed>").
 """
 from __future__ import annotations
@@ -36,13 +39,30 @@ def covariance_textures(seed: int = 0, n: int = 1024, classes: int = 4, channels
     return x[perm].contiguous(), y[perm].contiguous()
 
 
+def covariance_patches(seed: int = 0, n: int = 1024, classes: int = 4, channels: int = 3, size: int = 16):
+    """Background: class-independent texture with a shared random correlation; a (size/2)^2 part at a random place:
+    the class's texture (covariance_textures). Per-channel mean 0 and variance 1 everywhere, as there."""
+    fg, y = covariance_textures(seed, n, classes, channels, size)
+    bg, _ = covariance_textures(seed + 7919, n, 1, channels, size)  # one class: one shared correlation
+    g = torch.Generator().manual_seed(seed + 104729)
+    p = max(1, size // 2)
+    top = torch.randint(0, size - p + 1, (n,), generator=g)
+    left = torch.randint(0, size - p + 1, (n,), generator=g)
+    rows = torch.arange(size)
+    inside = ((rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + p))  # (n, size) rows in the part
+    cols = ((rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + p))
+    mask = (inside[:, :, None] & cols[:, None, :])[:, None]  # (n, 1, size, size)
+    return torch.where(mask, fg, bg).contiguous(), y
+
+
 def load(name: str, size: int | None = None):
     """(x float32 (N, C, H, W), labels int64 (N,), number of classes)."""
     kind, _, arg = name.partition(":")
-    if kind == "covtex":
-        x, y = covariance_textures(int(arg or 0), size=size or 16)
+    if kind in ("covtex", "covpatch"):
+        make = covariance_textures if kind == "covtex" else covariance_patches
+        x, y = make(int(arg or 0), size=size or 16)
         return x, y, int(y.max()) + 1
     x, y = C.load_images(name, size=size, channels=3)
     if y is None:
-        raise SystemExit(f"--data {name}: this dataset has no labels; use covtex:<seed>, digits or synthetic:<seed>")
+        raise SystemExit(f"--data {name}: this dataset has no labels; use covtex:<seed>, covpatch:<seed>, digits or synthetic:<seed>")
     return x, y, int(y.max()) + 1

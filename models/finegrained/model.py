@@ -51,9 +51,20 @@ class SmallResNet(nn.Module):
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.out_channels = cin
+        self.stage_channels = (width, 2 * width, 4 * width)
+        self.stage_ends = tuple((i + 1) * blocks - 1 for i in range(3))
 
     def forward(self, x):
         return self.layers(self.stem(x))
+
+    def forward_stages(self, x) -> list:
+        """The output of each stage: [(B, w, H, W), (B, 2w, H/2, W/2), (B, 4w, H/4, W/4)] (cross-layer heads)."""
+        x, out = self.stem(x), []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.stage_ends:
+                out.append(x)
+        return out
 
 
 class LinearBackbone(nn.Module):
@@ -129,6 +140,9 @@ class FineGrainedClassifier(nn.Module):
         self.norm = nn.BatchNorm1d(feat)
         self.fc = nn.Linear(feat, num_classes)
 
-    def forward(self, x):
+    def forward(self, x, target=None):
+        """Logits (B, classes); with `target` (B,) the training loss instead (the interface of models.finegrained.archs,
+        so one training loop serves every model)."""
         f = self.head(self.backbone(x))
-        return self.fc(self.norm(f.reshape(f.shape[0], -1)))
+        logits = self.fc(self.norm(f.reshape(f.shape[0], -1)))
+        return logits if target is None else F.cross_entropy(logits, target)

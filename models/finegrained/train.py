@@ -1,13 +1,19 @@
-"""Train and evaluate fine-grained classifiers, one run per head.
+"""Train and evaluate fine-grained classifiers, one run per (arch, head).
 
     python -m models.finegrained.train --head gap,bilinear,isqrt --data covtex:0 --steps 300
+    python -m models.finegrained.train --arch hbp,dbt,cin,apinet,racnn --head bilinear --steps 200
+    python -m models.finegrained.train --arch racnn --head bilinear,cbp --data covpatch:0
     python -m models.finegrained.train --head bilinear --data digits --out runs/fg --resume
     torchrun --nproc_per_node 2 -m models.finegrained.train --head isqrt --data covtex:0
     python -m models.finegrained.train --head bilinear --impl reference     # the unfused pure-PyTorch ops
 
-Each head trains from the same seed on the same data split (80/20 train/test); the run prints test accuracy,
-s/iter and peak memory per head and a final table. With --out, each head checkpoints atomically to
-<out>/<head>/checkpoint.pt (model, optimizer, step, RNG states) and --resume continues bit-exactly.
+--arch (models/finegrained/archs.py): single (backbone + head + linear, the default), hbp (cross-layer bilinear),
+dbt (grouped bilinear), cin (channel interaction), apinet (pairwise interaction), racnn (attention crop + zoom).
+single, cin, apinet and racnn run once per --head; hbp and dbt are their own pooling and run once.
+Each run starts from the same seed on the same data split (80/20 train/test); the run prints test accuracy,
+s/iter and peak memory per run and a final table. With --out, each run checkpoints atomically to
+<out>/<name>/checkpoint.pt (name: the head for single, else arch or arch/head; model, optimizer, step, RNG states)
+and --resume continues bit-exactly.
 Batches are drawn from a generator seeded by (seed, rank, step), so a resumed run sees the same batches.
 """
 from __future__ import annotations
@@ -21,13 +27,16 @@ import torch.nn.functional as F
 
 from models import _common as C
 from models.finegrained.data import load
-from models.finegrained.model import HEADS, FineGrainedClassifier
+from models.finegrained.archs import ARCHS, TAKES_HEAD, build
+from models.finegrained.model import HEADS
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m models.finegrained.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head", default="gap,bilinear,isqrt", help=f"comma-separated, from {', '.join(HEADS)}")
+    p.add_argument("--arch", default="single", help=f"comma-separated, from {', '.join(ARCHS)}")
+    p.add_argument("--head", default="gap,bilinear,isqrt",
+                   help=f"comma-separated, from {', '.join(HEADS)} (for the archs {', '.join(TAKES_HEAD)})")
     p.add_argument("--backbone", default="resnet", choices=("resnet", "linear"),
                    help="resnet: SmallResNet; linear: two convs without nonlinearity (see model.LinearBackbone)")
     p.add_argument("--width", type=int, default=8, help="backbone width (features: 4 x width channels)")
@@ -42,7 +51,24 @@ def parse(argv=None):
     for h in args.heads:
         if h not in HEADS:
             p.error(f"--head: {h!r} is not one of {', '.join(HEADS)}")
+    args.archs = [a.strip() for a in args.arch.split(",") if a.strip()]
+    for a in args.archs:
+        if a not in ARCHS:
+            p.error(f"--arch: {a!r} is not one of {', '.join(ARCHS)}")
+    if args.backbone != "resnet" and "hbp" in args.archs:
+        p.error("--arch hbp pools the SmallResNet's stages: it needs --backbone resnet")
     return args
+
+
+def runs(args):
+    """(name, arch, head) for every run: single, cin, apinet and racnn once per head; hbp and dbt once."""
+    out = []
+    for a in args.archs:
+        if a not in TAKES_HEAD:
+            out.append((a, a, None))
+        else:
+            out += [(h if a == "single" else f"{a}/{h}", a, h) for h in args.heads]
+    return out
 
 
 @torch.no_grad()
@@ -55,16 +81,19 @@ def accuracy(model, x, y, device, batch=256):
     return correct / max(1, len(x))
 
 
-def train_head(args, run, head, data):
+def train_head(args, run, name, data, arch="single", head=None):
+    """Train one model; `name` labels its bar, checkpoint folder and table row. Every model's forward(x, target)
+    returns its training loss (models/finegrained/archs.py)."""
     xtr, ytr, xte, yte, classes = data
-    torch.manual_seed(args.seed)  # every head starts from the same backbone initialisation
-    model = FineGrainedClassifier(classes, head, width=args.width, dim=args.dim, seed=args.seed,
-                                  backbone_kind=args.backbone).to(run.device)
+    head = name if head is None and arch == "single" else head
+    torch.manual_seed(args.seed)  # every run starts from the same backbone initialisation
+    model = build(arch, classes, head, width=args.width, dim=args.dim, seed=args.seed,
+                  backbone_kind=args.backbone).to(run.device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / max(1, args.steps))))
     step = 0
-    ckpt = run.out / head / "checkpoint.pt" if run.out is not None else None
+    ckpt = run.out / name / "checkpoint.pt" if run.out is not None else None
     if args.resume and ckpt is not None:
         state = C.load_checkpoint(ckpt, run.device)
         if state is not None:
@@ -74,26 +103,28 @@ def train_head(args, run, head, data):
             step = state["step"]
             C.set_rng_state(state["rng"])
             if run.is_main:
-                print(f"[{head}] resumed from {ckpt} at step {step} of {args.steps}", file=sys.stderr)
+                print(f"[{name}] resumed from {ckpt} at step {step} of {args.steps}", file=sys.stderr)
         elif run.is_main:
-            print(f"[{head}] --resume: no {ckpt} yet, starting at step 0", file=sys.stderr)
+            print(f"[{name}] --resume: no {ckpt} yet, starting at step 0", file=sys.stderr)
     net = run.ddp(model)
     stats = C.StepStats()
-    bar = C.Progress(args.steps, start=step, desc=f"finegrained/{head}", enabled=run.is_main, every=args.log_every)
+    bar = C.Progress(args.steps, start=step, desc=f"finegrained/{name}", enabled=run.is_main, every=args.log_every)
     loss = torch.zeros(())
+    losses = []  # this process's losses: loss_start / loss_end in the report
     stop = min(args.steps, args.stop_at) if args.stop_at else args.steps
     while step < stop:
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + run.rank * 10_007 + step)
         idx = torch.randint(0, len(xtr), (args.batch_size,), generator=g)
         xb, yb = xtr[idx].to(run.device), ytr[idx].to(run.device)
         stats.start(run.device)
-        loss = F.cross_entropy(net(xb), yb)
+        loss = net(xb, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         stats.stop()
         step += 1
+        losses.append(loss.item())
         extra = {}
         if args.eval_every and step % args.eval_every == 0:
             extra["test_acc"] = accuracy(model, xte, yte, run.device)
@@ -106,7 +137,7 @@ def train_head(args, run, head, data):
 
     def one_step():  # peak memory of a forward + backward at the training batch size (no optimizer step)
         xb = xtr[:args.batch_size].to(run.device)
-        F.cross_entropy(model(xb), ytr[:args.batch_size].to(run.device)).backward()
+        model(xb, ytr[:args.batch_size].to(run.device)).backward()
 
     if run.is_main:
         training = model.training
@@ -114,7 +145,9 @@ def train_head(args, run, head, data):
         stats.peak_bytes = C.measure_peak(one_step, run.device)
         model.train(training)
         model.zero_grad(set_to_none=True)
-    rec = C.report(run, f"finegrained/{head}", stats, {"test_acc": acc, "final_loss": float(loss.detach()),
+    k = min(10, len(losses))
+    ends = {"loss_start": sum(losses[:k]) / k, "loss_end": sum(losses[-k:]) / k} if k else {}
+    rec = C.report(run, f"finegrained/{name}", stats, {"test_acc": acc, "final_loss": float(loss.detach()), **ends,
                                                        "steps": args.steps, "data": args.data})
     return model, rec
 
@@ -128,15 +161,15 @@ def main(argv=None):
     ntr = int(0.8 * len(x))
     data = (x[perm[:ntr]], y[perm[:ntr]], x[perm[ntr:]], y[perm[ntr:]], classes)
     results = {}
-    for head in args.heads:
-        _, rec = train_head(args, run, head, data)
-        results[head] = rec
+    for name, arch, head in runs(args):
+        _, rec = train_head(args, run, name, data, arch, head)
+        results[name] = rec
     if run.is_main:
-        print(f"\n{'head':10s} {'test acc':>9s} {'s/iter':>8s} {'peak MiB':>9s}   data={args.data} "
+        print(f"\n{'model':16s} {'test acc':>9s} {'s/iter':>8s} {'peak MiB':>9s}   data={args.data} "
               f"backbone={args.backbone} impl={args.impl} steps={args.steps} chance={1 / classes:.3f}")
-        for head, r in results.items():
+        for name, r in results.items():
             peak = "n/a" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
-            print(f"{head:10s} {r['test_acc']:9.3f} {r['s_per_iter']:8.4f} {peak:>9s}")
+            print(f"{name:16s} {r['test_acc']:9.3f} {r['s_per_iter']:8.4f} {peak:>9s}")
     run.close()
     return results
 
