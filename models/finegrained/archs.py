@@ -164,7 +164,8 @@ class PairwiseInteraction(nn.Module):
     partner in the batch only get their other-class pair."""
 
     def __init__(self, num_classes: int, head: str = "bilinear", in_channels: int = 3, width: int = 16,
-                 dim: int = 1024, seed: int = 0, hidden: int = 256, margin: float = 0.05, backbone_kind: str = "resnet"):
+                 dim: int = 1024, seed: int = 0, hidden: int = 256, margin: float = 0.05,
+                 backbone_kind: str = "resnet"):
         super().__init__()
         self.backbone = _backbone(backbone_kind, in_channels, width)
         self.head, feat = make_head(head, self.backbone.out_channels, dim, seed)

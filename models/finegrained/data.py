@@ -64,5 +64,6 @@ def load(name: str, size: int | None = None):
         return x, y, int(y.max()) + 1
     x, y = C.load_images(name, size=size, channels=3)
     if y is None:
-        raise SystemExit(f"--data {name}: this dataset has no labels; use covtex:<seed>, covpatch:<seed>, digits or synthetic:<seed>")
+        raise SystemExit(f"--data {name}: this dataset has no labels; use covtex:<seed>, covpatch:<seed>, digits or "
+                         "synthetic:<seed>")
     return x, y, int(y.max()) + 1

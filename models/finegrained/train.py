@@ -6,6 +6,7 @@
     python -m models.finegrained.train --head bilinear --data digits --out runs/fg --resume
     torchrun --nproc_per_node 2 -m models.finegrained.train --head isqrt --data covtex:0
     python -m models.finegrained.train --head bilinear --impl reference     # the unfused pure-PyTorch ops
+    python -m models.finegrained.train --bench --arch hbp,dbt --head bilinear   # fwd+bwd: auto vs reference
 
 --arch (models/finegrained/archs.py): single (backbone + head + linear, the default), hbp (cross-layer bilinear),
 dbt (grouped bilinear), cin (channel interaction), apinet (pairwise interaction), racnn (attention crop + zoom).
@@ -23,7 +24,8 @@ import math
 import sys
 
 import torch
-import torch.nn.functional as F
+
+import vkernels
 
 from models import _common as C
 from models.finegrained.data import load
@@ -44,6 +46,9 @@ def parse(argv=None):
     p.add_argument("--dim", type=int, default=1024, help="output size of the cbp / rm heads")
     p.add_argument("--stop-at", type=int, default=0,
                    help="stop (after checkpointing) once this step is reached: a time-limited job; --resume goes on")
+    p.add_argument("--bench", action="store_true",
+                   help="no training: time forward+backward of each model for auto vs reference (interleaved)")
+    p.add_argument("--bench-steps", type=int, default=12, help="--bench: timed steps per impl (the first: warm-up)")
     p.add_argument("--eval-every", type=int, default=0, help="test accuracy every N steps (0: only at the end)")
     C.add_common_args(p, steps=300, batch_size=64, lr=0.05, data="covtex:0", log_every=20, ckpt_every=100)
     args = p.parse_args(argv)
@@ -152,6 +157,44 @@ def train_head(args, run, name, data, arch="single", head=None):
     return model, rec
 
 
+def bench(args, run, name, arch, head, data):
+    """Same weights, same batch: s/iter and peak memory of forward + backward (no optimizer step, so the weights
+    stay equal) for auto vs reference. Steps are interleaved (auto, reference, auto, ...) so that load changes on
+    a shared machine hit both alike; the first of each is warm-up, s/iter is the median of the rest. Before timing,
+    the two impls' losses on the batch must agree."""
+    xtr, ytr, _, _, classes = data
+    torch.manual_seed(args.seed)
+    model = build(arch, classes, head, width=args.width, dim=args.dim, seed=args.seed,
+                  backbone_kind=args.backbone).to(run.device)
+    xb, yb = xtr[:args.batch_size].to(run.device), ytr[:args.batch_size].to(run.device)
+    impls = ("auto", "reference")
+
+    def step():
+        torch.manual_seed(args.seed)  # apinet's dropout: the same mask for both impls
+        model.zero_grad(set_to_none=True)
+        loss = model(xb, yb)
+        loss.backward()
+        return loss.detach()
+
+    stats, first = {i: C.StepStats(warmup=1) for i in impls}, {}
+    for _ in range(args.bench_steps):
+        for impl in impls:
+            vkernels.set_impl(impl)
+            stats[impl].start(run.device)
+            loss = step()
+            stats[impl].stop()
+            first.setdefault(impl, loss)
+    if not torch.allclose(first["auto"], first["reference"], rtol=1e-4, atol=1e-5):
+        raise SystemExit(f"--bench {name}: auto and reference disagree on the loss ({first['auto'].item()} vs "
+                         f"{first['reference'].item()}): not timing different computations")
+    out = {}
+    for impl in impls:
+        vkernels.set_impl(impl)
+        out[impl] = {"s_per_iter": stats[impl].s_per_iter, "peak_bytes": C.measure_peak(step, run.device)}
+    vkernels.set_impl(args.impl)
+    return out
+
+
 def main(argv=None):
     args = parse(argv)
     run = C.setup(args)
@@ -160,6 +203,18 @@ def main(argv=None):
     perm = torch.randperm(len(x), generator=g)
     ntr = int(0.8 * len(x))
     data = (x[perm[:ntr]], y[perm[:ntr]], x[perm[ntr:]], y[perm[ntr:]], classes)
+    if args.bench:
+        results = {name: bench(args, run, name, arch, head, data) for name, arch, head in runs(args)}
+        if run.is_main:
+            print(f"\n{'model':16s} {'auto s/iter':>11s} {'ref s/iter':>10s} {'auto MiB':>9s} {'ref MiB':>8s}   "
+                  f"fwd+bwd, batch={args.batch_size} image={args.image_size} width={args.width} "
+                  f"threads={torch.get_num_threads()} steps={args.bench_steps} data={args.data}")
+            for name, r in results.items():
+                a, ref = r["auto"], r["reference"]
+                print(f"{name:16s} {a['s_per_iter']:11.4f} {ref['s_per_iter']:10.4f} {a['peak_bytes'] / 2**20:9.1f} "
+                      f"{ref['peak_bytes'] / 2**20:8.1f}")
+        run.close()
+        return results
     results = {}
     for name, arch, head in runs(args):
         _, rec = train_head(args, run, name, data, arch, head)
