@@ -6,7 +6,7 @@ import torch
 import vkernels
 from models.finegrained import train
 from models.finegrained.archs import ARCHS, TAKES_HEAD, build
-from models.finegrained.data import covariance_textures
+from models.finegrained.data import covariance_patches, covariance_textures, part_cover
 from models.finegrained.model import HEADS, FineGrainedClassifier
 
 
@@ -183,3 +183,17 @@ def test_resume_equals_uninterrupted_pairs(tmp_path):
     b = torch.load(tmp_path / "b" / "apinet" / "bilinear" / "checkpoint.pt", weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_covpatch_parts_and_cover():
+    x, y, parts = covariance_patches(0, n=64, size=8, return_parts=True)
+    assert x.shape == (64, 3, 8, 8) and (parts[:, 2] == 4).all() and (parts[:, :2] <= 4).all()
+    exact = torch.stack([parts[:, 1], parts[:, 0], parts[:, 1] + 4, parts[:, 0] + 4], 1).float() / 8
+    r = part_cover(exact, parts, 8)
+    assert r["part_cover"] == pytest.approx(1.0) and r["box_area"] == pytest.approx(0.25)
+    right = torch.tensor([[0.5, 0.0, 1.0, 1.0]]).expand(64, 4)  # the right half of the image
+    expect = (parts[:, 1].float() / 4).mean().item()  # columns [left, left + 4) meet [4, 8) in `left` columns
+    assert part_cover(right, parts, 8)["part_cover"] == pytest.approx(expect)
+    res = train.main(["--arch", "racnn", "--head", "bilinear", "--data", "covpatch:0", "--steps", "2",
+                      "--batch-size", "8", "--width", "4", "--image-size", "8", "--dim", "64", "--device", "cpu"])
+    assert 0.0 <= res["racnn/bilinear"]["part_cover"] <= 1.0

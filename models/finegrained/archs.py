@@ -256,14 +256,25 @@ class AttentionCrop(nn.Module):
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def forward(self, x, target=None):
-        feat = self.coarse.backbone(x)
-        logits1 = self._classify(self.coarse, feat)
+    def _locate(self, feat):
+        """(CAM logits (B, classes), box centres, box sides) from the coarse features."""
         cams = self.cam(feat)
         cam_logits = cams.mean((2, 3))
         with torch.no_grad():
             k = cam_logits.argmax(1)
             centre, side = self.boxes(cams[torch.arange(len(k), device=k.device), k])
+        return cam_logits, centre, side
+
+    @torch.no_grad()
+    def crop_boxes(self, x):
+        """The boxes the model zooms into, (B, 4) rows (x0, y0, x1, y1) in [0, 1] image units."""
+        _, centre, side = self._locate(self.coarse.backbone(x))
+        return torch.cat([centre - side / 2, centre + side / 2], 1)
+
+    def forward(self, x, target=None):
+        feat = self.coarse.backbone(x)
+        logits1 = self._classify(self.coarse, feat)
+        cam_logits, centre, side = self._locate(feat)
         logits2 = self.fine(self.zoom(x, centre, side))
         logits = logits1 + logits2
         if target is None:

@@ -39,9 +39,11 @@ def covariance_textures(seed: int = 0, n: int = 1024, classes: int = 4, channels
     return x[perm].contiguous(), y[perm].contiguous()
 
 
-def covariance_patches(seed: int = 0, n: int = 1024, classes: int = 4, channels: int = 3, size: int = 16):
+def covariance_patches(seed: int = 0, n: int = 1024, classes: int = 4, channels: int = 3, size: int = 16,
+                       return_parts: bool = False):
     """Background: class-independent texture with a shared random correlation; a (size/2)^2 part at a random place:
-    the class's texture (covariance_textures). Per-channel mean 0 and variance 1 everywhere, as there."""
+    the class's texture (covariance_textures). Per-channel mean 0 and variance 1 everywhere, as there.
+    return_parts: also the parts as (n, 3) int64 rows (top, left, side) in pixels."""
     fg, y = covariance_textures(seed, n, classes, channels, size)
     bg, _ = covariance_textures(seed + 7919, n, 1, channels, size)  # one class: one shared correlation
     g = torch.Generator().manual_seed(seed + 104729)
@@ -52,7 +54,33 @@ def covariance_patches(seed: int = 0, n: int = 1024, classes: int = 4, channels:
     inside = ((rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + p))  # (n, size) rows in the part
     cols = ((rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + p))
     mask = (inside[:, :, None] & cols[:, None, :])[:, None]  # (n, 1, size, size)
-    return torch.where(mask, fg, bg).contiguous(), y
+    x = torch.where(mask, fg, bg).contiguous()
+    if return_parts:
+        return x, y, torch.stack([top, left, torch.full_like(top, p)], 1)
+    return x, y
+
+
+def parts(name: str, size: int | None = None):
+    """The parts of "covpatch:<seed>" as (N, 3) rows (top, left, side) in pixels, in load()'s order; None for other
+    data."""
+    kind, _, arg = name.partition(":")
+    return covariance_patches(int(arg or 0), size=size or 16, return_parts=True)[2] if kind == "covpatch" else None
+
+
+def part_cover(boxes: torch.Tensor, parts: torch.Tensor, size: int) -> dict:
+    """How well (B, 4) boxes (x0, y0, x1, y1 in [0, 1]) find the parts: mean fraction of each part's area inside its
+    box, the boxes' mean area (fraction of the image), and the mean cover of boxes of the same sizes at uniformly
+    random places (fixed seed): the level a box that ignores the image reaches."""
+    def cover(b):
+        top, left, side = parts.to(b).unbind(1)
+        ix = (torch.minimum(b[:, 2] * size, left + side) - torch.maximum(b[:, 0] * size, left)).clamp_min(0)
+        iy = (torch.minimum(b[:, 3] * size, top + side) - torch.maximum(b[:, 1] * size, top)).clamp_min(0)
+        return (ix * iy / side ** 2).mean().item()
+
+    wh = boxes[:, 2:] - boxes[:, :2]
+    lo = torch.rand(wh.shape, generator=torch.Generator().manual_seed(0)) * (1 - wh)
+    return {"part_cover": cover(boxes), "box_area": (wh[:, 0] * wh[:, 1]).mean().item(),
+            "part_cover_random_box": cover(torch.cat([lo, lo + wh], 1))}
 
 
 def load(name: str, size: int | None = None):

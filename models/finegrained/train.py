@@ -28,7 +28,7 @@ import torch
 import vkernels
 
 from models import _common as C
-from models.finegrained.data import load
+from models.finegrained.data import load, part_cover, parts
 from models.finegrained.archs import ARCHS, TAKES_HEAD, build
 from models.finegrained.model import HEADS
 
@@ -89,7 +89,7 @@ def accuracy(model, x, y, device, batch=256):
 def train_head(args, run, name, data, arch="single", head=None):
     """Train one model; `name` labels its bar, checkpoint folder and table row. Every model's forward(x, target)
     returns its training loss (models/finegrained/archs.py)."""
-    xtr, ytr, xte, yte, classes = data
+    xtr, ytr, xte, yte, classes = data[:5]
     head = name if head is None and arch == "single" else head
     torch.manual_seed(args.seed)  # every run starts from the same backbone initialisation
     model = build(arch, classes, head, width=args.width, dim=args.dim, seed=args.seed,
@@ -139,6 +139,12 @@ def train_head(args, run, name, data, arch="single", head=None):
                                      "sched": sched.state_dict(), "step": step, "rng": C.rng_state()}, run)
     bar.close()
     acc = accuracy(model, xte, yte, run.device)
+    located = {}
+    if data[5] is not None and hasattr(model, "crop_boxes"):  # covpatch: does the crop find the part?
+        model.eval()
+        boxes = torch.cat([model.crop_boxes(xte[i:i + 256].to(run.device)).cpu() for i in range(0, len(xte), 256)])
+        model.train()
+        located = part_cover(boxes, data[5], xte.shape[-1])
 
     def one_step():  # peak memory of a forward + backward at the training batch size (no optimizer step)
         xb = xtr[:args.batch_size].to(run.device)
@@ -153,7 +159,7 @@ def train_head(args, run, name, data, arch="single", head=None):
     k = min(10, len(losses))
     ends = {"loss_start": sum(losses[:k]) / k, "loss_end": sum(losses[-k:]) / k} if k else {}
     rec = C.report(run, f"finegrained/{name}", stats, {"test_acc": acc, "final_loss": float(loss.detach()), **ends,
-                                                       "steps": args.steps, "data": args.data})
+                                                       **located, "steps": args.steps, "data": args.data})
     return model, rec
 
 
@@ -162,7 +168,7 @@ def bench(args, run, name, arch, head, data):
     stay equal) for auto vs reference. Steps are interleaved (auto, reference, auto, ...) so that load changes on
     a shared machine hit both alike; the first of each is warm-up, s/iter is the median of the rest. Before timing,
     the two impls' losses on the batch must agree."""
-    xtr, ytr, _, _, classes = data
+    xtr, ytr, _, _, classes = data[:5]
     torch.manual_seed(args.seed)
     model = build(arch, classes, head, width=args.width, dim=args.dim, seed=args.seed,
                   backbone_kind=args.backbone).to(run.device)
@@ -203,7 +209,9 @@ def main(argv=None):
     g = torch.Generator().manual_seed(12345)  # the same split for every head and every rank
     perm = torch.randperm(len(x), generator=g)
     ntr = int(0.8 * len(x))
-    data = (x[perm[:ntr]], y[perm[:ntr]], x[perm[ntr:]], y[perm[ntr:]], classes)
+    part = parts(args.data, args.image_size)
+    data = (x[perm[:ntr]], y[perm[:ntr]], x[perm[ntr:]], y[perm[ntr:]], classes,
+            None if part is None else part[perm[ntr:]])  # the test images' parts (covpatch), else None
     if args.bench:
         results = {name: bench(args, run, name, arch, head, data) for name, arch, head in runs(args)}
         if run.is_main:
