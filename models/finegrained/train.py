@@ -28,8 +28,8 @@ import torch
 import vkernels
 
 from models import _common as C
-from models.finegrained.data import load, part_cover, parts
 from models.finegrained.archs import ARCHS, TAKES_HEAD, build
+from models.finegrained.data import load, part_cover, parts
 from models.finegrained.model import HEADS
 
 
@@ -182,17 +182,21 @@ def bench(args, run, name, arch, head, data):
         loss.backward()
         return loss.detach()
 
-    stats, first = {i: C.StepStats(warmup=1) for i in impls}, {}
-    for _ in range(args.bench_steps):
+    first = {}
+    for impl in impls:  # the warm-up step of each impl, and the check
+        vkernels.set_impl(impl)
+        first[impl] = step()
+    if not torch.allclose(first["auto"], first["reference"], rtol=1e-4, atol=1e-5):
+        vkernels.set_impl(args.impl)
+        raise SystemExit(f"--bench {name}: auto and reference disagree on the loss ({first['auto'].item()} vs "
+                         f"{first['reference'].item()}): not timing different computations")
+    stats = {i: C.StepStats(warmup=0) for i in impls}
+    for _ in range(max(1, args.bench_steps - 1)):
         for impl in impls:
             vkernels.set_impl(impl)
             stats[impl].start(run.device)
-            loss = step()
+            step()
             stats[impl].stop()
-            first.setdefault(impl, loss)
-    if not torch.allclose(first["auto"], first["reference"], rtol=1e-4, atol=1e-5):
-        raise SystemExit(f"--bench {name}: auto and reference disagree on the loss ({first['auto'].item()} vs "
-                         f"{first['reference'].item()}): not timing different computations")
     out = {}
     for impl in impls:
         vkernels.set_impl(impl)
