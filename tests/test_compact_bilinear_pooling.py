@@ -144,6 +144,38 @@ def test_not_sum_pooled_is_per_location_sketch(device, impl):
                                                                                   impl=impl))
 
 
+def unbalanced_hashes(device):
+    """14 of 16 channels of each input in bin 0 (196 of 256 pairs), the rest spread: most of D = 100 bins empty, and D
+    not a multiple of the Triton block (32 in the interpreter, 128 on a GPU)."""
+    h1 = torch.tensor([0] * 14 + [7, 44], device=device)
+    h2 = torch.tensor([0] * 13 + [30, 44, 1], device=device)
+    s1, s2 = hashes(16, 100, device)[1], hashes(16, 100, device)[1]
+    return h1, s1, h2, s2
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_unbalanced_hashes(device, impl, route, monkeypatch):
+    """Heavily unbalanced hashes against the definition. The Triton gram route cuts bin 0's pair list into segments
+    summed by a second level, and by a third with a smaller minimum segment; its freq route's sketch lists are one
+    level however long."""
+    h1, s1, h2, s2 = unbalanced_hashes(device)
+    tk = importlib.import_module("vkernels.triton.compact_bilinear_pooling") if impl == "triton" else None
+    for segment_min in ((64, 2) if tk is not None and route == "gram" else (None,)):
+        if segment_min is not None:
+            monkeypatch.setattr(tk, "_SEGMENT_MIN", segment_min)
+        for dtype in (torch.float64, torch.float32):
+            x, y = randn((3, 16, 3, 2), dtype, device), randn((3, 16, 3, 2), dtype, device)
+            out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 100, impl=impl, route=route)
+            cpu = [t.cpu() for t in (x, y, h1, s1, h2, s2)]
+            want = definition(*(t.double() if t.is_floating_point() else t for t in cpu), 100)
+            check_close(out, reference(*cpu, 100), want, dtype, f"out ({dtype}, segment_min={segment_min})")
+        if segment_min is not None:
+            block = tk._blocks(tk._launch.target(torch.device(device)))[0]
+            levels = tk.pair_lists(h1, s1, h2, s2, 100, torch.float32, block)
+            assert len(levels) == (2 if segment_min == 64 else 3), [lv[4] for lv in levels]
+
+
 def test_per_location_sketch_is_the_pair_hash():
     """The oracle itself: irfft(rfft(CS1) rfft(CS2)) equals the explicit sum over pairs with hash (h1+h2) mod D."""
     x, y, h1, s1, h2, s2 = make(1, 4, 3, 1, 1, 5, torch.float64, "cpu")
