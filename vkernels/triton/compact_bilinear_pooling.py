@@ -5,11 +5,11 @@ Forward: G = X Y^T (B, C1, C2) in fp32, then `_scatter_kernel`: every output bin
 its pairs (i, j) with (h1[i] + h2[j]) mod D = d in a fixed order. The pair lists are a sliced ELL (`_ell_levels`):
 bins sorted by pair count so that a block's lanes run about as many trips as each has pairs, each block's lists
 stored [trip, lane] (padded with index -1) so that every trip's list loads are contiguous, and a list longer than a
-few times the mean split into segments that a second, small level sums per bin: a block runs no longer than its
+few times the mean split into segments that further, small levels sum per bin: a block runs no longer than its
 lanes' real work, whatever the hashes (the bin-per-lane CSR loop ran its busiest bin's count on every lane and read
 the lists with one memory sector per lane). Built from h1, h2 and D (O(C1 C2 log) on the GPU) and cached (see
 `_csr_cache`: reused while the same h/s tensors are unchanged, rebuilt when they are modified, replaced or moved).
-Bytes per image: G read once (4 C1 C2) + the pair list (8 C1 C2 and a few % padding, L2-resident across images);
+Bytes per image: G read once (4 C1 C2) + the pair list (8 C1 C2 plus padding, L2-resident across images);
 FLOPs 2 C1 C2. Backward: `_gather_kernel` writes dG[b, i, j] = s1[i] s2[j] grad_out[b, (h1[i] + h2[j]) mod D]
 (4 C1 C2 bytes written per image, D read), then dX = dG Y and dY = dG^T X by torch.bmm.
 Grid axes 1 and 2 (images, column / location blocks) past CUDA's 65,535 are split by _launch through pid1_base /
