@@ -121,16 +121,18 @@ def _segment_cap(entries, rows):
     return max(_SEGMENT_MIN, 4 * -(-entries // max(1, rows)))
 
 
-def _ell_levels(off, src, coef, block, split=True):
+def _ell_levels(off, src, coef, block, split=True, group=1):
     """Sliced ELL of a CSR reduction out[r] = sum_{e in off[r]:off[r+1]} coef[e] in[src[e]] (entries in summation
     order): a list of levels (idx, coef, base, dst, width), run one after another by `_scatter_kernel`.
 
     A level's lanes are virtual rows: a row's list, cut into segments of at most `_segment_cap` entries when `split`
-    (an empty row keeps one empty segment, so its lane writes the 0). Lanes are sorted by length, longest first
-    (stable), and taken `block` at a time: block q's slots are idx/coef[base[q] + k block + lane] for k below its
-    longest lane's length, padded with idx -1 and coef 0. dst[q block + lane] is where the lane's sum goes (-1:
-    padding lane): the output row when no row was split (the last level), else column q block + lane of a (rows,
-    width) partial buffer that the next level sums per row, its segments in order. Every sum keeps a fixed order.
+    (an empty row keeps one empty segment, so its lane writes the 0). Aligned groups of `group` consecutive virtual
+    rows are sorted by their longest list, longest first (stable; a group's rows stay in order in adjacent lanes, so
+    group = 8 keeps an fp32 output sector's bins together), and taken `block` lanes at a time: block q's slots are
+    idx/coef[base[q] + k block + lane] for k below its longest list's length, padded with idx -1 and coef 0.
+    dst[q block + lane] is where the lane's sum goes (-1: padding lane): the output row when no row was split (the
+    last level), else column q block + lane of a (rows, width) partial buffer that the next level sums per row, its
+    segments in order. Every sum keeps a fixed order.
     """
     dev = off.device
     levels = []
@@ -143,17 +145,23 @@ def _ell_levels(off, src, coef, block, split=True):
         row = torch.repeat_interleave(torch.arange(R, device=dev), nseg, output_size=V)
         seg = torch.arange(V, device=dev) - (torch.cumsum(nseg, 0) - nseg)[row]
         vlen = (n[row] - seg * cap).clamp_(0, cap)
-        order = torch.argsort(vlen, descending=True, stable=True)
+        # Sort aligned groups of `group` lanes by their longest list (the lanes of a group stay together, in order).
         nblk = triton.cdiv(V, block)
-        lens = torch.zeros(nblk * block, dtype=torch.int64, device=dev)
-        lens[:V] = vlen[order]
-        start = torch.zeros(nblk * block, dtype=torch.int64, device=dev)
-        start[:V] = (off[:-1][row] + seg * cap)[order]
+        P = nblk * block
+        vlen_p = torch.zeros(P, dtype=torch.int64, device=dev)
+        vlen_p[:V] = vlen
+        gorder = torch.argsort(vlen_p.view(-1, group).amax(1), descending=True, stable=True)
+        order = (gorder[:, None] * group + torch.arange(group, device=dev)).reshape(-1)  # lane -> virtual row
+        real = order < V
+        lens = vlen_p[order]
+        start = torch.zeros(P, dtype=torch.int64, device=dev)
+        start[:V] = off[:-1][row] + seg * cap
+        start = start[order]
         base = torch.zeros(nblk + 1, dtype=torch.int64, device=dev)
-        base[1:] = torch.cumsum(lens.view(nblk, block)[:, 0] * block, 0)  # sorted: lane 0 is the block's longest
+        base[1:] = torch.cumsum(lens.view(nblk, block).amax(1) * block, 0)
         total = int(base[-1])
         it = torch.int32 if total + block < 2**31 else torch.int64
-        lane = torch.repeat_interleave(torch.arange(nblk * block, device=dev), lens, output_size=N)
+        lane = torch.repeat_interleave(torch.arange(P, device=dev), lens, output_size=N)
         k = torch.arange(N, device=dev) - (torch.cumsum(lens, 0) - lens)[lane]
         slot = base[lane // block] + k * block + lane % block
         e = start[lane] + k
@@ -162,13 +170,13 @@ def _ell_levels(off, src, coef, block, split=True):
         ecoef = torch.zeros(total, dtype=coef.dtype, device=dev)
         ecoef[slot] = coef[e]
         last = V == R
-        dst = torch.full((nblk * block,), -1, dtype=torch.int32, device=dev)
-        dst[:V] = (row[order] if last else torch.arange(V, device=dev)).to(torch.int32)
-        levels.append((eidx, ecoef, base.to(it), dst, V))
+        lanes = torch.arange(P, device=dev)
+        dst = torch.where(real, row[order.clamp(max=V - 1)] if last else lanes, -1).to(torch.int32)
+        levels.append((eidx, ecoef, base.to(it), dst, P))
         if last:
             return levels
         pos = torch.empty(V, dtype=torch.int64, device=dev)
-        pos[order] = torch.arange(V, device=dev)
+        pos[order[real]] = lanes[real]
         src, coef = pos, torch.ones(V, dtype=coef.dtype, device=dev)  # row r's segments, in order
         off = torch.zeros(R + 1, dtype=torch.int64, device=dev)
         off[1:] = torch.cumsum(nseg, 0)
@@ -301,13 +309,14 @@ def _spec_mac_kernel(f1_ptr, f2_ptr, spec_ptr, L, K, pid1_base, BLOCK: tl.conste
 
 
 def channel_lists(h, s, output_dim, acc, block):
-    """A count sketch's one sliced-ELL level (`_ell_levels`, unsplit), cached like the pair lists: bin d sums
-    s[c] x[c] over its channels in increasing channel order."""
+    """A count sketch's one sliced-ELL level (`_ell_levels`, unsplit, bins sorted 8 at a time: the sketch's stores
+    are its main traffic and stay whole sectors), cached like the pair lists: bin d sums s[c] x[c] over its channels
+    in increasing channel order."""
     def build():
         order = torch.argsort(h, stable=True)
         off = torch.zeros(output_dim + 1, dtype=torch.int64, device=h.device)
         off[1:] = torch.cumsum(torch.bincount(h, minlength=output_dim), 0)
-        return _ell_levels(off, order, s.to(acc)[order], block, split=False)[0]
+        return _ell_levels(off, order, s.to(acc)[order], block, split=False, group=8)[0]
     return _cached("channel", (h, s), (output_dim, acc, block), build)
 
 
