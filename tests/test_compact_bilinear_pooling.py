@@ -1,6 +1,7 @@
 """compact_bilinear_pooling: every implementation against an fp64 per-location Tensor Sketch computed from the
 definition (rfft / irfft per location with the same hashes and signs); gradients; odd shapes; layouts; empty
-batches; unbiasedness over random hashes; determinism; gradcheck; opcheck; torch.compile; bad input; the module."""
+batches; heavily unbalanced hashes; unbiasedness over random hashes; determinism; gradcheck; opcheck; torch.compile;
+the Triton bin lists' cache and layout; bad input; the module."""
 import importlib
 import math
 

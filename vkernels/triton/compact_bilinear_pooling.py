@@ -247,10 +247,11 @@ def backward(grad_out, x, y, h1, s1, h2, s2):
 # ---------------------------------------------------------------------------------------------------------------------
 # Frequency-pooled route: out_b = irfft(sum_l rfft(CS1(x_l)) rfft(CS2(y_l)), n=D), locations a chunk at a time.
 # Per chunk of L locations (all images at once): `_sketch_kernel` writes the count sketches (B, L, D) (each bin owned
-# by one lane, summing its channels in a fixed order from a sliced-ELL list like the pair lists', unsplit: no atomics;
-# bytes: x's chunk read once through the gather, 4 B L D written), torch.fft.rfft (cuFFT), then `_spec_mac_kernel`
-# adds sum_l F1_l F2_l into the (B, K) fp32 spectrum (4 B L K complex reads, 8 FLOPs per complex pair). One irfft at
-# the end. Memory: the chunk's sketches and spectra, bounded by FREQ_CHUNK_ELEMS, never all locations.
+# by one lane, summing its channels in a fixed order from a sliced-ELL list like the pair lists', unsplit and with
+# bins sorted 8 at a time so that its stores stay whole sectors: no atomics; bytes: x's chunk read once through the
+# gather, 4 B L D written), torch.fft.rfft (cuFFT), then `_spec_mac_kernel` adds sum_l F1_l F2_l into the (B, K) fp32
+# spectrum (4 B L K complex reads, 8 FLOPs per complex pair). One irfft at the end. Memory: the chunk's sketches and
+# spectra, bounded by FREQ_CHUNK_ELEMS, never all locations.
 # ---------------------------------------------------------------------------------------------------------------------
 FREQ_CHUNK_ELEMS = 1 << 24  # B * L * D reals per sketch per chunk (at most)
 
