@@ -1,6 +1,7 @@
 """compact_bilinear_pooling: every implementation against an fp64 per-location Tensor Sketch computed from the
 definition (rfft / irfft per location with the same hashes and signs); gradients; odd shapes; layouts; empty
-batches; unbiasedness over random hashes; determinism; gradcheck; opcheck; torch.compile; bad input; the module."""
+batches; heavily unbalanced hashes; unbiasedness over random hashes; determinism; gradcheck; opcheck; torch.compile;
+the Triton bin lists' cache and layout; bad input; the module."""
 import importlib
 import math
 
@@ -142,6 +143,38 @@ def test_not_sum_pooled_is_per_location_sketch(device, impl):
     # ... whose sum over locations is the pooled output.
     torch.testing.assert_close(out.sum((2, 3)), vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 13,
                                                                                   impl=impl))
+
+
+def unbalanced_hashes(device):
+    """14 of 16 channels of each input in bin 0 (196 of 256 pairs), the rest spread: most of D = 100 bins empty, and D
+    not a multiple of the Triton block (32 in the interpreter, 128 on a GPU)."""
+    h1 = torch.tensor([0] * 14 + [7, 44], device=device)
+    h2 = torch.tensor([0] * 13 + [30, 44, 1], device=device)
+    s1, s2 = hashes(16, 100, device)[1], hashes(16, 100, device)[1]
+    return h1, s1, h2, s2
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("device,impl", IMPLS)
+def test_unbalanced_hashes(device, impl, route, monkeypatch):
+    """Heavily unbalanced hashes against the definition. The Triton gram route cuts bin 0's pair list into segments
+    summed by a second level, and by a third with a smaller minimum segment; its freq route's sketch lists are one
+    level however long."""
+    h1, s1, h2, s2 = unbalanced_hashes(device)
+    tk = importlib.import_module("vkernels.triton.compact_bilinear_pooling") if impl == "triton" else None
+    for segment_min in ((64, 2) if tk is not None and route == "gram" else (None,)):
+        if segment_min is not None:
+            monkeypatch.setattr(tk, "_SEGMENT_MIN", segment_min)
+        for dtype in (torch.float64, torch.float32):
+            x, y = randn((3, 16, 3, 2), dtype, device), randn((3, 16, 3, 2), dtype, device)
+            out = vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 100, impl=impl, route=route)
+            cpu = [t.cpu() for t in (x, y, h1, s1, h2, s2)]
+            want = definition(*(t.double() if t.is_floating_point() else t for t in cpu), 100)
+            check_close(out, reference(*cpu, 100), want, dtype, f"out ({dtype}, segment_min={segment_min})")
+        if segment_min is not None:
+            block = tk._blocks(tk._launch.target(torch.device(device)))[0]
+            levels = tk.pair_lists(h1, s1, h2, s2, 100, torch.float32, block)
+            assert len(levels) == (2 if segment_min == 64 else 3), [lv[4] for lv in levels]
 
 
 def test_per_location_sketch_is_the_pair_hash():
@@ -344,6 +377,34 @@ def test_triton_bin_lists_cached_and_invalidated(route):
     torch.testing.assert_close(got, reference(x, y, m.h1, m.s1, m.h2, m.s2, 11))
 
 
+def test_triton_bin_list_layout():
+    """The sliced-ELL lists themselves (no kernel runs): every bin written once by the last level, every entry in
+    exactly one slot, no block runs a trip that all its lanes pad, and the sketch lists keep bins 8 at a time in
+    aligned, ordered lane groups (whole output sectors)."""
+    if "triton" not in vkernels.available_impls(OP, "cpu"):
+        pytest.skip("no Triton (interpreter) here")
+    tk = importlib.import_module("vkernels.triton.compact_bilinear_pooling")
+    g = torch.Generator().manual_seed(3)
+    uh1, us1, uh2, us2 = unbalanced_hashes("cpu")
+    cases = ((100, (uh1, us1, uh2, us2)), (300, hashes(40, 300, "cpu", g) + hashes(24, 300, "cpu", g)))
+    for D, (h1, s1, h2, s2) in cases:
+        for block in (32, 128):
+            for levels, entries in ((tk.pair_lists(h1, s1, h2, s2, D, torch.float32, block), h1.numel() * h2.numel()),
+                                    ([tk.channel_lists(h1, s1, D, torch.float32, block)], h1.numel())):
+                dst = levels[-1][3]
+                assert sorted(dst[dst >= 0].tolist()) == list(range(D))
+                idx = levels[0][0]
+                assert sorted(idx[idx >= 0].tolist()) == list(range(entries))
+                for idx, _, base, dst, _ in levels:
+                    for q in range(base.numel() - 1):
+                        if base[q + 1] > base[q]:
+                            assert (idx[base[q + 1] - block:base[q + 1]] >= 0).any(), (D, block, q)
+            lanes = tk.channel_lists(h1, s1, D, torch.float32, block)[3].view(-1, 8)
+            for grp in lanes.tolist():
+                real = [d for d in grp if d >= 0]
+                assert not real or (real[0] % 8 == 0 and real == list(range(real[0], real[0] + len(real)))), grp
+
+
 def test_triton_freq_chunk_is_bounded():
     from vkernels.triton import compact_bilinear_pooling as tk
     for B, D, HW in ((32, 8192, 784), (32, 16000, 784), (1, 7, 10 ** 6), (4, 1 << 26, 5)):
@@ -466,7 +527,8 @@ def test_module_route():
 
 def gpu_static_cases(full):
     """(label, thunk) for tools/gpu_static.py: both routes (gram: scatter / gather kernels; freq: sketch / spectrum
-    kernels), y distinct or x itself, contiguous and channels_last, forward + backward per dtype."""
+    kernels), y distinct or x itself, contiguous and channels_last, forward + backward per dtype; unbalanced hashes
+    (split pair lists: further scatter levels) per accumulation dtype."""
 
     def case(dtype, route, same, layout):
         def run():
@@ -479,6 +541,13 @@ def gpu_static_cases(full):
             torch.autograd.grad(out, (x,) if same else (x, y), torch.randn_like(out))
         return f"route={route} y_is_x={same} {layout} {dtype}", run
 
+    def unbalanced(dtype):  # the gram route's further levels: the scatter kernel on (B, width) partial sums
+        def run():
+            h1, s1, h2, s2 = unbalanced_hashes("cpu")
+            x, y = randn((2, 16, 3, 2), dtype, "cpu"), randn((2, 16, 3, 2), dtype, "cpu")
+            vkernels.compact_bilinear_pooling(x, y, h1, s1, h2, s2, 100, impl="triton", route="gram")
+        return f"route=gram unbalanced hashes {dtype}", run
+
     layouts = ("contiguous", "channels_last") if full else ("contiguous",)
     return [case(dtype, route, same, layout) for dtype in DTYPES for route in ROUTES for same in (False, True)
-            for layout in layouts]
+            for layout in layouts] + [unbalanced(dtype) for dtype in (torch.float32, torch.float64)]
