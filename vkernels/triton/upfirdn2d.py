@@ -34,17 +34,26 @@ def _accumulate(acc, xp, w_ptr, iy0, i0, ix0, j0, valid, H, W, sxh, sxw, upx, up
                 FH: tl.constexpr, FW: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
     """acc += sum over the taps i = i0 + t*upy, j = j0 + s*upx (t < TH, s < TW) of w[i, j] * x[iy0 + t, ix0 + s];
     the row terms (iy0, i0) and column terms (ix0, j0) broadcast against acc."""
-    for t in range(TH):
-        i = i0 + t * upy
-        iy = iy0 + t
-        vy = (i < FH) & (iy >= 0) & (iy < H)
-        for s in range(TW):
-            j = j0 + s * upx
-            ix = ix0 + s
-            vw = (i < FH) & (j < FW)
-            wv = tl.load(w_ptr + i * FW + j, mask=vw, other=0.0).to(acc.dtype)
-            xv = tl.load(xp + iy * sxh + ix * sxw, mask=valid & vy & (j < FW) & (ix >= 0) & (ix < W), other=0.0)
+    # Row terms once per t, column terms carried, and row and column masks combined once per tap: fewer
+    # full-tile operations (the interpreter pays for each, and for every integer add and multiply).
+    i = i0
+    iy = iy0
+    for _t in range(TH):
+        vi = i < FH
+        vy = valid & (vi & (iy >= 0) & (iy < H))
+        wr = w_ptr + i * FW
+        xr = xp + iy * sxh
+        j = j0
+        ix = ix0
+        for _s in range(TW):
+            vj = j < FW
+            wv = tl.load(wr + j, mask=vi & vj, other=0.0).to(acc.dtype)
+            xv = tl.load(xr + ix * sxw, mask=vy & (vj & (ix >= 0) & (ix < W)), other=0.0)
             acc += wv * xv.to(acc.dtype)
+            j += upx
+            ix += 1
+        i += upy
+        iy += 1
     return acc
 
 
@@ -71,7 +80,7 @@ def _upfirdn2d_kernel(out_ptr, x_ptr, w_ptr, count, C, H, W, outH, outW,
         by = oy * downy + cy  # upsampled row + ky*upy: never negative
         i0 = (upy - by % upy) % upy
         iy0 = (by + i0) // upy - ky
-    else:  # phase class pid1: BA rows (plane, m) with oy = pid1 + m*Py x BB columns; count = N*C planes
+    else:  # BA rows (plane, m), oy = pid1 + m*Py: one vertical phase class, x BB columns; count = N*C planes
         ncols = tl.cdiv(outW, BB)
         nrows = (outH - pid1 + Py - 1) // Py
         r = (pid0 // ncols) * BA + tl.arange(0, BA)[:, None]
