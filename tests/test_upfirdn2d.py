@@ -99,6 +99,35 @@ def test_matches_reference(device, impl, dtype, case):
     run_case(device, impl, dtype, case)
 
 
+@pytest.mark.ci_cover("up,down", "layout", "separable")
+@pytest.mark.parametrize("device,impl", IMPLS)
+@pytest.mark.parametrize("up", [2, 3, 4, (4, 3)], ids=str)
+@pytest.mark.parametrize("down", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("separable", [False, True], ids=["2d", "1d"])
+def test_every_phase_gets_its_taps(device, impl, up, down, layout, separable):
+    """Polyphase kernels visit per output only the taps that land on input pixels, starting at a tap that depends on
+    the output's phase. Filter lengths that are not multiples of up give phases different tap counts (ceil and floor
+    of F/up), and the odd padding shifts which phase comes first: a skipped, extra or misaligned tap in any phase
+    changes some output. Exact in float64 up to rounding."""
+    from vkernels.triton import _launch
+
+    ux, uy = (up, up) if isinstance(up, int) else up
+    fshape = (2 * max(ux, uy) + 1,) if separable else (2 * uy + 1, 2 * ux - 1)
+    f = (torch.rand(fshape) + 0.5).to(device)
+    x = make_x((2, 3, 5, 6), layout, torch.float64, device)
+    kw = dict(up=up, down=down, padding=(3, 1, 2, 2), gain=1.5)
+    launches = []
+    with _launch.recording(lambda kernel, grid, args, kwargs: launches.append(kwargs)):
+        y = vkernels.upfirdn2d(x, f, **kw, impl=impl)
+    torch.testing.assert_close(y, reference(x, f, **kw), rtol=1e-12, atol=1e-12)
+    if impl == "triton":  # the taps per output: ceil(F / up) per axis, not F
+        taps = [(k["TH"], k["TW"]) for k in launches]
+        want = ([(1, -(-fshape[0] // ux)), (-(-fshape[0] // uy), 1)] if separable else
+                [(-(-fshape[0] // uy), -(-fshape[1] // ux))])
+        assert taps == want, f"taps per output {taps}, want {want}"
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -382,19 +411,24 @@ def test_modules_survive_dtype_casts(dtype):
 
 def gpu_static_cases(full):
     """(label, thunk) for tools/gpu_static.py: StyleGAN's filters (separable 4 and 12 taps, 2-D 4x4) at up 2,
-    down 2 and both, contiguous and channels_last, forward + backward + double backward per dtype."""
+    down 2 and both, contiguous and channels_last, forward + backward + double backward per dtype. The narrow
+    shape takes the launcher's 32x16 tiles; the wide one (outputs over 32 columns, over 32 channels) its 8x64 tiles.
+    Full: also up 4 with an odd-length filter and asymmetric 2-D filters (phases with unequal tap counts)."""
     from _common import static_grads
 
-    geoms = [((4,), 2, 1, 2), ((4,), 1, 2, 1), ((12,), 2, 2, 5), ((4, 4), 2, 1, 1)]
+    narrow, wide = (2, 3, 9, 8), (1, 40, 6, 20)
+    geoms = [(narrow, (4,), 2, 1, 2), (narrow, (4,), 1, 2, 1), (narrow, (12,), 2, 2, 5), (narrow, (4, 4), 2, 1, 1),
+             (wide, (4, 4), 2, 1, 1), (wide, (5,), 4, 2, 3)]
     if full:
-        geoms += [((6,), 4, 2, 3), ((3, 5), 1, 1, (1, -1, 2, 0))]
+        geoms += [(narrow, (6,), 4, 2, 3), (narrow, (3, 5), 1, 1, (1, -1, 2, 0)), (wide, (12,), 2, 2, 5),
+                  (narrow, (5, 3), (3, 4), (1, 2), (2, 1, 3, 0))]
 
-    def case(dtype, fshape, up, down, pad, layout):
+    def case(dtype, shape, fshape, up, down, pad, layout):
         def run():
-            x = make_x((2, 3, 9, 8), layout, dtype, "cpu").requires_grad_()
+            x = make_x(shape, layout, dtype, "cpu").requires_grad_()
             f = torch.rand(fshape) + 0.5
             y = vkernels.upfirdn2d(x, f, up=up, down=down, padding=pad, impl="triton")
             static_grads(y, (x,), order=2)
-        return f"f={fshape} up={up} down={down} pad={pad} {layout} {dtype}", run
+        return f"x={shape} f={fshape} up={up} down={down} pad={pad} {layout} {dtype}", run
 
     return [case(dtype, *g, layout) for dtype in DTYPES for g in geoms for layout in ("contiguous", "channels_last")]

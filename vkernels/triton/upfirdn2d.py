@@ -1,15 +1,26 @@
-"""upfirdn2d in Triton: a direct (gather) kernel, one program per BLOCK output elements in the output's memory order.
+"""upfirdn2d in Triton: a polyphase gather in 2-D tiles; an output visits only the taps that land on input pixels.
 
-Per output element and tap it tests whether the tap lands on an input pixel (not on an inserted zero, not in the
-padding) and gathers it with a masked load; fp16/bf16 accumulate in fp32, fp64 in fp64. A 1-D (separable) filter is
-two launches, horizontal then vertical, through an fp32 (fp64) intermediate, as StyleGAN's CUDA op does.
-Bytes: reads x (each input pixel ~fh*fw/(up*up) times, mostly from cache), writes out once; FLOPs 2*fh*fw per output
-(2*(fh+fw) separable) including the masked-out taps. No shared-memory tiling or polyphase yet: a correct, simple
-GPU path that CI runs through the Triton interpreter; it has not been timed on a GPU.
+Output o (per axis) reads the upsampled, padded image at o*down + tap - pad0; only the taps with
+(o*down + tap - pad0) % up == 0 hit an input pixel. Those are tap0 + k*up for k < ceil(F/up), where tap0 follows
+from the output's phase, and their input index is consecutive (base + k). So an output visits
+ceil(fh/upy) x ceil(fw/upx) taps, never an inserted zero; a phase whose last tap falls past the filter masks it.
+Tiles, both 2-D:
+  - NCHW (any non-channels_last strides): rows of one vertical phase class (oy = ph + m*Py, Py = upy/gcd(upy, downy);
+    the input row advances by downy/gcd per m) x BB columns; rows of several planes share a tile. The row phase is one
+    scalar per program, so the vertical first tap is too; the horizontal one is gathered per column.
+  - channels_last: BA output pixels x BB channels; a pixel's first taps are gathered once and serve all its channels.
+Weights: gathered from the (fh, fw) tap table per phase (an L1-resident gather); no per-phase table is built on the
+host, since upfirdn2d's filter is prepared per call and a rearrangement would cost host work on every call.
+fp16/bf16 accumulate in fp32, fp64 in fp64. A 1-D (separable) filter is two launches, horizontal then vertical,
+through an fp32 (fp64) intermediate, as StyleGAN's CUDA op does.
+Bytes: reads x (each input pixel about fh*fw/(downx*downy) times, mostly from cache), writes out once (separable:
+plus the intermediate's write and read); FLOPs 2*ceil(fh/upy)*ceil(fw/upx) per output; separable: 2*ceil(fw/upx)
+per intermediate element (N*C*H*outW) plus 2*ceil(fh/upy) per output. Not timed on a GPU yet.
 Index arithmetic is kept non-negative (the padding is folded into a positive offset) because `//` and `%` on
 negative integers differ between Triton on GPU (C semantics) and the interpreter (numpy floor semantics).
 """
 import contextlib
+import math
 
 import torch
 import triton
@@ -19,46 +30,76 @@ from vkernels.triton import _launch
 
 
 @triton.jit
-def _upfirdn2d_kernel(out_ptr, x_ptr, w_ptr, total, C, H, W, outH, outW,
+def _accumulate(acc, xp, w_ptr, iy0, i0, ix0, j0, valid, H, W, sxh, sxw, upx, upy,
+                FH: tl.constexpr, FW: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr):
+    """acc += sum over the taps i = i0 + t*upy, j = j0 + s*upx (t < TH, s < TW) of w[i, j] * x[iy0 + t, ix0 + s];
+    the row terms (iy0, i0) and column terms (ix0, j0) broadcast against acc."""
+    # Row terms once per t, column terms carried, and row and column masks combined once per tap: fewer
+    # full-tile operations (the interpreter pays for each, and for every integer add and multiply).
+    i = i0
+    iy = iy0
+    for _t in range(TH):
+        vi = i < FH
+        vy = valid & (vi & (iy >= 0) & (iy < H))
+        wr = w_ptr + i * FW
+        xr = xp + iy * sxh
+        j = j0
+        ix = ix0
+        for _s in range(TW):
+            vj = j < FW
+            wv = tl.load(wr + j, mask=vi & vj, other=0.0).to(acc.dtype)
+            xv = tl.load(xr + ix * sxw, mask=vy & (vj & (ix >= 0) & (ix < W)), other=0.0)
+            acc += wv * xv.to(acc.dtype)
+            j += upx
+            ix += 1
+        i += upy
+        iy += 1
+    return acc
+
+
+@triton.jit
+def _upfirdn2d_kernel(out_ptr, x_ptr, w_ptr, count, C, H, W, outH, outW,
                       sxn, sxc, sxh, sxw, son, soc, soh, sow,
-                      upx, upy, downx, downy, cx, cy, kx, ky,
-                      FH: tl.constexpr, FW: tl.constexpr, CL: tl.constexpr, BLOCK: tl.constexpr,
-                      INT64: tl.constexpr):
-    pid = tl.program_id(0)
+                      upx, upy, downx, downy, cx, cy, kx, ky, Py, Sy, pid1_base,
+                      FH: tl.constexpr, FW: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, CL: tl.constexpr,
+                      BA: tl.constexpr, BB: tl.constexpr, INT64: tl.constexpr):
+    pid0 = tl.program_id(0)
     if INT64:
-        idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        idx = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < total
-    if CL:  # channels fastest
-        c = idx % C
-        t = idx // C
-        ox = t % outW
-        t = t // outW
-        oy = t % outH
-        n = t // outH
-    else:
-        ox = idx % outW
-        t = idx // outW
-        oy = t % outH
-        t = t // outH
-        c = t % C
-        n = t // C
+        pid0 = pid0.to(tl.int64)
+    pid1 = tl.program_id(1) + pid1_base
     acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros([BLOCK], dtype=acc_ty)
-    xbase = x_ptr + n * sxn + c * sxc
-    for i in range(FH):
-        uy = oy * downy + i + cy  # upsampled row + ky*upy: never negative
-        iy = uy // upy - ky
-        vy = mask & (uy % upy == 0) & (iy >= 0) & (iy < H)
-        for j in range(FW):
-            ux = ox * downx + j + cx
-            ix = ux // upx - kx
-            v = vy & (ux % upx == 0) & (ix >= 0) & (ix < W)
-            wv = tl.load(w_ptr + i * FW + j).to(acc_ty)
-            xv = tl.load(xbase + iy * sxh + ix * sxw, mask=v, other=0.0).to(acc_ty)
-            acc += wv * xv
-    tl.store(out_ptr + n * son + c * soc + oy * soh + ox * sow, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    acc = tl.zeros([BA, BB], dtype=acc_ty)
+    if CL:  # BA pixels (n, oy, ox) x BB channels; count = N*outH*outW
+        p = pid0 * BA + tl.arange(0, BA)[:, None]
+        ox = p % outW
+        q = p // outW
+        oy = q % outH
+        n = q // outH
+        c = pid1 * BB + tl.arange(0, BB)[None, :]
+        valid = (p < count) & (c < C)
+        by = oy * downy + cy  # upsampled row + ky*upy: never negative
+        i0 = (upy - by % upy) % upy
+        iy0 = (by + i0) // upy - ky
+    else:  # BA rows (plane, m), oy = pid1 + m*Py: one vertical phase class, x BB columns; count = N*C planes
+        ncols = tl.cdiv(outW, BB)
+        nrows = (outH - pid1 + Py - 1) // Py
+        r = (pid0 // ncols) * BA + tl.arange(0, BA)[:, None]
+        plane = r // nrows
+        m = r % nrows
+        n = plane // C
+        c = plane % C
+        oy = pid1 + m * Py
+        ox = (pid0 % ncols) * BB + tl.arange(0, BB)[None, :]
+        valid = (plane < count) & (ox < outW)
+        by = pid1 * downy + cy
+        i0 = (upy - by % upy) % upy
+        iy0 = (by + i0) // upy - ky + m * Sy
+    bx = ox * downx + cx
+    j0 = (upx - bx % upx) % upx
+    ix0 = (bx + j0) // upx - kx
+    acc = _accumulate(acc, x_ptr + n * sxn + c * sxc, w_ptr, iy0, i0, ix0, j0, valid, H, W, sxh, sxw, upx, upy,
+                      FH, FW, TH, TW)
+    tl.store(out_ptr + n * son + c * soc + oy * soh + ox * sow, acc.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 def _taps(f, flip_filter, gain):
@@ -67,23 +108,45 @@ def _taps(f, flip_filter, gain):
     return (w if flip_filter else w.flip(list(range(w.ndim)))).contiguous()
 
 
+def _tile(inner, interpret):
+    """(BA, BB): BB along the tile's contiguous axis (columns, or channels for channels_last) of length `inner`.
+    GPU: 512 outputs a program (8 warps, 2 outputs a thread: at 4 a thread the registers more than double and
+    occupancy drops), 64 wide when the axis allows (128 B rows in 16-bit), else
+    16 wide and 32 deep; the interpreter runs programs one by one, so it gets 4096."""
+    if interpret:
+        bb = min(64, triton.next_power_of_2(inner))
+        return 4096 // bb, bb
+    return (8, 64) if inner > 32 else (32, 16)
+
+
 def _pass(x, w, fh, fw, up, down, pad0, out):
     """One launch: out = upfirdn2d of x with the (fh, fw) correlation taps w; up/down/pad0 are (x, y) pairs."""
-    n, c, _, _ = x.shape
+    n, c, h, wd = x.shape
     total = out.numel()
     if total == 0:
         return out
     (upx, upy), (downx, downy), (px0, py0) = up, down, pad0
     kx, ky = -(-max(px0, 0) // upx), -(-max(py0, 0) // upy)  # ceil: makes cx, cy >= 0
     cx, cy = upx * kx - px0, upy * ky - py0
+    oh, ow = out.shape[2], out.shape[3]
     cl = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-    block = 4096 if _launch.target(x.device).interpret else 256  # the interpreter runs programs one by one
-    big = max(total, x.numel() and (x.stride(0) * (x.shape[0] - 1) + x.stride(1) * (c - 1) + x.stride(2) *
-                                    (x.shape[2] - 1) + x.stride(3) * (x.shape[3] - 1) + 1)) + block >= 2**31
+    ba, bb = _tile(c if cl else ow, _launch.target(x.device).interpret)
+    g = math.gcd(upy, downy)
+    py, sy = upy // g, downy // g  # vertical phase classes; input rows a class advances per output row
+    if cl:
+        count = n * oh * ow
+        grid = (triton.cdiv(count, ba), triton.cdiv(c, bb))
+    else:
+        count = n * c
+        grid = (triton.cdiv(count * triton.cdiv(oh, py), ba) * triton.cdiv(ow, bb), min(py, oh))
+    big = max(total, x.numel() and (x.stride(0) * (n - 1) + x.stride(1) * (c - 1) + x.stride(2) * (h - 1) +
+                                    x.stride(3) * (wd - 1) + 1)) + ba * bb >= 2**31
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _launch.launch(_upfirdn2d_kernel, (triton.cdiv(total, block),),
-            out, x, w, total, c, x.shape[2], x.shape[3], out.shape[2], out.shape[3], *x.stride(), *out.stride(),
-            upx, upy, downx, downy, cx, cy, kx, ky, FH=fh, FW=fw, CL=cl, BLOCK=block, INT64=big, num_warps=4)
+        _launch.launch(_upfirdn2d_kernel, grid,
+            out, x, w, count, c, h, wd, oh, ow, *x.stride(), *out.stride(),
+            upx, upy, downx, downy, cx, cy, kx, ky, py, sy,
+            FH=fh, FW=fw, TH=triton.cdiv(fh, upy), TW=triton.cdiv(fw, upx), CL=cl, BA=ba, BB=bb, INT64=big,
+            num_warps=8)
     return out
 
 
