@@ -29,9 +29,9 @@ class MotionRNN(torch.nn.Module):
         self.cell = torch.nn.GRUCell(noise_dim, motion_dim)
 
     def forward(self, n: int, frames: int, device=None) -> torch.Tensor:
-        device = device or self.cell.weight_ih.device
-        h = torch.randn(n, self.motion_dim, device=device)
-        eps = torch.randn(frames, n, self.noise_dim, device=device)
+        device, dtype = device or self.cell.weight_ih.device, self.cell.weight_ih.dtype
+        h = torch.randn(n, self.motion_dim, device=device, dtype=dtype)
+        eps = torch.randn(frames, n, self.noise_dim, device=device, dtype=dtype)
         out = []
         for t in range(frames):
             h = self.cell(eps[t], h)
