@@ -14,7 +14,8 @@ from models.gan.mocogan import VideoDiscriminator, VideoGenerator, image_discrim
 from models.gan.textgan import (TextImageDiscriminator, TextImageGenerator, TextVideoDiscriminator,
                                 TextVideoGenerator)
 from models.gan.vid2vid import TemporalDiscriminator, Vid2VidGenerator, warp
-from models.gan.video_data import MOTIONS, VOCAB, captions, decode, moving_shapes, semantic_videos
+from models.gan.video_data import (MOTIONS, VOCAB, captions, decode, dominant_colour, moving_shapes,
+                                   semantic_videos)
 
 TINY = ["--res", "8", "--batch-size", "2", "--z-dim", "8", "--channels", "8", "--frames", "3", "--motion-dim", "4",
         "--threads", "1", "--device", "cpu"]
@@ -41,6 +42,7 @@ def test_moving_shapes_move_as_captioned():
     text = decode(captions(shape, colour, motion))
     assert all(t.split()[-1] == MOTIONS[m] for t, m in zip(text, motion.tolist()))
     assert captions(shape, colour).shape == (16, 3) and captions(shape, colour).max() < len(VOCAB)
+    assert torch.equal(dominant_colour(video[:, -1]), colour)
 
 
 def test_semantic_videos_one_hot_and_painted():

@@ -89,3 +89,15 @@ def semantic_videos(n: int, frames: int, size: int, label_nc: int, gen: torch.Ge
     shade = torch.linspace(-0.15, 0.15, size)
     img = palette[labels].permute(0, 1, 4, 2, 3) + shade
     return seg, img.clamp(-1, 1)
+
+
+def dominant_colour(images: torch.Tensor) -> torch.Tensor:
+    """Index into COLOURS (n,) of each image's shape colour: the palette colour nearest to the mean of its brightest
+    10% of pixels (the shape covers about 12% of a frame). images (n, 3, H, W) in [-1, 1]. On moving_shapes' own
+    frames it returns the caption's colour; on samples of text2image / text2video it measures how well the generator
+    follows the caption's colour word (chance: 1 / len(COLOURS))."""
+    x = (images.detach().float().cpu() + 1) / 2
+    lum = x.sum(1).flatten(1)
+    idx = lum.topk(max(1, lum.shape[1] // 10), 1).indices
+    top = x.flatten(2).gather(2, idx[:, None].expand(-1, 3, -1)).mean(2)
+    return torch.cdist(top, _RGB).argmin(1)
