@@ -13,7 +13,7 @@ from models.gan import train as T
 from models.gan.mocogan import VideoDiscriminator, VideoGenerator, image_discriminator
 from models.gan.textgan import (TextImageDiscriminator, TextImageGenerator, TextVideoDiscriminator,
                                 TextVideoGenerator)
-from models.gan.vid2vid import TemporalDiscriminator, Vid2VidGenerator, warp
+from models.gan.vid2vid import TemporalDiscriminator, Vid2VidGenerator, temporal_windows, warp
 from models.gan.video_data import (MOTIONS, VOCAB, captions, decode, dominant_colour, moving_shapes,
                                    semantic_videos)
 
@@ -63,6 +63,15 @@ def test_warp_zero_and_integer_flow():
     torch.testing.assert_close(warp(x, flow), x)
     flow[:, 0] = 1.0  # out[p] = x[p + (1, 0)]: shifted left by one pixel, the last column repeated (border)
     torch.testing.assert_close(warp(x, flow)[..., :-1], x[..., 1:])
+
+
+def test_temporal_windows_stack_consecutive_frames():
+    x = torch.randn(2, 5, 3, 4, 4)
+    win = temporal_windows(x, 3)
+    assert win.shape == (2 * 3, 9, 4, 4)
+    for n in range(2):
+        for t in range(3):
+            torch.testing.assert_close(win[n * 3 + t], x[n, t:t + 3].flatten(0, 1), rtol=0, atol=0)
 
 
 def _trainer(arch):

@@ -43,7 +43,15 @@ def _freeze(train: torch.nn.Module, frozen: torch.nn.Module):
     frozen.requires_grad_(False)
 
 
-class MoCoGANTrainer(Trainer):
+class _VideoTrainer(Trainer):
+    def _z(self):
+        """This rank's part of the global batch's latents (as the biggan arch): ranks generate different clips.
+        The per-frame noise inside G (motion GRU, StyleGAN noise) comes from the global RNG, alike on every rank."""
+        a = self.args
+        return self._rank_slice(torch.randn(a.batch_size * self.run.world, a.z_dim)).to(self.run.device)
+
+
+class MoCoGANTrainer(_VideoTrainer):
     """Non-saturating logistic loss for the image and the video discriminator, lazy R1 on the image D's real frames
     every --r1-every steps, EMA generator for samples (as the stylegan2 arch)."""
 
@@ -73,12 +81,12 @@ class MoCoGANTrainer(Trainer):
         a, G, D = self.args, self.G, self.D
         real = self.batch()
         _freeze(G, D)
-        fake = G(torch.randn(a.batch_size, a.z_dim, device=self.run.device), a.frames)
+        fake = G(self._z(), a.frames)
         loss_G = F.softplus(-D["image"](random_frames(fake))).mean() + F.softplus(-D["video"](fake)).mean()
         self._opt_step("G", G, loss_G)
         _freeze(D, G)
         with torch.no_grad():
-            fake = G(torch.randn(a.batch_size, a.z_dim, device=self.run.device), a.frames)
+            fake = G(self._z(), a.frames)
         real_frames = random_frames(real)
         do_r1 = a.r1_gamma > 0 and self.step % a.r1_every == 0
         if do_r1:
@@ -101,7 +109,7 @@ class MoCoGANTrainer(Trainer):
         C.save_image_grid(clips.flatten(0, 1), path, nrow=self.args.frames)
 
 
-class Vid2VidTrainer(Trainer):
+class Vid2VidTrainer(_VideoTrainer):
     """Hinge loss for the per-frame and the temporal discriminator; G adds --l1-weight * L1 to the target clip and
     --flow-weight * the warp loss |warp(real_{t-1}, flow_t) - real_t| (vid2vid supervises its flow with optical flow
     of the real clip; a synthetic clip has none, so the warp error of the real frames stands in)."""
@@ -164,7 +172,7 @@ def _caption_grid(motion: bool, n_rows: int):
     return tokens.repeat(n_rows, 1)
 
 
-class Text2ImageTrainer(Trainer):
+class Text2ImageTrainer(_VideoTrainer):
     """Captions "a <colour> <shape>" -> the first frame of a moving-shapes clip. Hinge loss, matching-aware D."""
 
     desc = "text2image"
@@ -191,11 +199,11 @@ class Text2ImageTrainer(Trainer):
         real, tokens = self.batch()
         _freeze(D, G)
         with torch.no_grad():
-            fake = G(torch.randn(a.batch_size, a.z_dim, device=self.run.device), tokens)
+            fake = G(self._z(), tokens)
         loss_D = matching_hinge_d_loss(D, real, fake, tokens)
         self._opt_step("D", D, loss_D)
         _freeze(G, D)
-        loss_G = hinge_g_loss(D(G(torch.randn(a.batch_size, a.z_dim, device=self.run.device), tokens), tokens))
+        loss_G = hinge_g_loss(D(G(self._z(), tokens), tokens))
         self._opt_step("G", G, loss_G)
         self.step += 1
         return {"loss_G": loss_G.item(), "loss_D": loss_D.item()}
@@ -205,7 +213,7 @@ class Text2ImageTrainer(Trainer):
         C.save_image_grid(img, path, nrow=len(COLOURS) * len(SHAPES))
 
 
-class Text2VideoTrainer(Trainer):
+class Text2VideoTrainer(_VideoTrainer):
     """Captions "a <colour> <shape> moving <direction>" -> clips. Hinge loss, matching-aware image (random frame)
     and video discriminators."""
 
@@ -238,12 +246,12 @@ class Text2VideoTrainer(Trainer):
         real, tokens = self.batch()
         _freeze(D, G)
         with torch.no_grad():
-            fake = G(torch.randn(a.batch_size, a.z_dim, device=self.run.device), tokens, a.frames)
+            fake = G(self._z(), tokens, a.frames)
         loss_img = matching_hinge_d_loss(D["image"], random_frames(real), random_frames(fake), tokens)
         loss_vid = matching_hinge_d_loss(D["video"], real, fake, tokens)
         self._opt_step("D", D, loss_img + loss_vid)
         _freeze(G, D)
-        fake = G(torch.randn(a.batch_size, a.z_dim, device=self.run.device), tokens, a.frames)
+        fake = G(self._z(), tokens, a.frames)
         loss_G = hinge_g_loss(D["image"](random_frames(fake), tokens)) + hinge_g_loss(D["video"](fake, tokens))
         self._opt_step("G", G, loss_G)
         self.step += 1
