@@ -95,6 +95,10 @@ ARCH_ARGS = {
                "--channels", "8", "--threads", "1"],
     "spade": ["--arch", "spade", "--res", "16", "--batch-size", "2", "--channels", "8", "--threads", "1"],
 }
+# Video and text archs (models/gan/video_train.py): 3-frame clips at 8x8.
+VIDEO_TINY = ["--res", "8", "--batch-size", "2", "--z-dim", "8", "--channels", "8", "--frames", "3", "--motion-dim",
+              "4", "--r1-every", "2", "--threads", "1"]
+ARCH_ARGS.update({arch: ["--arch", arch] + VIDEO_TINY for arch in T.VIDEO_ARCHS})
 
 
 def _run_arch(arch, tmp_path, steps, resume=False):

@@ -5,6 +5,9 @@ r"""Train a small GAN on an offline dataset: `python -m models.gan.train --arch 
     python -m models.gan.train --pl-weight 2 --out runs/gan-pl                           # + path-length penalty
     python -m models.gan.train --arch biggan --data digits --res 16 --out runs/biggan    # class-conditional
     python -m models.gan.train --arch spade --res 32 --out runs/spade                    # segmentation -> image
+    python -m models.gan.train --arch mocogan --res 16 --frames 4 --out runs/mocogan     # image -> video
+    python -m models.gan.train --arch vid2vid --res 16 --frames 4 --out runs/vid2vid     # video -> video
+    python -m models.gan.train --arch text2video --res 16 --out runs/t2v                 # or text2image
     torchrun --nproc_per_node 2 -m models.gan.train --data digits --out runs/gan-ddp      # DDP (gloo/NCCL)
     python -m models.gan.train --bench --res 32 --batch-size 16                          # G+D step, auto vs reference
     python -m models.gan.train --bench --res 256 --batch-size 2 --channel-base 16384 --channels 512 --z-dim 512 \
@@ -21,6 +24,16 @@ Architectures (--arch):
 - spade (models/gan/spade.py): SPADE ResBlk generator, segmentation map -> image, on the synthetic rectangles of
   spade.py (one-hot maps with --label-nc classes, each painted a fixed colour), against a PatchGAN discriminator
   conditioned on the map; hinge loss + --l1-weight * L1 to the target image. --data is not used.
+- mocogan (models/gan/mocogan.py): image -> video, MoCoGAN-style: content code + GRU motion codes through a
+  StyleGAN2 image generator per frame; image D (stylegan2's, on a random frame, lazy R1) and a 3-D conv video D
+  (bias_act); non-saturating loss; synthetic moving-shapes clips of --frames frames (video_data.py).
+- vid2vid (models/gan/vid2vid.py): semantic-map clip -> clip: SPADE ResBlk generator per frame on the map and the
+  two previous generated frames, flow + mask heads, warping with grid_sample; per-frame PatchGAN and temporal D,
+  hinge + --l1-weight * L1 + --flow-weight * warp loss; synthetic drifting rectangles.
+- text2image / text2video (models/gan/textgan.py): a GRU (--text-encoder gru) or bag-of-embeddings caption encoder
+  drives the conditional batch norm (upsample_norm_act) of BigGAN blocks; text2video adds mocogan's motion GRU to
+  the condition. Projection discriminators with their own caption encoder, hinge loss with a mismatched-caption
+  term; captions "a <colour> <shape> moving <direction>" of the moving-shapes clips.
 Writes <out>/samples_<step>.png every --sample-every steps, <out>/checkpoint.pt (atomic) every --ckpt-every steps,
 and reports s/iter and peak memory at the end. Gradients are averaged over ranks by hand (not DDP: R1's and the
 path-length penalty's double backward are outside DDP's support), so every arch runs under torchrun.
@@ -47,6 +60,11 @@ from models.gan.stylegan2 import (Discriminator, Generator, make_ema, path_lengt
 ARCHS = ("stylegan2", "biggan", "spade")
 DEFAULT_DATA = {"stylegan2": "faces", "biggan": "digits", "spade": "seg"}
 DEFAULT_LR = {"stylegan2": 2e-3, "biggan": 2e-4, "spade": 2e-4}
+# Video and text-conditioned archs: trainers in models/gan/video_train.py, data made in code (--data not used).
+VIDEO_ARCHS = ("mocogan", "vid2vid", "text2image", "text2video")
+ARCHS += VIDEO_ARCHS
+DEFAULT_DATA.update(mocogan="shapes", vid2vid="segvideo", text2image="shapes", text2video="shapes")
+DEFAULT_LR.update(mocogan=2e-3, vid2vid=1e-3, text2image=1e-3, text2video=1e-3)
 
 
 def parse_args(argv=None):
@@ -70,6 +88,12 @@ def parse_args(argv=None):
     p.add_argument("--ema-beta", type=float, default=0.99)
     p.add_argument("--label-nc", type=int, default=4, help="spade: segmentation classes")
     p.add_argument("--l1-weight", type=float, default=10.0, help="spade: weight of the L1 term in G's loss")
+    v = p.add_argument_group("video and text archs (mocogan, vid2vid, text2image, text2video)")
+    v.add_argument("--frames", type=int, default=4, help="frames per clip (>= 2)")
+    v.add_argument("--motion-dim", type=int, default=8, help="mocogan / text2video: motion code size")
+    v.add_argument("--text-encoder", default="gru", choices=("gru", "bag"),
+                   help="text2image / text2video: the generator's caption encoder")
+    v.add_argument("--flow-weight", type=float, default=2.0, help="vid2vid: weight of the warp loss in G's loss")
     p.add_argument("--bench", action="store_true",
                    help="time G+D steps with --impl auto and reference (same weights, interleaved); no training")
     p.add_argument("--bench-steps", type=int, default=6, help="--bench: timed steps per impl (first is warm-up)")
@@ -322,6 +346,11 @@ TRAINERS = {"stylegan2": StyleGAN2Trainer, "biggan": BigGANTrainer, "spade": SPA
 
 
 def make_trainer(args, run) -> Trainer:
+    if args.arch in VIDEO_ARCHS:
+        # Imported here: video_train's trainers subclass Trainer, so it imports this module.
+        from models.gan.video_train import TRAINERS as VIDEO_TRAINERS
+
+        return VIDEO_TRAINERS[args.arch](args, run)
     return TRAINERS[args.arch](args, run)
 
 
@@ -415,6 +444,8 @@ def main(argv=None):
         raise SystemExit(f"--res must be a power of 2 >= 8, got {args.res}")
     if args.arch == "spade" and args.res < 16:
         raise SystemExit(f"--arch spade needs --res >= 16 (the synthetic segmentation maps), got {args.res}")
+    if args.arch in VIDEO_ARCHS and args.frames < 2:
+        raise SystemExit(f"--arch {args.arch} needs --frames >= 2, got {args.frames}")
     run = C.setup(args)
     try:
         if args.bench:
