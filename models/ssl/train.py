@@ -30,7 +30,7 @@ from models.ssl.video import VideoInstance
 from models.ssl.xmodal import CrossModal
 
 METHODS = ("moco", "npid", "xmodal", "bigbigan", "video")
-DEFAULT_LR = {"bigbigan": 2e-4}           # others: 0.06 (SGD)
+DEFAULT_LR = {"bigbigan": 2e-4, "video": 0.03}  # others: 0.06 (SGD)
 DEFAULT_DATA = {"video": "shapes:0", "bigbigan": "digits"}  # others: synthetic:0
 
 
@@ -152,6 +152,8 @@ def main(argv=None) -> dict:
                 print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
     net = run.ddp(model.trainable())
     x_all = data.x.to(run.device)
+    if start == 0 and hasattr(model, "prime"):  # video: the bank starts from the untrained encoder's embeddings
+        model.prime(x_all)
 
     def train_step(step: int):
         for grp in opt.param_groups:

@@ -3,12 +3,15 @@
 Per step and video i of the batch, two clips of T frames are cut at random start frames and random speeds (frame
 stride 1 or 2), each with its own colour jitter and horizontal flip. A small (2+1)-D CNN embeds both clips
 (z1, z2, L2-normalised) and the loss is
-    L = 1/2 [InfoNCE(z1; pos z2, bank, exclude i) + InfoNCE(z2; pos z1, bank, exclude i)] + w * CE(speed head, stride),
-both InfoNCE terms vkernels.infonce_bank_loss calls through vkernels.nn.InfoNCEWithBank: the two clips of one video
-are the positives, the negatives are the memory bank's rows of the other videos (vkernels.nn.MemoryBank with a row
-per video, momentum-updated after the step with normalize(z1 + z2); the video's own row is excluded). The speed head
-(Benaim et al. 2020, SpeedNet; Wang et al. 2020, pace prediction) classifies each clip's stride from the backbone
-features. Speed, not temporal order: in the moving-shapes set a reversed clip is a valid clip of the same motion type.
+    L = 1/2 [InfoNCE(z1; pos m_i, bank, exclude i) + InfoNCE(z2; pos m_i, bank, exclude i)] + w * CE(speed head, stride),
+both InfoNCE terms vkernels.infonce_bank_loss calls through vkernels.nn.InfoNCEWithBank. The bank
+(vkernels.nn.MemoryBank, mode="momentum") has a row m_j per video: primed with the untrained encoder's embedding of
+its centre clip, then after each step m_i <- normalize(mu m_i + (1 - mu) normalize(z1 + z2)). So each clip's positive
+is the memory of clips of its own video from earlier steps, and its negatives are the other videos' clips (their
+rows; the own row is excluded from the negatives). Taking the concurrent clip z2 as z1's positive instead (both with
+gradients) did not train on this set: the loss rose above log M within 100 steps. The speed head (Benaim et al. 2020,
+SpeedNet; Wang et al. 2020, pace prediction) classifies each clip's stride from the backbone features. Speed, not
+temporal order: in the moving-shapes set a reversed clip is a valid clip of the same motion type.
 """
 from __future__ import annotations
 
@@ -49,7 +52,9 @@ class ClipEncoder(nn.Module):
         super().__init__()
         self.backbone = nn.Sequential(_R2Plus1D(in_ch, width), _R2Plus1D(width, 2 * width, 2, 2),
                                       _R2Plus1D(2 * width, 4 * width, 2, 2))
-        self.head = nn.Linear(4 * width, dim)
+        # BN before the L2 norm centres the batch's embeddings: without it every clip drifts away from the (stale)
+        # bank's mean, the bank follows, and instance discrimination stalls (as in xmodal.py).
+        self.head = nn.Sequential(nn.Linear(4 * width, dim), nn.BatchNorm1d(dim))
         self.speed = nn.Linear(4 * width, len(SPEEDS))
 
     def pooled(self, x):
@@ -116,14 +121,34 @@ class VideoInstance(nn.Module):
         z1, z2 = z.chunk(2)
         idx = idx.to(z.device)
         # index=idx: the video's own (older) bank row is not a negative; the positive is its other clip.
-        l12, r12 = self.criterion(z1, z2, index=idx, return_rank=True)
-        l21, r21 = self.criterion(z2, z1, index=idx, return_rank=True)
+        # Positive: the video's memory row, the momentum average of its clips from earlier steps; the negatives are
+        # the other videos' rows (index=idx excludes the own row from them).
+        pos = self.criterion.bank.negatives()[idx].clone()  # a copy: the bank is written in place
+        l12, r12 = self.criterion(z1, pos, index=idx, return_rank=True)
+        l21, r21 = self.criterion(z2, pos, index=idx, return_rank=True)
         speed = F.cross_entropy(logits, torch.cat([s1, s2]))
         loss = 0.5 * (l12 + l21) + self.speed_weight * speed
         metrics = {"nce": 0.5 * (l12 + l21).detach(), "acc1": 0.5 * ((r12 == 0).float().mean()
                                                                      + (r21 == 0).float().mean()),
                    "speed_acc": (logits.argmax(1) == torch.cat([s1, s2])).float().mean()}
         return loss, metrics, F.normalize(z1 + z2, dim=1).detach()
+
+    @torch.no_grad()
+    def prime(self, videos: torch.Tensor, chunk: int = 128) -> None:
+        """Fill the bank with the untrained encoder's embeddings of every video's centre clip (the same on every
+        rank). With NPID's random initial rows the loss starts artificially low and rises while the bank fills with
+        real embeddings; primed, its fall measures learning. Training-mode BN (batch statistics, as the embeddings
+        the bank later receives; eval mode's initial running statistics give vectors unlike them), with the running
+        statistics restored afterwards."""
+        enc = self.encoder
+        saved = {k: v.clone() for k, v in enc.state_dict().items()}
+        dev = next(enc.parameters()).device
+        clips = center_clips(videos, self.frames)
+        z = torch.cat([enc(clips[i:i + chunk].to(dev))[0] for i in range(0, clips.shape[0], chunk)])
+        enc.load_state_dict(saved)
+        bank = self.criterion.bank
+        bank.flush()
+        bank.memory.copy_(z.to(bank.memory.dtype))
 
     @torch.no_grad()
     def after_step(self, z, idx):
