@@ -43,8 +43,8 @@ def parse_args(argv=None):
     g.add_argument("--image-size", type=int, default=16, help="images are resized to this (digits are 8x8)")
     g.add_argument("--width", type=int, default=16, help="backbone width w (features 4w)")
     g.add_argument("--dim", type=int, default=128, help="embedding dimension d (bigbigan: z dimension)")
-    g.add_argument("--hidden", type=int, default=256, help="MoCo's MLP head hidden width")
-    g.add_argument("--temperature", type=float, default=None, help="T (default: 0.2 MoCo v2, 0.07 NPID / xmodal)")
+    g.add_argument("--hidden", type=int, default=256, help="MoCo's MLP head hidden width; bigbigan: D's MLP width")
+    g.add_argument("--temperature", type=float, default=None, help="T (default: 0.2 MoCo v2, 0.07 NPID / xmodal, 0.1 video)")
     g.add_argument("--queue-size", type=int, default=1024, help="MoCo: negatives in the queue (K)")
     g.add_argument("--moco-m", type=float, default=0.99, help="MoCo: key encoder momentum")
     g.add_argument("--bn-splits", type=int, default=0,
@@ -62,7 +62,7 @@ def parse_args(argv=None):
     g.add_argument("--heldout", type=float, default=0.2, help="fraction of the data held out for kNN")
     g.add_argument("--no-peak", action="store_true", help="skip the one profiled step that measures peak memory")
     g.add_argument("--frames", type=int, default=8, help="video: frames per clip")
-    g.add_argument("--speed-weight", type=float, default=1.0, help="video: weight of the speed-prediction loss")
+    g.add_argument("--speed-weight", type=float, default=1.0, help="video: weight of the speed-prediction loss (0: off)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
     args = p.parse_args(argv)
     if args.lr is None:
@@ -97,8 +97,8 @@ def build(args, data: D.SSLData, run: C.Run):
             raise SystemExit(f"--arch bigbigan: --image-size must be a power of 2 >= 8, got {data.x.shape[-1]}")
         model = BigBiGAN(data.x.shape[1], data.x.shape[-1], args.dim, args.width, args.hidden)
     elif args.method == "video":
-        if not 0 < args.speed_weight:
-            raise SystemExit(f"--speed-weight must be > 0, got {args.speed_weight}")
+        if not args.speed_weight >= 0:
+            raise SystemExit(f"--speed-weight must be >= 0 (0: no speed pretext), got {args.speed_weight}")
         model = VideoInstance(data.x.shape[1], m, args.width, args.dim, args.frames, args.temperature or 0.1,
                               args.bank_momentum, args.speed_weight, sync, args.seed)
     else:
