@@ -1,4 +1,4 @@
-"""python -m models.ssl.train --arch moco|npid|xmodal|bigbigan|video [--steps N --batch-size B --impl auto|reference ...]
+"""python -m models.ssl.train --arch moco|npid|xmodal|bigbigan|video [--steps N --batch-size B --impl reference ...]
 
 One loop for the five methods (--arch and --method are the same flag): deterministic batches and augmentations (a
 pure function of seed, step and rank, see models/ssl/data.py), a cosine learning rate (SGD; bigbigan: constant-rate
@@ -44,7 +44,8 @@ def parse_args(argv=None):
     g.add_argument("--width", type=int, default=16, help="backbone width w (features 4w)")
     g.add_argument("--dim", type=int, default=128, help="embedding dimension d (bigbigan: z dimension)")
     g.add_argument("--hidden", type=int, default=256, help="MoCo's MLP head hidden width; bigbigan: D's MLP width")
-    g.add_argument("--temperature", type=float, default=None, help="T (default: 0.2 MoCo v2, 0.07 NPID / xmodal, 0.1 video)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="T (default: 0.2 MoCo v2, 0.07 NPID / xmodal, 0.1 video)")
     g.add_argument("--queue-size", type=int, default=1024, help="MoCo: negatives in the queue (K)")
     g.add_argument("--moco-m", type=float, default=0.99, help="MoCo: key encoder momentum")
     g.add_argument("--bn-splits", type=int, default=0,
@@ -62,7 +63,8 @@ def parse_args(argv=None):
     g.add_argument("--heldout", type=float, default=0.2, help="fraction of the data held out for kNN")
     g.add_argument("--no-peak", action="store_true", help="skip the one profiled step that measures peak memory")
     g.add_argument("--frames", type=int, default=8, help="video: frames per clip")
-    g.add_argument("--speed-weight", type=float, default=1.0, help="video: weight of the speed-prediction loss (0: off)")
+    g.add_argument("--speed-weight", type=float, default=1.0,
+                   help="video: weight of the speed-prediction loss (0: off)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
     args = p.parse_args(argv)
     if args.lr is None:

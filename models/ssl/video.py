@@ -3,7 +3,7 @@
 Per step and video i of the batch, two clips of T frames are cut at random start frames and random speeds (frame
 stride 1 or 2), each with its own colour jitter and horizontal flip. A small (2+1)-D CNN embeds both clips
 (z1, z2, L2-normalised) and the loss is
-    L = 1/2 [InfoNCE(z1; pos m_i, bank, exclude i) + InfoNCE(z2; pos m_i, bank, exclude i)] + w * CE(speed head, stride),
+    L = 1/2 [InfoNCE(z1; pos m_i, bank, excl. i) + InfoNCE(z2; pos m_i, bank, excl. i)] + w * CE(speed head, stride),
 both InfoNCE terms vkernels.infonce_bank_loss calls through vkernels.nn.InfoNCEWithBank. The bank
 (vkernels.nn.MemoryBank, mode="momentum") has a row m_j per video: primed with the untrained encoder's embedding of
 its centre clip, then after each step m_i <- normalize(mu m_i + (1 - mu) normalize(z1 + z2)). So each clip's positive
