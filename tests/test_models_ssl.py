@@ -1,7 +1,10 @@
-"""models/ssl: the three methods train, --impl reference agrees, resume is bit-exact, 2-rank gloo DDP works.
+"""models/ssl: every method trains, --impl reference agrees, resume is bit-exact, 2-rank gloo DDP works; BigBiGAN's
+and the video model's updates reach every parameter and lower their loss on a fixed batch; the moving-shapes videos
+move as their labels say.
 
-Tiny sizes (8x8 synthetic images, width 4, d=16) so the whole file stays fast on a shared 2-core machine.
+Tiny sizes (8x8 synthetic images or videos, width 4, d=16) so the whole file stays fast on a shared 2-core machine.
 """
+import copy
 import math
 import os
 import socket
@@ -12,8 +15,11 @@ import torch.multiprocessing as mp
 
 import vkernels
 from models.ssl import augment, train
+from models.ssl import data as D
+from models.ssl import video
+from models.ssl.bigbigan import BigBiGAN
 from models.ssl.encoders import SplitBatchNorm
-from models.ssl.knn import weighted_knn
+from models.ssl.knn import linear_probe, weighted_knn
 from models.ssl.moco import MoCo
 
 TINY = ["--image-size", "8", "--width", "4", "--dim", "16", "--hidden", "32", "--queue-size", "40",
@@ -22,8 +28,9 @@ TINY = ["--image-size", "8", "--width", "4", "--dim", "16", "--hidden", "32", "-
 
 
 def _run(method, *extra):
+    data = ["--data", "synthetic:0"] if method == "bigbigan" else []  # its default, digits, costs an sklearn import
     try:
-        return train.main(["--method", method, *TINY, *map(str, extra)])
+        return train.main(["--method", method, *TINY, *data, *map(str, extra)])
     finally:
         vkernels.set_impl("auto")
 
@@ -53,9 +60,11 @@ def _assert_same_state(a, b):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     sa, sb = a["opt"]["state"], b["opt"]["state"]
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]), k
+    assert sa.keys() == sb.keys() and sa
+    for k in sa:  # SGD's momentum_buffer, Adam's step / exp_avg / exp_avg_sq
+        assert sa[k].keys() == sb[k].keys()
+        for name in sa[k]:
+            assert torch.equal(sa[k][name], sb[k][name]), (k, name)
 
 
 @pytest.mark.parametrize("method", train.METHODS)
@@ -127,7 +136,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-RUNS = [(m, "gather") for m in train.METHODS] + [("moco", "sharded")]
+DDP_METHODS = [m for m in train.METHODS if m != "bigbigan"]  # bigbigan refuses torchrun
+RUNS = [(m, "gather") for m in DDP_METHODS] + [("moco", "sharded")]
 
 
 def _ddp_worker(rank, world, ports, out_dir):
@@ -147,7 +157,7 @@ def test_ddp_two_ranks_gloo(tmp_path):
               for sync in ("gather", "sharded"))
     for (_, lg), (_, ls) in zip(g0, s0):
         assert abs(lg - ls) <= 1e-5 * max(1.0, abs(lg)), (g0, s0)
-    for method in train.METHODS:
+    for method in DDP_METHODS:
         r0, r1 = (torch.load(tmp_path / f"{method}-gather-{r}.pt", weights_only=False) for r in (0, 1))
         assert all(math.isfinite(l) for _, l in r0["history"] + r1["history"])
         # DDP keeps the trained parameters identical on both ranks and sync="gather" the banks. BN running
@@ -156,3 +166,132 @@ def test_ddp_two_ranks_gloo(tmp_path):
         assert any(k.endswith(".memory") for k in checked), checked
         for k in checked:
             torch.testing.assert_close(r0["model"][k], r1["model"][k], rtol=0, atol=0, msg=f"{method}: {k}")
+
+
+def test_bigbigan_refuses_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = train.parse_args(["--arch", "bigbigan", *TINY, "--data", "synthetic:0"])
+    run = train.C.Run(0, 2, 0, torch.device("cpu"), None, 0)
+    data = D.load("bigbigan", args.data, args.image_size, args.seed)
+    with pytest.raises(SystemExit, match="one process"):
+        train.build(args, data, run)
+
+
+def _params(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_bigbigan_updates_reach_every_part_and_d_loss_falls():
+    torch.manual_seed(0)
+    model = BigBiGAN(3, resolution=8, z_dim=8, width=4, hidden=16)
+    opt = model.make_optimizer(train.parse_args(["--arch", "bigbigan"]))
+    x = torch.rand(8, 3, 8, 8) * 2 - 1
+    before = _params(model)
+    losses = []
+    for step in range(8):  # one fixed batch and z: D must learn to tell its real pairs from its fake ones
+        loss, metrics, _ = model.train_step(model, opt, x, None, 0, 0, 0)
+        losses.append(float(loss))
+        if step == 0:
+            # the E+G backward left gradients on E and G only (D's own update used the detached pair)
+            assert all(p.grad is None for p in model.D.parameters())
+            for part in (model.E, model.G):
+                assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    after = _params(model)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unchanged, unchanged
+    assert losses[-1] < losses[0], losses
+
+
+def test_bigbigan_fused_and_reference_forward_agree():
+    torch.manual_seed(0)
+    model = BigBiGAN(1, resolution=16, z_dim=8, width=4, hidden=16).double()  # fp64: differences are the ops'
+    x, z = torch.rand(6, 1, 16, 16, dtype=torch.float64) * 2 - 1, torch.randn(6, 8, dtype=torch.float64)
+    outs = {}
+    for impl in ("auto", "reference"):
+        m = copy.deepcopy(model)  # a training-mode forward moves spectral norm's power iteration and BN statistics
+        vkernels.set_impl(impl)
+        try:
+            outs[impl] = (m.generate(z), *m.D(x, z), m.G.blocks[0].bn1.running_var)
+        finally:
+            vkernels.set_impl("auto")
+    for a, b in zip(outs["auto"], outs["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_moving_shapes_move_as_labelled():
+    x, y = D.moving_shapes(3, n=16, frames=12, size=16)
+    x2, y2 = D.moving_shapes(3, n=16, frames=12, size=16)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert x.shape == (16, 3, 12, 16, 16) and x.min() >= -1 and x.max() <= 1
+    # Centroid of the foreground over time: horizontal motion keeps its row, vertical its column, the others move both.
+    fg = (x - x[:, :, :, :1, :1]).abs().sum(1)                                    # (n, T, H, W), bg ~ 0
+    fg = torch.where(fg > 0.6, fg, torch.zeros_like(fg))
+    coords = torch.arange(16.0)
+    w = fg.sum((2, 3))
+    cx = (fg.sum(2) * coords).sum(2) / w
+    cy = (fg.sum(3) * coords).sum(2) / w
+    sx, sy = cx.std(1), cy.std(1)
+    names = D.MOTIONS
+    for i in range(16):
+        kind = names[int(y[i])]
+        if kind == "horizontal":
+            assert sx[i] > 4 * sy[i], (i, sx[i], sy[i])
+        elif kind == "vertical":
+            assert sy[i] > 4 * sx[i], (i, sx[i], sy[i])
+        else:
+            assert min(sx[i], sy[i]) > 0.3, (i, kind, sx[i], sy[i])
+
+
+def test_sample_clips_strides_and_starts():
+    n, length = 64, 20
+    vids = torch.arange(length, dtype=torch.float32).view(1, 1, length, 1, 1).expand(n, 2, length, 3, 3).clone()
+    clips, cls = video.sample_clips(vids, torch.Generator().manual_seed(0), frames=6)
+    t = clips[:, 0, :, 0, 0]                                                       # the frame index of each frame
+    stride = torch.tensor(video.SPEEDS)[cls].float()
+    torch.testing.assert_close(t[:, 1:] - t[:, :-1], stride[:, None].expand(-1, 5))
+    assert t.min() >= 0 and t.max() <= length - 1 and set(cls.tolist()) == {0, 1}
+    assert torch.equal(clips[:, 0], clips[:, 1])
+    with pytest.raises(ValueError, match="frames"):
+        video.sample_clips(vids[:, :, :8], torch.Generator(), frames=6)
+
+
+def test_video_step_reaches_every_parameter_and_loss_falls():
+    torch.manual_seed(0)
+    x, _ = D.moving_shapes(1, n=8, frames=20, size=8)
+    # bank momentum 0: each update replaces the rows, so after one pass the negatives are the other videos' clips
+    # (with random rows the loss starts artificially low and rises while the bank fills)
+    model = video.VideoInstance(3, num_videos=8, width=4, dim=16, frames=6, bank_momentum=0.0)
+    opt = torch.optim.SGD(model.trainable().parameters(), lr=0.01, momentum=0.9)
+    idx = torch.arange(8)
+    with torch.no_grad():
+        model.after_step(model.step(model.encoder, x, idx, 0, 0, 0)[2], idx)
+    before = _params(model.encoder)
+    losses = []
+    for step in range(10):  # same batch, same clips and augmentations (seed and step fixed)
+        loss, metrics, z = model.step(model.encoder, x, idx, 0, 0, 0)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+        opt.step()
+        model.after_step(z, idx)
+        losses.append(float(loss.detach()))
+    after = _params(model.encoder)
+    assert not [n for n in before if torch.equal(before[n], after[n])]
+    assert losses[-1] < losses[0], losses
+    # the bank rows of this batch hold the momentum-updated clip embeddings, the others their random init
+    bank = model.criterion.bank.negatives()
+    assert torch.allclose(bank[:8].norm(dim=1), torch.ones(8), atol=1e-5)
+    assert (bank[:8] @ z.t()).diagonal().min() > 0.9
+
+
+def test_linear_probe_separates_and_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 5, generator=g) * 3
+    y = torch.arange(90) % 3
+    f = centres[y] + torch.randn(90, 5, generator=g)
+    acc = linear_probe(f[:60], y[:60], f[60:], y[60:], 3)
+    assert acc > 0.9 and acc == linear_probe(f[:60], y[:60], f[60:], y[60:], 3)
+    # labels unrelated to the features: held-out accuracy near chance
+    shuffled = y[torch.randperm(90, generator=g)]
+    assert linear_probe(f[:60], shuffled[:60], f[60:], shuffled[60:], 3) < 0.6

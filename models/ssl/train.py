@@ -1,9 +1,16 @@
-"""python -m models.ssl.train --method moco|npid|xmodal [--steps N --batch-size B --impl auto|reference ...]
+"""python -m models.ssl.train --arch moco|npid|xmodal|bigbigan|video [--steps N --batch-size B --impl reference ...]
 
-One loop for the three methods: deterministic batches and augmentations (a pure function of seed, step and rank,
-see models/ssl/data.py), a cosine learning rate, a progress bar, weighted-kNN accuracy on a held-out split, atomic
-checkpoints (--ckpt-every) with --resume that continues bit-exactly, torchrun/DDP (gloo on CPU), and a final report
-of s/iter and peak memory. `--impl reference` runs the same model on vkernels' unfused pure-PyTorch loss.
+One loop for the five methods (--arch and --method are the same flag): deterministic batches and augmentations (a
+pure function of seed, step and rank, see models/ssl/data.py), a cosine learning rate (SGD; bigbigan: constant-rate
+Adam), a progress bar, weighted-kNN accuracy on a held-out split (bigbigan and video also a linear probe, at step 0
+too), atomic checkpoints (--ckpt-every) with --resume that continues bit-exactly, torchrun/DDP (gloo on CPU; not
+bigbigan), and a final report of s/iter and peak memory. `--impl reference` runs the same model on vkernels' unfused
+pure-PyTorch ops.
+
+Methods: moco (MoCo v2), npid (NPID), xmodal (cross-modal, --data synthetic:<seed>), bigbigan (BigBiGAN: BigGAN-block
+generator, encoder, joint (x, z) discriminator, hinge losses; models/ssl/bigbigan.py), video (clip instance
+discrimination against a memory bank + a playback-speed head on moving-shapes videos, --data shapes:<seed>;
+models/ssl/video.py).
 """
 from __future__ import annotations
 
@@ -16,25 +23,29 @@ import torch.distributed as dist
 
 from models import _common as C
 from models.ssl import data as D
-from models.ssl.encoders import set_bn_splits
+from models.ssl.bigbigan import BigBiGAN
 from models.ssl.moco import MoCo
 from models.ssl.npid import NPID
+from models.ssl.video import VideoInstance
 from models.ssl.xmodal import CrossModal
 
-METHODS = ("moco", "npid", "xmodal")
+METHODS = ("moco", "npid", "xmodal", "bigbigan", "video")
+DEFAULT_LR = {"bigbigan": 2e-4, "video": 0.03}  # others: 0.06 (SGD)
+DEFAULT_DATA = {"video": "shapes:0", "bigbigan": "digits"}  # others: synthetic:0
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m models.ssl.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", choices=METHODS, default="moco")
-    C.add_common_args(p, steps=200, batch_size=64, lr=0.06, data="synthetic:0", log_every=10, sample_every=0,
+    p.add_argument("--method", "--arch", dest="method", choices=METHODS, default="moco")
+    C.add_common_args(p, steps=200, batch_size=64, lr=None, data=None, log_every=10, sample_every=0,
                       ckpt_every=100)
     g = p.add_argument_group("ssl")
     g.add_argument("--image-size", type=int, default=16, help="images are resized to this (digits are 8x8)")
     g.add_argument("--width", type=int, default=16, help="backbone width w (features 4w)")
-    g.add_argument("--dim", type=int, default=128, help="embedding dimension d")
-    g.add_argument("--hidden", type=int, default=256, help="MoCo's MLP head hidden width")
-    g.add_argument("--temperature", type=float, default=None, help="T (default: 0.2 MoCo v2, 0.07 NPID / xmodal)")
+    g.add_argument("--dim", type=int, default=128, help="embedding dimension d (bigbigan: z dimension)")
+    g.add_argument("--hidden", type=int, default=256, help="MoCo's MLP head hidden width; bigbigan: D's MLP width")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="T (default: 0.2 MoCo v2, 0.07 NPID / xmodal, 0.1 video)")
     g.add_argument("--queue-size", type=int, default=1024, help="MoCo: negatives in the queue (K)")
     g.add_argument("--moco-m", type=float, default=0.99, help="MoCo: key encoder momentum")
     g.add_argument("--bn-splits", type=int, default=0,
@@ -51,8 +62,16 @@ def parse_args(argv=None):
     g.add_argument("--knn-t", type=float, default=0.07)
     g.add_argument("--heldout", type=float, default=0.2, help="fraction of the data held out for kNN")
     g.add_argument("--no-peak", action="store_true", help="skip the one profiled step that measures peak memory")
+    g.add_argument("--frames", type=int, default=8, help="video: frames per clip")
+    g.add_argument("--speed-weight", type=float, default=1.0,
+                   help="video: weight of the speed-prediction loss (0: off)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a crash
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR.get(args.method, 0.06)
+    if args.data is None:
+        args.data = DEFAULT_DATA.get(args.method, "synthetic:0")
+    return args
 
 
 def build(args, data: D.SSLData, run: C.Run):
@@ -64,6 +83,8 @@ def build(args, data: D.SSLData, run: C.Run):
         raise SystemExit(f"--method {args.method}: a sharded momentum bank is not supported here (the positive is the "
                          f"instance's own row, which may live on another rank); use --bank-sync gather")
     m = data.x.shape[0]
+    if args.method == "bigbigan" and run.world > 1:
+        raise SystemExit("--arch bigbigan runs in one process (its two updates per step are not wrapped for DDP)")
     if args.method == "moco":
         splits = args.bn_splits or (1 if run.world > 1 else 4)
         if args.batch_size % splits:
@@ -73,14 +94,24 @@ def build(args, data: D.SSLData, run: C.Run):
     elif args.method == "npid":
         model = NPID(data.x.shape[1], m, args.width, args.dim, args.temperature or 0.07, args.bank_momentum, sync,
                      args.seed)
+    elif args.method == "bigbigan":
+        if data.x.shape[-1] & (data.x.shape[-1] - 1) or data.x.shape[-1] < 8:
+            raise SystemExit(f"--arch bigbigan: --image-size must be a power of 2 >= 8, got {data.x.shape[-1]}")
+        model = BigBiGAN(data.x.shape[1], data.x.shape[-1], args.dim, args.width, args.hidden)
+    elif args.method == "video":
+        if not args.speed_weight >= 0:
+            raise SystemExit(f"--speed-weight must be >= 0 (0: no speed pretext), got {args.speed_weight}")
+        model = VideoInstance(data.x.shape[1], m, args.width, args.dim, args.frames, args.temperature or 0.1,
+                              args.bank_momentum, args.speed_weight, sync, args.seed)
     else:
         model = CrossModal(data.x.shape[1], data.s.shape[1], m, args.width, args.dim, args.temperature or 0.07,
                            args.bank_momentum, sync, args.seed)
         model.signals = data.s
     if not 0 < args.crop_min <= 1:
         raise SystemExit(f"--crop-min must be in (0, 1], got {args.crop_min}")
-    model.crop_scale = (args.crop_min, 1.0)
-    if args.method != "moco" and args.batch_size * run.world > m:
+    if hasattr(model, "crop_scale"):  # the image-augmenting methods (moco, npid, xmodal)
+        model.crop_scale = (args.crop_min, 1.0)
+    if args.method not in ("moco", "bigbigan") and args.batch_size * run.world > m:
         raise SystemExit(f"batch {args.batch_size} x {run.world} ranks exceeds the {m} training instances: one step "
                          f"would update a memory row twice")
     return model.to(run.device)
@@ -95,7 +126,11 @@ def main(argv=None) -> dict:
     run = C.setup(args)
     data = D.load(args.method, args.data, args.image_size, args.seed, args.heldout)
     model = build(args, data, run)
-    opt = torch.optim.SGD(model.trainable().parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    if hasattr(model, "make_optimizer"):
+        opt = model.make_optimizer(args)
+    else:
+        opt = torch.optim.SGD(model.trainable().parameters(), lr=args.lr, momentum=0.9,
+                              weight_decay=args.weight_decay)
     start = 0
     ckpt_path = run.out / "checkpoint.pt" if run.out is not None else None
     # A sharded bank differs per rank: each rank writes its own shard next to rank 0's checkpoint.
@@ -119,34 +154,55 @@ def main(argv=None) -> dict:
                 print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
     net = run.ddp(model.trainable())
     x_all = data.x.to(run.device)
+    if start == 0 and hasattr(model, "prime"):  # video: the bank starts from the untrained encoder's embeddings
+        model.prime(x_all)
 
     def train_step(step: int):
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(args, step)
+            if grp.get("cosine", True):
+                grp["lr"] = lr_at(args, step)
         idx = D.batch_indices(step, run.rank, run.world, args.batch_size, data.x.shape[0], args.seed)
-        loss, metrics, cache = model.step(net, x_all[idx.to(run.device)], idx, args.seed, step, run.rank)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        x = x_all[idx.to(run.device)]
+        if hasattr(model, "train_step"):  # models with more than one update per step (bigbigan) do their own
+            loss, metrics, cache = model.train_step(net, opt, x, idx, args.seed, step, run.rank)
+        else:
+            loss, metrics, cache = model.step(net, x, idx, args.seed, step, run.rank)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         model.after_step(cache, idx)
         return loss.detach(), metrics
 
     def evaluate() -> dict:
         return model.knn(data, args.knn_k, args.knn_t) if run.is_main else {}
 
-    if run.is_main and run.out is not None and start == 0:  # the augmentations, to eyeball (--sample-every unused)
-        from models.ssl import augment
-        x = data.x[:16]
-        g = D.step_generator(args.seed, 0, 0, stream=2)
-        C.save_image_grid(torch.cat([x, augment.augment_images(x, g, model.crop_scale),
-                                     augment.augment_images(x, g, model.crop_scale)]),
-                          run.out / "views.png", nrow=16)
+    def save_samples(step: int):  # bigbigan: held-out images, reconstructions, samples
+        if run.is_main and run.out is not None and hasattr(model, "samples"):
+            images, nrow = model.samples(data, args.seed)
+            C.save_image_grid(images, run.out / f"samples_{step:06d}.png", nrow=nrow)
+
+    if run.is_main and run.out is not None and start == 0:  # the augmentations, to eyeball
+        if hasattr(model, "views"):
+            images, nrow = model.views(data, args.seed)
+            C.save_image_grid(images, run.out / "views.png", nrow=nrow)
+        elif hasattr(model, "crop_scale"):
+            from models.ssl import augment
+            x = data.x[:16]
+            g = D.step_generator(args.seed, 0, 0, stream=2)
+            C.save_image_grid(torch.cat([x, augment.augment_images(x, g, model.crop_scale),
+                                         augment.augment_images(x, g, model.crop_scale)]),
+                              run.out / "views.png", nrow=16)
 
     stats = C.StepStats()
     bar = C.Progress(args.steps, start=start, desc=args.method, enabled=run.is_main, every=args.log_every)
     peak_step = None if args.no_peak else min(start + 2, args.steps - 1)
     history, last = [], {}
     knn = {}
+    # The untrained encoder's probes: the baseline the trained ones are compared with (bigbigan, video; the other
+    # methods' kNN at step 0 reads a bank of random rows).
+    init = {}
+    if start == 0 and args.method in ("bigbigan", "video"):
+        init = {f"{k}_init": v for k, v in evaluate().items()}
     end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
     for step in range(start, end):
         if step == peak_step:
@@ -164,6 +220,8 @@ def main(argv=None) -> dict:
         if args.knn_every and done % args.knn_every == 0 and done != args.steps:
             knn = evaluate()
         bar.update(done, **last, **knn)
+        if args.sample_every and done % args.sample_every == 0:
+            save_samples(done)
         if ckpt_path is not None and args.ckpt_every and (done % args.ckpt_every == 0 or done == args.steps):
             if sharded:
                 sd = model.state_dict()
@@ -174,8 +232,10 @@ def main(argv=None) -> dict:
             run.barrier()
     bar.close()
     knn = evaluate()
+    if not (args.sample_every and end % args.sample_every == 0):
+        save_samples(end)
     rec = C.report(run, f"ssl-{args.method}", stats, {"method": args.method, "steps": args.steps,
-                                                       "start": start, **last, **knn})
+                                                       "start": start, **last, **init, **knn})
     rec["history"] = history
     rec["model"] = model.state_dict()
     run.barrier()  # rank 0 ran the kNN evaluation alone
