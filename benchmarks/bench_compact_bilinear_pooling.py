@@ -7,10 +7,13 @@ rfft, spectrum products summed, one irfft); "vkernels-<impl>" (route="auto") and
 "vkernels-<impl>-freq" (each route forced: the measurement behind the auto choice); "port-fft": the per-location FFT
 algorithm of the popular ports (per_location_fft_cbp below). "floor-gemm" times the Gram GEMM(s) alone.
 """
+from typing import Iterator
+
 import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as _reference
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling_freq as _reference_freq
 
@@ -86,3 +89,45 @@ def cases(device: str, quick: bool) -> list[Case]:
                             loose={"port-fft": 1e-4, "eager-freq": 1e-4,
                                    **{f"vkernels-{i}{r}": 1e-4 for i in impls for r in ("", "-freq")}}))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+# name: (B, C1, C2, H, W, D, channels_last)
+CBP_CASES = {
+    "small": (2, 5, 7, 3, 4, 11, False),  # odd D, C1 != C2, H != W; B below the CPU thread count
+    "batch": (9, 33, 20, 5, 3, 100, True),  # D not a power of two, channels_last, several bin blocks
+}
+
+
+def smoke_compact_bilinear_pooling(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    from vkernels.reference.compact_bilinear_pooling import tensor_sketch_per_location as definition
+
+    for impl, dtype, dn, name, (B, C1, C2, H, W, D, cl), g in ctx.variants(
+            "cbp", CBP_CASES, lambda name, dn: dn == "float32", impls=("cpu", "triton")):  # no CUDA C++ kernel
+        x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+        y = torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+        h1, h2 = torch.randint(0, D, (C1,), generator=g), torch.randint(0, D, (C2,), generator=g)
+        s1 = (2 * torch.randint(0, 2, (C1,), generator=g) - 1).float()
+        s2 = (2 * torch.randint(0, 2, (C2,), generator=g) - 1).float()
+        x64, y64 = x.double().requires_grad_(), y.double().requires_grad_()
+        out = definition(x64, y64, h1, s1, h2, s2, D)
+        gout = torch.randn(B, D, generator=g, dtype=torch.float64)
+        dx, dy = torch.autograd.grad((out * gout).sum(), [x64, y64])
+        xd, yd = x.to(ctx.device), y.to(ctx.device)
+        if cl:
+            xd, yd = xd.to(memory_format=torch.channels_last), yd.to(memory_format=torch.channels_last)
+        hs = tuple(t.to(ctx.device) for t in (h1, s1, h2, s2))
+        tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW / D products per bin, not one rounded element
+        sfx = "_triton" if impl == "triton" else ""
+        for route in ("", "_freq"):  # the Gram and frequency routes, on the same inputs
+            yield SmokeCase(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/fwd",
+                            f"compact_bilinear_pooling{route}{sfx}", (xd, yd, *hs, D), out.detach(), tol,
+                            max(1.0, float(out.abs().max())))
+            yield SmokeCase(f"compact_bilinear_pooling{route}/{impl}/{dn}/{name}/bwd",
+                            f"compact_bilinear_pooling{route}_backward{sfx}",
+                            (gout.to(device=ctx.device, dtype=dtype), xd, yd, *hs), (dx, dy), tol,
+                            max(1.0, float(dx.abs().max()), float(dy.abs().max())))

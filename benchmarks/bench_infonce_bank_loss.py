@@ -7,11 +7,15 @@ useful work, 6 N K d (forward GEMM + two backward GEMMs); vkernels does 8 N K d 
 recomputes the logits instead of keeping N x K of them. Peak memory is the point of this op: eager MoCo holds the
 N x (K+1) logits several times over (logits, softmax, their gradients); vkernels holds O(N) per-row values.
 """
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._infonce import SMOKE_SIZES, infonce_case_inputs, inputs, kept_in_quick_scope
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 
 TEMPERATURE = 0.07
 
@@ -28,14 +32,6 @@ def _impl(impl):
     def fn(q, k, bank):
         return vkernels.infonce_bank_loss(q, k, bank, TEMPERATURE, impl=impl)
     return fn
-
-
-def inputs(n: int, kk: int, d: int, dtype, device: str):
-    """Unit-norm queries (n, d), keys near them (their positives) and a bank (kk, d) of unrelated unit rows."""
-    q = F.normalize(torch.randn(n, d, device=device), dim=1).to(dtype)
-    k = F.normalize(q.float() + 0.5 * torch.randn(n, d, device=device), dim=1).to(dtype)
-    bank = F.normalize(torch.randn(kk, d, device=device), dim=1).to(dtype)
-    return q, k, bank
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -63,3 +59,34 @@ def cases(device: str, quick: bool) -> list[Case]:
                     bytes=nbytes * (2 if mode == "fwd+bwd" else 1),
                     flops=(6 if mode == "fwd+bwd" else 2) * n * kk * d, bound="compute"))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+def smoke_infonce_bank_loss(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
+
+    ops = raw_ops("infonce_bank_loss")
+    for impl, dtype, dn, name, (N, K, d, ls, with_ex), g in ctx.variants("infonce", SMOKE_SIZES, kept_in_quick_scope):
+        q, k, bank, ex, T, dev = infonce_case_inputs(ctx, g, dtype, N, K, d, with_ex)
+        q64, k64, b64 = (t.double().requires_grad_() for t in (q, k, bank))
+        loss, lse, rank = reference(q64, k64, b64, T, ls, ex)
+        gl = torch.randn(N, generator=g, dtype=torch.float64)
+        dq, dk, db = torch.autograd.grad((loss * gl).sum(), [q64, k64, b64])
+        args = (*dev[:4], ls, dev[4])
+        tol = TOL_NAMES[dn] * 10  # a loss summed over K+1 candidates, not one rounded element
+        yield SmokeCase(f"infonce_bank_loss/{impl}/{dn}/{name}/fwd", ops[impl], args, loss.detach(), tol,
+                        max(1.0, float(loss.abs().max())), select=lambda out: out[0])
+        bwd = ops[impl].replace("infonce_bank_loss", "infonce_bank_loss_backward")
+
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
+            out_loss, out_lse, _ = fwd(*args)  # the backward reads the forward's own lse and loss
+            return (gl.to(device=ctx.device, dtype=out_loss.dtype), torch.zeros_like(out_lse), *args,
+                    out_lse, out_loss, True)
+
+        gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
+        yield SmokeCase(f"infonce_bank_loss/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, dk, db), tol, gscale,
+                        select=lambda out: tuple(out[:3]))

@@ -4,11 +4,14 @@ Compute-bound: forward 2 N K d FLOPs (the logits GEMM) + N K exps; "fwd+bwd" (ls
 shard in one call) is counted as eager's 6 N K d, vkernels does 8 N K d (its backward recomputes the logits). Peak
 memory: eager holds N x K logits (and their softmax and gradient); vkernels O(N) per-row values.
 """
+from typing import Iterator
+
 import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
-from benchmarks.bench_infonce_bank_loss import inputs
+from benchmarks._infonce import SMOKE_SIZES, infonce_case_inputs, inputs, kept_in_quick_scope
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 
 TEMPERATURE = 0.07
 
@@ -45,3 +48,35 @@ def cases(device: str, quick: bool) -> list[Case]:
                     bytes=nbytes * (2 if mode == "fwd+bwd" else 1),
                     flops=(6 if mode == "fwd+bwd" else 2) * n * kk * d, bound="compute", clone_of=2))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+def smoke_infonce_bank_partial(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    """The bank-only lse and rank (sharded banks) and its backward with the lse it returned."""
+    torch = ctx.torch
+    from vkernels.reference.infonce_bank_partial import infonce_bank_partial as reference
+
+    ops = raw_ops("infonce_bank_partial")
+    for impl, dtype, dn, name, (N, K, d, _, with_ex), g in ctx.variants("infonce_partial", SMOKE_SIZES,
+                                                                         kept_in_quick_scope):
+        q, k, bank, ex, T, args = infonce_case_inputs(ctx, g, dtype, N, K, d, with_ex)
+        q64, b64 = q.double().requires_grad_(), bank.double().requires_grad_()
+        lse, _ = reference(q64, k.double(), b64, T, ex)
+        gl = torch.randn(N, generator=g, dtype=torch.float64)
+        dq, db = torch.autograd.grad((lse * gl).sum(), [q64, b64])
+        tol = TOL_NAMES[dn] * 10
+        yield SmokeCase(f"infonce_bank_partial/{impl}/{dn}/{name}/fwd", ops[impl], args, lse.detach(), tol,
+                        max(1.0, float(lse.abs().max())), select=lambda out: out[0])
+        bwd = ops[impl].replace("infonce_bank_partial", "infonce_bank_partial_backward")
+
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gl=gl):
+            out_lse, _ = fwd(*args)
+            q_, _, b_, t_, e_ = args
+            return (gl.to(device=ctx.device, dtype=out_lse.dtype), q_, b_, t_, e_, out_lse, True)
+
+        gscale = max(1.0, float(dq.abs().max()), float(db.abs().max()))
+        yield SmokeCase(f"infonce_bank_partial/{impl}/{dn}/{name}/bwd", bwd, bwd_args, (dq, db), tol, gscale,
+                        select=lambda out: tuple(out[:2]))

@@ -8,10 +8,13 @@ step) as upper triangles only (10/16 of the FLOPs at C = 256) and runs a symmetr
 GEMM FLOPs than its floor (full batched GEMMs): at C = 256, N = 5 per image 33.75 C x C GEMMs + 1.625
 covariance-sized ones for fwd+bwd, against 40 + 3 in torch.compile's graph of the reference.
 """
+from typing import Iterator
+
 import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 from vkernels.reference.isqrt_cov import isqrt_cov as reference
 
 ITERS = 5
@@ -60,3 +63,42 @@ def cases(device: str, quick: bool) -> list[Case]:
                     flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute",
                     floor=_gemms if mode == "fwd" else None))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+# name: ((B, C, H, W), iters, triu)
+ISQRT_CASES = {
+    "paper": ((2, 6, 4, 5), 5, True),
+    "one_iter_full": ((3, 5, 3, 3), 1, False),
+    "wide": ((2, 70, 3, 4), 3, True),  # rows longer than a Triton block
+}
+
+
+def smoke_isqrt_cov(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    from vkernels.reference.isqrt_cov import isqrt_cov as reference
+
+    ops = raw_ops("isqrt_cov")
+    for impl, dtype, dn, name, ((B, C, H, W), iters, triu), g in ctx.variants(
+            "isqrt_cov", ISQRT_CASES, lambda name, dn: name != "wide" and dn == "float32"):
+        x = (torch.randn(B, C, H, W, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+        leaf = x.double().requires_grad_()
+        out = reference(leaf, iters, triu)
+        gout = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        grad, = torch.autograd.grad((out * gout).sum(), leaf)
+        args = (x.to(ctx.device), iters, triu)
+        tol = TOL_NAMES[dn] * 10  # several chained GEMMs
+        scale = max(1.0, float(out.abs().max()))
+        yield SmokeCase(f"isqrt_cov/{impl}/{dn}/{name}/fwd", ops[impl], args, out.detach(), tol, scale,
+                        select=lambda o: o[0])
+        bwd = ops[impl].replace("isqrt_cov", "isqrt_cov_backward")
+
+        def bwd_args(fwd=getattr(torch.ops.vkernels, ops[impl]), args=args, gout=gout, dtype=dtype):
+            _, A, t = fwd(*args)
+            return (gout.to(device=ctx.device, dtype=dtype), args[0], A, t, *args[1:])
+
+        yield SmokeCase(f"isqrt_cov/{impl}/{dn}/{name}/bwd", bwd, bwd_args, grad, tol * 4,
+                        max(1.0, float(grad.abs().max())))

@@ -8,11 +8,13 @@
 CPU sizes use a smaller batch so that the eager reference stays well under a second per call.
 """
 import math
+from typing import Iterator
 
 import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 
 EPI = dict(act="lrelu", alpha=0.2, gain=math.sqrt(2), clamp=256.0)
 
@@ -87,3 +89,64 @@ def cases(device: str, quick: bool) -> list[Case]:
                             # (1.1e-5 absolute seen at 512 -> 256 channels against a fixed 1e-5 bound).
                             loose={p: 1e-5 for p in ("compile", *limpls)}))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+def smoke_modulated_conv2d_weight(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    ops = raw_ops("modulated_conv2d_weight")
+    for impl, dtype, dn, name, (N, O, I, k), g in ctx.variants("modconv_weight",
+                                                               {"3x3": (3, 5, 7, 3), "1x1": (2, 3, 33, 1)}):
+        w = torch.randn(O, I, k, k, generator=g, dtype=torch.float64).to(dtype)
+        s = (torch.randn(N, I, generator=g, dtype=torch.float64) + 1).to(dtype)
+        wm = w.double()[None] * s.double()[:, None, :, None, None]
+        d = (wm.square().sum([2, 3, 4]) + 1e-8).rsqrt()
+        args = (w.to(ctx.device), s.to(ctx.device), True, True)
+        yield SmokeCase(f"modulated_conv2d_weight/{impl}/{dn}/{name}/fused", ops[impl], args,
+                        (wm * d[:, :, None, None, None], d), TOL_NAMES[dn] * 4, max(1.0, float(d.max())))
+        yield SmokeCase(f"modulated_conv2d_weight/{impl}/{dn}/{name}/dcoefs", ops[impl],
+                        (w.to(ctx.device), s.to(ctx.device), True, False), d, TOL_NAMES[dn] * 4,
+                        max(1.0, float(d.max())), select=lambda out: out[1])
+
+
+def smoke_modulated_conv2d_epilogue(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    import math
+    from vkernels.reference.bias_act import bias_act as ba_ref
+
+    ops = raw_ops("modulated_conv2d_epilogue")
+    # name: (shape, demod, noise batch (0 = none), bias, act, clamp)
+    variants = {"full": ((2, 5, 6, 7), True, 2, True, "lrelu", 1.5), "bcast_noise": ((3, 4, 5, 5), True, 1, True,
+                "tanh", None), "plain": ((2, 3, 4, 9), False, 0, False, "linear", None)}
+    for impl, dtype, dn, name, (shape, demod, nb, has_b, act, clamp), g in ctx.variants(
+            "modconv_epi", variants, lambda name, dn: name == "full"):
+        N, O, H, W = shape
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+        d = (torch.rand(N, O, generator=g, dtype=torch.float64) + 0.5).to(dtype) if demod else None
+        nz = torch.randn(nb, 1, H, W, generator=g, dtype=torch.float64).to(dtype) if nb else None
+        ns = torch.tensor(0.7, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        b = torch.randn(O, generator=g, dtype=torch.float64).to(dtype) if has_b else None
+        gr = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        z = x.double()
+        if d is not None:
+            z = z * d.double()[:, :, None, None]
+        if nz is not None:
+            z = z + nz.double() * ns.double()
+        zl = z.requires_grad_()
+        gain = math.sqrt(2) if act == "lrelu" else 1.0
+        y = ba_ref(zl, None if b is None else b.double(), 1, act, 0.2, gain, clamp)
+        (dz,) = torch.autograd.grad(y, zl, gr.double())
+        dev = [None if t is None else t.to(ctx.device) for t in (x, d, nz, ns, b)]
+        if nz is None:
+            dev[3] = None
+        tail = (act, 0.2, gain, clamp)
+        scale = max(1.0, float(y.abs().max()))
+        yield SmokeCase(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/fwd", ops[impl], (*dev, *tail), y.detach(),
+                        TOL_NAMES[dn] * 4, scale)
+        bwd = ops[impl].replace("epilogue", "epilogue_backward")
+        yield SmokeCase(f"modulated_conv2d_epilogue/{impl}/{dn}/{name}/bwd", bwd,
+                        (gr.to(ctx.device), *dev, *tail), dz, TOL_NAMES[dn] * 4,
+                        max(1.0, float(dz.abs().max())))

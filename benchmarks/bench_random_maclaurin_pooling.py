@@ -15,11 +15,13 @@ saves_projections) the project route's fwd+bwd is exactly these two GEMMs plus O
 
 
 import math
+from typing import Iterator
 
 import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES
 from vkernels.ops.random_maclaurin_pooling import choose_gram, saves_projections
 
 
@@ -95,3 +97,70 @@ def cases(device: str, quick: bool) -> list[Case]:
                             # ~1e-6 of the largest one, past a per-element rtol.
                             loose={p: 2e-5 for p in ["compile", *provs]}))
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+# name: (B, C1, C2 (None: y is x), H, W, D, route, channels_last)
+RMP_CASES = {
+    "gram_xy": (2, 5, 7, 3, 4, 11, "gram", False),  # odd D, C1 != C2; B below the CPU thread count
+    "project_xy": (3, 6, 4, 2, 5, 9, "project", True),  # channels_last
+    "gram_y_is_x_tiles": (2, 33, None, 3, 3, 150, "gram", False),  # D past a CPU tile (128) and Triton's blocks
+    "project_y_is_x": (2, 17, None, 4, 3, 40, "project", False),
+}
+
+
+def smoke_random_maclaurin_pooling(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as definition
+
+    ops = {"cpu": "random_maclaurin_pooling", "triton": "random_maclaurin_pooling_triton"}  # no CUDA C++ kernel
+    for impl, dtype, dn, name, (B, C1, C2, H, W, D, route, cl), g in ctx.variants(
+            "rmp", RMP_CASES, lambda name, dn: dn == "float32", impls=ops):
+        sym = C2 is None
+        C2 = C1 if sym else C2
+        x = torch.randn(B, C1, H, W, generator=g, dtype=torch.float64).to(dtype)
+        y = x if sym else torch.randn(B, C2, H, W, generator=g, dtype=torch.float64).to(dtype)
+        w1 = (2 * torch.randint(0, 2, (D, C1), generator=g) - 1).float()
+        w2 = (2 * torch.randint(0, 2, (D, C2), generator=g) - 1).float()
+        leaves = [t.double().requires_grad_() for t in (x, y, w1, w2)]
+        if sym:
+            leaves[1] = leaves[0]
+        out = definition(*leaves)
+        gout = torch.randn(B, D, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((out * gout).sum(), [leaves[0], leaves[2], leaves[3]] +
+                                    ([] if sym else [leaves[1]]))
+        dx, dw1, dw2 = grads[:3]
+        xd = x.to(ctx.device)
+        if cl:
+            xd = xd.to(memory_format=torch.channels_last)
+        yd = None if sym else y.to(ctx.device)
+        if cl and not sym:
+            yd = yd.to(memory_format=torch.channels_last)
+        wd = (w1.to(ctx.device), w2.to(ctx.device))
+        tol = TOL_NAMES[dn] * 10  # sums of C1 C2 HW products per feature, not one rounded element
+        yield SmokeCase(f"random_maclaurin_pooling/{impl}/{dn}/{name}/fwd", ops[impl], (xd, yd, *wd, route),
+                        out.detach(), tol, max(1.0, float(out.abs().max())))
+        bwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_backward")
+        expect = (dx, torch.zeros(0, dtype=torch.float64) if sym else grads[3], dw1, dw2)
+        yield SmokeCase(f"random_maclaurin_pooling/{impl}/{dn}/{name}/bwd", bwd,
+                        (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd, route, [True, True, True, True]),
+                        expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))
+        if route != "project":
+            continue
+        # The project route that keeps W1 X, W2 Y for its backward: out, the saved projections, and the
+        # gradients from them.
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        X64 = x.double().flatten(2)
+        Y64 = X64 if sym else y.double().flatten(2)
+        proj = torch.stack([torch.matmul(w1.double(), X64), torch.matmul(w2.double(), Y64)]).transpose(1, 2)
+        sfwd = ops[impl].replace("random_maclaurin_pooling", "random_maclaurin_pooling_saved")
+        yield SmokeCase(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_fwd", sfwd, (xd, yd, *wd),
+                        (out.detach(), proj), tol, max(1.0, float(out.abs().max()), float(proj.abs().max())))
+        sbwd = sfwd.replace("_saved", "_saved_backward")
+        yield SmokeCase(f"random_maclaurin_pooling/{impl}/{dn}/{name}/saved_bwd", sbwd,
+                        (gout.to(device=ctx.device, dtype=dtype), xd, yd, *wd,
+                         proj.to(device=ctx.device, dtype=acc).contiguous(), [True, True, True, True]),
+                        expect, tol * 4, max(1.0, *(float(t.abs().max()) for t in grads)))

@@ -5,10 +5,14 @@ Memory-bound: reads the low-resolution x twice (statistics, then apply) and writ
 ~4 FLOPs per output (subtract, scale, shift, activation) plus 6 for bilinear interpolation. The floor is
 allocating and writing an output-sized tensor (`clone` of an output-shaped input that the providers ignore).
 """
+from typing import Iterator
+
 import torch
 
 import vkernels
 from benchmarks._harness import Case, fwd_bwd, vkernels_impls
+from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES
+from vkernels._dtypes import acc_dtype
 
 
 def _reference(args):
@@ -69,3 +73,59 @@ def cases(device: str, quick: bool) -> list[Case]:
 # Weight/bias/gamma gradients are sums over N*H*W terms: compiled and fused backends sum them in other orders (fp32
 # eager and compile disagree by ~1e-5 of the largest value themselves), so fwd+bwd cases compare at 1e-4.
 _LOOSE = {"compile": 1e-4, "vkernels-cpu": 1e-4, "vkernels-triton": 1e-4, "vkernels-cuda": 1e-4}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# smoke cases: benchmarks/smoke.py finds the smoke_<op>(ctx) generators of every bench file by name and
+# checks each raw-op launch against the float64 reference (small sizes; also under compute-sanitizer)
+# --------------------------------------------------------------------------------------------------------------------
+# name: (N, C, H, W), scale, mode, channels_last
+NORM_ACT_CASES = {
+    "nearest2": ((2, 5, 7, 6), 2, "nearest", False),
+    "bilinear3_cl": ((3, 4, 5, 9), 3, "bilinear", True),
+}
+
+
+def smoke_upsample_norm_act(ctx: SmokeCtx) -> Iterator[SmokeCase]:
+    torch = ctx.torch
+    from vkernels.reference.upsample_norm_act import act_gain_clamp, upsample
+
+    sfx = {"cuda": "", "cpu": "", "triton": "_triton"}
+    for impl, dtype, dn, name, (shape, s, mode, cl), g in ctx.variants("upsample_norm_act", NORM_ACT_CASES,
+                                                                      lambda name, dn: dn == "float32"):
+        ct = acc_dtype(dtype)
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+        N, C = shape[:2]
+        u = upsample(x.double(), s, mode)
+        xd = x.to(ctx.device)
+        if cl:
+            xd = xd.contiguous(memory_format=torch.channels_last)
+        for per_sample in (False, True):
+            dims = (2, 3) if per_sample else (0, 2, 3)
+            var, mean = torch.var_mean(u, dims, correction=0)
+            yield SmokeCase(f"upsample_norm_act_stats/{impl}/{dn}/{name}/{per_sample}",
+                            "upsample_norm_act_stats" + sfx[impl], (xd, s, mode, per_sample), (mean, var),
+                            TOL_NAMES[dn], 4.0)
+        m, a, b = (torch.randn(N, C, generator=g, dtype=torch.float64) for _ in range(3))
+        z = (u - m[:, :, None, None]) * a[:, :, None, None] + b[:, :, None, None]
+        expect = act_gain_clamp(z, "lrelu", 0.2, 1.4, 3.0)
+        args = (xd, *(t.to(device=ctx.device, dtype=ct) for t in (m, a, b)), s, mode, "lrelu", 0.2, 1.4, 3.0)
+        yield SmokeCase(f"upsample_norm_act/{impl}/{dn}/{name}", "upsample_norm_act" + sfx[impl], args, expect,
+                        TOL_NAMES[dn], 4.0)
+        # Fused backward ops against their differentiable composites (fp64).
+        from vkernels.ops.upsample_norm_act import apply_backward_composite, stats_backward_composite
+        dy = torch.randn(N, C, shape[2] * s, shape[3] * s, generator=g, dtype=torch.float64).to(dtype)
+        dyd = dy.to(ctx.device)
+        if cl:
+            dyd = dyd.contiguous(memory_format=torch.channels_last)
+        bargs = (s, mode, "lrelu", 0.2, 1.4, 3.0, [True] * 4)
+        bexp = apply_backward_composite(dy.double(), x.double(), m, a, b, *bargs)
+        yield SmokeCase(f"upsample_norm_act_backward/{impl}/{dn}/{name}",
+                        "upsample_norm_act_backward" + sfx[impl],
+                        (dyd, xd, *args[1:4], *bargs), bexp, TOL_NAMES[dn], 16.0)
+        gm, gv, mn = (torch.randn(C, generator=g, dtype=torch.float64) for _ in range(3))
+        sexp = stats_backward_composite(gm, gv, x.double(), mn, s, mode, False)
+        yield SmokeCase(f"upsample_norm_act_stats_backward/{impl}/{dn}/{name}",
+                        "upsample_norm_act_stats_backward" + sfx[impl],
+                        (*(t.to(ctx.device, ct) for t in (gm, gv)), xd, mn.to(ctx.device, ct), s, mode, False),
+                        sexp, TOL_NAMES[dn], 16.0)

@@ -10,8 +10,8 @@ import vkernels
 from vkernels._backend import TRITON_INTERPRET
 from vkernels.reference.infonce_bank_loss import infonce_bank_loss as reference
 from conftest import DEVICES
-from _common import ATOL, cpu_peak_bytes, impl_params, kernels
-from _common import check_close as _check_close
+from _common import cpu_peak_bytes, impl_params, kernels
+from _infonce import check_close, gpu_slack
 
 OP = "infonce_bank_loss"
 # Absolute slack on top of the 2x-the-reference's-error rule (flash-attention's), per dtype, times (1 + max|oracle|).
@@ -20,31 +20,6 @@ SIZES = {"cpu": (37, 301, 24), "triton": (19, 133, 20)}
 
 
 IMPLS = impl_params(OP)
-
-
-def gpu_slack(device, dtype, temperature):
-    """Extra absolute slack, relative to (1 + max |oracle|), for fp32 on a GPU, where the Triton kernel's dots run
-    3xTF32 (torch's default "highest" float32 matmul precision) and exp/log are ex2.approx/lg2.approx; the CPU
-    reference and the interpreter compute both exactly in fp32. 3xTF32 keeps about 21 of fp32's 24 bits per
-    product, so a logit q.b / T of unit features is off by <= 2^-21 / T; the approximate exp/log add ~2^-22
-    relative. lse and the loss move by at most the logits' error; a gradient's weights p_ij / T move by ~2x it,
-    relative. 4x margin: 2^-19 / T. Nothing extra elsewhere (fp64: libdevice exp and IEEE dots; fp16/bf16: the
-    dtype's own rounding, already in the 2x-the-reference's-error rule, dwarfs 2^-21)."""
-    return 2.0**-19 / temperature if device == "cuda" and dtype == torch.float32 else 0.0
-
-
-def check_close(out, lowp_ref, oracle, dtype, what="", slack=0.0):
-    """_common.check_close (loss/lse are fp32 for fp16 inputs), with `slack` more absolute error allowed, relative
-    to (1 + max |oracle|) (see gpu_slack)."""
-    if not slack:
-        return _check_close(out, lowp_ref, oracle, dtype, what, same_dtype=False)
-    assert out.shape == oracle.shape, (what, out.shape, oracle.shape)
-    if out.numel() == 0:
-        return
-    err = (out.double().cpu() - oracle.double().cpu()).abs().max()
-    ref_err = (lowp_ref.double().cpu() - oracle.double().cpu()).abs().max()
-    bound = 2 * ref_err + (ATOL[dtype] + slack) * (1 + oracle.double().abs().max().cpu())
-    assert err <= bound, f"{what} max error {err:.3g} > bound {bound:.3g}"
 
 
 def features(n, d, device, dtype=torch.float64, near=None):
@@ -328,6 +303,7 @@ def test_triton_fp32_dot_precision_follows_torch(precision, want):
     pytest.importorskip("triton")
     from vkernels.triton import _launch
     from vkernels.triton import infonce_bank_loss as tri
+    from vkernels.triton import infonce_bank_partial as tri_partial
     if not (torch.cuda.is_available() or TRITON_INTERPRET):
         pytest.skip("Triton kernels need a GPU or the interpreter")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -343,8 +319,8 @@ def test_triton_fp32_dot_precision_follows_torch(precision, want):
             with _launch.recording(lambda kern, grid, args, kw: seen.append((dtype, kw.get("PREC"), kw))):
                 loss, lse, _ = tri.forward(q, k, bank, t, 0.1, ex)
                 tri.backward(torch.ones_like(loss), torch.ones_like(lse), q, k, bank, t, 0.1, ex, lse, loss, True)
-                plse, _ = tri.partial(q, k, bank, t, ex)
-                tri.partial_backward(torch.ones_like(plse), q, bank, t, ex, plse, True)
+                plse, _ = tri_partial.partial(q, k, bank, t, ex)
+                tri_partial.partial_backward(torch.ones_like(plse), q, bank, t, ex, plse, True)
             precs = {p for d, p, kw in seen if d == dtype and "BM" in kw}
             assert precs == {expect}, (dtype, precs)
     finally:

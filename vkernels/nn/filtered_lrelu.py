@@ -5,8 +5,8 @@ import math
 
 import torch
 
+from vkernels.nn._float32_buffers import keep_float32_buffers
 from vkernels.ops.filtered_lrelu import filtered_lrelu
-from vkernels.nn.upfirdn2d import _keep_float32
 from vkernels.ops.upfirdn2d import setup_filter
 
 __all__ = ["FilteredLReLU"]
@@ -45,7 +45,7 @@ class FilteredLReLU(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(channels, device=device, dtype=dtype)) if bias else None
 
     def _apply(self, fn, recurse=True):
-        return _keep_float32(self, ("fu", "fd"), fn, recurse)
+        return keep_float32_buffers(self, ("fu", "fd"), fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = None if self.bias is None else self.bias.to(x.dtype)

@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 
 from vkernels._dtypes import FLOAT_DTYPES, acc_dtype
-from vkernels.ops.infonce_bank_loss import _acc_temperature, _outputs, infonce_bank_loss
+from vkernels.ops._infonce import acc_temperature, check_infonce_args, loss_outputs
+from vkernels.ops.infonce_bank_loss import infonce_bank_loss
 
 __all__ = ["MemoryBank", "ddp_ignore_banks", "sharded_infonce_bank_loss"]
 
@@ -288,8 +289,7 @@ def sharded_infonce_bank_loss(q, k, shard, temperature=0.07, *, offset: int, siz
     the shard: from every rank's queries; temperature: this rank's loss, so DDP's average is the mean loss's). exclude
     holds rows of the whole bank (ranks may pass different widths, or None). Ranks may hold different batch sizes.
     """
-    from vkernels.ops.infonce_bank_loss import _check
-    _check(q, k, shard, temperature, reduction, label_smoothing, None, op="sharded_infonce_bank_loss")
+    check_infonce_args(q, k, shard, temperature, reduction, label_smoothing, None, op="sharded_infonce_bank_loss")
     if exclude is not None:
         if not isinstance(exclude, torch.Tensor) or exclude.dtype != torch.int64:
             raise TypeError("sharded_infonce_bank_loss: exclude must be an int64 tensor or None")
@@ -300,10 +300,10 @@ def sharded_infonce_bank_loss(q, k, shard, temperature=0.07, *, offset: int, siz
             raise IndexError(f"sharded_infonce_bank_loss: exclude indices must be in [-1, {size - 1}] (rows of the "
                              f"whole bank, -1 = none), got values in [{int(exclude.min())}, {int(exclude.max())}]")
         exclude = exclude.reshape(q.shape[0], -1)
-    _, t = _acc_temperature(q, temperature)
+    _, t = acc_temperature(q, temperature)
     loss, lse, rank = _ShardedInfoNCE.apply(q, k, shard, t, offset, size, process_group, float(label_smoothing),
                                             exclude, impl)
-    return _outputs(loss, lse, rank, q.dtype, reduction, return_lse, return_rank)
+    return loss_outputs(loss, lse, rank, q.dtype, reduction, return_lse, return_rank)
 
 
 def _distinct_valid(ex):

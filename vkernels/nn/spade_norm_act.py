@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vkernels.nn.upsample_norm_act import _NormState
+from vkernels.nn._norm_state import NormState
 from vkernels.ops.spade_norm_act import spade_norm_act
 
 __all__ = ["SPADE"]
 
 
-class SPADE(_NormState):
+class SPADE(NormState):
     """NVlabs/SPADE's `SPADE` layer (models/networks/normalization.py), its nonlinearity optionally fused:
     segmap -> nearest resize to x's size -> conv(label_nc, hidden, k) -> ReLU -> conv(hidden, norm_nc, k) twice
     (gamma, beta) -> act(norm(x) * (1 + gamma) + beta).

@@ -3,19 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from vkernels.nn._float32_buffers import keep_float32_buffers
 from vkernels.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upsample2d
 
 __all__ = ["Upsample2d", "Downsample2d", "Filter2d"]
-
-
-def _keep_float32(module: torch.nn.Module, names, fn, recurse: bool) -> torch.nn.Module:
-    """Module._apply that moves the float32 filter buffers `names` with .to(device) but never casts them: the ops
-    take float32 filters only, so .double() / .half() / .to(dtype) of a model used to make the next call raise."""
-    keep = {k: module._buffers[k] for k in names if module._buffers.get(k) is not None}
-    torch.nn.Module._apply(module, fn, recurse)
-    for k, v in keep.items():
-        module._buffers[k] = v.to(device=module._buffers[k].device)
-    return module
 
 
 class _FIR(torch.nn.Module):
@@ -26,7 +17,7 @@ class _FIR(torch.nn.Module):
         self.register_buffer("filter", setup_filter(filter, device=device, normalize=normalize, separable=separable))
 
     def _apply(self, fn, recurse=True):
-        return _keep_float32(self, ("filter",), fn, recurse)
+        return keep_float32_buffers(self, ("filter",), fn, recurse)
 
     def extra_repr(self) -> str:
         return (f"filter={tuple(self.filter.shape)}, padding={self.padding}, flip_filter={self.flip_filter}, "

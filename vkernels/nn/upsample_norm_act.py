@@ -4,46 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from vkernels.nn._norm_state import NormState
 from vkernels.ops.upsample_norm_act import upsample_norm_act
 
 __all__ = ["UpsampleNormAct", "AdaIN", "ConditionalBatchNorm2d"]
 
 
-class _NormState(torch.nn.Module):
-    """Running statistics and train/eval behaviour of nn.BatchNorm2d (momentum=None: cumulative average)."""
-
-    def _init_state(self, num_features, norm, track_running_stats, momentum, eps, device, dtype):
-        self.num_features, self.norm, self.momentum, self.eps = num_features, norm, momentum, eps
-        self.track_running_stats = track_running_stats and norm == "batch"
-        if self.track_running_stats:
-            f = dict(device=device, dtype=torch.float32 if dtype in (None, torch.float16, torch.bfloat16) else dtype)
-            self.register_buffer("running_mean", torch.zeros(num_features, **f))
-            self.register_buffer("running_var", torch.ones(num_features, **f))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
-
-    def reset_running_stats(self):
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def _norm_args(self):
-        """(running_mean, running_var, training, momentum) as nn.BatchNorm2d passes them to F.batch_norm."""
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
-        bn_training = self.training or not self.track_running_stats
-        use_running = not self.training or self.track_running_stats
-        rm = self.running_mean if use_running else None
-        rv = self.running_var if use_running else None
-        return rm, rv, bn_training, momentum
-
-
-class UpsampleNormAct(_NormState):
+class UpsampleNormAct(NormState):
     """up(x) -> batch / instance norm (with nn.BatchNorm2d's running statistics and affine parameters) ->
     activation, as one `vkernels.upsample_norm_act` call.
 
@@ -121,7 +88,7 @@ class AdaIN(torch.nn.Module):
                                  act=self.act, alpha=self.alpha, gain=self.gain, clamp=self.clamp, impl=self.impl)
 
 
-class ConditionalBatchNorm2d(_NormState):
+class ConditionalBatchNorm2d(NormState):
     """Class-conditional batch norm (BigGAN): y = act(bn(up(x)) * (1 + gain_emb[y]) + bias_emb[y]), with batch
     norm running statistics exactly as nn.BatchNorm2d(affine=False) and per-class embeddings initialised to 0
     (so the layer starts as plain batch norm), as BigGAN's `ccbn` (gain = 1 + linear(y)).

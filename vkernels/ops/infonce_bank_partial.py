@@ -1,7 +1,7 @@
 """infonce_bank_partial: the bank-only part of infonce_bank_loss (per-row log-sum-exp and rank), for banks sharded
 across ranks: each rank computes its shard's partial, the caller merges them with the positive.
 
-Registration: the schemas live in csrc/ops/infonce_bank_loss.cpp (the kernels are infonce_bank_loss's, without the
+Registration: the schemas live in csrc/ops/infonce_bank_partial.cpp (the kernels are infonce_bank_loss's, without the
 positive); this file adds fake kernels, autograd, the Triton variants and the public function.
 """
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from vkernels import _backend
-from vkernels.ops.infonce_bank_loss import _acc_temperature, _check
+from vkernels._dtypes import acc_dtype
+from vkernels.ops._infonce import acc_temperature, check_infonce_args
 from vkernels.reference.infonce_bank_partial import infonce_bank_partial as _reference
 
 __all__ = ["infonce_bank_partial"]
@@ -37,9 +38,9 @@ def infonce_bank_partial(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor,
     Returns:
         lse (N,) float32 (float64 for float64 inputs), differentiable w.r.t. q, bank and temperature; rank (N,) int64.
     """
-    _check(q, k, bank, temperature, "mean", 0.0, exclude, op="infonce_bank_partial")
+    check_infonce_args(q, k, bank, temperature, "mean", 0.0, exclude, op="infonce_bank_partial")
     impl = _backend.resolve_impl("infonce_bank_partial", q, impl)
-    acc, t = _acc_temperature(q, temperature)
+    acc, t = acc_temperature(q, temperature)
     if impl == "reference":
         lse, rank = _reference(q, k, bank, t, exclude)
         return lse.to(acc), rank
@@ -52,7 +53,7 @@ def _register(fwd: str, bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{fwd}")
     def _fake_fwd(q, k, bank, temperature, exclude):
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(q.dtype)
         n = q.shape[0]
         return q.new_empty((n,), dtype=acc), q.new_empty((n,), dtype=torch.long)
 
@@ -78,4 +79,4 @@ def _register(fwd: str, bwd: str) -> None:
 
 
 _backend.register_backends(_register, ("infonce_bank_partial", "infonce_bank_partial_backward"),
-                           lambda: _backend.triton_launchers("infonce_bank_loss", "partial", "partial_backward"))
+                           lambda: _backend.triton_launchers("infonce_bank_partial", "partial", "partial_backward"))

@@ -203,16 +203,16 @@ def _triton_launchers():
     stay in bounds (the tensors' shapes, dtypes, devices), with the C++ wording; rules on the user's arguments (act,
     alpha, gain, clamp, ...) are the public function's, which every backend passes through."""
     def forward(x, m, r, gamma, beta, act, alpha, gain, clamp):
-        from vkernels.triton import upsample_norm_act as kernels  # on the first call: importing Triton is slow
+        from vkernels.triton import spade_norm_act as kernels  # on the first call: importing Triton is slow
         _check_raw("spade_norm_act", x, m, r, gamma, beta)
         return kernels.spade(x, m, r, gamma, beta, act, alpha, gain, clamp)
 
     def backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, mask):
-        from vkernels.triton import norm_act_backward as backward_kernels
+        from vkernels.triton import spade_norm_act as kernels
         op = "spade_norm_act_backward"
         _check_raw(op, x, m, r, gamma, beta)
         check_like_x(op, x, (("dy", dy),), x.shape)
-        return backward_kernels.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
+        return kernels.spade_backward(dy, x, m, r, gamma, beta, act, alpha, gain, clamp, list(mask))
 
     return forward, backward
 

@@ -7,13 +7,13 @@ apply). This file adds their fake kernels, autograd, Triton variants, and the pu
 running statistics and the affine convention into the per-(n, c) (mean, a, b) the apply kernel takes.
 
 Backward: both ops save only x and per-(n, c) vectors (never the upsampled tensor). First order runs fused kernels
-(`upsample_norm_act_backward`, `upsample_norm_act_stats_backward`: C++ in csrc/ops/cpu/norm_act_backward_kernel.cpp,
-Triton in vkernels/triton/norm_act_backward.py) that recompute the upsampled values from x on the fly. Those backward
-ops have their own autograd, whose formulas are the differentiable composites below (`apply_backward_composite`,
-`stats_backward_composite`: upsampled values recomputed transiently, the activation's derivative from bias_act's
-grad kernel), so double backward (gradgradcheck, R1) works through them; the composites are also the tests' oracle.
-The one-node training autograd (StatsOfX), the running-statistics update and the checks spade_norm_act shares with
-this op live in ops/_norm_act.py.
+(`upsample_norm_act_backward`, `upsample_norm_act_stats_backward`: C++ in
+csrc/ops/cpu/upsample_norm_act_backward_kernel.cpp, Triton in vkernels/triton/upsample_norm_act_backward.py) that
+recompute the upsampled values from x on the fly. Those backward ops have their own autograd, whose formulas are the
+differentiable composites below (`apply_backward_composite`, `stats_backward_composite`: upsampled values recomputed
+transiently, the activation's derivative from bias_act's grad kernel), so double backward (gradgradcheck, R1) works
+through them; the composites are also the tests' oracle. The one-node training autograd (StatsOfX), the
+running-statistics update and the checks spade_norm_act shares with this op live in ops/_norm_act.py.
 """
 from __future__ import annotations
 
@@ -336,7 +336,7 @@ def _triton_launchers():
         return kernels.apply(x, m, a, b, scale, mode, act, alpha, gain, clamp)
 
     def stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
-        from vkernels.triton import norm_act_backward as backward_kernels
+        from vkernels.triton import upsample_norm_act_backward as backward_kernels
         op = "upsample_norm_act_stats_backward"
         _check_raw(op, x, scale, mode)
         shape = tuple(x.shape[:2]) if per_sample else (x.shape[1],)
@@ -345,7 +345,7 @@ def _triton_launchers():
         return backward_kernels.stats_backward(gmean, gvar, x, mean, scale, mode, per_sample)
 
     def apply_bwd(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
-        from vkernels.triton import norm_act_backward as backward_kernels
+        from vkernels.triton import upsample_norm_act_backward as backward_kernels
         op = "upsample_norm_act_backward"
         _check_raw(op, x, scale, mode)
         check_nc(op, x, (("mean", m), ("a", a), ("b", b)))

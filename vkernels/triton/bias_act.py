@@ -1,11 +1,9 @@
 """bias_act in Triton: the same per-element math as csrc/ops/bias_act_math.h, one program per BLOCK elements.
 
 Memory-bound: reads v (and g in backward), writes out; the bias is gathered per element (C values, cached).
-Only tl.exp / tl.log are used for transcendentals (libdevice does not run in the Triton interpreter, where CI tests
-this code), with Kahan's accurate forms of expm1 and log1p. Triton passes Python floats as fp32, so for fp64 tensors
-alpha/gain/clamp travel in a small fp64 tensor instead (exact, at the cost of one tiny copy per call).
-On a GPU, fp32 tl.exp is ex2.approx and `/` div.full (a few ulp; tl.log stays accurate): fine for an elementwise
-activation, whose fp32 tests allow 2e-5 relative to the output's magnitude, so no correctly rounded forms here.
+The activations themselves (and their accuracy on the GPU) are vkernels/triton/_activation.py's. Triton passes Python
+floats as fp32, so for fp64 tensors alpha/gain/clamp travel in a small fp64 tensor instead (exact, at the cost of
+one tiny copy per call).
 """
 import contextlib
 
@@ -14,145 +12,19 @@ import triton
 import triton.language as tl
 
 from vkernels.triton import _launch
+from vkernels.triton._activation import ACT_IDS, act_gain_clamp, act_gain_clamp_grad, grad_y
+from vkernels.triton._dtypes import acc_type
+from vkernels.triton._elementwise import block_offsets, elementwise_block
 
-ACT_IDS = {a: i for i, a in enumerate(["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus",
-                                       "swish"])}
 FORWARD, GRAD1_Y, GRAD2_Y, GRAD1_X, GRAD2_X = range(5)
-# tl.constexpr: the GPU compiler rejects plain Python float globals inside @triton.jit code (the interpreter does not).
-SELU_L = tl.constexpr(1.0507009873554804934193349852946)
-SELU_A = tl.constexpr(1.6732632423543772848170429916717)
-
-
-@triton.jit
-def _expm1(z):
-    u = tl.exp(z)
-    um1 = u - 1.0
-    # (u - 1) * z / log(u) cancels the rounding of u (Kahan); exact at u == 1 and at underflow.
-    return tl.where(u == 1.0, z, tl.where(um1 == -1.0, um1, um1 * z / tl.log(u)))
-
-
-@triton.jit
-def _log1p(w):
-    u = 1.0 + w
-    return tl.where(u == 1.0, w, tl.log(u) * w / (u - 1.0))
-
-
-@triton.jit
-def _tanh(z):
-    e = _expm1(-2.0 * tl.abs(z))
-    t = -e / (2.0 + e)
-    return tl.where(z < 0, -t, t)
-
-
-@triton.jit
-def _sigmoid(z):
-    return 1.0 / (1.0 + tl.exp(-z))
-
-
-@triton.jit
-def _act(z, alpha, ACT: tl.constexpr):
-    if ACT == 0:
-        r = z
-    elif ACT == 1:
-        r = tl.where(z < 0, 0.0, z)
-    elif ACT == 2:
-        r = tl.where(z < 0, z * alpha, z)
-    elif ACT == 3:
-        r = _tanh(z)
-    elif ACT == 4:
-        r = _sigmoid(z)
-    elif ACT == 5:
-        r = tl.where(z < 0, _expm1(z), z)
-    elif ACT == 6:
-        r = SELU_L * tl.where(z < 0, SELU_A * _expm1(z), z)
-    elif ACT == 7:
-        r = tl.where(z > 20.0, z, _log1p(tl.exp(z)))
-    else:
-        r = z * _sigmoid(z)
-    return r
-
-
-@triton.jit
-def _grad_y(ya, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
-    # f'(ya) (ORDER 1) or d f'(ya)/d ya (ORDER 2), with ya the unscaled activation output.
-    if ORDER == 1:
-        if ACT == 0:
-            r = ya * 0.0 + 1.0
-        elif ACT == 1:
-            r = tl.where(ya > 0, 1.0, 0.0)
-        elif ACT == 2:
-            r = tl.where(ya > 0, 1.0, alpha)
-        elif ACT == 3:
-            r = 1.0 - ya * ya
-        elif ACT == 4:
-            r = ya * (1.0 - ya)
-        elif ACT == 5:
-            r = tl.where(ya <= 0, ya + 1.0, 1.0)
-        elif ACT == 6:
-            r = tl.where(ya <= 0, ya + SELU_L * SELU_A, SELU_L)
-        else:
-            r = -_expm1(-ya)
-    else:
-        if ACT == 3:
-            r = -2.0 * ya
-        elif ACT == 4:
-            r = 1.0 - 2.0 * ya
-        elif ACT == 5 or ACT == 6:
-            r = tl.where(ya <= 0, 1.0, 0.0)
-        elif ACT == 7:
-            r = tl.exp(-ya)
-        else:
-            r = ya * 0.0
-    return r
-
-
-@triton.jit
-def _grad_x(z, alpha, ACT: tl.constexpr, ORDER: tl.constexpr):
-    # f'(z) (ORDER 1) or f''(z) (ORDER 2).
-    if ACT == 0:
-        r = z * 0.0 + (1.0 if ORDER == 1 else 0.0)
-    elif ACT == 1:
-        r = tl.where(z > 0, 1.0, 0.0) if ORDER == 1 else z * 0.0
-    elif ACT == 2:
-        r = tl.where(z > 0, 1.0, alpha) if ORDER == 1 else z * 0.0
-    elif ACT == 3:
-        t = _tanh(z)
-        r = (1.0 - t * t) if ORDER == 1 else -2.0 * t * (1.0 - t * t)
-    elif ACT == 4:
-        s = _sigmoid(z)
-        r = s * (1.0 - s) if ORDER == 1 else s * (1.0 - s) * (1.0 - 2.0 * s)
-    elif ACT == 5:
-        r = tl.where(z <= 0, tl.exp(z), 1.0 if ORDER == 1 else 0.0)
-    elif ACT == 6:
-        r = tl.where(z <= 0, SELU_L * SELU_A * tl.exp(z), SELU_L if ORDER == 1 else 0.0)
-    elif ACT == 7:
-        s = _sigmoid(z)
-        r = tl.where(z > 20.0, 1.0 if ORDER == 1 else 0.0, s if ORDER == 1 else s * (1.0 - s))
-    else:
-        s = _sigmoid(z)
-        r = s + z * s * (1.0 - s) if ORDER == 1 else s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
-    return r
-
-
-@triton.jit
-def _block_offsets(numel, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    """This program's BLOCK flat offsets (int64 once numel passes int32: pid * BLOCK would wrap) and their in-bounds
-    mask; the prologue of the elementwise kernels (bias_act's, modulated_conv2d's epilogue)."""
-    pid = tl.program_id(0)
-    if INT64:
-        start = pid.to(tl.int64) * BLOCK
-    else:
-        start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    return offs, offs < numel
 
 
 @triton.jit
 def _bias_act_kernel(out_ptr, v_ptr, g_ptr, b_ptr, numel, cs, C, alpha, gain, inv_gain, clamp, scalars_ptr,
                      SCALARS_IN_TENSOR: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr,
                      BLOCK: tl.constexpr, INT64: tl.constexpr):
-    offs, mask = _block_offsets(numel, BLOCK, INT64)
-    ct = tl.float64 if v_ptr.dtype.element_ty == tl.float64 else tl.float32
+    offs, mask = block_offsets(numel, BLOCK, INT64)
+    ct = acc_type(v_ptr.dtype.element_ty)
     if SCALARS_IN_TENSOR:
         alpha = tl.load(scalars_ptr)
         gain = tl.load(scalars_ptr + 1)
@@ -164,28 +36,18 @@ def _bias_act_kernel(out_ptr, v_ptr, g_ptr, b_ptr, numel, cs, C, alpha, gain, in
     else:
         bias = 0.0
     if MODE == 0:
-        r = _act(v + bias, alpha, ACT) * gain
-        if HAS_CLAMP:
-            r = tl.where(r < -clamp, -clamp, tl.where(r > clamp, clamp, r))
+        r = act_gain_clamp(v + bias, alpha, gain, clamp, ACT, HAS_CLAMP)
     else:
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ct)
         if MODE == 1 or MODE == 2:
-            d = _grad_y(v * inv_gain, alpha, ACT, MODE)
+            d = grad_y(v * inv_gain, alpha, ACT, MODE)
             r = g * gain * d if MODE == 1 else g * d
             if HAS_CLAMP:
                 r = tl.where(tl.abs(v) < clamp, r, 0.0)
         else:
             z = v + bias
-            r = g * gain * _grad_x(z, alpha, ACT, MODE - 2)
-            if HAS_CLAMP:
-                r = tl.where(tl.abs(_act(z, alpha, ACT) * gain) < clamp, r, 0.0)
+            r = act_gain_clamp_grad(g, z, alpha, gain, clamp, ACT, HAS_CLAMP, MODE - 2)
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def elementwise_block(t):
-    """Elements per program of the elementwise kernels (bias_act's, modulated_conv2d's epilogue, upsample_norm_act's
-    apply and spade) on target t: the interpreter runs programs one by one, so fewer, larger blocks there."""
-    return 8192 if t.interpret else 1024
 
 
 def _like(t, out):

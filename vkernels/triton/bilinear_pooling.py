@@ -16,8 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from vkernels._dtypes import acc_dtype
 from vkernels.triton import _launch
 from vkernels.triton._math import div_rn, sqrt_rn
+from vkernels.triton._triu import triu_index
 
 L2_EPS = 1e-12
 
@@ -41,15 +43,6 @@ def _row_span(i, C1, C2, TRIU: tl.constexpr):
         return i.to(tl.int32), i * C1 - (i * (i - 1)) // 2
     else:
         return 0 * i.to(tl.int32), i * C2
-
-
-@triton.jit
-def _triu_index(i, j, C):
-    # Offset of entry (i, j) or its mirror (j, i) in a packed row-major upper triangle of a C x C matrix (the layout of
-    # triu=True outputs, bilinear_pooling's and isqrt_cov's).
-    lo = tl.minimum(i, j)
-    hi = tl.maximum(i, j)
-    return lo * C - (lo * (lo - 1)) // 2 + (hi - lo)
 
 
 @triton.jit
@@ -152,7 +145,7 @@ def _bwd_dg_kernel(g_ptr, o_ptr, norm_ptr, dot_ptr, dg_ptr, M, C1, C2, P, l2_eps
         j = jb + tl.arange(0, BLOCK)
         m = j < C2
         if TRIU:
-            src = b * P + _triu_index(i, j, C1)
+            src = b * P + triu_index(i, j, C1)
             dv = _dz(g_ptr, o_ptr, src, m, k, h, inv_m, acc_t, NORMALIZE)
             if SYM:
                 dv = tl.where(j == i, 2 * dv, dv)
@@ -165,17 +158,13 @@ def _bwd_dg_kernel(g_ptr, o_ptr, norm_ptr, dot_ptr, dg_ptr, M, C1, C2, P, l2_eps
         tl.store(dg_ptr + (b * C1 + i) * C2 + j, dv, mask=m)
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _mat(t, acc):
     B, C, H, W = t.shape
     return t.reshape(B, C, H * W).to(acc)
 
 
 def _gram(x, y):
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     B, C1, H, W = x.shape
     X = x.reshape(B, C1, H * W)
     Y = X if y is None else y.reshape(B, y.shape[1], H * W)
@@ -195,7 +184,7 @@ def _sizes(x, y, triu):
 
 def forward(x, y, normalize, triu, eps):
     B, C1, C2, M, P = _sizes(x, y, triu)
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     norm = normalize == "signed_sqrt_l2"
     out = torch.empty((B, P), dtype=x.dtype, device=x.device)
     nrm = torch.empty((B if norm else 0,), dtype=acc, device=x.device)
@@ -214,7 +203,7 @@ def forward(x, y, normalize, triu, eps):
 
 def backward(grad_out, x, y, out, nrm, normalize, triu, eps):
     B, C1, C2, M, P = _sizes(x, y, triu)
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     norm = normalize == "signed_sqrt_l2"
     gy_empty = torch.empty((0,), dtype=x.dtype, device=x.device)
     if B == 0 or C1 == 0 or C2 == 0:

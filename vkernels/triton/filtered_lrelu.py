@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vkernels._dtypes import acc_dtype
+from vkernels.triton._dtypes import acc_type
 from vkernels.triton._launch import launch as _launch_kernel, target
 
 
@@ -36,7 +38,7 @@ def _flrelu_kernel(out_ptr, x_ptr, b_ptr, wa_ptr, wb_ptr, prm_ptr, mask_ptr, scr
                    MTHB: tl.constexpr, MTWB: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc_ty = acc_type(x_ptr.dtype.element_ty)
     s1 = scratch_ptr + pid * (IRB * MTWB + MTHB * MTWB + MTHB * TOW)
     s2 = s1 + IRB * MTWB
     s3 = s2 + MTHB * MTWB
@@ -225,7 +227,7 @@ def launch(x, fa, fb, b, mask, up, down, px0, py0, gain_a, gain_b, gain, slope, 
     out = torch.empty(out_size, dtype=x.dtype, device=x.device, memory_format=out_format)
     if out.numel() == 0:
         return out
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     wa, wb = _taps(fa.to(x.device), flip_filter, gain_a, acc), _taps(fb.to(x.device), flip_filter, gain_b, acc)
     prm = torch.tensor([gain, slope, float("inf") if clamp is None else clamp], dtype=acc, device=x.device)
     aw, ah, bw, bh = fa.shape[-1], fa.shape[0], fb.shape[-1], fb.shape[0]

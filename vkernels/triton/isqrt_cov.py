@@ -26,9 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
+from vkernels._dtypes import acc_dtype
 from vkernels.triton import _launch
 from vkernels.triton._math import div_rn, sqrt_rn
-from vkernels.triton.bilinear_pooling import _triu_index
+from vkernels.triton._triu import triu_index
 
 TRACE_FLOOR = 1e-30
 
@@ -97,7 +98,7 @@ def _unpack_sym_kernel(g_ptr, t_ptr, gy_ptr, C, P, pid1_base, TRIU: tl.constexpr
         j = jb + tl.arange(0, BLOCK)
         m = j < C
         if TRIU:
-            g = tl.load(g_ptr + b * P + _triu_index(i, j, C), mask=m, other=0.0).to(acc_t)
+            g = tl.load(g_ptr + b * P + triu_index(i, j, C), mask=m, other=0.0).to(acc_t)
             g = tl.where(j == i, g, 0.5 * g)
         else:
             g = 0.5 * (tl.load(g_ptr + b * P + i * C + j, mask=m, other=0.0).to(acc_t)
@@ -128,13 +129,9 @@ def _sym_combine_kernel(s_ptr, q_ptr, u_ptr, coef_ptr, d_ptr, coef_sb, C, pid1_b
         tl.store(d_ptr + off, v + tl.where(j == i, cd, 0.0), mask=m)
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _centered(x):
     B, C, H, W = x.shape
-    X = x.reshape(B, C, H * W).to(_acc(x.dtype))
+    X = x.reshape(B, C, H * W).to(acc_dtype(x.dtype))
     return X - X.mean(2, keepdim=True)
 
 
@@ -158,7 +155,7 @@ def _newton_schulz(A, Z1, iters, keep=None):
 
 def forward(x, iters, triu):
     B, C, H, W = x.shape
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     P = C * (C + 1) // 2 if triu else C * C
     out = torch.empty((B, P), dtype=x.dtype, device=x.device)
     A = torch.empty((B, C, C), dtype=acc, device=x.device)

@@ -3,7 +3,7 @@
 weight: one program per (n, o): reads weight[o] (I*kh*kw) and styles[n], writes wmod[n, o] and dcoefs[n, o];
     3 FLOPs per weight element, accumulated in fp32 (fp64 for fp64).
 epilogue: one program per BLOCK elements of x (N, O, H, W) contiguous: z = x * dcoefs[n, o] + noise[n, hw] * ns + b[o]
-    then bias_act's math (the Triton helpers of vkernels/triton/bias_act.py, not a copy). Reads x (+ g in backward),
+    then bias_act's math (the Triton helpers of vkernels/triton/_activation.py, not a copy). Reads x (+ g in backward),
     writes y (or dz). Scalars travel in an fp64 tensor (Triton turns Python floats into fp32).
 """
 import contextlib
@@ -14,7 +14,9 @@ import triton.language as tl
 
 from vkernels.triton import _launch
 from vkernels.triton._math import div_rn, sqrt_rn
-from vkernels.triton.bias_act import ACT_IDS, _act, _block_offsets, _grad_x, elementwise_block
+from vkernels.triton._activation import ACT_IDS, act_gain_clamp, act_gain_clamp_grad
+from vkernels.triton._dtypes import acc_type
+from vkernels.triton._elementwise import block_offsets, elementwise_block
 
 
 @triton.jit
@@ -23,7 +25,7 @@ def _weight_kernel(wmod_ptr, dco_ptr, w_ptr, s_ptr, O, I, K, DEMOD: tl.constexpr
     no = tl.program_id(0).to(tl.int64)
     n = no // O
     o = no % O
-    ct = tl.float64 if w_ptr.dtype.element_ty == tl.float64 else tl.float32
+    ct = acc_type(w_ptr.dtype.element_ty)
     IK = I * K
     d = 1.0
     if DEMOD:
@@ -64,8 +66,8 @@ def launch_weight(weight, styles, demodulate, fused):
 def _epilogue_kernel(out_ptr, x_ptr, g_ptr, d_ptr, n_ptr, b_ptr, sc_ptr, numel, O, HW, noise_nstride,
                      ACT: tl.constexpr, BACKWARD: tl.constexpr, HAS_D: tl.constexpr, HAS_NOISE: tl.constexpr,
                      HAS_BIAS: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    offs, mask = _block_offsets(numel, BLOCK, INT64)
-    ct = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    offs, mask = block_offsets(numel, BLOCK, INT64)
+    ct = acc_type(x_ptr.dtype.element_ty)
     alpha = tl.load(sc_ptr).to(ct)
     gain = tl.load(sc_ptr + 1).to(ct)
     clamp = tl.load(sc_ptr + 2).to(ct)
@@ -81,13 +83,9 @@ def _epilogue_kernel(out_ptr, x_ptr, g_ptr, d_ptr, n_ptr, b_ptr, sc_ptr, numel, 
         z = z + tl.load(b_ptr + plane % O, mask=mask, other=0.0).to(ct)
     if BACKWARD:
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(ct)
-        r = g * gain * _grad_x(z, alpha, ACT, 1)
-        if HAS_CLAMP:
-            r = tl.where(tl.abs(_act(z, alpha, ACT) * gain) < clamp, r, 0.0)
+        r = act_gain_clamp_grad(g, z, alpha, gain, clamp, ACT, HAS_CLAMP, 1)
     else:
-        r = _act(z, alpha, ACT) * gain
-        if HAS_CLAMP:
-            r = tl.where(r < -clamp, -clamp, tl.where(r > clamp, clamp, r))
+        r = act_gain_clamp(z, alpha, gain, clamp, ACT, HAS_CLAMP)
     tl.store(out_ptr + offs, r.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from vkernels.triton import _launch
+from vkernels.triton._dtypes import acc_type
 from vkernels.triton._math import sqrt_rn
 
 
@@ -24,7 +25,7 @@ def _pixel_norm_kernel(out_ptr, x_ptr, g_ptr, eps_ptr, C, inner, pid1_base, BACK
                        BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     jb = tl.program_id(1).to(tl.int64) + pid1_base
-    ct = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+    ct = acc_type(x_ptr.dtype.element_ty)
     eps = tl.load(eps_ptr).to(ct)
     cols = jb * BLOCK_J + tl.arange(0, BLOCK_J)
     cmask = cols < inner

@@ -1,4 +1,5 @@
-"""upsample_norm_act / spade_norm_act in Triton: the same split as the C++ kernels (ops/upsample_norm_act.h).
+"""upsample_norm_act in Triton (forward: the statistics and the apply pass; the backward kernels are in
+upsample_norm_act_backward.py): the same split as the C++ kernels (ops/upsample_norm_act.h).
 
 - stats: one program per group (a channel for batch norm, an (n, c) pair otherwise), two deterministic passes
   (mean, then sum of squared deviations) over the upsampled values formed on the fly, never written. Nearest
@@ -6,72 +7,38 @@
   kernel reads x only. Bytes: x read twice; FLOPs: ~8 per upsampled element per pass for bilinear.
 - apply: one program per BLOCK output elements in the output's storage order (NCHW or channels_last); each output
   gathers 1 (nearest) or 4 (bilinear) input values, then (u - mean) * a + b and bias_act's activation, gain and
-  clamp (the @triton.jit helpers of vkernels/triton/bias_act.py). Bytes: output written once, x read through cache.
-- spade: elementwise, reads x, gamma, beta with their own strides, writes out.
-Bilinear weights use the exact rational source coordinate (2*o + 1 - s) / (2*s) (align_corners=False), rounded once.
-Python floats become fp32 kernel arguments, so for fp64 tensors alpha/gain/clamp travel in an fp64 tensor.
+  clamp (vkernels/triton/_activation.py). Bytes: output written once, x read through cache.
+Upsampling on the fly and the fp64 scalars are vkernels/triton/_norm_act.py's (shared with spade_norm_act).
 Divisions (bilinear weights, means) are div.full.f32 on the GPU, at most 2 ulp (see vkernels/triton/_math.py).
 """
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
+from vkernels._dtypes import acc_dtype
 from vkernels.triton import _launch
-from vkernels.triton.bias_act import ACT_IDS, _act, elementwise_block
+from vkernels.triton._activation import ACT_IDS, act_gain_clamp
+from vkernels.triton._dtypes import acc_type
+from vkernels.triton._elementwise import block_offsets, elementwise_block
+from vkernels.triton._norm_act import (device_of, is_channels_last, nchw_of, scalar_args, scalar_values,
+                                       upsampled_value)
 
 
 @triton.jit
-def _lin(o, s, size):
-    # 1-D linear interpolation source (align_corners=False) for output coordinate o: (i0, i1, weight of i1).
-    num = 2 * o + 1 - s
-    num = tl.where(num < 0, 0, num)
-    i0 = num // (2 * s)
-    i0 = tl.where(i0 > size - 1, size - 1, i0)
-    l1 = (num - i0 * 2 * s).to(tl.float32) / (2 * s)
-    i1 = tl.where(i0 < size - 1, i0 + 1, i0)
-    return i0, i1, l1
-
-
-@triton.jit
-def _lin64(o, s, size):
-    num = 2 * o + 1 - s
-    num = tl.where(num < 0, 0, num)
-    i0 = num // (2 * s)
-    i0 = tl.where(i0 > size - 1, size - 1, i0)
-    l1 = (num - i0 * 2 * s).to(tl.float64) / (2 * s)
-    i1 = tl.where(i0 < size - 1, i0 + 1, i0)
-    return i0, i1, l1
-
-
-@triton.jit
-def _up_value(x_ptr, base, oh, ow, H, W, sh, sw, s, mask, BILINEAR: tl.constexpr, F64: tl.constexpr):
-    if BILINEAR:
-        if F64:
-            h0, h1, lh = _lin64(oh, s, H)
-            w0, w1, lw = _lin64(ow, s, W)
-            ct = tl.float64
-        else:
-            h0, h1, lh = _lin(oh, s, H)
-            w0, w1, lw = _lin(ow, s, W)
-            ct = tl.float32
-        v00 = tl.load(x_ptr + base + h0 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
-        v01 = tl.load(x_ptr + base + h0 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
-        v10 = tl.load(x_ptr + base + h1 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
-        v11 = tl.load(x_ptr + base + h1 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
-        t0 = (1.0 - lw) * v00 + lw * v01
-        t1 = (1.0 - lw) * v10 + lw * v11
-        u = (1.0 - lh) * t0 + lh * t1
-    else:
-        ct = tl.float64 if F64 else tl.float32
-        u = tl.load(x_ptr + base + (oh // s) * sh + (ow // s) * sw, mask=mask, other=0.0).to(ct)
-    return u
+def _group_values(x_ptr, start, hi, nb, c, plane, OW, H, W, sn, sc, sh, sw, s, BILINEAR: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    # The BLOCK upsampled values of a statistics group from its flat index `start` (sample nb + i // plane, pixel
+    # i % plane of channel c) and their in-range mask (i < hi).
+    i = start + tl.arange(0, BLOCK)
+    mask = i < hi
+    n = nb + i // plane
+    r = i % plane
+    return upsampled_value(x_ptr, n.to(tl.int64) * sn + c * sc, r // OW, r % OW, H, W, sh, sw, s, mask, BILINEAR), mask
 
 
 @triton.jit
 def _stats_kernel(x_ptr, mean_ptr, m2_ptr, C, H, W, sn, sc, sh, sw, s, n_per, chunk, n_chunks, pid1_base,
-                  BILINEAR: tl.constexpr, PER_SAMPLE: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+                  BILINEAR: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
                   INT64: tl.constexpr):
     # Program (g, k): chunk k (elements [k chunk, (k + 1) chunk) of the group's n_per * OH * OW upsampled values) of
     # group g; writes the chunk's mean and sum of squared deviations (two passes over the chunk).
@@ -87,23 +54,15 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, C, H, W, sn, sc, sh, sw, s, n_per, ch
         plane = H * s * OW
         lo = k * chunk
     hi = tl.minimum(lo + chunk, n_per * plane)
-    ct = tl.float64 if F64 else tl.float32
+    ct = acc_type(x_ptr.dtype.element_ty)
     acc = tl.zeros([BLOCK], dtype=ct)
     for start in range(lo, hi, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < hi
-        n = nb + i // plane
-        r = i % plane
-        u = _up_value(x_ptr, n.to(tl.int64) * sn + c * sc, r // OW, r % OW, H, W, sh, sw, s, mask, BILINEAR, F64)
+        u, mask = _group_values(x_ptr, start, hi, nb, c, plane, OW, H, W, sn, sc, sh, sw, s, BILINEAR, BLOCK)
         acc += tl.where(mask, u, 0.0)
     mu = tl.sum(acc, axis=0) / (hi - lo).to(ct)
     acc2 = tl.zeros([BLOCK], dtype=ct)
     for start in range(lo, hi, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < hi
-        n = nb + i // plane
-        r = i % plane
-        u = _up_value(x_ptr, n.to(tl.int64) * sn + c * sc, r // OW, r % OW, H, W, sh, sw, s, mask, BILINEAR, F64)
+        u, mask = _group_values(x_ptr, start, hi, nb, c, plane, OW, H, W, sn, sc, sh, sw, s, BILINEAR, BLOCK)
         d = tl.where(mask, u - mu, 0.0)
         acc2 += d * d
     tl.store(mean_ptr + g * n_chunks + k, mu)
@@ -111,103 +70,20 @@ def _stats_kernel(x_ptr, mean_ptr, m2_ptr, C, H, W, sn, sc, sh, sw, s, n_per, ch
 
 
 @triton.jit
-def _finish(z, alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr):
-    r = _act(z, alpha, ACT) * gain
-    if HAS_CLAMP:
-        r = tl.where(r < -clamp, -clamp, tl.where(r > clamp, clamp, r))
-    return r
-
-
-@triton.jit
-def _elem_block(numel, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    # This program's flat element indices (int64 when numel may pass int32) and their in-range mask.
-    pid = tl.program_id(0)
-    if INT64:
-        start = pid.to(tl.int64) * BLOCK
-    else:
-        start = pid * BLOCK
-    i = start + tl.arange(0, BLOCK)
-    return i, i < numel
-
-
-@triton.jit
-def _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr):
-    # fp64 kernels read alpha / gain / clamp from an fp64 tensor (Python float kernel arguments are fp32).
-    if SCALARS_IN_TENSOR:
-        alpha = tl.load(scalars_ptr)
-        gain = tl.load(scalars_ptr + 1)
-        clamp = tl.load(scalars_ptr + 2)
-    return alpha, gain, clamp
-
-
-@triton.jit
-def _nchw_of(i, C, H, W, CL: tl.constexpr):
-    # (n, c, h, w) of flat index i of an (N, C, H, W) tensor stored NCHW or channels_last.
-    if CL:
-        c = i % C
-        t = i // C
-        w = t % W
-        t = t // W
-        h = t % H
-        n = t // H
-    else:
-        w = i % W
-        t = i // W
-        h = t % H
-        t = t // H
-        c = t % C
-        n = t // C
-    return n, c, h, w
-
-
-@triton.jit
 def _apply_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, H, W, sn, sc, sh, sw, s, alpha, gain, clamp,
                   scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr, CL: tl.constexpr, BILINEAR: tl.constexpr,
-                  ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr,
+                  ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr,
                   INT64: tl.constexpr):
-    i, mask = _elem_block(numel, BLOCK, INT64)
-    alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
-    n, c, oh, ow = _nchw_of(i, C, H * s, W * s, CL)
-    u = _up_value(x_ptr, n * sn + c * sc, oh, ow, H, W, sh, sw, s, mask, BILINEAR, F64)
+    i, mask = block_offsets(numel, BLOCK, INT64)
+    alpha, gain, clamp = scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
+    n, c, oh, ow = nchw_of(i, C, H * s, W * s, CL)
+    u = upsampled_value(x_ptr, n * sn + c * sc, oh, ow, H, W, sh, sw, s, mask, BILINEAR)
     k = n * C + c
     mv = tl.load(m_ptr + k, mask=mask, other=0.0)
     av = tl.load(a_ptr + k, mask=mask, other=0.0)
     bv = tl.load(b_ptr + k, mask=mask, other=0.0)
-    r = _finish((u - mv) * av + bv, alpha, gain, clamp, ACT, HAS_CLAMP)
+    r = act_gain_clamp((u - mv) * av + bv, alpha, gain, clamp, ACT, HAS_CLAMP)
     tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _spade_kernel(out_ptr, x_ptr, g_ptr, t_ptr, m_ptr, r_ptr, numel, C, H, W, sx0, sx1, sx2, sx3, sg0, sg1, sg2,
-                  sg3, st0, st1, st2, st3, alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr,
-                  CL: tl.constexpr, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, F64: tl.constexpr,
-                  BLOCK: tl.constexpr, INT64: tl.constexpr):
-    i, mask = _elem_block(numel, BLOCK, INT64)
-    ct = tl.float64 if F64 else tl.float32
-    alpha, gain, clamp = _scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
-    n, c, h, w = _nchw_of(i, C, H, W, CL)
-    xv = tl.load(x_ptr + n * sx0 + c * sx1 + h * sx2 + w * sx3, mask=mask, other=0.0).to(ct)
-    gv = tl.load(g_ptr + n * sg0 + c * sg1 + h * sg2 + w * sg3, mask=mask, other=0.0).to(ct)
-    tv = tl.load(t_ptr + n * st0 + c * st1 + h * st2 + w * st3, mask=mask, other=0.0).to(ct)
-    k = n * C + c
-    mv = tl.load(m_ptr + k, mask=mask, other=0.0)
-    rv = tl.load(r_ptr + k, mask=mask, other=0.0)
-    r = _finish((xv - mv) * rv * (1.0 + gv) + tv, alpha, gain, clamp, ACT, HAS_CLAMP)
-    tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def _device(x):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
-def _is_cl(x):
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _scalars(x, alpha, gain, clamp):
-    vals = (float(alpha), float(gain), float(clamp if clamp is not None else 0.0))
-    exact = x.dtype == torch.float64
-    return vals, (torch.tensor(vals, dtype=torch.float64, device=x.device) if exact else x), exact
 
 
 def stats(x, scale, mode, per_sample):
@@ -216,7 +92,7 @@ def stats(x, scale, mode, per_sample):
     order (Chan et al.'s pairwise formula): batch norm (C groups of N H W s^2 values) gets enough programs to fill
     the GPU instead of C programs scanning everything twice."""
     N, C, H, W = x.shape
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = acc_dtype(x.dtype)
     shape = (N, C) if per_sample else (C,)
     mean = torch.empty(shape, dtype=ct, device=x.device)
     var = torch.empty(shape, dtype=ct, device=x.device)
@@ -235,10 +111,10 @@ def stats(x, scale, mode, per_sample):
     pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
     extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
     big = max(total + chunk, extent) + block >= 2**31
-    with _device(x):
+    with device_of(x):
         _launch.launch(_stats_kernel, (groups, n_chunks), x, pm, pm2, C, H, W, *x.stride(), s,
                        1 if per_sample else N, chunk, n_chunks, BILINEAR=bil, PER_SAMPLE=per_sample,
-                       F64=ct == torch.float64, BLOCK=block, INT64=big, num_warps=4)
+                       BLOCK=block, INT64=big, num_warps=4)
     if n_chunks == 1:
         mean.copy_(pm.view(shape))
         var.copy_((pm2 / total).view(shape))
@@ -264,38 +140,20 @@ def _stats_sizes(t, groups, total):
 
 def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
     N, C, H, W = x.shape
-    cl = _is_cl(x)
+    cl = is_channels_last(x)
     out = torch.empty((N, C, H * scale, W * scale), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last if cl else torch.contiguous_format)
     n = out.numel()
     if n == 0:
         return out
     m, a, b = m.contiguous(), a.contiguous(), b.contiguous()
-    vals, st, exact = _scalars(x, alpha, gain, clamp)
+    vals, st, exact = scalar_values(x, alpha, gain, clamp)
     block = elementwise_block(_launch.target(x.device))
-    with _device(x):
+    with device_of(x):
         _launch.launch(_apply_kernel, (triton.cdiv(n, block),),
             out, x, m, a, b, n, C, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact, CL=cl,
             BILINEAR=mode == "bilinear" and scale > 1, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
-            F64=x.dtype == torch.float64, BLOCK=block, INT64=max(n, x.numel() * 4) + block >= 2**31, num_warps=4)
+            BLOCK=block, INT64=max(n, x.numel() * 4) + block >= 2**31, num_warps=4)
     return out
 
 
-def spade(x, m, r, gamma, beta, act, alpha, gain, clamp):
-    N, C, H, W = x.shape
-    cl = _is_cl(x)
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last if cl else torch.contiguous_format)
-    n = out.numel()
-    if n == 0:
-        return out
-    m, r = m.contiguous(), r.contiguous()
-    vals, st, exact = _scalars(x, alpha, gain, clamp)
-    block = elementwise_block(_launch.target(x.device))
-    big = max(n, max((t.shape[d] - 1) * abs(t.stride(d)) for t in (x, gamma, beta) for d in range(4)) + 1)
-    with _device(x):
-        _launch.launch(_spade_kernel, (triton.cdiv(n, block),),
-            out, x, gamma, beta, m, r, n, C, H, W, *x.stride(), *gamma.stride(), *beta.stride(), *vals, st,
-            SCALARS_IN_TENSOR=exact, CL=cl, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
-            F64=x.dtype == torch.float64, BLOCK=block, INT64=big + block >= 2**31, num_warps=4)
-    return out

@@ -245,245 +245,337 @@ struct UpPlan {
   }
 };
 
+// One work item of run(): a block of channels [c0, c0 + cn) of sample n (one channel unless channels_last), output
+// rows [oy0, oy1), the mid rows [my0, my1) they need, the input rows [iy_lo, iy_hi] those need, and the end of the
+// mask rows the band owns, [oy0 * D, own1): no mask byte has two writers.
+struct Band {
+  int64_t n, c0, cn, oy0, oy1, my0, my1, own1, iy_lo, iy_hi, nrows;
+};
+
+// What every work item of run() reads: the filters in the compute type, the band split, pointers and strides, and
+// the index tables hoisted out of the row loops (integer divisions cost as much as a row's multiply-adds). The phases
+// of a work item are its methods: load the input rows, form the mid rows (up, activation or mask, horizontal down),
+// form the output rows (vertical down), store a channel block.
 template <class scalar_t>
-void run(const Problem& p) {
+struct Plan {
   using T = at::opmath_type<scalar_t>;
   using V = at::vec::Vectorized<T>;
-  const Axis &ax = p.ax, &ay = p.ay;
-  const UpPlan up(ax);
-  const std::vector<T> wa(p.wa.begin(), p.wa.end()), wb(p.wb.begin(), p.wb.end());
-  const int64_t Aw = ax.A, Ah = ay.A, Bw = ax.B, Bh = ay.B, Mw = ax.M, Ow = ax.O, L = up.L, LU = up.row_len();
-  const int64_t Rd = (Mw + ax.D - 1) / ax.D, DR = ax.D * Rd;
-  const bool remap = !(ax.U == ax.D && up.R == Rd);  // phase-major up layout != de-interleaved down layout
+
+  const Problem& p;
+  const Axis &ax, &ay;
+  const UpPlan up;
+  std::vector<T> wa, wb;
+  int64_t Aw, Ah, Bw, Bh, Mw, Ow, L, LU, Rd, DR;
+  bool remap;  // phase-major up layout != de-interleaved down layout
+  int64_t TO, bands, mid_rows_max, in_rows_max;
+  const scalar_t* x;
+  scalar_t* out;
+  int64_t sN, sC, sH, sW, oN, oC, oH, oW;
+  const scalar_t* bias;
+  int64_t sb;
+  uint8_t* mask;
+  int64_t RB;
+  T gain, slope, clamp;
+  std::vector<int64_t> nat, posm;
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> vtaps;
+  std::vector<int32_t> fidx;
+  std::vector<T> lut;
+  std::vector<int64_t> pidx, doff;
+  bool cblock, fuse_act;
+  int64_t CB, cblocks, LB, OB;
+
+  explicit Plan(const Problem& pr) : p(pr), ax(pr.ax), ay(pr.ay), up(pr.ax) {
+    wa.assign(p.wa.begin(), p.wa.end()), wb.assign(p.wb.begin(), p.wb.end());
+    Aw = ax.A, Ah = ay.A, Bw = ax.B, Bh = ay.B, Mw = ax.M, Ow = ax.O, L = up.L, LU = up.row_len();
+    Rd = (Mw + ax.D - 1) / ax.D, DR = ax.D * Rd;
+    remap = !(ax.U == ax.D && up.R == Rd);
+    split_bands();
+    x = p.x.const_data_ptr<scalar_t>();
+    out = p.out.mutable_data_ptr<scalar_t>();
+    sN = p.x.stride(0), sC = p.x.stride(1), sH = p.x.stride(2), sW = p.x.stride(3);
+    oN = p.out.stride(0), oC = p.out.stride(1), oH = p.out.stride(2), oW = p.out.stride(3);
+    bias = p.b ? p.b->const_data_ptr<scalar_t>() : nullptr;
+    sb = p.b ? p.b->stride(0) : 0;
+    const bool use_mask = p.masked || p.write_mask;
+    mask = use_mask ? static_cast<uint8_t*>(p.mask.data_ptr()) : nullptr;
+    RB = mask_row_bytes(p.mask_w);
+    gain = T(p.gain), slope = T(p.slope);
+    clamp = p.clamp < 0 ? std::numeric_limits<T>::infinity() : T(p.clamp);
+    make_tables();
+    // channels_last (C stride 1): a work item is a block of CB channels of one band, so input rows are read and
+    // output rows written CB channels (a cache line) at a time and transposed through the thread-local buffers,
+    // instead of one strided element per cache line per plane.
+    cblock = sC == 1 && oC == 1 && p.C > 1;
+    CB = cblock ? std::min<int64_t>(p.C, 16) : 1, cblocks = (p.C + CB - 1) / CB;
+    LB = in_rows_max * L, OB = TO * Ow;
+    // The activation runs in the vertical up pass's epilogue when that pass is one dot_rows call (separable fu).
+    fuse_act = p.sep_a && !p.masked;
+  }
+
   // Output rows per band. Whole planes when there are enough planes for the threads: neighbouring bands share
   // fdh - down mid rows (and their input/up work), which a band recomputes; a plane-sized band never does. Large
   // planes are cut to keep a band's buffers cache-sized, few planes are cut to feed every thread.
-  const int64_t planes = p.N * p.C;
-  int64_t TO = std::min<int64_t>(ay.O, std::max<int64_t>(16, 65536 / std::max<int64_t>(Ow, 1)));
-  const int64_t want = 4 * int64_t(at::get_num_threads());
-  if (planes < want) TO = std::min(TO, std::max<int64_t>(4, (ay.O * planes + want - 1) / want));
-  TO = std::max<int64_t>(1, TO);
-  const int64_t bands = (ay.O + TO - 1) / TO;
-  const int64_t mid_rows_max = (TO - 1) * ay.D + Bh;
-  const int64_t in_rows_max = (mid_rows_max + Ah - 2) / ay.U + 2;
-  const scalar_t* x = p.x.const_data_ptr<scalar_t>();
-  scalar_t* out = p.out.mutable_data_ptr<scalar_t>();
-  const int64_t sN = p.x.stride(0), sC = p.x.stride(1), sH = p.x.stride(2), sW = p.x.stride(3);
-  const int64_t oN = p.out.stride(0), oC = p.out.stride(1), oH = p.out.stride(2), oW = p.out.stride(3);
-  const scalar_t* bias = p.b ? p.b->const_data_ptr<scalar_t>() : nullptr;
-  const int64_t sb = p.b ? p.b->stride(0) : 0;
-  const bool use_mask = p.masked || p.write_mask;
-  uint8_t* mask = use_mask ? static_cast<uint8_t*>(p.mask.data_ptr()) : nullptr;
-  const int64_t RB = mask_row_bytes(p.mask_w);
-  const T gain = T(p.gain), slope = T(p.slope);
-  const T clamp = p.clamp < 0 ? std::numeric_limits<T>::infinity() : T(p.clamp);
-  const T fac[4] = {T(0), gain, gain * slope, T(0)};
-  // Natural mid column of each phase-major position (-1: padding), and the reverse.
-  std::vector<int64_t> nat(LU, -1), posm(Mw);
-  for (int64_t m = 0; m < Mw; ++m) posm[m] = up.pos(m), nat[posm[m]] = m;
-  // Integer divisions hoisted out of the row loops (they cost as much as a row's multiply-adds): vertical up taps
-  // per residue rr = (my - P0) mod U as (tap i, input row offset from (my - P0 - rr) / U); down taps' offsets in a
-  // de-interleaved row.
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> vtaps(ay.U);
-  for (int64_t rr = 0; rr < ay.U; ++rr)
-    for (int64_t i = 0; i < Ah; ++i)
-      if ((rr + i) % ay.U == 0) vtaps[rr].emplace_back(i, (rr + i) / ay.U);
-  // Masked op: factor of phase-major position q is fbuf[fidx[q]], fbuf[0] = 0 (padding / off the mask) and
-  // fbuf[1 + col] the factor of mask column col; lut[4*byte + j] the factor of a byte's j-th 2-bit code.
-  std::vector<int32_t> fidx(p.masked ? LU : 0, 0);
-  std::vector<T> lut(p.masked ? 1024 : 0);
-  if (p.masked) {
-    for (int64_t q = 0; q < LU; ++q) {
-      const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
-      fidx[q] = col >= 0 && col < p.mask_w ? int32_t(col + 1) : 0;
-    }
-    for (int64_t v = 0; v < 256; ++v)
-      for (int64_t j = 0; j < 4; ++j) lut[4 * v + j] = fac[(v >> (2 * j)) & 3];
+  void split_bands() {
+    const int64_t planes = p.N * p.C;
+    TO = std::min<int64_t>(ay.O, std::max<int64_t>(16, 65536 / std::max<int64_t>(Ow, 1)));
+    const int64_t want = 4 * int64_t(at::get_num_threads());
+    if (planes < want) TO = std::min(TO, std::max<int64_t>(4, (ay.O * planes + want - 1) / want));
+    TO = std::max<int64_t>(1, TO);
+    bands = (ay.O + TO - 1) / TO;
+    mid_rows_max = (TO - 1) * ay.D + Bh;
+    in_rows_max = (mid_rows_max + Ah - 2) / ay.U + 2;
   }
-  std::vector<int64_t> pidx(4 * RB, LU);  // mask column -> phase-major position (LU past the row: code 0)
-  for (int64_t m = 0; m < std::min<int64_t>(Mw, 4 * RB); ++m) pidx[m] = posm[m];
-  std::vector<int64_t> doff(Bw);
-  for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
 
-  // channels_last (C stride 1): a work item is a block of CB channels of one band, so input rows are read and output
-  // rows written CB channels (a cache line) at a time and transposed through the thread-local buffers, instead of
-  // one strided element per cache line per plane.
-  const bool cblock = sC == 1 && oC == 1 && p.C > 1;
-  const int64_t CB = cblock ? std::min<int64_t>(p.C, 16) : 1, cblocks = (p.C + CB - 1) / CB;
-  const int64_t LB = in_rows_max * L, OB = TO * Ow;
-
-  at::parallel_for(0, p.N * cblocks * bands, 1, [&](int64_t begin, int64_t end) {
-    // Zero-initialised once: positions a pass never writes (phase padding) must read as 0.
-    std::vector<T> lblk(CB * LB), hbuf(p.sep_a ? in_rows_max * LU : 0), mrow(LU), drow(remap ? DR : 0);
-    std::vector<T> midbuf(p.sep_b ? 0 : mid_rows_max * DR), dbuf(p.sep_b ? mid_rows_max * Ow : 0), acc(2 * Ow);
-    std::vector<T> oblk(cblock ? CB * OB : 0);
-    std::vector<T> cbuf(LU + 1);
-    std::vector<T> fbuf(p.masked ? 1 + 4 * RB : 0);
-    const int64_t cap = std::max({Aw, Ah, Bw * Bh, Bw, Bh});
-    TapList<T> tl(cap), tl2(cap), hd(Bw);
-    TapList2<T> vd(ay.D + Bh);
-    // The horizontal down taps read fixed offsets of the (phase-major or remapped) mid row.
-    const T* md = remap ? drow.data() : mrow.data();
-    for (int64_t k = 0; k < Bw; ++k) hd.add(md + doff[k], wb[k]);
-    const V vs(slope), vg(gain), vc(clamp), vnc(-clamp);
-    // The activation runs in the vertical up pass's epilogue when that pass is one dot_rows call (separable fu).
-    const bool fuse_act = p.sep_a && !p.masked;
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t band = idx % bands, nb = idx / bands, n = nb / cblocks, c0 = (nb % cblocks) * CB;
-      const int64_t cn = std::min(CB, p.C - c0);
-      const int64_t oy0 = band * TO, oy1 = std::min(ay.O, oy0 + TO);
-      const int64_t my0 = oy0 * ay.D, my1 = (oy1 - 1) * ay.D + Bh;
-      // Mask rows this band writes: its own [oy0*D, oy1*D) (the last band: to the end), so no byte has two writers.
-      const int64_t own1 = band == bands - 1 ? ay.M : oy1 * ay.D;
-      const int64_t iy_lo = std::max<int64_t>(0, -floor_div(-(my0 - ay.P0), ay.U));
-      const int64_t iy_hi = std::min<int64_t>(ay.Z - 1, floor_div(my1 - 1 + Ah - 1 - ay.P0, ay.U));
-      const int64_t nrows = std::max<int64_t>(0, iy_hi - iy_lo + 1);
-      if (cblock) {
-        T bvs[16];
-        for (int64_t cc = 0; cc < cn; ++cc) bvs[cc] = bias ? T(bias[(c0 + cc) * sb]) : T(0);
-        for (int64_t r = 0; r < nrows; ++r) {
-          const scalar_t* src = x + n * sN + c0 + (iy_lo + r) * sH;
-          T* dst = lblk.data() + r * L + up.lo;  // the zero padding around it is never written
-          for (int64_t i = 0; i < ax.Z; ++i)
-            for (int64_t cc = 0; cc < cn; ++cc) dst[cc * LB + i] = T(src[i * sW + cc]) + bvs[cc];
-        }
+  void make_tables() {
+    // Natural mid column of each phase-major position (-1: padding), and the reverse.
+    nat.assign(LU, -1), posm.assign(Mw, 0);
+    for (int64_t m = 0; m < Mw; ++m) posm[m] = up.pos(m), nat[posm[m]] = m;
+    // Vertical up taps per residue rr = (my - P0) mod U as (tap i, input row offset from (my - P0 - rr) / U).
+    vtaps.assign(ay.U, {});
+    for (int64_t rr = 0; rr < ay.U; ++rr)
+      for (int64_t i = 0; i < Ah; ++i)
+        if ((rr + i) % ay.U == 0) vtaps[rr].emplace_back(i, (rr + i) / ay.U);
+    // Masked op: factor of phase-major position q is fbuf[fidx[q]], fbuf[0] = 0 (padding / off the mask) and
+    // fbuf[1 + col] the factor of mask column col; lut[4*byte + j] the factor of a byte's j-th 2-bit code.
+    const T fac[4] = {T(0), gain, gain * slope, T(0)};
+    fidx.assign(p.masked ? LU : 0, 0);
+    lut.assign(p.masked ? 1024 : 0, T(0));
+    if (p.masked) {
+      for (int64_t q = 0; q < LU; ++q) {
+        const int64_t col = nat[q] < 0 ? -1 : nat[q] + p.sx;
+        fidx[q] = col >= 0 && col < p.mask_w ? int32_t(col + 1) : 0;
       }
-      for (int64_t cc = 0; cc < cn; ++cc) {
-        const int64_t c = c0 + cc, pl = n * p.C + c;
-        T* lbuf = lblk.data() + cc * LB;
-        if (!cblock) {
-          const T bv = bias ? T(bias[c * sb]) : T(0);
-          const scalar_t* xp = x + n * sN + c * sC;
-          for (int64_t r = 0; r < nrows; ++r) {
-            T* dst = lbuf + r * L + up.lo;  // the zero padding around it is never written
-            const scalar_t* src = xp + (iy_lo + r) * sH;
-            if (sW == 1) {
+      for (int64_t v = 0; v < 256; ++v)
+        for (int64_t j = 0; j < 4; ++j) lut[4 * v + j] = fac[(v >> (2 * j)) & 3];
+    }
+    pidx.assign(4 * RB, LU);  // mask column -> phase-major position (LU past the row: code 0)
+    for (int64_t m = 0; m < std::min<int64_t>(Mw, 4 * RB); ++m) pidx[m] = posm[m];
+    // Down taps' offsets in a de-interleaved row.
+    doff.assign(Bw, 0);
+    for (int64_t k = 0; k < Bw; ++k) doff[k] = (k % ax.D) * Rd + k / ax.D;
+  }
+
+  Band band(int64_t idx) const {
+    Band b;
+    const int64_t k = idx % bands, nb = idx / bands;
+    b.n = nb / cblocks, b.c0 = (nb % cblocks) * CB, b.cn = std::min(CB, p.C - b.c0);
+    b.oy0 = k * TO, b.oy1 = std::min(ay.O, b.oy0 + TO);
+    b.my0 = b.oy0 * ay.D, b.my1 = (b.oy1 - 1) * ay.D + Bh;
+    b.own1 = k == bands - 1 ? ay.M : b.oy1 * ay.D;  // the last band: to the end
+    b.iy_lo = std::max<int64_t>(0, -floor_div(-(b.my0 - ay.P0), ay.U));
+    b.iy_hi = std::min<int64_t>(ay.Z - 1, floor_div(b.my1 - 1 + Ah - 1 - ay.P0, ay.U));
+    b.nrows = std::max<int64_t>(0, b.iy_hi - b.iy_lo + 1);
+    return b;
+  }
+
+  // A thread's buffers, zero-initialised once: positions a pass never writes (phase padding) must read as 0.
+  struct Scratch {
+    std::vector<T> lblk, hbuf, mrow, drow, midbuf, dbuf, acc, oblk, cbuf, fbuf;
+    TapList<T> tl, tl2, hd;
+    TapList2<T> vd;
+    const T* md;  // the mid row the horizontal down taps read: phase-major, or remapped
+    explicit Scratch(const Plan& pl)
+        : lblk(pl.CB * pl.LB), hbuf(pl.p.sep_a ? pl.in_rows_max * pl.LU : 0), mrow(pl.LU),
+          drow(pl.remap ? pl.DR : 0), midbuf(pl.p.sep_b ? 0 : pl.mid_rows_max * pl.DR),
+          dbuf(pl.p.sep_b ? pl.mid_rows_max * pl.Ow : 0), acc(2 * pl.Ow), oblk(pl.cblock ? pl.CB * pl.OB : 0),
+          cbuf(pl.LU + 1), fbuf(pl.p.masked ? 1 + 4 * pl.RB : 0), tl(pl.tap_capacity()), tl2(pl.tap_capacity()),
+          hd(pl.Bw), vd(pl.ay.D + pl.Bh), md(pl.remap ? drow.data() : mrow.data()) {
+      for (int64_t k = 0; k < pl.Bw; ++k) hd.add(md + pl.doff[k], pl.wb[k]);
+    }
+  };
+  int64_t tap_capacity() const { return std::max({Aw, Ah, Bw * Bh, Bw, Bh}); }
+
+  // channels_last: the band's input rows of CB channels (+ bias), transposed into the per-channel row buffers.
+  void load_channel_block(const Band& b, Scratch& s) const {
+    T bvs[16];
+    for (int64_t cc = 0; cc < b.cn; ++cc) bvs[cc] = bias ? T(bias[(b.c0 + cc) * sb]) : T(0);
+    for (int64_t r = 0; r < b.nrows; ++r) {
+      const scalar_t* src = x + b.n * sN + b.c0 + (b.iy_lo + r) * sH;
+      T* dst = s.lblk.data() + r * L + up.lo;  // the zero padding around it is never written
+      for (int64_t i = 0; i < ax.Z; ++i)
+        for (int64_t cc = 0; cc < b.cn; ++cc) dst[cc * LB + i] = T(src[i * sW + cc]) + bvs[cc];
+    }
+  }
+
+  // One channel's input rows of the band (+ bias) into lbuf.
+  void load_channel(const Band& b, int64_t c, T* lbuf) const {
+    const T bv = bias ? T(bias[c * sb]) : T(0);
+    const scalar_t* xp = x + b.n * sN + c * sC;
+    for (int64_t r = 0; r < b.nrows; ++r) {
+      T* dst = lbuf + r * L + up.lo;  // the zero padding around it is never written
+      const scalar_t* src = xp + (b.iy_lo + r) * sH;
+      if (sW == 1) {
 #pragma omp simd
-              for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i]) + bv;
-            } else {
-              for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i * sW]) + bv;
-            }
-          }
-        }
-        if (p.sep_a)
-          for (int64_t r = 0; r < nrows; ++r) up.run(lbuf + r * L, wa.data(), hbuf.data() + r * LU, false, tl);
-        for (int64_t my = my0; my < my1; ++my) {
-          // Vertical up taps that land on input rows of this band (polyphase: ~fuh/U of them).
-          tl.n = 0;
-          bool first = true;
-          const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
-          for (const auto& [i, di] : vtaps[rr]) {
-            const int64_t iy = base + di;
-            if (iy < iy_lo || iy > iy_hi) continue;
-            if (p.sep_a) {
-              tl.add(hbuf.data() + (iy - iy_lo) * LU, wa[i]);
-            } else {
-              up.run(lbuf + (iy - iy_lo) * L, wa.data() + i * Aw, mrow.data(), !first, tl2);
-              first = false;
-            }
-          }
-          // Mask rows: the codes too (ActEpi), then packed in natural order through pidx (LU: the zero sentinel).
-          const bool wm = !p.masked && p.write_mask && my >= oy0 * ay.D && my < own1;
-          const ActEpi<T> act{vs, vg, vc, vnc, wm ? cbuf.data() : nullptr};
-          if (fuse_act)
-            dot_rows(mrow.data(), tl.p.data(), tl.w.data(), tl.n, LU, false, act);
-          else if (p.sep_a)
-            dot_rows(mrow.data(), tl.p.data(), tl.w.data(), tl.n, LU, false);
-          else if (first)
-            std::fill(mrow.begin(), mrow.end(), T(0));
-          if (!p.masked) {
-            if (!fuse_act) {
-              constexpr int64_t VL = V::size();
-              for (int64_t k = 0; k < LU; k += VL) {
-                const int64_t cnt = std::min<int64_t>(VL, LU - k);
-                act(V::loadu(mrow.data() + k, cnt), k, cnt).store(mrow.data() + k, cnt);
-              }
-            }
-            if (wm) {
-              cbuf[LU] = T(0);
-              uint8_t* mr = mask + (pl * p.mask_h + my) * RB;
-              const int64_t* pi = pidx.data();
-              for (int64_t q = 0; q < RB; ++q, pi += 4)
-                mr[q] = uint8_t(int(cbuf[pi[0]]) | (int(cbuf[pi[1]]) << 2) | (int(cbuf[pi[2]]) << 4) |
-                                (int(cbuf[pi[3]]) << 6));
-            }
-          } else {
-            const int64_t row = my + p.sy;
-            if (row < 0 || row >= p.mask_h) {
-              std::fill(mrow.begin(), mrow.end(), T(0));
-            } else {
-              // Decode the mask row to factors (a byte -> 4 factors by table), then one indexed multiply.
-              const uint8_t* mr = mask + (pl * p.mask_h + row) * RB;
-              for (int64_t qb = 0; qb < RB; ++qb)
-                std::copy(lut.begin() + 4 * mr[qb], lut.begin() + 4 * mr[qb] + 4, fbuf.begin() + 1 + 4 * qb);
-              for (int64_t q = 0; q < LU; ++q) mrow[q] *= fbuf[fidx[q]];
-            }
-          }
-          if (remap) {
-            for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
-              drow[r * Rd + q] = mrow[posm[m]];
-              if (++r == ax.D) r = 0, ++q;
-            }
-          }
-          if (p.sep_b) {
-            dot_rows(dbuf.data() + (my - my0) * Ow, hd.p.data(), hd.w.data(), Bw, Ow, false);
-          } else {
-            std::copy(md, md + DR, midbuf.data() + (my - my0) * DR);
-          }
-        }
-        // Output row oy goes to: the channel block's buffer, y itself (fp32/fp64 rows with unit stride), or acc.
-        auto orow = [&](int64_t oy, int64_t j) -> T* {
-          if (cblock) return oblk.data() + cc * OB + (oy - oy0) * Ow;
-          if constexpr (std::is_same_v<scalar_t, T>) {
-            if (oW == 1) return out + n * oN + c * oC + oy * oH;
-          }
-          return acc.data() + j * Ow;
-        };
-        auto flush = [&](int64_t oy, const T* row) {
-          if (cblock) return;
-          scalar_t* dst = out + n * oN + c * oC + oy * oH;
-          if (static_cast<const void*>(row) == static_cast<const void*>(dst)) return;
-          for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(row[ox]);
-        };
-        for (int64_t oy = oy0; oy < oy1; ++oy) {
-          if (p.sep_b && Ow >= V::size() && oy + 1 < oy1) {  // two output rows per pass over the source rows
-            vd.n = 0;
-            const int64_t r0 = oy * ay.D - my0;
-            for (int64_t rr = 0; rr < ay.D + Bh; ++rr) {
-              const bool u0 = rr < Bh, u1 = rr >= ay.D && rr - ay.D < Bh;
-              if (u0 || u1) vd.add(dbuf.data() + (r0 + rr) * Ow, u0 ? wb[rr] : T(0), u1 ? wb[rr - ay.D] : T(0),
-                                   uint8_t(u0 | (u1 << 1)));
-            }
-            T* d0 = orow(oy, 0);
-            T* d1 = orow(oy + 1, 1);
-            dot_rows2(d0, d1, vd.p.data(), vd.w.data(), vd.w1.data(), vd.use.data(), vd.n, Ow);
-            flush(oy, d0), flush(oy + 1, d1);
-            ++oy;
-            continue;
-          }
-          tl.n = 0;
-          for (int64_t k = 0; k < Bh; ++k) {
-            const int64_t r = oy * ay.D + k - my0;
-            if (p.sep_b) {
-              tl.add(dbuf.data() + r * Ow, wb[k]);
-            } else {
-              for (int64_t kx = 0; kx < Bw; ++kx)
-                tl.add(midbuf.data() + r * DR + doff[kx], wb[k * Bw + kx]);
-            }
-          }
-          T* d0 = orow(oy, 0);
-          dot_rows(d0, tl.p.data(), tl.w.data(), tl.n, Ow, false);
-          flush(oy, d0);
-        }
-      }  // channels of the block
-      if (cblock) {
-        for (int64_t oy = oy0; oy < oy1; ++oy) {
-          scalar_t* dst = out + n * oN + c0 + oy * oH;
-          const T* src = oblk.data() + (oy - oy0) * Ow;
-          for (int64_t ox = 0; ox < Ow; ++ox)
-            for (int64_t cc = 0; cc < cn; ++cc) dst[ox * oW + cc] = static_cast<scalar_t>(src[cc * OB + ox]);
+        for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i]) + bv;
+      } else {
+        for (int64_t i = 0; i < ax.Z; ++i) dst[i] = T(src[i * sW]) + bv;
+      }
+    }
+  }
+
+  // Mid row my of the band into s.mrow: the vertical up taps that land on input rows of this band (polyphase:
+  // ~fuh/U of them) over the horizontally up-filtered rows (separable fu, with the activation in the epilogue when
+  // fuse_act) or each tap's row up-filtered in 2-D.
+  void up_row(const Band& b, int64_t my, const T* lbuf, const ActEpi<T>& act, Scratch& s) const {
+    s.tl.n = 0;
+    bool first = true;
+    const int64_t rr = floor_mod(my - ay.P0, ay.U), base = floor_div(my - ay.P0 - rr, ay.U);
+    for (const auto& [i, di] : vtaps[rr]) {
+      const int64_t iy = base + di;
+      if (iy < b.iy_lo || iy > b.iy_hi) continue;
+      if (p.sep_a) {
+        s.tl.add(s.hbuf.data() + (iy - b.iy_lo) * LU, wa[i]);
+      } else {
+        up.run(lbuf + (iy - b.iy_lo) * L, wa.data() + i * Aw, s.mrow.data(), !first, s.tl2);
+        first = false;
+      }
+    }
+    if (fuse_act)
+      dot_rows(s.mrow.data(), s.tl.p.data(), s.tl.w.data(), s.tl.n, LU, false, act);
+    else if (p.sep_a)
+      dot_rows(s.mrow.data(), s.tl.p.data(), s.tl.w.data(), s.tl.n, LU, false);
+    else if (first)
+      std::fill(s.mrow.begin(), s.mrow.end(), T(0));
+  }
+
+  // lrelu * gain + clamp on s.mrow (unless fused into up_row) and, with wm, the row's mask codes packed in natural
+  // order through pidx (LU: the zero sentinel) into mask row my of plane `plane`.
+  void activate_row(int64_t plane, int64_t my, const ActEpi<T>& act, bool wm, Scratch& s) const {
+    if (!fuse_act) {
+      constexpr int64_t VL = V::size();
+      for (int64_t k = 0; k < LU; k += VL) {
+        const int64_t cnt = std::min<int64_t>(VL, LU - k);
+        act(V::loadu(s.mrow.data() + k, cnt), k, cnt).store(s.mrow.data() + k, cnt);
+      }
+    }
+    if (wm) {
+      s.cbuf[LU] = T(0);
+      const int64_t rb = RB;  // a local: the uint8_t stores below may alias any member
+      uint8_t* mr = mask + (plane * p.mask_h + my) * rb;
+      const int64_t* pi = pidx.data();
+      for (int64_t q = 0; q < rb; ++q, pi += 4)
+        mr[q] = uint8_t(int(s.cbuf[pi[0]]) | (int(s.cbuf[pi[1]]) << 2) | (int(s.cbuf[pi[2]]) << 4) |
+                        (int(s.cbuf[pi[3]]) << 6));
+    }
+  }
+
+  // The masked op: s.mrow times the factors of mask row my + sy of plane `plane` (0 off the mask).
+  void mask_row(int64_t plane, int64_t my, Scratch& s) const {
+    const int64_t row = my + p.sy;
+    if (row < 0 || row >= p.mask_h) {
+      std::fill(s.mrow.begin(), s.mrow.end(), T(0));
+      return;
+    }
+    // Decode the mask row to factors (a byte -> 4 factors by table), then one indexed multiply.
+    const uint8_t* mr = mask + (plane * p.mask_h + row) * RB;
+    for (int64_t qb = 0; qb < RB; ++qb)
+      std::copy(lut.begin() + 4 * mr[qb], lut.begin() + 4 * mr[qb] + 4, s.fbuf.begin() + 1 + 4 * qb);
+    for (int64_t q = 0; q < LU; ++q) s.mrow[q] *= s.fbuf[fidx[q]];
+  }
+
+  // The band's mid rows of channel c: up (with the activation and mask codes, or the mask factors), then the
+  // horizontal down pass (separable fd) into s.dbuf, or the whole mid row kept in s.midbuf (2-D fd).
+  void mid_rows(const Band& b, int64_t c, const T* lbuf, Scratch& s) const {
+    const int64_t plane = b.n * p.C + c;
+    if (p.sep_a)
+      for (int64_t r = 0; r < b.nrows; ++r) up.run(lbuf + r * L, wa.data(), s.hbuf.data() + r * LU, false, s.tl);
+    const V vs(slope), vg(gain), vc(clamp), vnc(-clamp);
+    for (int64_t my = b.my0; my < b.my1; ++my) {
+      const bool wm = !p.masked && p.write_mask && my >= b.oy0 * ay.D && my < b.own1;
+      const ActEpi<T> act{vs, vg, vc, vnc, wm ? s.cbuf.data() : nullptr};
+      up_row(b, my, lbuf, act, s);
+      if (!p.masked)
+        activate_row(plane, my, act, wm, s);
+      else
+        mask_row(plane, my, s);
+      if (remap) {
+        for (int64_t m = 0, q = 0, r = 0; m < Mw; ++m) {  // m = q*D + r
+          s.drow[r * Rd + q] = s.mrow[posm[m]];
+          if (++r == ax.D) r = 0, ++q;
         }
       }
+      if (p.sep_b) {
+        dot_rows(s.dbuf.data() + (my - b.my0) * Ow, s.hd.p.data(), s.hd.w.data(), Bw, Ow, false);
+      } else {
+        std::copy(s.md, s.md + DR, s.midbuf.data() + (my - b.my0) * DR);
+      }
+    }
+  }
+
+  // The band's output rows of channel c0 + cc from its mid rows (the vertical down pass; 2-D fd: both passes).
+  void out_rows(const Band& b, int64_t cc, Scratch& s) const {
+    const int64_t c = b.c0 + cc;
+    // Output row oy goes to: the channel block's buffer, y itself (fp32/fp64 rows with unit stride), or acc.
+    auto orow = [&](int64_t oy, int64_t j) -> T* {
+      if (cblock) return s.oblk.data() + cc * OB + (oy - b.oy0) * Ow;
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        if (oW == 1) return out + b.n * oN + c * oC + oy * oH;
+      }
+      return s.acc.data() + j * Ow;
+    };
+    auto flush = [&](int64_t oy, const T* row) {
+      if (cblock) return;
+      scalar_t* dst = out + b.n * oN + c * oC + oy * oH;
+      if (static_cast<const void*>(row) == static_cast<const void*>(dst)) return;
+      for (int64_t ox = 0; ox < Ow; ++ox) dst[ox * oW] = static_cast<scalar_t>(row[ox]);
+    };
+    for (int64_t oy = b.oy0; oy < b.oy1; ++oy) {
+      if (p.sep_b && Ow >= V::size() && oy + 1 < b.oy1) {  // two output rows per pass over the source rows
+        s.vd.n = 0;
+        const int64_t r0 = oy * ay.D - b.my0;
+        for (int64_t rr = 0; rr < ay.D + Bh; ++rr) {
+          const bool u0 = rr < Bh, u1 = rr >= ay.D && rr - ay.D < Bh;
+          if (u0 || u1) s.vd.add(s.dbuf.data() + (r0 + rr) * Ow, u0 ? wb[rr] : T(0), u1 ? wb[rr - ay.D] : T(0),
+                                 uint8_t(u0 | (u1 << 1)));
+        }
+        T* d0 = orow(oy, 0);
+        T* d1 = orow(oy + 1, 1);
+        dot_rows2(d0, d1, s.vd.p.data(), s.vd.w.data(), s.vd.w1.data(), s.vd.use.data(), s.vd.n, Ow);
+        flush(oy, d0), flush(oy + 1, d1);
+        ++oy;
+        continue;
+      }
+      s.tl.n = 0;
+      for (int64_t k = 0; k < Bh; ++k) {
+        const int64_t r = oy * ay.D + k - b.my0;
+        if (p.sep_b) {
+          s.tl.add(s.dbuf.data() + r * Ow, wb[k]);
+        } else {
+          for (int64_t kx = 0; kx < Bw; ++kx) s.tl.add(s.midbuf.data() + r * DR + doff[kx], wb[k * Bw + kx]);
+        }
+      }
+      T* d0 = orow(oy, 0);
+      dot_rows(d0, s.tl.p.data(), s.tl.w.data(), s.tl.n, Ow, false);
+      flush(oy, d0);
+    }
+  }
+
+  // channels_last: the block's output rows, transposed from the per-channel buffers into y.
+  void store_channel_block(const Band& b, const Scratch& s) const {
+    for (int64_t oy = b.oy0; oy < b.oy1; ++oy) {
+      scalar_t* dst = out + b.n * oN + b.c0 + oy * oH;
+      const T* src = s.oblk.data() + (oy - b.oy0) * Ow;
+      for (int64_t ox = 0; ox < Ow; ++ox)
+        for (int64_t cc = 0; cc < b.cn; ++cc) dst[ox * oW + cc] = static_cast<scalar_t>(src[cc * OB + ox]);
+    }
+  }
+};
+
+template <class scalar_t>
+void run(const Problem& p) {
+  const Plan<scalar_t> pl(p);
+  at::parallel_for(0, p.N * pl.cblocks * pl.bands, 1, [&](int64_t begin, int64_t end) {
+    typename Plan<scalar_t>::Scratch s(pl);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const Band b = pl.band(idx);
+      if (pl.cblock) pl.load_channel_block(b, s);
+      for (int64_t cc = 0; cc < b.cn; ++cc) {
+        auto* lbuf = s.lblk.data() + cc * pl.LB;
+        if (!pl.cblock) pl.load_channel(b, b.c0 + cc, lbuf);
+        pl.mid_rows(b, b.c0 + cc, lbuf, s);
+        pl.out_rows(b, cc, s);
+      }
+      if (pl.cblock) pl.store_channel_block(b, s);
     }
   });
 }

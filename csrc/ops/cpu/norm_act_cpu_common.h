@@ -1,9 +1,11 @@
 // What the upsample_norm_act / spade_norm_act CPU kernels share (forward: upsample_norm_act_kernel.cpp,
-// spade_norm_act_kernel.cpp; backward: norm_act_backward_kernel.cpp): interpolation tables, argument checks, the
-// vector load / store helpers (V), the fused epilogue (Epi) and the one-pass shifted statistics.
+// spade_norm_act_kernel.cpp; backward: upsample_norm_act_backward_kernel.cpp, spade_norm_act_backward_kernel.cpp):
+// interpolation tables, argument checks, the vector load / store helpers (V, VecIO), the fused epilogue (Epi), the
+// one-pass shifted statistics and the backward kernels' fixed-order block sums.
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -227,5 +229,62 @@ void finish_stats(const Acc& a, double shift, double count, opmath_t& mean, opma
 // mean / var (shape (C,) or (N, C), compute type); defined in upsample_norm_act_kernel.cpp. spade_norm_act_train's
 // two-pass path uses it, so both ops give the same bits.
 void stats_into(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, bool cl, at::Tensor& mean, at::Tensor& var);
+
+// Loads / stores of one vector step of scalar_t as kN opmath vectors (fp16/bf16: 16 values = two fp32 vectors).
+template <class scalar_t>
+struct VecIO {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = at::vec::Vectorized<opmath_t>;
+  using sVec = at::vec::Vectorized<scalar_t>;
+  static constexpr bool kReduced = !std::is_same_v<scalar_t, opmath_t>;
+  static constexpr int kN = kReduced ? 2 : 1;
+  static constexpr int64_t kF = fVec::size();
+  static constexpr int64_t kStep = sVec::size();
+  static void load(const scalar_t* p, fVec* v) {
+    if constexpr (kReduced) {
+      std::tie(v[0], v[1]) = at::vec::convert_to_float<scalar_t>(sVec::loadu(p));
+    } else {
+      v[0] = fVec::loadu(p);
+    }
+  }
+  static void loadf(const opmath_t* p, fVec* v) {
+    for (int k = 0; k < kN; ++k) v[k] = fVec::loadu(p + k * kF);
+  }
+  static void store(scalar_t* p, const fVec* v) {
+    if constexpr (kReduced) {
+      at::vec::convert_from_float<scalar_t>(v[0], v[1]).store(p);
+    } else {
+      v[0].store(p);
+    }
+  }
+};
+
+// r1[n, c], r2[n, c] = the sums over a sample's nb blocks, in block order, of the per-block fp64 partial sums
+// part[((n * nb + b) * 2 + {0, 1}) * C + c] (the channels_last kernels' fixed-order reduction).
+inline void sum_blocks(const std::vector<double>& part, int64_t N, int64_t nb, int64_t C, double* r1, double* r2) {
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        double d1 = 0, d2 = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const double* p = part.data() + 2 * (n * nb + b) * C;
+          d1 += p[c], d2 += p[C + c];
+        }
+        r1[n * C + c] = d1, r2[n * C + c] = d2;
+      }
+  });
+}
+
+// Backward helpers: an empty placeholder for an output not asked for, the memory format of a layout, dy's checks.
+inline at::Tensor empty0(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+inline at::MemoryFormat fmt_of(bool cl) { return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous; }
+
+inline void check_dy(std::string_view op, const at::Tensor& dy, const at::Tensor& x, at::IntArrayRef shape) {
+  TORCH_CHECK(dy.sizes() == shape, op, ": dy must have shape ", shape, ", got ", dy.sizes());
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), op, ": dy dtype ", dy.scalar_type(), " must equal x dtype ",
+              x.scalar_type());
+  TORCH_CHECK(dy.device() == x.device(), op, ": dy is on ", dy.device(), " but x is on ", x.device());
+}
 
 }  // namespace vkernels::norm_act

@@ -1,5 +1,5 @@
 // spade_norm_act on CPU: the apply pass and the fused training forward (schemas: ops/spade_norm_act.cpp; the backward
-// is in norm_act_backward_kernel.cpp with upsample_norm_act's; V, Epi and the shifted statistics shared with
+// is in spade_norm_act_backward_kernel.cpp; V, Epi and the shifted statistics shared with
 // upsample_norm_act are in norm_act_cpu_common.h).
 // fp16/bf16 computed in fp32 (loaded / stored through at::vec conversions), fp64 in fp64. M = N*C*H*W elements.
 //  - spade: reads x, gamma, beta, writes out (4 tensors of M elements) in one vector pass; ~5 FLOPs + act each.

@@ -1,0 +1,126 @@
+"""What the Triton kernels of upsample_norm_act and spade_norm_act share: upsampling on the fly (the exact rational
+source coordinate (2*o + 1 - s) / (2*s) of align_corners=False, rounded once), the element and plane indexing of an
+(N, C, H, W) tensor in either memory format, alpha / gain / clamp for fp64 kernels (Python floats become fp32 kernel
+arguments, so for fp64 tensors they travel in an fp64 tensor), and the host-side sizes and layouts of the launchers.
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from vkernels.triton._dtypes import acc_type
+
+
+@triton.jit
+def linear_source(o, s, size, ct: tl.constexpr):
+    # 1-D linear interpolation source (align_corners=False) for output coordinate o: (i0, i1, weight of i1 in ct).
+    num = 2 * o + 1 - s
+    num = tl.where(num < 0, 0, num)
+    i0 = num // (2 * s)
+    i0 = tl.where(i0 > size - 1, size - 1, i0)
+    l1 = (num - i0 * 2 * s).to(ct) / (2 * s)
+    i1 = tl.where(i0 < size - 1, i0 + 1, i0)
+    return i0, i1, l1
+
+
+@triton.jit
+def upsampled_value(x_ptr, base, oh, ow, H, W, sh, sw, s, mask, BILINEAR: tl.constexpr):
+    # The value of up(x) at (oh, ow) in x's accumulation type; base: the offset of x's (n, c) plane.
+    ct = acc_type(x_ptr.dtype.element_ty)
+    if BILINEAR:
+        h0, h1, lh = linear_source(oh, s, H, ct)
+        w0, w1, lw = linear_source(ow, s, W, ct)
+        v00 = tl.load(x_ptr + base + h0 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
+        v01 = tl.load(x_ptr + base + h0 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
+        v10 = tl.load(x_ptr + base + h1 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
+        v11 = tl.load(x_ptr + base + h1 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
+        t0 = (1.0 - lw) * v00 + lw * v01
+        t1 = (1.0 - lw) * v10 + lw * v11
+        u = (1.0 - lh) * t0 + lh * t1
+    else:
+        u = tl.load(x_ptr + base + (oh // s) * sh + (ow // s) * sw, mask=mask, other=0.0).to(ct)
+    return u
+
+
+@triton.jit
+def plane_coords(start, n, W, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # (row, column, in-range mask) of the BLOCK elements from flat index `start` of a plane of n elements, W a row.
+    i = start + tl.arange(0, BLOCK)
+    if INT64:
+        i = i.to(tl.int64)
+    return i // W, i % W, i < n
+
+
+@triton.jit
+def scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr):
+    # fp64 kernels read alpha / gain / clamp from an fp64 tensor (Python float kernel arguments are fp32).
+    if SCALARS_IN_TENSOR:
+        alpha = tl.load(scalars_ptr)
+        gain = tl.load(scalars_ptr + 1)
+        clamp = tl.load(scalars_ptr + 2)
+    return alpha, gain, clamp
+
+
+@triton.jit
+def nchw_of(i, C, H, W, CL: tl.constexpr):
+    # (n, c, h, w) of flat index i of an (N, C, H, W) tensor stored NCHW or channels_last.
+    if CL:
+        c = i % C
+        t = i // C
+        w = t % W
+        t = t // W
+        h = t % H
+        n = t // H
+    else:
+        w = i % W
+        t = i // W
+        h = t % H
+        t = t // H
+        c = t % C
+        n = t // C
+    return n, c, h, w
+
+
+@triton.jit
+def plane_of_program(C):
+    # This program's (n, c) plane: flat index g = n * C + c; n, c in int64 for the plane offsets.
+    g = tl.program_id(0)
+    return g, (g // C).to(tl.int64), (g % C).to(tl.int64)
+
+
+def device_of(x):
+    """The CUDA device context of x (a no-op context on the CPU, where the interpreter runs)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def is_channels_last(x):
+    """x stored channels_last (and not also contiguous): the outputs follow it."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def scalar_values(x, alpha, gain, clamp):
+    """(alpha, gain, clamp) as floats, the tensor scalar_args reads them from for fp64 x (x itself otherwise, unread),
+    and whether it is read."""
+    vals = (float(alpha), float(gain), float(clamp if clamp is not None else 0.0))
+    exact = x.dtype == torch.float64
+    return vals, (torch.tensor(vals, dtype=torch.float64, device=x.device) if exact else x), exact
+
+
+def empty_in_format(x, shape):
+    """An empty tensor of `shape` in x's dtype, device and memory format."""
+    return torch.empty(shape, dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
+
+
+def plane_block(t, n, fp64_bilinear=False):
+    """Elements per step of the per-plane loops over n elements on target t (bigger in the interpreter). The fp64
+    bilinear adjoint (9 s^2 neighbours' dz recomputed per input pixel) spilled 312 B at 1024 on sm_80: 512 there."""
+    gpu = 512 if fp64_bilinear else 1024
+    return min(4096 if t.interpret else gpu, max(16, triton.next_power_of_2(max(n, 1))))
+
+
+def image_int64(*tensors):
+    """True when a flat index inside one image of any of `tensors` ((N, C, H, W), any strides) may pass int32."""
+    return any(sum((d - 1) * abs(st) for d, st in zip(t.shape[1:], t.stride()[1:])) + 1 + 4096 >= 2**31
+               for t in tensors if t is not None and t.numel() > 0)

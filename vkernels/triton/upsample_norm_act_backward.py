@@ -1,0 +1,166 @@
+"""Backward of upsample_norm_act / upsample_norm_act_stats in Triton: the ops upsample_norm_act_backward and
+upsample_norm_act_stats_backward (first order; see vkernels/ops/upsample_norm_act.py for how the ops' own gradients
+are formed).
+
+One program per (n, c) plane, so the per-(n, c) reductions are in-program, in a fixed order (deterministic), in
+fp64, and nothing of output size is ever written except dx's own plane:
+- apply backward: pass 1 over the plane's upsampled pixels (recomputed from x: 1 or 4 loads) forms dz = dy * gain *
+  act'(z) and sums dz, dz * (u - m) (for db, da); pass 2 forms dx per input pixel by gathering the output pixels
+  whose stencil touches it (nearest: its s x s block; bilinear: a 3s x 3s window, weights from the same rational
+  source coordinate the forward uses), recomputing their dz. Bytes: dy read ~2x (nearest) and x read through
+  cache, dx written once; FLOPs: nearest ~10 + act' per output pixel per pass, bilinear ~9x more in pass 2 (it
+  recomputes each neighbour's dz instead of scattering, which keeps it atomic-free and deterministic).
+- stats backward: du = gmean / K + 2 gvar / K * (u - mean) (affine in u); nearest is closed form per input pixel
+  (dx = s^2 du(x): reads x, writes dx), bilinear runs pass 2 above with that du.
+The activation derivative is bias_act's (act_gain_clamp_grad of vkernels/triton/_activation.py), clamped elements
+get zero gradient exactly as bias_act_grad's x-ref mode does. fp64 tensors take alpha/gain/clamp from an fp64 tensor.
+Plane offsets are int64; the flat indices inside a plane are int32 unless one image of a tensor spans 2^31 elements
+or more (a channels_last row stride times the height can), then INT64 makes them int64. Grids are 1-D (N C planes).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from vkernels.triton import _launch
+from vkernels.triton._activation import ACT_IDS, act_gain_clamp_grad
+from vkernels.triton._dtypes import acc_type
+from vkernels.triton._norm_act import (device_of, empty_in_format, image_int64, linear_source, plane_block,
+                                       plane_coords, plane_of_program, scalar_args, scalar_values, upsampled_value)
+
+
+@triton.jit
+def _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, STATS: tl.constexpr):
+    xc = u - mv
+    if STATS:  # av = gmean / K, bv = 2 gvar / K
+        r = av + bv * xc
+    else:
+        z = xc * av + bv
+        r = act_gain_clamp_grad(dy, z, alpha, gain, clamp, ACT, HAS_CLAMP, 1)
+    return r, xc
+
+
+@triton.jit
+def _w1(o, i, s, size, valid, ct: tl.constexpr):
+    # Weight of input coordinate i in output coordinate o of 1-D linear interpolation (0 when o is outside).
+    oc = tl.where(valid, o, 0)
+    i0, i1, l1 = linear_source(oc, s, size, ct)
+    w = tl.where(i0 == i, 1.0 - l1, 0.0) + tl.where(i1 == i, l1, 0.0)
+    return oc, tl.where(valid, w, 0.0)
+
+
+@triton.jit
+def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, C, H, W, sn, sc, sh, sw, dsn, dsc,
+                    dsh, dsw, osn, osc, osh, osw, s, post_mult, alpha, gain, clamp, scalars_ptr,
+                    SCALARS_IN_TENSOR: tl.constexpr, BILINEAR: tl.constexpr, ACT: tl.constexpr,
+                    HAS_CLAMP: tl.constexpr, NEED_DX: tl.constexpr, NEED_RED: tl.constexpr,
+                    STATS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    g, n, c = plane_of_program(C)
+    ct = acc_type(x_ptr.dtype.element_ty)
+    alpha, gain, clamp = scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
+    mv = tl.load(m_ptr + g)
+    av = tl.load(a_ptr + g)
+    bv = tl.load(b_ptr + g)
+    xb = n * sn + c * sc
+    db_ = n * dsn + c * dsc
+    OH = H * s
+    OW = W * s
+    if INT64:
+        OHW = tl.cast(OH, tl.int64) * OW
+        HW = tl.cast(H, tl.int64) * W
+    else:
+        OHW = OH * OW
+        HW = H * W
+    if NEED_RED:
+        s1 = tl.zeros([BLOCK], dtype=tl.float64)
+        s2 = tl.zeros([BLOCK], dtype=tl.float64)
+        for start in range(0, OHW, BLOCK):
+            oh, ow, mask = plane_coords(start, OHW, OW, BLOCK, INT64)
+            u = upsampled_value(x_ptr, xb, oh, ow, H, W, sh, sw, s, mask, BILINEAR)
+            dy = tl.load(dy_ptr + db_ + oh * dsh + ow * dsw, mask=mask, other=0.0).to(ct)
+            d, xc = _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT, HAS_CLAMP, STATS)
+            d = tl.where(mask, d, 0.0)
+            s1 += d.to(tl.float64)
+            s2 += d.to(tl.float64) * xc.to(tl.float64)
+        tl.store(db_ptr + g, tl.sum(s1, axis=0).to(db_ptr.dtype.element_ty))
+        tl.store(da_ptr + g, tl.sum(s2, axis=0).to(da_ptr.dtype.element_ty))
+    if NEED_DX:
+        post = post_mult if STATS else av
+        ob = n * osn + c * osc
+        for start in range(0, HW, BLOCK):
+            h, w, mask = plane_coords(start, HW, W, BLOCK, INT64)
+            acc = tl.zeros([BLOCK], dtype=ct)
+            if BILINEAR:
+                for dh in range(0, 3 * s):
+                    oh = h * s - s + dh
+                    ohc, wh = _w1(oh, h, s, H, (oh >= 0) & (oh < OH), ct)
+                    for dw in range(0, 3 * s):
+                        ow = w * s - s + dw
+                        owc, ww = _w1(ow, w, s, W, (ow >= 0) & (ow < OW), ct)
+                        wt = wh * ww
+                        mk = mask & (wt != 0.0)
+                        u = upsampled_value(x_ptr, xb, ohc, owc, H, W, sh, sw, s, mk, BILINEAR)
+                        if STATS:
+                            dy = u
+                        else:
+                            dy = tl.load(dy_ptr + db_ + ohc * dsh + owc * dsw, mask=mk, other=0.0).to(ct)
+                        d, xc = _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT, HAS_CLAMP, STATS)
+                        acc += tl.where(mk, wt * d, 0.0)
+            else:
+                u = tl.load(x_ptr + xb + h * sh + w * sw, mask=mask, other=0.0).to(ct)
+                for dh in range(0, s):
+                    for dw in range(0, s):
+                        if STATS:
+                            dy = u
+                        else:
+                            dy = tl.load(dy_ptr + db_ + (h * s + dh) * dsh + (w * s + dw) * dsw, mask=mask,
+                                         other=0.0).to(ct)
+                        d, xc = _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT, HAS_CLAMP, STATS)
+                        acc += tl.where(mask, d, 0.0)
+            tl.store(dx_ptr + ob + h * osh + w * osw, (acc * post).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _adjoint(dx, db, da, dy, x, m, a, b, scale, bil, act, alpha, gain, clamp, post_mult, need_dx, need_red, stats):
+    N, C, H, W = x.shape
+    vals, st, exact = scalar_values(x, alpha, gain, clamp)
+    dxs = dx.stride() if need_dx else (0, 0, 0, 0)
+    dys = dy.stride() if dy is not None else (0, 0, 0, 0)
+    t = _launch.target(x.device)
+    with device_of(x):
+        _launch.launch(_adjoint_kernel, (N * C,),
+            dx if need_dx else x, db, da, dy if dy is not None else x, x, m, a, b, C, H, W, *x.stride(), *dys, *dxs,
+            scale, float(post_mult), *vals, st, SCALARS_IN_TENSOR=exact, BILINEAR=bil, ACT=ACT_IDS[act],
+            HAS_CLAMP=clamp is not None, NEED_DX=need_dx, NEED_RED=need_red,
+            STATS=stats, BLOCK=plane_block(t, H * W * scale * scale if need_red else H * W, bil and exact),
+            INT64=image_int64(x, dy, dx if need_dx else None) or H * W * scale * scale + 4096 >= 2**31, num_warps=4)
+
+
+def apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
+    N, C, H, W = x.shape
+    ct = m.dtype
+    dx = empty_in_format(x, x.shape) if mask[0] else x.new_empty(0)
+    red = mask[1] or mask[2] or mask[3]
+    db = torch.zeros((N, C), dtype=ct, device=x.device)
+    da = torch.zeros((N, C), dtype=ct, device=x.device)
+    if x.numel() > 0 and (mask[0] or red):
+        _adjoint(dx, db, da, dy, x, m.contiguous(), a.contiguous(), b.contiguous(), scale,
+                mode == "bilinear" and scale > 1, act, alpha, gain, clamp, 1.0, mask[0], red, False)
+    e = m.new_empty(0)
+    return dx, -(db * a) if mask[1] else e, da if mask[2] else e, db if mask[3] else e
+
+
+def stats_backward(gmean, gvar, x, mean, scale, mode, per_sample):
+    N, C, H, W = x.shape
+    dx = empty_in_format(x, x.shape)
+    if x.numel() == 0:
+        return dx
+    K = (1 if per_sample else N) * H * W * scale * scale
+    c1 = (gmean / K).expand(N, C).contiguous()
+    c2 = (gvar * (2.0 / K)).expand(N, C).contiguous()
+    mc = mean.expand(N, C).contiguous()
+    bil = mode == "bilinear" and scale > 1
+    # Nearest: the adjoint of repeating each pixel s^2 times is s^2 times the pixel's own du (run as scale 1).
+    _adjoint(dx, c1, c1, None, x, mc, c1, c2, scale if bil else 1, bil, "linear", 0.0, 1.0, None,
+            1.0 if bil else scale * scale, True, False, True)
+    return dx
+
+
