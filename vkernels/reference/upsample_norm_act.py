@@ -42,7 +42,9 @@ def act_gain_clamp(z, act, alpha, gain, clamp):
 
 
 def _nc(v, like):
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)) if v.ndim == 2 else v.reshape((1, -1) + (1,) * (like.ndim - 2))
+    if v.ndim == 2:
+        return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+    return v.reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
 def upsample_norm_act(x, scale=2, mode="nearest", norm="batch", weight=None, bias=None, style_scale=None,
