@@ -83,6 +83,8 @@ _LOOSE = {"compile": 1e-4, "vkernels-cpu": 1e-4, "vkernels-triton": 1e-4, "vkern
 NORM_ACT_CASES = {
     "nearest2": ((2, 5, 7, 6), 2, "nearest", False),
     "bilinear3_cl": ((3, 4, 5, 9), 3, "bilinear", True),
+    "nearest2_3d": ((2, 3, 3, 4, 5), 2, "nearest", False),
+    "trilinear2_cl3d": ((2, 3, 2, 3, 4), 2, "trilinear", True),
 }
 
 
@@ -98,26 +100,29 @@ def smoke_upsample_norm_act(ctx: SmokeCtx) -> Iterator[SmokeCase]:
         N, C = shape[:2]
         u = upsample(x.double(), s, mode)
         xd = x.to(ctx.device)
+        sp = tuple(range(2, len(shape)))
+        fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
         if cl:
-            xd = xd.contiguous(memory_format=torch.channels_last)
+            xd = xd.contiguous(memory_format=fmt)
         for per_sample in (False, True):
-            dims = (2, 3) if per_sample else (0, 2, 3)
+            dims = sp if per_sample else (0, *sp)
             var, mean = torch.var_mean(u, dims, correction=0)
             yield SmokeCase(f"upsample_norm_act_stats/{impl}/{dn}/{name}/{per_sample}",
                             "upsample_norm_act_stats" + sfx[impl], (xd, s, mode, per_sample), (mean, var),
                             TOL_NAMES[dn], 4.0)
         m, a, b = (torch.randn(N, C, generator=g, dtype=torch.float64) for _ in range(3))
-        z = (u - m[:, :, None, None]) * a[:, :, None, None] + b[:, :, None, None]
+        nc = (N, C) + (1,) * len(sp)
+        z = (u - m.view(nc)) * a.view(nc) + b.view(nc)
         expect = act_gain_clamp(z, "lrelu", 0.2, 1.4, 3.0)
         args = (xd, *(t.to(device=ctx.device, dtype=ct) for t in (m, a, b)), s, mode, "lrelu", 0.2, 1.4, 3.0)
         yield SmokeCase(f"upsample_norm_act/{impl}/{dn}/{name}", "upsample_norm_act" + sfx[impl], args, expect,
                         TOL_NAMES[dn], 4.0)
         # Fused backward ops against their differentiable composites (fp64).
         from vkernels.ops.upsample_norm_act import apply_backward_composite, stats_backward_composite
-        dy = torch.randn(N, C, shape[2] * s, shape[3] * s, generator=g, dtype=torch.float64).to(dtype)
+        dy = torch.randn(N, C, *(d * s for d in shape[2:]), generator=g, dtype=torch.float64).to(dtype)
         dyd = dy.to(ctx.device)
         if cl:
-            dyd = dyd.contiguous(memory_format=torch.channels_last)
+            dyd = dyd.contiguous(memory_format=fmt)
         bargs = (s, mode, "lrelu", 0.2, 1.4, 3.0, [True] * 4)
         bexp = apply_backward_composite(dy.double(), x.double(), m, a, b, *bargs)
         yield SmokeCase(f"upsample_norm_act_backward/{impl}/{dn}/{name}",

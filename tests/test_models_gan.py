@@ -94,6 +94,8 @@ ARCH_ARGS = {
     "biggan": ["--arch", "biggan", "--data", "synthetic:0", "--res", "8", "--batch-size", "4", "--z-dim", "16",
                "--channels", "8", "--threads", "1"],
     "spade": ["--arch", "spade", "--res", "16", "--batch-size", "2", "--channels", "8", "--threads", "1"],
+    "hologan": ["--arch", "hologan", "--res", "16", "--batch-size", "2", "--channels", "8", "--z-dim", "8",
+                "--threads", "1"],
 }
 # Video and text archs (models/gan/video_train.py): 3-frame clips at 8x8.
 VIDEO_TINY = ["--res", "8", "--batch-size", "2", "--z-dim", "8", "--channels", "8", "--frames", "3", "--motion-dim",

@@ -9,10 +9,37 @@ from _common import check_close, cpu_peak_bytes, impl_params, randn
 IMPLS = impl_params("upsample_norm_act")
 NORMS = ["batch", "instance", "adain", "none"]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+# x's spatial sizes per number of dims: 4-D (N, C, H, W), 5-D (N, C, D, H, W); the 5-D op runs the same tests.
+SPATIAL = {4: (5, 6), 5: (2, 3, 4)}
+NDIMS = [4, 5]
 
 
-def make_inputs(N, C, dtype, device, norm, *, params=True, style=None, offset=0.5):
-    x = randn((N, C, 5, 6), dtype, device) + offset  # an offset mean, so subtracting it matters
+def interp5(where=lambda p: True):
+    """full_only for the Triton interpreter's 5-D cases with where(params): the 5-D kernels run each such test in
+    CI on the C++ backend and in the cases the marker keeps; VKERNELS_TEST_FULL=1 runs them all."""
+    return pytest.mark.full_only(lambda p: p.get("ndim") == 5 and where(p))
+
+
+def lin(ndim):
+    """The linear upsampling mode of x with ndim dims ("bilinear" / "trilinear", as F.interpolate names them)."""
+    return "bilinear" if ndim == 4 else "trilinear"
+
+
+def as_mode(mode, ndim):
+    """A test's mode for x with ndim dims: "bilinear" stands for the linear mode of either."""
+    return lin(ndim) if mode == "bilinear" else mode
+
+
+def cl_format(ndim):
+    return torch.channels_last if ndim == 4 else torch.channels_last_3d
+
+
+def up_shape(N, C, spatial, s):
+    return (N, C, *(d * s for d in spatial))
+
+
+def make_inputs(N, C, dtype, device, norm, *, params=True, style=None, offset=0.5, ndim=4):
+    x = randn((N, C, *SPATIAL[ndim]), dtype, device) + offset  # an offset mean, so subtracting it matters
     kw = {}
     if params:
         kw["weight"] = randn((C,), torch.float32, device) * 0.5 + 1
@@ -45,55 +72,65 @@ def run_both(impl, x, kw, dtype, **opts):
 
 
 @pytest.mark.ci_cover("norm", "mode,scale")
+@interp5(lambda p: p["scale"] == 1)
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("scale", [1, 2, 3])
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
 @pytest.mark.parametrize("norm", NORMS)
-def test_forward_matches_reference(device, impl, norm, mode, scale):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_forward_matches_reference(device, impl, norm, mode, scale, ndim):
     acts = ["lrelu", "linear", "tanh", "swish"]
+    mode = as_mode(mode, ndim)
     for i, dtype in enumerate(DTYPES):
         act = acts[(i + scale) % len(acts)]
-        x, kw = make_inputs(3, 5, dtype, device, norm, style=(i % 2 == 0))
+        x, kw = make_inputs(3, 5, dtype, device, norm, style=(i % 2 == 0), ndim=ndim)
         opts = dict(scale=scale, mode=mode, norm=norm, act=act, gain=1.4, clamp=2.5 if i == 1 else None)
         if norm == "batch":
             opts["running"] = (torch.rand(5, device=device), torch.rand(5, device=device) + 0.5)
         (y, lowp, oracle), (rs, _, rso) = run_both(impl, x, kw, dtype, **opts)
-        assert y.shape == (3, 5, 5 * scale, 6 * scale)
+        assert y.shape == up_shape(3, 5, SPATIAL[ndim], scale)
         check_close(y, lowp, oracle, dtype, f"{norm}/{mode}/{scale}/{act}/{dtype}")
         if rs:
             torch.testing.assert_close(rs["running_mean"].double(), rso["running_mean"], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(rs["running_var"].double(), rso["running_var"], rtol=1e-5, atol=1e-6)
 
 
+@interp5(lambda p: (p["norm"], p["mode"]) in (("instance", "bilinear"), ("batch", "nearest")))
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
 @pytest.mark.parametrize("norm", ["batch", "instance"])
-def test_eval_batch_norm_and_layouts(device, impl, norm, mode):
-    x, kw = make_inputs(2, 6, torch.float32, device, norm, style=True)
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_eval_batch_norm_and_layouts(device, impl, norm, mode, ndim):
+    mode = as_mode(mode, ndim)
+    fmt = cl_format(ndim)
+    x, kw = make_inputs(2, 6, torch.float32, device, norm, style=True, ndim=ndim)
     rm, rv = torch.randn(6, device=device), torch.rand(6, device=device) + 0.5
     training = norm != "batch"
     run = dict(running_mean=rm, running_var=rv) if norm == "batch" else {}
     ref = reference(x.double(), 2, mode, norm, **{k: v.double() for k, v in kw.items()},
                     **{k: v.clone().double() for k, v in run.items()}, training=training, act="elu")
-    for xx in (x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3),
-               torch.stack([x, x], 4).flatten(3)[..., ::2]):
+    for xx in (x.contiguous(memory_format=fmt), x.transpose(-2, -1).contiguous().transpose(-2, -1),
+               torch.stack([x, x], ndim).flatten(ndim - 1)[..., ::2]):
         assert torch.equal(xx, x)
         y = vkernels.upsample_norm_act(xx, 2, mode, norm, **kw, **run, training=training, act="elu", impl=impl)
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
-        if xx.is_contiguous(memory_format=torch.channels_last) and not xx.is_contiguous():
-            assert y.is_contiguous(memory_format=torch.channels_last)
-    xs = torch.randn(2, 6, 5, 12, device=device)[..., ::2]  # non-dense strides
+        if xx.is_contiguous(memory_format=fmt) and not xx.is_contiguous():
+            assert y.is_contiguous(memory_format=fmt)
+    xs = torch.randn(2, 6, *SPATIAL[ndim][:-1], 12, device=device)[..., ::2]  # non-dense strides
     y = vkernels.upsample_norm_act(xs, 2, mode, norm, **kw, **run, training=training, act="elu", impl=impl)
     ref = reference(xs.double(), 2, mode, norm, **{k: v.double() for k, v in kw.items()},
                     **{k: v.clone().double() for k, v in run.items()}, training=training, act="elu")
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@interp5()
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_running_stats_match_batchnorm2d(device, impl):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_running_stats_match_batchnorm2d(device, impl, ndim):
     torch.manual_seed(0)
-    ours = vkernels.nn.UpsampleNormAct(4, scale=2, mode="bilinear", act="lrelu", alpha=0.2, impl=impl).to(device)
-    bn = torch.nn.BatchNorm2d(4).to(device)
+    mode = lin(ndim)
+    ours = vkernels.nn.UpsampleNormAct(4, scale=2, mode=mode, act="lrelu", alpha=0.2, impl=impl).to(device)
+    bn = (torch.nn.BatchNorm2d if ndim == 4 else torch.nn.BatchNorm3d)(4).to(device)
     with torch.no_grad():
         ours.weight.copy_(torch.rand(4) + 0.5)
         ours.bias.copy_(torch.randn(4))
@@ -101,28 +138,31 @@ def test_running_stats_match_batchnorm2d(device, impl):
         bn.bias.copy_(ours.bias)
 
     def ref_fwd(x):
-        u = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        u = torch.nn.functional.interpolate(x, scale_factor=2, mode=mode, align_corners=False)
         return torch.nn.functional.leaky_relu(bn(u), 0.2)
 
+    spatial = (5, 7) if ndim == 4 else (2, 3, 4)
     for step in range(4):
-        x = torch.randn(3, 4, 5, 7, device=device) * (1 + step) + step
+        x = torch.randn(3, 4, *spatial, device=device) * (1 + step) + step
         torch.testing.assert_close(ours(x), ref_fwd(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.running_mean, bn.running_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.running_var, bn.running_var, rtol=1e-5, atol=1e-6)
     assert int(ours.num_batches_tracked) == int(bn.num_batches_tracked) == 4
     ours.eval()
     bn.eval()
-    x = torch.randn(2, 4, 5, 7, device=device)
+    x = torch.randn(2, 4, *spatial, device=device)
     torch.testing.assert_close(ours(x), ref_fwd(x), rtol=1e-5, atol=1e-5)
 
 
+@interp5(lambda p: p["mode"] == "trilinear")
 @pytest.mark.parametrize("device,impl", IMPLS)
-@pytest.mark.parametrize("norm,mode,act", [("batch", "nearest", "lrelu"), ("batch", "bilinear", "tanh"),
-                                           ("instance", "bilinear", "softplus"), ("adain", "nearest", "swish"),
-                                           ("none", "bilinear", "elu")])
-def test_gradcheck_and_gradgradcheck(device, impl, norm, mode, act):
-    N, C = 2, 3
-    x = torch.randn(N, C, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+@pytest.mark.parametrize("ndim,norm,mode,act", [
+    (4, "batch", "nearest", "lrelu"), (4, "batch", "bilinear", "tanh"), (4, "instance", "bilinear", "softplus"),
+    (4, "adain", "nearest", "swish"), (4, "none", "bilinear", "elu"),
+    (5, "batch", "trilinear", "tanh"), (5, "instance", "nearest", "softplus"), (5, "adain", "trilinear", "swish")])
+def test_gradcheck_and_gradgradcheck(device, impl, ndim, norm, mode, act):
+    N, C, spatial = (2, 3, (3, 4)) if ndim == 4 else (1, 2, (2, 2, 2))  # 5-D: gradgradcheck's cost is per element
+    x = torch.randn(N, C, *spatial, dtype=torch.float64, device=device, requires_grad=True)
     w = (torch.rand(C, dtype=torch.float64, device=device) + 0.5).requires_grad_()
     b = torch.randn(C, dtype=torch.float64, device=device, requires_grad=True)
     ss = (torch.rand(N, C, dtype=torch.float64, device=device) + 0.5).requires_grad_()
@@ -139,19 +179,21 @@ def test_gradcheck_and_gradgradcheck(device, impl, norm, mode, act):
         torch.autograd.gradgradcheck(f, (x, w, b, ss, sb))
 
 
+@interp5(lambda p: p["norm"] == "batch")
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("norm", ["batch", "adain"])
-def test_grads_match_reference_fp32(device, impl, norm):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_grads_match_reference_fp32(device, impl, norm, ndim):
     N, C = (2, 3) if impl == "triton" else (4, 6)  # the interpreter runs one program per (n, c): minutes at 4 x 6
-    x, kw = make_inputs(N, C, torch.float32, device, norm, style=True)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x, kw = make_inputs(N, C, torch.float32, device, norm, style=True, ndim=ndim)
+    x = x.contiguous(memory_format=cl_format(ndim))
     leaves = [x] + list(kw.values())
     for t in leaves:
         t.requires_grad_()
-    g = torch.randn(N, C, 15, 18, device=device)
-    y = vkernels.upsample_norm_act(x, 3, "bilinear", norm, **kw, act="lrelu", clamp=1.5, impl=impl)
+    g = torch.randn(up_shape(N, C, SPATIAL[ndim], 3), device=device)
+    y = vkernels.upsample_norm_act(x, 3, lin(ndim), norm, **kw, act="lrelu", clamp=1.5, impl=impl)
     ours = torch.autograd.grad((y * g).sum(), leaves)
-    y = reference(x, 3, "bilinear", norm, **kw, act="lrelu", clamp=1.5)
+    y = reference(x, 3, lin(ndim), norm, **kw, act="lrelu", clamp=1.5)
     ref = torch.autograd.grad((y * g).sum(), leaves)
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -171,40 +213,57 @@ def test_empty_and_single_sample(device, impl):
         torch.testing.assert_close(y, reference(x, 2, "bilinear", norm, style_scale=ss, style_bias=sb))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         vkernels.upsample_norm_act(torch.randn(1, 3, 1, 1, device=device), 1, impl=impl)
+    # 5-D
+    x = torch.randn(0, 3, 2, 3, 4, device=device)
+    y = vkernels.upsample_norm_act(x, 2, "trilinear", norm="batch", running_mean=rm, running_var=rv, impl=impl)
+    assert y.shape == (0, 3, 4, 6, 8)
+    assert torch.equal(rm, torch.zeros(3, device=device)) and torch.equal(rv, torch.ones(3, device=device))
+    x = torch.randn(1, 3, 2, 3, 2, device=device)
+    for norm in ("instance", "adain"):
+        y = vkernels.upsample_norm_act(x, 2, "trilinear", norm, style_scale=ss, style_bias=sb, impl=impl)
+        torch.testing.assert_close(y, reference(x, 2, "trilinear", norm, style_scale=ss, style_bias=sb))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        vkernels.upsample_norm_act(torch.randn(1, 3, 1, 1, 1, device=device), 1, impl=impl)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        vkernels.upsample_norm_act(torch.randn(2, 3, 1, 1, 1, device=device), 1, norm="instance", impl=impl)
 
 
+@interp5()
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_opcheck(device, impl):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_opcheck(device, impl, ndim):
     sfx = "_triton" if impl == "triton" else ""
     stats = getattr(torch.ops.vkernels, "upsample_norm_act_stats" + sfx)
     apply = getattr(torch.ops.vkernels, "upsample_norm_act" + sfx)
-    x = torch.randn(2, 3, 4, 5, device=device, requires_grad=True)
-    for per_sample, mode in ((False, "bilinear"), (True, "nearest")):
+    x = torch.randn(2, 3, *((4, 5) if ndim == 4 else (2, 3, 4)), device=device, requires_grad=True)
+    for per_sample, mode in ((False, lin(ndim)), (True, "nearest")):
         torch.library.opcheck(stats, (x, 2, mode, per_sample))
     m = torch.randn(2, 3, device=device, requires_grad=True)
     a = torch.rand(2, 3, device=device, requires_grad=True)
     b = torch.randn(2, 3, device=device, requires_grad=True)
-    torch.library.opcheck(apply, (x, m, a, b, 2, "bilinear", "lrelu", 0.2, 1.0, None))
-    torch.library.opcheck(apply, (x.detach().contiguous(memory_format=torch.channels_last), m, a, b, 3, "nearest",
+    torch.library.opcheck(apply, (x, m, a, b, 2, lin(ndim), "lrelu", 0.2, 1.0, None))
+    torch.library.opcheck(apply, (x.detach().contiguous(memory_format=cl_format(ndim)), m, a, b, 3, "nearest",
                                   "tanh", 0.2, 2.0, 0.5))
 
 
+@interp5()
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_compile_fullgraph(device, impl):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_compile_fullgraph(device, impl, ndim):
     torch._dynamo.reset()
-    mod = vkernels.nn.UpsampleNormAct(4, mode="bilinear", impl=impl).to(device)
+    mod = vkernels.nn.UpsampleNormAct(4, mode=lin(ndim), impl=impl).to(device)
 
     def f(x):
         return mod(x).square().sum()
 
-    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    x = torch.randn(2, 4, *((5, 6) if ndim == 4 else (2, 3, 4)), device=device, requires_grad=True)
     loss = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
     (gx,) = torch.autograd.grad(loss, x)
     rm = mod.running_mean.clone()
     mod.running_mean.copy_(torch.zeros(4))
     mod.running_var.fill_(1)
     x2 = x.detach().requires_grad_()
-    y = reference(x2, 2, "bilinear", "batch", mod.weight, mod.bias, running_mean=torch.zeros(4, device=device),
+    y = reference(x2, 2, lin(ndim), "batch", mod.weight, mod.bias, running_mean=torch.zeros(4, device=device),
                   running_var=torch.ones(4, device=device))
     (g2,) = torch.autograd.grad(y.square().sum(), x2)
     torch.testing.assert_close(gx, g2, rtol=1e-4, atol=1e-4)
@@ -234,6 +293,9 @@ def test_bad_input(device, impl):
     raises(ValueError, "weight must have shape", x, weight=torch.ones(4, device=device))
     raises(TypeError, "x must be float16", x.long())
     raises(ValueError, "x must be 4-D", x[0])
+    raises(ValueError, r"x must be 4-D \(N, C, H, W\) or 5-D \(N, C, D, H, W\)", x[None, None])
+    raises(ValueError, "mode 'trilinear' needs 5-D x", x, mode="trilinear")
+    raises(ValueError, "mode 'bilinear' needs 4-D x", x[:, :, None], mode="bilinear")
     raises(TypeError, "weight must be a floating", x, weight=torch.ones(3, dtype=torch.long, device=device))
     raises(ValueError, "clamp must be None", x, clamp=-1.0)
     if device == "cpu":
@@ -242,6 +304,10 @@ def test_bad_input(device, impl):
         op = torch.ops.vkernels.upsample_norm_act_triton if impl == "triton" else torch.ops.vkernels.upsample_norm_act
         m = torch.zeros(2, 3, device=device)
         op(x, m, torch.zeros(3, 2, device=device), m, 2, "nearest", "lrelu", 0.2, 1.0, None)
+    with pytest.raises(RuntimeError, match="mode must be 'nearest' or 'trilinear' for 5-D x"):
+        op(x[:, :, None], m, m, m, 2, "bilinear", "lrelu", 0.2, 1.0, None)
+    with pytest.raises(RuntimeError, match="mode must be 'nearest' or 'bilinear'"):
+        op(x, m, m, m, 2, "trilinear", "lrelu", 0.2, 1.0, None)
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
@@ -256,6 +322,9 @@ def test_modules_adain_conditional_bn(device, impl):
                                                         act="lrelu"), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="style must have shape"):
         ada(x, torch.randn(3, 6, device=device))
+    x5 = torch.randn(3, 5, 2, 3, 2, device=device)  # AdaIN on a feature volume (HoloGAN)
+    torch.testing.assert_close(ada(x5, style), reference(x5, 2, "nearest", "adain", style_scale=1 + s, style_bias=t,
+                                                         act="lrelu"), rtol=1e-5, atol=1e-5)
     cbn = vkernels.nn.ConditionalBatchNorm2d(5, 10, scale=2, mode="bilinear", impl=impl).to(device)
     with torch.no_grad():
         cbn.gain_embed.weight.normal_()
@@ -393,7 +462,7 @@ def test_cpu_backward_nchw_vector_rows_deterministic():
     for dtype, (N, C, H, W, s, mode) in ((torch.float32, (2, 3, 3, 1100, 2, "nearest")),
                                          (torch.float16, (2, 3, 4, 13, 2, "bilinear")),
                                          (torch.float64, (1, 2, 3, 7, 3, "nearest"))):
-        dy, x, m, a, b = _bwd_inputs(N, C, H, W, s, dtype, "cpu")
+        dy, x, m, a, b = _bwd_inputs(N, C, H, W, s, dtype=dtype, device="cpu")
         args = (s, mode, "swish", 0.2, 1.1, None)
         outs = []
         n = torch.get_num_threads()
@@ -423,31 +492,35 @@ def _bwd_ops(impl):
             getattr(torch.ops.vkernels, "upsample_norm_act_stats_backward" + sfx))
 
 
-def _bwd_inputs(N, C, H, W, s, dtype, device):
+def _bwd_inputs(N, C, *spatial_and_s, dtype, device):
+    *spatial, s = spatial_and_s
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    x = randn((N, C, H, W), dtype, device) + 0.5
+    x = randn((N, C, *spatial), dtype, device) + 0.5
     m = randn((N, C), ct, device) * 0.3 + 0.5
     a = randn((N, C), ct, device) * 0.3 + 1
     b = randn((N, C), ct, device) * 0.3
-    dy = randn((N, C, H * s, W * s), dtype, device)
+    dy = randn(up_shape(N, C, spatial, s), dtype, device)
     return dy, x, m, a, b
 
 
 def _cl(t):
-    return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous(memory_format=cl_format(t.ndim))
 
 
+@interp5(lambda p: (p["scale"], p["mode"]) not in ((3, "bilinear"), (2, "nearest")))
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("mode", ["nearest", "bilinear"])
 @pytest.mark.parametrize("scale", [1, 2, 3])
-def test_backward_ops_match_composite(device, impl, mode, scale):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_backward_ops_match_composite(device, impl, mode, scale, ndim):
     apply_bwd, stats_bwd = _bwd_ops(impl)
+    mode = as_mode(mode, ndim)
     acts = ["lrelu", "tanh", "swish", "elu"]
     for i, dtype in enumerate(DTYPES):
         if impl == "triton" and device == "cpu" and dtype != torch.float32:
             continue  # the interpreter is slow; one dtype per (mode, scale) there
         act, clamp = acts[(i + scale) % 4], (0.8 if i % 2 else None)
-        dy, x, m, a, b = _bwd_inputs(2, 3, 5, 7, scale, dtype, device)
+        dy, x, m, a, b = _bwd_inputs(2, 3, *((5, 7) if ndim == 4 else (2, 3, 4)), scale, dtype=dtype, device=device)
         layout = _cl if (i + scale) % 2 else (lambda t: t)
         args = (scale, mode, act, 0.2, 1.4, clamp)
         ours = apply_bwd(layout(dy), layout(x), m, a, b, *args, [True] * 4)
@@ -455,7 +528,7 @@ def test_backward_ops_match_composite(device, impl, mode, scale):
         orac = apply_backward_composite(dy.double(), x.double(), m.double(), a.double(), b.double(), *args, [True] * 4)
         for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
             check_close(o, lp, orc, o.dtype, f"apply {mode}/{scale}/{act}/{dtype} output {k}")
-        assert ours[0].is_contiguous(memory_format=torch.channels_last) == (layout is _cl)
+        assert ours[0].is_contiguous(memory_format=cl_format(ndim)) == (layout is _cl)
         for per_sample in (False, True):
             shape = (2, 3) if per_sample else (3,)
             gm, gv, mean = (randn(shape, m.dtype, device) for _ in range(3))
@@ -466,11 +539,14 @@ def test_backward_ops_match_composite(device, impl, mode, scale):
             check_close(o, lp, orc, dtype, f"stats {mode}/{scale}/{dtype}/{per_sample}")
 
 
+@interp5()
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_backward_ops_masks_empty_determinism(device, impl):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_backward_ops_masks_empty_determinism(device, impl, ndim):
     apply_bwd, stats_bwd = _bwd_ops(impl)
-    dy, x, m, a, b = _bwd_inputs(2, 3, 4, 5, 2, torch.float32, device)
-    args = (2, "bilinear", "lrelu", 0.2, 1.0, None)
+    sp = (4, 5) if ndim == 4 else (2, 3, 4)
+    dy, x, m, a, b = _bwd_inputs(2, 3, *sp, 2, dtype=torch.float32, device=device)
+    args = (2, lin(ndim), "lrelu", 0.2, 1.0, None)
     full = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
     for mask in ([True, False, False, False], [False, True, False, True], [False, False, True, False]):
         part = apply_bwd(dy, x, m, a, b, *args, mask)
@@ -490,40 +566,45 @@ def test_backward_ops_masks_empty_determinism(device, impl):
             torch.set_num_threads(n)
         many = apply_bwd(_cl(dy), _cl(x), m, a, b, *args, [True] * 4)
         assert all(torch.equal(u, v) for u, v in zip(one, many))
-    for shape in ((0, 3, 4, 5), (2, 0, 4, 5), (2, 3, 0, 5)):
-        dy, x, m, a, b = _bwd_inputs(*shape, 2, torch.float32, device)
+    for shape in ((0, 3, *sp), (2, 0, *sp), (2, 3, 0, *sp[1:])):
+        dy, x, m, a, b = _bwd_inputs(*shape, 2, dtype=torch.float32, device=device)
         dx, dm, da, db = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
         assert dx.shape == x.shape and dm.shape == da.shape == db.shape == m.shape
         assert torch.equal(db, torch.zeros_like(db))
         z = torch.zeros(shape[1], device=device)
-        assert stats_bwd(z, z, x, z, 2, "bilinear", False).shape == x.shape
+        assert stats_bwd(z, z, x, z, 2, lin(ndim), False).shape == x.shape
     with pytest.raises(RuntimeError, match="dy"):
-        apply_bwd(torch.randn(2, 3, 4, 5, device=device), x, m, a, b, *args, [True] * 4)
+        apply_bwd(torch.randn(2, 3, *sp, device=device), x, m, a, b, *args, [True] * 4)
 
 
+@interp5()
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_backward_ops_opcheck_and_gradgradcheck(device, impl):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_backward_ops_opcheck_and_gradgradcheck(device, impl, ndim):
     apply_bwd, stats_bwd = _bwd_ops(impl)
-    dy, x, m, a, b = (t.requires_grad_() for t in _bwd_inputs(2, 3, 3, 4, 2, torch.float64, device))
-    for mode in ("nearest", "bilinear"):
+    N, C, sp = (2, 3, (3, 4)) if ndim == 4 else (1, 2, (2, 2, 2))
+    dy, x, m, a, b = (t.requires_grad_() for t in _bwd_inputs(N, C, *sp, 2, dtype=torch.float64, device=device))
+    for mode in ("nearest", lin(ndim)):
         torch.library.opcheck(apply_bwd, (dy, x, m, a, b, 2, mode, "tanh", 0.2, 1.3, None, [True, True, False, True]))
-        gm, gv, mean = (torch.randn(3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+        gm, gv, mean = (torch.randn(C, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
         torch.library.opcheck(stats_bwd, (gm, gv, x, mean, 2, mode, False))
     if impl == "triton" and device == "cpu":
         return  # gradcheck's hundreds of calls are too slow through the Triton interpreter
-    # The fused ops' own gradients (the composites' autograd) against finite differences of the fused ops.
-    for mode in ("nearest", "bilinear"):
+    # The fused ops' own gradients (the composites' autograd) against finite differences of the fused ops (5-D:
+    # trilinear; the nearest composites are the 4-D ones' code).
+    for mode in ("nearest", lin(ndim)) if ndim == 4 else (lin(ndim),):
         f = lambda *t: apply_bwd(*t, 2, mode, "tanh", 0.2, 1.3, None, [True] * 4)  # noqa: E731
         torch.autograd.gradcheck(f, (dy, x, m, a, b))
-        gm, gv, mean = (torch.randn(2, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+        gm, gv, mean = (torch.randn(N, C, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
         torch.autograd.gradcheck(lambda *t: stats_bwd(*t, 2, mode, True), (gm, gv, x, mean))
         torch.autograd.gradgradcheck(lambda *t: stats_bwd(*t, 2, mode, True), (gm, gv, x, mean))
 
 
 @pytest.mark.parametrize("device,impl", IMPLS)
-def test_backward_compile_fullgraph_instance(device, impl):
+@pytest.mark.parametrize("ndim", NDIMS)
+def test_backward_compile_fullgraph_instance(device, impl, ndim):
     torch._dynamo.reset()
-    x = torch.randn(2, 4, 5, 6, device=device, requires_grad=True)
+    x = torch.randn(2, 4, *((5, 6) if ndim == 4 else (2, 3, 3)), device=device, requires_grad=True)
     ss = (torch.rand(2, 4, device=device) + 0.5).requires_grad_()
 
     def f(x, ss):
@@ -544,7 +625,7 @@ def test_cpu_backward_channels_last_row_blocks(mode):
     every output row once, and the result is bitwise the same for 1 thread and all threads."""
     apply_bwd, stats_bwd = _bwd_ops("cpu")
     for dtype, (N, C, H, W, s) in ((torch.float64, (1, 3, 13, 200, 3)), (torch.float32, (2, 17, 9, 600, 2))):
-        dy, x, m, a, b = _bwd_inputs(N, C, H, W, s, dtype, "cpu")
+        dy, x, m, a, b = _bwd_inputs(N, C, H, W, s, dtype=dtype, device="cpu")
         args = (s, mode, "swish", 0.2, 1.1, None)
         gm, gv, mean = (randn((N, C), m.dtype, "cpu") for _ in range(3))
         outs = []
@@ -629,11 +710,12 @@ def gpu_static_cases(full):
     channels_last and a wide channel count, forward + backward + double backward per dtype."""
     from _common import static_grads
 
-    def case(dtype, norm, mode="nearest", scale=2, training=True, act="lrelu", clamp=None, cl=False, C=6, style=False):
+    def case(dtype, norm, mode="nearest", scale=2, training=True, act="lrelu", clamp=None, cl=False, C=6, style=False,
+             ndim=4):
         def run():
-            x, kw = make_inputs(2, C, dtype, "cpu", norm, style=style)
+            x, kw = make_inputs(2, C, dtype, "cpu", norm, style=style, ndim=ndim)
             if cl:
-                x = x.to(memory_format=torch.channels_last)
+                x = x.to(memory_format=cl_format(ndim))
             x.requires_grad_()
             kw = {n: v.requires_grad_() for n, v in kw.items()}
             if norm == "batch":
@@ -642,7 +724,7 @@ def gpu_static_cases(full):
                                            impl="triton")
             static_grads(y, [x] + [v for v in kw.values() if v.requires_grad], order=2)
         return (f"norm={norm} mode={mode} scale={scale} training={training} act={act} clamp={clamp} cl={cl} C={C} "
-                f"style={style} {dtype}"), run
+                f"style={style}{' 5-D' if ndim == 5 else ''} {dtype}"), run
 
     out = []
     for dtype in DTYPES:
@@ -651,4 +733,8 @@ def gpu_static_cases(full):
                 case(dtype, "batch", style=True), case(dtype, "instance", cl=True), case(dtype, "batch", C=300)]
         acts = ("linear", "relu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish") if full else ("selu", "swish")
         out += [case(dtype, "batch", act=act, clamp=0.5) for act in acts]
+        # 5-D x: the 3-D kernels (stats trilinear, apply, the tiled adjoint: its window at scales 2 and 3).
+        out += [case(dtype, norm, mode, ndim=5) for norm in ("batch", "instance") for mode in ("nearest", "trilinear")]
+        out += [case(dtype, "adain", "trilinear", scale=3, ndim=5), case(dtype, "batch", "trilinear", cl=True, ndim=5),
+                case(dtype, "none", "nearest", scale=3, act="swish", clamp=0.5, ndim=5)]
     return out

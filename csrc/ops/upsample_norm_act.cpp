@@ -26,10 +26,25 @@ Mode parse_mode(std::string_view op, std::string_view name) {
   TORCH_CHECK(false, op, ": mode must be 'nearest' or 'bilinear', got '", name, "'");
 }
 
+Mode parse_mode_for(std::string_view op, std::string_view name, int64_t dim) {
+  if (dim != 5) return parse_mode(op, name);
+  if (name == "nearest") return Mode::kNearest;
+  if (name == "trilinear") return Mode::kBilinear;
+  TORCH_CHECK(false, op, ": mode must be 'nearest' or 'trilinear' for 5-D x, got '", name, "'");
+}
+
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_x(std::string_view op, const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat ||
+                  x.scalar_type() == at::kDouble,
+              op, ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
+}
+
+void check_x45(std::string_view op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, op, ": x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape ",
+              x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat ||
                   x.scalar_type() == at::kDouble,
               op, ": x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
@@ -48,6 +63,8 @@ void check_ab(std::string_view op, const at::Tensor& x, const at::Tensor& t_, co
 }
 
 TORCH_LIBRARY_FRAGMENT(vkernels, m) {
+  // x: (N, C, H, W) with mode 'nearest' / 'bilinear', or (N, C, D, H, W) with 'nearest' / 'trilinear' (every
+  // spatial dimension upsampled by scale).
   // Biased mean and variance of up(x) per channel (per_sample=False: over N, H', W') or per (n, c) (over H', W').
   m.def("upsample_norm_act_stats(Tensor x, int scale, str mode, bool per_sample) -> (Tensor, Tensor)");
   // clamp(act((up(x) - mean[n, c]) * a[n, c] + b[n, c]) * gain, -clamp, clamp).

@@ -19,12 +19,17 @@
 
 namespace vkernels::norm_act {
 
+// kBilinear: linear interpolation along every spatial dimension ("bilinear" for 4-D x, "trilinear" for 5-D x).
 enum class Mode : int { kNearest, kBilinear };
 
 bias_act::Act parse_act(std::string_view op, std::string_view name);
 Mode parse_mode(std::string_view op, std::string_view name);
+// upsample_norm_act's ops: "nearest" for 4-D and 5-D x, "bilinear" for 4-D x, "trilinear" for 5-D x.
+Mode parse_mode_for(std::string_view op, std::string_view name, int64_t dim);
 // Checks shared by the ops' CPU entry points (the Triton variants make the same checks in Python).
 void check_x(std::string_view op, const at::Tensor& x);
+// upsample_norm_act's ops: x 4-D (N, C, H, W) or 5-D (N, C, D, H, W).
+void check_x45(std::string_view op, const at::Tensor& x);
 // t must be (N, C) in x's compute type on x's device.
 void check_ab(std::string_view op, const at::Tensor& x, const at::Tensor& t, const char* name);
 at::ScalarType compute_type(at::ScalarType t);

@@ -34,6 +34,9 @@ Architectures (--arch):
   drives the conditional batch norm (upsample_norm_act) of BigGAN blocks; text2video adds mocogan's motion GRU to
   the condition. Projection discriminators with their own caption encoder, hinge loss with a mismatched-caption
   term; captions "a <colour> <shape> moving <direction>" of the moving-shapes clips.
+- hologan (models/gan/hologan.py): HoloGAN-style generator (learned 3-D feature volume, AdaIN fused with x2 trilinear
+  upsampling on 5-D input, rigid 3-D transform, projection to 2-D, 2-D AdaIN upsampling blocks) on synthetic views
+  of random 3-D shapes at random poses; non-saturating logistic loss. --data is not used.
 Writes <out>/samples_<step>.png every --sample-every steps, <out>/checkpoint.pt (atomic) every --ckpt-every steps,
 and reports s/iter and peak memory at the end. Gradients are averaged over ranks by hand (not DDP: R1's and the
 path-length penalty's double backward are outside DDP's support), so every arch runs under torchrun.
@@ -53,13 +56,14 @@ import torch.nn.functional as F
 import vkernels
 from models import _common as C
 from models.gan.biggan import BigGANGenerator, ProjectionDiscriminator, hinge_d_loss, hinge_g_loss
+from models.gan.hologan import hologan_trainer
 from models.gan.spade import PatchDiscriminator, SPADEGenerator, synthetic_batch
 from models.gan.stylegan2 import (Discriminator, Generator, make_ema, path_length_penalty, r1_penalty,
                                   update_ema)
 
-ARCHS = ("stylegan2", "biggan", "spade")
-DEFAULT_DATA = {"stylegan2": "faces", "biggan": "digits", "spade": "seg"}
-DEFAULT_LR = {"stylegan2": 2e-3, "biggan": 2e-4, "spade": 2e-4}
+ARCHS = ("stylegan2", "biggan", "spade", "hologan")
+DEFAULT_DATA = {"stylegan2": "faces", "biggan": "digits", "spade": "seg", "hologan": "views"}
+DEFAULT_LR = {"stylegan2": 2e-3, "biggan": 2e-4, "spade": 2e-4, "hologan": 2e-4}
 # Video and text-conditioned archs: trainers in models/gan/video_train.py, data made in code (--data not used).
 VIDEO_ARCHS = ("mocogan", "vid2vid", "text2image", "text2video")
 ARCHS += VIDEO_ARCHS
@@ -342,7 +346,7 @@ class SPADETrainer(Trainer):
         C.save_image_grid(torch.cat([img[:8], fake[:8], img[8:], fake[8:]]), path, nrow=8)
 
 
-TRAINERS = {"stylegan2": StyleGAN2Trainer, "biggan": BigGANTrainer, "spade": SPADETrainer}
+TRAINERS = {"stylegan2": StyleGAN2Trainer, "biggan": BigGANTrainer, "spade": SPADETrainer, "hologan": hologan_trainer}
 
 
 def make_trainer(args, run) -> Trainer:

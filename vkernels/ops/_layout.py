@@ -11,9 +11,11 @@ __all__: list[str] = []
 
 
 def out_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when x is channels_last (and not also contiguous), else contiguous_format."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
+    """channels_last (5-D x: channels_last_3d) when x is stored so (and not also contiguous), else
+    contiguous_format."""
+    cl = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    if not x.is_contiguous() and x.is_contiguous(memory_format=cl):
+        return cl
     return torch.contiguous_format
 
 

@@ -90,14 +90,15 @@ def add_stats_affine_(dx, mean, gmean, gvar, x, K, mult):
     N, C = x.shape[:2]
     c2 = (gvar * (2.0 * mult / K)).expand(N, C)
     c0 = (gmean * (mult / K)).expand(N, C) - c2 * mean.expand(N, C)
-    dx.addcmul_(x, c2[:, :, None, None]).add_(c0[:, :, None, None])
+    dx.addcmul_(x, ncv(c2, x.ndim)).add_(ncv(c0, x.ndim))
 
 
 def update_running(running_mean, running_var, mean, var, x, scale, momentum):
-    """nn.BatchNorm2d's in-place running-statistics update from a batch's (mean, biased var) of up(x)."""
+    """nn.BatchNorm2d's (3d's for 5-D x) in-place running-statistics update from a batch's (mean, biased var) of
+    up(x)."""
     if running_mean is None or x.numel() == 0:  # F.batch_norm skips empty batches too
         return
-    n = x.shape[0] * x.shape[2] * x.shape[3] * scale * scale
+    n = x.shape[0] * math.prod(x.shape[2:]) * scale ** (x.ndim - 2)
     with torch.no_grad():
         running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
         running_var.mul_(1 - momentum).add_((var.detach() * (n / (n - 1))).to(running_var.dtype), alpha=momentum)
@@ -130,6 +131,11 @@ def nc4(v):
     return v[:, :, None, None]
 
 
+def ncv(v, ndim):
+    """A per-(n, c) vector (N, C) as (N, C, 1, ..., 1) of ndim dims, to broadcast over the spatial dims."""
+    return v.reshape(tuple(v.shape) + (1,) * (ndim - 2))
+
+
 def grad_leaf(t, need):
     """The composite's input for saved tensor t: a fresh view of t when its gradient is needed (differentiating
     w.r.t. the view gives the partial derivative through this formula only, while higher orders still flow into t's
@@ -160,10 +166,13 @@ def double_backward(composite, tensors, args, grads, needs):
 # --------------------------------------------------------------------------------------------------------------------
 # argument checks of the public functions (ValueError / TypeError naming the argument)
 # --------------------------------------------------------------------------------------------------------------------
-def check_x(op, x):
+def check_x(op, x, volumes=False):
+    """x of a public function: 4-D (N, C, H, W), or also 5-D (N, C, D, H, W) when `volumes`."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
+    if volumes and x.ndim not in (4, 5):
+        raise ValueError(f"{op}: x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape {tuple(x.shape)}")
+    if not volumes and x.ndim != 4:
         raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
@@ -216,8 +225,10 @@ def check_running(op, norm, x, running_mean, running_var, training):
 # the raw ops' checks, for their Triton variants: what csrc/ops/upsample_norm_act.h and the CPU kernels check (the
 # tensors a kernel indexes), rule by rule in the same words (RuntimeError, as TORCH_CHECK raises)
 # ----------------------------------------------------------------------------------------------------------------------
-def check_raw_x(op, x):
-    if x.ndim != 4:
+def check_raw_x(op, x, volumes=False):
+    if volumes and x.ndim not in (4, 5):
+        raise RuntimeError(f"{op}: x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape {list(x.shape)}")
+    if not volumes and x.ndim != 4:
         raise RuntimeError(f"{op}: x must be 4-D (N, C, H, W), got shape {list(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")

@@ -17,6 +17,7 @@ running-statistics update and the checks spade_norm_act shares with this op live
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -25,9 +26,9 @@ from vkernels import _backend
 from vkernels._dtypes import acc_dtype
 from vkernels.ops._norm_act import (NormActOps, StatsOfX, act_grad, add_stats_affine_, check_act, check_like_x,
                                     check_momentum_eps, check_nc, check_param, check_raw_x, check_running,
-                                    check_vectors, check_x, double_backward, nc4, norm_stats, sum_to, update_running)
+                                    check_vectors, check_x, double_backward, ncv, norm_stats, sum_to, update_running)
 from vkernels.ops._layout import empty_in_format
-from vkernels.reference.upsample_norm_act import MODES, NORMS, combine_affine, upsample
+from vkernels.reference.upsample_norm_act import MODES, MODES_BY_NDIM, NORMS, combine_affine, upsample
 from vkernels.reference.upsample_norm_act import upsample_norm_act as _reference
 
 __all__ = ["upsample_norm_act"]
@@ -48,16 +49,17 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
     Equals F.interpolate -> F.batch_norm / F.instance_norm (no affine) -> * s + t -> activation -> * gain -> clamp.
 
     Args:
-        x: (N, C, H, W) float16/bfloat16/float32/float64; NCHW or channels_last (kept), other strides are read as is.
-        scale: integer upsampling factor >= 1 (1 = no upsampling).
-        mode: "nearest" or "bilinear" (align_corners=False).
-        norm: "batch" (statistics per channel over N, H, W), "instance" (per (n, c) over H, W), "adain" (instance
-            norm that requires style_scale and style_bias) or "none".
+        x: (N, C, H, W) or (N, C, D, H, W) float16/bfloat16/float32/float64; NCHW / NCDHW or channels_last /
+            channels_last_3d (kept), other strides are read as is.
+        scale: integer upsampling factor >= 1 (1 = no upsampling), applied to every spatial dimension (D, H, W).
+        mode: "nearest" or, with align_corners=False as F.interpolate, "bilinear" (4-D x) / "trilinear" (5-D x).
+        norm: "batch" (statistics per channel over N and the spatial dims), "instance" (per (n, c) over the spatial
+            dims), "adain" (instance norm that requires style_scale and style_bias) or "none".
         weight, bias: optional per-channel affine, shape (C,), any float dtype on x's device.
         style_scale, style_bias: optional per-sample affine, shape (N, C) (AdaIN, conditional batch norm). The op
             multiplies by style_scale as given: modules that predict a residual scale pass 1 + delta themselves.
         running_mean, running_var: (C,) buffers for norm="batch", updated in place when training exactly as
-            nn.BatchNorm2d does (running_var from the unbiased variance); required when training=False.
+            nn.BatchNorm2d / nn.BatchNorm3d do (running_var from the unbiased variance); required when training=False.
         training: batch statistics (True) or running statistics (False); only norm="batch" looks at it.
         momentum, eps: as in nn.BatchNorm2d.
         act, alpha: bias_act's activations ("linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus",
@@ -67,7 +69,8 @@ def upsample_norm_act(x: torch.Tensor, scale: int = 2, mode: str = "nearest", no
         impl: "auto" | "cpu" | "cuda" | "triton" | "reference"; see `vkernels.resolve_impl`.
 
     Returns:
-        (N, C, H*scale, W*scale) in x's dtype and memory format (channels_last kept). Differentiable (twice) w.r.t.
+        (N, C, H*scale, W*scale) or (N, C, D*scale, H*scale, W*scale) in x's dtype and memory format (channels_last
+        / channels_last_3d kept). Differentiable (twice) w.r.t.
         x, weight, bias, style_scale and style_bias. Backward saves x and per-(n, c) vectors only.
     """
     _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
@@ -152,24 +155,32 @@ class _UpsamplePlan:
         return dx, (), gmean, grstd, (gw, gb, gss, gsb)
 
     def add_stats_(self, dx, x, mean, gmean, gvar):
-        N, _, H, W = x.shape
+        N = x.shape[0]
         s = self.scale
         if s == 1 or self.mode == "nearest":
-            K = H * W * s * s * (1 if self.per_sample else N)
-            add_stats_affine_(dx, mean, gmean, gvar, x, K, s * s)
+            if x.ndim == 4:
+                H, W = x.shape[2:]
+                K, mult = H * W * s * s * (1 if self.per_sample else N), s * s
+            else:
+                K, mult = math.prod(x.shape[2:]) * s ** 3 * (1 if self.per_sample else N), s ** 3
+            add_stats_affine_(dx, mean, gmean, gvar, x, K, mult)
         else:
-            # Bilinear: A^T up(x) is a stencil of x, not pointwise; the stats backward kernel applies it (one
-            # x-sized temporary, freed at once).
+            # Bilinear / trilinear: A^T up(x) is a stencil of x, not pointwise; the stats backward kernel applies it
+            # (one x-sized temporary, freed at once).
             dx.add_(self.ops.stats_backward(gmean, gvar, x, mean, s, self.mode, self.per_sample))
 
 
 def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_mean, running_var, training,
            momentum, eps, act, alpha, gain, clamp, op="upsample_norm_act"):
-    check_x(op, x)
+    check_x(op, x, volumes=True)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
         raise ValueError(f"{op}: scale must be an integer >= 1, got {scale!r}")
     if mode not in MODES:
         raise ValueError(f"{op}: mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode not in MODES_BY_NDIM[x.ndim]:
+        raise ValueError(f"{op}: mode {mode!r} needs {'5' if mode == 'trilinear' else '4'}-D x; for "
+                         f"{x.ndim}-D x of shape {tuple(x.shape)} mode must be one of "
+                         f"{', '.join(MODES_BY_NDIM[x.ndim])}")
     if norm not in NORMS:
         raise ValueError(f"{op}: norm must be one of {', '.join(NORMS)}; got {norm!r}")
     check_act(op, act, alpha, gain, clamp)
@@ -181,27 +192,32 @@ def _check(x, scale, mode, norm, weight, bias, style_scale, style_bias, running_
     if norm == "adain" and (style_scale is None or style_bias is None):
         raise ValueError(f"{op}: norm='adain' needs style_scale and style_bias of shape ({N}, {C})")
     check_running(op, norm, x, running_mean, running_var, training)
-    OH, OW = x.shape[2] * scale, x.shape[3] * scale
+    out = [d * scale for d in x.shape[2:]]
+    spatial = math.prod(out)
+    out_text = "x".join(map(str, out))
     # The errors F.batch_norm / F.instance_norm raise for the same input.
-    if norm == "batch" and training and N * OH * OW == 1:
+    if norm == "batch" and training and N * spatial == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got x of shape "
-                         f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
-    if norm in ("instance", "adain") and OH * OW == 1:
+                         f"{tuple(x.shape)} (upsampled to {out_text})")
+    if norm in ("instance", "adain") and spatial == 1:
         raise ValueError(f"{op}: expected more than 1 spatial element for instance norm, got x of shape "
-                         f"{tuple(x.shape)} (upsampled to {OH}x{OW})")
+                         f"{tuple(x.shape)} (upsampled to {out_text})")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # autograd: formulas in differentiable torch ops (so they have their own gradients)
 # --------------------------------------------------------------------------------------------------------------------
-def upsample_adjoint(du, scale, mode, H, W):
-    """Transpose of `upsample` (d up(x) -> d x)."""
+def upsample_adjoint(du, scale, mode, *sizes):
+    """Transpose of `upsample` (d up(x) -> d x); sizes: x's spatial sizes (H, W) or (D, H, W)."""
     if scale == 1:
         return du
     N, C = du.shape[:2]
     if mode == "nearest":
-        return du.reshape(N, C, H, scale, W, scale).sum((3, 5))
-    return _linear_adjoint_1d(_linear_adjoint_1d(du, 2, H, scale), 3, W, scale)
+        split = [v for d in sizes for v in (d, scale)]
+        return du.reshape(N, C, *split).sum(tuple(range(3, 3 + 2 * len(sizes), 2)))
+    for k, size in enumerate(sizes):
+        du = _linear_adjoint_1d(du, 2 + k, size, scale)
+    return du
 
 
 def _linear_adjoint_1d(g, dim, size, s):
@@ -225,13 +241,14 @@ def _linear_adjoint_1d(g, dim, size, s):
 def apply_backward_composite(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
     """(dx, dm, da, db) of upsample_norm_act in differentiable torch ops (None where mask is False): the reference
     for the fused `upsample_norm_act_backward` and the formula its own (second-order) gradient comes from."""
-    H, W = x.shape[2:]
-    xc = upsample(x.to(m.dtype), scale, mode) - nc4(m)
-    dz = act_grad(dy.to(m.dtype), xc * nc4(a) + nc4(b), act, alpha, gain, clamp)
-    dx = upsample_adjoint(dz * nc4(a), scale, mode, H, W).to(x.dtype) if mask[0] else None
-    db = dz.sum((2, 3)) if mask[3] or mask[1] else None
+    nd = x.ndim
+    sp = tuple(range(2, nd))
+    xc = upsample(x.to(m.dtype), scale, mode) - ncv(m, nd)
+    dz = act_grad(dy.to(m.dtype), xc * ncv(a, nd) + ncv(b, nd), act, alpha, gain, clamp)
+    dx = upsample_adjoint(dz * ncv(a, nd), scale, mode, *x.shape[2:]).to(x.dtype) if mask[0] else None
+    db = dz.sum(sp) if mask[3] or mask[1] else None
     dm = -(db * a) if mask[1] else None
-    da = (dz * xc).sum((2, 3)) if mask[2] else None
+    da = (dz * xc).sum(sp) if mask[2] else None
     return dx, dm, da, db if mask[3] else None
 
 
@@ -239,12 +256,13 @@ def stats_backward_composite(gmean, gvar, x, mean, scale, mode, per_sample):
     """dx of upsample_norm_act_stats given the gradients of (mean, var), in differentiable torch ops; `mean` is the
     op's mean output (its own dependence on x reaches x through its graph, not through this formula)."""
     ct = mean.dtype
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
+    nd = x.ndim
     u = upsample(x.to(ct), scale, mode)
     K = u.numel() // (N * C if per_sample else C)
-    view = nc4 if per_sample else (lambda v: v.reshape(1, -1, 1, 1))
+    view = (lambda v: ncv(v, nd)) if per_sample else (lambda v: v.reshape((1, -1) + (1,) * (nd - 2)))
     du = view(gmean) / K + view(gvar) * (2.0 / K) * (u - view(mean))
-    return upsample_adjoint(du, scale, mode, H, W).to(x.dtype)
+    return upsample_adjoint(du, scale, mode, *x.shape[2:]).to(x.dtype)
 
 
 def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
@@ -259,8 +277,7 @@ def _register(stats: str, apply: str, stats_bwd: str, apply_bwd: str) -> None:
 
     @torch.library.register_fake(f"vkernels::{apply}")
     def _fake_apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
-        N, C, H, W = x.shape
-        return empty_in_format(x, (N, C, H * scale, W * scale))
+        return empty_in_format(x, (*x.shape[:2], *(d * scale for d in x.shape[2:])))
 
     @torch.library.register_fake(f"vkernels::{stats_bwd}")
     def _fake_stats_bwd(gmean, gvar, x, mean, scale, mode, per_sample):
@@ -349,18 +366,19 @@ def _triton_launchers():
         op = "upsample_norm_act_backward"
         _check_raw(op, x, scale, mode)
         check_nc(op, x, (("mean", m), ("a", a), ("b", b)))
-        N, C, H, W = x.shape
-        check_like_x(op, x, (("dy", dy),), (N, C, H * scale, W * scale))
+        check_like_x(op, x, (("dy", dy),), (*x.shape[:2], *(d * scale for d in x.shape[2:])))
         return backward_kernels.apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, list(mask))
 
     return stats, apply, stats_bwd, apply_bwd
 
 
 def _check_raw(op, x, scale, mode):
-    check_raw_x(op, x)
+    check_raw_x(op, x, volumes=True)
     if scale < 1:
         raise RuntimeError(f"{op}: scale must be an integer >= 1, got {scale}")
-    if mode not in MODES:
+    if x.ndim == 5 and mode not in MODES_BY_NDIM[5]:
+        raise RuntimeError(f"{op}: mode must be 'nearest' or 'trilinear' for 5-D x, got '{mode}'")
+    if x.ndim == 4 and mode not in MODES_BY_NDIM[4]:
         raise RuntimeError(f"{op}: mode must be 'nearest' or 'bilinear', got '{mode}'")
 
 

@@ -6,7 +6,9 @@ import torch.nn.functional as F
 from vkernels.reference.bias_act import ACTIVATIONS
 
 NORMS = ("batch", "instance", "adain", "none")
-MODES = ("nearest", "bilinear")
+MODES = ("nearest", "bilinear", "trilinear")
+# The modes of x with 4 dims (N, C, H, W) and 5 dims (N, C, D, H, W), as F.interpolate names them.
+MODES_BY_NDIM = {4: ("nearest", "bilinear"), 5: ("nearest", "trilinear")}
 
 
 def upsample(x, scale, mode):
@@ -14,7 +16,7 @@ def upsample(x, scale, mode):
         return x
     if mode == "nearest":
         return F.interpolate(x, scale_factor=scale, mode="nearest")
-    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
 
 
 def combine_affine(weight, bias, style_scale, style_bias):
@@ -40,7 +42,9 @@ def act_gain_clamp(z, act, alpha, gain, clamp):
 
 
 def _nc(v, like):
-    return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)) if v.ndim == 2 else v.reshape(1, -1, 1, 1)
+    if v.ndim == 2:
+        return v.reshape(v.shape + (1,) * (like.ndim - v.ndim))
+    return v.reshape((1, -1) + (1,) * (like.ndim - 2))
 
 
 def upsample_norm_act(x, scale=2, mode="nearest", norm="batch", weight=None, bias=None, style_scale=None,
@@ -48,7 +52,7 @@ def upsample_norm_act(x, scale=2, mode="nearest", norm="batch", weight=None, bia
                       act="lrelu", alpha=0.2, gain=1.0, clamp=None):
     u = upsample(x, scale, mode)
     if norm == "batch":
-        # Updates running_mean / running_var in place exactly as nn.BatchNorm2d does (unbiased running variance).
+        # Updates running_mean / running_var in place exactly as nn.BatchNorm2d / 3d do (unbiased running variance).
         u = F.batch_norm(u, running_mean, running_var, None, None, training, momentum, eps)
     elif norm in ("instance", "adain"):
         u = F.instance_norm(u, eps=eps)

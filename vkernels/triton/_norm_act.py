@@ -44,6 +44,33 @@ def upsampled_value(x_ptr, base, oh, ow, H, W, sh, sw, s, mask, BILINEAR: tl.con
 
 
 @triton.jit
+def upsampled_value3d(x_ptr, base, od, oh, ow, D, H, W, sd, sh, sw, s, mask, TRILINEAR: tl.constexpr):
+    # The value of up(x) at (od, oh, ow) of a 5-D x in its accumulation type, blended along W, then H, then D (the
+    # C++ kernels' order); base: the offset of x's (n, c) volume.
+    ct = acc_type(x_ptr.dtype.element_ty)
+    if TRILINEAR:
+        d0, d1, ld = linear_source(od, s, D, ct)
+        h0, h1, lh = linear_source(oh, s, H, ct)
+        w0, w1, lw = linear_source(ow, s, W, ct)
+        p0 = x_ptr + base + d0 * sd
+        p1 = x_ptr + base + d1 * sd
+        v000 = tl.load(p0 + h0 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
+        v001 = tl.load(p0 + h0 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
+        v010 = tl.load(p0 + h1 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
+        v011 = tl.load(p0 + h1 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
+        v100 = tl.load(p1 + h0 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
+        v101 = tl.load(p1 + h0 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
+        v110 = tl.load(p1 + h1 * sh + w0 * sw, mask=mask, other=0.0).to(ct)
+        v111 = tl.load(p1 + h1 * sh + w1 * sw, mask=mask, other=0.0).to(ct)
+        t0 = (1.0 - lh) * ((1.0 - lw) * v000 + lw * v001) + lh * ((1.0 - lw) * v010 + lw * v011)
+        t1 = (1.0 - lh) * ((1.0 - lw) * v100 + lw * v101) + lh * ((1.0 - lw) * v110 + lw * v111)
+        u = (1.0 - ld) * t0 + ld * t1
+    else:
+        u = tl.load(x_ptr + base + (od // s) * sd + (oh // s) * sh + (ow // s) * sw, mask=mask, other=0.0).to(ct)
+    return u
+
+
+@triton.jit
 def plane_coords(start, n, W, BLOCK: tl.constexpr, INT64: tl.constexpr):
     # (row, column, in-range mask) of the BLOCK elements from flat index `start` of a plane of n elements, W a row.
     i = start + tl.arange(0, BLOCK)
@@ -83,6 +110,30 @@ def nchw_of(i, C, H, W, CL: tl.constexpr):
 
 
 @triton.jit
+def ncdhw_of(i, C, D, H, W, CL: tl.constexpr):
+    # (n, c, d, h, w) of flat index i of an (N, C, D, H, W) tensor stored NCDHW or channels_last_3d.
+    if CL:
+        c = i % C
+        t = i // C
+        w = t % W
+        t = t // W
+        h = t % H
+        t = t // H
+        d = t % D
+        n = t // D
+    else:
+        w = i % W
+        t = i // W
+        h = t % H
+        t = t // H
+        d = t % D
+        t = t // D
+        c = t % C
+        n = t // C
+    return n, c, d, h, w
+
+
+@triton.jit
 def plane_of_program(C):
     # This program's (n, c) plane: flat index g = n * C + c; n, c in int64 for the plane offsets.
     g = tl.program_id(0)
@@ -95,8 +146,16 @@ def device_of(x):
 
 
 def is_channels_last(x):
-    """x stored channels_last (and not also contiguous): the outputs follow it."""
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    """x (4-D or 5-D) stored channels_last / channels_last_3d (and not also contiguous): the outputs follow it."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=memory_format_of(x, True))
+
+
+def memory_format_of(x, cl=None):
+    """The memory format of the outputs and gradients for x (4-D or 5-D): x's channels-last format when x is stored
+    so (or cl is true), contiguous otherwise."""
+    if not (is_channels_last(x) if cl is None else cl):
+        return torch.contiguous_format
+    return torch.channels_last if x.ndim == 4 else torch.channels_last_3d
 
 
 def scalar_values(x, alpha, gain, clamp):
@@ -109,8 +168,7 @@ def scalar_values(x, alpha, gain, clamp):
 
 def empty_in_format(x, shape):
     """An empty tensor of `shape` in x's dtype, device and memory format."""
-    return torch.empty(shape, dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 def plane_block(t, n, fp64_bilinear=False):

@@ -20,8 +20,8 @@ from vkernels.triton import _launch
 from vkernels.triton._activation import ACT_IDS, act_gain_clamp
 from vkernels.triton._dtypes import acc_type
 from vkernels.triton._elementwise import block_offsets, elementwise_block
-from vkernels.triton._norm_act import (device_of, is_channels_last, nchw_of, scalar_args, scalar_values,
-                                       upsampled_value)
+from vkernels.triton._norm_act import (device_of, is_channels_last, memory_format_of, nchw_of, ncdhw_of, scalar_args,
+                                       scalar_values, upsampled_value, upsampled_value3d)
 
 
 @triton.jit
@@ -86,11 +86,81 @@ def _apply_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, H, W, sn, sc, s
     tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# 5-D x (N, C, D, H, W): nearest or trilinear upsampling by s along D, H and W, the same passes as the 4-D kernels
+# (stats: trilinear only, nearest reads x through its 4-D view (N, C, D*H, W); apply: 1 or 8 loads per output).
+# --------------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _stats3d_kernel(x_ptr, mean_ptr, m2_ptr, C, D, H, W, sn, sc, sd, sh, sw, s, n_per, chunk, n_chunks, pid1_base,
+                    PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # _stats_kernel for trilinear 5-D x: program (g, k) = chunk k of group g's n_per * OD * OH * OW values.
+    g = tl.program_id(0)
+    k = tl.program_id(1) + pid1_base
+    c = (g % C).to(tl.int64)
+    nb = g // C if PER_SAMPLE else 0
+    OW = W * s
+    OH = H * s
+    if INT64:
+        plane = tl.cast(D, tl.int64) * s * OH * OW
+        lo = tl.cast(k, tl.int64) * chunk
+    else:
+        plane = D * s * OH * OW
+        lo = k * chunk
+    hi = tl.minimum(lo + chunk, n_per * plane)
+    ct = acc_type(x_ptr.dtype.element_ty)
+    acc = tl.zeros([BLOCK], dtype=ct)
+    for start in range(lo, hi, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < hi
+        n = nb + i // plane
+        r = i % plane
+        t = r // OW
+        u = upsampled_value3d(x_ptr, n.to(tl.int64) * sn + c * sc, t // OH, t % OH, r % OW, D, H, W, sd, sh, sw, s,
+                              mask, True)
+        acc += tl.where(mask, u, 0.0)
+    mu = tl.sum(acc, axis=0) / (hi - lo).to(ct)
+    acc2 = tl.zeros([BLOCK], dtype=ct)
+    for start in range(lo, hi, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < hi
+        n = nb + i // plane
+        r = i % plane
+        t = r // OW
+        u = upsampled_value3d(x_ptr, n.to(tl.int64) * sn + c * sc, t // OH, t % OH, r % OW, D, H, W, sd, sh, sw, s,
+                              mask, True)
+        d = tl.where(mask, u - mu, 0.0)
+        acc2 += d * d
+    tl.store(mean_ptr + g * n_chunks + k, mu)
+    tl.store(m2_ptr + g * n_chunks + k, tl.sum(acc2, axis=0))
+
+
+@triton.jit
+def _apply3d_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, D, H, W, sn, sc, sd, sh, sw, s, alpha, gain,
+                    clamp, scalars_ptr, SCALARS_IN_TENSOR: tl.constexpr, CL: tl.constexpr, TRILINEAR: tl.constexpr,
+                    ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    i, mask = block_offsets(numel, BLOCK, INT64)
+    alpha, gain, clamp = scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
+    n, c, od, oh, ow = ncdhw_of(i, C, D * s, H * s, W * s, CL)
+    u = upsampled_value3d(x_ptr, n * sn + c * sc, od, oh, ow, D, H, W, sd, sh, sw, s, mask, TRILINEAR)
+    k = n * C + c
+    mv = tl.load(m_ptr + k, mask=mask, other=0.0)
+    av = tl.load(a_ptr + k, mask=mask, other=0.0)
+    bv = tl.load(b_ptr + k, mask=mask, other=0.0)
+    r = act_gain_clamp((u - mv) * av + bv, alpha, gain, clamp, ACT, HAS_CLAMP)
+    tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def stats(x, scale, mode, per_sample):
     """Mean and biased variance of up(x) per channel (per (n, c) with per_sample): each group's values are cut into
     chunks, one program per (group, chunk) with its exact two-pass mean and squared deviations, combined in a fixed
     order (Chan et al.'s pairwise formula): batch norm (C groups of N H W s^2 values) gets enough programs to fill
-    the GPU instead of C programs scanning everything twice."""
+    the GPU instead of C programs scanning everything twice. 5-D x: trilinear through _stats3d; nearest through
+    the 4-D pass on the (N, C, D*H, W) view (the statistics of x itself)."""
+    if x.ndim == 5:
+        if mode == "trilinear" and scale > 1:
+            return _stats3d(x, scale, per_sample)
+        x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], x.shape[4])
+        mode, scale = "nearest", 1
     N, C, H, W = x.shape
     ct = acc_dtype(x.dtype)
     shape = (N, C) if per_sample else (C,)
@@ -128,6 +198,43 @@ def stats(x, scale, mode, per_sample):
     var.copy_((m2 / total).view(shape))
     return mean, var
 
+def _stats3d(x, scale, per_sample):
+    """stats() of 5-D x with trilinear upsampling by scale > 1: the same chunks and combination, the 3-D kernel."""
+    N, C, D, H, W = x.shape
+    ct = acc_dtype(x.dtype)
+    shape = (N, C) if per_sample else (C,)
+    mean = torch.empty(shape, dtype=ct, device=x.device)
+    var = torch.empty(shape, dtype=ct, device=x.device)
+    if mean.numel() == 0:
+        return mean, var
+    if x.numel() == 0:
+        return mean.fill_(float("nan")), var.fill_(float("nan"))
+    groups = N * C if per_sample else C
+    total = (1 if per_sample else N) * D * H * W * scale ** 3
+    t = _launch.target(x.device)
+    block, chunk = _stats_sizes(t, groups, total)
+    n_chunks = triton.cdiv(total, chunk)
+    pm = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
+    pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
+    extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
+    big = max(total + chunk, extent) + block >= 2**31
+    with device_of(x):
+        _launch.launch(_stats3d_kernel, (groups, n_chunks), x, pm, pm2, C, D, H, W, *x.stride(), scale,
+                       1 if per_sample else N, chunk, n_chunks, PER_SAMPLE=per_sample, BLOCK=block, INT64=big,
+                       num_warps=4)
+    if n_chunks == 1:
+        mean.copy_(pm.view(shape))
+        var.copy_((pm2 / total).view(shape))
+        return mean, var
+    cnt = torch.full((n_chunks,), float(chunk), dtype=torch.float64, device=x.device)
+    cnt[-1] = total - chunk * (n_chunks - 1)
+    pm, pm2 = pm.double(), pm2.double()
+    mu = (pm * cnt).sum(1) / total
+    m2 = pm2.sum(1) + (cnt * (pm - mu[:, None]) ** 2).sum(1)
+    mean.copy_(mu.view(shape))
+    var.copy_((m2 / total).view(shape))
+    return mean, var
+
 
 def _stats_sizes(t, groups, total):
     """(BLOCK, chunk) of the statistics kernel on target t: chunks of at least 4 blocks, enough of them for about
@@ -139,6 +246,8 @@ def _stats_sizes(t, groups, total):
 
 
 def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
+    if x.ndim == 5:
+        return _apply3d(x, m, a, b, scale, mode, act, alpha, gain, clamp)
     N, C, H, W = x.shape
     cl = is_channels_last(x)
     out = torch.empty((N, C, H * scale, W * scale), dtype=x.dtype, device=x.device,
@@ -157,3 +266,20 @@ def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
     return out
 
 
+def _apply3d(x, m, a, b, scale, mode, act, alpha, gain, clamp):
+    N, C, D, H, W = x.shape
+    out = torch.empty((N, C, D * scale, H * scale, W * scale), dtype=x.dtype, device=x.device,
+                      memory_format=memory_format_of(x))
+    n = out.numel()
+    if n == 0:
+        return out
+    m, a, b = m.contiguous(), a.contiguous(), b.contiguous()
+    vals, st, exact = scalar_values(x, alpha, gain, clamp)
+    block = elementwise_block(_launch.target(x.device))
+    extent = sum((d - 1) * abs(t) for d, t in zip(x.shape, x.stride())) + 1
+    with device_of(x):
+        _launch.launch(_apply3d_kernel, (triton.cdiv(n, block),),
+            out, x, m, a, b, n, C, D, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact,
+            CL=is_channels_last(x), TRILINEAR=mode == "trilinear" and scale > 1, ACT=ACT_IDS[act],
+            HAS_CLAMP=clamp is not None, BLOCK=block, INT64=max(n, extent) + block >= 2**31, num_warps=4)
+    return out

@@ -49,6 +49,37 @@ inline bool is_channels_last(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// 5-D x: kept in channels_last_3d when it is stored so (else read through a contiguous copy).
+inline bool is_channels_last_3d(const at::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+// The upsampled value at output (od, oh, ow) of a 5-D plane (pointer p to its (0, 0, 0) element, strides sd, sh,
+// sw in elements): nearest by s, or trilinear (align_corners=False) through the make_lin tables of D, H and W,
+// blended along W, then H, then D.
+template <class scalar_t>
+struct Up3 {
+  using opmath_t = at::opmath_type<scalar_t>;
+  int64_t s, sd, sh, sw;
+  bool tri;
+  std::vector<Lin<opmath_t>> ld, lh, lw;
+  Up3(int64_t D, int64_t H, int64_t W, int64_t s_, bool tri_, int64_t sd_, int64_t sh_, int64_t sw_)
+      : s(s_), sd(sd_), sh(sh_), sw(sw_), tri(tri_) {
+    if (tri) ld = make_lin<opmath_t>(D, s), lh = make_lin<opmath_t>(H, s), lw = make_lin<opmath_t>(W, s);
+  }
+  opmath_t operator()(const scalar_t* p, int64_t od, int64_t oh, int64_t ow) const {
+    if (!tri) return opmath_t(p[(od / s) * sd + (oh / s) * sh + (ow / s) * sw]);
+    const Lin<opmath_t>&z = ld[od], &y = lh[oh], &q = lw[ow];
+    auto row = [&](int64_t d, int64_t h) {
+      const scalar_t* r = p + d * sd + h * sh;
+      return q.l0 * opmath_t(r[q.i0 * sw]) + q.l1 * opmath_t(r[q.i1 * sw]);
+    };
+    const opmath_t t0 = y.l0 * row(z.i0, y.i0) + y.l1 * row(z.i0, y.i1);
+    const opmath_t t1 = y.l0 * row(z.i1, y.i0) + y.l1 * row(z.i1, y.i1);
+    return z.l0 * t0 + z.l1 * t1;
+  }
+};
+
 // Calls f.template operator()<A>() with the runtime activation as a template argument.
 template <class F>
 void dispatch_act(bias_act::Act act, F&& f) {
@@ -72,9 +103,9 @@ inline std::pair<Mode, bias_act::Act> check_apply_args(std::string_view op, cons
                                                       const at::Tensor& a, const at::Tensor& b, int64_t scale,
                                                       c10::string_view mode_s, c10::string_view act_s,
                                                       std::optional<double> clamp) {
-  check_x(op, x);
+  check_x45(op, x);
   TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
-  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
+  const Mode mode = parse_mode_for(op, std::string_view(mode_s.data(), mode_s.size()), x.dim());
   const bias_act::Act act = parse_act(op, std::string_view(act_s.data(), act_s.size()));
   TORCH_CHECK(!clamp || *clamp >= 0, op, ": clamp must be None or >= 0, got ", clamp ? *clamp : 0.0);
   check_ab(op, x, m, "mean");
@@ -285,6 +316,13 @@ inline void check_dy(std::string_view op, const at::Tensor& dy, const at::Tensor
   TORCH_CHECK(dy.scalar_type() == x.scalar_type(), op, ": dy dtype ", dy.scalar_type(), " must equal x dtype ",
               x.scalar_type());
   TORCH_CHECK(dy.device() == x.device(), op, ": dy is on ", dy.device(), " but x is on ", x.device());
+}
+
+// 5-D x: the 4-D view (N, C, D*H, W) of x (contiguous or channels_last_3d: the view is contiguous or
+// channels_last), whose statistics are those of nearest up(x).
+inline at::Tensor merge_dh(const at::Tensor& x) {
+  return x.as_strided({x.size(0), x.size(1), x.size(2) * x.size(3), x.size(4)},
+                      {x.stride(0), x.stride(1), x.stride(3), x.stride(4)});
 }
 
 }  // namespace vkernels::norm_act

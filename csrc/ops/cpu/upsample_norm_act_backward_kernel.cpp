@@ -296,18 +296,81 @@ void adjoint_impl(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool bil
   cl ? adjoint_cl(args, gr, r1, r2) : adjoint_nchw(args, gr, r1, r2);
 }
 
+// 5-D x: dx = post * A^T dz(up(x), dy) for nearest (tri false; s == 1 is the identity) or trilinear upsampling by s
+// along D, H, W, with G's per-(n, c) sums into r1, r2 (may be null). One task per (n, c) plane: every output of the
+// plane in order, u recomputed from x (Up3), dz scattered into the plane's opmath accumulator (nearest: its source;
+// trilinear: its 8 taps), dx written once. Any strides (contiguous or channels_last_3d); deterministic.
+template <class scalar_t, class G>
+void adjoint3d(const at::Tensor& x, const at::Tensor* dy, int64_t s, bool tri, const G& gr, at::Tensor* dx, double* r1,
+               double* r2) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t OD = D * s, OH = H * s, OW = W * s;
+  const Up3<scalar_t> up(D, H, W, s, tri, x.stride(2), x.stride(3), x.stride(4));
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* dyp = G::kHasDy ? dy->const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dxp = dx ? dx->mutable_data_ptr<scalar_t>() : nullptr;
+  const auto xs = x.strides();
+  const std::vector<int64_t> ys = G::kHasDy ? dy->strides().vec() : std::vector<int64_t>(5, 0);
+  const std::vector<int64_t> os = dx ? dx->strides().vec() : std::vector<int64_t>(5, 0);
+  at::parallel_for(0, N * C, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<opmath_t> acc(dxp ? D * H * W : 0);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n = g / C, c = g % C;
+      const scalar_t* p = xp + n * xs[0] + c * xs[1];
+      const scalar_t* dyg = G::kHasDy ? dyp + n * ys[0] + c * ys[1] : nullptr;
+      std::fill(acc.begin(), acc.end(), opmath_t(0));
+      double s1 = 0, s2 = 0;
+      for (int64_t od = 0; od < OD; ++od)
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const opmath_t dyv = G::kHasDy ? opmath_t(dyg[od * ys[2] + oh * ys[3] + ow * ys[4]]) : opmath_t(0);
+            const opmath_t d = gr.dz(g, up(p, od, oh, ow), dyv, s1, s2);
+            if (!dxp) continue;
+            if (!tri) {
+              acc[((od / s) * H + oh / s) * W + ow / s] += d;
+              continue;
+            }
+            const Lin<opmath_t>&z = up.ld[od], &y = up.lh[oh], &q = up.lw[ow];
+            for (const auto& [zi, zl] : {std::pair{z.i0, z.l0}, std::pair{z.i1, z.l1}})
+              for (const auto& [yi, yl] : {std::pair{y.i0, y.l0}, std::pair{y.i1, y.l1}}) {
+                opmath_t* ar = acc.data() + (zi * H + yi) * W;
+                const opmath_t zyd = zl * yl * d;
+                ar[q.i0] += q.l0 * zyd;
+                ar[q.i1] += q.l1 * zyd;
+              }
+          }
+      if (r1) r1[g] = s1, r2[g] = s2;
+      if (dxp) {
+        const opmath_t post = gr.post(g);
+        scalar_t* dxg = dxp + n * os[0] + c * os[1];
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w)
+              dxg[d * os[2] + h * os[3] + w * os[4]] = static_cast<scalar_t>(acc[(d * H + h) * W + w] * post);
+      }
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apply_backward_cpu(
     const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b,
     int64_t scale, c10::string_view mode_s, c10::string_view act_s, double alpha, double gain,
     std::optional<double> clamp, std::array<bool, 4> mask) {
   constexpr std::string_view op = "upsample_norm_act_backward";
   const auto [mode, act] = check_apply_args(op, x_in, m, a, b, scale, mode_s, act_s, clamp);
-  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  check_dy(op, dy_in, x_in, {N, C, H * scale, W * scale});
-  const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous(fmt_of(cl)), dy = dy_in.contiguous(fmt_of(cl));
+  const bool vol = x_in.dim() == 5;
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(vol ? 3 : 2), W = x_in.size(vol ? 4 : 3);
+  if (vol) {
+    check_dy(op, dy_in, x_in, {N, C, x_in.size(2) * scale, H * scale, W * scale});
+  } else {
+    check_dy(op, dy_in, x_in, {N, C, H * scale, W * scale});
+  }
+  const bool cl = vol ? is_channels_last_3d(x_in) : is_channels_last(x_in);
+  const auto fmt = vol ? (cl ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous) : fmt_of(cl);
+  const at::Tensor x = x_in.contiguous(fmt), dy = dy_in.contiguous(fmt);
   const auto ct = compute_type(x.scalar_type());
-  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options(), fmt_of(cl)) : empty0(x);
+  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options(), fmt) : empty0(x);
   const bool red = mask[1] || mask[2] || mask[3];
   at::Tensor s1 = at::zeros({N, C}, x.options().dtype(at::kDouble)), s2 = at::zeros_like(s1);
   if (x.numel() > 0 && (mask[0] || red)) {
@@ -318,6 +381,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apply_backward_cpu(
       dispatch_act(act, [&]<Act A>() {
         const ApplyGrad<A, opmath_t> gr{mean_c.const_data_ptr<opmath_t>(), ac.const_data_ptr<opmath_t>(),
                                         bc.const_data_ptr<opmath_t>(), bias_act::cast_params<opmath_t>(params)};
+        if (vol) {
+          adjoint3d<scalar_t>(x, &dy, scale, mode == Mode::kBilinear && scale > 1, gr, mask[0] ? &dx : nullptr,
+                              s1.mutable_data_ptr<double>(), s2.mutable_data_ptr<double>());
+          return;
+        }
         adjoint_impl<scalar_t>(x, &dy, scale, mode == Mode::kBilinear && scale > 1, cl, gr, mask[0] ? &dx : nullptr,
                                s1.mutable_data_ptr<double>(), s2.mutable_data_ptr<double>());
       });
@@ -332,10 +400,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> apply_backward_cpu(
 at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, const at::Tensor& x_in,
                               const at::Tensor& mean, int64_t scale, c10::string_view mode_s, bool per_sample) {
   constexpr std::string_view op = "upsample_norm_act_stats_backward";
-  check_x(op, x_in);
+  check_x45(op, x_in);
   TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
-  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
-  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const Mode mode = parse_mode_for(op, std::string_view(mode_s.data(), mode_s.size()), x_in.dim());
+  const bool vol = x_in.dim() == 5;
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(vol ? 3 : 2), W = x_in.size(vol ? 4 : 3);
   const auto ct = compute_type(x_in.scalar_type());
   const std::vector<int64_t> shape = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"gmean", &gmean}, {"gvar", &gvar},
@@ -347,11 +416,13 @@ at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, c
     TORCH_CHECK(t->device() == x_in.device(), op, ": ", name, " is on ", t->device(), " but x is on ",
                 x_in.device());
   }
-  const bool cl = is_channels_last(x_in);
-  const at::Tensor x = x_in.contiguous(fmt_of(cl));
-  at::Tensor dx = at::empty(x.sizes(), x.options(), fmt_of(cl));
+  const bool cl = vol ? is_channels_last_3d(x_in) : is_channels_last(x_in);
+  const auto fmt = vol ? (cl ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous) : fmt_of(cl);
+  const at::Tensor x = x_in.contiguous(fmt);
+  at::Tensor dx = at::empty(x.sizes(), x.options(), fmt);
   if (x.numel() == 0) return dx;
-  const double K = double((per_sample ? 1 : N) * H * W * scale * scale);
+  const double K = vol ? double((per_sample ? 1 : N) * x.size(2) * H * W * scale * scale * scale)
+                       : double((per_sample ? 1 : N) * H * W * scale * scale);
   const at::Tensor c1 = (gmean / K).expand({N, C}).contiguous();
   const at::Tensor c2 = (gvar * (2.0 / K)).expand({N, C}).contiguous();
   const at::Tensor mean_c = mean.expand({N, C}).contiguous();
@@ -359,6 +430,12 @@ at::Tensor stats_backward_cpu(const at::Tensor& gmean, const at::Tensor& gvar, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats_backward_cpu",
                                   [&] {
     using opmath_t = at::opmath_type<scalar_t>;
+    if (vol) {  // nearest: s^3 times the pixel's own du (run as scale 1)
+      const StatsGrad<opmath_t> gr{c1.const_data_ptr<opmath_t>(), c2.const_data_ptr<opmath_t>(),
+                                   mean_c.const_data_ptr<opmath_t>(), bil ? opmath_t(1) : opmath_t(scale * scale * scale)};
+      adjoint3d<scalar_t>(x, nullptr, bil ? scale : 1, bil, gr, &dx, nullptr, nullptr);
+      return;
+    }
     const StatsGrad<opmath_t> gr{c1.const_data_ptr<opmath_t>(), c2.const_data_ptr<opmath_t>(),
                                  mean_c.const_data_ptr<opmath_t>(), bil ? opmath_t(1) : opmath_t(scale * scale)};
     adjoint_impl<scalar_t>(x, nullptr, bil ? scale : 1, bil, cl, gr, &dx, nullptr, nullptr);

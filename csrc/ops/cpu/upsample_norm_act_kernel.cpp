@@ -314,12 +314,48 @@ void stats_cpu_impl(const at::Tensor& x, int64_t s, Mode mode, bool per_sample, 
   });
 }
 
+// 5-D trilinear statistics: one task per group, the upsampled values of each output row formed (Up3, 8 taps) into
+// an opmath row and added to the group's shifted sums (shift: the group's first input value). Reads x through the
+// strides of x (contiguous or channels_last_3d); fixed order per group, deterministic.
+template <class scalar_t>
+void stats3d_trilinear(const at::Tensor& x, int64_t s, bool per_sample, at::Tensor& mean, at::Tensor& var) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using fVec = Vectorized<opmath_t>;
+  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t OD = D * s, OH = H * s, OW = W * s, sn = x.stride(0), sc = x.stride(1);
+  const Up3<scalar_t> up(D, H, W, s, true, x.stride(2), x.stride(3), x.stride(4));
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  auto* mp = mean.mutable_data_ptr<opmath_t>();
+  auto* vp = var.mutable_data_ptr<opmath_t>();
+  const int64_t groups = per_sample ? N * C : C, n_per = per_sample ? 1 : N;
+  const double count = static_cast<double>(n_per * OD * OH * OW);
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<opmath_t> u(OW);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c = g % C, nb = per_sample ? g / C : 0;
+      const opmath_t sh = opmath_t(xp[nb * sn + c * sc]);
+      Acc a;
+      for (int64_t n = nb; n < nb + n_per; ++n) {
+        const scalar_t* p = xp + n * sn + c * sc;
+        for (int64_t od = 0; od < OD; ++od)
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            for (int64_t ow = 0; ow < OW; ++ow) u[ow] = up(p, od, oh, ow);
+            const opmath_t* q = u.data();
+            shifted_sums<opmath_t>(OW, sh, [&](int64_t i) { return fVec::loadu(q + i); },
+                                   [&](int64_t i) { return q[i]; }, a);
+          }
+      }
+      finish_stats(a, double(sh), count, mp[g], vp[g]);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x_in, int64_t scale, c10::string_view mode_s,
                                              bool per_sample) {
   constexpr std::string_view op = "upsample_norm_act_stats";
-  check_x(op, x_in);
+  check_x45(op, x_in);
   TORCH_CHECK(scale >= 1, op, ": scale must be an integer >= 1, got ", scale);
-  const Mode mode = parse_mode(op, std::string_view(mode_s.data(), mode_s.size()));
+  const Mode mode = parse_mode_for(op, std::string_view(mode_s.data(), mode_s.size()), x_in.dim());
   const auto ct = compute_type(x_in.scalar_type());
   const int64_t N = x_in.size(0), C = x_in.size(1);
   auto shape = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
@@ -329,6 +365,17 @@ std::tuple<at::Tensor, at::Tensor> stats_cpu(const at::Tensor& x_in, int64_t sca
   if (x_in.numel() == 0) {  // statistics of an empty set, as torch's mean / var give them
     mean.fill_(std::numeric_limits<double>::quiet_NaN());
     var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {mean, var};
+  }
+  if (x_in.dim() == 5) {
+    const bool cl = is_channels_last_3d(x_in);
+    const at::Tensor x = x_in.contiguous(cl ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous);
+    if (mode == Mode::kBilinear && scale > 1) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act_stats3d_cpu",
+                                      [&] { stats3d_trilinear<scalar_t>(x, scale, per_sample, mean, var); });
+    } else {  // nearest: the statistics of x itself, through the 4-D pass on the (N, C, D*H, W) view
+      stats_into(merge_dh(x), 1, Mode::kNearest, per_sample, cl, mean, var);
+    }
     return {mean, var};
   }
   const bool cl = is_channels_last(x_in);
@@ -679,11 +726,67 @@ void apply_cpu_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& 
   cl ? apply_bilinear_cl(g, lh, lw) : apply_bilinear_nchw(g, lh, lw);
 }
 
+// 5-D x (nearest or trilinear by s along D, H, W): the epilogue once per output on u = up(x) (Up3), scalar.
+// Contiguous: parallel over output rows (n, c, od, oh); channels_last_3d: over output rows of pixels (n, od, oh),
+// C innermost in x and out.
+template <Act A, class scalar_t>
+void apply3d_impl(const at::Tensor& x, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b, int64_t s,
+                  bool tri, const bias_act::Params<double>& params, at::Tensor& out, bool cl) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const Epi<A, scalar_t> f(params);
+  const int64_t N = x.size(0), C = x.size(1), D = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t OD = D * s, OH = H * s, OW = W * s, sn = x.stride(0), sc = x.stride(1);
+  const Up3<scalar_t> up(D, H, W, s, tri, x.stride(2), x.stride(3), x.stride(4));
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const opmath_t* mp = m.const_data_ptr<opmath_t>();
+  const opmath_t* ap = a.const_data_ptr<opmath_t>();
+  const opmath_t* bp = b.const_data_ptr<opmath_t>();
+  scalar_t* op = out.mutable_data_ptr<scalar_t>();
+  if (!cl) {
+    at::parallel_for(0, N * C * OD * OH, std::max<int64_t>(1, 4096 / OW), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t oh = r % OH, od = (r / OH) % OD, nc = r / (OH * OD);
+        const scalar_t* p = xp + (nc / C) * sn + (nc % C) * sc;
+        const opmath_t mv = mp[nc], av = ap[nc], bv = bp[nc];
+        scalar_t* d = op + r * OW;
+        for (int64_t ow = 0; ow < OW; ++ow) d[ow] = f(up(p, od, oh, ow), mv, av, bv);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, N * OD * OH, std::max<int64_t>(1, 4096 / (OW * C)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t oh = r % OH, od = (r / OH) % OD, n = r / (OH * OD);
+      const opmath_t* mr = mp + n * C;
+      const opmath_t* ar = ap + n * C;
+      const opmath_t* br = bp + n * C;
+      scalar_t* d = op + r * OW * C;
+      for (int64_t ow = 0; ow < OW; ++ow)
+        for (int64_t c = 0; c < C; ++c) d[ow * C + c] = f(up(xp + n * sn + c, od, oh, ow), mr[c], ar[c], br[c]);
+    }
+  });
+}
+
 at::Tensor apply_cpu(const at::Tensor& x_in, const at::Tensor& m, const at::Tensor& a, const at::Tensor& b,
                      int64_t scale,
                      c10::string_view mode_s, c10::string_view act_s, double alpha, double gain,
                      std::optional<double> clamp) {
   const auto [mode, act] = check_apply_args("upsample_norm_act", x_in, m, a, b, scale, mode_s, act_s, clamp);
+  if (x_in.dim() == 5) {
+    const bool cl = is_channels_last_3d(x_in);
+    const auto fmt = cl ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
+    const at::Tensor x = x_in.contiguous(fmt);
+    at::Tensor out = at::empty({x.size(0), x.size(1), x.size(2) * scale, x.size(3) * scale, x.size(4) * scale},
+                               x.options(), fmt);
+    if (out.numel() == 0) return out;
+    const at::Tensor mean_c = m.contiguous(), ac = a.contiguous(), bc = b.contiguous();
+    const auto params = make_params(alpha, gain, clamp);
+    const bool tri = mode == Mode::kBilinear && scale > 1;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upsample_norm_act3d_cpu", [&] {
+      dispatch_act(act, [&]<Act A>() { apply3d_impl<A, scalar_t>(x, mean_c, ac, bc, scale, tri, params, out, cl); });
+    });
+    return out;
+  }
   const bool cl = is_channels_last(x_in);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
