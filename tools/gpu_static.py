@@ -818,6 +818,33 @@ def _compare_other_triton(rows) -> list[str]:
     return lines
 
 
+def _proven_section(rows) -> list[str]:
+    """What a clean run of this check proves without a GPU, and what it cannot."""
+    import triton
+    n_derived = sum(1 for c, _, _ in rows if c.derived)
+    n_i64 = len({c.kernel for c, _, _ in rows if c.derived})
+    others = sorted(p.stem.removeprefix("gpu-static-triton-") for p in DOCS.glob("gpu-static-triton-*.csv"))
+    versions = " and ".join([triton.__version__] + [v for v in others if v != triton.__version__])
+    return [
+        "## What this proves without a GPU, and what it does not", "",
+        f"Proven, with triton {versions} (the GPU machines run 3.6.0; see the last section): every configuration "
+        "the launchers choose for the recorded op cases, on sm_80 and on sm_90, compiles with Triton's own compiler "
+        "and ptxas; none spills registers (fp64: at most 128 B); each fits the per-block shared memory of the arch "
+        "it was chosen for; every launch goes through `_launch.launch`, which keeps grid axes 1 and 2 within 65,535. "
+        f"The 64-bit-index branches ({n_i64} kernels have an `INT64` constexpr) are reached only by tensors past "
+        f"2^31 elements, which no case records: each recorded configuration with `INT64=False` is also compiled "
+        f"with `INT64=True` ({n_derived} rows marked `derived (INT64=True)` in the CSV), all other specialisations "
+        "unchanged (a real launch that large would also pass the element count, and maybe an outer stride, as an "
+        "i64 scalar: not modelled). The CUDA C++ kernels' ptxas allocation (registers, stack, static shared memory) "
+        "follows the same rule.", "",
+        "Not proven: that any kernel computes the right values on a GPU (the tests run them in the Triton "
+        "interpreter, which computes exactly where the GPU uses approximate exp / div / sqrt and TF32 tensor cores, "
+        "and runs programs one after another, so races and ordering between programs are never exercised); speed "
+        "(registers, occupancy and the roofline below are predictions, not measurements); shapes whose launcher "
+        "choices no case records (the cases cover every branch and tile the launchers choose for them, not every "
+        "shape); the CUDA C++ kernels' dynamic shared memory (sized at launch) and any runtime launch failure.", ""]
+
+
 def write_report(summary, cuda_rows, cuda_note, scope="the whole set"):
     """docs/gpu-static.md + docs/gpu-static.csv from a full run."""
     import triton
@@ -841,6 +868,7 @@ def write_report(summary, cuda_rows, cuda_note, scope="the whole set"):
          f"{SMEM_PER_BLOCK[90]:,} B on sm_90; every launched kernel recorded).", "",
          "Warps/SM is the occupancy the registers, shared memory and num_warps allow (65,536 registers, 64 warps, "
          "32 blocks per SM; 164 KiB / 228 KiB shared memory per SM with 1 KiB reserved per block).", ""]
+    L += _proven_section(rows)
     table = failure_table(summary)
     if table:
         L += ["## Violations", "", "```", table, "```", ""]
