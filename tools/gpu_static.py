@@ -79,6 +79,7 @@ class Config:
     cases: list = field(default_factory=list)  # "op: label" of the cases that launched it
     via: set = field(default_factory=set)  # "launch" (through _launch.launch) and/or "raw"
     derived: str = ""  # "" when a case launched it; else what was changed from a recorded one ("INT64=True")
+    commit: str = ""  # set when the result was reused from an earlier run's CSV (--reuse): that run's commit
 
     def key(self):
         return (self.kernel, self.arch, repr(sorted(self.signature.items())), repr(sorted(self.constexprs.items())),
@@ -937,12 +938,65 @@ def run_record_child(ops_filter, full, execute=False) -> dict:
     return data
 
 
+def _kernel_sources(module: str) -> list[str]:
+    """vkernels/triton files a kernel's module is built from: the module and what it imports from vkernels.triton,
+    transitively."""
+    todo, seen = [module.rsplit(".", 1)[1]], set()
+    while todo:
+        name = todo.pop()
+        path = ROOT / "vkernels" / "triton" / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen.add(name)
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("vkernels.triton"):
+                todo += [n.module.rsplit(".", 1)[1]] if n.module != "vkernels.triton" else [a.name for a in n.names]
+    return sorted(f"vkernels/triton/{n}.py" for n in seen)
+
+
+def reusable_results(spec: str) -> dict:
+    """`CSV[@commit]` -> {row key: (Result, commit)} of the rows that a compile now would repeat exactly: made with
+    this Triton, at a commit (the row's, or @commit for CSVs without a commit column) whose kernel sources (the
+    kernel's module and what it imports from vkernels.triton) equal the working tree's, and whose key is unique in
+    the CSV (the key leaves out divisibility attributes)."""
+    import triton
+    path, _, commit_all = spec.partition("@")
+    counts, rows = {}, []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            k = (r["kernel"], r["arch"], r["dtypes"], r["constexprs"], r["num_warps"], r["num_stages"])
+            counts[k] = counts.get(k, 0) + 1
+            rows.append((k, r))
+    same = {}
+    out = {}
+    for k, r in rows:
+        commit = commit_all or r.get("commit", "")
+        if counts[k] > 1 or r["triton"] != triton.__version__ or not commit or commit.endswith("+dirty"):
+            continue
+        module = r["kernel"].split(":")[0]
+        if (commit, module) not in same:
+            diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *_kernel_sources(module)], cwd=ROOT)
+            same[commit, module] = diff.returncode == 0
+        if same[commit, module]:
+            tc = r["tensor_cores"]
+            out[k] = (Result(ok=r["ok"] == "1", error=r["error"], regs=int(r["regs"]),
+                             spill_stores=int(r["spill_stores"]), spill_loads=int(r["spill_loads"]),
+                             stack=int(r["stack"]), shared=int(r["shared"]), mma=tc in ("mma", "wgmma"),
+                             wgmma=tc == "wgmma"), commit)
+    return out
+
+
+def _row_key(cfg) -> tuple:
+    return (cfg.kernel, f"sm_{cfg.arch}", cfg.types_text(), cfg.constexpr_text(), str(cfg.num_warps),
+            str(cfg.num_stages))
+
+
 def _op_matches(op: str, ops_filter: str) -> bool:
     return any(s in op for s in ops_filter.split(","))
 
 
 def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, csv_path=None, archs=ARCHS,
-          verbose=True, execute=False, merge=None):
+          verbose=True, execute=False, merge=None, reuse=None):
     """The whole check; returns a summary dict (rows, failures, timings). With `merge` (a CSV of an earlier whole-set
     run with this Triton), every op's cases are recorded, the kernels that the ops in `ops_filter` launch (or define)
     are compiled in every configuration any op launches, and the CSV's rows of all other kernels are kept."""
@@ -982,9 +1036,25 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
         print(f"recorded {n_recorded} configurations from {rec['n_cases']} cases x {len(ARCHS)} archs in "
               f"{t_rec:.0f} s, derived {len(derived)} with 64-bit indices on; compiling {len(configs)} with {jobs} "
               f"workers", file=sys.stderr)
+    old = reusable_results(reuse) if reuse else {}
+    keys = [_row_key(c) for c in configs]
+    counts = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    unique = {k for k, n in counts.items() if n == 1}
+    todo = [c for c, k in zip(configs, keys) if not (k in unique and k in old)]
+    if old and verbose:
+        print(f"reuse: {len(configs) - len(todo)} results taken from {reuse}, compiling {len(todo)}", file=sys.stderr)
     t1 = time.perf_counter()
-    results = compile_all(configs, jobs, progress=verbose)
+    compiled = dict(zip(map(id, todo), compile_all(todo, jobs, progress=verbose)))
     t_comp = time.perf_counter() - t1
+    results = []
+    for cfg, k in zip(configs, keys):
+        if id(cfg) in compiled:
+            results.append(compiled[id(cfg)])
+        else:
+            res, cfg.commit = old[k]
+            results.append(res)
     rows = [(cfg, res, violations(cfg, res)) for cfg, res in zip(configs, results)] + kept
     failures = [(cfg, bad) for cfg, _, bad in rows if bad]
     coverage = []
@@ -1106,6 +1176,10 @@ def main(argv=None):
                        help="with --ops: recompile only the kernels those ops launch (in every configuration any op "
                             "launches) and keep this whole-set CSV's rows of every other kernel (report: "
                             "docs/gpu-static.csv; triton 3.6: docs/gpu-static-triton-3.6.0.csv)")
+        s.add_argument("--reuse", metavar="CSV[@COMMIT]",
+                       help="take the result of a configuration from this CSV instead of compiling it when the row "
+                            "was made with this Triton from the same kernel sources (git diff of the kernel's files "
+                            "against the row's commit, or @COMMIT); such rows keep their commit in the CSV")
     r = sub.add_parser("_record")
     r.add_argument("--out", required=True)
     r.add_argument("--ops")
@@ -1138,7 +1212,7 @@ def main(argv=None):
             write_csv(summary["rows"], args.csv, summary["commit"])
     else:
         summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv,
-                        archs=archs, execute=args.execute, merge=args.merge)
+                        archs=archs, execute=args.execute, merge=args.merge, reuse=args.reuse)
     if args.save:
         with open(args.save, "wb") as f:
             pickle.dump({**summary, "failures": [], "rows": [(asdict(c), asdict(r), bad)
