@@ -140,3 +140,13 @@ Resource usage:
     assert len(verdicts[0]) == 1 and "512 B" in verdicts[0][0]  # fp64: over the 128 B allowance
     assert verdicts[1] == []
     assert len(verdicts[2]) == 2  # any stack in a non-fp64 kernel, and shared memory over sm_90's limit
+
+
+def test_reuse_compares_a_kernels_sources_with_what_it_imports():
+    """--reuse takes an earlier result only while the kernel's module and the vkernels.triton modules it imports
+    (shared @jit helpers) are unchanged: the list it diffs must follow the imports."""
+    gs = _tool()
+    files = gs._kernel_sources("vkernels.triton.norm_act_backward")
+    assert {"vkernels/triton/norm_act_backward.py", "vkernels/triton/bias_act.py",
+            "vkernels/triton/upsample_norm_act.py"} <= set(files)
+    assert "vkernels/triton/infonce_bank_loss.py" not in files
