@@ -491,8 +491,14 @@ def _ast_source(ASTSource, fn, signature, constexprs, attrs):
     return ASTSource(fn=fn, signature=signature, constants=constexprs, attrs=attrs)  # older spelling
 
 
-def compile_all(configs: list[Config], jobs: int, progress=True) -> list[Result]:
-    """Compile in `jobs` spawned workers with a fresh, empty Triton cache (no result is reused)."""
+def compile_all(configs: list[Config], jobs: int, progress=True, partial_csv=None, commit="") -> list[Result]:
+    """Compile in `jobs` spawned workers with a fresh, empty Triton cache (no result is reused). With partial_csv,
+    each result is also appended there as it comes (an interrupted run's work can be taken back with --reuse)."""
+    partial = None
+    if partial_csv:
+        partial = open(partial_csv, "w", newline="")
+        writer = csv.DictWriter(partial, fieldnames=CSV_FIELDS)
+        writer.writeheader()
     import multiprocessing as mp
     if not configs:
         return []
@@ -508,12 +514,17 @@ def compile_all(configs: list[Config], jobs: int, progress=True) -> list[Result]
                 for n, (i, r) in enumerate(pool.imap_unordered(_compile_indexed, [(i, configs[i]) for i in order],
                                                                chunksize=1), 1):
                     done[i] = r
+                    if partial:
+                        writer.writerow(csv_row(configs[i], r, violations(configs[i], r), commit))
+                        partial.flush()
                     if progress and (n % 25 == 0 or n == len(configs)):
                         print(f"  compiled {n}/{len(configs)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 out = [done[i] for i in range(len(configs))]
     finally:
         if env_interp is not None:
             os.environ["TRITON_INTERPRET"] = env_interp
+        if partial:
+            partial.close()
     return out
 
 
@@ -833,10 +844,12 @@ def _proven_section(rows) -> list[str]:
         "and ptxas; none spills registers (fp64: at most 128 B); each fits the per-block shared memory of the arch "
         "it was chosen for; every launch goes through `_launch.launch`, which keeps grid axes 1 and 2 within 65,535. "
         f"The 64-bit-index branches ({n_i64} kernels have an `INT64` constexpr) are reached only by tensors past "
-        f"2^31 elements, which no case records: each recorded configuration with `INT64=False` is also compiled "
-        f"with `INT64=True` ({n_derived} rows marked `derived (INT64=True)` in the CSV), all other specialisations "
-        "unchanged (a real launch that large would also pass the element count, and maybe an outer stride, as an "
-        "i64 scalar: not modelled). The CUDA C++ kernels' ptxas allocation (registers, stack, static shared memory) "
+        f"2^31 elements, which no case records: recorded configurations with `INT64=False` are compiled again with "
+        f"`INT64=True`, all other specialisations unchanged ({n_derived} rows marked `derived (INT64=True)` in the "
+        "CSV: per kernel x arch x dtype class, enough of them that every constexpr value, tile, num_warps and "
+        "num_stages is compiled with the flag on; `--derive-all` compiles every one). A real launch that large would "
+        "also pass the element count, and maybe an outer stride, as an i64 scalar: not modelled. The CUDA C++ "
+        "kernels' ptxas allocation (registers, stack, static shared memory) "
         "follows the same rule.", "",
         "Not proven: that any kernel computes the right values on a GPU (the tests run them in the Triton "
         "interpreter, which computes exactly where the GPU uses approximate exp / div / sqrt and TF32 tensor cores, "
@@ -996,7 +1009,7 @@ def _op_matches(op: str, ops_filter: str) -> bool:
 
 
 def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, csv_path=None, archs=ARCHS,
-          verbose=True, execute=False, merge=None, reuse=None):
+          verbose=True, execute=False, merge=None, reuse=None, derive_all=False, partial_csv=None):
     """The whole check; returns a summary dict (rows, failures, timings). With `merge` (a CSV of an earlier whole-set
     run with this Triton), every op's cases are recorded, the kernels that the ops in `ops_filter` launch (or define)
     are compiled in every configuration any op launches, and the CSV's rows of all other kernels are kept."""
@@ -1029,6 +1042,8 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
     n_recorded = len(configs)
     recorded = configs
     derived = derive_index64(recorded)
+    if not derive_all:  # the INT64 branch is index arithmetic: cover its values x tiles x warps, not every product
+        derived = ci_subset(derived)
     configs = recorded + derived
     if ci:
         configs = ci_subset(configs)
@@ -1046,7 +1061,8 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
     if old and verbose:
         print(f"reuse: {len(configs) - len(todo)} results taken from {reuse}, compiling {len(todo)}", file=sys.stderr)
     t1 = time.perf_counter()
-    compiled = dict(zip(map(id, todo), compile_all(todo, jobs, progress=verbose)))
+    compiled = dict(zip(map(id, todo), compile_all(todo, jobs, progress=verbose, partial_csv=partial_csv,
+                                                     commit=commit)))
     t_comp = time.perf_counter() - t1
     results = []
     for cfg, k in zip(configs, keys):
@@ -1176,6 +1192,11 @@ def main(argv=None):
                        help="with --ops: recompile only the kernels those ops launch (in every configuration any op "
                             "launches) and keep this whole-set CSV's rows of every other kernel (report: "
                             "docs/gpu-static.csv; triton 3.6: docs/gpu-static-triton-3.6.0.csv)")
+        s.add_argument("--derive-all", action="store_true",
+                       help="compile every recorded configuration again with its INT64 flag on (default: a subset "
+                            "covering every constexpr value, tile, num_warps and num_stages per kernel x arch x dtype "
+                            "class with it on)")
+        s.add_argument("--partial", metavar="CSV", help="append each result here as it comes (for --reuse)")
         s.add_argument("--reuse", metavar="CSV[@COMMIT]",
                        help="take the result of a configuration from this CSV instead of compiling it when the row "
                             "was made with this Triton from the same kernel sources (git diff of the kernel's files "
@@ -1212,7 +1233,8 @@ def main(argv=None):
             write_csv(summary["rows"], args.csv, summary["commit"])
     else:
         summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv,
-                        archs=archs, execute=args.execute, merge=args.merge, reuse=args.reuse)
+                        archs=archs, execute=args.execute, merge=args.merge, reuse=args.reuse,
+                        derive_all=args.derive_all, partial_csv=args.partial)
     if args.save:
         with open(args.save, "wb") as f:
             pickle.dump({**summary, "failures": [], "rows": [(asdict(c), asdict(r), bad)
