@@ -1016,8 +1016,9 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
     import triton
     base = []
     if merge:
-        if not ops_filter or kernels_filter or ci or not full or archs != ARCHS:
-            raise SystemExit("--merge takes --ops and the whole set of both archs (no --ci/--quick/--kernels/--arch)")
+        if not (ops_filter or kernels_filter) or ci or not full or archs != ARCHS:
+            raise SystemExit("--merge takes --ops and/or --kernels, and the whole set of both archs (no "
+                             "--ci/--quick/--arch)")
         base = read_csv(merge)
         versions = {v for _, _, v in base}
         if versions != {triton.__version__}:
@@ -1031,9 +1032,14 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
         configs = [c for c in configs if any(s in c.kernel for s in kernels_filter.split(","))]
     kept = []
     if merge:
-        redo = {c.kernel for c in configs if any(_op_matches(op, ops_filter) for op in c.ops())}
-        redo |= {c.kernel for c, _, _ in base if any(_op_matches(op, ops_filter) for op in c.ops())}
-        redo |= {k for k in launched_kernels() if _op_matches(k.split(":")[0].rsplit(".", 1)[1], ops_filter)}
+        if ops_filter:
+            redo = {c.kernel for c in configs if any(_op_matches(op, ops_filter) for op in c.ops())}
+            redo |= {c.kernel for c, _, _ in base if any(_op_matches(op, ops_filter) for op in c.ops())}
+            redo |= {k for k in launched_kernels() if _op_matches(k.split(":")[0].rsplit(".", 1)[1], ops_filter)}
+        else:
+            redo = {c.kernel for c in configs} | {c.kernel for c, _, _ in base} | set(launched_kernels())
+        if kernels_filter:
+            redo = {k for k in redo if any(s in k for s in kernels_filter.split(","))}
         configs = [c for c in configs if c.kernel in redo]
         kept = [(c, r, violations(c, r)) for c, r, _ in base if c.kernel not in redo]
         if verbose:
@@ -1219,8 +1225,9 @@ def main(argv=None):
         return 0
     cmd = args.cmd
     archs = tuple(int(a) for a in args.arch.split(","))
-    if cmd == "report" and (args.kernels or archs != ARCHS):
-        raise SystemExit("report covers every kernel of the ops run and both archs: no --kernels / --arch")
+    if cmd == "report" and ((args.kernels and not args.merge) or archs != ARCHS):
+        raise SystemExit("report covers every kernel of the ops run and both archs: no --kernels (but with --merge) "
+                         "/ --arch")
     full = not (args.quick or args.ci)
     if args.load:
         with open(args.load, "rb") as f:
@@ -1243,7 +1250,9 @@ def main(argv=None):
     if cmd == "report":
         scope = "the CI subset (`--ci`)" if args.ci else "the quick cases" if args.quick else "the whole set"
         if args.merge:
-            scope += (f" (the kernels of the ops {args.ops} compiled at {summary['commit']}, the rows of every other kernel "
+            what = " and ".join(x for x in (args.ops and f"the ops {args.ops}", args.kernels and
+                                              f"kernel names with {args.kernels}") if x)
+            scope += (f" (the kernels of {what} compiled at {summary['commit']}, the rows of every other kernel "
                       f"kept from the previous report: each row of the CSV names its commit)")
         elif args.ops:
             scope += f" of the ops {args.ops} only"

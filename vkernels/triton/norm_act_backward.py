@@ -16,7 +16,9 @@ fp64, and nothing of output size is ever written except dx's own plane:
 The activation derivative is bias_act's (_grad_x of vkernels/triton/bias_act.py), clamped elements get zero
 gradient exactly as bias_act_grad's x-ref mode does. fp64 tensors take alpha/gain/clamp from an fp64 tensor.
 Plane offsets are int64; the flat indices inside a plane are int32 unless one image of a tensor spans 2^31 elements
-or more (a channels_last row stride times the height can), then INT64 makes them int64. Grids are 1-D (N C planes).
+or more (a channels_last row stride times the height can): then INT64 carries each block's row and column in int32
+from block to block and forms the addresses with int64 strides (an int64 division would compile to a ptxas subroutine
+call that spills registers). Grids are 1-D (N C planes).
 """
 import torch
 import triton
@@ -60,6 +62,30 @@ def _w1(o, i, s, size, valid, F64: tl.constexpr):
 
 
 @triton.jit
+def _pos(start, r0, c0, n, width, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # Row, column and in-range mask of the flat plane indices start + [0, BLOCK) (n of them, width per row). INT64
+    # (n may pass int32): from the carried row r0 / column c0 of start (_advance), all in int32, since an int64
+    # division compiles to a ptxas subroutine call that spills; the products with (int64) strides carry the rest.
+    if INT64:
+        t = c0 + tl.arange(0, BLOCK)
+        row = r0 + t // width
+        col = t % width
+        mask = tl.cast(row, tl.int64) * width + col < n
+    else:
+        i = start + tl.arange(0, BLOCK)
+        row = i // width
+        col = i % width
+        mask = i < n
+    return row, col, mask
+
+
+@triton.jit
+def _advance(r0, c0, width, BLOCK: tl.constexpr):
+    c = c0 + BLOCK
+    return r0 + c // width, c % width
+
+
+@triton.jit
 def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, C, H, W, sn, sc, sh, sw, dsn, dsc,
                     dsh, dsw, osn, osc, osh, osw, s, post_mult, alpha, gain, clamp, scalars_ptr,
                     SCALARS_IN_TENSOR: tl.constexpr, BILINEAR: tl.constexpr, ACT: tl.constexpr,
@@ -78,19 +104,24 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     if INT64:
         OHW = tl.cast(OH, tl.int64) * OW
         HW = tl.cast(H, tl.int64) * W
+        sh = tl.cast(sh, tl.int64)
+        sw = tl.cast(sw, tl.int64)
+        dsh = tl.cast(dsh, tl.int64)
+        dsw = tl.cast(dsw, tl.int64)
+        osh = tl.cast(osh, tl.int64)
+        osw = tl.cast(osw, tl.int64)
     else:
         OHW = OH * OW
         HW = H * W
     if NEED_RED:
         s1 = tl.zeros([BLOCK], dtype=tl.float64)
         s2 = tl.zeros([BLOCK], dtype=tl.float64)
+        r0 = tl.full([], 0, tl.int32)
+        c0 = tl.full([], 0, tl.int32)
         for start in range(0, OHW, BLOCK):
-            i = start + tl.arange(0, BLOCK)
+            oh, ow, mask = _pos(start, r0, c0, OHW, OW, BLOCK, INT64)
             if INT64:
-                i = i.to(tl.int64)
-            mask = i < OHW
-            oh = i // OW
-            ow = i % OW
+                r0, c0 = _advance(r0, c0, OW, BLOCK)
             u = _up_value(x_ptr, xb, oh, ow, H, W, sh, sw, s, mask, BILINEAR, F64)
             dy = tl.load(dy_ptr + db_ + oh * dsh + ow * dsw, mask=mask, other=0.0).to(ct)
             d, xc = _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT, HAS_CLAMP, STATS)
@@ -102,13 +133,12 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     if NEED_DX:
         post = post_mult if STATS else av
         ob = n * osn + c * osc
+        r0 = tl.full([], 0, tl.int32)
+        c0 = tl.full([], 0, tl.int32)
         for start in range(0, HW, BLOCK):
-            i = start + tl.arange(0, BLOCK)
+            h, w, mask = _pos(start, r0, c0, HW, W, BLOCK, INT64)
             if INT64:
-                i = i.to(tl.int64)
-            mask = i < HW
-            h = i // W
-            w = i % W
+                r0, c0 = _advance(r0, c0, W, BLOCK)
             acc = tl.zeros([BLOCK], dtype=ct)
             if BILINEAR:
                 for dh in range(0, 3 * s):
@@ -153,13 +183,23 @@ def _spade_bwd_kernel(dx_ptr, dg_ptr, dt_ptr, s1_ptr, s2_ptr, dy_ptr, x_ptr, g_p
     rv = tl.load(r_ptr + g)
     a1 = tl.zeros([BLOCK], dtype=tl.float64)
     a2 = tl.zeros([BLOCK], dtype=tl.float64)
+    if INT64:
+        sy2 = tl.cast(sy2, tl.int64)
+        sy3 = tl.cast(sy3, tl.int64)
+        sx2 = tl.cast(sx2, tl.int64)
+        sx3 = tl.cast(sx3, tl.int64)
+        sg2 = tl.cast(sg2, tl.int64)
+        sg3 = tl.cast(sg3, tl.int64)
+        st2 = tl.cast(st2, tl.int64)
+        st3 = tl.cast(st3, tl.int64)
+        so2 = tl.cast(so2, tl.int64)
+        so3 = tl.cast(so3, tl.int64)
+    r0 = tl.full([], 0, tl.int32)
+    c0 = tl.full([], 0, tl.int32)
     for start in range(0, HW, BLOCK):
-        i = start + tl.arange(0, BLOCK)
+        h, w, mask = _pos(start, r0, c0, HW, W, BLOCK, INT64)
         if INT64:
-            i = i.to(tl.int64)
-        mask = i < HW
-        h = i // W
-        w = i % W
+            r0, c0 = _advance(r0, c0, W, BLOCK)
         dy = tl.load(dy_ptr + n * sy0 + c * sy1 + h * sy2 + w * sy3, mask=mask, other=0.0).to(ct)
         xv = tl.load(x_ptr + n * sx0 + c * sx1 + h * sx2 + w * sx3, mask=mask, other=0.0).to(ct)
         gv = tl.load(g_ptr + n * sg0 + c * sg1 + h * sg2 + w * sg3, mask=mask, other=0.0).to(ct)
