@@ -467,26 +467,23 @@ def test_backward_ops_match_composite(device, impl, mode, scale):
 
 
 @pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values == ("cpu", "triton")])
-@pytest.mark.parametrize("int64", [False, True], ids=["int32", "int64"])
-def test_triton_backward_small_blocks_and_int64_branch(device, impl, int64, monkeypatch):
-    """The Triton backward with 16-element blocks (a block spans rows, so the INT64 branch's carried row / column
-    advances across rows) and with the INT64 branch forced on small tensors (otherwise only tensors past 2^31
-    elements reach it), against the composite."""
+def test_triton_backward_int64_branch_small_blocks(device, impl, monkeypatch):
+    """The Triton backward with its INT64 branch forced on small tensors (otherwise only tensors past 2^31 elements
+    reach it) and 16-element blocks (a block spans rows: the carried row / column advances across them), against
+    the composite."""
     from vkernels.triton import norm_act_backward as nab
     monkeypatch.setattr(nab, "_block", lambda t, n, fp64_bilinear=False: 16)
-    if int64:
-        monkeypatch.setattr(nab, "_image_int64", lambda *tensors: True)
+    monkeypatch.setattr(nab, "_image_int64", lambda *tensors: True)
     apply_bwd, stats_bwd = _bwd_ops(impl)
-    for mode, scale, act, clamp in (("nearest", 2, "tanh", 0.8), ("bilinear", 2, "swish", None),
-                                    ("nearest", 1, "lrelu", None)):
-        dy, x, m, a, b = _bwd_inputs(2, 3, 5, 7, scale, torch.float32, device)
+    for mode, scale, act, clamp in (("nearest", 2, "tanh", 0.8), ("bilinear", 1, "swish", None)):
+        dy, x, m, a, b = _bwd_inputs(1, 2, 5, 7, scale, torch.float32, device)
         args = (scale, mode, act, 0.2, 1.4, clamp)
         ours = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
         lowp = apply_backward_composite(dy, x, m, a, b, *args, [True] * 4)
         orac = apply_backward_composite(dy.double(), x.double(), m.double(), a.double(), b.double(), *args, [True] * 4)
         for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
             check_close(o, lp, orc, o.dtype, f"apply {mode}/{scale}/{act} output {k}")
-        gm, gv, mean = (randn((3,), m.dtype, device) for _ in range(3))
+        gm, gv, mean = (randn((2,), m.dtype, device) for _ in range(3))
         o = stats_bwd(gm, gv, x, mean, scale, mode, False)
         lp = stats_backward_composite(gm, gv, x, mean, scale, mode, False)
         orc = stats_backward_composite(gm.double(), gv.double(), x.double(), mean.double(), scale, mode, False)

@@ -801,7 +801,16 @@ def _compare_other_triton(rows) -> list[str]:
             continue
         ver = other[0]["triton"]
         n_bad = sum(1 for r in other if r["violations"])
+        keys = {(r["kernel"], r["arch"], r["dtypes"], r["constexprs"], r["num_warps"], r["num_stages"])
+                for r in other}
+        absent = [k for k in mine if k not in keys]
+        names = sorted({k[0].split(":")[1] for k in absent})
         lines += [f"### Triton {ver} (`{path.relative_to(ROOT)}`)", "",
+                  f"It holds {len(mine) - len(absent)} of this report's {len(mine)} configurations"
+                  + (f"; the other {len(absent)} (of {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}) "
+                     f"were not compiled with {ver} (an interrupted run: `run --reuse` on this CSV completes it, "
+                     "see docs/performance.md)." if absent else ".")
+                  + f" Commits of its rows: {', '.join(sorted({r.get('commit') or '?' for r in other}))}.", "",
                   f"{len(other)} compiles: {sum(1 for r in other if r['ok'] == '0')} errors, "
                   f"{sum(1 for r in other if int(r['spill_stores']) + int(r['spill_loads']) > 0)} spilling, "
                   f"{sum(1 for r in other if int(r['shared']) > SMEM_PER_BLOCK[int(r['arch'][3:])])} over shared "
