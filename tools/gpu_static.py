@@ -1074,7 +1074,9 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
         print(f"recorded {n_recorded} configurations from {rec['n_cases']} cases x {len(ARCHS)} archs in "
               f"{t_rec:.0f} s, derived {len(derived)} with 64-bit indices on; compiling {len(configs)} with {jobs} "
               f"workers", file=sys.stderr)
-    old = reusable_results(reuse) if reuse else {}
+    old = {}
+    for spec in (reuse.split(",") if reuse else []):  # the first CSV that has a configuration wins
+        old = {**reusable_results(spec), **old}
     keys = [_row_key(c) for c in configs]
     counts = {}
     for k in keys:
@@ -1220,7 +1222,7 @@ def main(argv=None):
                             "covering every constexpr value, tile, num_warps and num_stages per kernel x arch x dtype "
                             "class with it on)")
         s.add_argument("--partial", metavar="CSV", help="append each result here as it comes (for --reuse)")
-        s.add_argument("--reuse", metavar="CSV[@COMMIT]",
+        s.add_argument("--reuse", metavar="CSV[@COMMIT][,CSV...]",
                        help="take the result of a configuration from this CSV instead of compiling it when the row "
                             "was made with this Triton from the same kernel sources (git diff of the kernel's files "
                             "against the row's commit, or @COMMIT); such rows keep their commit in the CSV")
