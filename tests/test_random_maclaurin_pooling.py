@@ -112,6 +112,18 @@ def test_routes_agree_and_tiles(device, impl):
         torch.testing.assert_close(rmp(x, y, w1, w2, route, impl).cpu(), want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values == ("cpu", "triton")])
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_gpu_tiles_in_the_interpreter(device, impl, arch):
+    """The tiles the launchers choose for a GPU of `arch` (_launch.tune_for: 64-row tiles, 16- to 64-column, K 16 or
+    32; 16-bit inputs get their own on sm_80), run in the interpreter: the project and saved routes, forward and
+    backward, bf16, ragged in D, HW and C."""
+    from vkernels.triton import _launch
+    with _launch.tune_for(arch):
+        for route in ("project", "saved"):
+            run_case(device, impl, route, torch.bfloat16, 2, 20, 18, 3, 7, 70)
+
+
 @pytest.mark.parametrize("same", [False, True], ids=["xy", "y_is_x"])
 def test_saved_backward_tiles_and_masks(same):
     """The CPU saved-projection backward past one D tile (B HW = 1800 -> 256-row tiles, D = 600: 3 tiles, the last

@@ -192,6 +192,24 @@ def test_backward_op_matches_composite(device, impl, act):
             check_close(o, lp, orc, o.dtype, f"{act}/{dtype} output {k}")
 
 
+@pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values == ("cpu", "triton")])
+def test_triton_backward_int64_branch_small_blocks(device, impl, monkeypatch):
+    """The Triton backward with its INT64 branch forced on small tensors (otherwise only tensors past 2^31 elements
+    reach it) and 16-element blocks (a block spans rows of the 5 x 7 planes), against the composite."""
+    from vkernels.triton import spade_norm_act as kernels
+    monkeypatch.setattr(kernels, "plane_block", lambda t, n, fp64_bilinear=False: 16)
+    monkeypatch.setattr(kernels, "image_int64", lambda *tensors: True)
+    op = _bwd_op(impl)
+    dy, x, m, r, g, b = _bwd_inputs((1, 2, 5, 7), torch.float32, device)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    args = ("tanh", 0.2, 1.3, 0.9)
+    ours = op(cl(dy), x, m, r, g, cl(b), *args, [True] * 5)
+    lowp = backward_composite(dy, x, m, r, g, b, *args, [True] * 5)
+    orac = backward_composite(*(t.double() for t in (dy, x, m, r, g, b)), *args, [True] * 5)
+    for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
+        check_close(o, lp, orc, o.dtype, f"output {k}")
+
+
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_backward_op_masks_empty_opcheck(device, impl):
     op = _bwd_op(impl)

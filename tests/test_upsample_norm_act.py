@@ -539,6 +539,30 @@ def test_backward_ops_match_composite(device, impl, mode, scale, ndim):
             check_close(o, lp, orc, dtype, f"stats {mode}/{scale}/{dtype}/{per_sample}")
 
 
+@pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values == ("cpu", "triton")])
+def test_triton_backward_int64_branch_small_blocks(device, impl, monkeypatch):
+    """The Triton backward with its INT64 branch forced on small tensors (otherwise only tensors past 2^31 elements
+    reach it) and 16-element blocks (a block spans rows: the carried row / column advances across them), against
+    the composite."""
+    from vkernels.triton import upsample_norm_act_backward as kernels
+    monkeypatch.setattr(kernels, "plane_block", lambda t, n, fp64_bilinear=False: 16)
+    monkeypatch.setattr(kernels, "image_int64", lambda *tensors: True)
+    apply_bwd, stats_bwd = _bwd_ops(impl)
+    for mode, scale, act, clamp in (("nearest", 2, "tanh", 0.8), ("bilinear", 1, "swish", None)):
+        dy, x, m, a, b = _bwd_inputs(1, 2, 5, 7, scale, dtype=torch.float32, device=device)
+        args = (scale, mode, act, 0.2, 1.4, clamp)
+        ours = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
+        lowp = apply_backward_composite(dy, x, m, a, b, *args, [True] * 4)
+        orac = apply_backward_composite(dy.double(), x.double(), m.double(), a.double(), b.double(), *args, [True] * 4)
+        for k, (o, lp, orc) in enumerate(zip(ours, lowp, orac)):
+            check_close(o, lp, orc, o.dtype, f"apply {mode}/{scale}/{act} output {k}")
+        gm, gv, mean = (randn((2,), m.dtype, device) for _ in range(3))
+        o = stats_bwd(gm, gv, x, mean, scale, mode, False)
+        lp = stats_backward_composite(gm, gv, x, mean, scale, mode, False)
+        orc = stats_backward_composite(gm.double(), gv.double(), x.double(), mean.double(), scale, mode, False)
+        check_close(o, lp, orc, torch.float32, f"stats {mode}/{scale}")
+
+
 @interp5()
 @pytest.mark.parametrize("device,impl", IMPLS)
 @pytest.mark.parametrize("ndim", NDIMS)

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,11 @@ SMEM_RESERVED_PER_BLOCK = 1024  # the driver's per-block reservation on sm_80+
 REGS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM, REG_ALLOC_UNIT = 65_536, 64, 32, 256
 FP64_SPILL_LIMIT = 128
 _FLOAT_CLASS = {"fp64": "fp64", "fp32": "fp32", "fp16": "16bit", "bf16": "16bit"}
+# Constexpr flags that switch a kernel's index arithmetic to 64 bits. Launchers set them only for tensors past 2^31
+# elements, which no recorded case has, so every recorded configuration with one off is also compiled with it on
+# (a "derived" configuration). Names with "64" must match one of these two patterns (tests/test_gpu_static.py).
+INDEX64_RE = re.compile(r"^(INT64|I64|IDX64|INDEX64|OFFS64|USE_INT64|NEED_INT64|BIG|BIG_INDEX|LARGE|LARGE_INDEX)$")
+FLOAT64_RE = re.compile(r"^(F64|FP64|IS_F64|IS_FP64|DOUBLE)$")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,6 +78,8 @@ class Config:
     declared: list = field(default_factory=list)  # paths of the tl.constexpr parameters (others: ints == 1)
     cases: list = field(default_factory=list)  # "op: label" of the cases that launched it
     via: set = field(default_factory=set)  # "launch" (through _launch.launch) and/or "raw"
+    derived: str = ""  # "" when a case launched it; else what was changed from a recorded one ("INT64=True")
+    commit: str = ""  # set when the result was reused from an earlier run's CSV (--reuse): that run's commit
 
     def key(self):
         return (self.kernel, self.arch, repr(sorted(self.signature.items())), repr(sorted(self.constexprs.items())),
@@ -83,8 +90,12 @@ class Config:
         return self.kernel.split(":")[1]
 
     def dtype_class(self):
-        """fp64, fp32 or 16bit: the type of the first floating-point pointer argument (by the kernels' convention
-        the output or the main input; scalar, filter and accumulator pointers come later)."""
+        """16bit when any pointer argument is fp16/bf16 (16-bit data, whatever the accumulators: random_maclaurin's
+        kernels take fp32 weights first), else fp64 or fp32: the type of the first floating-point pointer argument
+        (by the kernels' convention the output or the main input; scalar, filter and accumulator pointers come
+        later)."""
+        if any(isinstance(t, str) and t[1:] in ("fp16", "bf16") for t in self.signature.values()):
+            return "16bit"
         for t in self.signature.values():
             if isinstance(t, str) and t[1:] in _FLOAT_CLASS:
                 return _FLOAT_CLASS[t[1:]]
@@ -101,6 +112,19 @@ class Config:
         if declared_only or not ones:
             return " ".join(parts)
         return " ".join(parts) + " | " + " ".join(ones)
+
+    def param_name(self, path) -> str:
+        names = list(self.signature)
+        return names[path[0]] if len(path) == 1 and path[0] < len(names) else str(path)
+
+    def index64_paths(self) -> list:
+        return [tuple(p) for p in self.declared if INDEX64_RE.match(self.param_name(tuple(p)))]
+
+    def origin(self) -> str:
+        return f"derived ({self.derived})" if self.derived else "recorded"
+
+    def ops(self) -> list[str]:
+        return sorted({c.split(":")[0] for c in self.cases})
 
     def types_text(self):
         return ",".join(sorted({t[1:] for t in self.signature.values() if isinstance(t, str) and t.startswith("*")}))
@@ -123,6 +147,66 @@ class Result:
     @property
     def spills(self):
         return self.spill_stores + self.spill_loads
+
+
+@dataclass
+class SavedConfig:
+    """A compiled configuration read back from a report CSV: what the report and the rules need (not enough to
+    compile it again). `--merge` keeps these rows for the kernels a run does not recompile."""
+    kernel: str
+    arch: int
+    dtypes: str
+    constexprs: str
+    num_warps: int
+    num_stages: int
+    dclass: str
+    op_names: list
+    cases: list
+    derived: str
+    commit: str
+
+    name = Config.name
+    origin = Config.origin
+
+    def types_text(self):
+        return self.dtypes
+
+    def constexpr_text(self, declared_only=False):
+        return self.constexprs.split(" | ")[0] if declared_only else self.constexprs
+
+    def dtype_class(self):
+        return self.dclass
+
+    def ops(self):
+        return list(self.op_names)
+
+    def index64_paths(self):
+        return []
+
+
+def read_csv(path) -> list[tuple]:
+    """(SavedConfig, Result) for every row of a CSV written by write_csv."""
+    rows = []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            missing = {"dtype_class", "ops", "commit", "origin"} - set(r)
+            if missing:
+                raise SystemExit(f"{path}: no column(s) {sorted(missing)}; written by an older gpu_static, rerun the "
+                                 f"whole set")
+            origin = r["origin"]
+            cfg = SavedConfig(kernel=r["kernel"], arch=int(r["arch"].removeprefix("sm_")), dtypes=r["dtypes"],
+                              constexprs=r["constexprs"], num_warps=int(r["num_warps"]),
+                              num_stages=int(r["num_stages"]), dclass=r["dtype_class"],
+                              op_names=[o for o in r["ops"].split(";") if o],
+                              cases=[c for c in r["cases"].split("; ") if c],
+                              derived=origin[len("derived ("):-1] if origin.startswith("derived") else "",
+                              commit=r["commit"])
+            tc = r["tensor_cores"]
+            res = Result(ok=r["ok"] == "1", error=r["error"], regs=int(r["regs"]),
+                         spill_stores=int(r["spill_stores"]), spill_loads=int(r["spill_loads"]), stack=int(r["stack"]),
+                         shared=int(r["shared"]), mma=tc in ("mma", "wgmma"), wgmma=tc == "wgmma")
+            rows.append((cfg, res, r["triton"]))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,6 +341,55 @@ def record(ops_filter: str | None, full: bool, execute: bool = False) -> dict:
             "n_cases": len(cases)}
 
 
+def derive_index64(configs: list[Config]) -> list[Config]:
+    """For every configuration with 64-bit-index constexprs (INDEX64_RE) off, the same configuration with them on:
+    what the launcher would launch for the same dtypes, options and tiles on tensors past 2^31 elements. Every other
+    specialisation is kept as recorded; a real launch that large would also pass its element count (and maybe an
+    outer stride) as an i64 scalar instead of i32, which this does not model. Configurations a case recorded are not
+    repeated."""
+    seen = {c.key() for c in configs}
+    out = []
+    for cfg in configs:
+        off = [p for p in cfg.index64_paths() if cfg.constexprs.get(p) in (False, 0)]
+        if not off:
+            continue
+        new = replace(cfg, constexprs={**cfg.constexprs, **{p: True for p in off}}, cases=list(cfg.cases),
+                      via=set(cfg.via), derived=" ".join(f"{cfg.param_name(p)}=True" for p in off))
+        if new.key() not in seen:
+            seen.add(new.key())
+            out.append(new)
+    return out
+
+
+def index64_gaps(recorded: list[Config], compiled: list[Config]) -> list[str]:
+    """kernel x arch x dtype class groups (of the recorded ones) with a 64-bit-index constexpr that no compiled
+    configuration turns on."""
+    on = {(c.kernel, c.arch, c.dtype_class(), p) for c in compiled for p in c.index64_paths() if c.constexprs.get(p)}
+    gaps = []
+    for c in recorded:
+        for p in c.index64_paths():
+            if (c.kernel, c.arch, c.dtype_class(), p) not in on:
+                gaps.append(f"{c.kernel} sm_{c.arch} {c.dtype_class()}: {c.param_name(p)}=True compiled by no "
+                            f"configuration")
+                on.add((c.kernel, c.arch, c.dtype_class(), p))
+    return gaps
+
+
+def index64_params() -> dict:
+    """module:kernel -> names of its 64-bit-index constexpr parameters, for every launched kernel (from the source)."""
+    out = {}
+    launched = launched_kernels()
+    for path in sorted((ROOT / "vkernels" / "triton").glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text())):
+            key = f"vkernels.triton.{path.stem}:{getattr(n, 'name', '')}"
+            if isinstance(n, ast.FunctionDef) and key in launched:
+                names = [a.arg for a in n.args.args if a.annotation is not None
+                         and ast.unparse(a.annotation).endswith("constexpr") and INDEX64_RE.match(a.arg)]
+                if names:
+                    out[key] = names
+    return out
+
+
 def launched_kernels() -> dict:
     """module:name of every @triton.jit function in vkernels/triton that a launcher launches (kernel[grid](...) or
     launch(kernel, ...)), found in the source: the kernels the cases must cover."""
@@ -358,8 +491,14 @@ def _ast_source(ASTSource, fn, signature, constexprs, attrs):
     return ASTSource(fn=fn, signature=signature, constants=constexprs, attrs=attrs)  # older spelling
 
 
-def compile_all(configs: list[Config], jobs: int, progress=True) -> list[Result]:
-    """Compile in `jobs` spawned workers with a fresh, empty Triton cache (no result is reused)."""
+def compile_all(configs: list[Config], jobs: int, progress=True, partial_csv=None, commit="") -> list[Result]:
+    """Compile in `jobs` spawned workers with a fresh, empty Triton cache (no result is reused). With partial_csv,
+    each result is also appended there as it comes (an interrupted run's work can be taken back with --reuse)."""
+    partial = None
+    if partial_csv:
+        partial = open(partial_csv, "w", newline="")
+        writer = csv.DictWriter(partial, fieldnames=CSV_FIELDS)
+        writer.writeheader()
     import multiprocessing as mp
     if not configs:
         return []
@@ -375,12 +514,17 @@ def compile_all(configs: list[Config], jobs: int, progress=True) -> list[Result]
                 for n, (i, r) in enumerate(pool.imap_unordered(_compile_indexed, [(i, configs[i]) for i in order],
                                                                chunksize=1), 1):
                     done[i] = r
+                    if partial:
+                        writer.writerow(csv_row(configs[i], r, violations(configs[i], r), commit))
+                        partial.flush()
                     if progress and (n % 25 == 0 or n == len(configs)):
                         print(f"  compiled {n}/{len(configs)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
                 out = [done[i] for i in range(len(configs))]
     finally:
         if env_interp is not None:
             os.environ["TRITON_INTERPRET"] = env_interp
+        if partial:
+            partial.close()
     return out
 
 
@@ -582,8 +726,8 @@ def roofline_rows(rows) -> tuple[list[dict], list[str]]:
     tc = {}
     for cfg, res, _ in rows:
         if cfg.arch == 90 and res.ok:
-            for case in cfg.cases:
-                key = (case.split(":")[0], cfg.dtype_class())
+            for op in cfg.ops():
+                key = (op, cfg.dtype_class())
                 tc[key] = tc.get(key, False) or res.mma
     out, notes = [], []
     for op in HEADLINE_OPS:
@@ -626,12 +770,22 @@ def _per_kernel(rows):
     return agg
 
 
+_HEAD = []
+
+
 def _git_head():
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        return "?"
+    """The short commit hash of the kernels and cases compiled, with "+dirty" when vkernels/ or tests/ have
+    uncommitted changes."""
+    if not _HEAD:
+        try:
+            head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                  text=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "vkernels", "tests"], cwd=ROOT,
+                                   capture_output=True, text=True).stdout.strip()
+            _HEAD.append(head + ("+dirty" if dirty else ""))
+        except OSError:
+            _HEAD.append("?")
+    return _HEAD[0]
 
 
 def _compare_other_triton(rows) -> list[str]:
@@ -647,7 +801,16 @@ def _compare_other_triton(rows) -> list[str]:
             continue
         ver = other[0]["triton"]
         n_bad = sum(1 for r in other if r["violations"])
+        keys = {(r["kernel"], r["arch"], r["dtypes"], r["constexprs"], r["num_warps"], r["num_stages"])
+                for r in other}
+        absent = [k for k in mine if k not in keys]
+        names = sorted({k[0].split(":")[1] for k in absent})
         lines += [f"### Triton {ver} (`{path.relative_to(ROOT)}`)", "",
+                  f"It holds {len(mine) - len(absent)} of this report's {len(mine)} configurations"
+                  + (f"; the other {len(absent)} (of {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}) "
+                     f"were not compiled with {ver} (an interrupted run: `run --reuse` on this CSV completes it, "
+                     "see docs/performance.md)." if absent else ".")
+                  + f" Commits of its rows: {', '.join(sorted({r.get('commit') or '?' for r in other}))}.", "",
                   f"{len(other)} compiles: {sum(1 for r in other if r['ok'] == '0')} errors, "
                   f"{sum(1 for r in other if int(r['spill_stores']) + int(r['spill_loads']) > 0)} spilling, "
                   f"{sum(1 for r in other if int(r['shared']) > SMEM_PER_BLOCK[int(r['arch'][3:])])} over shared "
@@ -676,18 +839,55 @@ def _compare_other_triton(rows) -> list[str]:
     return lines
 
 
+def _proven_section(rows) -> list[str]:
+    """What a clean run of this check proves without a GPU, and what it cannot."""
+    import triton
+    n_derived = sum(1 for c, _, _ in rows if c.derived)
+    n_i64 = len({c.kernel for c, _, _ in rows if c.derived})
+    mine = {_row_key(c) for c, _, _ in rows}
+    versions = [f"triton {triton.__version__} for all {len(mine)} distinct configurations ({len(rows)} compiles)"]
+    for path in sorted(DOCS.glob("gpu-static-triton-*.csv")):
+        with open(path) as f:
+            other = list(csv.DictReader(f))
+        if other and other[0]["triton"] != triton.__version__:
+            theirs = {(r["kernel"], r["arch"], r["dtypes"], r["constexprs"], r["num_warps"], r["num_stages"])
+                      for r in other}
+            n = sum(1 for k in mine if k in theirs)
+            versions.append(f"triton {other[0]['triton']} for {n} of them")
+    return [
+        "## What this proves without a GPU, and what it does not", "",
+        f"Proven, with {' and '.join(versions)} (the GPU machines run 3.6.0; see the last section): every configuration "
+        "the launchers choose for the recorded op cases, on sm_80 and on sm_90, compiles with Triton's own compiler "
+        "and ptxas; none spills registers (fp64: at most 128 B); each fits the per-block shared memory of the arch "
+        "it was chosen for; every launch goes through `_launch.launch`, which keeps grid axes 1 and 2 within 65,535. "
+        f"The 64-bit-index branches ({n_i64} kernels have an `INT64` constexpr) are reached only by tensors past "
+        f"2^31 elements, which no case records: recorded configurations with `INT64=False` are compiled again with "
+        f"`INT64=True`, all other specialisations unchanged ({n_derived} rows marked `derived (INT64=True)` in the "
+        "CSV: per kernel x arch x dtype class, enough of them that every constexpr value, tile, num_warps and "
+        "num_stages is compiled with the flag on; `--derive-all` compiles every one). A real launch that large would "
+        "also pass the element count, and maybe an outer stride, as an i64 scalar: not modelled. The CUDA C++ "
+        "kernels' ptxas allocation (registers, stack, static shared memory) "
+        "follows the same rule.", "",
+        "Not proven: that any kernel computes the right values on a GPU (the tests run them in the Triton "
+        "interpreter, which computes exactly where the GPU uses approximate exp / div / sqrt and TF32 tensor cores, "
+        "and runs programs one after another, so races and ordering between programs are never exercised); speed "
+        "(registers, occupancy and the roofline below are predictions, not measurements); shapes whose launcher "
+        "choices no case records (the cases cover every branch and tile the launchers choose for them, not every "
+        "shape); the CUDA C++ kernels' dynamic shared memory (sized at launch) and any runtime launch failure.", ""]
+
+
 def write_report(summary, cuda_rows, cuda_note, scope="the whole set"):
     """docs/gpu-static.md + docs/gpu-static.csv from a full run."""
     import triton
     DOCS.mkdir(exist_ok=True)
     rows = summary["rows"]
-    write_csv(rows, DOCS / "gpu-static.csv")
+    write_csv(rows, DOCS / "gpu-static.csv", summary["commit"])
     agg = _per_kernel(rows)
     n_err = sum(1 for _, r, _ in rows if not r.ok)
     n_spill = sum(1 for _, r, _ in rows if r.ok and r.spills)
     n_smem = sum(1 for c, r, _ in rows if r.ok and r.shared > SMEM_PER_BLOCK[c.arch])
     L = ["# Static GPU report", "",
-         f"Generated by `python tools/gpu_static.py report` (`make gpu-static`) at commit {_git_head()} with triton "
+         f"Generated by `python tools/gpu_static.py report` (`make gpu-static`) at commit {summary['commit']} with triton "
          f"{triton.__version__}, over {scope}, without a GPU: {summary['n_cases']} op cases were run through the Triton "
          f"interpreter with the launchers tuned for sm_80 and sm_90, every launch specialised by Triton's CUDA "
          f"binder, and each distinct configuration compiled for its arch (ptxas from Triton's bundle). Every "
@@ -699,6 +899,7 @@ def write_report(summary, cuda_rows, cuda_note, scope="the whole set"):
          f"{SMEM_PER_BLOCK[90]:,} B on sm_90; every launched kernel recorded).", "",
          "Warps/SM is the occupancy the registers, shared memory and num_warps allow (65,536 registers, 64 warps, "
          "32 blocks per SM; 164 KiB / 228 KiB shared memory per SM with 1 KiB reserved per block).", ""]
+    L += _proven_section(rows)
     table = failure_table(summary)
     if table:
         L += ["## Violations", "", "```", table, "```", ""]
@@ -767,41 +968,150 @@ def run_record_child(ops_filter, full, execute=False) -> dict:
     return data
 
 
+def _kernel_sources(module: str) -> list[str]:
+    """vkernels/triton files a kernel's module is built from: the module and what it imports from vkernels.triton,
+    transitively."""
+    todo, seen = [module.rsplit(".", 1)[1]], set()
+    while todo:
+        name = todo.pop()
+        path = ROOT / "vkernels" / "triton" / f"{name}.py"
+        if name in seen or not path.exists():
+            continue
+        seen.add(name)
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("vkernels.triton"):
+                todo += [n.module.rsplit(".", 1)[1]] if n.module != "vkernels.triton" else [a.name for a in n.names]
+    return sorted(f"vkernels/triton/{n}.py" for n in seen)
+
+
+def reusable_results(spec: str) -> dict:
+    """`CSV[@commit]` -> {row key: (Result, commit)} of the rows that a compile now would repeat exactly: made with
+    this Triton, at a commit (the row's, or @commit for CSVs without a commit column) whose kernel sources (the
+    kernel's module and what it imports from vkernels.triton) equal the working tree's, and whose key is unique in
+    the CSV (the key leaves out divisibility attributes)."""
+    import triton
+    path, _, commit_all = spec.partition("@")
+    counts, rows = {}, []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            k = (r["kernel"], r["arch"], r["dtypes"], r["constexprs"], r["num_warps"], r["num_stages"])
+            counts[k] = counts.get(k, 0) + 1
+            rows.append((k, r))
+    same = {}
+    out = {}
+    for k, r in rows:
+        commit = commit_all or r.get("commit", "")
+        if counts[k] > 1 or r["triton"] != triton.__version__ or not commit or commit.endswith("+dirty"):
+            continue
+        module = r["kernel"].split(":")[0]
+        if (commit, module) not in same:
+            diff = subprocess.run(["git", "diff", "--quiet", commit, "--", *_kernel_sources(module)], cwd=ROOT)
+            same[commit, module] = diff.returncode == 0
+        if same[commit, module]:
+            tc = r["tensor_cores"]
+            out[k] = (Result(ok=r["ok"] == "1", error=r["error"], regs=int(r["regs"]),
+                             spill_stores=int(r["spill_stores"]), spill_loads=int(r["spill_loads"]),
+                             stack=int(r["stack"]), shared=int(r["shared"]), mma=tc in ("mma", "wgmma"),
+                             wgmma=tc == "wgmma"), commit)
+    return out
+
+
+def _row_key(cfg) -> tuple:
+    return (cfg.kernel, f"sm_{cfg.arch}", cfg.types_text(), cfg.constexpr_text(), str(cfg.num_warps),
+            str(cfg.num_stages))
+
+
+def _op_matches(op: str, ops_filter: str) -> bool:
+    return any(s in op for s in ops_filter.split(","))
+
+
 def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, csv_path=None, archs=ARCHS,
-          verbose=True, execute=False):
-    """The whole check; returns a summary dict (rows, failures, timings)."""
+          verbose=True, execute=False, merge=None, reuse=None, derive_all=False, partial_csv=None):
+    """The whole check; returns a summary dict (rows, failures, timings). With `merge` (a CSV of an earlier whole-set
+    run with this Triton), every op's cases are recorded, the kernels that the ops in `ops_filter` launch (or define)
+    are compiled in every configuration any op launches, and the CSV's rows of all other kernels are kept."""
+    import triton
+    base = []
+    if merge:
+        if not (ops_filter or kernels_filter) or ci or not full or archs != ARCHS:
+            raise SystemExit("--merge takes --ops and/or --kernels, and the whole set of both archs (no "
+                             "--ci/--quick/--arch)")
+        base = read_csv(merge)
+        versions = {v for _, _, v in base}
+        if versions != {triton.__version__}:
+            raise SystemExit(f"{merge} was made with triton {sorted(versions)}, this is {triton.__version__}")
+    commit = _git_head()
     t0 = time.perf_counter()
-    rec = run_record_child(ops_filter, full, execute)
+    rec = run_record_child(None if merge else ops_filter, full, execute)
     t_rec = time.perf_counter() - t0
     configs = [c for c in rec["configs"] if c.arch in archs]
     if kernels_filter:
         configs = [c for c in configs if any(s in c.kernel for s in kernels_filter.split(","))]
+    kept = []
+    if merge:
+        if ops_filter:
+            redo = {c.kernel for c in configs if any(_op_matches(op, ops_filter) for op in c.ops())}
+            redo |= {c.kernel for c, _, _ in base if any(_op_matches(op, ops_filter) for op in c.ops())}
+            redo |= {k for k in launched_kernels() if _op_matches(k.split(":")[0].rsplit(".", 1)[1], ops_filter)}
+        else:
+            redo = {c.kernel for c in configs} | {c.kernel for c, _, _ in base} | set(launched_kernels())
+        if kernels_filter:
+            redo = {k for k in redo if any(s in k for s in kernels_filter.split(","))}
+        configs = [c for c in configs if c.kernel in redo]
+        kept = [(c, r, violations(c, r)) for c, r, _ in base if c.kernel not in redo]
+        if verbose:
+            print(f"merge: recompiling {len(redo)} kernels ({', '.join(sorted(k.split(':')[1] for k in redo))}), "
+                  f"keeping {len(kept)} rows of {merge}", file=sys.stderr)
     n_recorded = len(configs)
+    recorded = configs
+    derived = derive_index64(recorded)
+    if not derive_all:  # the INT64 branch is index arithmetic: cover its values x tiles x warps, not every product
+        derived = ci_subset(derived)
+    configs = recorded + derived
     if ci:
         configs = ci_subset(configs)
     if verbose:
         print(f"recorded {n_recorded} configurations from {rec['n_cases']} cases x {len(ARCHS)} archs in "
-              f"{t_rec:.0f} s; compiling {len(configs)} with {jobs} workers", file=sys.stderr)
+              f"{t_rec:.0f} s, derived {len(derived)} with 64-bit indices on; compiling {len(configs)} with {jobs} "
+              f"workers", file=sys.stderr)
+    old = {}
+    for spec in (reuse.split(",") if reuse else []):  # the first CSV that has a configuration wins
+        old = {**reusable_results(spec), **old}
+    keys = [_row_key(c) for c in configs]
+    counts = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    unique = {k for k, n in counts.items() if n == 1}
+    todo = [c for c, k in zip(configs, keys) if not (k in unique and k in old)]
+    if old and verbose:
+        print(f"reuse: {len(configs) - len(todo)} results taken from {reuse}, compiling {len(todo)}", file=sys.stderr)
     t1 = time.perf_counter()
-    results = compile_all(configs, jobs, progress=verbose)
+    compiled = dict(zip(map(id, todo), compile_all(todo, jobs, progress=verbose, partial_csv=partial_csv,
+                                                     commit=commit)))
     t_comp = time.perf_counter() - t1
-    rows, failures = [], []
-    for cfg, res in zip(configs, results):
-        bad = violations(cfg, res)
-        rows.append((cfg, res, bad))
-        if bad:
-            failures.append((cfg, bad))
+    results = []
+    for cfg, k in zip(configs, keys):
+        if id(cfg) in compiled:
+            results.append(compiled[id(cfg)])
+        else:
+            res, cfg.commit = old[k]
+            results.append(res)
+    rows = [(cfg, res, violations(cfg, res)) for cfg, res in zip(configs, results)] + kept
+    failures = [(cfg, bad) for cfg, _, bad in rows if bad]
     coverage = []
-    if not ops_filter and not kernels_filter:
+    whole = merge or not (ops_filter or kernels_filter)
+    if whole:
         seen = {c.kernel for c in rec["configs"]}
         coverage = [k for k in launched_kernels() if k not in seen]
     raw = sorted({c.name for c in rec["configs"] if "raw" in c.via})
-    cuda_rows, cuda_note = ([], "filtered run") if ops_filter or kernels_filter else cuda_resources()
-    summary = dict(rows=rows, failures=failures, coverage=coverage, case_errors=rec["case_errors"],
+    cuda_rows, cuda_note = cuda_resources() if whole else ([], "filtered run")
+    summary = dict(rows=rows, failures=failures, coverage=coverage, index64=index64_gaps(recorded, configs),
+                   case_errors=rec["case_errors"],
                    grid_errors=rec["grid_errors"], raw=raw, n_recorded=n_recorded, t_record=t_rec,
-                   t_compile=t_comp, n_cases=rec["n_cases"], cuda=cuda_rows, cuda_note=cuda_note)
+                   t_compile=t_comp, n_cases=rec["n_cases"], cuda=cuda_rows, cuda_note=cuda_note,
+                   merged=f"{len(kept)} rows of {Path(merge).name}" if merge else "", commit=commit)
     if csv_path:
-        write_csv(rows, csv_path)
+        write_csv(rows, csv_path, summary["commit"])
     return summary
 
 
@@ -813,6 +1123,8 @@ def failure_table(summary, raw_is_failure=False) -> str:
                          f"stages={cfg.num_stages}  {b}\n        {cfg.constexpr_text(declared_only=True)}")
     for k in summary["coverage"]:
         lines.append(f"  {k}: launched by a launcher but recorded by no case (add a gpu_static_cases entry)")
+    for gap in summary.get("index64", []):
+        lines.append(f"  {gap}")
     for arch, case, err in summary["case_errors"]:
         lines.append(f"  sm_{arch} case '{case}' failed: {err}")
     for name, case, grid in summary["grid_errors"]:
@@ -827,17 +1139,18 @@ def failure_table(summary, raw_is_failure=False) -> str:
 
 
 def n_failures(summary, raw_is_failure=False) -> int:
-    return (sum(len(b) for _, b in summary["failures"]) + len(summary["coverage"]) + len(summary["case_errors"])
+    return (sum(len(b) for _, b in summary["failures"]) + len(summary["coverage"]) + len(summary.get("index64", []))
+            + len(summary["case_errors"])
             + len(summary["grid_errors"]) + (len(summary["raw"]) if raw_is_failure else 0)
             + sum(len(cuda_violations(r)) for r in summary.get("cuda", [])))
 
 
 CSV_FIELDS = ["kernel", "arch", "dtypes", "constexprs", "num_warps", "num_stages", "ok", "regs", "spill_stores",
               "spill_loads", "stack", "shared", "warps_per_sm", "tensor_cores", "violations", "triton", "error",
-              "cases"]
+              "origin", "dtype_class", "commit", "ops", "cases"]
 
 
-def csv_row(cfg: Config, res: Result, bad: list[str]) -> dict:
+def csv_row(cfg: Config, res: Result, bad: list[str], commit: str) -> dict:
     import triton
     tc = "wgmma" if res.wgmma else ("mma" if res.mma else "no")
     return dict(kernel=cfg.kernel, arch=f"sm_{cfg.arch}", dtypes=cfg.types_text(), constexprs=cfg.constexpr_text(),
@@ -845,16 +1158,20 @@ def csv_row(cfg: Config, res: Result, bad: list[str]) -> dict:
                 spill_stores=res.spill_stores, spill_loads=res.spill_loads, stack=res.stack, shared=res.shared,
                 warps_per_sm=occupancy(res.regs, res.shared, cfg.num_warps, cfg.arch) if res.ok else 0,
                 tensor_cores=tc if res.ok else "", violations="; ".join(bad), triton=triton.__version__,
-                error=res.error.splitlines()[0][:200] if res.error else "", cases="; ".join(cfg.cases[:3]))
+                error=res.error.splitlines()[0][:200] if res.error else "", origin=cfg.origin(),
+                dtype_class=cfg.dtype_class(), commit=getattr(cfg, "commit", None) or commit,
+                ops=";".join(cfg.ops()), cases="; ".join(cfg.cases[:3]))
 
 
-def write_csv(rows, path):
+def write_csv(rows, path, commit):
+    """One row per compile; `commit` is the commit of the kernels and cases the run compiled (rows kept by --merge
+    carry their own)."""
     rows = sorted(rows, key=lambda r: (r[0].kernel, r[0].arch, r[0].types_text(), r[0].constexpr_text()))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for cfg, res, bad in rows:
-            w.writerow(csv_row(cfg, res, bad))
+            w.writerow(csv_row(cfg, res, bad, commit))
 
 
 def print_summary(summary, raw_is_failure=False):
@@ -896,6 +1213,19 @@ def main(argv=None):
         s.add_argument("--save", help="pickle the run's results here (for report --load)")
         s.add_argument("--load", help="report from a run saved with --save instead of running")
         s.add_argument("--strict-launch", action="store_true", help="fail on launches outside _launch.launch")
+        s.add_argument("--merge", metavar="CSV",
+                       help="with --ops: recompile only the kernels those ops launch (in every configuration any op "
+                            "launches) and keep this whole-set CSV's rows of every other kernel (report: "
+                            "docs/gpu-static.csv; triton 3.6: docs/gpu-static-triton-3.6.0.csv)")
+        s.add_argument("--derive-all", action="store_true",
+                       help="compile every recorded configuration again with its INT64 flag on (default: a subset "
+                            "covering every constexpr value, tile, num_warps and num_stages per kernel x arch x dtype "
+                            "class with it on)")
+        s.add_argument("--partial", metavar="CSV", help="append each result here as it comes (for --reuse)")
+        s.add_argument("--reuse", metavar="CSV[@COMMIT][,CSV...]",
+                       help="take the result of a configuration from this CSV instead of compiling it when the row "
+                            "was made with this Triton from the same kernel sources (git diff of the kernel's files "
+                            "against the row's commit, or @COMMIT); such rows keep their commit in the CSV")
     r = sub.add_parser("_record")
     r.add_argument("--out", required=True)
     r.add_argument("--ops")
@@ -914,20 +1244,23 @@ def main(argv=None):
         return 0
     cmd = args.cmd
     archs = tuple(int(a) for a in args.arch.split(","))
-    if cmd == "report" and (args.kernels or archs != ARCHS):
-        raise SystemExit("report covers every kernel of the ops run and both archs: no --kernels / --arch")
+    if cmd == "report" and ((args.kernels and not args.merge) or archs != ARCHS):
+        raise SystemExit("report covers every kernel of the ops run and both archs: no --kernels (but with --merge) "
+                         "/ --arch")
     full = not (args.quick or args.ci)
     if args.load:
         with open(args.load, "rb") as f:
             summary = pickle.load(f)
-        rows = [(Config(**c), Result(**r)) for c, r, _ in summary["rows"]]
+        rows = [((SavedConfig if "dclass" in c else Config)(**c), Result(**r)) for c, r, _ in summary["rows"]]
         summary["rows"] = [(c, r, violations(c, r)) for c, r in rows]  # today's rules
         summary["failures"] = [(c, bad) for c, _, bad in summary["rows"] if bad]
+        summary.setdefault("commit", "?")
         if args.csv:
-            write_csv(summary["rows"], args.csv)
+            write_csv(summary["rows"], args.csv, summary["commit"])
     else:
         summary = check(args.ops, args.kernels, full=full, ci=args.ci, jobs=args.jobs, csv_path=args.csv,
-                        archs=archs, execute=args.execute)
+                        archs=archs, execute=args.execute, merge=args.merge, reuse=args.reuse,
+                        derive_all=args.derive_all, partial_csv=args.partial)
     if args.save:
         with open(args.save, "wb") as f:
             pickle.dump({**summary, "failures": [], "rows": [(asdict(c), asdict(r), bad)
@@ -935,7 +1268,12 @@ def main(argv=None):
     print_summary(summary, args.strict_launch)
     if cmd == "report":
         scope = "the CI subset (`--ci`)" if args.ci else "the quick cases" if args.quick else "the whole set"
-        if args.ops:
+        if args.merge:
+            what = " and ".join(x for x in (args.ops and f"launched by the ops {args.ops}", args.kernels and
+                                              f"matching {args.kernels}") if x)
+            scope += (f" (the kernels {what} compiled at {summary['commit']}, the rows of every other kernel "
+                      f"kept from the previous report: each row of the CSV names its commit)")
+        elif args.ops:
             scope += f" of the ops {args.ops} only"
         write_report(summary, summary["cuda"], summary["cuda_note"], scope)
         print(f"wrote {DOCS / 'gpu-static.md'} and {DOCS / 'gpu-static.csv'}")

@@ -71,12 +71,28 @@ def upsampled_value3d(x_ptr, base, od, oh, ow, D, H, W, sd, sh, sw, s, mask, TRI
 
 
 @triton.jit
-def plane_coords(start, n, W, BLOCK: tl.constexpr, INT64: tl.constexpr):
+def plane_coords(start, r0, c0, n, W, BLOCK: tl.constexpr, INT64: tl.constexpr):
     # (row, column, in-range mask) of the BLOCK elements from flat index `start` of a plane of n elements, W a row.
-    i = start + tl.arange(0, BLOCK)
+    # INT64 (n may pass int32): from the row r0 / column c0 of start carried by plane_advance, in int32, because an
+    # int64 division compiles to a ptxas subroutine call that spills; the int64 strides carry the addresses.
     if INT64:
-        i = i.to(tl.int64)
-    return i // W, i % W, i < n
+        t = c0 + tl.arange(0, BLOCK)
+        row = r0 + t // W
+        col = t % W
+        mask = tl.cast(row, tl.int64) * W + col < n
+    else:
+        i = start + tl.arange(0, BLOCK)
+        row = i // W
+        col = i % W
+        mask = i < n
+    return row, col, mask
+
+
+@triton.jit
+def plane_advance(r0, c0, W, BLOCK: tl.constexpr):
+    # The row and column of the flat index BLOCK past (r0, c0).
+    c = c0 + BLOCK
+    return r0 + c // W, c % W
 
 
 @triton.jit

@@ -153,24 +153,31 @@ def _precision(dtype):
 # sm_80: what compiled without spills and within shared memory (registers and shared memory per configuration are in
 # the commit messages). "tf32" and "tf32x3" share them; tf32x3 holds three operand splits in registers, hence 8 warps
 # for fp32. sm_80's mma.sync keeps dot operands in registers (sm_90's wgmma reads them from shared memory): smaller
-# K / N blocks there; dw keeps K = 16 on sm_90 too (triton 3.6 spilled its tf32x3 tile at K = 32). The interpreter
-# runs programs one after another: big tiles keep CI fast; tl.dot needs every dim >= 16.
+# K / N blocks there; dw keeps K = 16 on sm_90 too (triton 3.6 spilled its tf32x3 tile at K = 32). 16-bit inputs
+# (converted to fp32 tiles in registers) get their own entries where they need less: proj on sm_80 keeps 64 rows
+# but 16 columns (triton 3.6 spilled the 64 x 32 tile with fp16/bf16 inputs). The interpreter runs programs one after
+# another: big tiles keep CI fast; tl.dot needs every dim >= 16.
 _INTERPRET_TILES = (32, 32, 32, 4, 1)
 _FP64 = (32, 32, 16, 4, 2)
 _TILES = {
     90: {"gram": (64, 64, 32, 8, 3), "proj": (64, 64, 16, 8, 3), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 16, 8, 3)},
     80: {"gram": (64, 32, 16, 8, 3), "proj": (64, 32, 16, 8, 2), "dg": (64, 64, 32, 8, 3), "dw": (64, 64, 16, 8, 3)},
 }
+_TILES_16BIT = {90: {}, 80: {"proj": (64, 16, 16, 8, 2)}}
 
 
-def _config(kernel, device, acc):
-    """(BD, BN, BK, num_warps, num_stages) of `kernel` for this device (target(device): interpreter or GPU)."""
+def _config(kernel, device, dtype):
+    """(BD, BN, BK, num_warps, num_stages) of `kernel` on `dtype` inputs for this device (target(device): interpreter
+    or GPU)."""
     tgt = target(device)
     if tgt.interpret:
         return _INTERPRET_TILES
-    if acc == torch.float64:
+    if dtype == torch.float64:
         return _FP64
-    return _TILES[80 if tgt.arch < 90 else 90][kernel]
+    arch = 80 if tgt.arch < 90 else 90
+    if dtype in (torch.float16, torch.bfloat16) and kernel in _TILES_16BIT[arch]:
+        return _TILES_16BIT[arch][kernel]
+    return _TILES[arch][kernel]
 
 
 def _images_per_split(B, tiles, sms):
@@ -204,6 +211,7 @@ class _Call:
 
     def __init__(self, x, y, w1, w2):
         self.acc = _acc(x.dtype)
+        self.dtype = x.dtype
         self.B, self.C1 = x.shape[:2]
         self.sym = y is None
         self.C2 = self.C1 if self.sym else y.shape[1]
@@ -214,7 +222,7 @@ class _Call:
         self.device = x.device
 
     def config(self, kernel):
-        return _config(kernel, self.device, self.acc)
+        return _config(kernel, self.device, self.dtype)
 
     def project_forward(self, x, y, out, proj=None):
         """The project route's forward into out (B, D); with proj (2, D, B, HW), also its tiles of W1 X_b, W2 Y_b."""

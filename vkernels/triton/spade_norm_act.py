@@ -7,7 +7,9 @@ statistics are upsample_norm_act_stats' (scale 1).
   and the plane's fp64 sums of dz (1 + gamma) and dz (1 + gamma) (x - m), in a fixed order (deterministic). Clamped
   elements get zero gradient, as bias_act_grad's x-ref mode.
 fp64 tensors take alpha/gain/clamp from an fp64 tensor. Plane offsets are int64; the flat indices inside a plane
-are int32 unless one image of a tensor spans 2^31 elements or more, then INT64 makes them int64.
+are int32 unless one image of a tensor spans 2^31 elements or more: then INT64 carries each block's row and column
+in int32 from block to block and forms the addresses with int64 strides (an int64 division would compile to a
+ptxas subroutine call that spills registers).
 """
 import torch
 import triton
@@ -18,7 +20,7 @@ from vkernels.triton._activation import ACT_IDS, act_gain_clamp, act_gain_clamp_
 from vkernels.triton._dtypes import acc_type
 from vkernels.triton._elementwise import block_offsets, elementwise_block
 from vkernels.triton._norm_act import (device_of, empty_in_format, image_int64, is_channels_last, nchw_of,
-                                       plane_block, plane_coords, plane_of_program, scalar_args, scalar_values)
+                                       plane_advance, plane_block, plane_coords, plane_of_program, scalar_args, scalar_values)
 
 
 @triton.jit
@@ -53,8 +55,23 @@ def _spade_bwd_kernel(dx_ptr, dg_ptr, dt_ptr, s1_ptr, s2_ptr, dy_ptr, x_ptr, g_p
     rv = tl.load(r_ptr + g)
     a1 = tl.zeros([BLOCK], dtype=tl.float64)
     a2 = tl.zeros([BLOCK], dtype=tl.float64)
+    if INT64:
+        sy2 = tl.cast(sy2, tl.int64)
+        sy3 = tl.cast(sy3, tl.int64)
+        sx2 = tl.cast(sx2, tl.int64)
+        sx3 = tl.cast(sx3, tl.int64)
+        sg2 = tl.cast(sg2, tl.int64)
+        sg3 = tl.cast(sg3, tl.int64)
+        st2 = tl.cast(st2, tl.int64)
+        st3 = tl.cast(st3, tl.int64)
+        so2 = tl.cast(so2, tl.int64)
+        so3 = tl.cast(so3, tl.int64)
+    r0 = tl.full([], 0, tl.int32)
+    c0 = tl.full([], 0, tl.int32)
     for start in range(0, HW, BLOCK):
-        h, w, mask = plane_coords(start, HW, W, BLOCK, INT64)
+        h, w, mask = plane_coords(start, r0, c0, HW, W, BLOCK, INT64)
+        if INT64:
+            r0, c0 = plane_advance(r0, c0, W, BLOCK)
         dy = tl.load(dy_ptr + n * sy0 + c * sy1 + h * sy2 + w * sy3, mask=mask, other=0.0).to(ct)
         xv = tl.load(x_ptr + n * sx0 + c * sx1 + h * sx2 + w * sx3, mask=mask, other=0.0).to(ct)
         gv = tl.load(g_ptr + n * sg0 + c * sg1 + h * sg2 + w * sg3, mask=mask, other=0.0).to(ct)

@@ -15,7 +15,9 @@ fp64, and nothing of output size is ever written except dx's own plane:
 The activation derivative is bias_act's (act_gain_clamp_grad of vkernels/triton/_activation.py), clamped elements
 get zero gradient exactly as bias_act_grad's x-ref mode does. fp64 tensors take alpha/gain/clamp from an fp64 tensor.
 Plane offsets are int64; the flat indices inside a plane are int32 unless one image of a tensor spans 2^31 elements
-or more (a channels_last row stride times the height can), then INT64 makes them int64. Grids are 1-D (N C planes).
+or more (a channels_last row stride times the height can): then INT64 carries each block's row and column in int32
+from block to block and forms the addresses with int64 strides (an int64 division would compile to a ptxas subroutine
+call that spills registers). Grids are 1-D (N C planes).
 """
 import torch
 import triton
@@ -25,7 +27,7 @@ from vkernels.triton import _launch
 from vkernels.triton._activation import ACT_IDS, act_gain_clamp_grad
 from vkernels.triton._dtypes import acc_type
 from vkernels.triton._norm_act import (device_of, empty_in_format, image_int64, linear_source, plane_block,
-                                       plane_coords, plane_of_program, scalar_args, scalar_values, upsampled_value,
+                                       plane_advance, plane_coords, plane_of_program, scalar_args, scalar_values, upsampled_value,
                                        upsampled_value3d)
 
 
@@ -68,14 +70,24 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     if INT64:
         OHW = tl.cast(OH, tl.int64) * OW
         HW = tl.cast(H, tl.int64) * W
+        sh = tl.cast(sh, tl.int64)
+        sw = tl.cast(sw, tl.int64)
+        dsh = tl.cast(dsh, tl.int64)
+        dsw = tl.cast(dsw, tl.int64)
+        osh = tl.cast(osh, tl.int64)
+        osw = tl.cast(osw, tl.int64)
     else:
         OHW = OH * OW
         HW = H * W
     if NEED_RED:
         s1 = tl.zeros([BLOCK], dtype=tl.float64)
         s2 = tl.zeros([BLOCK], dtype=tl.float64)
+        r0 = tl.full([], 0, tl.int32)
+        c0 = tl.full([], 0, tl.int32)
         for start in range(0, OHW, BLOCK):
-            oh, ow, mask = plane_coords(start, OHW, OW, BLOCK, INT64)
+            oh, ow, mask = plane_coords(start, r0, c0, OHW, OW, BLOCK, INT64)
+            if INT64:
+                r0, c0 = plane_advance(r0, c0, OW, BLOCK)
             u = upsampled_value(x_ptr, xb, oh, ow, H, W, sh, sw, s, mask, BILINEAR)
             dy = tl.load(dy_ptr + db_ + oh * dsh + ow * dsw, mask=mask, other=0.0).to(ct)
             d, xc = _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT, HAS_CLAMP, STATS)
@@ -87,8 +99,12 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
     if NEED_DX:
         post = post_mult if STATS else av
         ob = n * osn + c * osc
+        r0 = tl.full([], 0, tl.int32)
+        c0 = tl.full([], 0, tl.int32)
         for start in range(0, HW, BLOCK):
-            h, w, mask = plane_coords(start, HW, W, BLOCK, INT64)
+            h, w, mask = plane_coords(start, r0, c0, HW, W, BLOCK, INT64)
+            if INT64:
+                r0, c0 = plane_advance(r0, c0, W, BLOCK)
             acc = tl.zeros([BLOCK], dtype=ct)
             if BILINEAR:
                 for dh in range(0, 3 * s):
