@@ -11,6 +11,8 @@ upsample_norm_act_backward.py): the same split as the C++ kernels (ops/upsample_
 Upsampling on the fly and the fp64 scalars are vkernels/triton/_norm_act.py's (shared with spade_norm_act).
 Divisions (bilinear weights, means) are div.full.f32 on the GPU, at most 2 ulp (see vkernels/triton/_math.py).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -154,14 +156,13 @@ def stats(x, scale, mode, per_sample):
     """Mean and biased variance of up(x) per channel (per (n, c) with per_sample): each group's values are cut into
     chunks, one program per (group, chunk) with its exact two-pass mean and squared deviations, combined in a fixed
     order (Chan et al.'s pairwise formula): batch norm (C groups of N H W s^2 values) gets enough programs to fill
-    the GPU instead of C programs scanning everything twice. 5-D x: trilinear through _stats3d; nearest through
-    the 4-D pass on the (N, C, D*H, W) view (the statistics of x itself)."""
-    if x.ndim == 5:
-        if mode == "trilinear" and scale > 1:
-            return _stats3d(x, scale, per_sample)
+    the GPU instead of C programs scanning everything twice. 5-D x: trilinear through _stats3d_kernel; nearest
+    through the 4-D kernel on the (N, C, D*H, W) view (the statistics of x itself)."""
+    tri = x.ndim == 5 and mode == "trilinear" and scale > 1
+    if x.ndim == 5 and not tri:
         x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], x.shape[4])
         mode, scale = "nearest", 1
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     ct = acc_dtype(x.dtype)
     shape = (N, C) if per_sample else (C,)
     mean = torch.empty(shape, dtype=ct, device=x.device)
@@ -170,10 +171,10 @@ def stats(x, scale, mode, per_sample):
         return mean, var
     if x.numel() == 0:
         return mean.fill_(float("nan")), var.fill_(float("nan"))
-    bil = mode == "bilinear" and scale > 1
+    bil = tri or (mode == "bilinear" and scale > 1)
     s = scale if bil else 1  # nearest: the statistics of x are those of up(x)
     groups = N * C if per_sample else C
-    total = (1 if per_sample else N) * H * W * s * s
+    total = (1 if per_sample else N) * math.prod(x.shape[2:]) * s ** (x.ndim - 2)
     t = _launch.target(x.device)
     block, chunk = _stats_sizes(t, groups, total)
     n_chunks = triton.cdiv(total, chunk)
@@ -181,47 +182,15 @@ def stats(x, scale, mode, per_sample):
     pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
     extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
     big = max(total + chunk, extent) + block >= 2**31
+    n_per = 1 if per_sample else N
     with device_of(x):
-        _launch.launch(_stats_kernel, (groups, n_chunks), x, pm, pm2, C, H, W, *x.stride(), s,
-                       1 if per_sample else N, chunk, n_chunks, BILINEAR=bil, PER_SAMPLE=per_sample,
-                       BLOCK=block, INT64=big, num_warps=4)
-    if n_chunks == 1:
-        mean.copy_(pm.view(shape))
-        var.copy_((pm2 / total).view(shape))
-        return mean, var
-    cnt = torch.full((n_chunks,), float(chunk), dtype=torch.float64, device=x.device)
-    cnt[-1] = total - chunk * (n_chunks - 1)
-    pm, pm2 = pm.double(), pm2.double()
-    mu = (pm * cnt).sum(1) / total
-    m2 = pm2.sum(1) + (cnt * (pm - mu[:, None]) ** 2).sum(1)
-    mean.copy_(mu.view(shape))
-    var.copy_((m2 / total).view(shape))
-    return mean, var
-
-def _stats3d(x, scale, per_sample):
-    """stats() of 5-D x with trilinear upsampling by scale > 1: the same chunks and combination, the 3-D kernel."""
-    N, C, D, H, W = x.shape
-    ct = acc_dtype(x.dtype)
-    shape = (N, C) if per_sample else (C,)
-    mean = torch.empty(shape, dtype=ct, device=x.device)
-    var = torch.empty(shape, dtype=ct, device=x.device)
-    if mean.numel() == 0:
-        return mean, var
-    if x.numel() == 0:
-        return mean.fill_(float("nan")), var.fill_(float("nan"))
-    groups = N * C if per_sample else C
-    total = (1 if per_sample else N) * D * H * W * scale ** 3
-    t = _launch.target(x.device)
-    block, chunk = _stats_sizes(t, groups, total)
-    n_chunks = triton.cdiv(total, chunk)
-    pm = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
-    pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
-    extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
-    big = max(total + chunk, extent) + block >= 2**31
-    with device_of(x):
-        _launch.launch(_stats3d_kernel, (groups, n_chunks), x, pm, pm2, C, D, H, W, *x.stride(), scale,
-                       1 if per_sample else N, chunk, n_chunks, PER_SAMPLE=per_sample, BLOCK=block, INT64=big,
-                       num_warps=4)
+        if tri:
+            _launch.launch(_stats3d_kernel, (groups, n_chunks), x, pm, pm2, C, *x.shape[2:], *x.stride(), s, n_per,
+                           chunk, n_chunks, PER_SAMPLE=per_sample, BLOCK=block, INT64=big, num_warps=4)
+        else:
+            _launch.launch(_stats_kernel, (groups, n_chunks), x, pm, pm2, C, *x.shape[2:], *x.stride(), s, n_per,
+                           chunk, n_chunks, BILINEAR=bil, PER_SAMPLE=per_sample, BLOCK=block, INT64=big,
+                           num_warps=4)
     if n_chunks == 1:
         mean.copy_(pm.view(shape))
         var.copy_((pm2 / total).view(shape))
