@@ -291,8 +291,10 @@ def test_torch_compile_fullgraph(device, impl, route):
     torch.testing.assert_close(got, want)
     got.square().sum().backward()
     want.square().sum().backward()
-    torch.testing.assert_close(xs.grad, xe.grad)
-    torch.testing.assert_close(ys.grad, ye.grad)
+    # A bin that is exactly 0 (no pair hashes to it, or its pairs are all zero after the ReLU) gives the signed
+    # square root a NaN slope in both paths: compile must reproduce those NaNs where eager has them.
+    torch.testing.assert_close(xs.grad, xe.grad, equal_nan=True)
+    torch.testing.assert_close(ys.grad, ye.grad, equal_nan=True)
 
 
 def test_auto_is_the_cpu_kernel():
