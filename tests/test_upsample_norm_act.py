@@ -543,13 +543,14 @@ def test_backward_ops_match_composite(device, impl, mode, scale, ndim):
 def test_triton_backward_int64_branch_small_blocks(device, impl, monkeypatch):
     """The Triton backward with its INT64 branch forced on small tensors (otherwise only tensors past 2^31 elements
     reach it) and 16-element blocks (a block spans rows: the carried row / column advances across them), against
-    the composite."""
+    the composite. 5-D: the volume walked as (slice, offset) with the slice carried across blocks."""
     from vkernels.triton import upsample_norm_act_backward as kernels
     monkeypatch.setattr(kernels, "plane_block", lambda t, n, fp64_bilinear=False: 16)
     monkeypatch.setattr(kernels, "image_int64", lambda *tensors: True)
     apply_bwd, stats_bwd = _bwd_ops(impl)
-    for mode, scale, act, clamp in (("nearest", 2, "tanh", 0.8), ("bilinear", 1, "swish", None)):
-        dy, x, m, a, b = _bwd_inputs(1, 2, 5, 7, scale, dtype=torch.float32, device=device)
+    for spatial, mode, scale, act, clamp in (((5, 7), "nearest", 2, "tanh", 0.8), ((5, 7), "bilinear", 1, "swish", None),
+                                             ((2, 3, 5), "trilinear", 2, "tanh", 0.8)):
+        dy, x, m, a, b = _bwd_inputs(1, 2, *spatial, scale, dtype=torch.float32, device=device)
         args = (scale, mode, act, 0.2, 1.4, clamp)
         ours = apply_bwd(dy, x, m, a, b, *args, [True] * 4)
         lowp = apply_backward_composite(dy, x, m, a, b, *args, [True] * 4)

@@ -159,26 +159,34 @@ def _adjoint3d_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr
     OD = D * s
     OH = H * s
     OW = W * s
+    # A volume is walked as (slice, offset in slice) through plane_coords: one slice stays below 2^31 (the launcher
+    # checks), so INT64 needs no int64 division, only int64 strides and totals.
+    OHW = OH * OW
+    HW = H * W
     if INT64:
-        OHW = tl.cast(OH, tl.int64) * OW
-        ODHW = OD * OHW
-        HW = tl.cast(H, tl.int64) * W
-        DHW = D * HW
+        ODHW = tl.cast(OD, tl.int64) * OHW
+        DHW = tl.cast(D, tl.int64) * HW
+        sd = tl.cast(sd, tl.int64)
+        sh = tl.cast(sh, tl.int64)
+        sw = tl.cast(sw, tl.int64)
+        dsd = tl.cast(dsd, tl.int64)
+        dsh = tl.cast(dsh, tl.int64)
+        dsw = tl.cast(dsw, tl.int64)
+        osd = tl.cast(osd, tl.int64)
+        osh = tl.cast(osh, tl.int64)
+        osw = tl.cast(osw, tl.int64)
     else:
-        OHW = OH * OW
         ODHW = OD * OHW
-        HW = H * W
         DHW = D * HW
     if NEED_RED:
         s1 = tl.zeros([RBLOCK], dtype=tl.float64)
         s2 = tl.zeros([RBLOCK], dtype=tl.float64)
+        r0 = tl.full([], 0, tl.int32)
+        c0 = tl.full([], 0, tl.int32)
         for start in range(0, ODHW, RBLOCK):
-            i = start + tl.arange(0, RBLOCK)
+            od, r, mask = plane_coords(start, r0, c0, ODHW, OHW, RBLOCK, INT64)
             if INT64:
-                i = i.to(tl.int64)
-            mask = i < ODHW
-            od = i // OHW
-            r = i % OHW
+                r0, c0 = plane_advance(r0, c0, OHW, RBLOCK)
             oh = r // OW
             ow = r % OW
             u = upsampled_value3d(x_ptr, xb, od, oh, ow, D, H, W, sd, sh, sw, s, mask, TRILINEAR)
@@ -199,13 +207,13 @@ def _adjoint3d_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr
         kd = (k // (span * span))[None, :]
         kin = (k < span * span * span)[None, :]
         lo = s // 2 if TRILINEAR else 0
+        r0 = tl.full([], 0, tl.int32)
+        c0 = tl.full([], 0, tl.int32)
         for start in range(0, DHW, BLOCK):
-            i = start + tl.arange(0, BLOCK)
+            dd, r, mask = plane_coords(start, r0, c0, DHW, HW, BLOCK, INT64)
             if INT64:
-                i = i.to(tl.int64)
-            mask = i < DHW
-            d_ = (i // HW)[:, None]
-            r = i % HW
+                r0, c0 = plane_advance(r0, c0, HW, BLOCK)
+            d_ = dd[:, None]
             h = (r // W)[:, None]
             w = (r % W)[:, None]
             od = d_ * s - lo + kd
@@ -230,7 +238,7 @@ def _adjoint3d_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr
                 dy = tl.load(dy_ptr + db_ + od * dsd + oh * dsh + ow * dsw, mask=m2, other=0.0).to(ct)
                 dz, xc = _dz(dy, u, mv, av, bv, alpha, gain, clamp, ACT, HAS_CLAMP, STATS)
                 acc = tl.sum(tl.where(m2, dz, 0.0), axis=1)
-            tl.store(dx_ptr + ob + (i // HW) * osd + (r // W) * osh + (r % W) * osw,
+            tl.store(dx_ptr + ob + dd * osd + (r // W) * osh + (r % W) * osw,
                      (acc * post).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -252,6 +260,9 @@ def _adjoint(dx, db, da, dy, x, m, a, b, scale, bil, act, alpha, gain, clamp, po
 def _adjoint3d(dx, db, da, dy, x, m, a, b, scale, tri, act, alpha, gain, clamp, post_mult, need_dx, need_red,
                stats):
     N, C, D, H, W = x.shape
+    if H * W * scale * scale + 4096 >= 2**31:
+        raise ValueError(f"upsample_norm_act (Triton): x of shape {tuple(x.shape)} at scale {scale} has 2^31 or more "
+                         "upsampled elements in one depth slice, which the Triton backward does not index")
     vals, st, exact = scalar_values(x, alpha, gain, clamp)
     dxs = dx.stride() if need_dx else (0,) * 5
     dys = dy.stride() if dy is not None else (0,) * 5
@@ -267,7 +278,8 @@ def _adjoint3d(dx, db, da, dy, x, m, a, b, scale, tri, act, alpha, gain, clamp, 
             *dxs, scale, float(post_mult), *vals, st, SCALARS_IN_TENSOR=exact, TRILINEAR=tri, ACT=ACT_IDS[act],
             HAS_CLAMP=clamp is not None, NEED_DX=need_dx, NEED_RED=need_red, STATS=stats,
             RBLOCK=plane_block(t, n_out), BLOCK=block, WIN=win,
-            INT64=image_int64(x, dy, dx if need_dx else None) or n_out + 4096 >= 2**31, num_warps=4)
+            INT64=image_int64(x, dy, dx if need_dx else None) or n_out + 4096 >= 2**31,
+            num_warps=8 if tri and exact else 4)  # fp64 trilinear: 4 warps spilled in the INT64 branch on sm_90
 
 
 def apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
