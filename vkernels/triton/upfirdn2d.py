@@ -65,7 +65,13 @@ def _upfirdn2d_kernel(out_ptr, x_ptr, w_ptr, count, C, H, W, outH, outW,
                       BA: tl.constexpr, BB: tl.constexpr, INT64: tl.constexpr):
     pid0 = tl.program_id(0)
     if INT64:
-        pid0 = pid0.to(tl.int64)
+        if CL:
+            pid0 = pid0.to(tl.int64)
+        else:  # row and column indices stay int32 (the launcher checks): no int64 division, int64 strides
+            sxh = tl.cast(sxh, tl.int64)
+            sxw = tl.cast(sxw, tl.int64)
+            soh = tl.cast(soh, tl.int64)
+            sow = tl.cast(sow, tl.int64)
     pid1 = tl.program_id(1) + pid1_base
     acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros([BA, BB], dtype=acc_ty)
@@ -88,6 +94,9 @@ def _upfirdn2d_kernel(out_ptr, x_ptr, w_ptr, count, C, H, W, outH, outW,
         m = r % nrows
         n = plane // C
         c = plane % C
+        if INT64:
+            n = n.to(tl.int64)
+            c = c.to(tl.int64)
         oy = pid1 + m * Py
         ox = (pid0 % ncols) * BB + tl.arange(0, BB)[None, :]
         valid = (plane < count) & (ox < outW)
@@ -138,6 +147,9 @@ def _pass(x, w, fh, fw, up, down, pad0, out):
         grid = (triton.cdiv(count, ba), triton.cdiv(c, bb))
     else:
         count = n * c
+        if count * triton.cdiv(oh, py) + ba >= 2**31:
+            raise ValueError(f"upfirdn2d (Triton): x of shape {tuple(x.shape)} gives 2^31 or more output rows per "
+                             "vertical phase, which the NCHW kernel does not index")
         grid = (triton.cdiv(count * triton.cdiv(oh, py), ba) * triton.cdiv(ow, bb), min(py, oh))
     big = max(total, x.numel() and (x.stride(0) * (n - 1) + x.stride(1) * (c - 1) + x.stride(2) * (h - 1) +
                                     x.stride(3) * (wd - 1) + 1)) + ba * bb >= 2**31
