@@ -93,6 +93,18 @@ def _apply_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, H, W, sn, sc, s
 # (stats: trilinear only, nearest reads x through its 4-D view (N, C, D*H, W); apply: 1 or 8 loads per output).
 # --------------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s, BLOCK: tl.constexpr):
+    # _group_values for 5-D x, trilinear: the BLOCK upsampled values from flat index `start` of a statistics group.
+    i = start + tl.arange(0, BLOCK)
+    mask = i < hi
+    n = nb + i // plane
+    r = i % plane
+    t = r // OW
+    return upsampled_value3d(x_ptr, n.to(tl.int64) * sn + c * sc, t // OH, t % OH, r % OW, D, H, W, sd, sh, sw, s,
+                             mask, True), mask
+
+
+@triton.jit
 def _stats3d_kernel(x_ptr, mean_ptr, m2_ptr, C, D, H, W, sn, sc, sd, sh, sw, s, n_per, chunk, n_chunks, pid1_base,
                     PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     # _stats_kernel for trilinear 5-D x: program (g, k) = chunk k of group g's n_per * OD * OH * OW values.
@@ -112,24 +124,12 @@ def _stats3d_kernel(x_ptr, mean_ptr, m2_ptr, C, D, H, W, sn, sc, sd, sh, sw, s, 
     ct = acc_type(x_ptr.dtype.element_ty)
     acc = tl.zeros([BLOCK], dtype=ct)
     for start in range(lo, hi, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < hi
-        n = nb + i // plane
-        r = i % plane
-        t = r // OW
-        u = upsampled_value3d(x_ptr, n.to(tl.int64) * sn + c * sc, t // OH, t % OH, r % OW, D, H, W, sd, sh, sw, s,
-                              mask, True)
+        u, mask = _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s, BLOCK)
         acc += tl.where(mask, u, 0.0)
     mu = tl.sum(acc, axis=0) / (hi - lo).to(ct)
     acc2 = tl.zeros([BLOCK], dtype=ct)
     for start in range(lo, hi, BLOCK):
-        i = start + tl.arange(0, BLOCK)
-        mask = i < hi
-        n = nb + i // plane
-        r = i % plane
-        t = r // OW
-        u = upsampled_value3d(x_ptr, n.to(tl.int64) * sn + c * sc, t // OH, t % OH, r % OW, D, H, W, sd, sh, sw, s,
-                              mask, True)
+        u, mask = _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s, BLOCK)
         d = tl.where(mask, u - mu, 0.0)
         acc2 += d * d
     tl.store(mean_ptr + g * n_chunks + k, mu)
