@@ -22,8 +22,8 @@ from vkernels.triton import _launch
 from vkernels.triton._activation import ACT_IDS, act_gain_clamp
 from vkernels.triton._dtypes import acc_type
 from vkernels.triton._elementwise import block_offsets, elementwise_block
-from vkernels.triton._norm_act import (device_of, is_channels_last, memory_format_of, nchw_of, ncdhw_of, scalar_args,
-                                       scalar_values, upsampled_value, upsampled_value3d)
+from vkernels.triton._norm_act import (device_of, is_channels_last, memory_format_of, nchw_of, ncdhw_of, plane_advance,
+                                       plane_coords, scalar_args, scalar_values, upsampled_value, upsampled_value3d)
 
 
 @triton.jit
@@ -93,12 +93,12 @@ def _apply_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, H, W, sn, sc, s
 # (stats: trilinear only, nearest reads x through its 4-D view (N, C, D*H, W); apply: 1 or 8 loads per output).
 # --------------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s, BLOCK: tl.constexpr):
-    # _group_values for 5-D x, trilinear: the BLOCK upsampled values from flat index `start` of a statistics group.
-    i = start + tl.arange(0, BLOCK)
-    mask = i < hi
-    n = nb + i // plane
-    r = i % plane
+def _group_values3d(x_ptr, start, r0, c0, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s,
+                    BLOCK: tl.constexpr, INT64: tl.constexpr):
+    # _group_values for 5-D x, trilinear: the BLOCK upsampled values from flat index `start` of a statistics group,
+    # walked as (sample, offset in its volume) by plane_coords (INT64: from the carried r0, c0, all in int32).
+    row, r, mask = plane_coords(start, r0, c0, hi, plane, BLOCK, INT64)
+    n = nb + row
     t = r // OW
     return upsampled_value3d(x_ptr, n.to(tl.int64) * sn + c * sc, t // OH, t % OH, r % OW, D, H, W, sd, sh, sw, s,
                              mask, True), mask
@@ -107,29 +107,45 @@ def _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd,
 @triton.jit
 def _stats3d_kernel(x_ptr, mean_ptr, m2_ptr, C, D, H, W, sn, sc, sd, sh, sw, s, n_per, chunk, n_chunks, pid1_base,
                     PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    # _stats_kernel for trilinear 5-D x: program (g, k) = chunk k of group g's n_per * OD * OH * OW values.
+    # _stats_kernel for trilinear 5-D x: program (g, k) = chunk k of group g's n_per * OD * OH * OW values. One
+    # sample's upsampled volume stays below 2^31 (the launcher checks), so INT64 divides in int32 only.
     g = tl.program_id(0)
     k = tl.program_id(1) + pid1_base
     c = (g % C).to(tl.int64)
     nb = g // C if PER_SAMPLE else 0
     OW = W * s
     OH = H * s
+    plane = D * s * OH * OW
     if INT64:
-        plane = tl.cast(D, tl.int64) * s * OH * OW
         lo = tl.cast(k, tl.int64) * chunk
+        hi = tl.minimum(lo + chunk, tl.cast(n_per, tl.int64) * plane)
+        sd = tl.cast(sd, tl.int64)
+        sh = tl.cast(sh, tl.int64)
+        sw = tl.cast(sw, tl.int64)
+        row0 = (lo // plane).to(tl.int32)
+        col0 = (lo % plane).to(tl.int32)
     else:
-        plane = D * s * OH * OW
         lo = k * chunk
-    hi = tl.minimum(lo + chunk, n_per * plane)
+        hi = tl.minimum(lo + chunk, n_per * plane)
+        row0 = tl.full([], 0, tl.int32)
+        col0 = tl.full([], 0, tl.int32)
     ct = acc_type(x_ptr.dtype.element_ty)
     acc = tl.zeros([BLOCK], dtype=ct)
+    r0, c0 = row0, col0
     for start in range(lo, hi, BLOCK):
-        u, mask = _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s, BLOCK)
+        u, mask = _group_values3d(x_ptr, start, r0, c0, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s,
+                                  BLOCK, INT64)
+        if INT64:
+            r0, c0 = plane_advance(r0, c0, plane, BLOCK)
         acc += tl.where(mask, u, 0.0)
     mu = tl.sum(acc, axis=0) / (hi - lo).to(ct)
     acc2 = tl.zeros([BLOCK], dtype=ct)
+    r0, c0 = row0, col0
     for start in range(lo, hi, BLOCK):
-        u, mask = _group_values3d(x_ptr, start, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s, BLOCK)
+        u, mask = _group_values3d(x_ptr, start, r0, c0, hi, nb, c, plane, OH, OW, D, H, W, sn, sc, sd, sh, sw, s,
+                                  BLOCK, INT64)
+        if INT64:
+            r0, c0 = plane_advance(r0, c0, plane, BLOCK)
         d = tl.where(mask, u - mu, 0.0)
         acc2 += d * d
     tl.store(mean_ptr + g * n_chunks + k, mu)
@@ -183,6 +199,9 @@ def stats(x, scale, mode, per_sample):
     extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
     big = max(total + chunk, extent) + block >= 2**31
     n_per = 1 if per_sample else N
+    if tri and total // n_per + block >= 2**31:
+        raise ValueError(f"upsample_norm_act (Triton): x of shape {tuple(x.shape)} at scale {scale} has 2^31 or more "
+                         "upsampled elements per sample, which the trilinear statistics kernel does not index")
     with device_of(x):
         if tri:
             _launch.launch(_stats3d_kernel, (groups, n_chunks), x, pm, pm2, C, *x.shape[2:], *x.stride(), s, n_per,
