@@ -22,7 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
+from vkernels._dtypes import acc_dtype
 from vkernels.triton import _launch
+from vkernels.triton._dtypes import acc_type
 
 
 def _blocks(t):
@@ -36,7 +38,7 @@ def _scatter_kernel(src_ptr, idx_ptr, coef_ptr, base_ptr, dst_ptr, out_ptr, src_
     # One sliced-ELL block (see `_ell_levels`) of one row b: lane r sums its list in order, out[b, dst[r]] = acc.
     blk = tl.program_id(0)
     b = (tl.program_id(1) + pid1_base).to(tl.int64)
-    acc_t = tl.float64 if src_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc_t = acc_type(src_ptr.dtype.element_ty)
     lanes = tl.arange(0, BLOCK)
     s0 = tl.load(base_ptr + blk)
     s1 = tl.load(base_ptr + blk + 1)
@@ -67,13 +69,9 @@ def _gather_kernel(go_ptr, h1_ptr, s1_ptr, h2_ptr, s2_ptr, dg_ptr, C1, C2, D, pi
     tl.store(dg_ptr + row * C2 + cols, v, mask=m)
 
 
-def _acc(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def gram(x, y):
     """G_b = X_b Y_b^T, (B, C1, C2) in fp32 (fp64 for fp64)."""
-    acc = _acc(x)
+    acc = acc_dtype(x.dtype)
     X, Y = x.flatten(2), y.flatten(2)
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         return torch.bmm(X, Y.transpose(1, 2), out_dtype=torch.float32)  # tensor cores, fp32 accumulate and output
@@ -214,7 +212,7 @@ def pair_csr(h1, h2, output_dim, dtype):
 
 def forward(x, y, h1, s1, h2, s2, output_dim):
     B, C1, C2 = x.shape[0], x.shape[1], y.shape[1]
-    acc = _acc(x)
+    acc = acc_dtype(x.dtype)
     if B == 0 or C1 == 0 or C2 == 0:
         return torch.zeros(B, output_dim, dtype=x.dtype, device=x.device)
     out = torch.empty(B, output_dim, dtype=acc, device=x.device)  # every bin is written, empty ones with 0
@@ -227,7 +225,7 @@ def forward(x, y, h1, s1, h2, s2, output_dim):
 def backward(grad_out, x, y, h1, s1, h2, s2):
     B, C1, C2 = x.shape[0], x.shape[1], y.shape[1]
     D = grad_out.shape[1]
-    acc = _acc(x)
+    acc = acc_dtype(x.dtype)
     if B == 0 or C1 == 0 or C2 == 0 or x.shape[2] * x.shape[3] == 0:
         return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(y.shape, dtype=y.dtype,
                                                                                  device=y.device)
@@ -269,7 +267,7 @@ def _sketch_kernel(x_ptr, sxb, sxc, sxl, ch_ptr, sg_ptr, base_ptr, dst_ptr, cs_p
     blk = tl.program_id(0)
     pid_l = tl.program_id(1) + pid1_base
     b = (tl.program_id(2) + pid2_base).to(tl.int64)
-    acc_t = tl.float64 if cs_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc_t = acc_type(cs_ptr.dtype.element_ty)
     lanes = tl.arange(0, BLOCK)
     ls = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     lmask = ls < L
@@ -330,7 +328,7 @@ class _FreqChunks:
     """Spectra (B, L, K) of both sketches, chunk by chunk."""
 
     def __init__(self, x, y, h1, s1, h2, s2, D):
-        self.acc = _acc(x)
+        self.acc = acc_dtype(x.dtype)
         self.B, self.HW, self.D = x.shape[0], x.shape[2] * x.shape[3], D
         self.X, self.Y = x.flatten(2), y.flatten(2)  # views for NCHW and channels_last (strides passed)
         elems, self.block_l, _ = _freq_sizes(_launch.target(x.device))
@@ -354,7 +352,7 @@ class _FreqChunks:
 
 def forward_freq(x, y, h1, s1, h2, s2, output_dim):
     B, C1, C2, HW = x.shape[0], x.shape[1], y.shape[1], x.shape[2] * x.shape[3]
-    acc = _acc(x)
+    acc = acc_dtype(x.dtype)
     if B == 0 or C1 == 0 or C2 == 0 or HW == 0:
         return torch.zeros(B, output_dim, dtype=x.dtype, device=x.device)
     K = output_dim // 2 + 1
@@ -369,7 +367,7 @@ def forward_freq(x, y, h1, s1, h2, s2, output_dim):
 def backward_freq(grad_out, x, y, h1, s1, h2, s2):
     B, C1, C2, HW = x.shape[0], x.shape[1], y.shape[1], x.shape[2] * x.shape[3]
     D = grad_out.shape[1]
-    acc = _acc(x)
+    acc = acc_dtype(x.dtype)
     if B == 0 or C1 == 0 or C2 == 0 or HW == 0:
         return torch.zeros(x.shape, dtype=x.dtype, device=x.device), torch.zeros(y.shape, dtype=y.dtype,
                                                                                  device=y.device)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from vkernels.triton._launch import launch, target
+from vkernels._dtypes import acc_dtype
 
 
 @triton.jit
@@ -188,10 +189,6 @@ def _images_per_split(B, tiles, sms):
     return triton.cdiv(B, splits)
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _mat(t):
     return t.flatten(2)  # (B, C, HW): a view for contiguous and channels_last tensors alike
 
@@ -210,7 +207,7 @@ class _Call:
     the kernels index them)."""
 
     def __init__(self, x, y, w1, w2):
-        self.acc = _acc(x.dtype)
+        self.acc = acc_dtype(x.dtype)
         self.dtype = x.dtype
         self.B, self.C1 = x.shape[:2]
         self.sym = y is None
