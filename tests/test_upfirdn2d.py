@@ -128,6 +128,29 @@ def test_every_phase_gets_its_taps(device, impl, up, down, layout, separable):
         assert taps == want, f"taps per output {taps}, want {want}"
 
 
+@pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values[1] == "triton"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_triton_int64_branch_equals_int32(device, impl, layout, monkeypatch):
+    """The kernel's INT64 branch (otherwise reached only by tensors past 2^31 elements) forced on small tensors:
+    NCHW keeps row / column indices in int32 with int64 strides, channels_last widens the pixel index; both must give
+    the int32 launch's result bit for bit, with 2-D and separable filters, up/down factors and cropping."""
+    from vkernels.triton import _launch
+    from vkernels.triton import upfirdn2d as kernels
+
+    x = make_x((2, 3, 7, 9), layout, torch.float32, device)
+    cases = [(vkernels.setup_filter([1, 3, 3, 1]), dict(up=2, padding=(2, 1, 2, 1), gain=4.0)),
+             (torch.rand(3, 4, device=device) + 0.5, dict(up=(3, 2), down=(1, 2), padding=(1, -1, 2, 0))),
+             (vkernels.setup_filter([1, 2, 1]), dict(down=2, padding=1))]
+    for f, kw in cases:
+        want = vkernels.upfirdn2d(x, f.to(device), **kw, impl=impl)
+        flags = []
+        with monkeypatch.context() as m, _launch.recording(lambda k, g, a, kwargs: flags.append(kwargs["INT64"])):
+            m.setattr(kernels, "index64", lambda *args: True)
+            got = vkernels.upfirdn2d(x, f.to(device), **kw, impl=impl)
+        assert flags and all(flags), flags
+        assert torch.equal(got, want), (kw, (got - want).abs().max())
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("device,impl", IMPLS)

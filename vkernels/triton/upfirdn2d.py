@@ -26,7 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
+from vkernels._dtypes import acc_dtype
 from vkernels.triton import _launch
+from vkernels.triton._dtypes import acc_type
 
 
 @triton.jit
@@ -73,8 +75,7 @@ def _upfirdn2d_kernel(out_ptr, x_ptr, w_ptr, count, C, H, W, outH, outW,
             soh = tl.cast(soh, tl.int64)
             sow = tl.cast(sow, tl.int64)
     pid1 = tl.program_id(1) + pid1_base
-    acc_ty = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    acc = tl.zeros([BA, BB], dtype=acc_ty)
+    acc = tl.zeros([BA, BB], dtype=acc_type(x_ptr.dtype.element_ty))
     if CL:  # BA pixels (n, oy, ox) x BB channels; count = N*outH*outW
         p = pid0 * BA + tl.arange(0, BA)[:, None]
         ox = p % outW
@@ -128,6 +129,13 @@ def _tile(inner, interpret):
     return (8, 64) if inner > 32 else (32, 16)
 
 
+def index64(x, out, block):
+    """Whether a launch needs the kernel's INT64 branch: an element offset of x or out (or one a block past the
+    end) reaches 2^31."""
+    span = x.numel() and sum(s * (d - 1) for s, d in zip(x.stride(), x.shape)) + 1
+    return max(out.numel(), span) + block >= 2**31
+
+
 def _pass(x, w, fh, fw, up, down, pad0, out):
     """One launch: out = upfirdn2d of x with the (fh, fw) correlation taps w; up/down/pad0 are (x, y) pairs."""
     n, c, h, wd = x.shape
@@ -151,8 +159,7 @@ def _pass(x, w, fh, fw, up, down, pad0, out):
             raise ValueError(f"upfirdn2d (Triton): x of shape {tuple(x.shape)} gives 2^31 or more output rows per "
                              "vertical phase, which the NCHW kernel does not index")
         grid = (triton.cdiv(count * triton.cdiv(oh, py), ba) * triton.cdiv(ow, bb), min(py, oh))
-    big = max(total, x.numel() and (x.stride(0) * (n - 1) + x.stride(1) * (c - 1) + x.stride(2) * (h - 1) +
-                                    x.stride(3) * (wd - 1) + 1)) + ba * bb >= 2**31
+    big = index64(x, out, ba * bb)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _launch.launch(_upfirdn2d_kernel, grid,
             out, x, w, count, c, h, wd, oh, ow, *x.stride(), *out.stride(),
@@ -175,8 +182,7 @@ def launch(x, f, upx, upy, downx, downy, px0, px1, py0, py1, flip_filter, gain, 
     if f.ndim == 2:
         return _pass(x, w, f.shape[0], f.shape[1], (upx, upy), (downx, downy), (px0, py0), out)
     k = f.shape[0]
-    mid_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mid = torch.empty((x.shape[0], x.shape[1], x.shape[2], out_size[3]), dtype=mid_dtype, device=x.device,
+    mid = torch.empty((x.shape[0], x.shape[1], x.shape[2], out_size[3]), dtype=acc_dtype(x.dtype), device=x.device,
                       memory_format=out_format)
     _pass(x, w, 1, k, (upx, 1), (downx, 1), (px0, 0), mid)
     return _pass(mid, w, k, 1, (1, upy), (1, downy), (0, py0), out)
