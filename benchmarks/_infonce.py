@@ -1,8 +1,10 @@
 """What the InfoNCE ops' benchmarks and smoke cases share (bench_infonce_bank_loss.py, bench_infonce_bank_partial.py):
-their inputs (unit-norm queries, positives and a bank), the smoke cases' sizes and their inputs.
+their inputs (unit-norm queries, positives and a bank), their timed cases, the smoke cases' sizes and their inputs.
 """
 import torch
 import torch.nn.functional as F
+
+from benchmarks._harness import Case, fwd_bwd, vkernels_impls
 
 
 def inputs(n: int, kk: int, d: int, dtype, device: str):
@@ -11,6 +13,28 @@ def inputs(n: int, kk: int, d: int, dtype, device: str):
     k = F.normalize(q.float() + 0.5 * torch.randn(n, d, device=device), dim=1).to(dtype)
     bank = F.normalize(torch.randn(kk, d, device=device), dim=1).to(dtype)
     return q, k, bank
+
+
+def timed_cases(op, sizes, device, reference, impl, grad_args, **case_fields) -> list[Case]:
+    """Both ops' timed cases: per (N, K, d) of `sizes` and dtype (bf16 on CUDA, fp32 on CPU), "fwd" and "fwd+bwd"
+    (the gradients of the inputs `grad_args` of (q, k, bank)). reference(q, k, bank) is eager, impl(name) a vkernels
+    provider. Bytes: q, k and the bank once (twice with the backward); FLOPs: eager's useful work, the logits GEMM
+    2 N K d and, with the backward, its two GEMMs more."""
+    dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
+    impls = vkernels_impls(op, device)
+    out = []
+    for n, kk, d in sizes:
+        for dtype in dtypes:
+            q, k, bank = inputs(n, kk, d, dtype, device)
+            nbytes = (2 * n + kk) * d * q.element_size()
+            for mode in ("fwd", "fwd+bwd"):
+                wrap = (lambda f: fwd_bwd(f, grad_args)) if mode == "fwd+bwd" else (lambda f: f)
+                out.append(Case(
+                    op=op, size=f"{n}x{kk}x{d}-{mode}", dtype=dtype, inputs=(q, k, bank),
+                    reference=wrap(reference), impls={f"vkernels-{i}": wrap(impl(i)) for i in impls},
+                    bytes=nbytes * (2 if mode == "fwd+bwd" else 1),
+                    flops=(6 if mode == "fwd+bwd" else 2) * n * kk * d, bound="compute", **case_fields))
+    return out
 
 
 # name: (N, K, d, label_smoothing, with exclude)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._pooling import feature_maps
 from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 
 
@@ -55,24 +56,21 @@ def cases(device: str, quick: bool) -> list[Case]:
         sizes = [(4, 64, 14, 14)]
     else:
         sizes = [(32, 512, 28, 28), (32, 2048, 14, 14)]
-    dtypes = [torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
     impls = vkernels_impls("bilinear_pooling", device)
     out = []
-    for B, C, H, W in sizes:
-        for dtype in dtypes:
-            x = torch.relu(torch.randn(B, C, H, W, device=device)).to(dtype)
-            size = f"{B}x{C}x{H}x{W}"
-            gemm = 2 * B * C * C * H * W
-            for mode in ("fwd", "fwd+bwd"):
-                wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
-                nflops = gemm * (2 if mode == "fwd+bwd" else 1)
-                for triu in (False, True):
-                    out.append(Case(
-                        op="bilinear_pooling", size=f"{size}-{'triu' if triu else 'full'}-{mode}", dtype=dtype,
-                        inputs=(x,), reference=wrap(_bcnn(triu)),
-                        impls={f"vkernels-{i}": wrap(_impl(i, triu)) for i in impls},
-                        bytes=x.nbytes + B * C * C * x.element_size() // (2 if triu else 1), flops=nflops,
-                        bound="compute", floor=_gemm_fwd_bwd if mode == "fwd+bwd" else _gemm))
+    for x, dtype, size in feature_maps(sizes, device):
+        B, C, H, W = x.shape
+        gemm = 2 * B * C * C * H * W
+        for mode in ("fwd", "fwd+bwd"):
+            wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
+            nflops = gemm * (2 if mode == "fwd+bwd" else 1)
+            for triu in (False, True):
+                out.append(Case(
+                    op="bilinear_pooling", size=f"{size}-{'triu' if triu else 'full'}-{mode}", dtype=dtype,
+                    inputs=(x,), reference=wrap(_bcnn(triu)),
+                    impls={f"vkernels-{i}": wrap(_impl(i, triu)) for i in impls},
+                    bytes=x.nbytes + B * C * C * x.element_size() // (2 if triu else 1), flops=nflops,
+                    bound="compute", floor=_gemm_fwd_bwd if mode == "fwd+bwd" else _gemm))
     return out
 
 

@@ -13,6 +13,7 @@ import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._pooling import random_signs, seeded_feature_maps
 from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as _reference
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling_freq as _reference_freq
@@ -63,13 +64,10 @@ def cases(device: str, quick: bool) -> list[Case]:
     dtype = torch.float32
     impls = vkernels_impls("compact_bilinear_pooling", device)
     out = []
-    for B, C, H, W, D in sizes:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(B, C, H, W, generator=g).relu().to(device=device, dtype=dtype)  # post-ReLU features
+    for (B, C, H, W, D), g, x in seeded_feature_maps(sizes, device, dtype):
         h1 = torch.randint(0, D, (C,), generator=g).to(device)
         h2 = torch.randint(0, D, (C,), generator=g).to(device)
-        s1 = (2 * torch.randint(0, 2, (C,), generator=g) - 1).float().to(device)
-        s2 = (2 * torch.randint(0, 2, (C,), generator=g) - 1).float().to(device)
+        s1, s2 = random_signs((C,), g, device), random_signs((C,), g, device)
         inputs = (x, x, h1, s1, h2, s2, D)  # y is x: the usual CBP head
         size = f"{B}x{C}x{H}x{W}-D{D}"
         gemm = 2 * B * H * W * C * C

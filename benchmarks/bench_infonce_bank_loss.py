@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls, fwd_bwd
-from benchmarks._infonce import SMOKE_SIZES, infonce_case_inputs, inputs, kept_in_quick_scope
+from benchmarks._harness import Case
+from benchmarks._infonce import SMOKE_SIZES, infonce_case_inputs, kept_in_quick_scope, timed_cases
 from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 
 TEMPERATURE = 0.07
@@ -43,22 +43,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         sizes = [(256, 65536, 128), (4096, 65536, 128)]
     else:  # the target size (MoCo v2: K = 65536, d = 128) and a smaller one
         sizes = [(1024, 65536, 128), (256, 16384, 128)]
-    dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
-    impls = vkernels_impls("infonce_bank_loss", device)
-    out = []
-    for n, kk, d in sizes:
-        for dtype in dtypes:
-            q, k, bank = inputs(n, kk, d, dtype, device)
-            nbytes = (2 * n + kk) * d * q.element_size()
-            size = f"{n}x{kk}x{d}"
-            for mode in ("fwd", "fwd+bwd"):
-                wrap = (lambda f: fwd_bwd(f, (0, 1, 2))) if mode == "fwd+bwd" else (lambda f: f)
-                out.append(Case(
-                    op="infonce_bank_loss", size=f"{size}-{mode}", dtype=dtype, inputs=(q, k, bank),
-                    reference=wrap(_moco), impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls},
-                    bytes=nbytes * (2 if mode == "fwd+bwd" else 1),
-                    flops=(6 if mode == "fwd+bwd" else 2) * n * kk * d, bound="compute"))
-    return out
+    return timed_cases("infonce_bank_loss", sizes, device, _moco, _impl, grad_args=(0, 1, 2))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typing import Iterator
 import torch
 
 import vkernels
-from benchmarks._harness import Case, vkernels_impls, fwd_bwd
-from benchmarks._infonce import SMOKE_SIZES, infonce_case_inputs, inputs, kept_in_quick_scope
+from benchmarks._harness import Case
+from benchmarks._infonce import SMOKE_SIZES, infonce_case_inputs, kept_in_quick_scope, timed_cases
 from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 
 TEMPERATURE = 0.07
@@ -33,21 +33,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         sizes = [(4096, 65536, 128)]  # 8 ranks of 512 queries, a 524288-row bank in 8 shards
     else:
         sizes = [(1024, 32768, 128)]  # 2 ranks of 512 queries, a 65536-row bank in 2 shards
-    dtypes = [torch.bfloat16] if device == "cuda" else [torch.float32]
-    impls = vkernels_impls("infonce_bank_partial", device)
-    out = []
-    for n, kk, d in sizes:
-        for dtype in dtypes:
-            q, k, shard = inputs(n, kk, d, dtype, device)
-            nbytes = (2 * n + kk) * d * q.element_size()
-            for mode in ("fwd", "fwd+bwd"):
-                wrap = (lambda f: fwd_bwd(f, (0, 2))) if mode == "fwd+bwd" else (lambda f: f)
-                out.append(Case(
-                    op="infonce_bank_partial", size=f"{n}x{kk}x{d}-{mode}", dtype=dtype, inputs=(q, k, shard),
-                    reference=wrap(_eager), impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls},
-                    bytes=nbytes * (2 if mode == "fwd+bwd" else 1),
-                    flops=(6 if mode == "fwd+bwd" else 2) * n * kk * d, bound="compute", clone_of=2))
-    return out
+    return timed_cases("infonce_bank_partial", sizes, device, _eager, _impl, grad_args=(0, 2), clone_of=2)
 
 
 # --------------------------------------------------------------------------------------------------------------------

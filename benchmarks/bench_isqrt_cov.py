@@ -14,6 +14,7 @@ import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._pooling import feature_maps
 from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES, raw_ops
 from vkernels.reference.isqrt_cov import isqrt_cov as reference
 
@@ -47,21 +48,18 @@ def cases(device: str, quick: bool) -> list[Case]:
         sizes = [(32, 256, 28, 28), (32, 512, 28, 28), (32, 2048, 14, 14)]
     else:  # the paper's C = 256 (after its 1x1 reduction) and C = 512; C = 2048 is ~8 TFLOP, GPU only
         sizes = [(32, 256, 28, 28), (32, 512, 28, 28)]
-    dtypes = [torch.bfloat16, torch.float32] if device == "cuda" else [torch.float32]
     impls = vkernels_impls("isqrt_cov", device)
     out = []
-    for B, C, H, W in sizes:
-        for dtype in dtypes:
-            x = torch.relu(torch.randn(B, C, H, W, device=device)).to(dtype)
-            size = f"{B}x{C}x{H}x{W}"
-            fwd_flops = 2 * B * C * C * H * W + (3 * ITERS - 1) * 2 * B * C ** 3
-            for mode in ("fwd", "fwd+bwd"):
-                wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
-                out.append(Case(
-                    op="isqrt_cov", size=f"{size}-{mode}", dtype=dtype, inputs=(x,), reference=wrap(_ref),
-                    impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls}, bytes=x.nbytes,
-                    flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute",
-                    floor=_gemms if mode == "fwd" else None))
+    for x, dtype, size in feature_maps(sizes, device):
+        B, C, H, W = x.shape
+        fwd_flops = 2 * B * C * C * H * W + (3 * ITERS - 1) * 2 * B * C ** 3
+        for mode in ("fwd", "fwd+bwd"):
+            wrap = (fwd_bwd) if mode == "fwd+bwd" else (lambda f: f)
+            out.append(Case(
+                op="isqrt_cov", size=f"{size}-{mode}", dtype=dtype, inputs=(x,), reference=wrap(_ref),
+                impls={f"vkernels-{i}": wrap(_impl(i)) for i in impls}, bytes=x.nbytes,
+                flops=fwd_flops * (3 if mode == "fwd+bwd" else 1), bound="compute",
+                floor=_gemms if mode == "fwd" else None))
     return out
 
 

@@ -21,6 +21,7 @@ import torch
 
 import vkernels
 from benchmarks._harness import Case, vkernels_impls, fwd_bwd
+from benchmarks._pooling import random_signs, seeded_feature_maps
 from benchmarks._smoke import SmokeCase, SmokeCtx, TOL_NAMES
 from vkernels.ops.random_maclaurin_pooling import choose_gram, saves_projections
 
@@ -66,11 +67,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     dtype = torch.float32
     impls = vkernels_impls("random_maclaurin_pooling", device)
     out = []
-    for B, C, H, W, D in sizes:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(B, C, H, W, generator=g).relu().to(device=device, dtype=dtype)  # post-ReLU features
-        w1 = (2 * torch.randint(0, 2, (D, C), generator=g) - 1).float().to(device)
-        w2 = (2 * torch.randint(0, 2, (D, C), generator=g) - 1).float().to(device)
+    for (B, C, H, W, D), g, x in seeded_feature_maps(sizes, device, dtype):
+        w1, w2 = random_signs((D, C), g, device), random_signs((D, C), g, device)
         inputs = (x, x, w1, w2)
         nbytes = x.nbytes + w1.nbytes + w2.nbytes
         X = x.flatten(2)

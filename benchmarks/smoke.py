@@ -37,6 +37,7 @@ import importlib
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,55 @@ def _required_ops(torch, device, impls):
 
 
 def main(argv=None) -> int:
+    """The smoke run; returns the exit status (module docstring)."""
+    # Arguments.
+    ap = _parser()
+    args = ap.parse_args(argv)
+    t_start = time.time()
+    if args.jobs > 1 and not args.list:
+        return _run_jobs(args.jobs, sys.argv[1:] if argv is None else list(argv), args.max_seconds)
+    shard = tuple(int(v) for v in args.shard.split("/"))
+    if not 0 <= shard[0] < shard[1]:
+        ap.error(f"--shard must be k/n with 0 <= k < n, got {args.shard}")
+    import torch
+
+    # Where to run; vkernels imported only once TRITON_INTERPRET is settled.
+    device = _pick_device(torch, args.device)
+    if device is None:
+        return 1
+    impls = tuple(s for s in (args.impls or ("cuda,triton" if device == "cuda" else "cpu,triton")).split(",") if s)
+    _set_up_triton_interpreter(device, impls)
+    _import_from_this_checkout()
+    import vkernels
+    from benchmarks._smoke import SmokeCtx
+    from vkernels import _backend
+
+    # What to run: every op's smoke generator, the impls each op has.
+    smokes = discover_smokes()
+    dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(",") if d)
+    if args.large and device != "cuda":
+        print("smoke: --large applies to --device cuda only; ignored", flush=True)
+    wanted = sorted(_backend.OPS) if args.ops is None else [o for o in args.ops.split(",") if o]
+    _print_header(torch, device, impls, args)
+    failures: list[str] = []
+    impls_ok = _select_impls(vkernels, _backend.OPS, wanted, impls, device, smokes, failures)
+    if not args.no_fill:
+        _nan_fill_new_tensors(torch)
+    # Run, then report.
+    tally = _Tally()
+    for op in wanted:
+        if op not in smokes or not impls_ok.get(op):
+            continue
+        ctx = SmokeCtx(torch, device, impls_ok[op], args.scope, dtypes, args.large)
+        _run_op_cases(torch, op, smokes[op](ctx), device, args, shard, t_start, failures, tally)
+        if tally.stopped:
+            break
+    if args.list:
+        return 0
+    return _report(torch, tally, failures, device, impls, args, shard, t_start)
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None,
@@ -133,57 +183,53 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="run --shard 0/N .. N-1/N in N parallel processes")
     ap.add_argument("--list", action="store_true", help="print the cases (no launches) and exit")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per case")
-    args = ap.parse_args(argv)
+    return ap
 
-    t_start = time.time()
-    if args.jobs > 1 and not args.list:
-        return _run_jobs(args.jobs, sys.argv[1:] if argv is None else list(argv), args.max_seconds)
-    shard_k, shard_n = (int(v) for v in args.shard.split("/"))
-    if not 0 <= shard_k < shard_n:
-        ap.error(f"--shard must be k/n with 0 <= k < n, got {args.shard}")
-    import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else None)
+# ------------------------------------------------------------------------------------------------------------ setup
+def _pick_device(torch, asked: str | None) -> str | None:
+    """--device, or cuda when a GPU is visible; None (said why) when there is nothing to run on."""
+    device = asked or ("cuda" if torch.cuda.is_available() else None)
     if device is None:
         print("smoke: no CUDA GPU visible; pass --device cpu for the CPU / Triton-interpreter run", flush=True)
-        return 1
-    if device == "cuda" and not torch.cuda.is_available():
+    elif device == "cuda" and not torch.cuda.is_available():
         print("smoke: --device cuda but torch.cuda.is_available() is False", flush=True)
-        return 1
-    impls = tuple(s for s in (args.impls or ("cuda,triton" if device == "cuda" else "cpu,triton")).split(",") if s)
+        return None
+    return device
+
+
+def _set_up_triton_interpreter(device: str, impls: tuple) -> None:
     if device == "cpu" and "triton" in impls and os.environ.get("TRITON_INTERPRET") != "1":
-        # Must be set before vkernels defines its Triton kernels (i.e. before the import below).
+        # Must be set before vkernels defines its Triton kernels (i.e. before main imports it).
         os.environ["TRITON_INTERPRET"] = "1"
     if os.environ.get("TRITON_INTERPRET") == "1":
         import warnings  # the interpreter evaluates both sides of tl.where in numpy (0/0 on the discarded side)
 
         for msg in ("invalid value encountered", "divide by zero encountered", "overflow encountered"):
             warnings.filterwarnings("ignore", message=msg, category=RuntimeWarning)
+
+
+def _import_from_this_checkout() -> None:
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
         sys.path.pop(0)  # run as a script: don't let benchmarks/ shadow anything
     sys.path.insert(0, str(ROOT))  # the in-place build in this checkout, installed or not
-    import vkernels
-    from benchmarks._smoke import SmokeCtx
-    from vkernels import _backend
 
-    smokes = discover_smokes()
 
-    dtypes = tuple(getattr(torch, d) for d in args.dtypes.split(",") if d)
-    if args.large and device != "cuda":
-        print("smoke: --large applies to --device cuda only; ignored", flush=True)
-    wanted = sorted(_backend.OPS) if args.ops is None else [o for o in args.ops.split(",") if o]
-
-    failures: list[str] = []
+def _print_header(torch, device: str, impls: tuple, args) -> None:
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"smoke: device {device} ({gpu}), impls {','.join(impls)}, scope {args.scope}, torch {torch.__version__}"
           f", triton {_triton_version()}, NaN-filled outputs {not args.no_fill}, PYTORCH_NO_CUDA_MEMORY_CACHING="
           f"{os.environ.get('PYTORCH_NO_CUDA_MEMORY_CACHING', '0')}, TRITON_INTERPRET="
           f"{os.environ.get('TRITON_INTERPRET', '0')}", flush=True)
 
-    # Every requested impl must exist for this device; a GPU check that silently skips one proves nothing.
+
+def _select_impls(vkernels, ops: dict, wanted: list, impls: tuple, device: str, smokes: dict, failures: list) -> dict:
+    """op -> the requested impls it has on this device. Every requested impl must exist for this device (a GPU check
+    that silently skips one proves nothing) and every registered op (`ops`) must have a smoke function: failures
+    otherwise."""
     for op in wanted:
-        if op not in _backend.OPS:
-            failures.append(f"{op}: not a registered vkernels op (known: {', '.join(sorted(_backend.OPS))})")
+        if op not in ops:
+            failures.append(f"{op}: not a registered vkernels op (known: {', '.join(sorted(ops))})")
             continue
         avail = vkernels.available_impls(op, device)
         for impl in impls:
@@ -193,103 +239,124 @@ def main(argv=None) -> int:
         if op not in smokes:
             failures.append(f"{op}: no smoke_{op}() in any benchmarks/bench_*.py: its kernels are never launched "
                             "here")
-    impls_ok = {op: tuple(i for i in impls if op in _backend.OPS and i in vkernels.available_impls(op, device))
-                for op in wanted}
+    return {op: tuple(i for i in impls if op in ops and i in vkernels.available_impls(op, device)) for op in wanted}
 
-    if not args.no_fill:
-        # NaN-filled empty tensors (outputs included): an element no kernel wrote fails the comparison.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        import torch.utils.deterministic
 
-        torch.utils.deterministic.fill_uninitialized_memory = True
-    launched: set[str] = set()
-    n_cases = n_ok = 0
-    n_seen = -1
-    stopped = None
-    groups: dict[tuple, list] = {}  # (op, impl, dtype) -> [cases, ok, seconds]
-    for op in wanted:
-        if op not in smokes or not impls_ok.get(op):
+def _nan_fill_new_tensors(torch) -> None:
+    # NaN-filled empty tensors (outputs included): an element no kernel wrote fails the comparison.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    import torch.utils.deterministic
+
+    torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+# -------------------------------------------------------------------------------------------------------------- run
+@dataclass
+class _Tally:
+    """What the run counts: cases run and passed, raw ops launched, [cases, ok, seconds] per (op, impl, dtype),
+    and why it stopped early (None: it did not)."""
+    launched: set = field(default_factory=set)
+    n_cases: int = 0
+    n_ok: int = 0
+    n_seen: int = -1
+    stopped: str | None = None
+    groups: dict = field(default_factory=dict)
+
+
+def _run_op_cases(torch, op: str, cases, device: str, args, shard: tuple, t_start: float, failures: list,
+                  tally: _Tally) -> None:
+    """Build, launch and check this shard's cases of one op's smoke generator (--list: print their names)."""
+    while True:
+        tally.stopped = _stop_reason(args, t_start, failures)
+        if tally.stopped:
+            return
+        t0 = time.time()
+        try:
+            case = next(cases)
+        except StopIteration:
+            return
+        except Exception as e:  # a bug in the smoke function itself
+            failures.append(f"{op}: building cases raised {type(e).__name__}: {e}")
+            return
+        tally.n_seen += 1
+        if tally.n_seen % shard[1] != shard[0]:
             continue
-        sub = SmokeCtx(torch, device, impls_ok[op], args.scope, dtypes, args.large)
-        it = smokes[op](sub)
-        while True:
-            if args.max_seconds and time.time() - t_start > args.max_seconds:
-                stopped = f"--max-seconds {args.max_seconds:g} reached"
-                break
-            if len(failures) >= args.max_failures:
-                stopped = f"{len(failures)} failures (--max-failures)"
-                break
-            t0 = time.time()
-            try:
-                case = next(it)
-            except StopIteration:
-                break
-            except Exception as e:  # a bug in the smoke function itself
-                failures.append(f"{op}: building cases raised {type(e).__name__}: {e}")
-                break
-            n_seen += 1
-            if n_seen % shard_n != shard_k:
-                continue
-            if args.list:
-                print(case.name)
-                continue
-            n_cases += 1
-            parts = case.name.split("/")
-            gkey = tuple(parts[:3])
-            grp = groups.setdefault(gkey, [0, 0, 0.0])
-            grp[0] += 1
-            try:
-                launched.add(case.op)
-                cargs = case.args() if callable(case.args) else case.args
-                out = getattr(torch.ops.vkernels, case.op)(*cargs)
-                del cargs  # free large inputs before the next case
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                why = _check(torch, case, out)
-                out = None  # free (large) outputs before the next case
-            except Exception as e:
-                why = f"raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                if _is_fatal_device_error(e):
-                    failures.append(f"{case.name}: {why}")
-                    stopped = "device error: the CUDA context is unusable after it"
-                    print(f"FAIL {case.name}: {why}", flush=True)
-                    break
-            grp[2] += time.time() - t0
-            if why is None:
-                n_ok += 1
-                grp[1] += 1
-                if args.verbose:
-                    print(f"ok   {case.name}", flush=True)
-            else:
-                failures.append(f"{case.name}: {why}")
-                print(f"FAIL {case.name}: {why}", flush=True)
-        if stopped:
-            break
-    if args.list:
-        return 0
-
-    for (op, impl, dn), (n, ok, secs) in groups.items():
-        print(f"  {op:<12} {impl:<7} {dn:<9} {ok:>4}/{n:<4} ok  {secs:6.1f} s", flush=True)
-
-    if stopped is None and args.ops is None and shard_n == 1:
-        req = _required_ops(torch, device, impls)
-        if req is None:
-            print("smoke: coverage check skipped (torch._C._dispatch_get_all_op_names missing)")
+        if args.list:
+            print(case.name)
+            continue
+        tally.n_cases += 1
+        grp = tally.groups.setdefault(tuple(case.name.split("/")[:3]), [0, 0, 0.0])
+        grp[0] += 1
+        tally.launched.add(case.op)
+        why, fatal = _launch_and_check(torch, case, device)
+        if fatal:
+            failures.append(f"{case.name}: {why}")
+            tally.stopped = "device error: the CUDA context is unusable after it"
+            print(f"FAIL {case.name}: {why}", flush=True)
+            return
+        grp[2] += time.time() - t0
+        if why is None:
+            tally.n_ok += 1
+            grp[1] += 1
+            if args.verbose:
+                print(f"ok   {case.name}", flush=True)
         else:
-            for op in sorted(req - launched):
-                failures.append(f"vkernels::{op} has a {device} kernel but no smoke case launched it")
+            failures.append(f"{case.name}: {why}")
+            print(f"FAIL {case.name}: {why}", flush=True)
 
+
+def _stop_reason(args, t_start: float, failures: list) -> str | None:
+    if args.max_seconds and time.time() - t_start > args.max_seconds:
+        return f"--max-seconds {args.max_seconds:g} reached"
+    if len(failures) >= args.max_failures:
+        return f"{len(failures)} failures (--max-failures)"
+    return None
+
+
+def _launch_and_check(torch, case, device: str) -> tuple[str | None, bool]:
+    """Launch the case's raw op, wait for it, compare: (None or why it failed, whether the CUDA context is lost).
+    Inputs and outputs go out of scope on return, so large ones are freed before the next case."""
+    try:
+        cargs = case.args() if callable(case.args) else case.args
+        out = getattr(torch.ops.vkernels, case.op)(*cargs)
+        del cargs
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return _check(torch, case, out), False
+    except Exception as e:
+        why = f"raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return why, _is_fatal_device_error(e)
+
+
+# ----------------------------------------------------------------------------------------------------------- report
+def _report(torch, tally: _Tally, failures: list, device: str, impls: tuple, args, shard: tuple,
+            t_start: float) -> int:
+    """Print a line per (op, impl, dtype), the coverage check's findings and the verdict; the exit status."""
+    for (op, impl, dn), (n, ok, secs) in tally.groups.items():
+        print(f"  {op:<12} {impl:<7} {dn:<9} {ok:>4}/{n:<4} ok  {secs:6.1f} s", flush=True)
+    if tally.stopped is None and args.ops is None and shard[1] == 1:
+        _check_coverage(torch, device, impls, tally.launched, failures)
     dt = time.time() - t_start
-    status = "FAIL" if failures else ("INCOMPLETE" if stopped else "PASS")
-    shard = f" (shard {shard_k}/{shard_n})" if shard_n > 1 else ""
-    print(f"smoke{shard}: {status}: {n_ok}/{n_cases} cases ok, {len(failures)} failures, ops launched: "
-          f"{', '.join(sorted(launched)) or 'none'}; {dt:.1f} s" + (f"; stopped early: {stopped}" if stopped else ""),
-          flush=True)
+    status = "FAIL" if failures else ("INCOMPLETE" if tally.stopped else "PASS")
+    sharded = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
+    print(f"smoke{sharded}: {status}: {tally.n_ok}/{tally.n_cases} cases ok, {len(failures)} failures, ops launched: "
+          f"{', '.join(sorted(tally.launched)) or 'none'}; {dt:.1f} s"
+          + (f"; stopped early: {tally.stopped}" if tally.stopped else ""), flush=True)
     for f in failures[:10]:
         print(f"  - {f}", flush=True)
     if failures:
         return 1
-    return 3 if stopped else 0
+    return 3 if tally.stopped else 0
+
+
+def _check_coverage(torch, device: str, impls: tuple, launched: set, failures: list) -> None:
+    """A failure for every raw op with a kernel for this device that no case launched."""
+    req = _required_ops(torch, device, impls)
+    if req is None:
+        print("smoke: coverage check skipped (torch._C._dispatch_get_all_op_names missing)")
+        return
+    for op in sorted(req - launched):
+        failures.append(f"vkernels::{op} has a {device} kernel but no smoke case launched it")
 
 
 def _run_jobs(jobs: int, argv: list, max_seconds: float = 0.0) -> int:

@@ -28,6 +28,13 @@ def impl_params(op):
     return out
 
 
+def raw_ops(op, impl):
+    """The raw op torch.ops.vkernels.<op> of `impl` and its backward <op>_backward (the "_triton" variants for
+    triton): what an op's test_opcheck checks."""
+    sfx = "_triton" if impl == "triton" else ""
+    return getattr(torch.ops.vkernels, op + sfx), getattr(torch.ops.vkernels, f"{op}_backward{sfx}")
+
+
 def randn(shape, dtype, device, scale=1.0):
     return (torch.randn(shape, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import vkernels
 from vkernels.reference.bilinear_pooling import bilinear_pooling as reference
-from _common import check_close, impl_params, randn
+from _common import check_close, impl_params, randn, raw_ops
 
 OP = "bilinear_pooling"
 IMPLS = impl_params(OP)
@@ -166,15 +166,9 @@ def test_exact_zeros_finite(device, impl):
     torch.testing.assert_close(a.cpu(), b.cpu())
 
 
-def _ops(impl):
-    if impl == "triton":
-        return torch.ops.vkernels.bilinear_pooling_triton, torch.ops.vkernels.bilinear_pooling_backward_triton
-    return torch.ops.vkernels.bilinear_pooling, torch.ops.vkernels.bilinear_pooling_backward
-
-
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_opcheck(device, impl):
-    fwd, bwd = _ops(impl)
+    fwd, bwd = raw_ops("bilinear_pooling", impl)
     for two, triu, norm in [(False, True, "signed_sqrt_l2"), (True, False, "none"), (True, False, "signed_sqrt_l2")]:
         x, y = make(2, 4, 3, 3, 2, two, triu, device, torch.float32)
         args = (x.clone().requires_grad_(), None if y is None else y.clone().requires_grad_(), norm, triu, 1e-10)

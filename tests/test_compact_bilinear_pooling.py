@@ -12,7 +12,7 @@ import vkernels
 from vkernels.reference.compact_bilinear_pooling import compact_bilinear_pooling as reference
 from vkernels.reference.compact_bilinear_pooling import tensor_sketch_per_location as definition
 from conftest import DEVICES
-from _common import check_close, impl_params, kernels, randn
+from _common import check_close, impl_params, kernels, randn, raw_ops
 
 OP = "compact_bilinear_pooling"
 cbp_ops = importlib.import_module("vkernels.ops.compact_bilinear_pooling")  # the module (the package exports the fn)
@@ -253,9 +253,7 @@ def test_gradcheck(device, impl, same, route):
 
 
 def _ops(impl, route="gram"):
-    sfx = "_triton" if impl == "triton" else ""
-    base = "compact_bilinear_pooling" + ("_freq" if route == "freq" else "")
-    return (getattr(torch.ops.vkernels, f"{base}{sfx}"), getattr(torch.ops.vkernels, f"{base}_backward{sfx}"))
+    return raw_ops(OP + ("_freq" if route == "freq" else ""), impl)
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -6,7 +6,7 @@ import torch
 
 import vkernels
 from vkernels.reference.isqrt_cov import covariance, isqrt_cov as reference, triu_vec
-from _common import check_close, impl_params, randn
+from _common import check_close, impl_params, randn, raw_ops
 
 OP = "isqrt_cov"
 IMPLS = impl_params(OP)
@@ -174,15 +174,9 @@ def test_backward_keeps_one_matrix_per_image(device, impl):
     assert ref >= 2 * iters * B * C * C
 
 
-def _ops(impl):
-    if impl == "triton":
-        return torch.ops.vkernels.isqrt_cov_triton, torch.ops.vkernels.isqrt_cov_backward_triton
-    return torch.ops.vkernels.isqrt_cov, torch.ops.vkernels.isqrt_cov_backward
-
-
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_opcheck(device, impl):
-    fwd, bwd = _ops(impl)
+    fwd, bwd = raw_ops("isqrt_cov", impl)
     for iters, triu in [(1, True), (3, False)]:
         x = features(2, 4, 3, 2, device, torch.float32)
         torch.library.opcheck(fwd.default, (x.clone().requires_grad_(), iters, triu))

@@ -9,7 +9,7 @@ import torch
 import vkernels
 from vkernels.ops.random_maclaurin_pooling import choose_gram
 from vkernels.reference.random_maclaurin_pooling import random_maclaurin_pooling as definition
-from _common import check_close, impl_params, randn
+from _common import check_close, impl_params, randn, raw_ops
 
 OP = "random_maclaurin_pooling"
 IMPLS = impl_params(OP)
@@ -26,11 +26,6 @@ def rmp(x, y, w1, w2, route, impl="auto"):
 
 def rademacher(d, c, dtype=torch.float32, device="cpu"):
     return (2 * torch.randint(0, 2, (d, c)) - 1).to(dtype=dtype, device=device)
-
-
-def _ops(impl, kind=""):
-    sfx = "_triton" if impl == "triton" else ""
-    return getattr(torch.ops.vkernels, OP + kind + sfx), getattr(torch.ops.vkernels, OP + kind + "_backward" + sfx)
 
 
 def run_case(device, impl, route, dtype, B, C1, C2, H, W, D, layout="contiguous", same=False, wdtype=torch.float32):
@@ -244,7 +239,7 @@ def test_gradcheck(device, impl, route):
 
 @pytest.mark.parametrize("device,impl", IMPLS)
 def test_opcheck(device, impl):
-    fwd, bwd = _ops(impl)
+    fwd, bwd = raw_ops(OP, impl)
     x, y = randn((2, 4, 3, 2), torch.float32, device), randn((2, 5, 3, 2), torch.float32, device)
     w1, w2 = randn((6, 4), torch.float32, device), randn((6, 5), torch.float32, device)
     combos = [(r, yy, ww2) for r in ("gram", "project") for yy, ww2 in ((y, w2), (None, w1.flip(0)))]
@@ -258,7 +253,7 @@ def test_opcheck(device, impl):
         g = torch.randn(2, 6, device=device)
         for mask in masks[:1] if impl == "triton" else masks:
             torch.library.opcheck(bwd.default, (g, x, yy, w1, ww2, route, mask))
-    sfwd, sbwd = _ops(impl, "_saved")
+    sfwd, sbwd = raw_ops(OP + "_saved", impl)
     for yy, ww2 in ((y, w2), (None, w1.flip(0))):
         args = [t.clone().requires_grad_() for t in (x, w1, ww2)]
         torch.library.opcheck(sfwd.default, (args[0], None if yy is None else yy.clone().requires_grad_(), *args[1:]))

@@ -85,6 +85,22 @@ class _DBlock(torch.nn.Module):
         return h + F.avg_pool2d(self.skip(x), 2)
 
 
+def d_blocks(resolution: int, ch: int, img_channels: int) -> tuple[torch.nn.ModuleList, int]:
+    """BigGAN D's residual down blocks from `resolution` to 4 x 4 (channels ch, 2 ch, .. up to 8 ch), and the
+    channels of their output."""
+    n_down = int(math.log2(resolution)) - 2
+    chs = [img_channels] + [min(ch * 2 ** i, ch * 8) for i in range(n_down)]
+    return torch.nn.ModuleList(_DBlock(chs[i], chs[i + 1], first=i == 0) for i in range(n_down)), chs[-1]
+
+
+def d_features(blocks: torch.nn.ModuleList, img: torch.Tensor) -> torch.Tensor:
+    """(n, C) features h of a projection discriminator: the blocks, ReLU, sum pooling over space."""
+    h = img
+    for blk in blocks:
+        h = blk(h)
+    return F.relu(h).sum((2, 3))
+
+
 class ProjectionDiscriminator(torch.nn.Module):
     """Projection discriminator (Miyato & Koyama 2018, as in BigGAN): residual down blocks with spectral norm,
     ReLU, global sum pooling, logit = linear(h) + <embed(y), h>. Plain torch ops (nothing here to fuse)."""
@@ -92,17 +108,12 @@ class ProjectionDiscriminator(torch.nn.Module):
     def __init__(self, num_classes: int = 10, resolution: int = 16, ch: int = 64, img_channels: int = 1):
         super().__init__()
         sn = torch.nn.utils.parametrizations.spectral_norm
-        n_down = int(math.log2(resolution)) - 2
-        chs = [img_channels] + [min(ch * 2 ** i, ch * 8) for i in range(n_down)]
-        self.blocks = torch.nn.ModuleList(_DBlock(chs[i], chs[i + 1], first=i == 0) for i in range(n_down))
-        self.linear = sn(torch.nn.Linear(chs[-1], 1))
-        self.embed = sn(torch.nn.Embedding(num_classes, chs[-1]))
+        self.blocks, c = d_blocks(resolution, ch, img_channels)
+        self.linear = sn(torch.nn.Linear(c, 1))
+        self.embed = sn(torch.nn.Embedding(num_classes, c))
 
     def forward(self, img, y):
-        h = img
-        for blk in self.blocks:
-            h = blk(h)
-        h = F.relu(h).sum((2, 3))
+        h = d_features(self.blocks, img)
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(1)
 
 

@@ -13,12 +13,10 @@ GAN-INT-CLS's matching-aware term: a real image with a mismatched caption counts
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from models.gan.biggan import BigGANGenerator, _DBlock
+from models.gan.biggan import BigGANGenerator, d_blocks, d_features
 from models.gan.mocogan import MotionRNN, VideoDiscriminator
 from models.gan.video_data import VOCAB
 
@@ -89,18 +87,13 @@ class TextImageDiscriminator(torch.nn.Module):
     def __init__(self, resolution: int = 16, ch: int = 16, img_channels: int = 3, text_dim: int = 32):
         super().__init__()
         sn = torch.nn.utils.parametrizations.spectral_norm
-        n_down = int(math.log2(resolution)) - 2
-        chs = [img_channels] + [min(ch * 2 ** i, ch * 8) for i in range(n_down)]
-        self.blocks = torch.nn.ModuleList(_DBlock(chs[i], chs[i + 1], first=i == 0) for i in range(n_down))
+        self.blocks, c = d_blocks(resolution, ch, img_channels)
         self.text = TextEncoder(text_dim, kind="bag")
-        self.linear = sn(torch.nn.Linear(chs[-1], 1))
-        self.proj = sn(torch.nn.Linear(text_dim, chs[-1], bias=False))
+        self.linear = sn(torch.nn.Linear(c, 1))
+        self.proj = sn(torch.nn.Linear(text_dim, c, bias=False))
 
     def forward(self, img, tokens):
-        h = img
-        for blk in self.blocks:
-            h = blk(h)
-        h = F.relu(h).sum((2, 3))
+        h = d_features(self.blocks, img)
         return self.linear(h).squeeze(1) + (self.proj(self.text(tokens)) * h).sum(1)
 
 

@@ -48,20 +48,8 @@ class CompactBilinearPooling(torch.nn.Module):
         self.sum_pool = sum_pool
 
         # Draw order and seeds as theirs (h1, s1, h2, s2): same values and the same global numpy state afterwards.
-        if rand_h_1 is None:
-            np.random.seed(1)
-            rand_h_1 = np.random.randint(output_dim, size=self.input_dim1)
-        if rand_s_1 is None:
-            np.random.seed(3)
-            rand_s_1 = 2 * np.random.randint(2, size=self.input_dim1) - 1
-        h1, s1 = _hashes_signs("1", rand_h_1, rand_s_1, output_dim)
-        if rand_h_2 is None:
-            np.random.seed(5)
-            rand_h_2 = np.random.randint(output_dim, size=self.input_dim2)
-        if rand_s_2 is None:
-            np.random.seed(7)
-            rand_s_2 = 2 * np.random.randint(2, size=self.input_dim2) - 1
-        h2, s2 = _hashes_signs("2", rand_h_2, rand_s_2, output_dim)
+        h1, s1 = _sketch("1", rand_h_1, rand_s_1, input_dim1, output_dim, seeds=(1, 3))
+        h2, s2 = _sketch("2", rand_h_2, rand_s_2, input_dim2, output_dim, seeds=(5, 7))
 
         device = "cuda" if cuda and torch.cuda.is_available() else "cpu"
         # Non-persistent: they move with .to() / .cuda() but stay out of the state_dict, which is empty in theirs.
@@ -97,6 +85,18 @@ class CompactBilinearPooling(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"input_dim1={self.input_dim1}, input_dim2={self.input_dim2}, output_dim={self.output_dim}, "
                 f"sum_pool={self.sum_pool}")
+
+
+def _sketch(which, rand_h, rand_s, channels, output_dim, seeds):
+    """One input's hashes and signs: rand_h / rand_s when given, else drawn as theirs draws them (numpy's global RNG
+    seeded seeds[0] for the hashes, seeds[1] for the signs, in that order), as _hashes_signs returns them."""
+    if rand_h is None:
+        np.random.seed(seeds[0])
+        rand_h = np.random.randint(output_dim, size=channels)
+    if rand_s is None:
+        np.random.seed(seeds[1])
+        rand_s = 2 * np.random.randint(2, size=channels) - 1
+    return _hashes_signs(which, rand_h, rand_s, output_dim)
 
 
 def _hashes_signs(which, rand_h, rand_s, output_dim):

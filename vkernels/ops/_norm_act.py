@@ -170,12 +170,18 @@ def check_x(op, x, volumes=False):
     """x of a public function: 4-D (N, C, H, W), or also 5-D (N, C, D, H, W) when `volumes`."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    _check_x_rank_dtype(op, x, volumes, ValueError, TypeError, tuple)
+
+
+def _check_x_rank_dtype(op, x, volumes, rank_error, dtype_error, shape_text):
+    """x's rank and dtype rules, stated once for the public functions' checks and the raw ops' (which raise as
+    TORCH_CHECK does and print the shape as C++ does: `shape_text` list)."""
     if volumes and x.ndim not in (4, 5):
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape {tuple(x.shape)}")
+        raise rank_error(f"{op}: x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape {shape_text(x.shape)}")
     if not volumes and x.ndim != 4:
-        raise ValueError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+        raise rank_error(f"{op}: x must be 4-D (N, C, H, W), got shape {shape_text(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+        raise dtype_error(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
 
 
 def check_act(op, act, alpha, gain, clamp):
@@ -226,12 +232,7 @@ def check_running(op, norm, x, running_mean, running_var, training):
 # tensors a kernel indexes), rule by rule in the same words (RuntimeError, as TORCH_CHECK raises)
 # ----------------------------------------------------------------------------------------------------------------------
 def check_raw_x(op, x, volumes=False):
-    if volumes and x.ndim not in (4, 5):
-        raise RuntimeError(f"{op}: x must be 4-D (N, C, H, W) or 5-D (N, C, D, H, W), got shape {list(x.shape)}")
-    if not volumes and x.ndim != 4:
-        raise RuntimeError(f"{op}: x must be 4-D (N, C, H, W), got shape {list(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise RuntimeError(f"{op}: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    _check_x_rank_dtype(op, x, volumes, RuntimeError, RuntimeError, list)
 
 
 def check_vectors(op, x, shape, shape_text, named):
