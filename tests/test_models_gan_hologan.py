@@ -123,3 +123,10 @@ def test_latent_recovery_of_a_zero_head():
             return None, None, torch.zeros(img.shape[0], 4)
 
     assert latent_recovery(G, Zero(), n=256) == pytest.approx(1.0, abs=0.2)
+
+
+def test_example_entry_runs(capsys):
+    from models.gan.hologan import main
+
+    main(["--steps", "1", "--batch-size", "2", "--channels", "4"])
+    assert "loss_D" in capsys.readouterr().out

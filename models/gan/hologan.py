@@ -408,7 +408,7 @@ def main(argv=None):
     p.add_argument("--impl", default="auto")
     a = p.parse_args(argv)
     t = time.time()
-    train_example(a.steps, a.res, a.batch_size, a.channels, a.impl)
+    train_example(a.steps, a.res, a.batch_size, a.channels, impl=a.impl)
     print(f"{(time.time() - t) / max(a.steps, 1):.3f} s/iter")
 
 
