@@ -95,7 +95,7 @@ ARCH_ARGS = {
                "--channels", "8", "--threads", "1"],
     "spade": ["--arch", "spade", "--res", "16", "--batch-size", "2", "--channels", "8", "--threads", "1"],
     "hologan": ["--arch", "hologan", "--res", "16", "--batch-size", "2", "--channels", "8", "--z-dim", "8",
-                "--threads", "1"],
+                "--threads", "1", "--probe-steps", "2", "--eval-objects", "4"],
 }
 # Video and text archs (models/gan/video_train.py): 3-frame clips at 8x8.
 VIDEO_TINY = ["--res", "8", "--batch-size", "2", "--z-dim", "8", "--channels", "8", "--frames", "3", "--motion-dim",

@@ -36,7 +36,11 @@ Architectures (--arch):
   term; captions "a <colour> <shape> moving <direction>" of the moving-shapes clips.
 - hologan (models/gan/hologan.py): HoloGAN-style generator (learned 3-D feature volume, AdaIN fused with x2 trilinear
   upsampling on 5-D input, rigid 3-D transform, projection to 2-D, 2-D AdaIN upsampling blocks) on synthetic views
-  of random 3-D shapes at random poses; non-saturating logistic loss. --data is not used.
+  of random 3-D shapes at random poses; D with HoloGAN's style discriminators (on each layer's feature mean / std)
+  and z head; non-saturating logistic loss + --style-weight * style + --latent-weight * z reconstruction error.
+  Metrics at step 0 and at the end: z_mse (z reconstruction error on G's images) and rot_agree (a pose probe trained
+  on the real views reads G's images of a z at 8 azimuths: the share of view pairs turned as asked, chance 0.125).
+  --data is not used.
 Writes <out>/samples_<step>.png every --sample-every steps, <out>/checkpoint.pt (atomic) every --ckpt-every steps,
 and reports s/iter and peak memory at the end. Gradients are averaged over ranks by hand (not DDP: R1's and the
 path-length penalty's double backward are outside DDP's support), so every arch runs under torchrun.
@@ -98,6 +102,16 @@ def parse_args(argv=None):
     v.add_argument("--text-encoder", default="gru", choices=("gru", "bag"),
                    help="text2image / text2video: the generator's caption encoder")
     v.add_argument("--flow-weight", type=float, default=2.0, help="vid2vid: weight of the warp loss in G's loss")
+    h = p.add_argument_group("hologan")
+    h.add_argument("--style-weight", type=float, default=1.0,
+                   help="weight of the style discriminators' loss in G's and D's loss (0: off)")
+    h.add_argument("--latent-weight", type=float, default=1.0,
+                   help="weight of the z reconstruction error in G's and D's loss (0: off)")
+    h.add_argument("--probe-steps", type=int, default=600,
+                   help="training steps of the pose probe that the pose-consistency metric uses")
+    h.add_argument("--eval-objects", type=int, default=64,
+                   help="z's (and real shapes) the pose-consistency metric renders at 8 azimuths each; the z "
+                        "reconstruction error uses 4x as many")
     p.add_argument("--bench", action="store_true",
                    help="time G+D steps with --impl auto and reference (same weights, interleaved); no training")
     p.add_argument("--bench-steps", type=int, default=6, help="--bench: timed steps per impl (first is warm-up)")
@@ -122,11 +136,13 @@ class Trainer:
         self.step = 0
         self.modules: dict[str, torch.nn.Module] = {}
         self.opts: dict[str, torch.optim.Optimizer] = {}
+        # evaluate()'s values before the first step (archs that have evaluate()); checkpoints keep them.
+        self.metrics_init: dict[str, float] = {}
 
     def state(self):
         st = {k: m.state_dict() for k, m in self.modules.items()}
         st.update({"opt_" + k: o.state_dict() for k, o in self.opts.items()})
-        st.update(step=self.step, rng=C.rng_state(), args=vars(self.args))
+        st.update(step=self.step, rng=C.rng_state(), args=vars(self.args), metrics_init=self.metrics_init)
         return st
 
     def load(self, st):
@@ -135,6 +151,7 @@ class Trainer:
         for k, o in self.opts.items():
             o.load_state_dict(st["opt_" + k])
         self.step = st["step"]
+        self.metrics_init = st.get("metrics_init", {})
         C.set_rng_state(st["rng"])
 
     def _rank_slice(self, t):
@@ -369,6 +386,13 @@ def train(args, run):
                 print(f"resumed from {ckpt} at step {t.step} of {args.steps}", file=sys.stderr)
         elif run.is_main:
             print(f"--resume: no {ckpt} yet, starting at step 0", file=sys.stderr)
+    # Archs with evaluate() (hologan) are measured before the first step and after the last; evaluate() leaves the
+    # global RNG stream alone, so a resumed run draws the same batches.
+    evaluate = getattr(t, "evaluate", None) if run.is_main else None
+    if evaluate is not None and t.step == 0:
+        t.metrics_init = {f"{k}_init": v for k, v in evaluate().items()}
+        print(f"{t.desc} untrained: " + " ".join(f"{k}={v:.4g}" for k, v in t.metrics_init.items()), file=sys.stderr,
+              flush=True)
     stats = C.StepStats()
     bar = C.Progress(args.steps, start=t.step, desc=t.desc, enabled=run.is_main, every=args.log_every)
     logs = {}
@@ -388,7 +412,8 @@ def train(args, run):
         saved = copy.deepcopy(t.state())
         stats.peak_bytes = C.measure_peak(lambda: t.train_step(), run.device)
         t.load(saved)
-    C.report(run, f"gan/{args.arch}", stats, {k: round(v, 4) for k, v in logs.items()})
+    metrics = {**t.metrics_init, **evaluate()} if evaluate is not None else {}
+    C.report(run, f"gan/{args.arch}", stats, {k: round(v, 4) for k, v in {**logs, **metrics}.items()})
     return t
 
 
