@@ -540,6 +540,31 @@ def test_backward_ops_match_composite(device, impl, mode, scale, ndim):
 
 
 @pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values == ("cpu", "triton")])
+def test_triton_forward_int64_branch_equals_int32(device, impl, monkeypatch):
+    """The forward kernels' INT64 branches (statistics and apply; otherwise only tensors past 2^31 elements reach
+    them) forced on small tensors give the int32 launch's result bit for bit: 4-D and 5-D, both layouts, nearest /
+    bilinear / trilinear, batch and instance statistics."""
+    from vkernels.triton import _launch
+    from vkernels.triton import upsample_norm_act as kernels
+
+    for shape, mode, norm, cl in (((2, 3, 5, 7), "bilinear", "batch", False), ((2, 3, 5, 7), "nearest", "instance", True),
+                                  ((2, 3, 2, 3, 5), "trilinear", "batch", True),
+                                  ((2, 3, 2, 3, 5), "trilinear", "instance", False),
+                                  ((2, 3, 2, 3, 5), "nearest", "batch", False)):
+        x = randn(shape, torch.float32, device)
+        if cl:
+            x = x.to(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+        want = vkernels.upsample_norm_act(x, 2, mode, norm, act="lrelu", impl=impl)
+        flags = []
+        with monkeypatch.context() as m, _launch.recording(
+                lambda k, g, a, kw: "INT64" in kw and flags.append(kw["INT64"])):
+            m.setattr(kernels, "index64", lambda *args: True)
+            got = vkernels.upsample_norm_act(x, 2, mode, norm, act="lrelu", impl=impl)
+        assert len(flags) >= 2 and all(flags), (shape, mode, norm, flags)
+        assert torch.equal(got, want), (shape, mode, norm, cl, (got - want).abs().max())
+
+
+@pytest.mark.parametrize("device,impl", [p for p in IMPLS if p.values == ("cpu", "triton")])
 def test_triton_backward_int64_branch_small_blocks(device, impl, monkeypatch):
     """The Triton backward with its INT64 branch forced on small tensors (otherwise only tensors past 2^31 elements
     reach it) and 16-element blocks (a block spans rows: the carried row / column advances across them), against

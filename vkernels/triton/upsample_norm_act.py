@@ -158,7 +158,12 @@ def _apply3d_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, D, H, W, sn, 
                     ACT: tl.constexpr, HAS_CLAMP: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     i, mask = block_offsets(numel, BLOCK, INT64)
     alpha, gain, clamp = scalar_args(alpha, gain, clamp, scalars_ptr, SCALARS_IN_TENSOR)
-    n, c, od, oh, ow = ncdhw_of(i, C, D * s, H * s, W * s, CL)
+    if INT64:  # one int64 division finds the sample; within it in int32 (int64 divisions spill under triton 3.6)
+        per = C * D * H * W * s * s * s  # the launcher keeps a sample under 2^31 elements
+        n = i // per
+        _, c, od, oh, ow = ncdhw_of((i - n * per).to(tl.int32), C, D * s, H * s, W * s, CL)
+    else:
+        n, c, od, oh, ow = ncdhw_of(i, C, D * s, H * s, W * s, CL)
     u = upsampled_value3d(x_ptr, n * sn + c * sc, od, oh, ow, D, H, W, sd, sh, sw, s, mask, TRILINEAR)
     k = n * C + c
     mv = tl.load(m_ptr + k, mask=mask, other=0.0)
@@ -166,6 +171,12 @@ def _apply3d_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, D, H, W, sn, 
     bv = tl.load(b_ptr + k, mask=mask, other=0.0)
     r = act_gain_clamp((u - mv) * av + bv, alpha, gain, clamp, ACT, HAS_CLAMP)
     tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def index64(count, extent, block):
+    """Whether a launch takes its kernel's INT64 branch: an element index (`count` of them, or an offset within x's
+    `extent`) a block past the end reaches 2^31."""
+    return max(count, extent) + block >= 2**31
 
 
 def stats(x, scale, mode, per_sample):
@@ -197,7 +208,7 @@ def stats(x, scale, mode, per_sample):
     pm = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
     pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
     extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
-    big = max(total + chunk, extent) + block >= 2**31
+    big = index64(total + chunk, extent, block)
     n_per = 1 if per_sample else N
     if tri and total // n_per + block >= 2**31:
         raise ValueError(f"upsample_norm_act (Triton): x of shape {tuple(x.shape)} at scale {scale} has 2^31 or more "
@@ -250,7 +261,7 @@ def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
         _launch.launch(_apply_kernel, (triton.cdiv(n, block),),
             out, x, m, a, b, n, C, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact, CL=cl,
             BILINEAR=mode == "bilinear" and scale > 1, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
-            BLOCK=block, INT64=max(n, x.numel() * 4) + block >= 2**31, num_warps=4)
+            BLOCK=block, INT64=index64(n, x.numel() * 4, block), num_warps=4)
     return out
 
 
@@ -265,9 +276,13 @@ def _apply3d(x, m, a, b, scale, mode, act, alpha, gain, clamp):
     vals, st, exact = scalar_values(x, alpha, gain, clamp)
     block = elementwise_block(_launch.target(x.device))
     extent = sum((d - 1) * abs(t) for d, t in zip(x.shape, x.stride())) + 1
+    sample = max(n // N, sum((d - 1) * abs(t) for d, t in zip(x.shape[1:], x.stride()[1:])) + 1)
+    if sample + block >= 2**31:
+        raise ValueError(f"upsample_norm_act (Triton): x of shape {tuple(x.shape)} at scale {scale} has 2^31 or more "
+                         "elements per sample, which the 5-D apply kernel does not index")
     with device_of(x):
         _launch.launch(_apply3d_kernel, (triton.cdiv(n, block),),
             out, x, m, a, b, n, C, D, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact,
             CL=is_channels_last(x), TRILINEAR=mode == "trilinear" and scale > 1, ACT=ACT_IDS[act],
-            HAS_CLAMP=clamp is not None, BLOCK=block, INT64=max(n, extent) + block >= 2**31, num_warps=4)
+            HAS_CLAMP=clamp is not None, BLOCK=block, INT64=index64(n, extent, block), num_warps=4)
     return out
