@@ -70,6 +70,18 @@ def test_index64_branches_are_derived_and_their_absence_fails():
     assert gs.n_failures(summary) == 2
 
 
+def test_ci_covers_the_64bit_branch_in_every_tile_and_warp_count():
+    """CI compiles the INT64=True branch with every tile shape and num_warps the launchers chose, not only once per
+    dtype class (its int64 arithmetic spills in some combinations and not in others)."""
+    gs = _tool()
+    recorded = [_cfg(gs, block=b) for b in (64, 256)]
+    recorded.append(gs.replace(_cfg(gs, block=64), num_warps=8, options={"num_warps": 8}))
+    picked = gs.ci_cover(recorded, gs.ci_subset(gs.derive_index64(recorded)))
+    on = sorted((c.constexprs[(2,)], c.num_warps) for c in picked if c.constexprs[(3,)])
+    assert {b for b, _ in on} == {64, 256} and {w for _, w in on} == {4, 8}
+    assert len(gs.ci_subset(recorded + gs.derive_index64(recorded))) < len(picked)
+
+
 def test_every_64bit_index_constexpr_of_the_kernels_is_known():
     """The check derives INT64=True configurations by name: every constexpr of a launched kernel whose name says 64
     must be a 64-bit-index flag (INDEX64_RE) or a float64 one (FLOAT64_RE), and the kernels that have one are found.

@@ -22,8 +22,9 @@ Phases (each a function below, run as `python tools/gpu_static.py [run|report] .
   REPORT      docs/gpu-static.md + docs/gpu-static.csv: every kernel x configuration x arch, and the H100 roofline of
               the headline ops at their benchmark sizes (bytes / FLOPs from benchmarks/bench_<op>.py).
 
-`--ci` compiles a subset: per kernel x arch x dtype class x constexpr branch (every constexpr that is not a tile
-size) the configuration with the largest tiles. The full set is `make gpu-static`.
+`--ci` compiles a subset: per kernel x arch x dtype class, configurations (largest tiles first) until every
+constexpr value, tile shape, num_warps and num_stages appears, once among the recorded configurations and once among
+the derived INT64=True ones. The full set is `make gpu-static`.
 """
 from __future__ import annotations
 
@@ -561,24 +562,38 @@ def violations(cfg: Config, res: Result) -> list[str]:
     return out
 
 
-def ci_subset(configs: list[Config]) -> list[Config]:
+def ci_subset(configs: list[Config], ones: bool = False) -> list[Config]:
     """A covering subset: per kernel x arch x dtype class (fp16 and bf16 are one), every value that any declared
     constexpr takes (branch flags, activation / mode enums, filter sizes), every tile shape and every num_warps /
     num_stages the launchers chose appear in at least one compiled configuration. Greedy: the configuration that
     covers the most values not yet covered, larger tiles first on ties. Combinations are not all compiled: that is
-    the full set (`make gpu-static`)."""
+    the full set (`make gpu-static`). `ones`: also every pattern of integer arguments specialised to 1."""
     groups = {}
     for cfg in configs:
         groups.setdefault((cfg.kernel, cfg.arch, cfg.dtype_class()), []).append(cfg)
     picked = []
     for group in groups.values():
-        features = {id(c): _branch_values(c) for c in group}
+        features = {id(c): _branch_values(c, ones) for c in group}
         todo = set().union(*features.values())
         while todo:
             best = max(group, key=lambda c: (len(features[id(c)] & todo), _tile_size(c), c.num_warps))
             picked.append(best)
             todo -= features[id(best)]
     return picked
+
+
+def derived_subset(derived: list[Config]) -> list[Config]:
+    """The derived INT64=True configurations compiled by default: covering on their own (not one per group among
+    the recorded ones), with every pattern of unit-specialised arguments too. The 64-bit branch's spills depend on
+    the tile, the warps and on which index terms a 1 removed (upfirdn2d's up=down=1 pass spilled, its other passes
+    did not)."""
+    return ci_subset(derived, ones=True)
+
+
+def ci_cover(recorded: list[Config], derived: list[Config]) -> list[Config]:
+    """What CI compiles: the covering subset of the recorded configurations and `derived_subset` of the derived
+    ones (`derived` is already that unless --derive-all)."""
+    return ci_subset(recorded) + derived_subset(derived)
 
 
 def _tile_size(cfg: Config) -> int:
@@ -590,10 +605,12 @@ def _is_tile(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 16
 
 
-def _branch_values(cfg: Config) -> set:
+def _branch_values(cfg: Config, ones: bool = False) -> set:
     declared = {tuple(p) for p in cfg.declared}
     vals = {(path, repr(v)) for path, v in cfg.constexprs.items() if not _is_tile(v) and path in declared}
     vals.add(("tiles", tuple(sorted((p, v) for p, v in cfg.constexprs.items() if _is_tile(v)))))
+    if ones:  # integer arguments equal to 1 are specialised away (a factor of 1, a unit stride): other code
+        vals.add(("ones", tuple(sorted(p for p in cfg.constexprs if p not in declared))))
     return vals | {("num_warps", cfg.num_warps), ("num_stages", cfg.num_stages)}
 
 
@@ -1066,10 +1083,8 @@ def check(ops_filter=None, kernels_filter=None, full=False, ci=False, jobs=2, cs
     recorded = configs
     derived = derive_index64(recorded)
     if not derive_all:  # the INT64 branch is index arithmetic: cover its values x tiles x warps, not every product
-        derived = ci_subset(derived)
-    configs = recorded + derived
-    if ci:
-        configs = ci_subset(configs)
+        derived = derived_subset(derived)
+    configs = ci_cover(recorded, derived) if ci else recorded + derived
     if verbose:
         print(f"recorded {n_recorded} configurations from {rec['n_cases']} cases x {len(ARCHS)} archs in "
               f"{t_rec:.0f} s, derived {len(derived)} with 64-bit indices on; compiling {len(configs)} with {jobs} "
