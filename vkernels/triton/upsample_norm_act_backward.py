@@ -279,7 +279,7 @@ def _adjoint3d(dx, db, da, dy, x, m, a, b, scale, tri, act, alpha, gain, clamp, 
             HAS_CLAMP=clamp is not None, NEED_DX=need_dx, NEED_RED=need_red, STATS=stats,
             RBLOCK=plane_block(t, n_out), BLOCK=block, WIN=win,
             INT64=image_int64(x, dy, dx if need_dx else None) or n_out + 4096 >= 2**31,
-            num_warps=8 if tri and exact else 4)  # fp64 trilinear: 4 warps spilled in the INT64 branch on sm_90
+            num_warps=8 if tri else 4)  # trilinear at 4 warps spilled: fp64 in the INT64 branch, 16-bit under triton 3.6
 
 
 def apply_backward(dy, x, m, a, b, scale, mode, act, alpha, gain, clamp, mask):
