@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -121,126 +123,195 @@ def lr_at(args, step: int) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, args.steps)))
 
 
-def main(argv=None) -> dict:
+@dataclass
+class Training:
+    """One process's run, as every phase after set-up reads it."""
+    args: argparse.Namespace
+    run: C.Run
+    data: D.SSLData
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    net: torch.nn.Module  # the model's trainable part, DDP-wrapped under torchrun
+    x_all: torch.Tensor  # the training images, on the run's device
+    ckpt_path: Path | None  # rank 0's checkpoint; None without --out
+    shard_path: Path | None  # this rank's bank shard when the bank is sharded over ranks, else None
+
+
+def make_optimizer(args, model):
+    """The model's own optimizer (bigbigan: Adam at a constant rate) or SGD with momentum on its trainable part."""
+    if hasattr(model, "make_optimizer"):
+        return model.make_optimizer(args)
+    return torch.optim.SGD(model.trainable().parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+
+
+def checkpoint_paths(args, run: C.Run) -> tuple[Path | None, Path | None]:
+    """(rank 0's checkpoint, this rank's bank shard or None); both None without --out."""
+    if run.out is None:
+        return None, None
+    # A sharded bank differs per rank: each rank writes its own shard next to rank 0's checkpoint.
+    sharded = run.world > 1 and args.bank_sync == "sharded"
+    return run.out / "checkpoint.pt", (run.out / f"bank-rank{run.rank}.pt" if sharded else None)
+
+
+def resume(run: C.Run, model, opt, ckpt_path: Path | None, shard_path: Path | None) -> int:
+    """Load model, optimizer and RNG state from the checkpoint and return its step (0 when there is none yet)."""
+    if ckpt_path is None:
+        raise SystemExit("--resume needs --out (the run directory holding checkpoint.pt)")
+    state = C.load_checkpoint(ckpt_path, run.device)
+    if state is None:
+        return 0
+    if shard_path is not None:  # this rank's queue shard replaces rank 0's, which the main checkpoint holds
+        shard = C.load_checkpoint(shard_path, run.device)
+        if shard is None or shard["step"] != state["step"]:
+            raise SystemExit(f"--resume: {shard_path} is missing or from another step than {ckpt_path}")
+        state["model"].update(shard["bank"])
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    C.set_rng_state(state["rng"])
+    if run.is_main:
+        print(f"resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
+    return state["step"]
+
+
+def set_up(argv) -> tuple[Training, int]:
+    """Flags, process, data, model, optimizer and the step to start at (--resume). Keep the order: the model's
+    initialisation draws from the global RNG that a resume then overwrites."""
     args = parse_args(argv)
     run = C.setup(args)
     data = D.load(args.method, args.data, args.image_size, args.seed, args.heldout)
     model = build(args, data, run)
-    if hasattr(model, "make_optimizer"):
-        opt = model.make_optimizer(args)
-    else:
-        opt = torch.optim.SGD(model.trainable().parameters(), lr=args.lr, momentum=0.9,
-                              weight_decay=args.weight_decay)
-    start = 0
-    ckpt_path = run.out / "checkpoint.pt" if run.out is not None else None
-    # A sharded bank differs per rank: each rank writes its own shard next to rank 0's checkpoint.
-    sharded = run.world > 1 and (args.bank_sync == "sharded")
-    shard_path = run.out / f"bank-rank{run.rank}.pt" if run.out is not None else None
-    if args.resume:
-        if ckpt_path is None:
-            raise SystemExit("--resume needs --out (the run directory holding checkpoint.pt)")
-        state = C.load_checkpoint(ckpt_path, run.device)
-        if state is not None:
-            if sharded:  # this rank's queue shard replaces rank 0's, which the main checkpoint holds
-                shard = C.load_checkpoint(shard_path, run.device)
-                if shard is None or shard["step"] != state["step"]:
-                    raise SystemExit(f"--resume: {shard_path} is missing or from another step than {ckpt_path}")
-                state["model"].update(shard["bank"])
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            C.set_rng_state(state["rng"])
-            start = state["step"]
-            if run.is_main:
-                print(f"resumed from {ckpt_path} at step {start}", file=sys.stderr)
-    net = run.ddp(model.trainable())
+    opt = make_optimizer(args, model)
+    ckpt_path, shard_path = checkpoint_paths(args, run)
+    start = resume(run, model, opt, ckpt_path, shard_path) if args.resume else 0
+    net = run.ddp(model.trainable())  # after the resume: DDP broadcasts rank 0's parameters
     x_all = data.x.to(run.device)
     if start == 0 and hasattr(model, "prime"):  # video: the bank starts from the untrained encoder's embeddings
         model.prime(x_all)
+    return Training(args, run, data, model, opt, net, x_all, ckpt_path, shard_path), start
 
-    def train_step(step: int):
-        for grp in opt.param_groups:
-            if grp.get("cosine", True):
-                grp["lr"] = lr_at(args, step)
-        idx = D.batch_indices(step, run.rank, run.world, args.batch_size, data.x.shape[0], args.seed)
-        x = x_all[idx.to(run.device)]
-        if hasattr(model, "train_step"):  # models with more than one update per step (bigbigan) do their own
-            loss, metrics, cache = model.train_step(net, opt, x, idx, args.seed, step, run.rank)
-        else:
-            loss, metrics, cache = model.step(net, x, idx, args.seed, step, run.rank)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.after_step(cache, idx)
-        return loss.detach(), metrics
 
-    def evaluate() -> dict:
-        return model.knn(data, args.knn_k, args.knn_t) if run.is_main else {}
+def train_step(t: Training, step: int):
+    """One update at the cosine learning rate of `step`; returns (loss, metrics)."""
+    args, run, model, opt = t.args, t.run, t.model, t.opt
+    for grp in opt.param_groups:
+        if grp.get("cosine", True):
+            grp["lr"] = lr_at(args, step)
+    idx = D.batch_indices(step, run.rank, run.world, args.batch_size, t.data.x.shape[0], args.seed)
+    x = t.x_all[idx.to(run.device)]
+    if hasattr(model, "train_step"):  # models with more than one update per step (bigbigan) do their own
+        loss, metrics, cache = model.train_step(t.net, opt, x, idx, args.seed, step, run.rank)
+    else:
+        loss, metrics, cache = model.step(t.net, x, idx, args.seed, step, run.rank)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.after_step(cache, idx)
+    return loss.detach(), metrics
 
-    def save_samples(step: int):  # bigbigan: held-out images, reconstructions, samples
-        if run.is_main and run.out is not None and hasattr(model, "samples"):
-            images, nrow = model.samples(data, args.seed)
-            C.save_image_grid(images, run.out / f"samples_{step:06d}.png", nrow=nrow)
 
-    if run.is_main and run.out is not None and start == 0:  # the augmentations, to eyeball
-        if hasattr(model, "views"):
-            images, nrow = model.views(data, args.seed)
-            C.save_image_grid(images, run.out / "views.png", nrow=nrow)
-        elif hasattr(model, "crop_scale"):
-            from models.ssl import augment
-            x = data.x[:16]
-            g = D.step_generator(args.seed, 0, 0, stream=2)
-            C.save_image_grid(torch.cat([x, augment.augment_images(x, g, model.crop_scale),
-                                         augment.augment_images(x, g, model.crop_scale)]),
-                              run.out / "views.png", nrow=16)
+def timed_train_step(t: Training, step: int, stats: C.StepStats, measure_peak: bool):
+    """train_step, timed into `stats`; or, once, run under the profiler for the peak memory instead."""
+    if measure_peak:
+        # One real training step under the profiler (it is slow there, so it is left out of the timing).
+        out = {}
+        stats.peak_bytes = C.measure_peak(lambda: out.setdefault("r", train_step(t, step))[0], t.run.device)
+        return out["r"]
+    stats.start(t.run.device)
+    result = train_step(t, step)
+    stats.stop()
+    return result
 
-    stats = C.StepStats()
-    bar = C.Progress(args.steps, start=start, desc=args.method, enabled=run.is_main, every=args.log_every)
+
+def heldout_accuracy(t: Training) -> dict:
+    """Weighted-kNN accuracy on the held-out split (bigbigan, video: also a linear probe); rank 0 only."""
+    return t.model.knn(t.data, t.args.knn_k, t.args.knn_t) if t.run.is_main else {}
+
+
+def save_sample_grid(t: Training, step: int):
+    """bigbigan: held-out images, reconstructions, samples."""
+    if t.run.is_main and t.run.out is not None and hasattr(t.model, "samples"):
+        images, nrow = t.model.samples(t.data, t.args.seed)
+        C.save_image_grid(images, t.run.out / f"samples_{step:06d}.png", nrow=nrow)
+
+
+def save_augmented_views(t: Training):
+    """views.png: the augmentations of a few training inputs, to eyeball."""
+    model, data, seed = t.model, t.data, t.args.seed
+    if hasattr(model, "views"):
+        images, nrow = model.views(data, seed)
+        C.save_image_grid(images, t.run.out / "views.png", nrow=nrow)
+    elif hasattr(model, "crop_scale"):
+        from models.ssl import augment
+        x = data.x[:16]
+        g = D.step_generator(seed, 0, 0, stream=2)
+        C.save_image_grid(torch.cat([x, augment.augment_images(x, g, model.crop_scale),
+                                     augment.augment_images(x, g, model.crop_scale)]),
+                          t.run.out / "views.png", nrow=16)
+
+
+def write_checkpoint(t: Training, done: int):
+    """Rank 0's checkpoint (model, optimizer, RNG state, flags) and, for a sharded bank, every rank's shard."""
+    if t.shard_path is not None:
+        sd = t.model.state_dict()
+        C.save_checkpoint(t.shard_path, {"step": done, "bank": {k: v for k, v in sd.items()
+                                                                if k.startswith("criterion.bank.")}})
+    C.save_checkpoint(t.ckpt_path, {"step": done, "model": t.model.state_dict(), "opt": t.opt.state_dict(),
+                                    "rng": C.rng_state(), "args": vars(t.args)}, t.run)
+    t.run.barrier()
+
+
+def train_steps(t: Training, start: int, end: int, stats: C.StepStats, bar: C.Progress) -> tuple[list, dict]:
+    """Steps start..end-1 with their progress line, kNN evaluations, sample grids and checkpoints; returns the
+    (step, loss) history and the last step's loss and metrics."""
+    args = t.args
     peak_step = None if args.no_peak else min(start + 2, args.steps - 1)
-    history, last = [], {}
-    knn = {}
-    # The untrained encoder's probes: the baseline the trained ones are compared with (bigbigan, video; the other
-    # methods' kNN at step 0 reads a bank of random rows).
-    init = {}
-    if start == 0 and args.method in ("bigbigan", "video"):
-        init = {f"{k}_init": v for k, v in evaluate().items()}
-    end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    history, last, knn = [], {}, {}
     for step in range(start, end):
-        if step == peak_step:
-            # One real training step under the profiler (it is slow there, so it is left out of the timing).
-            out = {}
-            stats.peak_bytes = C.measure_peak(lambda: out.setdefault("r", train_step(step))[0], run.device)
-            loss, metrics = out["r"]
-        else:
-            stats.start(run.device)
-            loss, metrics = train_step(step)
-            stats.stop()
+        loss, metrics = timed_train_step(t, step, stats, measure_peak=step == peak_step)
         done = step + 1
         last = {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}}
         history.append((step, last["loss"]))
         if args.knn_every and done % args.knn_every == 0 and done != args.steps:
-            knn = evaluate()
+            knn = heldout_accuracy(t)
         bar.update(done, **last, **knn)
         if args.sample_every and done % args.sample_every == 0:
-            save_samples(done)
-        if ckpt_path is not None and args.ckpt_every and (done % args.ckpt_every == 0 or done == args.steps):
-            if sharded:
-                sd = model.state_dict()
-                C.save_checkpoint(shard_path, {"step": done, "bank": {k: v for k, v in sd.items()
-                                                                       if k.startswith("criterion.bank.")}})
-            C.save_checkpoint(ckpt_path, {"step": done, "model": model.state_dict(), "opt": opt.state_dict(),
-                                          "rng": C.rng_state(), "args": vars(args)}, run)
-            run.barrier()
-    bar.close()
-    knn = evaluate()
+            save_sample_grid(t, done)
+        if t.ckpt_path is not None and args.ckpt_every and (done % args.ckpt_every == 0 or done == args.steps):
+            write_checkpoint(t, done)
+    return history, last
+
+
+def final_report(t: Training, stats: C.StepStats, end: int, summary: dict, history: list) -> dict:
+    """Evaluate the trained model, save its last sample grid, print and write the report, close the process group;
+    returns the report with the loss history and the model's state."""
+    args, run = t.args, t.run
+    knn = heldout_accuracy(t)
     if not (args.sample_every and end % args.sample_every == 0):
-        save_samples(end)
-    rec = C.report(run, f"ssl-{args.method}", stats, {"method": args.method, "steps": args.steps,
-                                                       "start": start, **last, **init, **knn})
+        save_sample_grid(t, end)
+    rec = C.report(run, f"ssl-{args.method}", stats, {"method": args.method, "steps": args.steps, **summary, **knn})
     rec["history"] = history
-    rec["model"] = model.state_dict()
+    rec["model"] = t.model.state_dict()
     run.barrier()  # rank 0 ran the kNN evaluation alone
     run.close()
     return rec
+
+
+def main(argv=None) -> dict:
+    t, start = set_up(argv)
+    args, run = t.args, t.run
+    if run.is_main and run.out is not None and start == 0:
+        save_augmented_views(t)
+    stats = C.StepStats()
+    bar = C.Progress(args.steps, start=start, desc=args.method, enabled=run.is_main, every=args.log_every)
+    # The untrained encoder's probes: the baseline the trained ones are compared with (bigbigan, video; the other
+    # methods' kNN at step 0 reads a bank of random rows).
+    init = {}
+    if start == 0 and args.method in ("bigbigan", "video"):
+        init = {f"{k}_init": v for k, v in heldout_accuracy(t).items()}
+    end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    history, last = train_steps(t, start, end, stats, bar)
+    bar.close()
+    return final_report(t, stats, end, {"start": start, **last, **init}, history)
 
 
 if __name__ == "__main__":
