@@ -880,8 +880,9 @@ def _proven_section(rows) -> list[str]:
         f"The 64-bit-index branches ({n_i64} kernels have an `INT64` constexpr) are reached only by tensors past "
         f"2^31 elements, which no case records: recorded configurations with `INT64=False` are compiled again with "
         f"`INT64=True`, all other specialisations unchanged ({n_derived} rows marked `derived (INT64=True)` in the "
-        "CSV: per kernel x arch x dtype class, enough of them that every constexpr value, tile, num_warps and "
-        "num_stages is compiled with the flag on; `--derive-all` compiles every one). A real launch that large would "
+        "CSV: per kernel x arch x dtype class, enough of them that every constexpr value, tile, num_warps, "
+        "num_stages and pattern of arguments specialised to 1 is compiled with the flag on; CI compiles the same "
+        "derived rows; `--derive-all` compiles every one). A real launch that large would "
         "also pass the element count, and maybe an outer stride, as an i64 scalar: not modelled. The CUDA C++ "
         "kernels' ptxas allocation (registers, stack, static shared memory) "
         "follows the same rule.", "",
