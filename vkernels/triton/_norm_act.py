@@ -189,7 +189,7 @@ def empty_in_format(x, shape):
 
 def plane_block(t, n, fp64_bilinear=False):
     """Elements per step of the per-plane loops over n elements on target t (bigger in the interpreter). The fp64
-    bilinear adjoint (9 s^2 neighbours' dz recomputed per input pixel) spilled 312 B at 1024 on sm_80: 512 there."""
+    bilinear adjoint (4 s^2 neighbours' dz recomputed per input pixel) spilled 312 B at 1024 on sm_80: 512 there."""
     gpu = 512 if fp64_bilinear else 1024
     return min(4096 if t.interpret else gpu, max(16, triton.next_power_of_2(max(n, 1))))
 

@@ -6,9 +6,9 @@ One program per (n, c) plane, so the per-(n, c) reductions are in-program, in a 
 fp64, and nothing of output size is ever written except dx's own plane:
 - apply backward: pass 1 over the plane's upsampled pixels (recomputed from x: 1 or 4 loads) forms dz = dy * gain *
   act'(z) and sums dz, dz * (u - m) (for db, da); pass 2 forms dx per input pixel by gathering the output pixels
-  whose stencil touches it (nearest: its s x s block; bilinear: a 3s x 3s window, weights from the same rational
+  whose stencil touches it (nearest: its s x s block; bilinear: a 2s x 2s window, weights from the same rational
   source coordinate the forward uses), recomputing their dz. Bytes: dy read ~2x (nearest) and x read through
-  cache, dx written once; FLOPs: nearest ~10 + act' per output pixel per pass, bilinear ~9x more in pass 2 (it
+  cache, dx written once; FLOPs: nearest ~10 + act' per output pixel per pass, bilinear ~4x more in pass 2 (it
   recomputes each neighbour's dz instead of scattering, which keeps it atomic-free and deterministic).
 - stats backward: du = gmean / K + 2 gvar / K * (u - mean) (affine in u); nearest is closed form per input pixel
   (dx = s^2 du(x): reads x, writes dx), bilinear runs pass 2 above with that du.
@@ -107,11 +107,13 @@ def _adjoint_kernel(dx_ptr, db_ptr, da_ptr, dy_ptr, x_ptr, m_ptr, a_ptr, b_ptr, 
                 r0, c0 = plane_advance(r0, c0, W, BLOCK)
             acc = tl.zeros([BLOCK], dtype=ct)
             if BILINEAR:
-                for dh in range(0, 3 * s):
-                    oh = h * s - s + dh
+                # The 2s outputs from s*i - s//2 per dimension are every output whose stencil can reach input i.
+                lo = s // 2
+                for dh in range(0, 2 * s):
+                    oh = h * s - lo + dh
                     ohc, wh = _w1(oh, h, s, H, (oh >= 0) & (oh < OH), ct)
-                    for dw in range(0, 3 * s):
-                        ow = w * s - s + dw
+                    for dw in range(0, 2 * s):
+                        ow = w * s - lo + dw
                         owc, ww = _w1(ow, w, s, W, (ow >= 0) & (ow < OW), ct)
                         wt = wh * ww
                         mk = mask & (wt != 0.0)
