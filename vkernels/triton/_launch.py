@@ -93,6 +93,20 @@ def split_grid(grid, bases=_BASES):
     return out
 
 
+def span(t, start_dim=0):
+    """Elements from t's first to its last element over the dims from start_dim on, as its strides lay them out
+    (0 when t is empty): the largest offset + 1 a kernel forms inside it."""
+    if t.numel() == 0:
+        return 0
+    return sum((d - 1) * abs(s) for d, s in zip(t.shape[start_dim:], t.stride()[start_dim:])) + 1
+
+
+def index64(count, extent, block):
+    """Whether a launch takes its kernel's INT64 branch: an element index (`count` of them) or an offset within
+    `extent`, a block past the end, reaches 2^31."""
+    return max(count, extent) + block >= 2**31
+
+
 def launch(kernel, grid, *args, **kwargs):
     """kernel[grid](*args, **kwargs), split along axes 1 / 2 when they pass CUDA's limit; nothing for an empty grid."""
     if any(int(v) == 0 for v in grid):

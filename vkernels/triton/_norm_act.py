@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vkernels.triton import _launch
 from vkernels.triton._dtypes import acc_type
 
 
@@ -196,5 +197,4 @@ def plane_block(t, n, fp64_bilinear=False):
 
 def image_int64(*tensors):
     """True when a flat index inside one image of any of `tensors` ((N, C, H, W), any strides) may pass int32."""
-    return any(sum((d - 1) * abs(st) for d, st in zip(t.shape[1:], t.stride()[1:])) + 1 + 4096 >= 2**31
-               for t in tensors if t is not None and t.numel() > 0)
+    return any(_launch.index64(0, _launch.span(t, 1), 4096) for t in tensors if t is not None)

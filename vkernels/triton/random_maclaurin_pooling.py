@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from vkernels.triton._launch import launch, target
 from vkernels._dtypes import acc_dtype
+from vkernels.triton._launch import launch, target
 
 
 @triton.jit

@@ -129,13 +129,6 @@ def _tile(inner, interpret):
     return (8, 64) if inner > 32 else (32, 16)
 
 
-def index64(x, out, block):
-    """Whether a launch needs the kernel's INT64 branch: an element offset of x or out (or one a block past the
-    end) reaches 2^31."""
-    span = x.numel() and sum(s * (d - 1) for s, d in zip(x.stride(), x.shape)) + 1
-    return max(out.numel(), span) + block >= 2**31
-
-
 def _pass(x, w, fh, fw, up, down, pad0, out):
     """One launch: out = upfirdn2d of x with the (fh, fw) correlation taps w; up/down/pad0 are (x, y) pairs."""
     n, c, h, wd = x.shape
@@ -159,7 +152,7 @@ def _pass(x, w, fh, fw, up, down, pad0, out):
             raise ValueError(f"upfirdn2d (Triton): x of shape {tuple(x.shape)} gives 2^31 or more output rows per "
                              "vertical phase, which the NCHW kernel does not index")
         grid = (triton.cdiv(count * triton.cdiv(oh, py), ba) * triton.cdiv(ow, bb), min(py, oh))
-    big = index64(x, out, ba * bb)
+    big = _launch.index64(out.numel(), _launch.span(x), ba * bb)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _launch.launch(_upfirdn2d_kernel, grid,
             out, x, w, count, c, h, wd, oh, ow, *x.stride(), *out.stride(),

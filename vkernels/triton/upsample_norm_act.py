@@ -173,12 +173,6 @@ def _apply3d_kernel(out_ptr, x_ptr, m_ptr, a_ptr, b_ptr, numel, C, D, H, W, sn, 
     tl.store(out_ptr + i, r.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def index64(count, extent, block):
-    """Whether a launch takes its kernel's INT64 branch: an element index (`count` of them, or an offset within x's
-    `extent`) a block past the end reaches 2^31."""
-    return max(count, extent) + block >= 2**31
-
-
 def stats(x, scale, mode, per_sample):
     """Mean and biased variance of up(x) per channel (per (n, c) with per_sample): each group's values are cut into
     chunks, one program per (group, chunk) with its exact two-pass mean and squared deviations, combined in a fixed
@@ -207,8 +201,7 @@ def stats(x, scale, mode, per_sample):
     n_chunks = triton.cdiv(total, chunk)
     pm = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
     pm2 = torch.empty((groups, n_chunks), dtype=ct, device=x.device)
-    extent = sum((d - 1) * abs(st) for d, st in zip(x.shape, x.stride())) + 1
-    big = index64(total + chunk, extent, block)
+    big = _launch.index64(total + chunk, _launch.span(x), block)
     n_per = 1 if per_sample else N
     if tri and total // n_per + block >= 2**31:
         raise ValueError(f"upsample_norm_act (Triton): x of shape {tuple(x.shape)} at scale {scale} has 2^31 or more "
@@ -261,7 +254,7 @@ def apply(x, m, a, b, scale, mode, act, alpha, gain, clamp):
         _launch.launch(_apply_kernel, (triton.cdiv(n, block),),
             out, x, m, a, b, n, C, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact, CL=cl,
             BILINEAR=mode == "bilinear" and scale > 1, ACT=ACT_IDS[act], HAS_CLAMP=clamp is not None,
-            BLOCK=block, INT64=index64(n, x.numel() * 4, block), num_warps=4)
+            BLOCK=block, INT64=_launch.index64(n, x.numel() * 4, block), num_warps=4)
     return out
 
 
@@ -275,14 +268,12 @@ def _apply3d(x, m, a, b, scale, mode, act, alpha, gain, clamp):
     m, a, b = m.contiguous(), a.contiguous(), b.contiguous()
     vals, st, exact = scalar_values(x, alpha, gain, clamp)
     block = elementwise_block(_launch.target(x.device))
-    extent = sum((d - 1) * abs(t) for d, t in zip(x.shape, x.stride())) + 1
-    sample = max(n // N, sum((d - 1) * abs(t) for d, t in zip(x.shape[1:], x.stride()[1:])) + 1)
-    if sample + block >= 2**31:
+    if max(n // N, _launch.span(x, 1)) + block >= 2**31:  # in one sample the kernel indexes in int32
         raise ValueError(f"upsample_norm_act (Triton): x of shape {tuple(x.shape)} at scale {scale} has 2^31 or more "
                          "elements per sample, which the 5-D apply kernel does not index")
     with device_of(x):
         _launch.launch(_apply3d_kernel, (triton.cdiv(n, block),),
             out, x, m, a, b, n, C, D, H, W, *x.stride(), scale, *vals, st, SCALARS_IN_TENSOR=exact,
             CL=is_channels_last(x), TRILINEAR=mode == "trilinear" and scale > 1, ACT=ACT_IDS[act],
-            HAS_CLAMP=clamp is not None, BLOCK=block, INT64=index64(n, extent, block), num_warps=4)
+            HAS_CLAMP=clamp is not None, BLOCK=block, INT64=_launch.index64(n, _launch.span(x), block), num_warps=4)
     return out
